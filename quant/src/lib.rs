@@ -1,0 +1,135 @@
+//! Block codecs for quantized LLM weights: the GGUF (ggml) formats and the
+//! bitsandbytes formats, as row-level `quantize` and `dequantize`.
+//!
+//! This crate knows nothing about files, names or threads. A *row* is a slice
+//! of `f32` whose length is a multiple of the type's block size; its encoded
+//! form is `row_size(n)` bytes. Every codec is a port of the reference
+//! implementation it names and is tested bit-exact against it.
+#![deny(missing_docs)]
+
+pub mod ggml;
+pub mod stats;
+mod types;
+
+pub use types::{GgmlType, TypeInfo, ALL_TYPES};
+
+use std::fmt;
+
+/// What can go wrong when encoding or decoding a row.
+#[derive(Debug, Clone, PartialEq)]
+pub enum QuantError {
+    /// The input row holds NaN or ±Inf at this element index.
+    NonFinite {
+        /// Index of the first non-finite element within the row.
+        index: usize,
+        /// The offending value.
+        value: f32,
+    },
+    /// This type cannot be decoded or encoded by this crate.
+    Unsupported {
+        /// The type asked for.
+        ty: GgmlType,
+        /// `"dequantize"` or `"quantize"`.
+        op: &'static str,
+        /// Why, in words a user can act on.
+        why: &'static str,
+    },
+    /// The row length is not a multiple of the block size, or the byte and
+    /// element slices disagree.
+    BadLength {
+        /// The type.
+        ty: GgmlType,
+        /// Number of elements in the row.
+        elements: usize,
+        /// Number of bytes supplied.
+        bytes: usize,
+    },
+}
+
+impl fmt::Display for QuantError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            QuantError::NonFinite { index, value } => {
+                write!(f, "non-finite value {value} at element {index}")
+            }
+            QuantError::Unsupported { ty, op, why } => {
+                write!(f, "cannot {op} {}: {why}", ty.name())
+            }
+            QuantError::BadLength {
+                ty,
+                elements,
+                bytes,
+            } => write!(
+                f,
+                "{} row of {elements} elements does not fit {bytes} bytes (block size {}, {} bytes per block)",
+                ty.name(),
+                ty.block_size(),
+                ty.type_size()
+            ),
+        }
+    }
+}
+
+impl std::error::Error for QuantError {}
+
+/// A row codec: plain function pointers so that dispatch happens once per
+/// tensor, not once per row.
+#[derive(Clone, Copy)]
+pub struct Codec {
+    /// Decode `row_size(n)` bytes into `n` floats.
+    pub dequantize: fn(&[u8], &mut [f32]),
+    /// Encode `n` finite floats into `row_size(n)` bytes, or `None` when the
+    /// type cannot be produced without extra information.
+    pub quantize: Option<fn(&[f32], &mut [u8])>,
+}
+
+/// The codec of a type, if this crate has one.
+pub fn codec(ty: GgmlType) -> Option<Codec> {
+    ggml::codec(ty)
+}
+
+fn check_lengths(ty: GgmlType, elements: usize, bytes: usize) -> Result<(), QuantError> {
+    match ty.row_size(elements) {
+        Some(n) if n == bytes => Ok(()),
+        _ => Err(QuantError::BadLength {
+            ty,
+            elements,
+            bytes,
+        }),
+    }
+}
+
+/// Decode one row (any whole number of blocks) of `ty` into `dst`.
+pub fn dequantize_row(ty: GgmlType, src: &[u8], dst: &mut [f32]) -> Result<(), QuantError> {
+    check_lengths(ty, dst.len(), src.len())?;
+    let c = codec(ty).ok_or(QuantError::Unsupported {
+        ty,
+        op: "dequantize",
+        why: "no decoder for this type",
+    })?;
+    (c.dequantize)(src, dst);
+    Ok(())
+}
+
+/// The index and value of the first NaN or infinity in `row`.
+pub fn find_non_finite(row: &[f32]) -> Option<(usize, f32)> {
+    row.iter().position(|v| !v.is_finite()).map(|i| (i, row[i]))
+}
+
+/// Encode one row of finite floats as `ty`. NaN or infinity is an error,
+/// never silently encoded.
+pub fn quantize_row(ty: GgmlType, src: &[f32], dst: &mut [u8]) -> Result<(), QuantError> {
+    check_lengths(ty, src.len(), dst.len())?;
+    if let Some((index, value)) = find_non_finite(src) {
+        return Err(QuantError::NonFinite { index, value });
+    }
+    let q = codec(ty)
+        .and_then(|c| c.quantize)
+        .ok_or(QuantError::Unsupported {
+            ty,
+            op: "quantize",
+            why: ty.quantize_unavailable_reason(),
+        })?;
+    q(src, dst);
+    Ok(())
+}

@@ -1,0 +1,1 @@
+//! GGUF containers: a zero-copy reader and a streaming writer.
