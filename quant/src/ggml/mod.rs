@@ -5,8 +5,11 @@
 
 pub mod common;
 pub mod float;
+pub mod iquants;
 pub mod kquants;
 pub mod legacy;
+pub mod mxfp4;
+pub mod ternary;
 
 use crate::{Codec, GgmlType};
 
@@ -15,4 +18,7 @@ pub(crate) fn codec(ty: GgmlType) -> Option<Codec> {
     float::codec(ty)
         .or_else(|| legacy::codec(ty))
         .or_else(|| kquants::codec(ty))
+        .or_else(|| iquants::codec(ty))
+        .or_else(|| mxfp4::codec(ty))
+        .or_else(|| ternary::codec(ty))
 }
