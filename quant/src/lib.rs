@@ -133,3 +133,88 @@ pub fn quantize_row(ty: GgmlType, src: &[f32], dst: &mut [u8]) -> Result<(), Qua
     q(src, dst);
     Ok(())
 }
+
+/// What [`scan_row`] found in encoded data.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct RowScan {
+    /// Element index of the first NaN or infinity.
+    pub first_non_finite: Option<usize>,
+    /// Whether every element is ±0.
+    pub all_zero: bool,
+}
+
+/// Look for NaN/Inf and all-zero content in `n` encoded elements of `ty`
+/// without keeping a decoded copy: float types are checked on their bits,
+/// block types are decoded one block at a time.
+pub fn scan_row(ty: GgmlType, src: &[u8], n: usize) -> Result<RowScan, QuantError> {
+    check_lengths(ty, n, src.len())?;
+    let mut scan = RowScan {
+        first_non_finite: None,
+        all_zero: true,
+    };
+    let mut note = |i: usize, finite: bool, zero: bool| {
+        if !finite && scan.first_non_finite.is_none() {
+            scan.first_non_finite = Some(i);
+        }
+        scan.all_zero &= zero;
+    };
+    match ty {
+        GgmlType::F32 => {
+            for (i, c) in src.chunks_exact(4).enumerate() {
+                let u = u32::from_le_bytes([c[0], c[1], c[2], c[3]]);
+                note(i, u & 0x7f80_0000 != 0x7f80_0000, u & 0x7fff_ffff == 0);
+            }
+        }
+        GgmlType::F16 => {
+            for (i, c) in src.chunks_exact(2).enumerate() {
+                let h = u16::from_le_bytes([c[0], c[1]]);
+                note(i, h & 0x7c00 != 0x7c00, h & 0x7fff == 0);
+            }
+        }
+        GgmlType::BF16 => {
+            for (i, c) in src.chunks_exact(2).enumerate() {
+                let h = u16::from_le_bytes([c[0], c[1]]);
+                note(i, h & 0x7f80 != 0x7f80, h & 0x7fff == 0);
+            }
+        }
+        _ => {
+            let c = codec(ty).ok_or(QuantError::Unsupported {
+                ty,
+                op: "dequantize",
+                why: "no decoder for this type",
+            })?;
+            let bs = ty.block_size();
+            let mut block = vec![0f32; bs];
+            for (b, bytes) in src.chunks_exact(ty.type_size()).enumerate() {
+                (c.dequantize)(bytes, &mut block);
+                for (j, v) in block.iter().enumerate() {
+                    note(b * bs + j, v.is_finite(), *v == 0.0);
+                }
+            }
+        }
+    }
+    Ok(scan)
+}
+
+#[cfg(test)]
+mod scan_tests {
+    use super::*;
+
+    #[test]
+    fn scan_finds_non_finite_and_zero_on_bits() {
+        let f16 = |x: f32| half::f16::from_f32(x).to_bits().to_le_bytes();
+        let row: Vec<u8> = [0.0f32, -0.0, 0.0, 0.0].iter().flat_map(|&x| f16(x)).collect();
+        let s = scan_row(GgmlType::F16, &row, 4).unwrap();
+        assert_eq!((s.first_non_finite, s.all_zero), (None, true));
+        let row: Vec<u8> = [0.0f32, 1.0, f32::INFINITY, f32::NAN]
+            .iter()
+            .flat_map(|&x| f16(x))
+            .collect();
+        let s = scan_row(GgmlType::F16, &row, 4).unwrap();
+        assert_eq!((s.first_non_finite, s.all_zero), (Some(2), false));
+        let row: Vec<u8> = [1.0f32, f32::NAN].iter().flat_map(|x| x.to_le_bytes()).collect();
+        assert_eq!(scan_row(GgmlType::F32, &row, 2).unwrap().first_non_finite, Some(1));
+        let bf = [0x00u8, 0x00, 0x80, 0x7f];
+        assert_eq!(scan_row(GgmlType::BF16, &bf, 2).unwrap().first_non_finite, Some(1));
+    }
+}

@@ -1,0 +1,153 @@
+//! `qresidual apply`: base ⊕ α·residual → requantized model + precision report.
+
+use std::path::PathBuf;
+
+use clap::Args;
+use serde_json::json;
+
+use crate::pipeline::{self, EncodedRows};
+use crate::plan::{match_residual, scan_residuals, Residual};
+use crate::transform::{self, Output};
+use crate::{report, Error, Result};
+
+/// Add a residual to a base model.
+#[derive(Args, Debug)]
+#[command(long_about = "\
+Add a residual to a base model: out = base + α·Δ, tensor by tensor, requantized.
+
+The base is a GGUF file of any type qresidual can decode (Q4_K_M, Q8_0, IQ4_XS, F16, …; a \
+split set opens from its first file). The residual is a .safetensors file, a folder of shards \
+with model.safetensors.index.json, or a GGUF file; F16, BF16 or F32; tensor names either as in \
+Hugging Face checkpoints (mapped by the base's general.architecture, with llama's q/k rotary \
+permutation applied) or as in the base GGUF file (used as they are).
+
+Before anything is written, every residual tensor must match exactly one base tensor of the same \
+shape and hold no NaN or infinity. Base tensors without a residual, or with an all-zero one, are \
+copied byte for byte. With --type keep every tensor keeps its type, so a Q4_K_M mix stays that \
+mix; requantization is bit-exact with llama.cpp's quantizer on the same f32 sum.
+
+The report compares the written weights with the exact f32 sum dequant(base) + α·Δ: RMSE, max \
+abs, relative RMSE, cosine, SNR and retention ⟨out − base, αΔ⟩/‖αΔ‖² (1: the residual survived, \
+0: it was rounded away).
+
+Example:
+  qresidual apply --base Llama-3.1-8B-Q4_K_M.gguf --residual instruct-residual/ \\
+      -o Llama-3.1-8B-Instruct-Q4_K_M.gguf --report report.json")]
+pub struct ApplyArgs {
+    /// Base model (GGUF).
+    #[arg(long, value_name = "BASE.gguf")]
+    pub base: PathBuf,
+    /// Residual: .safetensors file, folder of shards, or GGUF.
+    #[arg(long, value_name = "RESIDUAL")]
+    pub residual: PathBuf,
+    /// Output GGUF file.
+    #[arg(short, long, value_name = "OUT.gguf")]
+    pub output: PathBuf,
+    /// Output types: keep (each tensor's own), f32, f16, bf16, a ggml type (q4_k, q8_0, …) or a llama.cpp mix (q4_k_m, q5_k_s, …).
+    #[arg(long = "type", default_value = "keep", value_name = "TYPE")]
+    pub ty: String,
+    /// α in out = base + α·Δ.
+    #[arg(long, default_value_t = 1.0, allow_negative_numbers = true)]
+    pub scale: f32,
+    /// Worker threads (default: all cores).
+    #[arg(long)]
+    pub threads: Option<usize>,
+    /// Write the full precision report as JSON here.
+    #[arg(long, value_name = "REPORT.json")]
+    pub report: Option<PathBuf>,
+    /// Set general.name of the output.
+    #[arg(long)]
+    pub name: Option<String>,
+    /// Skip residual tensors that have no partner in the base instead of failing.
+    #[arg(long)]
+    pub allow_missing: bool,
+    /// Split the output into files of at most this size (e.g. 2G), named like gguf-split's.
+    #[arg(long, value_parser = super::parse_size, value_name = "SIZE")]
+    pub split_max_size: Option<u64>,
+    /// No progress bar and no report table.
+    #[arg(long, short)]
+    pub quiet: bool,
+}
+
+/// Run `apply`.
+pub fn run(a: &ApplyArgs) -> Result<()> {
+    super::set_threads(a.threads)?;
+    if !a.scale.is_finite() {
+        return Err(Error::Usage(format!("--scale {} is not a finite number", a.scale)));
+    }
+    let target = transform::parse_target(&a.ty)?;
+    let base = crate::gguf::GgufFile::open(&a.base)?;
+    let residual = Residual::open(&a.residual)?;
+    let mut inputs = base.paths();
+    inputs.extend(residual.paths());
+    super::check_output(&a.output, &inputs)?;
+
+    let rtensors = residual.tensors()?;
+    let matching = match_residual(&base, residual.path(), &rtensors, a.allow_missing)?;
+    let all_zero = scan_residuals(residual.path(), &rtensors, &matching.pairs)?;
+    if !a.quiet {
+        for note in &matching.notes {
+            eprintln!("note: {note}");
+        }
+        if !matching.unmatched.is_empty() {
+            eprintln!(
+                "warning: {} residual tensor(s) skipped (--allow-missing): {}",
+                matching.unmatched.len(),
+                matching.unmatched.join(", ")
+            );
+        }
+    }
+
+    let mut residual_rows: Vec<Option<EncodedRows<'_>>> = vec![None; base.tensors().len()];
+    let mut zero = 0;
+    for (p, &is_zero) in matching.pairs.iter().zip(&all_zero) {
+        if is_zero || a.scale == 0.0 {
+            zero += 1;
+            continue;
+        }
+        let rt = &rtensors[p.residual];
+        residual_rows[p.base] = Some(EncodedRows {
+            path: residual.path(),
+            name: rt.name,
+            data: rt.data,
+            ty: rt.ty,
+            row_len: rt.row_len(),
+            n_rows: rt.n_rows(),
+            permutation: p.permutation.clone(),
+        });
+    }
+    if zero > 0 && !a.quiet {
+        eprintln!("note: {zero} residual tensor(s) are all zero; their base tensors are copied unchanged");
+    }
+
+    let out_types = transform::output_types(&base, &target)?;
+    let tasks = transform::tasks(&base, &out_types, residual_rows, a.scale)?;
+    let metadata =
+        transform::output_metadata(&base, transform::file_type(&base, &target), a.name.as_deref());
+    let out = Output {
+        path: &a.output,
+        split_max_size: a.split_max_size,
+        options: pipeline::Options {
+            progress: !a.quiet,
+            ..Default::default()
+        },
+    };
+    let (outcomes, paths) = transform::write(&tasks, &metadata, &out)?;
+
+    if let Some(path) = &a.report {
+        let inputs = json!({
+            "base": a.base.display().to_string(),
+            "residual": a.residual.display().to_string(),
+            "scale": a.scale,
+            "type": a.ty,
+        });
+        let j = report::to_json("apply", inputs, &outcomes);
+        let text = serde_json::to_string_pretty(&j).expect("report serializes");
+        std::fs::write(path, text + "\n").map_err(|e| Error::io(path, e))?;
+    }
+    if !a.quiet {
+        eprint!("{}", report::to_text(&outcomes, 10));
+        eprintln!("wrote {}", pipeline::display_paths(&paths));
+    }
+    Ok(())
+}

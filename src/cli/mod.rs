@@ -1,0 +1,169 @@
+//! The command line: one function per subcommand, all over one pipeline.
+
+mod apply;
+mod convert;
+mod inspect;
+mod metadata;
+
+use std::path::{Path, PathBuf};
+
+use clap::{Parser, Subcommand};
+
+use crate::{Error, Result};
+
+const ABOUT: &str = "Add full-rank weight residuals to quantized LLMs and measure what precision was lost";
+
+const LONG_ABOUT: &str = "\
+qresidual adds an instruction residual (Δθ = θ_instruct − θ_base, safetensors with Hugging Face \
+tensor names) to a base model whose weights are already quantized (GGUF Q4_K_M, Q8_0, …), and \
+writes a model llama.cpp runs, in the same quantization, with a precision report.
+
+Typical use:
+  qresidual inspect Llama-3.1-8B-Q4_K_M.gguf
+  qresidual apply --base Llama-3.1-8B-Q4_K_M.gguf --residual residual/ -o Llama-3.1-8B-Instruct-Q4_K_M.gguf --report report.json
+  qresidual dequantize model-Q4_K_M.gguf -o model-F32.gguf
+  qresidual quantize model-F32.gguf -o model-Q4_K_M.gguf --type q4_k_m
+
+Inputs are never modified; every output is written to a temporary file beside the target and \
+renamed into place only when complete. Exit codes: 0 success, 1 bad data, 2 bad usage.";
+
+#[derive(Parser, Debug)]
+#[command(name = "qresidual", version, about = ABOUT, long_about = LONG_ABOUT)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand, Debug)]
+enum Command {
+    /// Add a residual to a (quantized) base model and requantize.
+    Apply(apply::ApplyArgs),
+    /// Expand every quantized tensor to f32, f16 or bf16.
+    Dequantize(convert::DequantizeArgs),
+    /// Quantize a model to a ggml type or a llama.cpp mix such as q4_k_m.
+    Quantize(convert::QuantizeArgs),
+    /// Show the metadata and tensors of a GGUF or safetensors model.
+    Inspect(inspect::InspectArgs),
+    /// Copy a GGUF file with metadata keys set or removed.
+    Metadata(metadata::MetadataArgs),
+}
+
+/// Parse the command line, run, and return the process exit code.
+pub fn main() -> i32 {
+    let cli = match Cli::try_parse() {
+        Ok(cli) => cli,
+        Err(e) => {
+            let _ = e.print();
+            return if e.use_stderr() { 2 } else { 0 };
+        }
+    };
+    let result = match &cli.command {
+        Command::Apply(a) => apply::run(a),
+        Command::Dequantize(a) => convert::run_dequantize(a),
+        Command::Quantize(a) => convert::run_quantize(a),
+        Command::Inspect(a) => inspect::run(a),
+        Command::Metadata(a) => metadata::run(a),
+    };
+    match result {
+        Ok(()) => 0,
+        Err(e) => {
+            eprintln!("error: {e}");
+            e.exit_code()
+        }
+    }
+}
+
+/// Use `threads` worker threads (all cores when `None`).
+pub(crate) fn set_threads(threads: Option<usize>) -> Result<()> {
+    if let Some(n) = threads {
+        if n == 0 {
+            return Err(Error::Usage("--threads must be at least 1".into()));
+        }
+        // A second call in the same process (tests) keeps the first pool.
+        let _ = rayon::ThreadPoolBuilder::new().num_threads(n).build_global();
+    }
+    Ok(())
+}
+
+/// The canonical form of a path that may not exist yet.
+fn canonical_target(out: &Path) -> Result<PathBuf> {
+    let parent = match out.parent() {
+        Some(p) if !p.as_os_str().is_empty() => p.to_path_buf(),
+        _ => PathBuf::from("."),
+    };
+    let dir = parent.canonicalize().map_err(|_| {
+        Error::Usage(format!(
+            "{}: the output folder {} does not exist",
+            out.display(),
+            parent.display()
+        ))
+    })?;
+    let name = out
+        .file_name()
+        .ok_or_else(|| Error::Usage(format!("{}: not a file name", out.display())))?;
+    Ok(dir.join(name))
+}
+
+/// Refuse an output that would overwrite one of the inputs.
+pub(crate) fn check_output(out: &Path, inputs: &[PathBuf]) -> Result<()> {
+    let target = canonical_target(out)?;
+    if target.is_dir() {
+        return Err(Error::Usage(format!(
+            "{}: is a folder; give a file name for the output",
+            out.display()
+        )));
+    }
+    for input in inputs {
+        if input.canonicalize().ok().as_deref() == Some(target.as_path()) {
+            return Err(Error::Usage(format!(
+                "{}: the output would overwrite the input {}",
+                out.display(),
+                input.display()
+            )));
+        }
+    }
+    Ok(())
+}
+
+/// Parse sizes such as `2G`, `500M`, `1048576`.
+pub(crate) fn parse_size(s: &str) -> std::result::Result<u64, String> {
+    let s = s.trim();
+    let (num, mult) = match s.chars().last() {
+        Some('K' | 'k') => (&s[..s.len() - 1], 1u64 << 10),
+        Some('M' | 'm') => (&s[..s.len() - 1], 1 << 20),
+        Some('G' | 'g') => (&s[..s.len() - 1], 1 << 30),
+        Some('T' | 't') => (&s[..s.len() - 1], 1 << 40),
+        _ => (s, 1),
+    };
+    let n: u64 = num
+        .parse()
+        .map_err(|_| format!("'{s}' is not a size such as 500M or 2G"))?;
+    n.checked_mul(mult)
+        .filter(|&n| n > 0)
+        .ok_or_else(|| format!("'{s}' is not a usable size"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn sizes_parse_with_suffixes() {
+        assert_eq!(parse_size("2G"), Ok(2 << 30));
+        assert_eq!(parse_size("500M"), Ok(500 << 20));
+        assert_eq!(parse_size("4096"), Ok(4096));
+        assert!(parse_size("0").is_err());
+        assert!(parse_size("lots").is_err());
+    }
+
+    #[test]
+    fn output_equal_to_input_is_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let input = dir.path().join("in.gguf");
+        std::fs::write(&input, b"x").unwrap();
+        let again = dir.path().join(".").join("in.gguf");
+        assert!(matches!(check_output(&again, &[input.clone()]), Err(Error::Usage(_))));
+        assert!(check_output(&dir.path().join("out.gguf"), &[input]).is_ok());
+        assert!(check_output(&dir.path().join("missing/out.gguf"), &[]).is_err());
+    }
+}

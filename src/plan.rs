@@ -1,0 +1,362 @@
+//! Which residual tensor goes with which base tensor, checked before any
+//! output is written.
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+
+use rayon::prelude::*;
+
+use crate::gguf::GgufFile;
+use crate::naming::{self, RowPermutation};
+use crate::quant::{scan_row, GgmlType};
+use crate::st::SafetensorsModel;
+use crate::{Error, Result};
+
+/// A residual: safetensors (one file or shards) or a GGUF file.
+pub enum Residual {
+    /// GGUF, tensors named and laid out as in the base.
+    Gguf(GgufFile),
+    /// Safetensors with Hugging Face or GGUF names.
+    Safetensors(SafetensorsModel),
+}
+
+/// One residual tensor, viewed as ggml-layout rows.
+pub struct ResidualTensor<'a> {
+    /// Name in the residual file.
+    pub name: &'a str,
+    /// Encoding of `data` (F16, BF16, F32, or any GGUF type).
+    pub ty: GgmlType,
+    /// Row-major shape (outermost first).
+    pub shape: Vec<u64>,
+    /// The bytes.
+    pub data: &'a [u8],
+}
+
+impl ResidualTensor<'_> {
+    /// Elements per row (innermost dimension).
+    pub fn row_len(&self) -> usize {
+        self.shape.last().copied().unwrap_or(1) as usize
+    }
+
+    /// Number of rows.
+    pub fn n_rows(&self) -> usize {
+        let n: u64 = self.shape.iter().product();
+        (n / self.shape.last().copied().unwrap_or(1).max(1)) as usize
+    }
+}
+
+/// Whether `path` starts with the GGUF magic.
+pub fn is_gguf(path: &Path) -> bool {
+    use std::io::Read;
+    let mut magic = [0u8; 4];
+    std::fs::File::open(path)
+        .and_then(|mut f| f.read_exact(&mut magic))
+        .map(|_| &magic == b"GGUF")
+        .unwrap_or(false)
+}
+
+impl Residual {
+    /// Open a residual, telling GGUF from safetensors by content.
+    pub fn open(path: &Path) -> Result<Self> {
+        if path.is_file() && is_gguf(path) {
+            Ok(Residual::Gguf(GgufFile::open(path)?))
+        } else {
+            Ok(Residual::Safetensors(SafetensorsModel::open(path)?))
+        }
+    }
+
+    /// The path given by the user.
+    pub fn path(&self) -> &Path {
+        match self {
+            Residual::Gguf(g) => g.path(),
+            Residual::Safetensors(s) => s.path(),
+        }
+    }
+
+    /// Every file behind the residual.
+    pub fn paths(&self) -> Vec<PathBuf> {
+        match self {
+            Residual::Gguf(g) => g.paths(),
+            Residual::Safetensors(s) => s.shard_paths().to_vec(),
+        }
+    }
+
+    /// All tensors; a dtype that cannot hold weights is an error naming it.
+    pub fn tensors(&self) -> Result<Vec<ResidualTensor<'_>>> {
+        match self {
+            Residual::Gguf(g) => Ok(g
+                .tensors()
+                .iter()
+                .enumerate()
+                .map(|(i, t)| ResidualTensor {
+                    name: &t.name,
+                    ty: t.ty,
+                    shape: t.shape(),
+                    data: g.tensor_data(i),
+                })
+                .collect()),
+            Residual::Safetensors(s) => s
+                .tensors()
+                .iter()
+                .map(|t| {
+                    let ty = t
+                        .ggml_type()
+                        .filter(|ty| matches!(ty, GgmlType::F16 | GgmlType::BF16 | GgmlType::F32))
+                        .ok_or_else(|| {
+                            Error::tensor(
+                                s.path(),
+                                &t.name,
+                                format!(
+                                    "dtype {:?} cannot be a residual (use F16, BF16 or F32)",
+                                    t.dtype
+                                ),
+                            )
+                        })?;
+                    Ok(ResidualTensor {
+                        name: &t.name,
+                        ty,
+                        shape: t.shape.iter().map(|&d| d as u64).collect(),
+                        data: s.data(t),
+                    })
+                })
+                .collect(),
+        }
+    }
+}
+
+/// One residual tensor matched to one base tensor.
+#[derive(Debug, Clone)]
+pub struct Pairing {
+    /// Index of the base tensor.
+    pub base: usize,
+    /// Index into the residual's tensor list.
+    pub residual: usize,
+    /// Row order change from the residual's layout to the base's.
+    pub permutation: RowPermutation,
+}
+
+/// The result of matching a residual to a base.
+#[derive(Debug, Default)]
+pub struct Matching {
+    /// Matched pairs, in residual order.
+    pub pairs: Vec<Pairing>,
+    /// Residual tensors without a partner (only with `allow_missing`).
+    pub unmatched: Vec<String>,
+    /// Things the user should know (tied embeddings…).
+    pub notes: Vec<String>,
+}
+
+fn list(names: &[String]) -> String {
+    const SHOWN: usize = 12;
+    let mut s = names
+        .iter()
+        .take(SHOWN)
+        .cloned()
+        .collect::<Vec<_>>()
+        .join(", ");
+    if names.len() > SHOWN {
+        s.push_str(&format!(" … and {} more", names.len() - SHOWN));
+    }
+    s
+}
+
+fn meta_u64(base: &GgufFile, key: &str) -> Option<u64> {
+    base.get(key).and_then(|v| v.as_u64())
+}
+
+/// Match every residual tensor to exactly one base tensor of the same shape.
+pub fn match_residual(
+    base: &GgufFile,
+    residual_path: &Path,
+    residual: &[ResidualTensor<'_>],
+    allow_missing: bool,
+) -> Result<Matching> {
+    let arch = base.architecture().unwrap_or("").to_string();
+    let n_head = meta_u64(base, &format!("{arch}.attention.head_count")).unwrap_or(0) as usize;
+    let n_head_kv = meta_u64(base, &format!("{arch}.attention.head_count_kv"))
+        .map(|v| v as usize)
+        .unwrap_or(n_head);
+    let by_name: HashMap<&str, usize> = base
+        .tensors()
+        .iter()
+        .enumerate()
+        .map(|(i, t)| (t.name.as_str(), i))
+        .collect();
+
+    let mut m = Matching::default();
+    let (mut unmapped, mut no_partner, mut bad_shape) = (Vec::new(), Vec::new(), Vec::new());
+    let mut claimed: HashMap<usize, &str> = HashMap::new();
+    let mut duplicates = Vec::new();
+    let mut tied_lm_head: Option<usize> = None;
+    let mut embed_residual: Option<usize> = None;
+
+    for (ri, rt) in residual.iter().enumerate() {
+        let (gguf_name, from_hf) = if by_name.contains_key(rt.name) {
+            (rt.name.to_string(), false)
+        } else if let Some(n) = naming::hf_to_gguf(&arch, rt.name) {
+            (n, true)
+        } else {
+            unmapped.push(rt.name.to_string());
+            continue;
+        };
+        if gguf_name == "token_embd.weight" {
+            embed_residual = Some(ri);
+        }
+        let Some(&bi) = by_name.get(gguf_name.as_str()) else {
+            if gguf_name == "output.weight" && by_name.contains_key("token_embd.weight") {
+                tied_lm_head = Some(ri);
+            } else {
+                no_partner.push(format!("{} (→ {gguf_name})", rt.name));
+            }
+            continue;
+        };
+        let bt = &base.tensors()[bi];
+        if bt.shape() != rt.shape {
+            bad_shape.push(format!(
+                "{} {:?} vs base {} {:?}",
+                rt.name,
+                rt.shape,
+                bt.name,
+                bt.shape()
+            ));
+            continue;
+        }
+        if let Some(prev) = claimed.insert(bi, rt.name) {
+            duplicates.push(format!("{prev} and {} both map to {}", rt.name, bt.name));
+            continue;
+        }
+        let permutation = if from_hf {
+            naming::row_permutation(&arch, &gguf_name, n_head, n_head_kv)
+        } else {
+            RowPermutation::Identity
+        };
+        if let RowPermutation::LlamaRope { n_head: h } = permutation {
+            let rows = bt.shape()[0] as usize;
+            if h == 0 || rows % (2 * h) != 0 {
+                return Err(Error::Mismatch(format!(
+                    "{}: cannot permute {} for rotary embeddings: {rows} rows do not split into {h} heads (check {arch}.attention.head_count in the base)",
+                    residual_path.display(),
+                    rt.name
+                )));
+            }
+        }
+        m.pairs.push(Pairing {
+            base: bi,
+            residual: ri,
+            permutation,
+        });
+    }
+
+    if let Some(li) = tied_lm_head {
+        let same = embed_residual.is_some_and(|ei| {
+            let (l, e) = (&residual[li], &residual[ei]);
+            l.ty == e.ty && l.shape == e.shape && l.data == e.data
+        });
+        if same {
+            m.notes.push(format!(
+                "the base ties its output to token_embd; the residual's {} equals its embedding residual and is applied once",
+                residual[li].name
+            ));
+        } else {
+            return Err(Error::Mismatch(format!(
+                "{}: the base has no output.weight (its output is tied to token_embd.weight), but the residual's {} differs from its embedding residual; a tied model cannot take two different residuals",
+                residual_path.display(),
+                residual[li].name
+            )));
+        }
+    }
+    if !bad_shape.is_empty() {
+        return Err(Error::Mismatch(format!(
+            "{}: {} residual tensor(s) differ in shape from the base: {}",
+            residual_path.display(),
+            bad_shape.len(),
+            list(&bad_shape)
+        )));
+    }
+    if !duplicates.is_empty() {
+        return Err(Error::Mismatch(format!(
+            "{}: {}",
+            residual_path.display(),
+            list(&duplicates)
+        )));
+    }
+    if !unmapped.is_empty() && !allow_missing {
+        let why = if naming::supported_architectures().contains(&arch.as_str()) {
+            format!("these names are neither base tensor names nor known Hugging Face names for '{arch}'")
+        } else {
+            format!(
+                "the base's architecture '{arch}' has no Hugging Face name table (known: {}); name the residual's tensors as in the GGUF file instead",
+                naming::supported_architectures().join(", ")
+            )
+        };
+        return Err(Error::Mismatch(format!(
+            "{}: {} residual tensor(s) could not be mapped: {why}: {} (--allow-missing skips them)",
+            residual_path.display(),
+            unmapped.len(),
+            list(&unmapped)
+        )));
+    }
+    if !no_partner.is_empty() && !allow_missing {
+        return Err(Error::Mismatch(format!(
+            "{}: {} residual tensor(s) have no partner in the base: {} (--allow-missing skips them)",
+            residual_path.display(),
+            no_partner.len(),
+            list(&no_partner)
+        )));
+    }
+    m.unmatched = unmapped.into_iter().chain(no_partner).collect();
+    if m.pairs.is_empty() {
+        return Err(Error::Mismatch(format!(
+            "{}: no residual tensor matches a tensor of {}",
+            residual_path.display(),
+            base.path().display()
+        )));
+    }
+    Ok(m)
+}
+
+/// Scan the matched residual tensors for NaN/Inf (an error naming tensor,
+/// row and column) and report which ones are all zero.
+pub fn scan_residuals(
+    residual_path: &Path,
+    residual: &[ResidualTensor<'_>],
+    pairs: &[Pairing],
+) -> Result<Vec<bool>> {
+    pairs
+        .iter()
+        .map(|p| {
+            let t = &residual[p.residual];
+            let row_len = t.row_len();
+            let rb = t
+                .ty
+                .row_size(row_len)
+                .ok_or_else(|| Error::tensor(residual_path, t.name, "row length is not a whole number of blocks"))?;
+            let rows_per_chunk = ((1usize << 20) / row_len.max(1)).max(1);
+            let chunk_bytes = rb * rows_per_chunk;
+            let results: Vec<Result<bool>> = t
+                .data
+                .par_chunks(chunk_bytes.max(1))
+                .enumerate()
+                .map(|(ci, bytes)| {
+                    let n = bytes.len() / rb * row_len;
+                    let s = scan_row(t.ty, bytes, n)
+                        .map_err(|e| Error::tensor(residual_path, t.name, e.to_string()))?;
+                    if let Some(i) = s.first_non_finite {
+                        let row = ci * rows_per_chunk + i / row_len;
+                        return Err(Error::tensor(
+                            residual_path,
+                            t.name,
+                            format!("holds NaN or infinity (row {row}, column {})", i % row_len),
+                        ));
+                    }
+                    Ok(s.all_zero)
+                })
+                .collect();
+            let mut all_zero = true;
+            for r in results {
+                all_zero &= r?;
+            }
+            Ok(all_zero)
+        })
+        .collect()
+}

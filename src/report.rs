@@ -1,0 +1,180 @@
+//! The precision report: a table on stderr and the full JSON.
+
+use std::collections::BTreeMap;
+use std::fmt::Write as _;
+
+use serde_json::{json, Value};
+
+use crate::pipeline::Outcome;
+use crate::quant::stats::ErrorStats;
+use crate::quant::GgmlType;
+
+fn finite_or_null(x: f64) -> Value {
+    if x.is_finite() {
+        json!(x)
+    } else if x.is_infinite() && x > 0.0 {
+        json!("inf")
+    } else {
+        Value::Null
+    }
+}
+
+fn stats_json(s: &ErrorStats) -> Value {
+    json!({
+        "rmse": finite_or_null(s.rmse()),
+        "max_abs": finite_or_null(s.max_abs()),
+        "relative_rmse": finite_or_null(s.relative_rmse()),
+        "cosine": finite_or_null(s.cosine()),
+        "snr_db": finite_or_null(s.snr_db()),
+        "delta_norm": finite_or_null(s.delta_norm()),
+        "retention": s.retention().map(finite_or_null).unwrap_or(Value::Null),
+    })
+}
+
+/// Bits per weight of a set of tensors of the given types and sizes.
+fn bits_per_weight(items: impl Iterator<Item = (GgmlType, u64)>) -> f64 {
+    let (mut bits, mut n) = (0f64, 0u64);
+    for (ty, count) in items {
+        bits += ty.bits_per_weight() * count as f64;
+        n += count;
+    }
+    if n == 0 {
+        0.0
+    } else {
+        bits / n as f64
+    }
+}
+
+/// Per output type: stats of the tensors that carried a residual.
+fn per_type(outcomes: &[Outcome]) -> BTreeMap<String, (usize, ErrorStats)> {
+    let mut m: BTreeMap<String, (usize, ErrorStats)> = BTreeMap::new();
+    for o in outcomes.iter().filter(|o| o.has_residual) {
+        if let Some(s) = &o.stats {
+            let e = m.entry(o.type_out.name().to_string()).or_default();
+            e.0 += 1;
+            e.1.merge(s);
+        }
+    }
+    m
+}
+
+/// The full report as JSON.
+pub fn to_json(command: &str, inputs: Value, outcomes: &[Outcome]) -> Value {
+    let tensors: Vec<Value> = outcomes
+        .iter()
+        .map(|o| {
+            let mut t = json!({
+                "name": o.name,
+                "type_in": o.type_in.name(),
+                "type_out": o.type_out.name(),
+                "n_elements": o.n_elements,
+                "copied": o.copied,
+                "residual": o.has_residual,
+            });
+            if let Some(s) = &o.stats {
+                t["error"] = stats_json(s);
+            }
+            t
+        })
+        .collect();
+    let mut total = ErrorStats::default();
+    for s in outcomes.iter().filter(|o| o.has_residual).filter_map(|o| o.stats.as_ref()) {
+        total.merge(s);
+    }
+    let by_type: serde_json::Map<String, Value> = per_type(outcomes)
+        .into_iter()
+        .map(|(k, (n, s))| (k, json!({"tensors": n, "error": stats_json(&s)})))
+        .collect();
+    json!({
+        "command": command,
+        "inputs": inputs,
+        "summary": {
+            "tensors": outcomes.len(),
+            "with_residual": outcomes.iter().filter(|o| o.has_residual).count(),
+            "copied": outcomes.iter().filter(|o| o.copied).count(),
+            "bits_per_weight_in": bits_per_weight(outcomes.iter().map(|o| (o.type_in, o.n_elements))),
+            "bits_per_weight_out": bits_per_weight(outcomes.iter().map(|o| (o.type_out, o.n_elements))),
+            "residual_tensors": stats_json(&total),
+            "by_output_type": by_type,
+        },
+        "tensors": tensors,
+    })
+}
+
+fn fmt_opt(x: Option<f64>, prec: usize) -> String {
+    match x {
+        Some(v) if v.is_finite() => format!("{v:.prec$}"),
+        Some(v) if v > 0.0 => "inf".into(),
+        Some(_) => "-inf".into(),
+        None => "-".into(),
+    }
+}
+
+/// A human summary: worst tensors, per-type retention, totals.
+pub fn to_text(outcomes: &[Outcome], worst: usize) -> String {
+    let mut s = String::new();
+    let changed: Vec<&Outcome> = outcomes.iter().filter(|o| o.stats.is_some()).collect();
+    let copied = outcomes.iter().filter(|o| o.copied).count();
+    let _ = writeln!(
+        s,
+        "{} tensors: {} re-encoded, {} copied unchanged, {} with a residual",
+        outcomes.len(),
+        changed.len(),
+        copied,
+        outcomes.iter().filter(|o| o.has_residual).count()
+    );
+    let _ = writeln!(
+        s,
+        "bits per weight: {:.3} in, {:.3} out",
+        bits_per_weight(outcomes.iter().map(|o| (o.type_in, o.n_elements))),
+        bits_per_weight(outcomes.iter().map(|o| (o.type_out, o.n_elements)))
+    );
+    let types = per_type(outcomes);
+    if !types.is_empty() {
+        let _ = writeln!(
+            s,
+            "\n{:<8} {:>7} {:>11} {:>9} {:>9} {:>10}",
+            "type", "tensors", "rel. RMSE", "cosine", "SNR dB", "retention"
+        );
+        for (ty, (n, st)) in &types {
+            let _ = writeln!(
+                s,
+                "{:<8} {:>7} {:>11.3e} {:>9.6} {:>9.2} {:>10}",
+                ty,
+                n,
+                st.relative_rmse(),
+                st.cosine(),
+                st.snr_db(),
+                fmt_opt(st.retention(), 4)
+            );
+        }
+    }
+    let mut ranked = changed.clone();
+    ranked.sort_by(|a, b| {
+        let ra = a.stats.as_ref().map_or(0.0, |s| s.relative_rmse());
+        let rb = b.stats.as_ref().map_or(0.0, |s| s.relative_rmse());
+        rb.partial_cmp(&ra).unwrap_or(std::cmp::Ordering::Equal)
+    });
+    if !ranked.is_empty() {
+        let _ = writeln!(
+            s,
+            "\nworst tensors by relative RMSE:\n{:<40} {:>7} {:>7} {:>11} {:>11} {:>9} {:>10}",
+            "tensor", "in", "out", "rel. RMSE", "max abs", "SNR dB", "retention"
+        );
+        for o in ranked.iter().take(worst) {
+            let st = o.stats.as_ref().expect("filtered");
+            let _ = writeln!(
+                s,
+                "{:<40} {:>7} {:>7} {:>11.3e} {:>11.3e} {:>9.2} {:>10}",
+                o.name,
+                o.type_in.name(),
+                o.type_out.name(),
+                st.relative_rmse(),
+                st.max_abs(),
+                st.snr_db(),
+                fmt_opt(st.retention(), 4)
+            );
+        }
+    }
+    s
+}

@@ -1,0 +1,151 @@
+//! A whole GGUF model through the pipeline: which tensors are copied, which
+//! are re-encoded (with or without a residual), and the output file.
+
+use std::path::{Path, PathBuf};
+
+use crate::gguf::{GgufFile, GgufWriter, MetaValue, TensorSpec, WriterOptions};
+use crate::naming::RowPermutation;
+use crate::pipeline::{self, Action, EncodedRows, Outcome, Task};
+use crate::quant::{codec, GgmlType};
+use crate::{Error, Result};
+
+/// The rows of base tensor `index`, in its own encoding.
+pub fn base_rows(base: &GgufFile, index: usize) -> EncodedRows<'_> {
+    let t = &base.tensors()[index];
+    EncodedRows {
+        path: base.path(),
+        name: &t.name,
+        data: base.tensor_data(index),
+        ty: t.ty,
+        row_len: t.row_len() as usize,
+        n_rows: t.n_rows() as usize,
+        permutation: RowPermutation::Identity,
+    }
+}
+
+/// One task per base tensor: copied when neither type nor values change,
+/// re-encoded otherwise. Tensors that cannot be produced are listed in one
+/// error with the nearest type that can.
+pub fn tasks<'a>(
+    base: &'a GgufFile,
+    out_types: &[GgmlType],
+    mut residuals: Vec<Option<EncodedRows<'a>>>,
+    scale: f32,
+) -> Result<Vec<Task<'a>>> {
+    let mut impossible = Vec::new();
+    let mut tasks = Vec::with_capacity(base.tensors().len());
+    residuals.resize_with(base.tensors().len(), || None);
+    for (i, (t, residual)) in base.tensors().iter().zip(residuals).enumerate() {
+        let out_ty = out_types[i];
+        let spec = TensorSpec {
+            name: t.name.clone(),
+            ty: out_ty,
+            ne: t.ne.clone(),
+        };
+        if residual.is_none() && out_ty == t.ty {
+            tasks.push(Task {
+                spec,
+                input_type: t.ty,
+                action: Action::Copy(base.tensor_data(i)),
+            });
+            continue;
+        }
+        let readable = codec(t.ty).is_some();
+        let writable = codec(out_ty).and_then(|c| c.quantize).is_some();
+        if !readable {
+            impossible.push(format!("{} ({} cannot be decoded)", t.name, t.ty));
+        } else if !writable {
+            let hint = if out_ty.requires_imatrix() {
+                format!(
+                    "{} needs an importance matrix; try --type {} or iq4_xs",
+                    out_ty,
+                    out_ty.nearest_writable().name().to_lowercase()
+                )
+            } else {
+                format!("{out_ty} cannot be written")
+            };
+            impossible.push(format!("{}: {hint}", t.name));
+        } else if out_ty.row_size(t.row_len() as usize).is_none() {
+            impossible.push(format!(
+                "{}: rows of {} elements are not whole {} blocks of {}",
+                t.name,
+                t.row_len(),
+                out_ty,
+                out_ty.block_size()
+            ));
+        }
+        tasks.push(Task {
+            spec,
+            input_type: t.ty,
+            action: Action::Transcode {
+                base: base_rows(base, i),
+                residual,
+                scale,
+            },
+        });
+    }
+    if !impossible.is_empty() {
+        let n = impossible.len();
+        impossible.truncate(8);
+        return Err(Error::Usage(format!(
+            "{}: {n} tensor(s) cannot be written as asked: {}{}",
+            base.path().display(),
+            impossible.join("; "),
+            if n > 8 { "; …" } else { "" }
+        )));
+    }
+    Ok(tasks)
+}
+
+/// The base's metadata for the output: split keys dropped (the writer adds
+/// its own), `general.file_type` and `general.name` replaced when given.
+pub fn output_metadata(
+    base: &GgufFile,
+    file_type: Option<u32>,
+    name: Option<&str>,
+) -> Vec<(String, MetaValue)> {
+    let mut md: Vec<(String, MetaValue)> = base
+        .metadata()
+        .iter()
+        .filter(|(k, _)| !k.starts_with("split."))
+        .cloned()
+        .collect();
+    let mut set = |key: &str, v: MetaValue| match md.iter_mut().find(|(k, _)| k == key) {
+        Some(slot) => slot.1 = v,
+        None => md.push((key.to_string(), v)),
+    };
+    if let Some(ft) = file_type {
+        set("general.file_type", MetaValue::U32(ft));
+    }
+    if let Some(n) = name {
+        set("general.name", MetaValue::String(n.to_string()));
+    }
+    md
+}
+
+/// Where and how to write.
+pub struct Output<'a> {
+    /// Target path (first split when splitting).
+    pub path: &'a Path,
+    /// Bytes per split file, if splitting.
+    pub split_max_size: Option<u64>,
+    /// Pipeline options.
+    pub options: pipeline::Options,
+}
+
+/// Write `tasks` with `metadata` atomically; returns outcomes and the paths written.
+pub fn write(
+    tasks: &[Task<'_>],
+    metadata: &[(String, MetaValue)],
+    out: &Output<'_>,
+) -> Result<(Vec<Outcome>, Vec<PathBuf>)> {
+    let specs: Vec<TensorSpec> = tasks.iter().map(|t| t.spec.clone()).collect();
+    let opts = WriterOptions {
+        split_max_size: out.split_max_size,
+        ..Default::default()
+    };
+    let mut writer = GgufWriter::create(out.path, metadata, &specs, &opts)?;
+    let outcomes = pipeline::run(tasks, &mut writer, out.path, &out.options)?;
+    let paths = writer.finish()?;
+    Ok((outcomes, paths))
+}

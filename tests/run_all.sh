@@ -1,0 +1,12 @@
+#!/usr/bin/env bash
+# Every test: the Rust suites (no Python needed), then the interoperability
+# tests against llama.cpp, gguf-py and the real gemma-3-270m model.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+cargo test --workspace --all-targets
+
+python3 -m pip install --quiet --disable-pip-version-check -r tests/interop/requirements.txt
+cargo build --release --bin qresidual
+export QRESIDUAL_BIN="$PWD/target/release/qresidual"
+python3 -m pytest tests/interop -q -p no:cacheprovider
