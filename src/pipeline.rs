@@ -36,11 +36,32 @@ pub struct EncodedRows<'a> {
     pub n_rows: usize,
     /// Which stored row lands in each output row.
     pub permutation: RowPermutation,
+    /// The mapping behind `data`, to hand consumed pages back to the kernel.
+    pub pages: Option<&'a dyn ReleasePages>,
+}
+
+/// A memory-mapped container that can drop consumed pages from the
+/// resident set (see [`crate::pages`]).
+pub trait ReleasePages: Sync {
+    /// Drop the whole pages inside `bytes` if they belong to this mapping.
+    fn release(&self, bytes: &[u8]);
 }
 
 impl EncodedRows<'_> {
     fn row_bytes(&self) -> usize {
         self.ty.row_size(self.row_len).expect("validated row length")
+    }
+
+    /// Hand rows `start..end` back to the kernel once consumed (all rows at
+    /// once when the rows are read out of order).
+    fn release_rows(&self, start: usize, end: usize) {
+        let Some(pages) = self.pages else { return };
+        let rb = self.row_bytes();
+        if matches!(self.permutation, RowPermutation::Identity) {
+            pages.release(&self.data[start * rb..end * rb]);
+        } else if end == self.n_rows {
+            pages.release(self.data);
+        }
     }
 
     /// Decode rows `start..start + out.len() / row_len` into `out`.
@@ -282,6 +303,12 @@ pub fn run(
                         writer.write(&chunk.bytes)?;
                         pb.inc(chunk.bytes.len() as u64);
                         stats.merge(&chunk.stats);
+                    }
+                    let (first, _) = window[0];
+                    let (last, n) = window[window.len() - 1];
+                    base.release_rows(first, last + n);
+                    if let Some(r) = residual {
+                        r.release_rows(first, last + n);
                     }
                 }
                 Outcome {

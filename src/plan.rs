@@ -8,6 +8,7 @@ use rayon::prelude::*;
 
 use crate::gguf::GgufFile;
 use crate::naming::{self, RowPermutation};
+use crate::pipeline::ReleasePages;
 use crate::quant::{scan_row, GgmlType};
 use crate::st::SafetensorsModel;
 use crate::{Error, Result};
@@ -18,6 +19,15 @@ pub enum Residual {
     Gguf(GgufFile),
     /// Safetensors with Hugging Face or GGUF names.
     Safetensors(SafetensorsModel),
+}
+
+impl ReleasePages for Residual {
+    fn release(&self, bytes: &[u8]) {
+        match self {
+            Residual::Gguf(g) => g.release(bytes),
+            Residual::Safetensors(s) => s.release(bytes),
+        }
+    }
 }
 
 /// One residual tensor, viewed as ggml-layout rows.

@@ -20,6 +20,7 @@ pub fn base_rows(base: &GgufFile, index: usize) -> EncodedRows<'_> {
         row_len: t.row_len() as usize,
         n_rows: t.n_rows() as usize,
         permutation: RowPermutation::Identity,
+        pages: Some(base),
     }
 }
 

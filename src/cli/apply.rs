@@ -114,6 +114,7 @@ pub fn run(a: &ApplyArgs) -> Result<()> {
             row_len: rt.row_len(),
             n_rows: rt.n_rows(),
             permutation: p.permutation.clone(),
+            pages: Some(&residual),
         });
     }
     if zero > 0 && !a.quiet {

@@ -1,0 +1,82 @@
+#!/usr/bin/env python3
+"""Per-type codec throughput, ours against ggml's, single-threaded, same data, same run.
+
+Ours: `cargo bench -p qresidual-quant --bench codecs` (JSON lines).
+ggml: libggml-base.so from llama-cpp-python through ctypes (ggml_quantize_chunk with no
+importance matrix; type_traits->to_float), one thread.
+
+Usage: python3 benches/bench_codecs.py [TYPE ...]
+"""
+import json
+import pathlib
+import subprocess
+import sys
+import time
+
+import numpy as np
+
+ROOT = pathlib.Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT / "fixtures"))
+from gen_golden import Ggml, TYPES, TO_FLOAT  # noqa: E402
+import ctypes  # noqa: E402
+
+ROW, ROWS = 4096, 256
+
+
+def data():
+    """The same LCG as quant/benches/codecs.rs."""
+    s = 0x2545F4914F6CDD1D
+    out = np.empty(ROW * ROWS, dtype=np.float32)
+    mask = (1 << 64) - 1
+    for i in range(ROW * ROWS):
+        acc = np.float32(0)
+        for _ in range(4):
+            s = (s * 6364136223846793005 + 1442695040888963407) & mask
+            acc = np.float32(acc + np.float32((s >> 40) / float(1 << 24)))
+        out[i] = np.float32((acc - np.float32(2.0)) * np.float32(0.03))
+    return out.reshape(ROWS, ROW)
+
+
+def rate(n, f):
+    best = float("inf")
+    for _ in range(3):
+        start = time.perf_counter()
+        reps = 0
+        while time.perf_counter() - start < 0.3:
+            f()
+            reps += 1
+        best = min(best, (time.perf_counter() - start) / reps)
+    return n / best
+
+
+def main():
+    wanted = sys.argv[1:]
+    ours = {}
+    p = subprocess.run(["cargo", "bench", "-q", "-p", "qresidual-quant", "--bench", "codecs", "--", *wanted],
+                       cwd=ROOT, check=True, capture_output=True, text=True)
+    for line in p.stdout.splitlines():
+        if line.startswith("{"):
+            j = json.loads(line)
+            ours[j["type"]] = j
+    g = Ggml()
+    x = data()
+    print(f"{'type':8} {'quantize ours':>14} {'ggml':>12} {'ratio':>6}   {'dequant ours':>13} {'ggml':>12} {'ratio':>6}  (elements/s, 1 thread)")
+    for name, tid in TYPES:
+        if name not in ours or (wanted and name not in wanted):
+            continue
+        q = g.quantize(tid, x)
+        qbuf = ctypes.create_string_buffer(q, len(q))
+        xp = x.ctypes.data_as(ctypes.POINTER(ctypes.c_float))
+        y = np.empty_like(x)
+        yp = y.ctypes.data_as(ctypes.POINTER(ctypes.c_float))
+        traits = g.traits(tid)
+        to_float = TO_FLOAT(traits.to_float) if traits.to_float else None
+        gq = rate(x.size, lambda: g.lib.ggml_quantize_chunk(tid, xp, qbuf, 0, ROWS, ROW, None))
+        gd = rate(x.size, lambda: to_float(qbuf, yp, x.size)) if to_float else float("nan")
+        o = ours[name]
+        print(f"{name:8} {o['quantize_eps']:14.3e} {gq:12.3e} {o['quantize_eps'] / gq:6.2f}   "
+              f"{o['dequantize_eps']:13.3e} {gd:12.3e} {o['dequantize_eps'] / gd:6.2f}")
+
+
+if __name__ == "__main__":
+    main()

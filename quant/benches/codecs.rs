@@ -1,0 +1,85 @@
+//! Single-threaded codec throughput, one JSON line per type:
+//! `{"type": "q4_K", "quantize_eps": …, "dequantize_eps": …}`.
+//! `benches/bench_codecs.py` runs this beside ggml (through ctypes) on the
+//! same data and prints the ratios.
+//!
+//! Usage: cargo bench -p qresidual-quant --bench codecs -- [TYPE…]
+
+use std::time::{Duration, Instant};
+
+use qresidual_quant::{codec, dequantize_row, quantize_row, GgmlType, ALL_TYPES};
+
+const ROW: usize = 4096;
+const ROWS: usize = 256;
+
+fn data() -> Vec<f32> {
+    // The same generator as benches/bench_codecs.py: a fixed LCG mapped to
+    // roughly Gaussian values (sum of 4 uniforms), scaled like LLM weights.
+    let mut s: u64 = 0x2545_F491_4F6C_DD1D;
+    (0..ROW * ROWS)
+        .map(|_| {
+            let mut acc = 0.0f32;
+            for _ in 0..4 {
+                s = s.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+                acc += (s >> 40) as f32 / (1u64 << 24) as f32;
+            }
+            (acc - 2.0) * 0.03
+        })
+        .collect()
+}
+
+/// Elements per second of `f` over `n` elements, best of several runs of at least 0.3 s.
+fn rate(n: usize, mut f: impl FnMut()) -> f64 {
+    let mut best = f64::MAX;
+    for _ in 0..3 {
+        let start = Instant::now();
+        let mut reps = 0u32;
+        while start.elapsed() < Duration::from_millis(300) {
+            f();
+            reps += 1;
+        }
+        best = best.min(start.elapsed().as_secs_f64() / reps as f64);
+    }
+    n as f64 / best
+}
+
+fn main() {
+    let wanted: Vec<String> = std::env::args()
+        .skip(1)
+        .filter(|a| !a.starts_with('-'))
+        .collect();
+    let x = data();
+    for &ty in ALL_TYPES {
+        if !wanted.is_empty() && !wanted.iter().any(|w| w.eq_ignore_ascii_case(ty.name())) {
+            continue;
+        }
+        let Some(c) = codec(ty) else { continue };
+        if ty == GgmlType::Q8_K || ty.row_size(ROW).is_none() {
+            continue;
+        }
+        let rb = ty.row_size(ROW).unwrap();
+        let mut q = vec![0u8; rb * ROWS];
+        let quantize_eps = c.quantize.map(|_| {
+            rate(x.len(), || {
+                for (src, dst) in x.chunks(ROW).zip(q.chunks_mut(rb)) {
+                    quantize_row(ty, src, dst).unwrap();
+                }
+            })
+        });
+        if quantize_eps.is_none() {
+            continue;
+        }
+        let mut y = vec![0f32; x.len()];
+        let dequantize_eps = rate(x.len(), || {
+            for (src, dst) in q.chunks(rb).zip(y.chunks_mut(ROW)) {
+                dequantize_row(ty, src, dst).unwrap();
+            }
+        });
+        println!(
+            "{{\"type\": \"{}\", \"quantize_eps\": {:.0}, \"dequantize_eps\": {:.0}}}",
+            ty.name(),
+            quantize_eps.unwrap(),
+            dequantize_eps
+        );
+    }
+}

@@ -1,0 +1,30 @@
+//! Keep the resident set bounded while streaming through memory-mapped
+//! inputs: pages already consumed are handed back to the kernel. They stay
+//! in the page cache and are re-read from the file if touched again, so the
+//! bytes seen never change; only the process's RSS shrinks.
+
+/// Tell the kernel the whole pages inside `bytes` (a slice of a read-only
+/// file mapping) will not be needed soon.
+pub fn release(bytes: &[u8]) {
+    #[cfg(unix)]
+    {
+        // SAFETY: sysconf has no preconditions.
+        let page = unsafe { libc::sysconf(libc::_SC_PAGESIZE) };
+        let page = if page > 0 { page as usize } else { 4096 };
+        let start = bytes.as_ptr() as usize;
+        let end = start + bytes.len();
+        let first = start.div_ceil(page) * page;
+        let last = end / page * page;
+        if last > first {
+            // SAFETY: the range lies inside a live read-only file mapping
+            // (whole pages within `bytes`); MADV_DONTNEED on such a mapping
+            // only drops clean pages, which are re-read from the file on the
+            // next access with the same contents.
+            unsafe {
+                libc::madvise(first as *mut libc::c_void, last - first, libc::MADV_DONTNEED);
+            }
+        }
+    }
+    #[cfg(not(unix))]
+    let _ = bytes;
+}
