@@ -1,7 +1,295 @@
-//! (in progress)
+//! The legacy 32-element block formats Q4_0, Q4_1, Q5_0, Q5_1 and Q8_0:
+//! ports of `quantize_row_q*_ref` and `dequantize_row_q*` from
+//! `ggml/src/ggml-quants.c` (block layouts from `ggml-common.h`).
+//!
+//! These are what `ggml_quantize_chunk` runs when no importance matrix is
+//! given. The quantizers round in three different ways — truncation after
+//! `+8.5f` / `+16.5f` (Q4_0, Q5_0), truncation after `+0.5f` (Q4_1, Q5_1) and
+//! `roundf` (Q8_0) — and every float operation below is in ggml's order.
 
+use super::common::{le_f16, put_f16};
 use crate::{Codec, GgmlType};
 
-pub(crate) fn codec(_ty: GgmlType) -> Option<Codec> {
-    None
+const QK: usize = 32;
+
+/// Codecs for Q4_0, Q4_1, Q5_0, Q5_1 and Q8_0.
+pub(crate) fn codec(ty: GgmlType) -> Option<Codec> {
+    let (dequantize, quantize): (fn(&[u8], &mut [f32]), fn(&[f32], &mut [u8])) = match ty {
+        GgmlType::Q4_0 => (dequantize_row_q4_0, quantize_row_q4_0),
+        GgmlType::Q4_1 => (dequantize_row_q4_1, quantize_row_q4_1),
+        GgmlType::Q5_0 => (dequantize_row_q5_0, quantize_row_q5_0),
+        GgmlType::Q5_1 => (dequantize_row_q5_1, quantize_row_q5_1),
+        GgmlType::Q8_0 => (dequantize_row_q8_0, quantize_row_q8_0),
+        _ => return None,
+    };
+    Some(Codec {
+        dequantize,
+        quantize: Some(quantize),
+    })
+}
+
+/// A C cast of a float to a small integer type, as x86-64 performs it:
+/// `cvttss2si` truncates toward zero and yields `0x8000_0000` for NaN and
+/// out-of-range values, of which the narrow type keeps the low byte.
+///
+/// This matters only when a block's scale is so small that `1.0f/d`
+/// overflows to infinity (all |x| below about 2.4e-38): ggml then stores
+/// quant 0 for every element, and a saturating Rust `as` would not.
+#[inline(always)]
+fn c_cast_low_byte(v: f32) -> u8 {
+    // 2^31: the first value cvttss2si cannot represent.
+    const LIMIT: f32 = 2_147_483_648.0;
+    if v.is_nan() || !(-LIMIT..LIMIT).contains(&v) {
+        0
+    } else {
+        v as i32 as u8
+    }
+}
+
+/// The value of largest magnitude in a block, first occurrence winning, as
+/// the `amax < fabsf(v)` scan of `quantize_row_q4_0_ref` / `_q5_0_ref`.
+#[inline(always)]
+fn signed_absmax(x: &[f32]) -> f32 {
+    let mut amax = 0.0f32;
+    let mut max = 0.0f32;
+    for &v in x {
+        if amax < v.abs() {
+            amax = v.abs();
+            max = v;
+        }
+    }
+    max
+}
+
+/// The `min`/`max` scan of `quantize_row_q4_1_ref` / `_q5_1_ref`.
+#[inline(always)]
+fn min_max(x: &[f32]) -> (f32, f32) {
+    let mut min = f32::MAX;
+    let mut max = -f32::MAX;
+    for &v in x {
+        if v < min {
+            min = v;
+        }
+        if v > max {
+            max = v;
+        }
+    }
+    (min, max)
+}
+
+#[inline(always)]
+fn inverse(d: f32) -> f32 {
+    if d != 0.0 {
+        1.0f32 / d
+    } else {
+        0.0
+    }
+}
+
+/// `quantize_row_q4_0_ref`: 18-byte blocks `{ d: f16, qs: [u8; 16] }`,
+/// element `j` in the low nibble of `qs[j]`, element `j + 16` in the high one.
+pub fn quantize_row_q4_0(src: &[f32], dst: &mut [u8]) {
+    for (x, y) in src.chunks_exact(QK).zip(dst.chunks_exact_mut(18)) {
+        let max = signed_absmax(x);
+        let d = max / -8.0f32;
+        let id = inverse(d);
+        put_f16(y, 0, d);
+        for j in 0..QK / 2 {
+            let x0 = x[j] * id;
+            let x1 = x[QK / 2 + j] * id;
+            let xi0 = (c_cast_low_byte(x0 + 8.5f32) as i8).min(15) as u8;
+            let xi1 = (c_cast_low_byte(x1 + 8.5f32) as i8).min(15) as u8;
+            y[2 + j] = xi0 | (xi1 << 4);
+        }
+    }
+}
+
+/// `dequantize_row_q4_0`.
+pub fn dequantize_row_q4_0(src: &[u8], dst: &mut [f32]) {
+    for (b, y) in src.chunks_exact(18).zip(dst.chunks_exact_mut(QK)) {
+        let d = le_f16(b, 0);
+        for j in 0..QK / 2 {
+            let x0 = (b[2 + j] & 0x0f) as i32 - 8;
+            let x1 = (b[2 + j] >> 4) as i32 - 8;
+            y[j] = x0 as f32 * d;
+            y[j + QK / 2] = x1 as f32 * d;
+        }
+    }
+}
+
+/// `quantize_row_q4_1_ref`: 20-byte blocks `{ d: f16, m: f16, qs: [u8; 16] }`.
+pub fn quantize_row_q4_1(src: &[f32], dst: &mut [u8]) {
+    for (x, y) in src.chunks_exact(QK).zip(dst.chunks_exact_mut(20)) {
+        let (min, max) = min_max(x);
+        let d = (max - min) / 15.0f32;
+        let id = inverse(d);
+        put_f16(y, 0, d);
+        put_f16(y, 2, min);
+        for j in 0..QK / 2 {
+            let x0 = (x[j] - min) * id;
+            let x1 = (x[QK / 2 + j] - min) * id;
+            let xi0 = (c_cast_low_byte(x0 + 0.5f32) as i8).min(15) as u8;
+            let xi1 = (c_cast_low_byte(x1 + 0.5f32) as i8).min(15) as u8;
+            y[4 + j] = xi0 | (xi1 << 4);
+        }
+    }
+}
+
+/// `dequantize_row_q4_1`: `q*d + m`, multiply and add rounded separately.
+pub fn dequantize_row_q4_1(src: &[u8], dst: &mut [f32]) {
+    for (b, y) in src.chunks_exact(20).zip(dst.chunks_exact_mut(QK)) {
+        let d = le_f16(b, 0);
+        let m = le_f16(b, 2);
+        for j in 0..QK / 2 {
+            let x0 = (b[4 + j] & 0x0f) as i32;
+            let x1 = (b[4 + j] >> 4) as i32;
+            y[j] = x0 as f32 * d + m;
+            y[j + QK / 2] = x1 as f32 * d + m;
+        }
+    }
+}
+
+/// Pack 32 five-bit quants the way `quantize_row_q5_0_ref` / `_q5_1_ref` do:
+/// low nibbles as in Q4, the fifth bit of element `i` in bit `i` of `qh`.
+#[inline(always)]
+fn pack_q5(q: &[u8; QK], qh_out: &mut [u8], qs_out: &mut [u8]) {
+    let mut qh = 0u32;
+    for j in 0..QK / 2 {
+        let (xi0, xi1) = (q[j], q[QK / 2 + j]);
+        qs_out[j] = (xi0 & 0x0f) | ((xi1 & 0x0f) << 4);
+        qh |= (((xi0 & 0x10) >> 4) as u32) << j;
+        qh |= (((xi1 & 0x10) >> 4) as u32) << (j + QK / 2);
+    }
+    qh_out.copy_from_slice(&qh.to_le_bytes());
+}
+
+/// The 32 five-bit quants of a Q5 block (`qh` then `qs`), as
+/// `dequantize_row_q5_0` / `_q5_1` assemble them.
+#[inline(always)]
+fn unpack_q5(qh: &[u8], qs: &[u8]) -> [u8; QK] {
+    let qh = u32::from_le_bytes([qh[0], qh[1], qh[2], qh[3]]);
+    let mut q = [0u8; QK];
+    for j in 0..QK / 2 {
+        let xh_0 = (((qh >> j) << 4) & 0x10) as u8;
+        let xh_1 = ((qh >> (j + 12)) & 0x10) as u8;
+        q[j] = (qs[j] & 0x0f) | xh_0;
+        q[j + QK / 2] = (qs[j] >> 4) | xh_1;
+    }
+    q
+}
+
+/// `quantize_row_q5_0_ref`: 22-byte blocks `{ d: f16, qh: [u8; 4], qs: [u8; 16] }`.
+pub fn quantize_row_q5_0(src: &[f32], dst: &mut [u8]) {
+    for (x, y) in src.chunks_exact(QK).zip(dst.chunks_exact_mut(22)) {
+        let max = signed_absmax(x);
+        let d = max / -16.0f32;
+        let id = inverse(d);
+        put_f16(y, 0, d);
+        let mut q = [0u8; QK];
+        for (qi, &xi) in q.iter_mut().zip(x) {
+            *qi = (c_cast_low_byte(xi * id + 16.5f32) as i8).min(31) as u8;
+        }
+        let (qh, qs) = y[2..].split_at_mut(4);
+        pack_q5(&q, qh, qs);
+    }
+}
+
+/// `dequantize_row_q5_0`.
+pub fn dequantize_row_q5_0(src: &[u8], dst: &mut [f32]) {
+    for (b, y) in src.chunks_exact(22).zip(dst.chunks_exact_mut(QK)) {
+        let d = le_f16(b, 0);
+        let q = unpack_q5(&b[2..6], &b[6..22]);
+        for (yi, &qi) in y.iter_mut().zip(&q) {
+            *yi = (qi as i32 - 16) as f32 * d;
+        }
+    }
+}
+
+/// `quantize_row_q5_1_ref`: 24-byte blocks
+/// `{ d: f16, m: f16, qh: [u8; 4], qs: [u8; 16] }`. Unlike Q4_1 there is no
+/// clamp: the quant is the truncated `(x - min)*id + 0.5f` cast to `uint8_t`,
+/// of which only the low five bits are stored.
+pub fn quantize_row_q5_1(src: &[f32], dst: &mut [u8]) {
+    for (x, y) in src.chunks_exact(QK).zip(dst.chunks_exact_mut(24)) {
+        let (min, max) = min_max(x);
+        let d = (max - min) / 31.0f32;
+        let id = inverse(d);
+        put_f16(y, 0, d);
+        put_f16(y, 2, min);
+        let mut q = [0u8; QK];
+        for (qi, &xi) in q.iter_mut().zip(x) {
+            *qi = c_cast_low_byte((xi - min) * id + 0.5f32);
+        }
+        let (qh, qs) = y[4..].split_at_mut(4);
+        pack_q5(&q, qh, qs);
+    }
+}
+
+/// `dequantize_row_q5_1`: `q*d + m`, multiply and add rounded separately.
+pub fn dequantize_row_q5_1(src: &[u8], dst: &mut [f32]) {
+    for (b, y) in src.chunks_exact(24).zip(dst.chunks_exact_mut(QK)) {
+        let d = le_f16(b, 0);
+        let m = le_f16(b, 2);
+        let q = unpack_q5(&b[4..8], &b[8..24]);
+        for (yi, &qi) in y.iter_mut().zip(&q) {
+            *yi = qi as f32 * d + m;
+        }
+    }
+}
+
+/// `quantize_row_q8_0_ref`: 34-byte blocks `{ d: f16, qs: [i8; 32] }`,
+/// `roundf` (half away from zero) of `x*id`.
+pub fn quantize_row_q8_0(src: &[f32], dst: &mut [u8]) {
+    for (x, y) in src.chunks_exact(QK).zip(dst.chunks_exact_mut(34)) {
+        let mut amax = 0.0f32;
+        for &v in x {
+            // MAX(amax, fabsf(v)) = amax > |v| ? amax : |v|
+            amax = if amax > v.abs() { amax } else { v.abs() };
+        }
+        let d = amax / 127.0f32;
+        let id = inverse(d);
+        put_f16(y, 0, d);
+        for (q, &xi) in y[2..].iter_mut().zip(x) {
+            *q = c_cast_low_byte((xi * id).round());
+        }
+    }
+}
+
+/// `dequantize_row_q8_0`.
+pub fn dequantize_row_q8_0(src: &[u8], dst: &mut [f32]) {
+    for (b, y) in src.chunks_exact(34).zip(dst.chunks_exact_mut(QK)) {
+        let d = le_f16(b, 0);
+        for (yi, &q) in y.iter_mut().zip(&b[2..]) {
+            *yi = (q as i8) as f32 * d;
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn c_cast_keeps_low_byte_and_zeroes_invalid() {
+        assert_eq!(c_cast_low_byte(16.5), 16);
+        assert_eq!(c_cast_low_byte(0.99), 0);
+        assert_eq!(c_cast_low_byte(-0.99), 0);
+        assert_eq!(c_cast_low_byte(-1.5), 0xff);
+        assert_eq!(c_cast_low_byte(257.0), 1);
+        assert_eq!(c_cast_low_byte(f32::INFINITY), 0);
+        assert_eq!(c_cast_low_byte(f32::NEG_INFINITY), 0);
+        assert_eq!(c_cast_low_byte(f32::NAN), 0);
+        assert_eq!(c_cast_low_byte(3.0e9), 0);
+    }
+
+    #[test]
+    fn q5_packing_round_trips_every_bit() {
+        let mut q = [0u8; QK];
+        for (i, v) in q.iter_mut().enumerate() {
+            *v = ((i * 7 + 3) % 32) as u8;
+        }
+        let (mut qh, mut qs) = ([0u8; 4], [0u8; 16]);
+        pack_q5(&q, &mut qh, &mut qs);
+        assert_eq!(unpack_q5(&qh, &qs), q);
+    }
 }

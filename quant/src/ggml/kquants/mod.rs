@@ -1,0 +1,625 @@
+//! K-quant super-block codecs: Q2_K, Q3_K, Q4_K, Q5_K, Q6_K and Q8_K, ported
+//! from `ggml-quants.c`.
+//!
+//! Quantization follows `ggml_quantize_chunk` without an importance matrix:
+//! `quantize_q{2..6}_K` then call `quantize_row_q{2..6}_K_ref` on the whole
+//! chunk, and blocks are independent, so a row-at-a-time port of the `_ref`
+//! functions is bit-exact. Each 256-element super-block is encoded from
+//! fixed-size stack buffers; nothing is allocated per row.
+
+mod search;
+
+use super::common::{f16_to_f32, f32_to_f16, le_f16, nearest_int};
+use crate::{Codec, GgmlType};
+use search::{get_scale_min_k4, make_q3_quants, make_qkx2_quants, make_qx_quants, GROUP_MAX_EPS};
+
+/// Elements per super-block (`QK_K`).
+const QK_K: usize = 256;
+
+const Q2_K_BYTES: usize = 84;
+const Q3_K_BYTES: usize = 110;
+const Q4_K_BYTES: usize = 144;
+const Q5_K_BYTES: usize = 176;
+const Q6_K_BYTES: usize = 210;
+const Q8_K_BYTES: usize = 292;
+
+type Dequant = fn(&[u8], &mut [f32]);
+type Quant = fn(&[f32], &mut [u8]);
+
+pub(crate) fn codec(ty: GgmlType) -> Option<Codec> {
+    let (dequantize, quantize): (Dequant, Quant) = match ty {
+        GgmlType::Q2_K => (dequantize_row_q2_k, quantize_row_q2_k),
+        GgmlType::Q3_K => (dequantize_row_q3_k, quantize_row_q3_k),
+        GgmlType::Q4_K => (dequantize_row_q4_k, quantize_row_q4_k),
+        GgmlType::Q5_K => (dequantize_row_q5_k, quantize_row_q5_k),
+        GgmlType::Q6_K => (dequantize_row_q6_k, quantize_row_q6_k),
+        GgmlType::Q8_K => (dequantize_row_q8_k, quantize_row_q8_k),
+        _ => return None,
+    };
+    Some(Codec {
+        dequantize,
+        quantize: Some(quantize),
+    })
+}
+
+#[inline(always)]
+fn f16_bytes(x: f32) -> [u8; 2] {
+    f32_to_f16(x).to_le_bytes()
+}
+
+// ───────────────────────────── Q2_K ─────────────────────────────
+// Layout: scales[16] (low nibble scale, high nibble min), qs[64], d, dmin.
+
+/// `quantize_row_q2_K_ref`.
+pub fn quantize_row_q2_k(src: &[f32], dst: &mut [u8]) {
+    const Q4SCALE: f32 = 15.0;
+    let mut l = [0u8; QK_K];
+    let mut laux = [0u8; 16];
+    let mut weights = [0f32; 16];
+    let mut mins = [0f32; QK_K / 16];
+    let mut scales = [0f32; QK_K / 16];
+    for (x, y) in src.chunks_exact(QK_K).zip(dst.chunks_exact_mut(Q2_K_BYTES)) {
+        let mut max_scale = 0f32;
+        let mut max_min = 0f32;
+        for j in 0..QK_K / 16 {
+            let xs = &x[16 * j..16 * j + 16];
+            for (w, v) in weights.iter_mut().zip(xs) {
+                *w = v.abs();
+            }
+            let (s, m) = make_qkx2_quants(
+                3,
+                xs,
+                &weights,
+                &mut l[16 * j..16 * j + 16],
+                &mut laux,
+                -0.5,
+                0.1,
+                15,
+                true,
+            );
+            scales[j] = s;
+            mins[j] = m;
+            if s > max_scale {
+                max_scale = s;
+            }
+            if m > max_min {
+                max_min = m;
+            }
+        }
+
+        let mut sc = [0u8; QK_K / 16];
+        let d_bits = if max_scale > 0.0 {
+            let iscale = Q4SCALE / max_scale;
+            for j in 0..QK_K / 16 {
+                sc[j] = nearest_int(iscale * scales[j]) as u8;
+            }
+            f32_to_f16(max_scale / Q4SCALE)
+        } else {
+            f32_to_f16(0.0)
+        };
+        let dmin_bits = if max_min > 0.0 {
+            let iscale = Q4SCALE / max_min;
+            for j in 0..QK_K / 16 {
+                let lm = nearest_int(iscale * mins[j]);
+                sc[j] |= lm.wrapping_shl(4) as u8;
+            }
+            f32_to_f16(max_min / Q4SCALE)
+        } else {
+            f32_to_f16(0.0)
+        };
+        let dall = f16_to_f32(d_bits);
+        let dmin = f16_to_f32(dmin_bits);
+        for j in 0..QK_K / 16 {
+            let d = dall * (sc[j] & 0xF) as f32;
+            if d == 0.0 {
+                continue;
+            }
+            let dm = dmin * (sc[j] >> 4) as f32;
+            for ii in 0..16 {
+                let q = nearest_int((x[16 * j + ii] + dm) / d);
+                l[16 * j + ii] = q.clamp(0, 3) as u8;
+            }
+        }
+
+        y[..16].copy_from_slice(&sc);
+        let qs = &mut y[16..80];
+        for j in (0..QK_K).step_by(128) {
+            for k in 0..32 {
+                qs[j / 4 + k] =
+                    l[j + k] | (l[j + k + 32] << 2) | (l[j + k + 64] << 4) | (l[j + k + 96] << 6);
+            }
+        }
+        y[80..82].copy_from_slice(&d_bits.to_le_bytes());
+        y[82..84].copy_from_slice(&dmin_bits.to_le_bytes());
+    }
+}
+
+/// `dequantize_row_q2_K`.
+pub fn dequantize_row_q2_k(src: &[u8], dst: &mut [f32]) {
+    for (b, y) in src.chunks_exact(Q2_K_BYTES).zip(dst.chunks_exact_mut(QK_K)) {
+        let d = le_f16(b, 80);
+        let min = le_f16(b, 82);
+        let scales = &b[..16];
+        let mut is = 0;
+        let mut o = 0;
+        for n in 0..2 {
+            let q = &b[16 + 32 * n..16 + 32 * n + 32];
+            for shift in [0u32, 2, 4, 6] {
+                for half in 0..2 {
+                    let sc = scales[is];
+                    is += 1;
+                    let dl = d * (sc & 0xF) as f32;
+                    let ml = min * (sc >> 4) as f32;
+                    for &qb in &q[16 * half..16 * half + 16] {
+                        y[o] = dl * ((qb >> shift) & 3) as f32 - ml;
+                        o += 1;
+                    }
+                }
+            }
+        }
+    }
+}
+
+// ───────────────────────────── Q3_K ─────────────────────────────
+// Layout: hmask[32], qs[64], scales[12] (6-bit, offset 32), d.
+
+/// The 6-bit scale of sub-block `j` (0..16) from Q3_K's 12 packed bytes,
+/// minus 32; the same unpacking `quantize_row_q3_K_ref` uses.
+#[inline(always)]
+fn q3_k_scale(s: &[u8], j: usize) -> i32 {
+    let lo = if j < 8 { s[j] & 0xF } else { s[j - 8] >> 4 };
+    let hi = (s[8 + j % 4] >> (2 * (j / 4))) & 3;
+    (lo | (hi << 4)) as i32 - 32
+}
+
+/// `quantize_row_q3_K_ref`.
+pub fn quantize_row_q3_k(src: &[f32], dst: &mut [u8]) {
+    let mut l = [0i8; QK_K];
+    let mut scales = [0f32; QK_K / 16];
+    for (x, y) in src.chunks_exact(QK_K).zip(dst.chunks_exact_mut(Q3_K_BYTES)) {
+        let mut max_scale = 0f32;
+        let mut amax = 0f32;
+        for j in 0..QK_K / 16 {
+            scales[j] = make_q3_quants(
+                4,
+                &x[16 * j..16 * j + 16],
+                &mut l[16 * j..16 * j + 16],
+                true,
+            );
+            let scale = scales[j].abs();
+            if scale > amax {
+                amax = scale;
+                max_scale = scales[j];
+            }
+        }
+
+        let mut sc = [0u8; 12];
+        let d_bits = if max_scale != 0.0 {
+            let iscale = -32.0f32 / max_scale;
+            for j in 0..QK_K / 16 {
+                let lv = nearest_int(iscale * scales[j]) as i8;
+                let lv = (lv.clamp(-32, 31) + 32) as u8;
+                if j < 8 {
+                    sc[j] = lv & 0xF;
+                } else {
+                    sc[j - 8] |= (lv & 0xF) << 4;
+                }
+                sc[j % 4 + 8] |= (lv >> 4) << (2 * (j / 4));
+            }
+            f32_to_f16(1.0 / iscale)
+        } else {
+            f32_to_f16(0.0)
+        };
+
+        let dall = f16_to_f32(d_bits);
+        for j in 0..QK_K / 16 {
+            let d = dall * q3_k_scale(&sc, j) as f32;
+            if d == 0.0 {
+                continue;
+            }
+            for ii in 0..16 {
+                let q = nearest_int(x[16 * j + ii] / d).clamp(-4, 3);
+                l[16 * j + ii] = (q + 4) as i8;
+            }
+        }
+
+        let (hmask, rest) = y.split_at_mut(32);
+        hmask.fill(0);
+        let mut m = 0;
+        let mut hm = 1u8;
+        for lj in l.iter_mut() {
+            if *lj > 3 {
+                hmask[m] |= hm;
+                *lj -= 4;
+            }
+            m += 1;
+            if m == QK_K / 8 {
+                m = 0;
+                hm <<= 1;
+            }
+        }
+        let qs = &mut rest[..64];
+        for j in (0..QK_K).step_by(128) {
+            for k in 0..32 {
+                let u = |i: usize| l[i] as u8;
+                qs[j / 4 + k] =
+                    u(j + k) | (u(j + k + 32) << 2) | (u(j + k + 64) << 4) | (u(j + k + 96) << 6);
+            }
+        }
+        y[96..108].copy_from_slice(&sc);
+        y[108..110].copy_from_slice(&d_bits.to_le_bytes());
+    }
+}
+
+/// `dequantize_row_q3_K`.
+pub fn dequantize_row_q3_k(src: &[u8], dst: &mut [f32]) {
+    for (b, y) in src.chunks_exact(Q3_K_BYTES).zip(dst.chunks_exact_mut(QK_K)) {
+        let d_all = le_f16(b, 108);
+        let hm = &b[..32];
+        let sc = &b[96..108];
+        let mut m = 1u8;
+        let mut is = 0;
+        let mut o = 0;
+        for n in 0..2 {
+            let q = &b[32 + 32 * n..32 + 32 * n + 32];
+            for shift in [0u32, 2, 4, 6] {
+                for half in 0..2 {
+                    let dl = d_all * q3_k_scale(sc, is) as f32;
+                    is += 1;
+                    for k in 16 * half..16 * half + 16 {
+                        let lo = ((q[k] >> shift) & 3) as i32;
+                        let v = lo - if hm[k] & m != 0 { 0 } else { 4 };
+                        y[o] = dl * v as f32;
+                        o += 1;
+                    }
+                }
+                m <<= 1;
+            }
+        }
+    }
+}
+
+// ─────────────────────────── Q4_K / Q5_K ───────────────────────────
+// Layout: d, dmin, scales[12] (6-bit scales and mins), [qh[32],] qs[128].
+
+/// The part `quantize_row_q4_K_ref` and `quantize_row_q5_K_ref` share: per
+/// 32-element sub-block `make_qkx2_quants` with weights `av_x + |x|`, the
+/// 6-bit scale/min packing and the requantization with the fp16-rounded
+/// scales. Fills `head` (d, dmin, scales: 16 bytes) and `l` (0..=nmax).
+fn quantize_block_qkx_k(
+    x: &[f32],
+    nmax: i32,
+    rmin: f32,
+    nstep: i32,
+    head: &mut [u8],
+    l: &mut [u8; QK_K],
+) {
+    let mut laux = [0u8; 32];
+    let mut weights = [0f32; 32];
+    let mut mins = [0f32; QK_K / 32];
+    let mut scales = [0f32; QK_K / 32];
+    let mut max_scale = 0f32;
+    let mut max_min = 0f32;
+    for j in 0..QK_K / 32 {
+        let xs = &x[32 * j..32 * j + 32];
+        let mut sum_x2 = 0f32;
+        for &v in xs {
+            sum_x2 += v * v;
+        }
+        let av_x = (sum_x2 / 32.0).sqrt();
+        for (w, v) in weights.iter_mut().zip(xs) {
+            *w = av_x + v.abs();
+        }
+        let (s, m) = make_qkx2_quants(
+            nmax,
+            xs,
+            &weights,
+            &mut l[32 * j..32 * j + 32],
+            &mut laux,
+            rmin,
+            0.1,
+            nstep,
+            false,
+        );
+        scales[j] = s;
+        mins[j] = m;
+        if s > max_scale {
+            max_scale = s;
+        }
+        if m > max_min {
+            max_min = m;
+        }
+    }
+
+    let inv_scale = if max_scale > 0.0 {
+        63.0 / max_scale
+    } else {
+        0.0
+    };
+    let inv_min = if max_min > 0.0 { 63.0 / max_min } else { 0.0 };
+    let mut sc = [0u8; 12];
+    for j in 0..QK_K / 32 {
+        let ls = (nearest_int(inv_scale * scales[j]) as u8).min(63);
+        let lm = (nearest_int(inv_min * mins[j]) as u8).min(63);
+        if j < 4 {
+            sc[j] = ls;
+            sc[j + 4] = lm;
+        } else {
+            sc[j + 4] = (ls & 0xF) | ((lm & 0xF) << 4);
+            sc[j - 4] |= (ls >> 4) << 6;
+            sc[j] |= (lm >> 4) << 6;
+        }
+    }
+    let d_bits = f32_to_f16(max_scale / 63.0);
+    let dmin_bits = f32_to_f16(max_min / 63.0);
+
+    let dall = f16_to_f32(d_bits);
+    let dmin = f16_to_f32(dmin_bits);
+    for j in 0..QK_K / 32 {
+        let (s, m) = get_scale_min_k4(j, &sc);
+        let d = dall * s as f32;
+        if d == 0.0 {
+            continue;
+        }
+        let dm = dmin * m as f32;
+        for ii in 0..32 {
+            let q = nearest_int((x[32 * j + ii] + dm) / d);
+            l[32 * j + ii] = q.clamp(0, nmax) as u8;
+        }
+    }
+    head[0..2].copy_from_slice(&d_bits.to_le_bytes());
+    head[2..4].copy_from_slice(&dmin_bits.to_le_bytes());
+    head[4..16].copy_from_slice(&sc);
+}
+
+/// `quantize_row_q4_K_ref`.
+pub fn quantize_row_q4_k(src: &[f32], dst: &mut [u8]) {
+    let mut l = [0u8; QK_K];
+    for (x, y) in src.chunks_exact(QK_K).zip(dst.chunks_exact_mut(Q4_K_BYTES)) {
+        let (head, qs) = y.split_at_mut(16);
+        quantize_block_qkx_k(x, 15, -1.0, 20, head, &mut l);
+        for (n, q) in qs.chunks_exact_mut(32).enumerate() {
+            let j = 64 * n;
+            for k in 0..32 {
+                q[k] = l[j + k] | (l[j + k + 32] << 4);
+            }
+        }
+    }
+}
+
+/// `dequantize_row_q4_K`.
+pub fn dequantize_row_q4_k(src: &[u8], dst: &mut [f32]) {
+    for (b, y) in src.chunks_exact(Q4_K_BYTES).zip(dst.chunks_exact_mut(QK_K)) {
+        let d = le_f16(b, 0);
+        let min = le_f16(b, 2);
+        let sc = &b[4..16];
+        for (n, (q, y)) in b[16..]
+            .chunks_exact(32)
+            .zip(y.chunks_exact_mut(64))
+            .enumerate()
+        {
+            let (s1, m1) = get_scale_min_k4(2 * n, sc);
+            let d1 = d * s1 as f32;
+            let m1 = min * m1 as f32;
+            let (s2, m2) = get_scale_min_k4(2 * n + 1, sc);
+            let d2 = d * s2 as f32;
+            let m2 = min * m2 as f32;
+            for k in 0..32 {
+                y[k] = d1 * (q[k] & 0xF) as f32 - m1;
+            }
+            for k in 0..32 {
+                y[32 + k] = d2 * (q[k] >> 4) as f32 - m2;
+            }
+        }
+    }
+}
+
+/// `quantize_row_q5_K_ref`.
+pub fn quantize_row_q5_k(src: &[f32], dst: &mut [u8]) {
+    let mut l = [0u8; QK_K];
+    for (x, y) in src.chunks_exact(QK_K).zip(dst.chunks_exact_mut(Q5_K_BYTES)) {
+        let (head, rest) = y.split_at_mut(16);
+        quantize_block_qkx_k(x, 31, -0.5, 15, head, &mut l);
+        let (qh, ql) = rest.split_at_mut(32);
+        qh.fill(0);
+        let mut m1 = 1u8;
+        let mut m2 = 2u8;
+        for (n, ql) in ql.chunks_exact_mut(32).enumerate() {
+            let base = 64 * n;
+            for j in 0..32 {
+                let mut l1 = l[base + j];
+                if l1 > 15 {
+                    l1 -= 16;
+                    qh[j] |= m1;
+                }
+                let mut l2 = l[base + j + 32];
+                if l2 > 15 {
+                    l2 -= 16;
+                    qh[j] |= m2;
+                }
+                ql[j] = l1 | (l2 << 4);
+            }
+            m1 = m1.wrapping_shl(2);
+            m2 = m2.wrapping_shl(2);
+        }
+    }
+}
+
+/// `dequantize_row_q5_K`.
+pub fn dequantize_row_q5_k(src: &[u8], dst: &mut [f32]) {
+    for (b, y) in src.chunks_exact(Q5_K_BYTES).zip(dst.chunks_exact_mut(QK_K)) {
+        let d = le_f16(b, 0);
+        let min = le_f16(b, 2);
+        let sc = &b[4..16];
+        let qh = &b[16..48];
+        let mut u1 = 1u8;
+        let mut u2 = 2u8;
+        for (n, (ql, y)) in b[48..]
+            .chunks_exact(32)
+            .zip(y.chunks_exact_mut(64))
+            .enumerate()
+        {
+            let (s1, m1) = get_scale_min_k4(2 * n, sc);
+            let d1 = d * s1 as f32;
+            let m1 = min * m1 as f32;
+            let (s2, m2) = get_scale_min_k4(2 * n + 1, sc);
+            let d2 = d * s2 as f32;
+            let m2 = min * m2 as f32;
+            for k in 0..32 {
+                let v = (ql[k] & 0xF) as i32 + if qh[k] & u1 != 0 { 16 } else { 0 };
+                y[k] = d1 * v as f32 - m1;
+            }
+            for k in 0..32 {
+                let v = (ql[k] >> 4) as i32 + if qh[k] & u2 != 0 { 16 } else { 0 };
+                y[32 + k] = d2 * v as f32 - m2;
+            }
+            u1 = u1.wrapping_shl(2);
+            u2 = u2.wrapping_shl(2);
+        }
+    }
+}
+
+// ───────────────────────────── Q6_K ─────────────────────────────
+// Layout: ql[128], qh[64], scales[16] (i8), d.
+
+/// `quantize_row_q6_K_ref`.
+pub fn quantize_row_q6_k(src: &[f32], dst: &mut [u8]) {
+    let mut l = [0i8; QK_K];
+    let mut scales = [0f32; QK_K / 16];
+    for (x, y) in src.chunks_exact(QK_K).zip(dst.chunks_exact_mut(Q6_K_BYTES)) {
+        let mut max_scale = 0f32;
+        let mut max_abs_scale = 0f32;
+        for ib in 0..QK_K / 16 {
+            let scale = make_qx_quants(
+                32,
+                &x[16 * ib..16 * ib + 16],
+                &mut l[16 * ib..16 * ib + 16],
+                1,
+                None,
+            );
+            scales[ib] = scale;
+            let abs_scale = scale.abs();
+            if abs_scale > max_abs_scale {
+                max_abs_scale = abs_scale;
+                max_scale = scale;
+            }
+        }
+
+        if max_abs_scale < GROUP_MAX_EPS {
+            y.fill(0);
+            y[208..210].copy_from_slice(&f16_bytes(0.0));
+            continue;
+        }
+
+        let iscale = -128.0f32 / max_scale;
+        let d_bits = f32_to_f16(1.0 / iscale);
+        let mut sc = [0i8; QK_K / 16];
+        for ib in 0..QK_K / 16 {
+            sc[ib] = nearest_int(iscale * scales[ib]).min(127) as i8;
+        }
+
+        let dall = f16_to_f32(d_bits);
+        for j in 0..QK_K / 16 {
+            let d = dall * sc[j] as f32;
+            if d == 0.0 {
+                continue;
+            }
+            for ii in 0..16 {
+                let q = nearest_int(x[16 * j + ii] / d).clamp(-32, 31);
+                l[16 * j + ii] = (q + 32) as i8;
+            }
+        }
+
+        let (ql, rest) = y.split_at_mut(128);
+        let (qh, tail) = rest.split_at_mut(64);
+        for n in 0..2 {
+            let j = 128 * n;
+            let ql = &mut ql[64 * n..64 * n + 64];
+            let qh = &mut qh[32 * n..32 * n + 32];
+            for k in 0..32 {
+                let u = |i: usize| l[i] as u8;
+                ql[k] = (u(j + k) & 0xF) | ((u(j + k + 64) & 0xF) << 4);
+                ql[k + 32] = (u(j + k + 32) & 0xF) | ((u(j + k + 96) & 0xF) << 4);
+                qh[k] = (u(j + k) >> 4)
+                    | ((u(j + k + 32) >> 4) << 2)
+                    | ((u(j + k + 64) >> 4) << 4)
+                    | ((u(j + k + 96) >> 4) << 6);
+            }
+        }
+        for (t, s) in tail[..16].iter_mut().zip(sc) {
+            *t = s as u8;
+        }
+        tail[16..18].copy_from_slice(&d_bits.to_le_bytes());
+    }
+}
+
+/// `dequantize_row_q6_K`.
+pub fn dequantize_row_q6_k(src: &[u8], dst: &mut [f32]) {
+    for (b, y) in src.chunks_exact(Q6_K_BYTES).zip(dst.chunks_exact_mut(QK_K)) {
+        let d = le_f16(b, 208);
+        for n in 0..2 {
+            let ql = &b[64 * n..64 * n + 64];
+            let qh = &b[128 + 32 * n..128 + 32 * n + 32];
+            let sc = &b[192 + 8 * n..192 + 8 * n + 8];
+            let y = &mut y[128 * n..128 * n + 128];
+            for k in 0..32 {
+                let is = k / 16;
+                let q1 = ((ql[k] & 0xF) | ((qh[k] & 3) << 4)) as i32 - 32;
+                let q2 = ((ql[k + 32] & 0xF) | (((qh[k] >> 2) & 3) << 4)) as i32 - 32;
+                let q3 = ((ql[k] >> 4) | (((qh[k] >> 4) & 3) << 4)) as i32 - 32;
+                let q4 = ((ql[k + 32] >> 4) | (((qh[k] >> 6) & 3) << 4)) as i32 - 32;
+                y[k] = d * sc[is] as i8 as f32 * q1 as f32;
+                y[k + 32] = d * sc[is + 2] as i8 as f32 * q2 as f32;
+                y[k + 64] = d * sc[is + 4] as i8 as f32 * q3 as f32;
+                y[k + 96] = d * sc[is + 6] as i8 as f32 * q4 as f32;
+            }
+        }
+    }
+}
+
+// ───────────────────────────── Q8_K ─────────────────────────────
+// Layout: d (f32), qs[256] (i8), bsums[16] (i16).
+
+/// `quantize_row_q8_K_ref`. For an all-zero block ggml leaves `bsums`
+/// unwritten; here they are zero, which is also their true value.
+pub fn quantize_row_q8_k(src: &[f32], dst: &mut [u8]) {
+    for (x, y) in src.chunks_exact(QK_K).zip(dst.chunks_exact_mut(Q8_K_BYTES)) {
+        let mut max = 0f32;
+        let mut amax = 0f32;
+        for &v in x {
+            let ax = v.abs();
+            if ax > amax {
+                amax = ax;
+                max = v;
+            }
+        }
+        if amax == 0.0 {
+            y.fill(0);
+            continue;
+        }
+        let iscale = -127.0f32 / max;
+        let (head, rest) = y.split_at_mut(4);
+        let (qs, bsums) = rest.split_at_mut(QK_K);
+        for (q, &v) in qs.iter_mut().zip(x) {
+            *q = nearest_int(iscale * v).min(127) as i8 as u8;
+        }
+        for (j, bs) in bsums.chunks_exact_mut(2).enumerate() {
+            let sum: i32 = qs[16 * j..16 * j + 16]
+                .iter()
+                .map(|&q| q as i8 as i32)
+                .sum();
+            bs.copy_from_slice(&(sum as i16).to_le_bytes());
+        }
+        head.copy_from_slice(&(1.0f32 / iscale).to_le_bytes());
+    }
+}
+
+/// `dequantize_row_q8_K`.
+pub fn dequantize_row_q8_k(src: &[u8], dst: &mut [f32]) {
+    for (b, y) in src.chunks_exact(Q8_K_BYTES).zip(dst.chunks_exact_mut(QK_K)) {
+        let d = f32::from_le_bytes([b[0], b[1], b[2], b[3]]);
+        for (o, &q) in y.iter_mut().zip(&b[4..4 + QK_K]) {
+            *o = d * q as i8 as f32;
+        }
+    }
+}
