@@ -281,7 +281,10 @@ fn ternary_weights_are_exact() {
             let (_, y) = round_trip(ty, &ternary);
             assert_eq!(y, ternary, "{ty} a={a}");
         }
-        let binary: Vec<f32> = ternary.iter().map(|&v| if v < 0.0 { -a } else { a }).collect();
+        let binary: Vec<f32> = ternary
+            .iter()
+            .map(|&v| if v < 0.0 { -a } else { a })
+            .collect();
         let (_, y) = round_trip(GgmlType::Q1_0, &binary);
         assert_eq!(y, binary, "q1_0 a={a}");
     }
@@ -343,7 +346,8 @@ fn test_quantize_fns_total_error() {
         let err = array_rmse(&data, &y);
         // The dot-product check, with the second operand kept in f32 (ggml
         // quantizes it to the vec_dot type, which only adds error).
-        let dot = |a: &[f32], b: &[f32]| a.iter().zip(b).map(|(&p, &q)| (p * q) as f64).sum::<f64>();
+        let dot =
+            |a: &[f32], b: &[f32]| a.iter().zip(b).map(|(&p, &q)| (p * q) as f64).sum::<f64>();
         let dot_err = ((dot(&y, &data2) - dot(&data, &data2)).abs() / test_size as f64) as f32;
         let dot_threshold = match spec.ty {
             GgmlType::Q1_0 => 0.40,

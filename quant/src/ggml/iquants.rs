@@ -22,20 +22,22 @@ const IQ1S_DELTA: f32 = 0.125;
 /// `GROUP_MAX_EPS` in `ggml-quants.c`.
 const GROUP_MAX_EPS: f32 = 1e-15;
 
+type Decode = fn(&[u8], &mut [f32]);
+type Encode = fn(&[f32], &mut [u8]);
+
 pub(crate) fn codec(ty: GgmlType) -> Option<Codec> {
-    let (dequantize, quantize): (fn(&[u8], &mut [f32]), Option<fn(&[f32], &mut [u8])>) =
-        match ty {
-            GgmlType::IQ2_XXS => (dequantize_iq2_xxs, None),
-            GgmlType::IQ2_XS => (dequantize_iq2_xs, None),
-            GgmlType::IQ2_S => (dequantize_iq2_s, None),
-            GgmlType::IQ3_XXS => (dequantize_iq3_xxs, None),
-            GgmlType::IQ3_S => (dequantize_iq3_s, None),
-            GgmlType::IQ1_S => (dequantize_iq1_s, None),
-            GgmlType::IQ1_M => (dequantize_iq1_m, None),
-            GgmlType::IQ4_NL => (dequantize_iq4_nl, Some(quantize_iq4_nl)),
-            GgmlType::IQ4_XS => (dequantize_iq4_xs, Some(quantize_iq4_xs)),
-            _ => return None,
-        };
+    let (dequantize, quantize): (Decode, Option<Encode>) = match ty {
+        GgmlType::IQ2_XXS => (dequantize_iq2_xxs, None),
+        GgmlType::IQ2_XS => (dequantize_iq2_xs, None),
+        GgmlType::IQ2_S => (dequantize_iq2_s, None),
+        GgmlType::IQ3_XXS => (dequantize_iq3_xxs, None),
+        GgmlType::IQ3_S => (dequantize_iq3_s, None),
+        GgmlType::IQ1_S => (dequantize_iq1_s, None),
+        GgmlType::IQ1_M => (dequantize_iq1_m, None),
+        GgmlType::IQ4_NL => (dequantize_iq4_nl, Some(quantize_iq4_nl)),
+        GgmlType::IQ4_XS => (dequantize_iq4_xs, Some(quantize_iq4_xs)),
+        _ => return None,
+    };
     Some(Codec {
         dequantize,
         quantize,
@@ -117,7 +119,8 @@ pub fn dequantize_iq2_s(src: &[u8], dst: &mut [f32]) {
             ];
             for l in 0..4 {
                 let dl = db[l / 2];
-                let idx = qs[4 * ib32 + l] as usize | (((qh[ib32] as usize) << (8 - 2 * l)) & 0x300);
+                let idx =
+                    qs[4 * ib32 + l] as usize | (((qh[ib32] as usize) << (8 - 2 * l)) & 0x300);
                 let grid = IQ2S_GRID[idx].to_le_bytes();
                 let s = signs[4 * ib32 + l];
                 let y = &mut y[32 * ib32 + 8 * l..32 * ib32 + 8 * l + 8];
@@ -218,7 +221,8 @@ pub fn dequantize_iq1_m(src: &[u8], dst: &mut [f32]) {
         let sc = [le_u16(b, 48), le_u16(b, 50), le_u16(b, 52), le_u16(b, 54)];
         // The super-block scale is an fp16 spread over the top nibbles of
         // the four scale words (`iq1m_scale_t`).
-        let scale = (sc[0] >> 12) | ((sc[1] >> 8) & 0x00f0) | ((sc[2] >> 4) & 0x0f00) | (sc[3] & 0xf000);
+        let scale =
+            (sc[0] >> 12) | ((sc[1] >> 8) & 0x00f0) | ((sc[2] >> 4) & 0x0f00) | (sc[3] & 0xf000);
         let d = crate::ggml::common::f16_to_f32(scale);
         for ib in 0..QK_K / 32 {
             let s = sc[ib / 2] as i32;

@@ -97,8 +97,8 @@ pub fn fp32_to_ue4m3(x: f32) -> u8 {
 fn best_index_mxfp4(x: f32, e: f32) -> u8 {
     let mut best_index = 0u8;
     let mut best_err = (KVALUES_MXFP4[0] as f32 * e - x).abs();
-    for i in 1..16 {
-        let err = (KVALUES_MXFP4[i] as f32 * e - x).abs();
+    for (i, &k) in KVALUES_MXFP4.iter().enumerate().skip(1) {
+        let err = (k as f32 * e - x).abs();
         if err < best_err {
             best_index = i as u8;
             best_err = err;
@@ -200,7 +200,11 @@ mod tests {
     #[test]
     fn e8m0_half_is_two_to_the_e_minus_128() {
         for e in 0..=254u8 {
-            assert_eq!(e8m0_to_fp32_half(e) as f64, 2f64.powi(e as i32 - 128), "e={e}");
+            assert_eq!(
+                e8m0_to_fp32_half(e) as f64,
+                2f64.powi(e as i32 - 128),
+                "e={e}"
+            );
         }
     }
 

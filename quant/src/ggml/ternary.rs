@@ -12,8 +12,11 @@ const QK2_0: usize = 64;
 const TQ1_QS: usize = 48;
 const TQ1_QH: usize = 4;
 
+type Decode = fn(&[u8], &mut [f32]);
+type Encode = fn(&[f32], &mut [u8]);
+
 pub(crate) fn codec(ty: GgmlType) -> Option<Codec> {
-    let (dequantize, quantize): (fn(&[u8], &mut [f32]), fn(&[f32], &mut [u8])) = match ty {
+    let (dequantize, quantize): (Decode, Encode) = match ty {
         GgmlType::TQ1_0 => (dequantize_tq1_0, quantize_tq1_0),
         GgmlType::TQ2_0 => (dequantize_tq2_0, quantize_tq2_0),
         GgmlType::Q1_0 => (dequantize_q1_0, quantize_q1_0),
@@ -61,7 +64,7 @@ fn absmax_scale(x: &[f32]) -> (f32, f32) {
 /// and `>> 8` recovers each trit.
 #[inline(always)]
 fn pack_trits(q: u8) -> u8 {
-    ((q as u16 * 256 + (243 - 1)) / 243) as u8
+    (q as u16 * 256).div_ceil(243) as u8
 }
 
 /// `quantize_row_tq1_0_ref`
@@ -74,7 +77,9 @@ pub fn quantize_tq1_0(src: &[f32], dst: &mut [u8]) {
             for m in 0..32 {
                 let mut q = 0u8;
                 for n in 0..5 {
-                    q = q.wrapping_mul(3).wrapping_add(trit(x[off + m + n * 32] * id) as u8);
+                    q = q
+                        .wrapping_mul(3)
+                        .wrapping_add(trit(x[off + m + n * 32] * id) as u8);
                 }
                 b[j + m] = pack_trits(q);
             }
@@ -85,7 +90,9 @@ pub fn quantize_tq1_0(src: &[f32], dst: &mut [u8]) {
             for m in 0..16 {
                 let mut q = 0u8;
                 for n in 0..5 {
-                    q = q.wrapping_mul(3).wrapping_add(trit(x[off + m + n * 16] * id) as u8);
+                    q = q
+                        .wrapping_mul(3)
+                        .wrapping_add(trit(x[off + m + n * 16] * id) as u8);
                 }
                 b[j + m] = pack_trits(q);
             }
@@ -95,7 +102,9 @@ pub fn quantize_tq1_0(src: &[f32], dst: &mut [u8]) {
         for j in 0..TQ1_QH {
             let mut q = 0u8;
             for m in 0..4 {
-                q = q.wrapping_mul(3).wrapping_add(trit(x[off + j + m * TQ1_QH] * id) as u8);
+                q = q
+                    .wrapping_mul(3)
+                    .wrapping_add(trit(x[off + j + m * TQ1_QH] * id) as u8);
             }
             b[TQ1_QS + j] = pack_trits(q.wrapping_mul(3));
         }
