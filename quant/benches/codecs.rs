@@ -20,7 +20,9 @@ fn data() -> Vec<f32> {
         .map(|_| {
             let mut acc = 0.0f32;
             for _ in 0..4 {
-                s = s.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+                s = s
+                    .wrapping_mul(6364136223846793005)
+                    .wrapping_add(1442695040888963407);
                 acc += (s >> 40) as f32 / (1u64 << 24) as f32;
             }
             (acc - 2.0) * 0.03

@@ -72,15 +72,21 @@ impl fmt::Display for QuantError {
 
 impl std::error::Error for QuantError {}
 
+/// Encodes a row of finite floats into blocks.
+pub type EncodeFn = fn(&[f32], &mut [u8]);
+
+/// Decodes blocks into a row of floats.
+pub type DecodeFn = fn(&[u8], &mut [f32]);
+
 /// A row codec: plain function pointers so that dispatch happens once per
 /// tensor, not once per row.
 #[derive(Clone, Copy)]
 pub struct Codec {
     /// Decode `row_size(n)` bytes into `n` floats.
-    pub dequantize: fn(&[u8], &mut [f32]),
+    pub dequantize: DecodeFn,
     /// Encode `n` finite floats into `row_size(n)` bytes, or `None` when the
     /// type cannot be produced without extra information.
-    pub quantize: Option<fn(&[f32], &mut [u8])>,
+    pub quantize: Option<EncodeFn>,
 }
 
 /// The codec of a type, if this crate has one.
@@ -203,7 +209,10 @@ mod scan_tests {
     #[test]
     fn scan_finds_non_finite_and_zero_on_bits() {
         let f16 = |x: f32| half::f16::from_f32(x).to_bits().to_le_bytes();
-        let row: Vec<u8> = [0.0f32, -0.0, 0.0, 0.0].iter().flat_map(|&x| f16(x)).collect();
+        let row: Vec<u8> = [0.0f32, -0.0, 0.0, 0.0]
+            .iter()
+            .flat_map(|&x| f16(x))
+            .collect();
         let s = scan_row(GgmlType::F16, &row, 4).unwrap();
         assert_eq!((s.first_non_finite, s.all_zero), (None, true));
         let row: Vec<u8> = [0.0f32, 1.0, f32::INFINITY, f32::NAN]
@@ -212,9 +221,18 @@ mod scan_tests {
             .collect();
         let s = scan_row(GgmlType::F16, &row, 4).unwrap();
         assert_eq!((s.first_non_finite, s.all_zero), (Some(2), false));
-        let row: Vec<u8> = [1.0f32, f32::NAN].iter().flat_map(|x| x.to_le_bytes()).collect();
-        assert_eq!(scan_row(GgmlType::F32, &row, 2).unwrap().first_non_finite, Some(1));
+        let row: Vec<u8> = [1.0f32, f32::NAN]
+            .iter()
+            .flat_map(|x| x.to_le_bytes())
+            .collect();
+        assert_eq!(
+            scan_row(GgmlType::F32, &row, 2).unwrap().first_non_finite,
+            Some(1)
+        );
         let bf = [0x00u8, 0x00, 0x80, 0x7f];
-        assert_eq!(scan_row(GgmlType::BF16, &bf, 2).unwrap().first_non_finite, Some(1));
+        assert_eq!(
+            scan_row(GgmlType::BF16, &bf, 2).unwrap().first_non_finite,
+            Some(1)
+        );
     }
 }

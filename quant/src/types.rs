@@ -121,7 +121,7 @@ impl GgmlType {
     /// of blocks or the size overflows.
     pub fn row_size(self, n: usize) -> Option<usize> {
         let bs = self.block_size();
-        if n % bs != 0 {
+        if !n.is_multiple_of(bs) {
             return None;
         }
         (n / bs).checked_mul(self.type_size())
@@ -130,7 +130,7 @@ impl GgmlType {
     /// Same as [`row_size`](Self::row_size) in `u64`, for sizes read from files.
     pub fn row_size_u64(self, n: u64) -> Option<u64> {
         let bs = self.block_size() as u64;
-        if n % bs != 0 {
+        if !n.is_multiple_of(bs) {
             return None;
         }
         (n / bs).checked_mul(self.type_size() as u64)

@@ -39,12 +39,20 @@ pub fn cases() -> Vec<Case> {
         let name = chunk.split('"').next().unwrap().to_string();
         let field = |key: &str| -> Option<usize> {
             let rest = chunk.split(&format!("\"{key}\": ")).nth(1)?;
-            rest.split(|c: char| !c.is_ascii_digit()).next()?.parse().ok()
+            rest.split(|c: char| !c.is_ascii_digit())
+                .next()?
+                .parse()
+                .ok()
         };
         if let (Some(rows), Some(cols)) = (field("rows"), field("cols")) {
             let input = read_f32(&dir.join(format!("{name}.f32")));
             assert_eq!(input.len(), rows * cols, "{name}");
-            out.push(Case { name, rows, cols, input });
+            out.push(Case {
+                name,
+                rows,
+                cols,
+                input,
+            });
         }
     }
     assert!(out.len() >= 10, "golden manifest lists too few cases");
@@ -154,7 +162,13 @@ pub fn varied_rows(cols: usize, seed: u64) -> Vec<(String, Vec<f32>)> {
     };
     gen("gaussian", &mut |_, r| r.normal() * 0.02);
     gen("student_t3", &mut |_, r| r.student_t(3.0) * 0.02);
-    gen("outlier", &mut |i, r| if i == 17 { 50.0 } else { r.normal() * 0.02 });
+    gen("outlier", &mut |i, r| {
+        if i == 17 {
+            50.0
+        } else {
+            r.normal() * 0.02
+        }
+    });
     gen("zero", &mut |_, _| 0.0);
     gen("half_zero_blocks", &mut |i, r| {
         if (i / 32) % 2 == 0 {

@@ -1,0 +1,477 @@
+//! `qresidual apply` on the shipped tiny llama fixture (fixtures/tiny, made by
+//! fixtures/make_tiny_llama.py with gguf-py and llama.cpp's quantizer).
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+use qresidual::gguf::GgufFile;
+use qresidual::quant::{dequantize_row, quantize_row, GgmlType};
+use safetensors::{Dtype, SafeTensors};
+
+fn fixture(name: &str) -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("fixtures/tiny")
+        .join(name)
+}
+
+fn base() -> PathBuf {
+    fixture("base-q4_k_m.gguf")
+}
+
+fn residual() -> PathBuf {
+    fixture("residual-f16.safetensors")
+}
+
+fn qresidual(args: &[&str]) -> std::process::Output {
+    Command::new(env!("CARGO_BIN_EXE_qresidual"))
+        .args(args)
+        .output()
+        .expect("run qresidual")
+}
+
+fn ok(args: &[&str]) {
+    let out = qresidual(args);
+    assert!(
+        out.status.success(),
+        "qresidual {args:?} failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+/// Fails with exit code `code` and a message containing `needle`, leaving no output.
+fn fails(args: &[&str], code: i32, needle: &str, output: &Path) {
+    let out = qresidual(args);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(code), "{args:?}: {err}");
+    assert!(
+        err.contains(needle),
+        "{args:?}: expected '{needle}' in: {err}"
+    );
+    assert!(!err.contains("panicked"), "{err}");
+    assert!(!output.exists(), "{} was left behind", output.display());
+    let dir = output.parent().unwrap();
+    for e in std::fs::read_dir(dir).unwrap() {
+        let n = e.unwrap().file_name();
+        assert!(
+            !n.to_string_lossy().contains("qresidual-tmp"),
+            "temporary file {n:?} left behind"
+        );
+    }
+}
+
+/// HF name → (GGUF name, permuted) from fixtures/tiny/expected.json, which the
+/// fixture script wrote from gguf-py's tensor name map.
+fn expected_mapping() -> HashMap<String, (String, bool)> {
+    let text = std::fs::read_to_string(fixture("expected.json")).unwrap();
+    let j: serde_json::Value = serde_json::from_str(&text).unwrap();
+    let map = j["mapping"]
+        .as_object()
+        .expect("expected.json has a mapping");
+    map.iter()
+        .map(|(hf, v)| {
+            (
+                hf.clone(),
+                (
+                    v["gguf"].as_str().unwrap().to_string(),
+                    v["permuted"].as_bool().unwrap(),
+                ),
+            )
+        })
+        .collect()
+}
+
+fn meta(base: &GgufFile, key: &str) -> usize {
+    base.get(key).and_then(|v| v.as_u64()).unwrap() as usize
+}
+
+/// The converter's permutation written out on indices: row (h, t, j) of the
+/// HF weight (head h, half t, index j) moves to row (h, j, t).
+fn permute_rows(w: &[f32], rows: usize, cols: usize, n_head: usize) -> Vec<f32> {
+    let half = rows / n_head / 2;
+    let mut out = vec![0f32; w.len()];
+    for h in 0..n_head {
+        for t in 0..2 {
+            for j in 0..half {
+                let src = h * 2 * half + t * half + j;
+                let dst = h * 2 * half + j * 2 + t;
+                out[dst * cols..(dst + 1) * cols].copy_from_slice(&w[src * cols..(src + 1) * cols]);
+            }
+        }
+    }
+    out
+}
+
+fn dequant(ty: GgmlType, bytes: &[u8], n: usize) -> Vec<f32> {
+    let mut v = vec![0f32; n];
+    dequantize_row(ty, bytes, &mut v).unwrap();
+    v
+}
+
+/// {gguf name: exact f32 sum dequant(base) + permute(Δ)}.
+fn exact_sums(base: &GgufFile) -> HashMap<String, Vec<f32>> {
+    let bytes = std::fs::read(residual()).unwrap();
+    let st = SafeTensors::deserialize(&bytes).unwrap();
+    let mapping = expected_mapping();
+    let n_head = meta(base, "llama.attention.head_count");
+    let n_head_kv = meta(base, "llama.attention.head_count_kv");
+    let mut out = HashMap::new();
+    for (name, view) in st.tensors() {
+        assert_eq!(view.dtype(), Dtype::F16);
+        let (gguf, permuted) = mapping
+            .get(&name)
+            .unwrap_or_else(|| panic!("{name} unmapped"));
+        let delta: Vec<f32> = view
+            .data()
+            .chunks_exact(2)
+            .map(|c| half::f16::from_le_bytes([c[0], c[1]]).to_f32())
+            .collect();
+        let shape = view.shape();
+        let delta = if *permuted {
+            let heads = if gguf.contains("attn_k") {
+                n_head_kv
+            } else {
+                n_head
+            };
+            permute_rows(&delta, shape[0], shape[1], heads)
+        } else {
+            delta
+        };
+        let i = base.tensor_index(gguf).unwrap();
+        let t = &base.tensors()[i];
+        let b = dequant(t.ty, base.tensor_data(i), delta.len());
+        out.insert(
+            gguf.clone(),
+            b.iter().zip(&delta).map(|(b, d)| b + d).collect(),
+        );
+    }
+    assert!(!out.is_empty());
+    out
+}
+
+#[test]
+fn f32_output_is_dequantized_base_plus_permuted_residual() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("out.gguf");
+    ok(&[
+        "apply",
+        "--base",
+        base().to_str().unwrap(),
+        "--residual",
+        residual().to_str().unwrap(),
+        "-o",
+        out.to_str().unwrap(),
+        "--type",
+        "f32",
+        "-q",
+    ]);
+    let b = GgufFile::open(&base()).unwrap();
+    let o = GgufFile::open(&out).unwrap();
+    let sums = exact_sums(&b);
+    for (i, t) in o.tensors().iter().enumerate() {
+        assert_eq!(t.ty, GgmlType::F32, "{}", t.name);
+        let got = dequant(GgmlType::F32, o.tensor_data(i), t.n_elements() as usize);
+        let want = match sums.get(&t.name) {
+            Some(s) => s.clone(),
+            None => {
+                let j = b.tensor_index(&t.name).unwrap();
+                dequant(b.tensors()[j].ty, b.tensor_data(j), got.len())
+            }
+        };
+        assert!(
+            got.iter()
+                .zip(&want)
+                .all(|(a, b)| a.to_bits() == b.to_bits()),
+            "{} differs",
+            t.name
+        );
+    }
+}
+
+#[test]
+fn keep_requantizes_each_tensor_in_its_own_type_and_copies_the_rest() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("out.gguf");
+    ok(&[
+        "apply",
+        "--base",
+        base().to_str().unwrap(),
+        "--residual",
+        residual().to_str().unwrap(),
+        "-o",
+        out.to_str().unwrap(),
+        "-q",
+    ]);
+    let b = GgufFile::open(&base()).unwrap();
+    let o = GgufFile::open(&out).unwrap();
+    assert_eq!(b.metadata(), o.metadata(), "metadata changed");
+    let sums = exact_sums(&b);
+    assert_eq!(b.tensors().len(), o.tensors().len());
+    for (i, (bt, ot)) in b.tensors().iter().zip(o.tensors()).enumerate() {
+        assert_eq!((&bt.name, bt.ty, &bt.ne), (&ot.name, ot.ty, &ot.ne));
+        match sums.get(&bt.name) {
+            Some(sum) => {
+                let rl = bt.row_len() as usize;
+                let rb = bt.ty.row_size(rl).unwrap();
+                let mut want = vec![0u8; rb * sum.len() / rl];
+                for (src, dst) in sum.chunks(rl).zip(want.chunks_mut(rb)) {
+                    quantize_row(bt.ty, src, dst).unwrap();
+                }
+                assert!(o.tensor_data(i) == want.as_slice(), "{} bytes", bt.name);
+            }
+            None => assert!(o.tensor_data(i) == b.tensor_data(i), "{} changed", bt.name),
+        }
+    }
+}
+
+#[test]
+fn output_does_not_depend_on_thread_count_and_scale_zero_copies_the_base() {
+    let dir = tempfile::tempdir().unwrap();
+    let (one, two, zero) = (
+        dir.path().join("1.gguf"),
+        dir.path().join("2.gguf"),
+        dir.path().join("0.gguf"),
+    );
+    let (b, r) = (base(), residual());
+    let common = [
+        "apply",
+        "--base",
+        b.to_str().unwrap(),
+        "--residual",
+        r.to_str().unwrap(),
+        "-q",
+    ];
+    ok(&[
+        &common[..],
+        &["-o", one.to_str().unwrap(), "--threads", "1"],
+    ]
+    .concat());
+    ok(&[
+        &common[..],
+        &["-o", two.to_str().unwrap(), "--threads", "2"],
+    ]
+    .concat());
+    assert!(std::fs::read(&one).unwrap() == std::fs::read(&two).unwrap());
+    ok(&[&common[..], &["-o", zero.to_str().unwrap(), "--scale", "0"]].concat());
+    assert!(std::fs::read(&zero).unwrap() == std::fs::read(b).unwrap());
+}
+
+#[test]
+fn report_measures_every_residual_tensor() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("out.gguf");
+    let rep = dir.path().join("r.json");
+    ok(&[
+        "apply",
+        "--base",
+        base().to_str().unwrap(),
+        "--residual",
+        residual().to_str().unwrap(),
+        "-o",
+        out.to_str().unwrap(),
+        "--report",
+        rep.to_str().unwrap(),
+        "-q",
+    ]);
+    let j: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(rep).unwrap()).unwrap();
+    let with: Vec<&serde_json::Value> = j["tensors"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|t| t["residual"].as_bool().unwrap())
+        .collect();
+    assert_eq!(with.len(), expected_mapping().len());
+    for t in with {
+        let e = &t["error"];
+        let retention = e["retention"].as_f64().unwrap();
+        assert!(retention > 0.0 && retention < 1.5, "{t}");
+        assert!(e["cosine"].as_f64().unwrap() > 0.99, "{t}");
+        assert!(e["rmse"].as_f64().unwrap() >= 0.0);
+    }
+}
+
+/// Write a safetensors residual with the given F16 tensors.
+fn write_residual(path: &Path, tensors: &[(&str, Vec<usize>, Vec<f32>)]) {
+    let bytes: Vec<Vec<u8>> = tensors
+        .iter()
+        .map(|(_, _, v)| {
+            v.iter()
+                .flat_map(|x| half::f16::from_f32(*x).to_le_bytes())
+                .collect()
+        })
+        .collect();
+    let views: Vec<(String, safetensors::tensor::TensorView)> = tensors
+        .iter()
+        .zip(&bytes)
+        .map(|((n, s, _), b)| {
+            (
+                n.to_string(),
+                safetensors::tensor::TensorView::new(Dtype::F16, s.clone(), b).unwrap(),
+            )
+        })
+        .collect();
+    safetensors::serialize_to_file(views, &None, path).unwrap();
+}
+
+#[test]
+fn bad_residuals_fail_before_anything_is_written() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("out.gguf");
+    let b = base();
+    let bs = b.to_str().unwrap();
+    let o = out.to_str().unwrap();
+    let base_file = GgufFile::open(&b).unwrap();
+    let q = &base_file.tensors()[base_file.tensor_index("blk.0.attn_q.weight").unwrap()];
+    let shape: Vec<usize> = q.shape().iter().map(|&d| d as usize).collect();
+    let n: usize = shape.iter().product();
+
+    let wrong_shape = dir.path().join("shape.safetensors");
+    write_residual(
+        &wrong_shape,
+        &[(
+            "model.layers.0.self_attn.q_proj.weight",
+            vec![shape[0], shape[1] / 2],
+            vec![0.01; n / 2],
+        )],
+    );
+    fails(
+        &[
+            "apply",
+            "--base",
+            bs,
+            "--residual",
+            wrong_shape.to_str().unwrap(),
+            "-o",
+            o,
+        ],
+        1,
+        "shape",
+        &out,
+    );
+
+    let mut nan = vec![0.01f32; n];
+    nan[n - 3] = f32::NAN;
+    let nan_path = dir.path().join("nan.safetensors");
+    write_residual(
+        &nan_path,
+        &[("model.layers.0.self_attn.q_proj.weight", shape.clone(), nan)],
+    );
+    fails(
+        &[
+            "apply",
+            "--base",
+            bs,
+            "--residual",
+            nan_path.to_str().unwrap(),
+            "-o",
+            o,
+        ],
+        1,
+        "model.layers.0.self_attn.q_proj.weight",
+        &out,
+    );
+
+    let unknown = dir.path().join("unknown.safetensors");
+    write_residual(
+        &unknown,
+        &[
+            (
+                "model.layers.0.self_attn.q_proj.weight",
+                shape.clone(),
+                vec![0.01; n],
+            ),
+            ("model.layers.0.mystery.weight", vec![4, 4], vec![0.01; 16]),
+        ],
+    );
+    fails(
+        &[
+            "apply",
+            "--base",
+            bs,
+            "--residual",
+            unknown.to_str().unwrap(),
+            "-o",
+            o,
+        ],
+        1,
+        "model.layers.0.mystery.weight",
+        &out,
+    );
+    ok(&[
+        "apply",
+        "--base",
+        bs,
+        "--residual",
+        unknown.to_str().unwrap(),
+        "-o",
+        o,
+        "--allow-missing",
+        "-q",
+    ]);
+    assert!(out.exists());
+    std::fs::remove_file(&out).unwrap();
+
+    let r = residual();
+    fails(
+        &[
+            "apply",
+            "--base",
+            bs,
+            "--residual",
+            r.to_str().unwrap(),
+            "-o",
+            bs,
+        ],
+        2,
+        "overwrite",
+        &dir.path().join("never"),
+    );
+    let missing_dir = dir.path().join("no/such/dir/out.gguf");
+    fails(
+        &[
+            "apply",
+            "--base",
+            bs,
+            "--residual",
+            r.to_str().unwrap(),
+            "-o",
+            missing_dir.to_str().unwrap(),
+        ],
+        2,
+        "does not exist",
+        &dir.path().join("never"),
+    );
+    fails(
+        &[
+            "apply",
+            "--base",
+            bs,
+            "--residual",
+            r.to_str().unwrap(),
+            "-o",
+            o,
+            "--type",
+            "iq2_xxs",
+        ],
+        2,
+        "importance matrix",
+        &out,
+    );
+    fails(
+        &[
+            "apply",
+            "--base",
+            bs,
+            "--residual",
+            r.to_str().unwrap(),
+            "-o",
+            o,
+            "--type",
+            "q9_z",
+        ],
+        2,
+        "q9_z",
+        &out,
+    );
+}
