@@ -7,6 +7,10 @@
 //! functions is bit-exact. Each 256-element super-block is encoded from
 //! fixed-size stack buffers; nothing is allocated per row.
 
+// Index loops mirror the C source line by line, which keeps the port
+// easy to check against it.
+#![allow(clippy::needless_range_loop)]
+
 mod search;
 
 use super::common::{f16_to_f32, f32_to_f16, le_f16, nearest_int};

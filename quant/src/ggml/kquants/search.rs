@@ -5,6 +5,10 @@
 //! `(a*b)*c`, and `w*l` with an `int l` converts `l` first); the reference
 //! library is built without FMA contraction, and Rust never contracts.
 
+// Index loops mirror the C source line by line, which keeps the port
+// easy to check against it.
+#![allow(clippy::needless_range_loop)]
+
 use crate::ggml::common::nearest_int;
 
 /// `GROUP_MAX_EPS`: below this max-abs a group counts as all zero.
