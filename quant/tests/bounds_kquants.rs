@@ -316,3 +316,24 @@ fn test_quantize_fns_total_quantization_error() {
     }
     assert!(failed.is_empty(), "failed: {failed:?}");
 }
+
+/// Finite but extreme inputs (beyond fp16 range, f32::MAX, subnormals,
+/// mixed signs) must encode and decode without panicking (integer overflow
+/// is checked in test builds); ggml itself produces garbage scales there.
+#[test]
+fn extreme_finite_inputs_do_not_panic() {
+    let patterns: [&dyn Fn(usize) -> f32; 5] = [
+        &|_| f32::MAX,
+        &|i| if i % 2 == 0 { f32::MAX } else { -f32::MAX },
+        &|i| (i as f32 - 256.0) * 1e35,
+        &|i| f32::from_bits(1 + i as u32), // subnormals
+        &|i| if i == 3 { 1e30 } else { 1e-30 },
+    ];
+    for ty in TYPES {
+        for p in patterns {
+            let x: Vec<f32> = (0..512).map(p).collect();
+            let (_, y) = roundtrip(ty, &x);
+            assert_eq!(y.len(), 512);
+        }
+    }
+}

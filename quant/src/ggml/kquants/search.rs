@@ -313,7 +313,7 @@ pub(crate) fn make_qkx2_quants_batched<const N: usize, const S: usize>(
     rdelta: f32,
     use_mad: bool,
 ) -> (f32, f32) {
-    const W: usize = 8;
+    const W: usize = 4;
     let mut min = x[0];
     let mut max = x[0];
     let sum_w0 = weights[0];
