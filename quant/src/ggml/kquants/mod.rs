@@ -151,27 +151,21 @@ pub fn quantize_row_q2_k(src: &[f32], dst: &mut [u8]) {
     }
 }
 
-/// `dequantize_row_q2_K`.
+/// `dequantize_row_q2_K`. ggml walks the block as 2 halves × 4 bit-planes
+/// × 2 runs of 16; sub-block `s` (0..16) of the output is run `s % 2` of
+/// bit-plane `(s % 8) / 2` of half `s / 8`, with scale byte `s`.
 pub fn dequantize_row_q2_k(src: &[u8], dst: &mut [f32]) {
     for (b, y) in src.chunks_exact(Q2_K_BYTES).zip(dst.chunks_exact_mut(QK_K)) {
         let d = le_f16(b, 80);
         let min = le_f16(b, 82);
-        let scales = &b[..16];
-        let mut is = 0;
-        let mut o = 0;
-        for n in 0..2 {
-            let q = &b[16 + 32 * n..16 + 32 * n + 32];
-            for shift in [0u32, 2, 4, 6] {
-                for half in 0..2 {
-                    let sc = scales[is];
-                    is += 1;
-                    let dl = d * (sc & 0xF) as f32;
-                    let ml = min * (sc >> 4) as f32;
-                    for &qb in &q[16 * half..16 * half + 16] {
-                        y[o] = dl * ((qb >> shift) & 3) as f32 - ml;
-                        o += 1;
-                    }
-                }
+        for (s, ys) in y.chunks_exact_mut(16).enumerate() {
+            let sc = b[s];
+            let shift = 2 * ((s % 8) / 2) as u32;
+            let q = &b[16 + 32 * (s / 8) + 16 * (s % 2)..][..16];
+            let dl = d * (sc & 0xF) as f32;
+            let ml = min * (sc >> 4) as f32;
+            for (o, &qb) in ys.iter_mut().zip(q) {
+                *o = dl * ((qb >> shift) & 3) as f32 - ml;
             }
         }
     }
@@ -263,29 +257,22 @@ pub fn quantize_row_q3_k(src: &[f32], dst: &mut [u8]) {
     }
 }
 
-/// `dequantize_row_q3_K`.
+/// `dequantize_row_q3_K`, walked per 16-element sub-block `s` like
+/// [`dequantize_row_q2_k`]; the high bit of element `e` is bit `e / 32` of
+/// `hmask[e % 32]`.
 pub fn dequantize_row_q3_k(src: &[u8], dst: &mut [f32]) {
     for (b, y) in src.chunks_exact(Q3_K_BYTES).zip(dst.chunks_exact_mut(QK_K)) {
         let d_all = le_f16(b, 108);
-        let hm = &b[..32];
         let sc = &b[96..108];
-        let mut m = 1u8;
-        let mut is = 0;
-        let mut o = 0;
-        for n in 0..2 {
-            let q = &b[32 + 32 * n..32 + 32 * n + 32];
-            for shift in [0u32, 2, 4, 6] {
-                for half in 0..2 {
-                    let dl = d_all * q3_k_scale(sc, is) as f32;
-                    is += 1;
-                    for k in 16 * half..16 * half + 16 {
-                        let lo = ((q[k] >> shift) & 3) as i32;
-                        let v = lo - if hm[k] & m != 0 { 0 } else { 4 };
-                        y[o] = dl * v as f32;
-                        o += 1;
-                    }
-                }
-                m <<= 1;
+        for (s, ys) in y.chunks_exact_mut(16).enumerate() {
+            let dl = d_all * q3_k_scale(sc, s) as f32;
+            let shift = 2 * ((s % 8) / 2) as u32;
+            let m = 1u8 << (s / 2);
+            let q = &b[32 + 32 * (s / 8) + 16 * (s % 2)..][..16];
+            let hm = &b[16 * (s % 2)..][..16];
+            for ((o, &qb), &h) in ys.iter_mut().zip(q).zip(hm) {
+                let v = ((qb >> shift) & 3) as i32 - if h & m != 0 { 0 } else { 4 };
+                *o = dl * v as f32;
             }
         }
     }
