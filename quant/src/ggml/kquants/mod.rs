@@ -7,11 +7,17 @@
 //! functions is bit-exact. Each 256-element super-block is encoded from
 //! fixed-size stack buffers; nothing is allocated per row.
 
+// Index loops mirror the C source line by line, which keeps the port
+// easy to check against it.
+#![allow(clippy::needless_range_loop)]
+
 mod search;
 
 use super::common::{f16_to_f32, f32_to_f16, le_f16, nearest_int};
 use crate::{Codec, GgmlType};
-use search::{get_scale_min_k4, make_q3_quants, make_qkx2_quants, make_qx_quants, GROUP_MAX_EPS};
+use search::{
+    get_scale_min_k4, make_q3_quants, make_qkx2_quants_batched, make_qx_quants_rmse1, GROUP_MAX_EPS,
+};
 
 /// Elements per super-block (`QK_K`).
 const QK_K: usize = 256;
@@ -42,6 +48,19 @@ pub(crate) fn codec(ty: GgmlType) -> Option<Codec> {
     })
 }
 
+/// Sub-block `j` of `N` elements as a fixed-size array, so the search
+/// loops compile without bounds checks.
+#[inline(always)]
+fn sub<const N: usize>(x: &[f32], j: usize) -> &[f32; N] {
+    x[N * j..N * j + N].try_into().unwrap()
+}
+
+/// Mutable sub-block `j` of `N` entries.
+#[inline(always)]
+fn sub_mut<const N: usize, T>(l: &mut [T], j: usize) -> &mut [T; N] {
+    (&mut l[N * j..N * j + N]).try_into().unwrap()
+}
+
 #[inline(always)]
 fn f16_bytes(x: f32) -> [u8; 2] {
     f32_to_f16(x).to_le_bytes()
@@ -54,7 +73,6 @@ fn f16_bytes(x: f32) -> [u8; 2] {
 pub fn quantize_row_q2_k(src: &[f32], dst: &mut [u8]) {
     const Q4SCALE: f32 = 15.0;
     let mut l = [0u8; QK_K];
-    let mut laux = [0u8; 16];
     let mut weights = [0f32; 16];
     let mut mins = [0f32; QK_K / 16];
     let mut scales = [0f32; QK_K / 16];
@@ -62,19 +80,18 @@ pub fn quantize_row_q2_k(src: &[f32], dst: &mut [u8]) {
         let mut max_scale = 0f32;
         let mut max_min = 0f32;
         for j in 0..QK_K / 16 {
-            let xs = &x[16 * j..16 * j + 16];
+            let xs = sub::<16>(x, j);
             for (w, v) in weights.iter_mut().zip(xs) {
                 *w = v.abs();
             }
-            let (s, m) = make_qkx2_quants(
+            // make_qkx2_quants(16, 3, …, -0.5f, 0.1f, 15, true): 16 candidates.
+            let (s, m) = make_qkx2_quants_batched::<16, 16>(
                 3,
                 xs,
                 &weights,
-                &mut l[16 * j..16 * j + 16],
-                &mut laux,
+                sub_mut::<16, _>(&mut l, j),
                 -0.5,
                 0.1,
-                15,
                 true,
             );
             scales[j] = s;
@@ -134,27 +151,21 @@ pub fn quantize_row_q2_k(src: &[f32], dst: &mut [u8]) {
     }
 }
 
-/// `dequantize_row_q2_K`.
+/// `dequantize_row_q2_K`. ggml walks the block as 2 halves × 4 bit-planes
+/// × 2 runs of 16; sub-block `s` (0..16) of the output is run `s % 2` of
+/// bit-plane `(s % 8) / 2` of half `s / 8`, with scale byte `s`.
 pub fn dequantize_row_q2_k(src: &[u8], dst: &mut [f32]) {
     for (b, y) in src.chunks_exact(Q2_K_BYTES).zip(dst.chunks_exact_mut(QK_K)) {
         let d = le_f16(b, 80);
         let min = le_f16(b, 82);
-        let scales = &b[..16];
-        let mut is = 0;
-        let mut o = 0;
-        for n in 0..2 {
-            let q = &b[16 + 32 * n..16 + 32 * n + 32];
-            for shift in [0u32, 2, 4, 6] {
-                for half in 0..2 {
-                    let sc = scales[is];
-                    is += 1;
-                    let dl = d * (sc & 0xF) as f32;
-                    let ml = min * (sc >> 4) as f32;
-                    for &qb in &q[16 * half..16 * half + 16] {
-                        y[o] = dl * ((qb >> shift) & 3) as f32 - ml;
-                        o += 1;
-                    }
-                }
+        for (s, ys) in y.chunks_exact_mut(16).enumerate() {
+            let sc = b[s];
+            let shift = 2 * ((s % 8) / 2) as u32;
+            let q = &b[16 + 32 * (s / 8) + 16 * (s % 2)..][..16];
+            let dl = d * (sc & 0xF) as f32;
+            let ml = min * (sc >> 4) as f32;
+            for (o, &qb) in ys.iter_mut().zip(q) {
+                *o = dl * ((qb >> shift) & 3) as f32 - ml;
             }
         }
     }
@@ -180,12 +191,7 @@ pub fn quantize_row_q3_k(src: &[f32], dst: &mut [u8]) {
         let mut max_scale = 0f32;
         let mut amax = 0f32;
         for j in 0..QK_K / 16 {
-            scales[j] = make_q3_quants(
-                4,
-                &x[16 * j..16 * j + 16],
-                &mut l[16 * j..16 * j + 16],
-                true,
-            );
+            scales[j] = make_q3_quants(4, sub::<16>(x, j), sub_mut::<16, _>(&mut l, j), true);
             let scale = scales[j].abs();
             if scale > amax {
                 amax = scale;
@@ -251,29 +257,22 @@ pub fn quantize_row_q3_k(src: &[f32], dst: &mut [u8]) {
     }
 }
 
-/// `dequantize_row_q3_K`.
+/// `dequantize_row_q3_K`, walked per 16-element sub-block `s` like
+/// [`dequantize_row_q2_k`]; the high bit of element `e` is bit `e / 32` of
+/// `hmask[e % 32]`.
 pub fn dequantize_row_q3_k(src: &[u8], dst: &mut [f32]) {
     for (b, y) in src.chunks_exact(Q3_K_BYTES).zip(dst.chunks_exact_mut(QK_K)) {
         let d_all = le_f16(b, 108);
-        let hm = &b[..32];
         let sc = &b[96..108];
-        let mut m = 1u8;
-        let mut is = 0;
-        let mut o = 0;
-        for n in 0..2 {
-            let q = &b[32 + 32 * n..32 + 32 * n + 32];
-            for shift in [0u32, 2, 4, 6] {
-                for half in 0..2 {
-                    let dl = d_all * q3_k_scale(sc, is) as f32;
-                    is += 1;
-                    for k in 16 * half..16 * half + 16 {
-                        let lo = ((q[k] >> shift) & 3) as i32;
-                        let v = lo - if hm[k] & m != 0 { 0 } else { 4 };
-                        y[o] = dl * v as f32;
-                        o += 1;
-                    }
-                }
-                m <<= 1;
+        for (s, ys) in y.chunks_exact_mut(16).enumerate() {
+            let dl = d_all * q3_k_scale(sc, s) as f32;
+            let shift = 2 * ((s % 8) / 2) as u32;
+            let m = 1u8 << (s / 2);
+            let q = &b[32 + 32 * (s / 8) + 16 * (s % 2)..][..16];
+            let hm = &b[16 * (s % 2)..][..16];
+            for ((o, &qb), &h) in ys.iter_mut().zip(q).zip(hm) {
+                let v = ((qb >> shift) & 3) as i32 - if h & m != 0 { 0 } else { 4 };
+                *o = dl * v as f32;
             }
         }
     }
@@ -285,23 +284,22 @@ pub fn dequantize_row_q3_k(src: &[u8], dst: &mut [f32]) {
 /// The part `quantize_row_q4_K_ref` and `quantize_row_q5_K_ref` share: per
 /// 32-element sub-block `make_qkx2_quants` with weights `av_x + |x|`, the
 /// 6-bit scale/min packing and the requantization with the fp16-rounded
-/// scales. Fills `head` (d, dmin, scales: 16 bytes) and `l` (0..=nmax).
-fn quantize_block_qkx_k(
+/// scales. `S` is the search's `nstep + 1`. Fills `head` (d, dmin, scales:
+/// 16 bytes) and `l` (0..=nmax).
+fn quantize_block_qkx_k<const S: usize>(
     x: &[f32],
     nmax: i32,
     rmin: f32,
-    nstep: i32,
     head: &mut [u8],
     l: &mut [u8; QK_K],
 ) {
-    let mut laux = [0u8; 32];
     let mut weights = [0f32; 32];
     let mut mins = [0f32; QK_K / 32];
     let mut scales = [0f32; QK_K / 32];
     let mut max_scale = 0f32;
     let mut max_min = 0f32;
     for j in 0..QK_K / 32 {
-        let xs = &x[32 * j..32 * j + 32];
+        let xs = sub::<32>(x, j);
         let mut sum_x2 = 0f32;
         for &v in xs {
             sum_x2 += v * v;
@@ -310,15 +308,13 @@ fn quantize_block_qkx_k(
         for (w, v) in weights.iter_mut().zip(xs) {
             *w = av_x + v.abs();
         }
-        let (s, m) = make_qkx2_quants(
+        let (s, m) = make_qkx2_quants_batched::<32, S>(
             nmax,
             xs,
             &weights,
-            &mut l[32 * j..32 * j + 32],
-            &mut laux,
+            sub_mut::<32, _>(l, j),
             rmin,
             0.1,
-            nstep,
             false,
         );
         scales[j] = s;
@@ -377,7 +373,8 @@ pub fn quantize_row_q4_k(src: &[f32], dst: &mut [u8]) {
     let mut l = [0u8; QK_K];
     for (x, y) in src.chunks_exact(QK_K).zip(dst.chunks_exact_mut(Q4_K_BYTES)) {
         let (head, qs) = y.split_at_mut(16);
-        quantize_block_qkx_k(x, 15, -1.0, 20, head, &mut l);
+        // make_qkx2_quants(32, 15, …, -1.f, 0.1f, 20, false): 21 candidates.
+        quantize_block_qkx_k::<21>(x, 15, -1.0, head, &mut l);
         for (n, q) in qs.chunks_exact_mut(32).enumerate() {
             let j = 64 * n;
             for k in 0..32 {
@@ -419,7 +416,8 @@ pub fn quantize_row_q5_k(src: &[f32], dst: &mut [u8]) {
     let mut l = [0u8; QK_K];
     for (x, y) in src.chunks_exact(QK_K).zip(dst.chunks_exact_mut(Q5_K_BYTES)) {
         let (head, rest) = y.split_at_mut(16);
-        quantize_block_qkx_k(x, 31, -0.5, 15, head, &mut l);
+        // make_qkx2_quants(32, 31, …, -0.5f, 0.1f, 15, false): 16 candidates.
+        quantize_block_qkx_k::<16>(x, 31, -0.5, head, &mut l);
         let (qh, ql) = rest.split_at_mut(32);
         qh.fill(0);
         let mut m1 = 1u8;
@@ -490,13 +488,7 @@ pub fn quantize_row_q6_k(src: &[f32], dst: &mut [u8]) {
         let mut max_scale = 0f32;
         let mut max_abs_scale = 0f32;
         for ib in 0..QK_K / 16 {
-            let scale = make_qx_quants(
-                32,
-                &x[16 * ib..16 * ib + 16],
-                &mut l[16 * ib..16 * ib + 16],
-                1,
-                None,
-            );
+            let scale = make_qx_quants_rmse1(32, sub::<16>(x, ib), sub_mut::<16, _>(&mut l, ib));
             scales[ib] = scale;
             let abs_scale = scale.abs();
             if abs_scale > max_abs_scale {
