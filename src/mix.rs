@@ -11,6 +11,9 @@
 //! imatrix, `--tensor-type`, `--output-tensor-type` or
 //! `--token-embedding-type` switches on (all at llama.cpp's defaults here).
 
+// `u64::is_multiple_of` needs Rust 1.87; the workspace declares 1.80.
+#![allow(clippy::manual_is_multiple_of)]
+
 use std::cmp::Ordering;
 use std::fmt;
 use std::str::FromStr;
@@ -295,11 +298,7 @@ impl ModelFacts {
 
     /// `hparams.n_gqa()`: heads per KV head, 0 without KV heads.
     pub fn n_gqa(&self) -> usize {
-        if self.n_head_kv == 0 {
-            0
-        } else {
-            self.n_head / self.n_head_kv
-        }
+        self.n_head.checked_div(self.n_head_kv).unwrap_or(0)
     }
 
     /// Whether llama.cpp's loader sets `LLM_TYPE_70B` (each arch's
@@ -363,9 +362,9 @@ fn scan_layer(name: &str) -> Option<i64> {
     if n == 0 {
         return None;
     }
-    let v = digits[..n]
-        .bytes()
-        .fold(0i64, |v, d| v.saturating_mul(10).saturating_add((d - b'0') as i64));
+    let v = digits[..n].bytes().fold(0i64, |v, d| {
+        v.saturating_mul(10).saturating_add((d - b'0') as i64)
+    });
     let v = if neg { -v } else { v };
     Some(v.clamp(i32::MIN as i64, i32::MAX as i64))
 }
@@ -449,9 +448,9 @@ fn allows_quantization(arch: &str, t: &TensorDesc) -> bool {
     }
     let name = t.name;
     let has = |s: &str| name.contains(s);
-    // `name.rfind("weight") == name.size() - 6`: also true for names shorter
-    // than 6 bytes, where both sides are npos.
-    let mut q = name.ends_with("weight") || name.len() < 6;
+    // `name.rfind("weight") == name.size() - 6`: also true for a 5-byte name,
+    // where both sides are npos (size_t wraps around).
+    let mut q = name.ends_with("weight") || name.len() == 5;
     q &= !has("_norm.weight");
     q &= !has("ffn_gate_inp.weight");
     q &= !has("ffn_gate_tid2eid.weight");
@@ -525,7 +524,13 @@ fn fallback(t: &TensorDesc, target: GgmlType) -> Result<GgmlType> {
     }
     use GgmlType as G;
     let ret = match target {
-        G::IQ1_S | G::IQ1_M | G::IQ2_XXS | G::IQ2_XS | G::IQ2_S | G::IQ3_XXS | G::IQ3_S
+        G::IQ1_S
+        | G::IQ1_M
+        | G::IQ2_XXS
+        | G::IQ2_XS
+        | G::IQ2_S
+        | G::IQ3_XXS
+        | G::IQ3_S
         | G::IQ4_XS => G::IQ4_NL,
         G::Q2_0 | G::Q2_K | G::Q3_K | G::TQ1_0 | G::TQ2_0 => G::Q4_0,
         G::Q4_K => G::Q5_0,
@@ -622,7 +627,8 @@ impl State<'_> {
                 new_type = G::Q6_K;
             }
         } else if ftype == Mix::MXFP4_MOE {
-            let expert_role = matches!(cat, Category::FfnUp | Category::FfnGate | Category::FfnDown);
+            let expert_role =
+                matches!(cat, Category::FfnUp | Category::FfnGate | Category::FfnDown);
             new_type = if t.ne(2) > 1 && (arch != "bailingmoe3" || expert_role) {
                 G::MXFP4
             } else {
@@ -787,7 +793,10 @@ mod tests {
     #[test]
     fn use_more_bits_matches_the_c_pattern_for_32_layers() {
         let picked: Vec<i64> = (0..32).filter(|&i| use_more_bits(i, 32)).collect();
-        assert_eq!(picked, vec![0, 1, 2, 3, 6, 9, 12, 15, 18, 21, 24, 27, 28, 29, 30, 31]);
+        assert_eq!(
+            picked,
+            vec![0, 1, 2, 3, 6, 9, 12, 15, 18, 21, 24, 27, 28, 29, 30, 31]
+        );
     }
 
     #[test]
@@ -802,15 +811,29 @@ mod tests {
     #[test]
     fn llama_order_sorts_layers_numerically_after_globals() {
         let ne = [256u64, 256];
-        let names = ["blk.10.a.weight", "blk.2.b.weight", "output.weight", "blk.2.a.weight"];
+        let names = [
+            "blk.10.a.weight",
+            "blk.2.b.weight",
+            "output.weight",
+            "blk.2.a.weight",
+        ];
         let ts: Vec<TensorDesc> = names
             .iter()
-            .map(|n| TensorDesc { name: n, ty: GgmlType::F32, ne: &ne })
+            .map(|n| TensorDesc {
+                name: n,
+                ty: GgmlType::F32,
+                ne: &ne,
+            })
             .collect();
         let order: Vec<&str> = llama_order(&ts).into_iter().map(|i| names[i]).collect();
         assert_eq!(
             order,
-            ["output.weight", "blk.2.a.weight", "blk.2.b.weight", "blk.10.a.weight"]
+            [
+                "output.weight",
+                "blk.2.a.weight",
+                "blk.2.b.weight",
+                "blk.10.a.weight"
+            ]
         );
     }
 
@@ -822,7 +845,10 @@ mod tests {
         assert_eq!(Target::parse("q4_k").unwrap(), Target::Type(GgmlType::Q4_K));
         assert_eq!(Target::parse("q4_0").unwrap(), Target::Type(GgmlType::Q4_0));
         assert_eq!(Target::parse("mix:q4_0").unwrap(), Target::Mix(Mix::Q4_0));
-        assert_eq!(Target::parse("mxfp4_moe").unwrap(), Target::Mix(Mix::MXFP4_MOE));
+        assert_eq!(
+            Target::parse("mxfp4_moe").unwrap(),
+            Target::Mix(Mix::MXFP4_MOE)
+        );
         assert!(Target::parse("iq2_xxs").is_err());
         assert!(Target::parse("q4_k_x").is_err());
         assert!(Target::parse("mix:q4_k").is_err());
@@ -847,9 +873,17 @@ mod tests {
             n_expert: 4,
         };
         let ne = [256u64, 256, 4];
-        let ts = [TensorDesc { name: "ffn_down_exps.weight", ty: GgmlType::F32, ne: &ne }];
+        let ts = [TensorDesc {
+            name: "ffn_down_exps.weight",
+            ty: GgmlType::F32,
+            ne: &ne,
+        }];
         assert!(plan_types(&Target::Mix(Mix::Q4_K_M), &facts, &ts).is_err());
-        let ts = [TensorDesc { name: "blk.5.ffn_down_exps.weight", ty: GgmlType::F32, ne: &ne }];
+        let ts = [TensorDesc {
+            name: "blk.5.ffn_down_exps.weight",
+            ty: GgmlType::F32,
+            ne: &ne,
+        }];
         assert!(plan_types(&Target::Mix(Mix::Q4_K_M), &facts, &ts).is_err());
     }
 

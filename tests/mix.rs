@@ -130,9 +130,19 @@ fn pure_types_match_llama_cpp() {
         for (name, pure) in &f.expected_pure {
             let target = Target::parse(name).unwrap();
             assert_eq!(target, Target::Type(ty(name)));
-            assert_eq!(file_type(&target), Some(pure.ftype), "{}/pure {name}", f.model);
+            assert_eq!(
+                file_type(&target),
+                Some(pure.ftype),
+                "{}/pure {name}",
+                f.model
+            );
             let got = plan_types(&target, &facts, &tensors).unwrap();
-            failures.extend(first_mismatch(&f, &format!("pure {name}"), &got, &pure.types));
+            failures.extend(first_mismatch(
+                &f,
+                &format!("pure {name}"),
+                &got,
+                &pure.types,
+            ));
         }
     }
     assert!(failures.is_empty(), "{}", failures.join("\n"));
