@@ -4,6 +4,7 @@
 use std::path::{Path, PathBuf};
 
 use crate::gguf::{GgufFile, GgufWriter, MetaValue, TensorSpec, WriterOptions};
+use crate::mix::{self, plan_types, ModelFacts, TensorDesc, Target};
 use crate::naming::RowPermutation;
 use crate::pipeline::{self, Action, EncodedRows, Outcome, Task};
 use crate::quant::{codec, GgmlType};
@@ -149,4 +150,39 @@ pub fn write(
     let outcomes = pipeline::run(tasks, &mut writer, out.path, &out.options)?;
     let paths = writer.finish()?;
     Ok((outcomes, paths))
+}
+
+/// Parse `--type`: `keep`, a ggml type name, or a llama.cpp mix.
+pub fn parse_target(s: &str) -> Result<Target> {
+    Target::parse(s)
+}
+
+/// A numeric metadata value; per-layer arrays give their first element.
+fn meta_number(model: &GgufFile, key: &str) -> Option<u64> {
+    match model.get(key)? {
+        MetaValue::Array(a) => a.items.first().and_then(|v| v.as_u64()),
+        v => v.as_u64(),
+    }
+}
+
+/// The output type of every tensor of `model`, in file order, as llama.cpp's
+/// quantizer would choose them for `target`.
+pub fn output_types(model: &GgufFile, target: &Target) -> Result<Vec<GgmlType>> {
+    let arch = model.architecture().unwrap_or("");
+    let facts = ModelFacts::from_metadata(|k| meta_number(model, k), arch);
+    let descs: Vec<TensorDesc<'_>> = model
+        .tensors()
+        .iter()
+        .map(|t| TensorDesc {
+            name: &t.name,
+            ty: t.ty,
+            ne: &t.ne,
+        })
+        .collect();
+    plan_types(target, &facts, &descs)
+}
+
+/// The `general.file_type` to write, `None` to keep the input's.
+pub fn file_type(_model: &GgufFile, target: &Target) -> Option<u32> {
+    mix::file_type(target)
 }
