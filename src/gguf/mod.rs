@@ -1,1 +1,30 @@
 //! GGUF containers: a zero-copy reader and a streaming writer.
+//!
+//! Containers know nothing about math: tensor types matter here only for
+//! their sizes ([`qresidual_quant::GgmlType`]).
+
+mod edit;
+mod inspect;
+mod reader;
+pub mod split;
+mod value;
+mod writer;
+
+pub use edit::{apply_edits, edit_metadata, parse_edits, MetaEdit};
+pub use inspect::{inspect_gguf, inspect_json, value_json};
+pub use reader::{GgufFile, TensorInfo};
+pub use value::{MetaArray, MetaValue, ValueType, MAX_ARRAY_NESTING};
+pub use writer::{GgufWriter, TensorSpec, WriterOptions};
+
+/// The four bytes every GGUF file starts with.
+pub const GGUF_MAGIC: &[u8; 4] = b"GGUF";
+/// The version the writer produces.
+pub const GGUF_VERSION: u32 = 3;
+/// Alignment when `general.alignment` is absent (`GGUF_DEFAULT_ALIGNMENT`).
+pub const DEFAULT_ALIGNMENT: u64 = 32;
+/// The metadata key holding the alignment (u32).
+pub const KEY_ALIGNMENT: &str = "general.alignment";
+/// Tensor names must be shorter than this (`GGML_MAX_NAME`).
+pub const MAX_NAME: usize = 64;
+/// At most this many dimensions (`GGML_MAX_DIMS`).
+pub const MAX_DIMS: usize = 4;

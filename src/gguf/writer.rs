@@ -1,0 +1,540 @@
+//! The streaming writer: GGUF v3 laid out as gguf.cpp's `gguf_write_out`
+//! does (header, tensor infos, zero padding to the alignment, then each
+//! tensor's data followed by zero padding), optionally split as
+//! tools/gguf-split does. Memory stays constant: headers are known up front,
+//! data is streamed, nothing is ever sought back to.
+
+use std::collections::HashSet;
+use std::fs::{File, OpenOptions};
+use std::io::{BufWriter, Write};
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use qresidual_quant::GgmlType;
+
+use super::split::{
+    is_split_key, output_prefix, split_path, KEY_SPLIT_COUNT, KEY_SPLIT_NO, KEY_SPLIT_TENSORS_COUNT,
+};
+use super::value::{encode_kv, encode_str, MetaValue};
+use super::{DEFAULT_ALIGNMENT, GGUF_MAGIC, GGUF_VERSION, KEY_ALIGNMENT, MAX_DIMS, MAX_NAME};
+use crate::{Error, Result};
+
+/// What to write for one tensor.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TensorSpec {
+    /// Name, shorter than 64 bytes, unique.
+    pub name: String,
+    /// Storage type.
+    pub ty: GgmlType,
+    /// Dimensions in ggml order (`ne[0]` innermost); written as given, so
+    /// trailing 1s are kept.
+    pub ne: Vec<u64>,
+}
+
+impl TensorSpec {
+    fn size(&self) -> Option<u64> {
+        let n = self
+            .ne
+            .iter()
+            .try_fold(1u64, |acc, &d| acc.checked_mul(d))
+            .filter(|&n| n <= i64::MAX as u64)?;
+        self.ty.row_size_u64(n)
+    }
+}
+
+/// Layout choices.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct WriterOptions {
+    /// Data alignment. `None`: `general.alignment` from the metadata, or 32.
+    /// A value other than 32 that the metadata does not declare is appended
+    /// as `general.alignment` so readers see it.
+    pub alignment: Option<u64>,
+    /// Maximum bytes of tensor data per file; output is then split as
+    /// gguf-split `--split-max-size` does (`PREFIX-00001-of-0000N.gguf`).
+    pub split_max_size: Option<u64>,
+}
+
+static TMP_COUNTER: AtomicU64 = AtomicU64::new(0);
+
+struct SplitOut {
+    final_path: PathBuf,
+    tmp_path: PathBuf,
+    header: Vec<u8>,
+    /// Temp file created (and so to be removed on failure).
+    created: bool,
+}
+
+/// Streams one model to disk; see the module docs. Dropping it before
+/// [`finish`](Self::finish) removes the temporary files.
+pub struct GgufWriter {
+    alignment: u64,
+    names: Vec<String>,
+    sizes: Vec<u64>,
+    split_of: Vec<usize>,
+    splits: Vec<SplitOut>,
+    cur_tensor: usize,
+    cur_written: u64,
+    cur_split: Option<(usize, BufWriter<File>)>,
+}
+
+impl std::fmt::Debug for GgufWriter {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("GgufWriter")
+            .field("files", &self.splits.len())
+            .field("tensors", &self.sizes.len())
+            .field("cur_tensor", &self.cur_tensor)
+            .finish()
+    }
+}
+
+fn pad_len(n: u64, alignment: u64) -> u64 {
+    n.next_multiple_of(alignment) - n
+}
+
+fn tmp_path_for(final_path: &Path) -> PathBuf {
+    let name = final_path
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_else(|| "out.gguf".to_string());
+    let counter = TMP_COUNTER.fetch_add(1, Ordering::Relaxed);
+    let tmp = format!(".{name}.{}.{counter}.qresidual-tmp", std::process::id());
+    final_path.with_file_name(tmp)
+}
+
+impl GgufWriter {
+    /// Start writing `tensors` with `metadata` to `path` (or to split files
+    /// named after it when `opts.split_max_size` is set). Everything about
+    /// the layout is validated here; data follows with [`write`](Self::write).
+    pub fn create(
+        path: &Path,
+        metadata: &[(String, MetaValue)],
+        tensors: &[TensorSpec],
+        opts: &WriterOptions,
+    ) -> Result<GgufWriter> {
+        let alignment = resolve_alignment(path, metadata, opts)?;
+        let sizes = tensor_sizes(path, tensors, alignment)?;
+        match opts.split_max_size {
+            None => Self::create_inner(path, metadata, tensors, &sizes, None, alignment),
+            Some(max) => {
+                // gguf-split's size strategy: start a new file when the padded
+                // tensor data would exceed the limit. Unlike gguf-split we never
+                // leave a file without tensors: a tensor larger than the limit
+                // gets a file of its own instead of an error.
+                let mut split_of = Vec::with_capacity(tensors.len());
+                let (mut split, mut cur, mut in_split) = (0usize, 0u64, 0usize);
+                for &s in &sizes {
+                    let n = s.saturating_add(pad_len(s, alignment));
+                    let next = cur.saturating_add(n);
+                    if next > max && in_split > 0 {
+                        split += 1;
+                        cur = n;
+                        in_split = 0;
+                    } else {
+                        cur = next;
+                    }
+                    in_split += 1;
+                    split_of.push(split);
+                }
+                Self::create_inner(path, metadata, tensors, &sizes, Some(split_of), alignment)
+            }
+        }
+    }
+
+    /// Like [`create`](Self::create) with an explicit split layout:
+    /// `split_of[i]` is the file of tensor `i` (non-decreasing from 0, no
+    /// gaps). With more than one file the names are `PREFIX-0000k-of-0000N.gguf`;
+    /// this reproduces an existing split model file for file.
+    /// `opts.split_max_size` is ignored.
+    pub fn create_with_layout(
+        path: &Path,
+        metadata: &[(String, MetaValue)],
+        tensors: &[TensorSpec],
+        split_of: &[usize],
+        opts: &WriterOptions,
+    ) -> Result<GgufWriter> {
+        let alignment = resolve_alignment(path, metadata, opts)?;
+        let sizes = tensor_sizes(path, tensors, alignment)?;
+        if split_of.len() != tensors.len() {
+            return Err(Error::Usage(format!(
+                "split layout lists {} tensors but {} are declared",
+                split_of.len(),
+                tensors.len()
+            )));
+        }
+        let mut prev = 0usize;
+        for (i, &s) in split_of.iter().enumerate() {
+            if (i == 0 && s != 0) || s < prev || s > prev + 1 {
+                return Err(Error::Usage(format!(
+                    "split layout must count up from 0 without gaps; tensor {i} is in split {s} after split {prev}"
+                )));
+            }
+            prev = s;
+        }
+        let layout = if prev > 0 {
+            Some(split_of.to_vec())
+        } else {
+            None
+        };
+        Self::create_inner(path, metadata, tensors, &sizes, layout, alignment)
+    }
+
+    fn create_inner(
+        path: &Path,
+        metadata: &[(String, MetaValue)],
+        tensors: &[TensorSpec],
+        sizes: &[u64],
+        layout: Option<Vec<usize>>,
+        alignment: u64,
+    ) -> Result<GgufWriter> {
+        validate_metadata(path, metadata)?;
+        let mut seen = HashSet::with_capacity(tensors.len());
+        for t in tensors {
+            if !seen.insert(t.name.as_str()) {
+                return Err(Error::tensor(path, &t.name, "duplicate tensor name"));
+            }
+        }
+
+        // Metadata of every file: the caller's (without split keys, which
+        // the writer manages) in the first, then the split keys in the order
+        // gguf-split leaves them.
+        let mut base: Vec<(String, MetaValue)> = metadata
+            .iter()
+            .filter(|(k, _)| !is_split_key(k))
+            .cloned()
+            .collect();
+        let declares_alignment = base.iter().any(|(k, _)| k == KEY_ALIGNMENT);
+        let extra_alignment = (!declares_alignment && alignment != DEFAULT_ALIGNMENT)
+            .then(|| (KEY_ALIGNMENT.to_string(), MetaValue::U32(alignment as u32)));
+        if let Some(kv) = extra_alignment {
+            base.push(kv);
+        }
+
+        let (split_of, n_split) = match &layout {
+            Some(l) => (l.clone(), l.last().map_or(1, |&s| s + 1)),
+            None => (vec![0; tensors.len()], 1),
+        };
+        if n_split > u16::MAX as usize {
+            return Err(Error::Usage(format!(
+                "{n_split} split files needed, at most {} are possible; raise the split size",
+                u16::MAX
+            )));
+        }
+        if layout.is_some() && tensors.len() > i32::MAX as usize {
+            return Err(Error::Usage(
+                "too many tensors for split.tensors.count".into(),
+            ));
+        }
+
+        let prefix = output_prefix(path);
+        let mut splits = Vec::with_capacity(n_split);
+        for k in 0..n_split {
+            let final_path = match layout {
+                Some(_) => split_path(&prefix, k as u32, n_split as u32),
+                None => path.to_path_buf(),
+            };
+            let mut kvs: Vec<(String, MetaValue)> = if k == 0 { base.clone() } else { Vec::new() };
+            // gguf-split writes only split keys after the first file, which
+            // silently assumes alignment 32; declare any other alignment.
+            if k > 0 && alignment != DEFAULT_ALIGNMENT {
+                kvs.push((KEY_ALIGNMENT.to_string(), MetaValue::U32(alignment as u32)));
+            }
+            if layout.is_some() {
+                kvs.push((KEY_SPLIT_NO.into(), MetaValue::U16(k as u16)));
+                kvs.push((
+                    KEY_SPLIT_TENSORS_COUNT.into(),
+                    MetaValue::I32(tensors.len() as i32),
+                ));
+                kvs.push((KEY_SPLIT_COUNT.into(), MetaValue::U16(n_split as u16)));
+            }
+            let members: Vec<usize> = (0..tensors.len()).filter(|&i| split_of[i] == k).collect();
+            let header = encode_header(&kvs, tensors, sizes, &members, alignment);
+            splits.push(SplitOut {
+                tmp_path: tmp_path_for(&final_path),
+                final_path,
+                header,
+                created: false,
+            });
+        }
+
+        let mut w = GgufWriter {
+            alignment,
+            names: tensors.iter().map(|t| t.name.clone()).collect(),
+            sizes: sizes.to_vec(),
+            split_of,
+            splits,
+            cur_tensor: 0,
+            cur_written: 0,
+            cur_split: None,
+        };
+        w.begin_split(0)?;
+        w.settle()?;
+        Ok(w)
+    }
+
+    /// Final paths the writer will produce, in split order.
+    pub fn paths(&self) -> Vec<PathBuf> {
+        self.splits.iter().map(|s| s.final_path.clone()).collect()
+    }
+
+    fn begin_split(&mut self, k: usize) -> Result<()> {
+        self.close_split()?;
+        let s = &mut self.splits[k];
+        let file = OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .open(&s.tmp_path)
+            .map_err(|e| Error::io(&s.tmp_path, e))?;
+        s.created = true;
+        let mut out = BufWriter::with_capacity(1 << 20, file);
+        out.write_all(&s.header)
+            .map_err(|e| Error::io(&s.tmp_path, e))?;
+        s.header = Vec::new();
+        self.cur_split = Some((k, out));
+        Ok(())
+    }
+
+    fn close_split(&mut self) -> Result<()> {
+        if let Some((k, out)) = self.cur_split.take() {
+            let tmp = &self.splits[k].tmp_path;
+            let file = out
+                .into_inner()
+                .map_err(|e| Error::io(tmp, e.into_error()))?;
+            file.sync_all().map_err(|e| Error::io(tmp, e))?;
+        }
+        Ok(())
+    }
+
+    /// Move past zero-byte tensors and into the file of the next tensor.
+    fn settle(&mut self) -> Result<()> {
+        while self.cur_tensor < self.sizes.len() {
+            let k = self.split_of[self.cur_tensor];
+            if self.cur_split.as_ref().map(|(c, _)| *c) != Some(k) {
+                self.begin_split(k)?;
+            }
+            if self.sizes[self.cur_tensor] != 0 {
+                break;
+            }
+            self.cur_tensor += 1;
+        }
+        Ok(())
+    }
+
+    /// Append data of the current tensor. Chunks may split or span tensors
+    /// arbitrarily; padding is added when a tensor is complete.
+    pub fn write(&mut self, mut bytes: &[u8]) -> Result<()> {
+        while !bytes.is_empty() {
+            let Some((k, out)) = self.cur_split.as_mut() else {
+                return Err(Error::Usage(
+                    "GgufWriter: write after a failed write".into(),
+                ));
+            };
+            let tmp = &self.splits[*k].tmp_path;
+            if self.cur_tensor >= self.sizes.len() {
+                return Err(Error::Usage(format!(
+                    "{}: {} bytes more than the {} declared tensors hold",
+                    self.splits[0].final_path.display(),
+                    bytes.len(),
+                    self.sizes.len()
+                )));
+            }
+            let need = self.sizes[self.cur_tensor] - self.cur_written;
+            let take = need.min(bytes.len() as u64) as usize;
+            out.write_all(&bytes[..take])
+                .map_err(|e| Error::io(tmp, e))?;
+            self.cur_written += take as u64;
+            bytes = &bytes[take..];
+            if self.cur_written == self.sizes[self.cur_tensor] {
+                let pad = pad_len(self.cur_written, self.alignment) as usize;
+                out.write_all(&vec![0u8; pad])
+                    .map_err(|e| Error::io(tmp, e))?;
+                self.cur_tensor += 1;
+                self.cur_written = 0;
+                self.settle()?;
+            }
+        }
+        Ok(())
+    }
+
+    /// Check every tensor is complete, flush and fsync, and rename the
+    /// temporary files into place. Returns the final paths.
+    pub fn finish(mut self) -> Result<Vec<PathBuf>> {
+        self.settle()?;
+        if self.cur_tensor < self.sizes.len() {
+            return Err(Error::tensor(
+                &self.splits[self.split_of[self.cur_tensor]].final_path,
+                &self.names[self.cur_tensor],
+                format!(
+                    "incomplete: {} of {} bytes written ({} of {} tensors complete)",
+                    self.cur_written,
+                    self.sizes[self.cur_tensor],
+                    self.cur_tensor,
+                    self.sizes.len()
+                ),
+            ));
+        }
+        self.close_split()?;
+        let mut done = Vec::with_capacity(self.splits.len());
+        for s in &mut self.splits {
+            std::fs::rename(&s.tmp_path, &s.final_path).map_err(|e| Error::io(&s.final_path, e))?;
+            s.created = false;
+            done.push(s.final_path.clone());
+        }
+        #[cfg(unix)]
+        if let Some(dir) = done.first().and_then(|p| p.parent()) {
+            let dir = if dir.as_os_str().is_empty() {
+                Path::new(".")
+            } else {
+                dir
+            };
+            if let Ok(d) = File::open(dir) {
+                let _ = d.sync_all();
+            }
+        }
+        Ok(done)
+    }
+}
+
+impl Drop for GgufWriter {
+    fn drop(&mut self) {
+        self.cur_split = None;
+        for s in &self.splits {
+            if s.created {
+                let _ = std::fs::remove_file(&s.tmp_path);
+            }
+        }
+    }
+}
+
+fn resolve_alignment(
+    path: &Path,
+    metadata: &[(String, MetaValue)],
+    opts: &WriterOptions,
+) -> Result<u64> {
+    let declared = match metadata.iter().find(|(k, _)| k == KEY_ALIGNMENT) {
+        None => None,
+        Some((_, MetaValue::U32(a))) => Some(u64::from(*a)),
+        Some((_, v)) => {
+            return Err(Error::format(
+                path,
+                format!(
+                    "metadata key '{KEY_ALIGNMENT}' must be of type u32 but is {}",
+                    v.value_type()
+                ),
+            ))
+        }
+    };
+    let a = match (opts.alignment, declared) {
+        (Some(a), Some(d)) if a != d => {
+            return Err(Error::Mismatch(format!(
+                "{}: alignment {a} requested but metadata declares {KEY_ALIGNMENT} = {d}",
+                path.display()
+            )))
+        }
+        (Some(a), _) => a,
+        (None, Some(d)) => d,
+        (None, None) => DEFAULT_ALIGNMENT,
+    };
+    if a == 0 || !a.is_power_of_two() || a > u64::from(u32::MAX) {
+        return Err(Error::format(
+            path,
+            format!("alignment {a} must be a nonzero power of 2 that fits in u32"),
+        ));
+    }
+    Ok(a)
+}
+
+fn tensor_sizes(path: &Path, tensors: &[TensorSpec], alignment: u64) -> Result<Vec<u64>> {
+    let sizes: Vec<u64> = tensors
+        .iter()
+        .map(|t| {
+            let terr = |msg: String| Error::tensor(path, &t.name, msg);
+            if t.name.len() >= MAX_NAME {
+                return Err(terr(format!(
+                    "name is too long: {} bytes >= {MAX_NAME} (GGML_MAX_NAME)",
+                    t.name.len()
+                )));
+            }
+            if t.ne.len() > MAX_DIMS {
+                return Err(terr(format!(
+                    "{} dimensions, at most {MAX_DIMS} are allowed",
+                    t.ne.len()
+                )));
+            }
+            let row = t.ne.first().copied().unwrap_or(1);
+            if row % t.ty.block_size() as u64 != 0 {
+                return Err(terr(format!(
+                    "type {} has {row} elements per row, not a multiple of block size {}",
+                    t.ty.name(),
+                    t.ty.block_size()
+                )));
+            }
+            t.size()
+                .ok_or_else(|| terr(format!("size in bytes of shape {:?} overflows", t.ne)))
+        })
+        .collect::<Result<_>>()?;
+    let total = sizes.iter().try_fold(0u64, |acc, &s| {
+        s.checked_next_multiple_of(alignment)
+            .and_then(|p| acc.checked_add(p))
+    });
+    if total.is_none() {
+        return Err(Error::format(path, "total tensor data size overflows u64"));
+    }
+    Ok(sizes)
+}
+
+fn validate_metadata(path: &Path, metadata: &[(String, MetaValue)]) -> Result<()> {
+    let mut seen = HashSet::with_capacity(metadata.len());
+    for (k, v) in metadata {
+        if k.is_empty() {
+            return Err(Error::format(path, "metadata key is empty"));
+        }
+        if !seen.insert(k.as_str()) {
+            return Err(Error::format(path, format!("duplicate metadata key '{k}'")));
+        }
+        v.check_consistent(0)
+            .map_err(|e| Error::format(path, format!("metadata key '{k}': {e}")))?;
+        if k == KEY_ALIGNMENT {
+            if let MetaValue::U32(a) = v {
+                if *a == 0 || !a.is_power_of_two() {
+                    return Err(Error::format(
+                        path,
+                        format!("{KEY_ALIGNMENT} is {a}: alignment must be a nonzero power of 2"),
+                    ));
+                }
+            }
+        }
+    }
+    Ok(())
+}
+
+fn encode_header(
+    kvs: &[(String, MetaValue)],
+    tensors: &[TensorSpec],
+    sizes: &[u64],
+    members: &[usize],
+    alignment: u64,
+) -> Vec<u8> {
+    let mut out = Vec::new();
+    out.extend_from_slice(GGUF_MAGIC);
+    out.extend_from_slice(&GGUF_VERSION.to_le_bytes());
+    out.extend_from_slice(&(members.len() as u64).to_le_bytes());
+    out.extend_from_slice(&(kvs.len() as u64).to_le_bytes());
+    for (k, v) in kvs {
+        encode_kv(k, v, &mut out);
+    }
+    let mut offset = 0u64;
+    for &i in members {
+        let t = &tensors[i];
+        encode_str(&t.name, &mut out);
+        out.extend_from_slice(&(t.ne.len() as u32).to_le_bytes());
+        for &d in &t.ne {
+            out.extend_from_slice(&d.to_le_bytes());
+        }
+        out.extend_from_slice(&t.ty.id().to_le_bytes());
+        out.extend_from_slice(&offset.to_le_bytes());
+        offset += sizes[i] + pad_len(sizes[i], alignment);
+    }
+    let pad = pad_len(out.len() as u64, alignment) as usize;
+    out.resize(out.len() + pad, 0);
+    out
+}
