@@ -8,6 +8,7 @@
 
 pub mod error;
 pub mod gguf;
+pub mod st;
 
 pub use error::{Error, Result};
 pub use qresidual_quant as quant;
