@@ -390,7 +390,7 @@ fn sniff_header(path: &Path) -> bool {
         return false;
     }
     let n = u64::from_le_bytes(head[..8].try_into().unwrap_or([0xff; 8]));
-    n >= 2 && n <= MAX_HEADER_SIZE && n <= len - 8 && head[8] == b'{'
+    (2..=MAX_HEADER_SIZE).contains(&n) && n <= len - 8 && head[8] == b'{'
 }
 
 struct ShardHeader {

@@ -129,7 +129,7 @@ fn reader_agrees_with_the_reference_crate() {
     write_with_reference(&path, &specs, &data, Some(&[("format", "pt"), ("k", "v")]));
     let m = SafetensorsModel::open(&path).unwrap();
     assert_eq!(m.path(), path.as_path());
-    assert_eq!(m.shard_paths(), &[path.clone()]);
+    assert_eq!(m.shard_paths(), std::slice::from_ref(&path));
     assert_eq!(m.tensors().len(), specs.len());
     assert_eq!(m.metadata().get("k").map(String::as_str), Some("v"));
     // Sorted by offset, and offsets increase.
@@ -343,7 +343,7 @@ fn bad_indexes_are_refused_naming_file_and_tensor() {
 fn raw_file(dir: &Path, name: &str, header: &str, data_len: usize) -> PathBuf {
     let mut buf = (header.len() as u64).to_le_bytes().to_vec();
     buf.extend_from_slice(header.as_bytes());
-    buf.extend(std::iter::repeat(0u8).take(data_len));
+    buf.resize(buf.len() + data_len, 0u8);
     let p = dir.join(name);
     std::fs::write(&p, buf).unwrap();
     p
@@ -532,7 +532,7 @@ fn writer_refuses_wrong_byte_counts_and_cleans_up() {
     // Too few bytes: finish fails naming the first incomplete tensor.
     let mut w = SafetensorsWriter::create(&path, &specs, BTreeMap::new()).unwrap();
     assert_eq!(tmp_count(), 1);
-    w.write(&vec![0u8; 70]).unwrap(); // the first tensor is 7*5*2 bytes
+    w.write(&[0u8; 70]).unwrap(); // the first tensor is 7*5*2 bytes
     let e = w.finish().unwrap_err().to_string();
     assert!(
         e.contains("model.norm.weight") && e.contains("w.safetensors"),
