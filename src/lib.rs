@@ -8,6 +8,7 @@
 
 pub mod error;
 pub mod gguf;
+pub mod naming;
 pub mod st;
 
 pub use error::{Error, Result};
