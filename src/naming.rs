@@ -445,7 +445,12 @@ impl RowPermutation {
     pub fn fits(&self, rows: usize) -> bool {
         match *self {
             RowPermutation::Identity => true,
-            RowPermutation::LlamaRope { n_head } => n_head > 0 && rows % (2 * n_head) == 0,
+            RowPermutation::LlamaRope { n_head } => {
+                n_head
+                    .checked_mul(2)
+                    .and_then(|pair| rows.checked_rem(pair))
+                    == Some(0)
+            }
         }
     }
 }
