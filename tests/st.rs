@@ -581,3 +581,35 @@ fn writer_refuses_wrong_byte_counts_and_cleans_up() {
     assert_eq!(SafeTensors::deserialize(&buf).unwrap().len(), 0);
     assert_eq!(SafetensorsModel::open(&empty).unwrap().tensors().len(), 0);
 }
+
+#[test]
+fn tiny_fixture_residuals_read_alike_in_every_layout() {
+    let tiny = Path::new(env!("CARGO_MANIFEST_DIR")).join("fixtures/tiny");
+    let single = SafetensorsModel::open(&tiny.join("residual-f16.safetensors")).unwrap();
+    let by_folder = SafetensorsModel::open(&tiny.join("residual-sharded")).unwrap();
+    let by_index =
+        SafetensorsModel::open(&tiny.join("residual-sharded/model.safetensors.index.json"))
+            .unwrap();
+    let buf = std::fs::read(tiny.join("residual-f16.safetensors")).unwrap();
+    let reference = SafeTensors::deserialize(&buf).unwrap();
+    assert_eq!(single.tensors().len(), reference.len());
+    let total: usize = single.tensors().iter().map(StTensor::n_bytes).sum();
+    for m in [&by_folder, &by_index] {
+        assert_eq!(m.shard_paths().len(), 2);
+        assert_eq!(m.metadata().get("total_size"), Some(&total.to_string()));
+        assert_eq!(m.metadata().get("format").map(String::as_str), Some("pt"));
+        assert_eq!(m.tensors().len(), single.tensors().len());
+        for w in m.tensors().windows(2) {
+            assert!((w[0].shard, w[0].start) < (w[1].shard, w[1].start));
+        }
+    }
+    for t in single.tensors() {
+        assert_eq!(t.ggml_type(), Some(GgmlType::F16), "{}", t.name);
+        let r = reference.tensor(&t.name).unwrap();
+        assert_eq!(single.data(t), r.data(), "{}", t.name);
+        for m in [&by_folder, &by_index] {
+            let s = m.get(&t.name).unwrap();
+            assert_eq!(m.data(s), r.data(), "{}", t.name);
+        }
+    }
+}
