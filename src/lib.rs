@@ -6,9 +6,17 @@
 //! (`pipeline`) serves every command (`cli`).
 #![deny(missing_docs)]
 
+pub mod cli;
 pub mod error;
 pub mod gguf;
 pub mod mix;
+pub mod naming;
+pub mod pages;
+pub mod pipeline;
+pub mod plan;
+pub mod report;
+pub mod st;
+pub mod transform;
 
 pub use error::{Error, Result};
 pub use qresidual_quant as quant;
