@@ -28,3 +28,16 @@ pub fn release(bytes: &[u8]) {
     #[cfg(not(unix))]
     let _ = bytes;
 }
+
+/// Release `bytes` only if it lies entirely inside one of `maps` (so that
+/// memory not backed by a file mapping is never touched).
+pub fn release_within<'a>(maps: impl IntoIterator<Item = &'a [u8]>, bytes: &[u8]) {
+    let (start, end) = (bytes.as_ptr() as usize, bytes.as_ptr() as usize + bytes.len());
+    for m in maps {
+        let (ms, me) = (m.as_ptr() as usize, m.as_ptr() as usize + m.len());
+        if start >= ms && end <= me {
+            release(bytes);
+            return;
+        }
+    }
+}

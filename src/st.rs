@@ -728,3 +728,9 @@ impl Drop for SafetensorsWriter {
         }
     }
 }
+
+impl crate::pipeline::ReleasePages for SafetensorsModel {
+    fn release(&self, bytes: &[u8]) {
+        crate::pages::release_within(self.maps.iter().map(|m| &m[..]), bytes);
+    }
+}

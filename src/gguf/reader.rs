@@ -529,3 +529,9 @@ impl GgufFile {
         }
     }
 }
+
+impl crate::pipeline::ReleasePages for GgufFile {
+    fn release(&self, bytes: &[u8]) {
+        crate::pages::release_within(self.parts.iter().map(|p| &p.map[..]), bytes);
+    }
+}
