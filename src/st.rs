@@ -636,7 +636,10 @@ impl SafetensorsWriter {
             .ok_or_else(|| Error::format(path, "output path names no file"))?
             .to_string_lossy()
             .into_owned();
-        let tmp = folder.join(format!(".{file_name}.{}.tmp", std::process::id()));
+        // Unique per process and per writer, so two writers never share one.
+        static NEXT: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+        let n = NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let tmp = folder.join(format!(".{file_name}.{}-{n}.tmp", std::process::id()));
         let file = File::create(&tmp).map_err(|e| Error::io(&tmp, e))?;
         let mut writer = SafetensorsWriter {
             path: path.to_path_buf(),
