@@ -65,9 +65,9 @@ fn fails(args: &[&str], code: i32, needle: &str, output: &Path) {
 fn expected_mapping() -> HashMap<String, (String, bool)> {
     let text = std::fs::read_to_string(fixture("expected.json")).unwrap();
     let j: serde_json::Value = serde_json::from_str(&text).unwrap();
-    let map = j["mapping"]
+    let map = j["tensors"]
         .as_object()
-        .expect("expected.json has a mapping");
+        .expect("expected.json lists tensors");
     map.iter()
         .map(|(hf, v)| {
             (
