@@ -139,7 +139,7 @@ fn f16_encode_matches_ggml_on_stress_set() {
     assert!(n > 1_000_000);
 }
 
-/// The same over every finite f32 (about 4·10^9 values; tens of seconds
+/// The same over every finite f32 (about 4·10^9 values; about a minute
 /// optimised, so not in the default run: `--ignored`).
 #[test]
 #[ignore]
