@@ -498,3 +498,47 @@ fn test_quantize_fns_total_error() {
         );
     }
 }
+
+/// The three rounding rules on hand-made blocks whose scale is exactly 1, so
+/// `x·id` is `x`: ties are where the rules differ from round-half-even.
+/// (The expected values are what libggml-base gives for the same blocks.)
+#[test]
+fn rounding_rules_follow_ggml() {
+    let decode = |ty: GgmlType, x: &[f32]| round_trip(ty, x).1;
+
+    // Q4_0: max = −8 → d = 1; quant = MIN(15, trunc(x + 8.5)) − 8, i.e. ties
+    // round up (toward +∞), and x = 8 clamps to 7.
+    let mut x = vec![0f32; 32];
+    x[0] = -8.0;
+    x[1..8].copy_from_slice(&[0.5, -0.5, 1.5, 2.5, -1.5, 8.0, 7.49]);
+    let y = decode(GgmlType::Q4_0, &x);
+    assert_eq!(&y[1..8], &[1.0, 0.0, 2.0, 3.0, -1.0, 7.0, 7.0]);
+
+    // Q5_0: max = −16 → d = 1; same rule with +16.5 and MIN(31, ·).
+    let mut x = vec![0f32; 32];
+    x[0] = -16.0;
+    x[1..6].copy_from_slice(&[0.5, -2.5, 15.5, 16.0, -15.5]);
+    let y = decode(GgmlType::Q5_0, &x);
+    assert_eq!(&y[1..6], &[1.0, -2.0, 15.0, 15.0, -15.0]);
+
+    // Q4_1: min = 0, max = 15 → d = 1, m = 0; trunc(x + 0.5): ties up.
+    let mut x = vec![0f32; 32];
+    x[0] = 15.0;
+    x[1..4].copy_from_slice(&[0.5, 2.5, 14.5]);
+    let y = decode(GgmlType::Q4_1, &x);
+    assert_eq!(&y[1..4], &[1.0, 3.0, 15.0]);
+
+    // Q5_1: min = 0, max = 31 → d = 1; ties up, no clamp needed at 31.
+    let mut x = vec![0f32; 32];
+    x[0] = 31.0;
+    x[1..4].copy_from_slice(&[0.5, 2.5, 30.5]);
+    let y = decode(GgmlType::Q5_1, &x);
+    assert_eq!(&y[1..4], &[1.0, 3.0, 31.0]);
+
+    // Q8_0: amax = 127 → d = 1; roundf: ties away from zero.
+    let mut x = vec![0f32; 32];
+    x[0] = 127.0;
+    x[1..5].copy_from_slice(&[0.5, -0.5, 2.5, -2.5]);
+    let y = decode(GgmlType::Q8_0, &x);
+    assert_eq!(&y[1..5], &[1.0, -1.0, 3.0, -3.0]);
+}

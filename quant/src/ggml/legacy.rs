@@ -14,18 +14,18 @@ const QK: usize = 32;
 
 /// Codecs for Q4_0, Q4_1, Q5_0, Q5_1 and Q8_0.
 pub(crate) fn codec(ty: GgmlType) -> Option<Codec> {
-    let (dequantize, quantize): (fn(&[u8], &mut [f32]), fn(&[f32], &mut [u8])) = match ty {
-        GgmlType::Q4_0 => (dequantize_row_q4_0, quantize_row_q4_0),
-        GgmlType::Q4_1 => (dequantize_row_q4_1, quantize_row_q4_1),
-        GgmlType::Q5_0 => (dequantize_row_q5_0, quantize_row_q5_0),
-        GgmlType::Q5_1 => (dequantize_row_q5_1, quantize_row_q5_1),
-        GgmlType::Q8_0 => (dequantize_row_q8_0, quantize_row_q8_0),
-        _ => return None,
-    };
-    Some(Codec {
+    let codec = |dequantize, quantize| Codec {
         dequantize,
         quantize: Some(quantize),
-    })
+    };
+    match ty {
+        GgmlType::Q4_0 => Some(codec(dequantize_row_q4_0, quantize_row_q4_0)),
+        GgmlType::Q4_1 => Some(codec(dequantize_row_q4_1, quantize_row_q4_1)),
+        GgmlType::Q5_0 => Some(codec(dequantize_row_q5_0, quantize_row_q5_0)),
+        GgmlType::Q5_1 => Some(codec(dequantize_row_q5_1, quantize_row_q5_1)),
+        GgmlType::Q8_0 => Some(codec(dequantize_row_q8_0, quantize_row_q8_0)),
+        _ => None,
+    }
 }
 
 /// A C cast of a float to a small integer type, as x86-64 performs it:
