@@ -21,7 +21,11 @@ pub fn release(bytes: &[u8]) {
             // only drops clean pages, which are re-read from the file on the
             // next access with the same contents.
             unsafe {
-                libc::madvise(first as *mut libc::c_void, last - first, libc::MADV_DONTNEED);
+                libc::madvise(
+                    first as *mut libc::c_void,
+                    last - first,
+                    libc::MADV_DONTNEED,
+                );
             }
         }
     }
@@ -32,7 +36,10 @@ pub fn release(bytes: &[u8]) {
 /// Release `bytes` only if it lies entirely inside one of `maps` (so that
 /// memory not backed by a file mapping is never touched).
 pub fn release_within<'a>(maps: impl IntoIterator<Item = &'a [u8]>, bytes: &[u8]) {
-    let (start, end) = (bytes.as_ptr() as usize, bytes.as_ptr() as usize + bytes.len());
+    let (start, end) = (
+        bytes.as_ptr() as usize,
+        bytes.as_ptr() as usize + bytes.len(),
+    );
     for m in maps {
         let (ms, me) = (m.as_ptr() as usize, m.as_ptr() as usize + m.len());
         if start >= ms && end <= me {

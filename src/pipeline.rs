@@ -49,7 +49,9 @@ pub trait ReleasePages: Sync {
 
 impl EncodedRows<'_> {
     fn row_bytes(&self) -> usize {
-        self.ty.row_size(self.row_len).expect("validated row length")
+        self.ty
+            .row_size(self.row_len)
+            .expect("validated row length")
     }
 
     /// Hand rows `start..end` back to the kernel once consumed (all rows at
@@ -214,18 +216,32 @@ fn encode_chunk(
             .map_err(|e| output_error(out_path, &task.spec.name, first_row + i, e))?;
     }
 
+    // Decode what was written: a block whose fp16 scale overflowed decodes
+    // to infinity or NaN, which must be an error, never a silent model.
+    let decoded_buf;
+    let decoded: &[f32] = if out_ty == GgmlType::F32 {
+        exact
+    } else {
+        let mut d = vec![0f32; n];
+        dequantize_row(out_ty, &bytes, &mut d)
+            .map_err(|e| output_error(out_path, &task.spec.name, first_row, e))?;
+        if let Some(i) = d.iter().position(|v| !v.is_finite()) {
+            return Err(Error::tensor(
+                out_path,
+                &task.spec.name,
+                format!(
+                    "row {}: the value {} cannot be stored as {}: its block scale overflows",
+                    first_row + i / row_len,
+                    exact[i],
+                    out_ty
+                ),
+            ));
+        }
+        decoded_buf = d;
+        &decoded_buf
+    };
     let mut stats = ErrorStats::default();
     if measure {
-        let decoded_buf;
-        let decoded: &[f32] = if out_ty == GgmlType::F32 {
-            exact
-        } else {
-            let mut d = vec![0f32; n];
-            dequantize_row(out_ty, &bytes, &mut d)
-                .map_err(|e| output_error(out_path, &task.spec.name, first_row, e))?;
-            decoded_buf = d;
-            &decoded_buf
-        };
         if residual.is_some() {
             stats.accumulate_residual(&base_rows, &delta, exact, decoded);
         } else {

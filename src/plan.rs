@@ -242,7 +242,7 @@ pub fn match_residual(
         };
         if let RowPermutation::LlamaRope { n_head: h } = permutation {
             let rows = bt.shape()[0] as usize;
-            if h == 0 || rows % (2 * h) != 0 {
+            if !permutation.fits(rows) {
                 return Err(Error::Mismatch(format!(
                     "{}: cannot permute {} for rotary embeddings: {rows} rows do not split into {h} heads (check {arch}.attention.head_count in the base)",
                     residual_path.display(),
@@ -337,10 +337,13 @@ pub fn scan_residuals(
         .map(|p| {
             let t = &residual[p.residual];
             let row_len = t.row_len();
-            let rb = t
-                .ty
-                .row_size(row_len)
-                .ok_or_else(|| Error::tensor(residual_path, t.name, "row length is not a whole number of blocks"))?;
+            let rb = t.ty.row_size(row_len).ok_or_else(|| {
+                Error::tensor(
+                    residual_path,
+                    t.name,
+                    "row length is not a whole number of blocks",
+                )
+            })?;
             let rows_per_chunk = ((1usize << 20) / row_len.max(1)).max(1);
             let chunk_bytes = rb * rows_per_chunk;
             let results: Vec<Result<bool>> = t

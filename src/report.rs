@@ -78,7 +78,11 @@ pub fn to_json(command: &str, inputs: Value, outcomes: &[Outcome]) -> Value {
         })
         .collect();
     let mut total = ErrorStats::default();
-    for s in outcomes.iter().filter(|o| o.has_residual).filter_map(|o| o.stats.as_ref()) {
+    for s in outcomes
+        .iter()
+        .filter(|o| o.has_residual)
+        .filter_map(|o| o.stats.as_ref())
+    {
         total.merge(s);
     }
     let by_type: serde_json::Map<String, Value> = per_type(outcomes)

@@ -4,7 +4,7 @@
 use std::path::{Path, PathBuf};
 
 use crate::gguf::{GgufFile, GgufWriter, MetaValue, TensorSpec, WriterOptions};
-use crate::mix::{self, plan_types, ModelFacts, TensorDesc, Target};
+use crate::mix::{self, plan_types, ModelFacts, Target, TensorDesc};
 use crate::naming::RowPermutation;
 use crate::pipeline::{self, Action, EncodedRows, Outcome, Task};
 use crate::quant::{codec, GgmlType};

@@ -73,7 +73,10 @@ pub struct ApplyArgs {
 pub fn run(a: &ApplyArgs) -> Result<()> {
     super::set_threads(a.threads)?;
     if !a.scale.is_finite() {
-        return Err(Error::Usage(format!("--scale {} is not a finite number", a.scale)));
+        return Err(Error::Usage(format!(
+            "--scale {} is not a finite number",
+            a.scale
+        )));
     }
     let target = transform::parse_target(&a.ty)?;
     let base = crate::gguf::GgufFile::open(&a.base)?;
@@ -113,18 +116,23 @@ pub fn run(a: &ApplyArgs) -> Result<()> {
             ty: rt.ty,
             row_len: rt.row_len(),
             n_rows: rt.n_rows(),
-            permutation: p.permutation.clone(),
+            permutation: p.permutation,
             pages: Some(&residual),
         });
     }
     if zero > 0 && !a.quiet {
-        eprintln!("note: {zero} residual tensor(s) are all zero; their base tensors are copied unchanged");
+        eprintln!(
+            "note: {zero} residual tensor(s) are all zero; their base tensors are copied unchanged"
+        );
     }
 
     let out_types = transform::output_types(&base, &target)?;
     let tasks = transform::tasks(&base, &out_types, residual_rows, a.scale)?;
-    let metadata =
-        transform::output_metadata(&base, transform::file_type(&base, &target), a.name.as_deref());
+    let metadata = transform::output_metadata(
+        &base,
+        transform::file_type(&base, &target),
+        a.name.as_deref(),
+    );
     let out = Output {
         path: &a.output,
         split_max_size: a.split_max_size,

@@ -144,8 +144,7 @@ pub fn run_quantize(a: &QuantizeArgs) -> Result<()> {
             "warning: {requantized} tensor(s) are already quantized and will be dequantized and quantized again, which loses quality; quantize from F32/F16/BF16 when you can"
         );
     }
-    let metadata =
-        transform::output_metadata(&model, transform::file_type(&model, &target), None);
+    let metadata = transform::output_metadata(&model, transform::file_type(&model, &target), None);
     let out = Output {
         path: &a.output,
         split_max_size: a.split_max_size,

@@ -11,7 +11,8 @@ use clap::{Parser, Subcommand};
 
 use crate::{Error, Result};
 
-const ABOUT: &str = "Add full-rank weight residuals to quantized LLMs and measure what precision was lost";
+const ABOUT: &str =
+    "Add full-rank weight residuals to quantized LLMs and measure what precision was lost";
 
 const LONG_ABOUT: &str = "\
 qresidual adds an instruction residual (Δθ = θ_instruct − θ_base, safetensors with Hugging Face \
@@ -80,7 +81,9 @@ pub(crate) fn set_threads(threads: Option<usize>) -> Result<()> {
             return Err(Error::Usage("--threads must be at least 1".into()));
         }
         // A second call in the same process (tests) keeps the first pool.
-        let _ = rayon::ThreadPoolBuilder::new().num_threads(n).build_global();
+        let _ = rayon::ThreadPoolBuilder::new()
+            .num_threads(n)
+            .build_global();
     }
     Ok(())
 }
@@ -162,7 +165,10 @@ mod tests {
         let input = dir.path().join("in.gguf");
         std::fs::write(&input, b"x").unwrap();
         let again = dir.path().join(".").join("in.gguf");
-        assert!(matches!(check_output(&again, &[input.clone()]), Err(Error::Usage(_))));
+        assert!(matches!(
+            check_output(&again, std::slice::from_ref(&input)),
+            Err(Error::Usage(_))
+        ));
         assert!(check_output(&dir.path().join("out.gguf"), &[input]).is_ok());
         assert!(check_output(&dir.path().join("missing/out.gguf"), &[]).is_err());
     }
