@@ -50,11 +50,17 @@ fn all_types_metadata() -> Vec<(String, MetaValue)> {
         ),
         (
             "t.arr_f32".into(),
-            arr(ValueType::F32, vec![MetaValue::F32(0.5), MetaValue::F32(-0.0)]),
+            arr(
+                ValueType::F32,
+                vec![MetaValue::F32(0.5), MetaValue::F32(-0.0)],
+            ),
         ),
         (
             "t.arr_bool".into(),
-            arr(ValueType::Bool, vec![MetaValue::Bool(false), MetaValue::Bool(true)]),
+            arr(
+                ValueType::Bool,
+                vec![MetaValue::Bool(false), MetaValue::Bool(true)],
+            ),
         ),
         ("t.arr_empty".into(), arr(ValueType::I32, vec![])),
         (
@@ -180,7 +186,10 @@ fn every_value_type_and_tensor_type_round_trips() {
         let len = std::fs::metadata(&path).unwrap().len();
         assert_eq!(len % 32, 0);
         let last = f.tensors().last().unwrap();
-        assert_eq!(len, f.data_offset(0) + last.offset + last.size.next_multiple_of(32));
+        assert_eq!(
+            len,
+            f.data_offset(0) + last.offset + last.size.next_multiple_of(32)
+        );
     }
     assert_eq!(dir_entries(dir.path()), vec!["m.gguf"]);
 }
@@ -231,7 +240,8 @@ fn rewriting_unchanged_is_byte_identical() {
                 ne: t.ne.clone(),
             })
             .collect();
-        let mut w = GgufWriter::create(&b, f.metadata(), &specs, &WriterOptions::default()).unwrap();
+        let mut w =
+            GgufWriter::create(&b, f.metadata(), &specs, &WriterOptions::default()).unwrap();
         for k in 0..specs.len() {
             w.write(f.tensor_data(k)).unwrap();
         }
@@ -266,8 +276,13 @@ fn alignment_option_is_declared_in_metadata() {
     let err = GgufWriter::create(&dir.path().join("x.gguf"), &meta, &[], &opts).unwrap_err();
     assert!(err.to_string().contains("alignment"), "{err}");
     let bad = vec![("general.alignment".to_string(), MetaValue::U32(48))];
-    let err = GgufWriter::create(&dir.path().join("x.gguf"), &bad, &[], &WriterOptions::default())
-        .unwrap_err();
+    let err = GgufWriter::create(
+        &dir.path().join("x.gguf"),
+        &bad,
+        &[],
+        &WriterOptions::default(),
+    )
+    .unwrap_err();
     assert!(err.to_string().contains("power of 2"), "{err}");
 }
 
@@ -285,7 +300,9 @@ fn split_output_opens_as_one_model() {
     let n = paths.len();
     assert!(n >= 3, "{n} splits");
     for (k, p) in paths.iter().enumerate() {
-        let want = dir.path().join(format!("big-{:05}-of-{:05}.gguf", k + 1, n));
+        let want = dir
+            .path()
+            .join(format!("big-{:05}-of-{:05}.gguf", k + 1, n));
         assert_eq!(p, &want);
     }
     assert_eq!(
@@ -305,7 +322,10 @@ fn split_output_opens_as_one_model() {
         tail,
         vec![
             ("split.no".to_string(), MetaValue::U16(0)),
-            ("split.tensors.count".to_string(), MetaValue::I32(specs.len() as i32)),
+            (
+                "split.tensors.count".to_string(),
+                MetaValue::I32(specs.len() as i32)
+            ),
             ("split.count".to_string(), MetaValue::U16(n as u16)),
         ]
     );
@@ -316,7 +336,10 @@ fn split_output_opens_as_one_model() {
         per_file[t.file].1 += 1;
     }
     for (bytes, count) in per_file {
-        assert!(bytes <= 600 || count == 1, "{bytes} bytes in {count} tensors");
+        assert!(
+            bytes <= 600 || count == 1,
+            "{bytes} bytes in {count} tensors"
+        );
     }
     // a later split alone is refused with a pointer to the first
     let err = GgufFile::open(&paths[1]).unwrap_err().to_string();
@@ -326,7 +349,12 @@ fn split_output_opens_as_one_model() {
     let outs = edit_metadata(&paths[0], &out, &[]).unwrap();
     assert_eq!(outs.len(), n);
     for (a, b) in paths.iter().zip(&outs) {
-        assert_eq!(std::fs::read(a).unwrap(), std::fs::read(b).unwrap(), "{}", b.display());
+        assert_eq!(
+            std::fs::read(a).unwrap(),
+            std::fs::read(b).unwrap(),
+            "{}",
+            b.display()
+        );
     }
     // a missing split is an error naming it
     std::fs::remove_file(&paths[n - 1]).unwrap();
@@ -344,7 +372,10 @@ fn dropped_or_failed_writers_leave_no_files() {
         w.write(&[0u8; 10]).unwrap();
         let names = dir_entries(dir.path());
         assert_eq!(names.len(), 1);
-        assert!(names[0].starts_with(".t.gguf.") && names[0].ends_with(".qresidual-tmp"), "{names:?}");
+        assert!(
+            names[0].starts_with(".t.gguf.") && names[0].ends_with(".qresidual-tmp"),
+            "{names:?}"
+        );
     }
     assert!(dir_entries(dir.path()).is_empty());
 
@@ -352,7 +383,10 @@ fn dropped_or_failed_writers_leave_no_files() {
     let mut w = GgufWriter::create(&path, &[], &specs, &WriterOptions::default()).unwrap();
     w.write(&[0u8; 28]).unwrap();
     let err = w.finish().unwrap_err().to_string();
-    assert!(err.contains("incomplete") && err.contains("f16.2d"), "{err}");
+    assert!(
+        err.contains("incomplete") && err.contains("f16.2d"),
+        "{err}"
+    );
     assert!(dir_entries(dir.path()).is_empty());
 
     // more bytes than declared
@@ -394,24 +428,36 @@ fn writer_rejects_invalid_layouts() {
         (vec![t("a", GgmlType::Q4_K, &[100])], "block size"),
         (vec![t(&"n".repeat(64), GgmlType::F32, &[1])], "too long"),
         (vec![t("a", GgmlType::F32, &[1, 1, 1, 1, 1])], "dimensions"),
-        (vec![t("a", GgmlType::F32, &[1]), t("a", GgmlType::F32, &[1])], "duplicate"),
-        (vec![t("a", GgmlType::F32, &[1 << 32, 1 << 32])], "overflows"),
+        (
+            vec![t("a", GgmlType::F32, &[1]), t("a", GgmlType::F32, &[1])],
+            "duplicate",
+        ),
+        (
+            vec![t("a", GgmlType::F32, &[1 << 32, 1 << 32])],
+            "overflows",
+        ),
     ];
     for (specs, phrase) in cases {
-        let err = GgufWriter::create(&p, &[], &specs, &o).unwrap_err().to_string();
+        let err = GgufWriter::create(&p, &[], &specs, &o)
+            .unwrap_err()
+            .to_string();
         assert!(err.contains(phrase), "{err} lacks {phrase}");
     }
     let mixed = vec![(
         "k".to_string(),
         arr(ValueType::U8, vec![MetaValue::U8(1), MetaValue::I8(1)]),
     )];
-    let err = GgufWriter::create(&p, &mixed, &[], &o).unwrap_err().to_string();
+    let err = GgufWriter::create(&p, &mixed, &[], &o)
+        .unwrap_err()
+        .to_string();
     assert!(err.contains("holds a i8"), "{err}");
     let dup = vec![
         ("k".to_string(), MetaValue::U8(1)),
         ("k".to_string(), MetaValue::U8(2)),
     ];
-    let err = GgufWriter::create(&p, &dup, &[], &o).unwrap_err().to_string();
+    let err = GgufWriter::create(&p, &dup, &[], &o)
+        .unwrap_err()
+        .to_string();
     assert!(err.contains("duplicate metadata key"), "{err}");
     assert!(dir_entries(dir.path()).is_empty());
 }
@@ -425,8 +471,14 @@ fn metadata_edits_set_replace_remove_and_refuse_overwrite() {
     let b = dir.path().join("b.gguf");
     let edits = vec![
         MetaEdit::Remove("t.i8".into()),
-        MetaEdit::Set("t.u8".into(), MetaValue::parse_typed("str:now a string").unwrap()),
-        MetaEdit::Set("new.key".into(), MetaValue::parse_typed("u32:128009").unwrap()),
+        MetaEdit::Set(
+            "t.u8".into(),
+            MetaValue::parse_typed("str:now a string").unwrap(),
+        ),
+        MetaEdit::Set(
+            "new.key".into(),
+            MetaValue::parse_typed("u32:128009").unwrap(),
+        ),
     ];
     edit_metadata(&a, &b, &edits).unwrap();
     let f = GgufFile::open(&b).unwrap();
@@ -436,8 +488,8 @@ fn metadata_edits_set_replace_remove_and_refuse_overwrite() {
     assert_eq!(*keys.last().unwrap(), "new.key");
     assert_eq!(f.get("t.u8").unwrap().as_str(), Some("now a string"));
     assert_eq!(f.get("new.key"), Some(&MetaValue::U32(128009)));
-    for i in 0..data.len() {
-        assert_eq!(f.tensor_data(i), &data[i][..]);
+    for (i, d) in data.iter().enumerate() {
+        assert_eq!(f.tensor_data(i), &d[..]);
     }
     let err = edit_metadata(&a, &a, &[]).unwrap_err().to_string();
     assert!(err.contains("is the input"), "{err}");
