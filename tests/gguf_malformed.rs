@@ -5,7 +5,9 @@
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
-use qresidual::gguf::{GgufFile, GgufWriter, MetaArray, MetaValue, TensorSpec, ValueType, WriterOptions};
+use qresidual::gguf::{
+    GgufFile, GgufWriter, MetaArray, MetaValue, TensorSpec, ValueType, WriterOptions,
+};
 use qresidual::quant::GgmlType;
 
 fn corpus_dir() -> PathBuf {
@@ -67,10 +69,18 @@ fn huge_declared_tensor_in_tiny_file_fails_fast() {
     let took = t0.elapsed();
     eprintln!("100 GiB tensor in a 1 KB file refused in {took:?}: {err}");
     assert!(took < Duration::from_millis(100), "took {took:?}");
-    for f in ["tensors_2e40.gguf", "kv_2e40.gguf", "array_len_beyond_file.gguf"] {
+    for f in [
+        "tensors_2e40.gguf",
+        "kv_2e40.gguf",
+        "array_len_beyond_file.gguf",
+    ] {
         let t0 = Instant::now();
         assert!(GgufFile::open(&corpus_dir().join(f)).is_err());
-        assert!(t0.elapsed() < Duration::from_millis(100), "{f} took {:?}", t0.elapsed());
+        assert!(
+            t0.elapsed() < Duration::from_millis(100),
+            "{f} took {:?}",
+            t0.elapsed()
+        );
     }
 }
 
