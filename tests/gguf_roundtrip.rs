@@ -578,3 +578,65 @@ fn real_gemma_model_when_available() {
     assert_eq!(a.len(), b.len());
     assert!(a == b, "rewrite differs from the original");
 }
+
+#[test]
+fn split_keys_given_by_the_caller_keep_their_positions() {
+    // gguf-py orders the keys split.no, split.count, split.tensors.count;
+    // a copy must keep that order to be byte-identical.
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("py.gguf");
+    let meta = vec![
+        (
+            "general.architecture".to_string(),
+            MetaValue::String("llama".into()),
+        ),
+        ("split.no".to_string(), MetaValue::U16(9)),
+        ("split.count".to_string(), MetaValue::U16(9)),
+        ("split.tensors.count".to_string(), MetaValue::I32(9)),
+        ("z".to_string(), MetaValue::U8(1)),
+    ];
+    let opts = WriterOptions {
+        alignment: None,
+        split_max_size: Some(200),
+    };
+    let (paths, data) = write_model(&path, &meta, &specs(), &opts, 50, 4);
+    let n = paths.len() as u16;
+    let f = GgufFile::open(&paths[0]).unwrap();
+    let want = vec![
+        (
+            "general.architecture".to_string(),
+            MetaValue::String("llama".into()),
+        ),
+        ("split.no".to_string(), MetaValue::U16(0)),
+        ("split.count".to_string(), MetaValue::U16(n)),
+        (
+            "split.tensors.count".to_string(),
+            MetaValue::I32(specs().len() as i32),
+        ),
+        ("z".to_string(), MetaValue::U8(1)),
+    ];
+    assert_eq!(f.metadata(), &want[..]);
+    for (i, d) in data.iter().enumerate() {
+        assert_eq!(f.tensor_data(i), &d[..]);
+    }
+    // a later split holds the split keys alone, in the same order
+    let bytes = std::fs::read(&paths[1]).unwrap();
+    let no = bytes.windows(8).position(|w| w == b"split.no").unwrap();
+    let count = bytes.windows(11).position(|w| w == b"split.count").unwrap();
+    let tcount = bytes
+        .windows(19)
+        .position(|w| w == b"split.tensors.count")
+        .unwrap();
+    assert!(no < count && count < tcount);
+    // a single-file copy drops them: they would point at files that do not exist
+    let single = dir.path().join("single.gguf");
+    let mut w =
+        GgufWriter::create(&single, f.metadata(), &specs(), &WriterOptions::default()).unwrap();
+    for i in 0..data.len() {
+        w.write(f.tensor_data(i)).unwrap();
+    }
+    w.finish().unwrap();
+    let g = GgufFile::open(&single).unwrap();
+    assert!(g.metadata().iter().all(|(k, _)| !split::is_split_key(k)));
+    assert_eq!(g.paths(), vec![single]);
+}
