@@ -98,9 +98,14 @@ def test_synthetic_metadata_copy_is_byte_identical(run, synthetic, tmp_path):
     assert filecmp.cmp(synthetic, out, shallow=False)
 
 
-def test_gemma_inspect_agrees_with_gguf_py(run, gemma_path):
+@pytest.fixture(scope="module")
+def gemma_reader(gemma_path):
+    return GGUFReader(str(gemma_path))
+
+
+def test_gemma_inspect_agrees_with_gguf_py(run, gemma_path, gemma_reader):
     j = inspect_json(run, gemma_path)
-    reader = GGUFReader(str(gemma_path))
+    reader = gemma_reader
     assert len(j["metadata"]) == 33
     assert len(j["tensors"]) == 236
     assert_agrees_with_gguf_py(j, reader)
@@ -115,7 +120,7 @@ def test_gemma_metadata_without_edit_is_byte_identical(run, gemma_path, tmp_path
     assert [p.name for p in tmp_path.iterdir()] == ["copy.gguf"]
 
 
-def test_gemma_metadata_edits_read_back_in_gguf_py(run, gemma_path, tmp_path):
+def test_gemma_metadata_edits_read_back_in_gguf_py(run, gemma_path, gemma_reader, tmp_path):
     template = tmp_path / "tmpl.jinja"
     template.write_text("{% for m in messages %}{{ m.content }}{% endfor %}\n")
     out = tmp_path / "edited.gguf"
@@ -127,7 +132,7 @@ def test_gemma_metadata_edits_read_back_in_gguf_py(run, gemma_path, tmp_path):
         "--set", "qresidual.flag=bool:true",
         "--set-file", f"tokenizer.chat_template={template}",
         "--remove", "general.license")
-    before = GGUFReader(str(gemma_path))
+    before = gemma_reader
     after = GGUFReader(str(out))
     f = after.fields
     assert f["general.name"].contents() == "Edited name"
@@ -162,3 +167,120 @@ def test_inspect_names_the_problem_in_a_malformed_file(run, tmp_path):
     p = run("inspect", bad, check=False)
     assert p.returncode != 0
     assert "version 1 is no longer supported" in p.stderr
+
+
+# --- gguf.cpp (llama.cpp's own loader, via ctypes) as a second reference ----
+
+def _gguf_cpp():
+    import ctypes
+    import pathlib
+    try:
+        import llama_cpp
+    except ImportError:
+        pytest.skip("llama-cpp-python (libggml-base.so) is not installed")
+    lib = ctypes.CDLL(str(pathlib.Path(llama_cpp.__file__).parent / "lib" / "libggml-base.so"))
+
+    class InitParams(ctypes.Structure):
+        _fields_ = [("no_alloc", ctypes.c_bool), ("ctx", ctypes.c_void_p)]
+
+    lib.gguf_init_from_file.restype = ctypes.c_void_p
+    lib.gguf_init_from_file.argtypes = [ctypes.c_char_p, InitParams]
+    lib.gguf_free.argtypes = [ctypes.c_void_p]
+    for name in ("gguf_get_n_tensors", "gguf_get_n_kv"):
+        getattr(lib, name).restype = ctypes.c_int64
+        getattr(lib, name).argtypes = [ctypes.c_void_p]
+    lib.gguf_get_data_offset.restype = ctypes.c_size_t
+    lib.gguf_get_data_offset.argtypes = [ctypes.c_void_p]
+    lib.gguf_get_alignment.restype = ctypes.c_size_t
+    lib.gguf_get_alignment.argtypes = [ctypes.c_void_p]
+    lib.gguf_get_tensor_offset.restype = ctypes.c_size_t
+    lib.gguf_get_tensor_offset.argtypes = [ctypes.c_void_p, ctypes.c_int64]
+    lib.gguf_get_tensor_name.restype = ctypes.c_char_p
+    lib.gguf_get_tensor_name.argtypes = [ctypes.c_void_p, ctypes.c_int64]
+    lib.gguf_get_key.restype = ctypes.c_char_p
+    lib.gguf_get_key.argtypes = [ctypes.c_void_p, ctypes.c_int64]
+
+    def load(path):
+        """(keys, [(name, offset)], data_offset, alignment) or None if gguf.cpp refuses."""
+        ctx = lib.gguf_init_from_file(str(path).encode(), InitParams(True, None))
+        if not ctx:
+            return None
+        try:
+            keys = [lib.gguf_get_key(ctx, i).decode() for i in range(lib.gguf_get_n_kv(ctx))]
+            tensors = [(lib.gguf_get_tensor_name(ctx, i).decode(), lib.gguf_get_tensor_offset(ctx, i))
+                       for i in range(lib.gguf_get_n_tensors(ctx))]
+            return keys, tensors, lib.gguf_get_data_offset(ctx), lib.gguf_get_alignment(ctx)
+        finally:
+            lib.gguf_free(ctx)
+    return load
+
+
+# Files gguf.cpp's header parser accepts but qresidual refuses, and why.
+GGUF_CPP_LENIENT = {
+    # data bounds are checked by llama-model-loader, not gguf_init (no_alloc)
+    "truncated_at_data_start.gguf", "truncated_at_mid_tensor0.gguf", "truncated_at_tensor0.gguf",
+    "truncated_at_mid_tensor1.gguf", "data_beyond_eof.gguf", "tensor_100gb_in_1kb.gguf",
+    # llama-model-loader refuses a split whose name does not follow the pattern
+    "split_without_split_name.gguf",
+    # qresidual keeps values exactly (a rewrite must be byte-identical):
+    # a bool byte other than 0/1 or a non-UTF-8 string cannot be kept
+    "bool_byte_2.gguf", "string_not_utf8.gguf",
+}
+
+
+def test_malformed_corpus_is_refused_by_gguf_cpp_too():
+    import pathlib
+    load = _gguf_cpp()
+    corpus = pathlib.Path(__file__).resolve().parents[2] / "fixtures" / "malformed"
+    rows = [line.rstrip("\n").split("\t") for line in open(corpus / "expected.tsv")
+            if not line.startswith("#")]
+    assert len(rows) >= 50
+    for name, phrase in rows:
+        accepted = load(corpus / name) is not None
+        if phrase == "OK":
+            assert accepted, name
+        elif name in GGUF_CPP_LENIENT:
+            assert accepted, f"{name}: gguf.cpp now refuses it; drop it from GGUF_CPP_LENIENT"
+        else:
+            assert not accepted, f"{name}: gguf.cpp accepts a file the corpus calls malformed"
+
+
+def test_gguf_cpp_loads_our_copies(run, synthetic, tmp_path):
+    load = _gguf_cpp()
+    out = tmp_path / "edited.gguf"
+    # gguf.cpp refuses arrays of arrays (gguf-py writes them): drop that key
+    assert load(synthetic) is None
+    run("metadata", synthetic, "-o", out, "--set", "general.name=str:x", "--remove", "t.arr_nested")
+    keys, tensors, data_offset, alignment = load(out)
+    j = inspect_json(run, out)
+    assert keys == [m["key"] for m in j["metadata"]]
+    assert tensors == [(t["name"], t["offset"]) for t in j["tensors"]]
+    assert all(t["file_offset"] == data_offset + t["offset"] for t in j["tensors"])
+    assert alignment == j["alignment"]
+
+
+def test_split_set_from_gguf_py_copies_byte_for_byte(run, tmp_path):
+    load = _gguf_cpp()
+    src = tmp_path / "src"
+    src.mkdir()
+    w = GGUFWriter(str(src / "m.gguf"), "llama", split_max_tensors=2)
+    w.add_uint32("t.u32", 5)
+    for i in range(5):
+        w.add_tensor(f"t{i}", np.full((3, 8), i, dtype=np.float32))
+    w.write_header_to_file()
+    w.write_kv_data_to_file()
+    w.write_tensors_to_file()
+    w.close()
+    inputs = sorted(src.iterdir())
+    assert [p.name for p in inputs] == [f"m-0000{i}-of-00003.gguf" for i in (1, 2, 3)]
+    j = inspect_json(run, inputs[0])
+    assert [t["name"] for t in j["tensors"]] == [f"t{i}" for i in range(5)]
+    assert [t["file"] for t in j["tensors"]] == [0, 0, 1, 1, 2]
+    outs = run("metadata", inputs[0], "-o", tmp_path / "out.gguf").stdout.split()
+    assert [p.rsplit("/", 1)[-1] for p in outs] == [f"out-0000{i}-of-00003.gguf" for i in (1, 2, 3)]
+    for a, b in zip(inputs, outs):
+        assert filecmp.cmp(a, b, shallow=False), b
+        assert load(b) is not None
+    edited = run("metadata", inputs[0], "-o", tmp_path / "ed.gguf", "--set", "t.u32=u32:6").stdout.split()
+    assert GGUFReader(edited[0]).fields["t.u32"].contents() == 6
+    assert [GGUFReader(p).fields["split.no"].contents() for p in edited] == [0, 1, 2]
