@@ -543,7 +543,9 @@ fn inspect_reports_every_field() {
     let total: u64 = specs.iter().map(expected_size).sum();
     assert_eq!(j["totals"]["bytes"].as_u64(), Some(total));
     let text = inspect_gguf(&f, false);
-    assert!(text.contains("arr[str; 4]"), "{text}");
+    let line = text.lines().find(|l| l.contains("t.arr_str")).unwrap();
+    assert!(line.contains("arr[str; 4]"), "{line}");
+    assert!(line.ends_with("[\"a\", \"\", \"ü\", … +1]"), "{line}");
     assert!(text.contains("[256, 2, 1, 1]"));
     assert!(text.contains("q4_K"));
     let round: serde_json::Value = serde_json::from_str(&inspect_gguf(&f, true)).unwrap();
@@ -602,7 +604,7 @@ fn split_keys_given_by_the_caller_keep_their_positions() {
     let (paths, data) = write_model(&path, &meta, &specs(), &opts, 50, 4);
     let n = paths.len() as u16;
     let f = GgufFile::open(&paths[0]).unwrap();
-    let want = vec![
+    let want = [
         (
             "general.architecture".to_string(),
             MetaValue::String("llama".into()),
@@ -639,4 +641,23 @@ fn split_keys_given_by_the_caller_keep_their_positions() {
     let g = GgufFile::open(&single).unwrap();
     assert!(g.metadata().iter().all(|(k, _)| !split::is_split_key(k)));
     assert_eq!(g.paths(), vec![single]);
+}
+
+#[cfg(unix)]
+#[test]
+fn metadata_refuses_a_hard_link_to_its_input() {
+    let dir = tempfile::tempdir().unwrap();
+    let a = dir.path().join("a.gguf");
+    write_model(
+        &a,
+        &all_types_metadata(),
+        &specs(),
+        &WriterOptions::default(),
+        64,
+        2,
+    );
+    let link = dir.path().join("link.gguf");
+    std::fs::hard_link(&a, &link).unwrap();
+    let err = edit_metadata(&a, &link, &[]).unwrap_err().to_string();
+    assert!(err.contains("is the input"), "{err}");
 }
