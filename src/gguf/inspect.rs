@@ -156,6 +156,13 @@ fn short_string(s: &str) -> String {
     }
 }
 
+fn type_text(v: &MetaValue) -> String {
+    match v {
+        MetaValue::Array(a) => format!("arr[{}; {}]", a.elem_type.name(), a.items.len()),
+        other => other.value_type().name().to_string(),
+    }
+}
+
 fn value_text(v: &MetaValue) -> String {
     match v {
         MetaValue::String(s) => short_string(s),
@@ -172,12 +179,7 @@ fn value_text(v: &MetaValue) -> String {
             } else {
                 String::new()
             };
-            format!(
-                "arr[{}; {}] [{}{tail}]",
-                a.elem_type.name(),
-                a.items.len(),
-                shown.join(", ")
-            )
+            format!("[{}{tail}]", shown.join(", "))
         }
         MetaValue::F32(x) => format!("{x:?}"),
         MetaValue::F64(x) => format!("{x:?}"),
@@ -219,13 +221,14 @@ pub fn inspect_gguf(f: &GgufFile, json: bool) -> String {
     }
     let _ = writeln!(out, "\nMetadata:");
     let kw = f.metadata().iter().map(|(k, _)| k.len()).max().unwrap_or(0);
+    let tw = f
+        .metadata()
+        .iter()
+        .map(|(_, v)| type_text(v).len())
+        .max()
+        .unwrap_or(0);
     for (k, v) in f.metadata() {
-        let _ = writeln!(
-            out,
-            "  {k:kw$}  {:4}  {}",
-            v.value_type().name(),
-            value_text(v)
-        );
+        let _ = writeln!(out, "  {k:kw$}  {:tw$}  {}", type_text(v), value_text(v));
     }
     let _ = writeln!(out, "\nTensors:");
     let nw = f

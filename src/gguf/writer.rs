@@ -194,20 +194,25 @@ impl GgufWriter {
             }
         }
 
-        // Metadata of every file: the caller's (without split keys, which
-        // the writer manages) in the first, then the split keys in the order
-        // gguf-split leaves them.
-        let mut base: Vec<(String, MetaValue)> = metadata
+        // Metadata of every file: the caller's in the first, with the split
+        // keys (which the writer manages) fresh. Split keys the caller passes
+        // keep their positions and order, so a split set copies byte for byte
+        // whichever tool wrote it; otherwise they go last in the order
+        // gguf-split leaves them (split.no, split.tensors.count, split.count).
+        let split_order: Vec<&str> = metadata
             .iter()
-            .filter(|(k, _)| !is_split_key(k))
-            .cloned()
+            .map(|(k, _)| k.as_str())
+            .filter(|k| is_split_key(k))
             .collect();
-        let declares_alignment = base.iter().any(|(k, _)| k == KEY_ALIGNMENT);
+        let keep_split_positions = split_order.len() == 3;
+        let split_order: Vec<&str> = if keep_split_positions {
+            split_order
+        } else {
+            vec![KEY_SPLIT_NO, KEY_SPLIT_TENSORS_COUNT, KEY_SPLIT_COUNT]
+        };
+        let declares_alignment = metadata.iter().any(|(k, _)| k == KEY_ALIGNMENT);
         let extra_alignment = (!declares_alignment && alignment != DEFAULT_ALIGNMENT)
             .then(|| (KEY_ALIGNMENT.to_string(), MetaValue::U32(alignment as u32)));
-        if let Some(kv) = extra_alignment {
-            base.push(kv);
-        }
 
         let (split_of, n_split) = match &layout {
             Some(l) => (l.clone(), l.last().map_or(1, |&s| s + 1)),
@@ -232,19 +237,32 @@ impl GgufWriter {
                 Some(_) => split_path(&prefix, k as u32, n_split as u32),
                 None => path.to_path_buf(),
             };
-            let mut kvs: Vec<(String, MetaValue)> = if k == 0 { base.clone() } else { Vec::new() };
-            // gguf-split writes only split keys after the first file, which
-            // silently assumes alignment 32; declare any other alignment.
-            if k > 0 && alignment != DEFAULT_ALIGNMENT {
+            let split_value = |key: &str| -> MetaValue {
+                match key {
+                    KEY_SPLIT_NO => MetaValue::U16(k as u16),
+                    KEY_SPLIT_COUNT => MetaValue::U16(n_split as u16),
+                    _ => MetaValue::I32(tensors.len() as i32),
+                }
+            };
+            let mut kvs: Vec<(String, MetaValue)> = Vec::new();
+            if k == 0 {
+                for (key, v) in metadata {
+                    if !is_split_key(key) {
+                        kvs.push((key.clone(), v.clone()));
+                    } else if layout.is_some() && keep_split_positions {
+                        kvs.push((key.clone(), split_value(key)));
+                    }
+                }
+                kvs.extend(extra_alignment.clone());
+            } else if alignment != DEFAULT_ALIGNMENT {
+                // gguf-split writes only split keys after the first file, which
+                // silently assumes alignment 32; declare any other alignment.
                 kvs.push((KEY_ALIGNMENT.to_string(), MetaValue::U32(alignment as u32)));
             }
-            if layout.is_some() {
-                kvs.push((KEY_SPLIT_NO.into(), MetaValue::U16(k as u16)));
-                kvs.push((
-                    KEY_SPLIT_TENSORS_COUNT.into(),
-                    MetaValue::I32(tensors.len() as i32),
-                ));
-                kvs.push((KEY_SPLIT_COUNT.into(), MetaValue::U16(n_split as u16)));
+            if layout.is_some() && (k > 0 || !keep_split_positions) {
+                for key in &split_order {
+                    kvs.push((key.to_string(), split_value(key)));
+                }
             }
             let members: Vec<usize> = (0..tensors.len()).filter(|&i| split_of[i] == k).collect();
             let header = encode_header(&kvs, tensors, sizes, &members, alignment);
