@@ -1,0 +1,85 @@
+//! The bitsandbytes weight formats: NF4 / FP4 4-bit blockwise codes, the
+//! blockwise 8-bit dynamic map used for double quantization of the 4-bit
+//! scales, and LLM.int8 row-wise codes.
+//!
+//! Everything here follows bitsandbytes 0.50 on CPU, which is what a
+//! `transformers` + `BitsAndBytesConfig` run without a GPU executes:
+//! - `quantize_4bit`: the pure-torch kernel of `backends/default/ops.py`;
+//! - `dequantize_4bit`: the native `dequantizeBlockwise4bitCpu` (csrc/cpu_ops.cpp);
+//! - `quantize_blockwise` (double quant): the native `quantize_cpu` /
+//!   `quantize_block` (csrc/cpu_ops.cpp, csrc/common.cpp);
+//! - `int8_vectorwise_quant` / `int8_vectorwise_dequant`: the default torch kernels.
+//!
+//! Tensors are handled *flattened*: a 4-bit block runs over consecutive
+//! elements of the whole tensor and does not restart at row boundaries.
+//! Inputs are `f32`; callers holding f16/bf16 weights convert exactly first.
+
+mod dynamic;
+mod fourbit;
+mod int8;
+
+pub use dynamic::{
+    dequantize_blockwise, dynamic_map, dynamic_map_cpu_quantize, quantize_blockwise,
+    torch_mean_f32, NestedAbsmax, NESTED_BLOCKSIZE,
+};
+pub use fourbit::{dequantize_4bit, quantize_4bit, FourBit, BLOCKSIZES_4BIT};
+pub use int8::{dequantize_int8_rows, quantize_int8_rows, INT8_DEQUANT_FACTOR};
+
+use std::fmt;
+
+/// What can go wrong in a bitsandbytes codec. Bad input never panics.
+#[derive(Debug, Clone, PartialEq)]
+pub enum BnbError {
+    /// The input holds NaN or ±Inf at this (flat) element index.
+    NonFinite {
+        /// Index of the first non-finite element.
+        index: usize,
+        /// The offending value.
+        value: f32,
+    },
+    /// A blocksize bitsandbytes does not accept for this codec.
+    BadBlocksize(usize),
+    /// Slice lengths disagree with the element count.
+    BadLength {
+        /// Which argument.
+        what: &'static str,
+        /// Length required.
+        expected: usize,
+        /// Length supplied.
+        got: usize,
+    },
+}
+
+impl fmt::Display for BnbError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            BnbError::NonFinite { index, value } => {
+                write!(f, "non-finite value {value} at element {index}")
+            }
+            BnbError::BadBlocksize(b) => write!(f, "unsupported bitsandbytes blocksize {b}"),
+            BnbError::BadLength {
+                what,
+                expected,
+                got,
+            } => write!(f, "{what}: expected length {expected}, got {got}"),
+        }
+    }
+}
+
+impl std::error::Error for BnbError {}
+
+/// First non-finite element, as the error every quantizer returns.
+pub(crate) fn check_finite(x: &[f32]) -> Result<(), BnbError> {
+    match x.iter().position(|v| !v.is_finite()) {
+        Some(index) => Err(BnbError::NonFinite {
+            index,
+            value: x[index],
+        }),
+        None => Ok(()),
+    }
+}
+
+/// Number of blocks covering `n` elements (the last one may be partial).
+pub fn num_blocks(n: usize, blocksize: usize) -> usize {
+    n.div_ceil(blocksize)
+}
