@@ -19,31 +19,38 @@ pub fn dynamic_map() -> [f32; 256] {
     DYNAMIC_MAP_BITS.map(f32::from_bits)
 }
 
-/// The map after bitsandbytes' native CPU `quantize_cpu` has run: it sets
-/// `code[0] = -1.0` in place (so the binary search covers [-1, 1]), and the
-/// quant state copies the map afterwards, so CPU-quantized checkpoints store
-/// this variant.
-pub fn dynamic_map_cpu_quantize() -> [f32; 256] {
-    let mut m = dynamic_map();
-    m[0] = -1.0;
-    m
+/// Bins of the native quantizer's lookup table over [-1, 1].
+const LUT_SIZE: usize = 65536;
+
+/// `build_quantize_lut` (csrc/cpu_ops.cpp): bin `i` holds `-1 + 2i / 65535`
+/// and maps to the first code whose upper midpoint `0.5 * (c[k] + c[k+1])`
+/// is not below it, all in f32.
+fn build_quantize_lut(code: &[f32; 256]) -> Vec<u8> {
+    let mid: [f32; 255] = std::array::from_fn(|i| 0.5f32 * (code[i] + code[i + 1]));
+    let mut lut = Vec::with_capacity(LUT_SIZE);
+    let mut k = 0usize;
+    for i in 0..LUT_SIZE {
+        let val = -1.0f32 + (2.0f32 * i as f32) / (LUT_SIZE - 1) as f32;
+        while k < 255 && mid[k] < val {
+            k += 1;
+        }
+        lut.push(k as u8);
+    }
+    lut
 }
 
 /// Blockwise 8-bit quantization against a sorted 256-entry map.
 ///
-/// Port of the native CPU `quantize_cpu` / `quantize_block`
-/// (csrc/cpu_ops.cpp, csrc/common.cpp), which bitsandbytes uses for float32
-/// input on CPU:
-/// - `absmax = fmax` over `|x|` of the block (every block, also a partial one);
-/// - `normed = x / absmax` (a division, not a reciprocal);
-/// - the largest index `i` with `code[i] <= normed` (the BinSearch result,
-///   with `code[0]` forced to -1.0), then `i + 1` only if
-///   `|normed - code[i+1]| < |normed - code[i]|` in f32 (ties keep the lower).
-///
-/// A block whose absmax is 0 makes bitsandbytes divide 0 by 0 and index its
-/// search table with a NaN (undefined behaviour in C); here every element
-/// of such a block gets the index of the map's 0.0, which dequantizes to 0
-/// like any index would.
+/// Port of the native CPU `quantize_cpu` of bitsandbytes 0.50
+/// (`quantize_cpu_impl` / `avx2_quantize_8bit_block`, csrc/cpu_ops.cpp),
+/// which bitsandbytes uses for float32 input on CPU. It is *not* an exact
+/// nearest-code search: the normalized value is binned into a 65536-entry
+/// table built by [`build_quantize_lut`], so a value within about 1.5e-5 of a
+/// midpoint can take the farther code. Per block:
+/// - `absmax = max |x|` (every block, also a trailing partial one);
+/// - absmax 0: all codes 0;
+/// - otherwise `v = clamp(x * (1 / absmax), -1, 1)`, bin
+///   `trunc(((v + 1) * 0.5) * 65535 + 0.5)`, code `lut[bin]`.
 ///
 /// `code` must be sorted ascending (any bitsandbytes map is).
 pub fn quantize_blockwise(
@@ -55,30 +62,21 @@ pub fn quantize_blockwise(
         return Err(BnbError::BadBlocksize(0));
     }
     check_finite(x)?;
-    let mut code = *code;
-    code[0] = -1.0;
-    let zero_index = code.iter().position(|&c| c == 0.0).unwrap_or(127) as u8;
+    let lut = build_quantize_lut(code);
     let mut out = Vec::with_capacity(x.len());
     let mut absmax = Vec::with_capacity(num_blocks(x.len(), blocksize));
     for blk in x.chunks(blocksize) {
-        let am = blk.iter().fold(-f32::MAX, |m, v| m.max(v.abs()));
+        let am = blk.iter().fold(0.0f32, |m, v| m.max(v.abs()));
         absmax.push(am);
+        if am == 0.0 {
+            out.extend(std::iter::repeat_n(0u8, blk.len()));
+            continue;
+        }
+        let inv = 1.0f32 / am;
         for &v in blk {
-            if am == 0.0 {
-                out.push(zero_index);
-                continue;
-            }
-            let normed = v / am;
-            // Largest i with code[i] <= normed; normed >= -1 = code[0].
-            let mut idx = code.partition_point(|&c| c <= normed).saturating_sub(1);
-            if idx < 255 {
-                let dist_left = (normed - code[idx]).abs();
-                let dist_right = (normed - code[idx + 1]).abs();
-                if dist_right < dist_left {
-                    idx += 1;
-                }
-            }
-            out.push(idx as u8);
+            let s = (v * inv).clamp(-1.0, 1.0);
+            let t = ((s + 1.0f32) * 0.5f32) * (LUT_SIZE - 1) as f32 + 0.5f32;
+            out.push(lut[t as usize]);
         }
     }
     Ok((out, absmax))
@@ -134,7 +132,7 @@ pub struct NestedAbsmax {
 impl NestedAbsmax {
     /// Nests `absmax` as bitsandbytes does on CPU: `offset = absmax.mean()`
     /// (see [`torch_mean_f32`]), then `quantize_blockwise(absmax - offset,
-    /// blocksize=256)` with the dynamic map.
+    /// blocksize=256)` with the dynamic map, which is also the stored `code`.
     pub fn quantize(absmax: &[f32]) -> Result<NestedAbsmax, BnbError> {
         check_finite(absmax)?;
         Self::quantize_with_offset(absmax, torch_mean_f32(absmax))
@@ -143,7 +141,7 @@ impl NestedAbsmax {
     /// Nests with a given offset (e.g. one read back from a checkpoint).
     pub fn quantize_with_offset(absmax: &[f32], offset: f32) -> Result<NestedAbsmax, BnbError> {
         let centred: Vec<f32> = absmax.iter().map(|&a| a - offset).collect();
-        let code = dynamic_map_cpu_quantize();
+        let code = dynamic_map();
         let (codes, absmax2) = quantize_blockwise(&centred, &code, NESTED_BLOCKSIZE)?;
         Ok(NestedAbsmax {
             codes,
@@ -173,17 +171,20 @@ impl NestedAbsmax {
 
 /// `torch.mean` of a contiguous f32 tensor on CPU, as one thread computes it:
 /// `sum / n` with the sum of ATen's `cascade_sum` (SumKernel.cpp,
-/// `vectorized_inner_sum` → `row_sum` → `multi_row_sum`) for 16-lane
-/// (AVX-512) vectors. Torch splits tensors above 32768 elements across
-/// threads, so there the last bits depend on the thread count.
+/// `vectorized_inner_sum` → `row_sum` → `multi_row_sum`) over 8-lane
+/// vectors (what torch 2.15 runs on AVX2 and AVX-512 machines alike; checked
+/// bit-exact up to 20000 elements). Torch splits tensors above 32768
+/// elements across threads, so there the last bits depend on the thread
+/// count. An empty slice gives NaN, as in torch.
 pub fn torch_mean_f32(x: &[f32]) -> f32 {
-    torch_sum_f32(x, 16) / x.len() as f32
+    torch_sum_f32(x, 8) / x.len() as f32
 }
 
 fn torch_sum_f32(x: &[f32], lanes: usize) -> f32 {
     let n = x.len();
     if n < lanes {
-        return x.iter().fold(0.0f32, |a, &v| a + v);
+        // ATen's `scalar_inner_sum`: the same `row_sum`, over single floats.
+        return if lanes == 1 { 0.0 } else { torch_sum_f32(x, 1) };
     }
     let vec_size = n / lanes;
     let vec_at = |i: usize| &x[i * lanes..(i + 1) * lanes];
@@ -230,18 +231,22 @@ fn multi_row_sum<'a>(
     let level_step = 1usize << level_power;
     let level_mask = level_step - 1;
     let mut acc = vec![vec![vec![0.0f32; lanes]; NROWS]; LEVELS];
+    let load_row = |acc: &mut [Vec<f32>], i: usize| {
+        for (k, a) in acc.iter_mut().enumerate() {
+            add(a, load(i, k));
+        }
+    };
     let mut i = 0;
     while i + level_step <= size {
         for _ in 0..level_step {
-            for k in 0..NROWS {
-                add(&mut acc[0][k], load(i, k));
-            }
+            load_row(&mut acc[0], i);
             i += 1;
         }
         for j in 1..LEVELS {
-            for k in 0..NROWS {
-                let prev = std::mem::replace(&mut acc[j - 1][k], vec![0.0; lanes]);
-                add(&mut acc[j][k], &prev);
+            let (lower, upper) = acc.split_at_mut(j);
+            for (hi, lo) in upper[0].iter_mut().zip(lower[j - 1].iter_mut()) {
+                add(hi, lo);
+                lo.fill(0.0);
             }
             let mask = level_mask << (j * level_power);
             if i & mask != 0 {
@@ -250,15 +255,13 @@ fn multi_row_sum<'a>(
         }
     }
     while i < size {
-        for k in 0..NROWS {
-            add(&mut acc[0][k], load(i, k));
-        }
+        load_row(&mut acc[0], i);
         i += 1;
     }
-    for j in 1..LEVELS {
-        for k in 0..NROWS {
-            let v = acc[j][k].clone();
-            add(&mut acc[0][k], &v);
+    let (first, rest) = acc.split_at_mut(1);
+    for level in rest.iter() {
+        for (a, v) in first[0].iter_mut().zip(level) {
+            add(a, v);
         }
     }
     acc.swap_remove(0)

@@ -35,9 +35,10 @@ const NF4_F64: [f64; 16] = [
     1.0,
 ];
 
-/// FP4 values before normalisation in `get_4bit_type("fp4")` (divided by 12 in f32).
+/// FP4 values before normalisation in `get_4bit_type("fp4")` (divided by 12
+/// in f32). Its "-0" is the Python integer 0, so nibble 8 is +0.0.
 const FP4_RAW: [f32; 16] = [
-    0.0, 0.0625, 8.0, 12.0, 4.0, 6.0, 2.0, 3.0, -0.0, -0.0625, -8.0, -12.0, -4.0, -6.0, -2.0, -3.0,
+    0.0, 0.0625, 8.0, 12.0, 4.0, 6.0, 2.0, 3.0, 0.0, -0.0625, -8.0, -12.0, -4.0, -6.0, -2.0, -3.0,
 ];
 
 impl FourBit {
@@ -65,18 +66,6 @@ impl FourBit {
             FourBit::Nf4 => NF4_F64.map(|v| v as f32),
             // data.div_(data.abs().max()): the max is 12.
             FourBit::Fp4 => FP4_RAW.map(|v| v / 12.0f32),
-        }
-    }
-
-    /// Value of a nibble in the native CPU dequantizer (`dDequantizeNF4` /
-    /// `dDequantizeFP4`, csrc/cpu_ops.h). Same f32 as [`FourBit::code`] except
-    /// FP4 nibble 8, which is `+0.0` there and `-0.0` in the table.
-    pub fn dequant_value(self, nibble: u8) -> f32 {
-        let v = self.code()[(nibble & 0xF) as usize];
-        if v == 0.0 {
-            0.0
-        } else {
-            v
         }
     }
 
@@ -152,22 +141,23 @@ pub fn quantize_4bit(
             let s = if full { v * recip } else { v / clamped };
             let q = bucket(s.clamp(-1.0, 1.0));
             let i = b * blocksize + k;
-            packed[i / 2] |= if i % 2 == 0 { q << 4 } else { q };
+            packed[i / 2] |= if i.is_multiple_of(2) { q << 4 } else { q };
         }
     }
-    if n % 2 == 1 {
+    if !n.is_multiple_of(2) {
         packed[n / 2] |= bucket(0.0);
     }
     Ok((packed, absmax))
 }
 
-/// Dequantizes `n` elements: `value(nibble) * absmax[i / blocksize]` in f32.
+/// Dequantizes `n` elements: `code[nibble] * absmax[i / blocksize]` in f32.
 ///
-/// Port of the native `dequantizeBlockwise4bitCpu` (csrc/cpu_ops.cpp), which
-/// bitsandbytes uses on CPU for float32 output. Its torch fallback
-/// (`_dequantize_4bit_compute`, taken for an odd last dimension, or for
-/// blocksize ≥ 2048 on AVX-512 machines) computes the same products except
-/// that FP4 nibble 8 yields -0.0 instead of +0.0.
+/// bitsandbytes 0.50 on CPU has three paths for float32 output that compute
+/// this same product: the torch `_dequantize_4bit_compute` (odd last
+/// dimension, or blocksize ≥ 2048 on AVX-512), the native AVX-512 kernel
+/// (last dimension a multiple of 16) and the native scalar kernel (the rest).
+/// The last one reads FP4 nibble 8 from a table holding -0.0, so it returns
+/// -0.0 where this function (and the other two) return +0.0.
 pub fn dequantize_4bit(
     kind: FourBit,
     packed: &[u8],
@@ -191,10 +181,14 @@ pub fn dequantize_4bit(
             });
         }
     }
-    let table: [f32; 16] = std::array::from_fn(|i| kind.dequant_value(i as u8));
+    let table = kind.code();
     for (i, o) in out.iter_mut().enumerate() {
         let byte = packed[i / 2];
-        let nib = if i % 2 == 0 { byte >> 4 } else { byte & 0xF };
+        let nib = if i.is_multiple_of(2) {
+            byte >> 4
+        } else {
+            byte & 0xF
+        };
         *o = table[nib as usize] * absmax[i / blocksize];
     }
     Ok(())

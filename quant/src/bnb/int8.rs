@@ -6,7 +6,7 @@ use super::{check_finite, BnbError};
 pub const INT8_DEQUANT_FACTOR: f32 = 7.874015718698502e-3f64 as f32;
 
 fn check_shape(len: usize, cols: usize) -> Result<usize, BnbError> {
-    if cols == 0 || len % cols != 0 {
+    if cols == 0 || !len.is_multiple_of(cols) {
         return Err(BnbError::BadLength {
             what: "row-major matrix",
             expected: len.next_multiple_of(cols.max(1)),

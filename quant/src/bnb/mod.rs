@@ -5,9 +5,9 @@
 //! Everything here follows bitsandbytes 0.50 on CPU, which is what a
 //! `transformers` + `BitsAndBytesConfig` run without a GPU executes:
 //! - `quantize_4bit`: the pure-torch kernel of `backends/default/ops.py`;
-//! - `dequantize_4bit`: the native `dequantizeBlockwise4bitCpu` (csrc/cpu_ops.cpp);
-//! - `quantize_blockwise` (double quant): the native `quantize_cpu` /
-//!   `quantize_block` (csrc/cpu_ops.cpp, csrc/common.cpp);
+//! - `dequantize_4bit`: `code[nibble] * absmax` as all its CPU paths compute it;
+//! - `quantize_blockwise` (double quant): the native lookup-table
+//!   `quantize_cpu` (csrc/cpu_ops.cpp), and `torch.mean` for its offset;
 //! - `int8_vectorwise_quant` / `int8_vectorwise_dequant`: the default torch kernels.
 //!
 //! Tensors are handled *flattened*: a 4-bit block runs over consecutive
@@ -19,8 +19,8 @@ mod fourbit;
 mod int8;
 
 pub use dynamic::{
-    dequantize_blockwise, dynamic_map, dynamic_map_cpu_quantize, quantize_blockwise,
-    torch_mean_f32, NestedAbsmax, NESTED_BLOCKSIZE,
+    dequantize_blockwise, dynamic_map, quantize_blockwise, torch_mean_f32, NestedAbsmax,
+    NESTED_BLOCKSIZE,
 };
 pub use fourbit::{dequantize_4bit, quantize_4bit, FourBit, BLOCKSIZES_4BIT};
 pub use int8::{dequantize_int8_rows, quantize_int8_rows, INT8_DEQUANT_FACTOR};
