@@ -247,3 +247,141 @@ fn torch_mean_of_short_vectors() {
     let want = (((p0 + 1.0) + -1.0e8) + 1.0) / 7.0;
     assert_eq!(torch_mean_f32(&x).to_bits(), want.to_bits());
 }
+
+/// One tensor of a safetensors file: (dtype, bytes). A minimal reader (the
+/// header is JSON with one flat object per tensor) so this crate's tests need
+/// no JSON or safetensors dependency.
+fn safetensor(path: &std::path::Path, name: &str) -> (String, Vec<u8>) {
+    let file = std::fs::read(path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+    let hlen = u64::from_le_bytes(file[..8].try_into().unwrap()) as usize;
+    let header = std::str::from_utf8(&file[8..8 + hlen]).unwrap();
+    let key = format!("\"{name}\":");
+    let entry = header
+        .split(&key)
+        .nth(1)
+        .unwrap_or_else(|| panic!("{name} not in {}", path.display()));
+    let entry = &entry[..entry.find('}').unwrap()];
+    let field = |f: &str| -> &str {
+        let rest = entry.split(&format!("\"{f}\":")).nth(1).unwrap();
+        rest.trim_start()
+    };
+    let dtype = field("dtype").trim_start_matches('"');
+    let dtype = dtype[..dtype.find('"').unwrap()].to_string();
+    let offs = field("data_offsets");
+    let offs: Vec<usize> = offs[1..offs.find(']').unwrap()]
+        .split(',')
+        .map(|v| v.trim().parse().unwrap())
+        .collect();
+    let base = 8 + hlen;
+    (dtype, file[base + offs[0]..base + offs[1]].to_vec())
+}
+
+fn le_f32(b: &[u8]) -> Vec<f32> {
+    b.chunks_exact(4)
+        .map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]]))
+        .collect()
+}
+
+/// The reference float16 weight of a tiny-model tensor, as f32.
+fn tiny_reference(name: &str) -> Vec<f32> {
+    let p = dir().join(format!("../tiny_bnb/reference/{name}.f16"));
+    std::fs::read(&p)
+        .unwrap_or_else(|e| panic!("{}: {e}", p.display()))
+        .chunks_exact(2)
+        .map(|c| half::f16::from_le_bytes([c[0], c[1]]).to_f32())
+        .collect()
+}
+
+const TINY_TENSORS: [&str; 2] = [
+    "model.layers.0.self_attn.k_proj.weight",
+    "model.layers.0.self_attn.v_proj.weight",
+];
+
+/// transformers + bitsandbytes quantized the tiny llama on CPU; quantizing its
+/// float16 weights here reproduces the saved checkpoint tensors byte for byte.
+#[test]
+fn tiny_checkpoint_nf4_double_quant_reproduced() {
+    let st = dir().join("../tiny_bnb/nf4/model.safetensors");
+    for name in TINY_TENSORS {
+        let x = tiny_reference(name);
+        let (packed, absmax) = quantize_4bit(FourBit::Nf4, &x, 64).unwrap();
+        assert_eq!(safetensor(&st, name), ("U8".into(), packed), "{name}");
+        let nested = NestedAbsmax::quantize(&absmax).unwrap();
+        let (_, codes) = safetensor(&st, &format!("{name}.absmax"));
+        first_diff(&format!("{name} absmax codes"), &nested.codes, &codes);
+        let (_, a2) = safetensor(&st, &format!("{name}.nested_absmax"));
+        first_diff(
+            &format!("{name} nested_absmax"),
+            &bits(&nested.absmax2),
+            &bits(&le_f32(&a2)),
+        );
+        let (_, map) = safetensor(&st, &format!("{name}.nested_quant_map"));
+        first_diff(
+            &format!("{name} nested_quant_map"),
+            &bits(&nested.code),
+            &bits(&le_f32(&map)),
+        );
+        let (_, qmap) = safetensor(&st, &format!("{name}.quant_map"));
+        first_diff(
+            &format!("{name} quant_map"),
+            &bits(&FourBit::Nf4.code()),
+            &bits(&le_f32(&qmap)),
+        );
+        let (_, blob) = safetensor(&st, &format!("{name}.quant_state.bitsandbytes__nf4"));
+        let json = String::from_utf8(blob).unwrap();
+        let off: f64 = json
+            .split("\"nested_offset\": ")
+            .nth(1)
+            .unwrap()
+            .split(|c| c == ',' || c == '}')
+            .next()
+            .unwrap()
+            .trim()
+            .parse()
+            .unwrap();
+        assert_eq!(
+            nested.offset.to_bits(),
+            (off as f32).to_bits(),
+            "{name} offset"
+        );
+    }
+}
+
+#[test]
+fn tiny_checkpoint_fp4_reproduced() {
+    let st = dir().join("../tiny_bnb/fp4/model.safetensors");
+    for name in TINY_TENSORS {
+        let x = tiny_reference(name);
+        let (packed, absmax) = quantize_4bit(FourBit::Fp4, &x, 64).unwrap();
+        assert_eq!(safetensor(&st, name), ("U8".into(), packed), "{name}");
+        let (dtype, a) = safetensor(&st, &format!("{name}.absmax"));
+        assert_eq!(dtype, "F32");
+        first_diff(
+            &format!("{name} absmax"),
+            &bits(&absmax),
+            &bits(&le_f32(&a)),
+        );
+        let (_, qmap) = safetensor(&st, &format!("{name}.quant_map"));
+        first_diff(
+            &format!("{name} quant_map"),
+            &bits(&FourBit::Fp4.code()),
+            &bits(&le_f32(&qmap)),
+        );
+    }
+}
+
+#[test]
+fn tiny_checkpoint_int8_reproduced() {
+    let st = dir().join("../tiny_bnb/int8/model.safetensors");
+    for name in TINY_TENSORS {
+        let x = tiny_reference(name);
+        let (cb, scb) = quantize_int8_rows(&x, 256).unwrap();
+        let (dtype, w) = safetensor(&st, name);
+        assert_eq!(dtype, "I8");
+        let w: Vec<i8> = w.iter().map(|&b| b as i8).collect();
+        first_diff(&format!("{name} CB"), &cb, &w);
+        let module = name.trim_end_matches(".weight");
+        let (_, s) = safetensor(&st, &format!("{module}.SCB"));
+        first_diff(&format!("{name} SCB"), &bits(&scb), &bits(&le_f32(&s)));
+    }
+}
