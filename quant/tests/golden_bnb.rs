@@ -6,7 +6,7 @@ use std::path::PathBuf;
 
 use qresidual_quant::bnb::{
     dequantize_4bit, dequantize_int8_rows, dynamic_map, quantize_4bit, quantize_int8_rows,
-    torch_mean_f32, FourBit, NestedAbsmax,
+    torch_mean_f32, torch_mean_f32_threads, FourBit, NestedAbsmax,
 };
 
 fn dir() -> PathBuf {
@@ -48,6 +48,8 @@ struct Manifest {
     cases: Vec<Case>,
     fourbit: Vec<FourBitCfg>,
     means: Vec<usize>,
+    /// (n, threads, f32 bits of torch.mean of `synthetic(n)`).
+    means_threaded: Vec<(usize, usize, u32)>,
 }
 
 fn manifest() -> Manifest {
@@ -56,6 +58,7 @@ fn manifest() -> Manifest {
         cases: vec![],
         fourbit: vec![],
         means: vec![],
+        means_threaded: vec![],
     };
     for line in text.lines() {
         let f: Vec<&str> = line.split_whitespace().collect();
@@ -73,6 +76,11 @@ fn manifest() -> Manifest {
                 dequant_path: path.to_string(),
             }),
             ["mean", n] => m.means.push(n.parse().unwrap()),
+            ["mean_threaded", n, t, bits] => m.means_threaded.push((
+                n.parse().unwrap(),
+                t.parse().unwrap(),
+                u32::from_str_radix(bits, 16).unwrap(),
+            )),
             _ => panic!("bad manifest line {line:?}"),
         }
     }
@@ -384,4 +392,29 @@ fn tiny_checkpoint_int8_reproduced() {
         let (_, s) = safetensor(&st, &format!("{module}.SCB"));
         first_diff(&format!("{name} SCB"), &bits(&scb), &bits(&le_f32(&s)));
     }
+}
+
+/// `synthetic` of fixtures/gen_golden_bnb.py: integer hash → f64 → f32.
+fn synthetic(n: usize) -> Vec<f32> {
+    (0..n as u64)
+        .map(|i| {
+            let h = i.wrapping_mul(2654435761) % (1u64 << 32);
+            (h as f64 / 2f64.powi(32) * 0.05 + 0.001) as f32
+        })
+        .collect()
+}
+
+#[test]
+fn torch_mean_with_threads() {
+    let m = manifest();
+    assert!(m.means_threaded.len() >= 16);
+    let mut thread_dependent = 0;
+    for &(n, threads, want) in &m.means_threaded {
+        let x = synthetic(n);
+        let got = torch_mean_f32_threads(&x, threads);
+        assert_eq!(got.to_bits(), want, "mean of {n} with {threads} threads");
+        thread_dependent += usize::from(torch_mean_f32(&x).to_bits() != want);
+    }
+    // The split matters (otherwise this test would not test it).
+    assert!(thread_dependent > 0);
 }

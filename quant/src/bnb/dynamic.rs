@@ -131,8 +131,11 @@ pub struct NestedAbsmax {
 
 impl NestedAbsmax {
     /// Nests `absmax` as bitsandbytes does on CPU: `offset = absmax.mean()`
-    /// (see [`torch_mean_f32`]), then `quantize_blockwise(absmax - offset,
-    /// blocksize=256)` with the dynamic map, which is also the stored `code`.
+    /// (as [`torch_mean_f32`], i.e. one torch thread; for more than 32768
+    /// blocks pass [`torch_mean_f32_threads`] to
+    /// [`NestedAbsmax::quantize_with_offset`] to match a given thread count),
+    /// then `quantize_blockwise(absmax - offset, blocksize=256)` with the
+    /// dynamic map, which is also the stored `code`.
     pub fn quantize(absmax: &[f32]) -> Result<NestedAbsmax, BnbError> {
         check_finite(absmax)?;
         Self::quantize_with_offset(absmax, torch_mean_f32(absmax))
@@ -172,12 +175,32 @@ impl NestedAbsmax {
 /// `torch.mean` of a contiguous f32 tensor on CPU, as one thread computes it:
 /// `sum / n` with the sum of ATen's `cascade_sum` (SumKernel.cpp,
 /// `vectorized_inner_sum` → `row_sum` → `multi_row_sum`) over 8-lane
-/// vectors (what torch 2.15 runs on AVX2 and AVX-512 machines alike; checked
-/// bit-exact up to 20000 elements). Torch splits tensors above 32768
-/// elements across threads, so there the last bits depend on the thread
-/// count. An empty slice gives NaN, as in torch.
+/// vectors (what torch 2.15 runs on AVX2 and AVX-512 machines alike).
+/// Above 32768 elements torch splits the sum across threads, so its last
+/// bits depend on the thread count: see [`torch_mean_f32_threads`]. An empty
+/// slice gives NaN, as in torch.
 pub fn torch_mean_f32(x: &[f32]) -> f32 {
-    torch_sum_f32(x, 8) / x.len() as f32
+    torch_mean_f32_threads(x, 1)
+}
+
+/// `torch.mean` as computed with `torch.get_num_threads() == threads`:
+/// ATen's `two_pass_reduction` gives each of `min(threads, ceil(n / 32768))`
+/// OpenMP threads a chunk of `ceil(n / that)` elements, sums each chunk as
+/// above into a buffer of `threads` slots (unused ones 0) and sums the
+/// buffer the same way.
+pub fn torch_mean_f32_threads(x: &[f32], threads: usize) -> f32 {
+    const GRAIN: usize = 32768;
+    let n = x.len();
+    if threads <= 1 || n <= GRAIN {
+        return torch_sum_f32(x, 8) / n as f32;
+    }
+    let used = threads.min(n.div_ceil(GRAIN));
+    let chunk = n.div_ceil(used);
+    let mut buffer = vec![0.0f32; threads];
+    for (slot, part) in buffer.iter_mut().zip(x.chunks(chunk)) {
+        *slot = torch_sum_f32(part, 8);
+    }
+    torch_sum_f32(&buffer, 8) / n as f32
 }
 
 fn torch_sum_f32(x: &[f32], lanes: usize) -> f32 {

@@ -19,8 +19,8 @@ mod fourbit;
 mod int8;
 
 pub use dynamic::{
-    dequantize_blockwise, dynamic_map, quantize_blockwise, torch_mean_f32, NestedAbsmax,
-    NESTED_BLOCKSIZE,
+    dequantize_blockwise, dynamic_map, quantize_blockwise, torch_mean_f32, torch_mean_f32_threads,
+    NestedAbsmax, NESTED_BLOCKSIZE,
 };
 pub use fourbit::{dequantize_4bit, quantize_4bit, FourBit, BLOCKSIZES_4BIT};
 pub use int8::{dequantize_int8_rows, quantize_int8_rows, INT8_DEQUANT_FACTOR};
