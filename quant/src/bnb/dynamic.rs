@@ -45,7 +45,7 @@ fn build_quantize_lut(code: &[f32; 256]) -> Vec<u8> {
 /// (`quantize_cpu_impl` / `avx2_quantize_8bit_block`, csrc/cpu_ops.cpp),
 /// which bitsandbytes uses for float32 input on CPU. It is *not* an exact
 /// nearest-code search: the normalized value is binned into a 65536-entry
-/// table built by [`build_quantize_lut`], so a value within about 1.5e-5 of a
+/// table built like `build_quantize_lut`, so a value within about 1.5e-5 of a
 /// midpoint can take the farther code. Per block:
 /// - `absmax = max |x|` (every block, also a trailing partial one);
 /// - absmax 0: all codes 0;

@@ -24,7 +24,9 @@ fn check_shape(len: usize, cols: usize) -> Result<usize, BnbError> {
 /// weight converted to float16 — pass f16-representable values to match it.
 /// `127.0 / row_stats` is torch's `__rtruediv__`: `reciprocal(row_stats) * 127`,
 /// two f32 roundings. An all-zero row has SCB 0 and codes 0 (torch computes
-/// `0 * inf = NaN` there and casts it to int8 as 0 on x86).
+/// `0 * inf = NaN` there and casts it to int8 as 0 on x86). A row whose max
+/// is below ~2.9e-39 (reciprocal overflows) gets ±127 here where torch's
+/// float → int8 cast of ±inf is undefined; float16 inputs never get there.
 pub fn quantize_int8_rows(x: &[f32], cols: usize) -> Result<(Vec<i8>, Vec<f32>), BnbError> {
     let rows = check_shape(x.len(), cols)?;
     check_finite(x)?;
@@ -69,4 +71,31 @@ pub fn dequantize_int8_rows(
         *o = c as f32 * scb[i / cols] * INT8_DEQUANT_FACTOR;
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn bad_shapes_are_errors() {
+        assert!(quantize_int8_rows(&[1.0; 6], 0).is_err());
+        assert!(quantize_int8_rows(&[1.0; 6], 4).is_err());
+        assert!(matches!(
+            quantize_int8_rows(&[1.0, f32::INFINITY], 2),
+            Err(BnbError::NonFinite { index: 1, .. })
+        ));
+        let mut out = [0.0; 4];
+        assert!(dequantize_int8_rows(&[1; 4], &[1.0], 2, &mut out).is_err());
+        assert!(dequantize_int8_rows(&[1; 4], &[1.0, 1.0], 2, &mut out[..3]).is_err());
+    }
+
+    #[test]
+    fn ties_round_to_even() {
+        // 127 * x / 127 with x = 0.5 / 127 * k lands on k / 2: halves go to even.
+        let scb = 127.0f32;
+        let x = [scb, 0.5, 1.5, 2.5, -0.5, -2.5];
+        let (cb, _) = quantize_int8_rows(&x, x.len()).unwrap();
+        assert_eq!(cb, vec![127, 0, 2, 2, 0, -2]);
+    }
 }

@@ -13,6 +13,18 @@
 //! Tensors are handled *flattened*: a 4-bit block runs over consecutive
 //! elements of the whole tensor and does not restart at row boundaries.
 //! Inputs are `f32`; callers holding f16/bf16 weights convert exactly first.
+//!
+//! How a `transformers` checkpoint maps onto this API (observed with
+//! transformers 5.24, fixtures/tiny_bnb/layout.txt), for a weight `W` of
+//! `shape` (from the JSON in `W.quant_state.bitsandbytes__<nf4|fp4>`):
+//! - 4-bit: `W` is U8 `[ceil(n/2), 1]` = `packed`; `W.quant_map` (F32 \[16\])
+//!   equals [`FourBit::code`]; without double quant `W.absmax` is F32 and goes
+//!   straight to [`dequantize_4bit`]; with it `W.absmax` is U8 (`codes`),
+//!   `W.nested_absmax` F32 (`absmax2`), `W.nested_quant_map` F32 \[256\]
+//!   (`code`) and the JSON's `nested_offset` (`offset`): build a
+//!   [`NestedAbsmax`] and call [`NestedAbsmax::dequantize`] first.
+//! - int8: `W` is I8 `[out, in]` = `CB`, the module's `SCB` is F32 `[out]`
+//!   and `W_format` a U8 scalar (0, row-major); see [`dequantize_int8_rows`].
 
 mod dynamic;
 mod fourbit;
