@@ -7,6 +7,7 @@
 //! implementation it names and is tested bit-exact against it.
 #![deny(missing_docs)]
 
+pub mod bnb;
 pub mod ggml;
 pub mod stats;
 mod types;
