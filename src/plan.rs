@@ -331,6 +331,7 @@ pub fn scan_residuals(
     residual_path: &Path,
     residual: &[ResidualTensor<'_>],
     pairs: &[Pairing],
+    pages: &dyn ReleasePages,
 ) -> Result<Vec<bool>> {
     pairs
         .iter()
@@ -354,6 +355,7 @@ pub fn scan_residuals(
                     let n = bytes.len() / rb * row_len;
                     let s = scan_row(t.ty, bytes, n)
                         .map_err(|e| Error::tensor(residual_path, t.name, e.to_string()))?;
+                    pages.release(bytes);
                     if let Some(i) = s.first_non_finite {
                         let row = ci * rows_per_chunk + i / row_len;
                         return Err(Error::tensor(

@@ -87,7 +87,7 @@ pub fn run(a: &ApplyArgs) -> Result<()> {
 
     let rtensors = residual.tensors()?;
     let matching = match_residual(&base, residual.path(), &rtensors, a.allow_missing)?;
-    let all_zero = scan_residuals(residual.path(), &rtensors, &matching.pairs)?;
+    let all_zero = scan_residuals(residual.path(), &rtensors, &matching.pairs, &residual)?;
     if !a.quiet {
         for note in &matching.notes {
             eprintln!("note: {note}");
