@@ -18,6 +18,19 @@ use crate::quant::stats::ErrorStats;
 use crate::quant::{dequantize_row, quantize_row, GgmlType, QuantError};
 use crate::{Error, Result};
 
+/// Where the f32 rows of one tensor come from. Implementations decode rows
+/// on demand so that no tensor is ever held whole in memory.
+pub trait RowSource: Sync {
+    /// Elements per row.
+    fn row_len(&self) -> usize;
+    /// Number of rows.
+    fn n_rows(&self) -> usize;
+    /// Decode rows `start..start + out.len() / row_len()` into `out`.
+    fn decode(&self, start: usize, out: &mut [f32]) -> Result<()>;
+    /// Rows `start..end` are consumed: their storage may be released.
+    fn release_rows(&self, _start: usize, _end: usize) {}
+}
+
 /// Rows of a tensor stored in any ggml-layout encoding (a GGUF tensor, or a
 /// safetensors F16/BF16/F32 tensor, whose bytes have the same layout).
 #[derive(Clone)]
@@ -53,6 +66,16 @@ impl EncodedRows<'_> {
             .row_size(self.row_len)
             .expect("validated row length")
     }
+}
+
+impl RowSource for EncodedRows<'_> {
+    fn row_len(&self) -> usize {
+        self.row_len
+    }
+
+    fn n_rows(&self) -> usize {
+        self.n_rows
+    }
 
     /// Hand rows `start..end` back to the kernel once consumed (all rows at
     /// once when the rows are read out of order).
@@ -66,8 +89,7 @@ impl EncodedRows<'_> {
         }
     }
 
-    /// Decode rows `start..start + out.len() / row_len` into `out`.
-    pub fn decode(&self, start: usize, out: &mut [f32]) -> Result<()> {
+    fn decode(&self, start: usize, out: &mut [f32]) -> Result<()> {
         let rb = self.row_bytes();
         let n = out.len() / self.row_len;
         let err = |row: usize, e: QuantError| Error::quant(self.path, self.name, row, e);
@@ -91,9 +113,9 @@ pub enum Action<'a> {
     /// Decode `base`, add `scale · residual`, encode into the output type.
     Transcode {
         /// The tensor being changed.
-        base: EncodedRows<'a>,
+        base: Box<dyn RowSource + 'a>,
         /// The residual, already in the base's row order and shape.
-        residual: Option<EncodedRows<'a>>,
+        residual: Option<Box<dyn RowSource + 'a>>,
         /// α in `base + α·residual`.
         scale: f32,
     },
@@ -181,7 +203,7 @@ fn encode_chunk(
     else {
         unreachable!("copies are not chunked")
     };
-    let row_len = base.row_len;
+    let row_len = base.row_len();
     let n = n_rows * row_len;
     let out_ty = task.spec.ty;
     let out_rb = out_ty.row_size(row_len).expect("validated row length");
@@ -303,10 +325,11 @@ pub fn run(
                 }
             }
             Action::Transcode { base, residual, .. } => {
-                let rows_per_chunk = (opts.chunk_elements / base.row_len).max(1);
-                let chunks: Vec<(usize, usize)> = (0..base.n_rows)
+                let (row_len, n_rows) = (base.row_len(), base.n_rows());
+                let rows_per_chunk = (opts.chunk_elements / row_len.max(1)).max(1);
+                let chunks: Vec<(usize, usize)> = (0..n_rows)
                     .step_by(rows_per_chunk)
-                    .map(|r| (r, rows_per_chunk.min(base.n_rows - r)))
+                    .map(|r| (r, rows_per_chunk.min(n_rows - r)))
                     .collect();
                 let mut stats = ErrorStats::default();
                 for window in chunks.chunks(opts.window.max(1)) {

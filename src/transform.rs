@@ -6,7 +6,7 @@ use std::path::{Path, PathBuf};
 use crate::gguf::{GgufFile, GgufWriter, MetaValue, TensorSpec, WriterOptions};
 use crate::mix::{self, plan_types, ModelFacts, Target, TensorDesc};
 use crate::naming::RowPermutation;
-use crate::pipeline::{self, Action, EncodedRows, Outcome, Task};
+use crate::pipeline::{self, Action, EncodedRows, Outcome, RowSource, Task};
 use crate::quant::{codec, GgmlType};
 use crate::{Error, Result};
 
@@ -31,7 +31,7 @@ pub fn base_rows(base: &GgufFile, index: usize) -> EncodedRows<'_> {
 pub fn tasks<'a>(
     base: &'a GgufFile,
     out_types: &[GgmlType],
-    mut residuals: Vec<Option<EncodedRows<'a>>>,
+    mut residuals: Vec<Option<Box<dyn RowSource + 'a>>>,
     scale: f32,
 ) -> Result<Vec<Task<'a>>> {
     let mut impossible = Vec::new();
@@ -80,7 +80,7 @@ pub fn tasks<'a>(
             spec,
             input_type: t.ty,
             action: Action::Transcode {
-                base: base_rows(base, i),
+                base: Box::new(base_rows(base, i)),
                 residual,
                 scale,
             },

@@ -31,7 +31,12 @@ fn data() -> Vec<f32> {
 }
 
 /// Elements per second of `f` over `n` elements, best of several runs of at least 0.3 s.
-fn rate(n: usize, mut f: impl FnMut()) -> f64 {
+fn rate(n: usize, measuring: bool, mut f: impl FnMut()) -> f64 {
+    if !measuring {
+        let start = Instant::now();
+        f();
+        return n as f64 / start.elapsed().as_secs_f64().max(1e-9);
+    }
     let mut best = f64::MAX;
     for _ in 0..3 {
         let start = Instant::now();
@@ -46,6 +51,9 @@ fn rate(n: usize, mut f: impl FnMut()) -> f64 {
 }
 
 fn main() {
+    // `cargo test --all-targets` runs this without `--bench`: a quick smoke
+    // run of every codec instead of a measurement.
+    let measuring = std::env::args().any(|a| a == "--bench");
     let wanted: Vec<String> = std::env::args()
         .skip(1)
         .filter(|a| !a.starts_with('-'))
@@ -62,7 +70,7 @@ fn main() {
         let rb = ty.row_size(ROW).unwrap();
         let mut q = vec![0u8; rb * ROWS];
         let quantize_eps = c.quantize.map(|_| {
-            rate(x.len(), || {
+            rate(x.len(), measuring, || {
                 for (src, dst) in x.chunks(ROW).zip(q.chunks_mut(rb)) {
                     quantize_row(ty, src, dst).unwrap();
                 }
@@ -72,7 +80,7 @@ fn main() {
             continue;
         }
         let mut y = vec![0f32; x.len()];
-        let dequantize_eps = rate(x.len(), || {
+        let dequantize_eps = rate(x.len(), measuring, || {
             for (src, dst) in q.chunks(rb).zip(y.chunks_mut(ROW)) {
                 dequantize_row(ty, src, dst).unwrap();
             }

@@ -5,7 +5,7 @@ use std::path::PathBuf;
 use clap::Args;
 use serde_json::json;
 
-use crate::pipeline::{self, EncodedRows};
+use crate::pipeline::{self, EncodedRows, RowSource};
 use crate::plan::{match_residual, scan_residuals, Residual};
 use crate::transform::{self, Output};
 use crate::{report, Error, Result};
@@ -101,7 +101,8 @@ pub fn run(a: &ApplyArgs) -> Result<()> {
         }
     }
 
-    let mut residual_rows: Vec<Option<EncodedRows<'_>>> = vec![None; base.tensors().len()];
+    let mut residual_rows: Vec<Option<Box<dyn RowSource + '_>>> =
+        (0..base.tensors().len()).map(|_| None).collect();
     let mut zero = 0;
     for (p, &is_zero) in matching.pairs.iter().zip(&all_zero) {
         if is_zero || a.scale == 0.0 {
@@ -109,7 +110,7 @@ pub fn run(a: &ApplyArgs) -> Result<()> {
             continue;
         }
         let rt = &rtensors[p.residual];
-        residual_rows[p.base] = Some(EncodedRows {
+        residual_rows[p.base] = Some(Box::new(EncodedRows {
             path: residual.path(),
             name: rt.name,
             data: rt.data,
@@ -118,7 +119,7 @@ pub fn run(a: &ApplyArgs) -> Result<()> {
             n_rows: rt.n_rows(),
             permutation: p.permutation,
             pages: Some(&residual),
-        });
+        }));
     }
     if zero > 0 && !a.quiet {
         eprintln!(
