@@ -20,10 +20,20 @@ fn every_readable_type_dequantizes_bit_exactly_through_the_command() {
     let tmp = tempfile::tempdir().unwrap();
     let out = tmp.path().join("f32.gguf");
     let run = Command::new(env!("CARGO_BIN_EXE_qresidual"))
-        .args(["dequantize", input.to_str().unwrap(), "-o", out.to_str().unwrap(), "-q"])
+        .args([
+            "dequantize",
+            input.to_str().unwrap(),
+            "-o",
+            out.to_str().unwrap(),
+            "-q",
+        ])
         .output()
         .unwrap();
-    assert!(run.status.success(), "{}", String::from_utf8_lossy(&run.stderr));
+    assert!(
+        run.status.success(),
+        "{}",
+        String::from_utf8_lossy(&run.stderr)
+    );
 
     let src = GgufFile::open(&input).unwrap();
     let got = GgufFile::open(&out).unwrap();

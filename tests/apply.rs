@@ -475,3 +475,93 @@ fn bad_residuals_fail_before_anything_is_written() {
         &out,
     );
 }
+
+/// The tiny base without `output.weight`: its output is tied to the embedding.
+fn tied_base(dir: &Path) -> PathBuf {
+    use qresidual::gguf::{GgufWriter, TensorSpec, WriterOptions};
+    let b = GgufFile::open(&base()).unwrap();
+    let keep: Vec<usize> = (0..b.tensors().len())
+        .filter(|&i| b.tensors()[i].name != "output.weight")
+        .collect();
+    let specs: Vec<TensorSpec> = keep
+        .iter()
+        .map(|&i| {
+            let t = &b.tensors()[i];
+            TensorSpec {
+                name: t.name.clone(),
+                ty: t.ty,
+                ne: t.ne.clone(),
+            }
+        })
+        .collect();
+    let path = dir.join("tied.gguf");
+    let mut w = GgufWriter::create(&path, b.metadata(), &specs, &WriterOptions::default()).unwrap();
+    for &i in &keep {
+        w.write(b.tensor_data(i)).unwrap();
+    }
+    w.finish().unwrap();
+    path
+}
+
+#[test]
+fn tied_embeddings_take_one_residual_only() {
+    let dir = tempfile::tempdir().unwrap();
+    let tied = tied_base(dir.path());
+    let b = GgufFile::open(&tied).unwrap();
+    let e = &b.tensors()[b.tensor_index("token_embd.weight").unwrap()];
+    let shape: Vec<usize> = e.shape().iter().map(|&d| d as usize).collect();
+    let n: usize = shape.iter().product();
+    let delta: Vec<f32> = (0..n).map(|i| ((i % 97) as f32 - 48.0) * 1e-4).collect();
+    let other: Vec<f32> = delta.iter().map(|d| d * 0.5).collect();
+    let out = dir.path().join("out.gguf");
+    let t = tied.to_str().unwrap();
+
+    let same = dir.path().join("same.safetensors");
+    write_residual(
+        &same,
+        &[
+            ("model.embed_tokens.weight", shape.clone(), delta.clone()),
+            ("lm_head.weight", shape.clone(), delta.clone()),
+        ],
+    );
+    let run = qresidual(&[
+        "apply",
+        "--base",
+        t,
+        "--residual",
+        same.to_str().unwrap(),
+        "-o",
+        out.to_str().unwrap(),
+    ]);
+    assert!(
+        run.status.success(),
+        "{}",
+        String::from_utf8_lossy(&run.stderr)
+    );
+    let err = String::from_utf8_lossy(&run.stderr);
+    assert!(err.contains("ties its output"), "{err}");
+    std::fs::remove_file(&out).unwrap();
+
+    let differ = dir.path().join("differ.safetensors");
+    write_residual(
+        &differ,
+        &[
+            ("model.embed_tokens.weight", shape.clone(), delta),
+            ("lm_head.weight", shape, other),
+        ],
+    );
+    fails(
+        &[
+            "apply",
+            "--base",
+            t,
+            "--residual",
+            differ.to_str().unwrap(),
+            "-o",
+            out.to_str().unwrap(),
+        ],
+        1,
+        "lm_head.weight",
+        &out,
+    );
+}
