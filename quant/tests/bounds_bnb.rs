@@ -40,7 +40,7 @@ fn roundtrip_4bit(kind: FourBit, x: &[f32], bs: usize) -> (Vec<u8>, Vec<f32>, Ve
 
 fn nibble(packed: &[u8], i: usize) -> usize {
     let b = packed[i / 2];
-    (if i % 2 == 0 { b >> 4 } else { b & 0xF }) as usize
+    (if i.is_multiple_of(2) { b >> 4 } else { b & 0xF }) as usize
 }
 
 /// Data: every varied row, at a length with a partial last block.

@@ -33,6 +33,7 @@
 //! |x| to 12·224.
 
 mod common;
+use common::{array_rmse, generate_data};
 
 use qresidual_quant::ggml::common::le_f16;
 use qresidual_quant::ggml::mxfp4::{e8m0_to_fp32_half, ue4m3_to_fp32};
@@ -316,24 +317,6 @@ fn non_finite_input_is_rejected() {
             }
         }
     }
-}
-
-/// `generate_data` of test-quantize-fns.cpp: `0.1 + amplitude*cosf(i + offset)`
-/// (the sum in double, stored as float).
-fn generate_data(offset: f32, n: usize, amplitude: f32) -> Vec<f32> {
-    (0..n)
-        .map(|i| (0.1f64 + (amplitude * (i as f32 + offset).cos()) as f64) as f32)
-        .collect()
-}
-
-/// `array_rmse` of test-quantize-fns.cpp: note it is sqrt(Σd²)/n.
-fn array_rmse(a: &[f32], b: &[f32]) -> f32 {
-    let mut sum = 0f64;
-    for (&x, &y) in a.iter().zip(b) {
-        let d = (x - y) as f64;
-        sum += d * d;
-    }
-    (sum.sqrt() as f32) / a.len() as f32
 }
 
 #[test]

@@ -34,6 +34,10 @@
 //! its bound is plain rounding. The worst RMSE cases are the Student-t rows.
 //! Run with `--nocapture` to print the measured values.
 mod common;
+use common::{
+    array_rmse, generate_data, MAX_QUANTIZATION_TOTAL_ERROR, MAX_QUANTIZATION_TOTAL_ERROR_2BITS,
+    MAX_QUANTIZATION_TOTAL_ERROR_3BITS,
+};
 
 use common::varied_rows;
 use qresidual_quant::{dequantize_row, quantize_row, GgmlType, QuantError};
@@ -267,29 +271,6 @@ fn non_finite_input_is_an_error_not_an_encoding() {
 }
 
 // ─── port of llama.cpp tests/test-quantize-fns.cpp (quantization error) ───
-
-const MAX_QUANTIZATION_TOTAL_ERROR: f32 = 0.002;
-const MAX_QUANTIZATION_TOTAL_ERROR_2BITS: f32 = 0.0075;
-const MAX_QUANTIZATION_TOTAL_ERROR_3BITS: f32 = 0.0040;
-
-/// `generate_data`: `dst[i] = 0.1 + amplitude*cosf(i + offset)`, the sum
-/// taken in double as C does (`0.1` is a double literal).
-fn generate_data(offset: f32, n: usize, amplitude: f32) -> Vec<f32> {
-    (0..n)
-        .map(|i| (0.1f64 + (amplitude * (i as f32 + offset).cos()) as f64) as f32)
-        .collect()
-}
-
-/// `array_rmse`: float difference widened to double, summed in double,
-/// `sqrtf(sum) / n` in float. (Despite the name, it is √Σd² / n.)
-fn array_rmse(a1: &[f32], a2: &[f32]) -> f32 {
-    let mut sum = 0f64;
-    for (&a, &b) in a1.iter().zip(a2) {
-        let diff = (a - b) as f64;
-        sum += diff * diff;
-    }
-    (sum as f32).sqrt() / a1.len() as f32
-}
 
 #[test]
 fn test_quantize_fns_total_quantization_error() {

@@ -65,6 +65,7 @@
 //! Zero rows round-trip to zeros exactly (Q4_0/Q5_0 give −0.0, as ggml does).
 
 mod common;
+use common::{array_rmse, generate_data, MAX_QUANTIZATION_TOTAL_ERROR};
 
 use std::collections::BTreeMap;
 
@@ -453,29 +454,6 @@ fn zero_rows_round_trip_to_zero() {
 }
 
 // ---- port of llama.cpp tests/test-quantize-fns.cpp (total error part) ----
-
-/// `MAX_QUANTIZATION_TOTAL_ERROR` of test-quantize-fns.cpp: the threshold it
-/// applies to all of these types.
-const MAX_QUANTIZATION_TOTAL_ERROR: f32 = 0.002;
-
-/// `generate_data`: `dst[i] = 0.1 + amplitude*cosf(i + offset)`, the cosine
-/// in float, the sum in double, stored as float.
-fn generate_data(offset: f32, n: usize, amplitude: f32) -> Vec<f32> {
-    (0..n)
-        .map(|i| (0.1f64 + (amplitude * (i as f32 + offset).cos()) as f64) as f32)
-        .collect()
-}
-
-/// `array_rmse`: despite the name, `sqrt(Σ diff²) / n` with the difference
-/// taken in float, summed in double, the root taken in float.
-fn array_rmse(a1: &[f32], a2: &[f32]) -> f32 {
-    let mut sum = 0f64;
-    for (&a, &b) in a1.iter().zip(a2) {
-        let diff = (a - b) as f64;
-        sum += diff * diff;
-    }
-    (sum as f32).sqrt() / a1.len() as f32
-}
 
 /// `total_quantization_error` on `test_data = generate_data(0.0, 32*128)`,
 /// for every type this file covers. (The file's reference-vs-SIMD and

@@ -341,7 +341,7 @@ fn tiny_checkpoint_nf4_double_quant_reproduced() {
             .split("\"nested_offset\": ")
             .nth(1)
             .unwrap()
-            .split(|c| c == ',' || c == '}')
+            .split([',', '}'])
             .next()
             .unwrap()
             .trim()

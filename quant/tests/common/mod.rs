@@ -184,3 +184,31 @@ pub fn varied_rows(cols: usize, seed: u64) -> Vec<(String, Vec<f32>)> {
     gen("cos", &mut |i, _| 0.1 + 2.0 * (i as f64).cos());
     rows
 }
+
+// ─── port of llama.cpp tests/test-quantize-fns.cpp (total quantization error) ───
+
+/// `MAX_QUANTIZATION_TOTAL_ERROR` of test-quantize-fns.cpp.
+pub const MAX_QUANTIZATION_TOTAL_ERROR: f32 = 0.002;
+/// `MAX_QUANTIZATION_TOTAL_ERROR_2BITS`.
+pub const MAX_QUANTIZATION_TOTAL_ERROR_2BITS: f32 = 0.0075;
+/// `MAX_QUANTIZATION_TOTAL_ERROR_3BITS`.
+pub const MAX_QUANTIZATION_TOTAL_ERROR_3BITS: f32 = 0.0040;
+
+/// `generate_data`: `dst[i] = 0.1 + amplitude*cosf(i + offset)`, the cosine
+/// in float, the sum in double (`0.1` is a double literal), stored as float.
+pub fn generate_data(offset: f32, n: usize, amplitude: f32) -> Vec<f32> {
+    (0..n)
+        .map(|i| (0.1f64 + (amplitude * (i as f32 + offset).cos()) as f64) as f32)
+        .collect()
+}
+
+/// `array_rmse`: despite the name, `sqrtf(Σ diff²) / n`, the difference in
+/// float, summed in double, the root taken in float.
+pub fn array_rmse(a1: &[f32], a2: &[f32]) -> f32 {
+    let mut sum = 0f64;
+    for (&a, &b) in a1.iter().zip(a2) {
+        let diff = (a - b) as f64;
+        sum += diff * diff;
+    }
+    (sum as f32).sqrt() / a1.len() as f32
+}
