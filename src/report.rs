@@ -182,3 +182,38 @@ pub fn to_text(outcomes: &[Outcome], worst: usize) -> String {
     }
     s
 }
+
+/// Below this share of the residual surviving requantization, `apply` warns.
+pub const LOW_RETENTION: f64 = 0.5;
+
+/// A warning when most of the residual was rounded away, with the numbers
+/// and what would keep it.
+pub fn retention_warning(outcomes: &[Outcome]) -> Option<String> {
+    let mut total = ErrorStats::default();
+    let mut lost: Vec<(&str, f64)> = Vec::new();
+    for o in outcomes.iter().filter(|o| o.has_residual) {
+        if let Some(s) = &o.stats {
+            total.merge(s);
+            if let Some(r) = s.retention() {
+                if r < LOW_RETENTION {
+                    lost.push((o.type_out.name(), r));
+                }
+            }
+        }
+    }
+    let retention = total.retention()?;
+    if retention >= LOW_RETENTION {
+        return None;
+    }
+    let mut types: Vec<&str> = lost.iter().map(|(t, _)| *t).collect();
+    types.sort_unstable();
+    types.dedup();
+    Some(format!(
+        "only {:.0} % of the residual survived requantization (retention {retention:.3}; {} tensor(s) below {LOW_RETENTION} in {}): \
+         the output's rounding step is larger than most of Δ. Writing those tensors in a finer type keeps it \
+         (e.g. --type q8_0, or a larger mix such as q6_k / q5_k_m), at the cost of file size",
+        retention * 100.0,
+        lost.len(),
+        types.join(", ")
+    ))
+}

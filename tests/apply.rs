@@ -565,3 +565,33 @@ fn tied_embeddings_take_one_residual_only() {
         &out,
     );
 }
+
+#[test]
+fn warns_when_most_of_the_residual_is_rounded_away() {
+    let dir = tempfile::tempdir().unwrap();
+    let (b, r) = (base(), residual());
+    let run = |ty: &str| {
+        let out = dir.path().join(format!("{ty}.gguf"));
+        let o = qresidual(&[
+            "apply",
+            "--base",
+            b.to_str().unwrap(),
+            "--residual",
+            r.to_str().unwrap(),
+            "-o",
+            out.to_str().unwrap(),
+            "--type",
+            ty,
+        ]);
+        assert!(o.status.success());
+        String::from_utf8_lossy(&o.stderr).into_owned()
+    };
+    // The fixture's Δ is 5 % of each tensor's RMS: far below a Q4_K step,
+    // well above a Q8_0 step.
+    let keep = run("keep");
+    assert!(
+        keep.contains("survived requantization") && keep.contains("--type q8_0"),
+        "{keep}"
+    );
+    assert!(!run("q8_0").contains("survived requantization"));
+}

@@ -157,6 +157,9 @@ pub fn run(a: &ApplyArgs) -> Result<()> {
     }
     if !a.quiet {
         eprint!("{}", report::to_text(&outcomes, 10));
+        if let Some(warning) = report::retention_warning(&outcomes) {
+            eprintln!("warning: {warning}");
+        }
         eprintln!("wrote {}", pipeline::display_paths(&paths));
     }
     Ok(())
