@@ -10,9 +10,8 @@ use crate::plan::{match_residual, scan_residuals, Residual};
 use crate::transform::{self, Output};
 use crate::{report, Error, Result};
 
-/// Add a residual to a base model.
-#[derive(Args, Debug)]
-#[command(long_about = "\
+/// Long help of the command.
+pub(super) const APPLY_HELP: &str = "\
 Add a residual to a base model: out = base + α·Δ, tensor by tensor, requantized.
 
 The base is a GGUF file of any type qresidual can decode (Q4_K_M, Q8_0, IQ4_XS, F16, …; a \
@@ -32,7 +31,10 @@ abs, relative RMSE, cosine, SNR and retention ⟨out − base, αΔ⟩/‖αΔ�
 
 Example:
   qresidual apply --base Llama-3.1-8B-Q4_K_M.gguf --residual instruct-residual/ \\
-      -o Llama-3.1-8B-Instruct-Q4_K_M.gguf --report report.json")]
+      -o Llama-3.1-8B-Instruct-Q4_K_M.gguf --report report.json";
+
+/// Add a residual to a base model.
+#[derive(Args, Debug)]
 pub struct ApplyArgs {
     /// Base model (GGUF).
     #[arg(long, value_name = "BASE.gguf")]

@@ -10,16 +10,18 @@ use crate::quant::GgmlType;
 use crate::transform::{self, Output};
 use crate::{report, Error, Result};
 
-/// Expand a quantized model.
-#[derive(Args, Debug)]
-#[command(long_about = "\
+/// Long help of the command.
+pub(super) const DEQUANTIZE_HELP: &str = "\
 Expand every quantized tensor of a GGUF model to f32 (default), f16 or bf16, bit-exact with \
 llama.cpp's own dequantization. Metadata is kept; general.file_type is updated. F32 tensors \
 (norms) stay F32 when the target is f16 or bf16, as llama.cpp's converter keeps them; integer \
 tensors are copied.
 
 Example:
-  qresidual dequantize model-Q4_K_M.gguf -o model-F32.gguf")]
+  qresidual dequantize model-Q4_K_M.gguf -o model-F32.gguf";
+
+/// Expand a quantized model.
+#[derive(Args, Debug)]
 pub struct DequantizeArgs {
     /// Input GGUF.
     #[arg(value_name = "IN.gguf")]
@@ -41,18 +43,21 @@ pub struct DequantizeArgs {
     pub quiet: bool,
 }
 
-/// Quantize a model.
-#[derive(Args, Debug)]
-#[command(long_about = "\
+/// Long help of the command.
+pub(super) const QUANTIZE_HELP: &str = "\
 Quantize a GGUF model. TYPE is a ggml type (q4_0, q4_1, q5_0, q5_1, q8_0, q2_k … q6_k, iq4_nl, \
 iq4_xs, tq1_0, tq2_0, mxfp4, f16, bf16, f32), applied to every tensor llama.cpp would quantize, \
 as `llama-quantize --pure` does; or a llama.cpp mix (q2_k, q3_k_s, q3_k_m, q3_k_l, q4_k_s, q4_k_m, \
-q5_k_s, q5_k_m, q6_k, q8_0, …) with llama.cpp's per-tensor choices. The bytes equal llama.cpp's \
+q5_k_s, q5_k_m, q6_k, q8_0, …) with llama.cpp's per-tensor choices. A name that is both (q4_0, q6_k, q8_0, iq4_xs, …) means \
+the plain type; write mix:q4_0 for the mix. The bytes equal llama.cpp's \
 and do not depend on --threads. A quantized input is dequantized first: requantizing loses \
 quality, and a warning says so.
 
 Example:
-  qresidual quantize model-F32.gguf -o model-Q4_K_M.gguf --type q4_k_m")]
+  qresidual quantize model-F32.gguf -o model-Q4_K_M.gguf --type q4_k_m";
+
+/// Quantize a model.
+#[derive(Args, Debug)]
 pub struct QuantizeArgs {
     /// Input GGUF.
     #[arg(value_name = "IN.gguf")]

@@ -10,9 +10,8 @@ use crate::gguf::{inspect_gguf, GgufFile};
 use crate::plan::is_gguf;
 use crate::st::SafetensorsModel;
 
-/// Show metadata, tensors and per-type totals of a model file.
-#[derive(clap::Args, Debug)]
-#[command(long_about = "\
+/// Long help of the command.
+pub(super) const INSPECT_HELP: &str = "\
 Show what a model file holds, reading headers only (instant on any size).
 
 GGUF: metadata (arrays summarized; --json gives every value with its exact type), a tensor table \
@@ -20,7 +19,10 @@ GGUF: metadata (arrays summarized; --json gives every value with its exact type)
 weight. The first file of a split set opens the whole set.
 
 Safetensors: a .safetensors file, a folder of shards with model.safetensors.index.json, or the \
-index itself: __metadata__, every tensor's dtype, shape and shard, totals per dtype.")]
+index itself: __metadata__, every tensor's dtype, shape and shard, totals per dtype.";
+
+/// Show metadata, tensors and per-type totals of a model file.
+#[derive(clap::Args, Debug)]
 pub struct InspectArgs {
     /// The model: GGUF file, .safetensors file, or folder of safetensors shards.
     pub file: PathBuf,

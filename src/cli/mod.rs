@@ -38,12 +38,16 @@ struct Cli {
 #[derive(Subcommand, Debug)]
 enum Command {
     /// Add a residual to a (quantized) base model and requantize.
+    #[command(long_about = apply::APPLY_HELP)]
     Apply(apply::ApplyArgs),
     /// Expand every quantized tensor to f32, f16 or bf16.
+    #[command(long_about = convert::DEQUANTIZE_HELP)]
     Dequantize(convert::DequantizeArgs),
     /// Quantize a model to a ggml type or a llama.cpp mix such as q4_k_m.
+    #[command(long_about = convert::QUANTIZE_HELP)]
     Quantize(convert::QuantizeArgs),
     /// Show the metadata and tensors of a GGUF or safetensors model.
+    #[command(long_about = inspect::INSPECT_HELP)]
     Inspect(inspect::InspectArgs),
     /// Copy a GGUF file with metadata keys set or removed.
     Metadata(metadata::MetadataArgs),
