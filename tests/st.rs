@@ -509,7 +509,7 @@ fn sniffing_tells_safetensors_from_gguf() {
     assert!(!SafetensorsModel::is_safetensors(
         &dir.path().join("absent.safetensors")
     ));
-    // The name is enough, as the brief for a cheap sniff asks.
+    // The name is enough: sniffing stays cheap.
     let named = dir.path().join("x.safetensors");
     std::fs::write(&named, b"garbage").unwrap();
     assert!(SafetensorsModel::is_safetensors(&named));
