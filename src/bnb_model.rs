@@ -368,11 +368,7 @@ fn collect_weights(st: &SafetensorsModel) -> Result<Vec<BnbWeight>> {
             .ok_or_else(|| bad(format!("unsupported dtype {} in quant state", qs["dtype"])))?;
         let shape: Vec<usize> = qs["shape"]
             .as_array()
-            .and_then(|a| {
-                a.iter()
-                    .map(|d| d.as_u64().map(|d| d as usize))
-                    .collect()
-            })
+            .and_then(|a| a.iter().map(|d| d.as_u64().map(|d| d as usize)).collect())
             .ok_or_else(|| bad(format!("quant state shape {} is not a list", qs["shape"])))?;
         let n = shape
             .iter()
@@ -432,7 +428,12 @@ fn collect_weights(st: &SafetensorsModel) -> Result<Vec<BnbWeight>> {
                 .as_f64()
                 .map(|v| v as f32)
                 .filter(|v| v.is_finite())
-                .ok_or_else(|| bad(format!("nested_offset {} is not finite", qs["nested_offset"])))?;
+                .ok_or_else(|| {
+                    bad(format!(
+                        "nested_offset {} is not finite",
+                        qs["nested_offset"]
+                    ))
+                })?;
             expect(absmax, Dtype::U8, nb)?;
             let na = get(".nested_absmax")?;
             expect(na, Dtype::F32, num_blocks(nb, NESTED_BLOCKSIZE))?;
@@ -484,7 +485,10 @@ fn collect_weights(st: &SafetensorsModel) -> Result<Vec<BnbWeight>> {
             return Err(Error::tensor(
                 path,
                 &t.name,
-                format!("expected F32 [{}], found {:?} {:?}", cb.shape[0], t.dtype, t.shape),
+                format!(
+                    "expected F32 [{}], found {:?} {:?}",
+                    cb.shape[0], t.dtype, t.shape
+                ),
             ));
         }
         let mut parts = vec![main, index[t.name.as_str()]];
@@ -781,9 +785,7 @@ pub fn python_float_repr(x: f64) -> String {
     let sci = format!("{x:e}");
     let (mant, exp) = sci.split_once('e').expect("LowerExp has an exponent");
     let exp: i32 = exp.parse().expect("integer exponent");
-    let (sign, mant) = mant
-        .strip_prefix('-')
-        .map_or(("", mant), |m| ("-", m));
+    let (sign, mant) = mant.strip_prefix('-').map_or(("", mant), |m| ("-", m));
     let digits: String = mant.chars().filter(|c| *c != '.').collect();
     if !(-4..16).contains(&exp) {
         let mut s = format!("{sign}{}", &digits[..1]);
@@ -912,7 +914,14 @@ impl Sum {
     }
 
     /// The exact sum rounded to the module dtype, refusing values it cannot hold.
-    fn target(&self, dtype: Dtype, out: &Path, name: &str, r0: usize, row_len: usize) -> Result<Vec<f32>> {
+    fn target(
+        &self,
+        dtype: Dtype,
+        out: &Path,
+        name: &str,
+        r0: usize,
+        row_len: usize,
+    ) -> Result<Vec<f32>> {
         let mut t = self.exact.clone();
         round_to(dtype, &mut t);
         if let Some(i) = t.iter().position(|v| !v.is_finite()) {
@@ -994,7 +1003,11 @@ fn out_tensors(
                     Dtype::F32,
                     vec![num_blocks(nb, NESTED_BLOCKSIZE)],
                 ));
-                v.push((format!("{}.nested_quant_map", w.name), Dtype::F32, vec![256]));
+                v.push((
+                    format!("{}.nested_quant_map", w.name),
+                    Dtype::F32,
+                    vec![256],
+                ));
             }
             let js = quant_state_json(kind, blocksize, dtype, &w.shape, nested_offset);
             v.push((
@@ -1036,9 +1049,9 @@ fn validate(model: &BnbModel, jobs: &[WeightJob<'_>]) -> Result<()> {
             OutStorage::Plain(d) if float_ggml(d).is_none() => {
                 bad.push(format!("{}: cannot be written as {d:?}", w.name))
             }
-            OutStorage::Int8 if w.shape.len() != 2 || !w.name.ends_with(".weight") => bad.push(
-                format!("{}: LLM.int8 needs a 2-D '.weight' tensor", w.name),
-            ),
+            OutStorage::Int8 if w.shape.len() != 2 || !w.name.ends_with(".weight") => {
+                bad.push(format!("{}: LLM.int8 needs a 2-D '.weight' tensor", w.name))
+            }
             OutStorage::FourBit { blocksize, .. } if !BLOCKSIZES_4BIT.contains(&blocksize) => {
                 bad.push(format!("{}: blocksize {blocksize}", w.name))
             }
@@ -1169,7 +1182,8 @@ fn write_weight(
                     let (stored, decoded_absmax, nested2) = match nested_offset {
                         None => (f32_bytes(&raw), raw, Vec::new()),
                         Some(off) => {
-                            let nested = NestedAbsmax::quantize_with_offset(&raw, off).map_err(err)?;
+                            let nested =
+                                NestedAbsmax::quantize_with_offset(&raw, off).map_err(err)?;
                             let dq = nested.dequantize().map_err(err)?;
                             (nested.codes, dq, nested.absmax2)
                         }
@@ -1177,8 +1191,15 @@ fn write_weight(
                     let mut decoded = Vec::new();
                     if measure {
                         decoded = vec![0f32; t.len()];
-                        dequantize_4bit(kind, &packed, &decoded_absmax, blocksize, t.len(), &mut decoded)
-                            .map_err(err)?;
+                        dequantize_4bit(
+                            kind,
+                            &packed,
+                            &decoded_absmax,
+                            blocksize,
+                            t.len(),
+                            &mut decoded,
+                        )
+                        .map_err(err)?;
                     }
                     Ok((packed, stored, nested2, s.stats(&decoded, measure)))
                 },
@@ -1444,8 +1465,7 @@ pub fn write_model(
             specs.extend(t);
         }
         let path = tmp.tmp.join(shard_name);
-        let mut writer =
-            SafetensorsWriter::create(&path, &specs, model.st.metadata().clone())?;
+        let mut writer = SafetensorsWriter::create(&path, &specs, model.st.metadata().clone())?;
         for ((&j, off), bytes_out) in mine.iter().zip(&offsets).zip(per_job) {
             let job = &jobs[j];
             let w = &model.weights[job.weight];
@@ -1483,7 +1503,10 @@ pub fn write_model(
     std::fs::write(&cfg_path, text).map_err(|e| Error::io(&cfg_path, e))?;
     copy_other_files(model, &tmp.tmp)?;
     tmp.commit()?;
-    Ok(outcomes.into_iter().map(|o| o.expect("every job written")).collect())
+    Ok(outcomes
+        .into_iter()
+        .map(|o| o.expect("every job written"))
+        .collect())
 }
 
 /// Copy the folder's regular files that are not weights, index or config

@@ -11,8 +11,8 @@ use super::apply::ApplyArgs;
 use super::convert::DequantizeArgs;
 use super::inspect::{inspect_safetensors, InspectArgs};
 use crate::bnb_model::{
-    check_output_dir, dtype_from_torch, output_config, write_model, BnbModel, OutStorage,
-    Storage, WeightJob, WeightOutcome, WriteOptions,
+    check_output_dir, dtype_from_torch, output_config, write_model, BnbModel, OutStorage, Storage,
+    WeightJob, WeightOutcome, WriteOptions,
 };
 use crate::naming::RowPermutation;
 use crate::pipeline::{EncodedRows, RowSource};
@@ -77,12 +77,15 @@ fn out_storage(model: &BnbModel, s: &Storage, target: BnbTarget) -> OutStorage {
         (BnbTarget::Float(d), _) => OutStorage::Plain(d),
         (_, Storage::Plain(p)) => OutStorage::Plain(*p),
         (BnbTarget::Int8, _) => OutStorage::Int8,
-        (BnbTarget::FourBit(kind), Storage::FourBit {
-            blocksize,
-            dtype,
-            nested_offset,
-            ..
-        }) => OutStorage::FourBit {
+        (
+            BnbTarget::FourBit(kind),
+            Storage::FourBit {
+                blocksize,
+                dtype,
+                nested_offset,
+                ..
+            },
+        ) => OutStorage::FourBit {
             kind,
             blocksize: *blocksize,
             dtype: *dtype,
@@ -168,10 +171,7 @@ pub fn apply(a: &ApplyArgs) -> Result<()> {
         let w = &model.weights()[wi];
         let shape: Vec<u64> = w.shape.iter().map(|&d| d as u64).collect();
         if shape != rt.shape {
-            bad_shape.push(format!(
-                "{} {:?} vs base {:?}",
-                rt.name, rt.shape, w.shape
-            ));
+            bad_shape.push(format!("{} {:?} vs base {:?}", rt.name, rt.shape, w.shape));
             continue;
         }
         if model.rows(wi).is_none() {
