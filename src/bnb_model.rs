@@ -279,7 +279,9 @@ impl BnbModel {
                     Some(offset) => Absmax::Nested {
                         codes: self.st.data(absmax_t),
                         absmax2: f32s(self.st.data(self.part_named(w, ".nested_absmax")?)),
-                        code: nested_code(self.st.data(self.part_named(w, ".nested_quant_map")?)),
+                        code: Box::new(nested_code(
+                            self.st.data(self.part_named(w, ".nested_quant_map")?),
+                        )),
                         offset: *offset,
                     },
                 };
@@ -537,7 +539,7 @@ enum Absmax<'a> {
     Nested {
         codes: &'a [u8],
         absmax2: Vec<f32>,
-        code: [f32; 256],
+        code: Box<[f32; 256]>,
         offset: f32,
     },
 }
@@ -577,7 +579,7 @@ impl FourBitRows<'_> {
                     codes: codes[g0..b1].to_vec(),
                     absmax2: absmax2[a0..a0 + num_blocks(b1 - g0, NESTED_BLOCKSIZE)].to_vec(),
                     offset: *offset,
-                    code: *code,
+                    code: **code,
                 };
                 let mut all = nested
                     .dequantize()

@@ -830,3 +830,83 @@ fn broken_checkpoints_are_errors() {
         &out,
     );
 }
+
+/// A sharded copy of the NF4 fixture (the parts of one weight split across
+/// both shards) gives the same tensors as the single file, in shards of the
+/// same names with an index.
+#[test]
+fn sharded_folders_keep_their_shards() {
+    let dir = tempfile::tempdir().unwrap();
+    let src = SafetensorsModel::open(&fixture("nf4")).unwrap();
+    let folder = dir.path().join("sharded");
+    std::fs::create_dir(&folder).unwrap();
+    for f in ["config.json", "generation_config.json"] {
+        std::fs::copy(fixture("nf4").join(f), folder.join(f)).unwrap();
+    }
+    let names = [
+        "model-00001-of-00002.safetensors",
+        "model-00002-of-00002.safetensors",
+    ];
+    // Layer 0 in shard 1, the rest in shard 2, but k_proj's absmax in shard 2.
+    let shard_of = |n: &str| {
+        usize::from(!(n.starts_with("model.layers.0.") && n != format!("{K_PROJ}.absmax")))
+    };
+    let mut weight_map = serde_json::Map::new();
+    for (i, shard) in names.iter().enumerate() {
+        let ts: Vec<_> = src
+            .tensors()
+            .iter()
+            .filter(|t| shard_of(&t.name) == i)
+            .collect();
+        let specs: Vec<_> = ts
+            .iter()
+            .map(|t| (t.name.clone(), t.dtype, t.shape.clone()))
+            .collect();
+        let mut w =
+            SafetensorsWriter::create(&folder.join(shard), &specs, BTreeMap::new()).unwrap();
+        for t in &ts {
+            w.write(src.data(t)).unwrap();
+            weight_map.insert(t.name.clone(), Value::from(*shard));
+        }
+        w.finish().unwrap();
+    }
+    let index = serde_json::json!({"metadata": {}, "weight_map": weight_map});
+    std::fs::write(
+        folder.join("model.safetensors.index.json"),
+        serde_json::to_vec(&index).unwrap(),
+    )
+    .unwrap();
+
+    let base = BnbModel::open(&folder).unwrap();
+    let rpath = dir.path().join("r.safetensors");
+    write_residual(&base, &rpath, 0.006);
+    for (input, out) in [(fixture("nf4"), "single"), (folder.clone(), "sharded-out")] {
+        ok(&[
+            "apply",
+            "--base",
+            s(&input),
+            "--residual",
+            s(&rpath),
+            "-o",
+            s(&dir.path().join(out)),
+            "-q",
+        ]);
+    }
+    let single = SafetensorsModel::open(&dir.path().join("single")).unwrap();
+    let out = dir.path().join("sharded-out");
+    let sharded = SafetensorsModel::open(&out).unwrap();
+    assert_eq!(sharded.shard_paths().len(), 2);
+    for n in names {
+        assert!(out.join(n).is_file(), "{n}");
+    }
+    assert_eq!(single.tensors().len(), sharded.tensors().len());
+    for t in single.tensors() {
+        assert_eq!(single.data(t), tensor(&sharded, &t.name), "{}", t.name);
+    }
+    // The parts of a rewritten weight follow its main tensor.
+    let idx: Value =
+        serde_json::from_slice(&std::fs::read(out.join("model.safetensors.index.json")).unwrap())
+            .unwrap();
+    assert_eq!(idx["weight_map"][format!("{K_PROJ}.absmax")], names[0]);
+    assert_eq!(idx["weight_map"]["model.norm.weight"], names[1]);
+}
