@@ -910,3 +910,76 @@ fn sharded_folders_keep_their_shards() {
     assert_eq!(idx["weight_map"][format!("{K_PROJ}.absmax")], names[0]);
     assert_eq!(idx["weight_map"]["model.norm.weight"], names[1]);
 }
+
+/// The bytes do not depend on chunking: chunks of a few rows (4-bit blocks
+/// and double-quant groups still whole), computed a window at a time, write
+/// the same file as one chunk per weight. fp4 → nf4 with double quant,
+/// blocksize 32, and → int8, so every weight is re-encoded.
+#[test]
+fn output_does_not_depend_on_chunking() {
+    use qresidual::bnb_model::{write_model, OutStorage, WeightJob, WriteOptions};
+    let dir = tempfile::tempdir().unwrap();
+    let base = BnbModel::open(&fixture("fp4")).unwrap();
+    let targets = [
+        OutStorage::FourBit {
+            kind: FourBit::Nf4,
+            blocksize: 32,
+            dtype: Dtype::F16,
+            double_quant: true,
+        },
+        OutStorage::Int8,
+    ];
+    for (ti, target) in targets.iter().enumerate() {
+        let jobs = || -> Vec<WeightJob<'_>> {
+            base.weights()
+                .iter()
+                .enumerate()
+                .map(|(i, w)| WeightJob {
+                    weight: i,
+                    out: if w.storage.is_quantized() {
+                        *target
+                    } else {
+                        OutStorage::same_as(&w.storage)
+                    },
+                    residual: None,
+                    scale: 1.0,
+                })
+                .collect()
+        };
+        let cfg = qresidual::bnb_model::output_config(base.config(), Some(target), None);
+        let mut outputs = Vec::new();
+        for (chunk, window) in [(1usize << 22, 1usize), (300, 1), (1000, 3)] {
+            let out = dir.path().join(format!("{ti}-{chunk}-{window}"));
+            let opts = WriteOptions {
+                chunk_elements: chunk,
+                window,
+                measure: true,
+            };
+            let outcomes = write_model(&base, &jobs(), &cfg, &out, &opts).unwrap();
+            assert_eq!(outcomes.iter().filter(|o| !o.copied).count(), 14);
+            outputs.push(std::fs::read(out.join("model.safetensors")).unwrap());
+        }
+        assert_eq!(outputs[0], outputs[1], "{target:?}");
+        assert_eq!(outputs[0], outputs[2], "{target:?}");
+        // And the one-chunk output is the codec applied to the whole tensor.
+        let m = BnbModel::open(&dir.path().join(format!("{ti}-{}-1", 1usize << 22))).unwrap();
+        let b = dequant_4bit_parts(base.safetensors(), K_PROJ, FourBit::Fp4);
+        if ti == 0 {
+            let (packed, absmax) = quantize_4bit(FourBit::Nf4, &round_f16(&b), 32).unwrap();
+            let nested = NestedAbsmax::quantize(&absmax).unwrap();
+            assert_eq!(tensor(m.safetensors(), K_PROJ), packed);
+            assert_eq!(
+                tensor(m.safetensors(), &format!("{K_PROJ}.absmax")),
+                nested.codes
+            );
+            assert_eq!(
+                m.config()["quantization_config"]["bnb_4bit_use_double_quant"],
+                true
+            );
+        } else {
+            let (cb, _) = quantize_int8_rows(&round_f16(&b), 256).unwrap();
+            let cb_u8: Vec<u8> = cb.iter().map(|&c| c as u8).collect();
+            assert_eq!(tensor(m.safetensors(), K_PROJ), cb_u8);
+        }
+    }
+}
