@@ -18,6 +18,13 @@
 //! weight's `dtype` (from its quant state; float16 for LLM.int8, whose
 //! `Int8Params` always converts to float16), then quantized. The precision
 //! report compares the decoded output with the unrounded f32 sum.
+//!
+//! Double quantization centres the absmax on `offset = absmax.mean()`. That
+//! mean is torch's on one CPU thread ([`torch_mean_f32`]); for weights of
+//! more than 32768 blocks (2M elements at blocksize 64) torch's multi-thread
+//! sum can differ in the last bit, and CUDA's anyway, so bit-exactness with a
+//! given bitsandbytes run holds for `torch.set_num_threads(1)` on CPU. Any
+//! offset decodes correctly; it is stored in the quant state.
 
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::fmt::Write as _;

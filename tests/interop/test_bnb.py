@@ -166,3 +166,33 @@ def test_apply_int8_keep_is_bitsandbytes_quantization(run, tmp_path):
     from transformers import AutoModelForCausalLM
     model = AutoModelForCausalLM.from_pretrained(out, device_map="cpu")
     assert type(model.model.layers[0].mlp.up_proj.weight).__name__ == "Int8Params"
+
+
+@pytest.mark.parametrize("variant,ty,param", [
+    ("nf4", "int8", "Int8Params"),
+    ("fp4", "nf4", "Params4bit"),
+    ("int8", "fp4", "Params4bit"),
+    ("nf4", "f16", "Parameter"),
+    ("nf4", "bf16", "Parameter"),
+])
+def test_apply_other_types_load_in_transformers(run, tmp_path, variant, ty, param):
+    base = TINY / variant
+    src = read_all(base)
+    g = torch.Generator().manual_seed(5)
+    shape = list(src["model.embed_tokens.weight"].shape)
+    res = {"model.embed_tokens.weight": (torch.randn(*shape, generator=g) * 0.002).half()}
+    save_file(res, str(tmp_path / "r.safetensors"))
+    out = tmp_path / "out"
+    run("apply", "--base", base, "--residual", tmp_path / "r.safetensors", "-o", out, "--type", ty, "--quiet")
+    from transformers import AutoModelForCausalLM
+    model = AutoModelForCausalLM.from_pretrained(out, device_map="cpu")
+    w = model.model.layers[1].mlp.down_proj.weight
+    assert type(w).__name__ == param
+    if ty in ("f16", "bf16"):
+        assert w.dtype == {"f16": torch.float16, "bf16": torch.bfloat16}[ty]
+        got = read_all(out)
+        emb = (src["model.embed_tokens.weight"].float() + res["model.embed_tokens.weight"].float())
+        assert torch.equal(got["model.embed_tokens.weight"], emb.to(w.dtype))
+    with torch.no_grad():
+        logits = model(torch.tensor([[1, 5, 9, 42]])).logits
+    assert torch.isfinite(logits).all()
