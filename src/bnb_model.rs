@@ -1162,6 +1162,9 @@ fn write_weight(
                     writer.write(&bytes)?;
                     stats.merge(&st);
                     base.release_rows(r0, r0 + n);
+                    if let Some(r) = residual {
+                        r.release_rows(r0, r0 + n);
+                    }
                     Ok(())
                 },
             )?;
@@ -1218,6 +1221,9 @@ fn write_weight(
                     absmax2.extend(nested2);
                     stats.merge(&st);
                     base.release_rows(r0, r0 + n);
+                    if let Some(r) = residual {
+                        r.release_rows(r0, r0 + n);
+                    }
                     Ok(())
                 },
             )?;
@@ -1256,6 +1262,9 @@ fn write_weight(
                     scb_all.extend(scb);
                     stats.merge(&st);
                     base.release_rows(r0, r0 + n);
+                    if let Some(r) = residual {
+                        r.release_rows(r0, r0 + n);
+                    }
                     Ok(())
                 },
             )?;
