@@ -20,7 +20,8 @@
 //! report compares the decoded output with the unrounded f32 sum.
 //!
 //! Double quantization centres the absmax on `offset = absmax.mean()`. That
-//! mean is torch's on one CPU thread ([`torch_mean_f32`]); for weights of
+//! mean is torch's on one CPU thread by default
+//! ([`WriteOptions::torch_threads`]); for weights of
 //! more than 32768 blocks (2M elements at blocksize 64) torch's multi-thread
 //! sum can differ in the last bit, and CUDA's anyway, so bit-exactness with a
 //! given bitsandbytes run holds for `torch.set_num_threads(1)` on CPU. Any
@@ -39,7 +40,7 @@ use crate::naming::RowPermutation;
 use crate::pipeline::{EncodedRows, ReleasePages, RowSource};
 use crate::quant::bnb::{
     dequantize_4bit, dequantize_int8_rows, dynamic_map, num_blocks, quantize_4bit,
-    quantize_int8_rows, torch_mean_f32, BnbError, FourBit, NestedAbsmax, BLOCKSIZES_4BIT,
+    quantize_int8_rows, torch_mean_f32_threads, BnbError, FourBit, NestedAbsmax, BLOCKSIZES_4BIT,
     NESTED_BLOCKSIZE,
 };
 use crate::quant::stats::ErrorStats;
@@ -764,6 +765,9 @@ pub struct WriteOptions {
     pub window: usize,
     /// Whether to measure the output against the exact sum.
     pub measure: bool,
+    /// torch's thread count whose `absmax.mean()` the nested offset
+    /// reproduces (it differs in the last bit above 32768 blocks).
+    pub torch_threads: usize,
 }
 
 impl Default for WriteOptions {
@@ -772,6 +776,7 @@ impl Default for WriteOptions {
             chunk_elements: 1 << 18,
             window: 2 * rayon::current_num_threads().max(1),
             measure: true,
+            torch_threads: 1,
         }
     }
 }
@@ -1112,12 +1117,18 @@ fn nested_offset_of(
                 quantize_4bit(kind, &t, blocksize).map_err(|e| bnb_err(out_path, &w.name, e))?;
             Ok(a)
         },
-        |_, _, a| {
+        |r0, n, a| {
             absmax.extend(a);
+            // All weights of a shard run this pass before any is written:
+            // hand the pages back so the inputs are not held resident.
+            base.release_rows(r0, r0 + n);
+            if let Some(r) = &job.residual {
+                r.release_rows(r0, r0 + n);
+            }
             Ok(())
         },
     )?;
-    Ok(torch_mean_f32(&absmax))
+    Ok(torch_mean_f32_threads(&absmax, opts.torch_threads))
 }
 
 /// Write one weight's tensors (in [`out_tensors`] order) into `writer`.

@@ -954,6 +954,7 @@ fn output_does_not_depend_on_chunking() {
                 chunk_elements: chunk,
                 window,
                 measure: true,
+                torch_threads: 1,
             };
             let outcomes = write_model(&base, &jobs(), &cfg, &out, &opts).unwrap();
             assert_eq!(outcomes.iter().filter(|o| !o.copied).count(), 14);
