@@ -73,6 +73,9 @@ pub struct ApplyArgs {
 
 /// Run `apply`.
 pub fn run(a: &ApplyArgs) -> Result<()> {
+    if crate::bnb_model::is_bnb_dir(&a.base) {
+        return super::bnb::apply(a);
+    }
     super::set_threads(a.threads)?;
     if !a.scale.is_finite() {
         return Err(Error::Usage(format!(

@@ -92,6 +92,9 @@ fn dequantized_type(input: GgmlType, target: GgmlType) -> GgmlType {
 
 /// Run `dequantize`.
 pub fn run_dequantize(a: &DequantizeArgs) -> Result<()> {
+    if crate::bnb_model::is_bnb_dir(&a.input) {
+        return super::bnb::dequantize(a);
+    }
     super::set_threads(a.threads)?;
     let target = match GgmlType::from_name(&a.ty) {
         Some(t @ (GgmlType::F32 | GgmlType::F16 | GgmlType::BF16)) => t,

@@ -120,6 +120,9 @@ pub fn inspect_safetensors(m: &SafetensorsModel, as_json: bool) -> String {
 
 /// The `inspect` output for `args`, as text.
 pub fn render(args: &InspectArgs) -> crate::Result<String> {
+    if crate::bnb_model::is_bnb_dir(&args.file) {
+        return super::bnb::inspect(args);
+    }
     if args.file.is_file() && is_gguf(&args.file) {
         let file = GgufFile::open(&args.file)?;
         Ok(inspect_gguf(&file, args.json))

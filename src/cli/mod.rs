@@ -1,6 +1,7 @@
 //! The command line: one function per subcommand, all over one pipeline.
 
 mod apply;
+mod bnb;
 mod convert;
 mod inspect;
 mod metadata;

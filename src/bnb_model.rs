@@ -1,0 +1,1597 @@
+//! Hugging Face checkpoints quantized with bitsandbytes: a model folder
+//! (`config.json` + one or several safetensors files) read as logical
+//! weights, and written back either in the same layout or as plain floats.
+//!
+//! Containers only: every number is produced by `qresidual_quant::bnb`.
+//! How `transformers` lays a weight `W` out (fixtures/tiny_bnb/layout.txt):
+//! - 4-bit: `W` U8 `[ceil(n/2), 1]`, `W.absmax`, `W.quant_map`, with double
+//!   quantization `W.nested_absmax` and `W.nested_quant_map`, and the JSON
+//!   blob `W.quant_state.bitsandbytes__nf4|fp4` (quant_type, blocksize,
+//!   dtype, shape, nested_blocksize, nested_dtype, nested_offset);
+//! - LLM.int8: `M.weight` I8 `[out, in]`, `M.SCB` F32 `[out]`,
+//!   `M.weight_format` U8 scalar (0 = row-major);
+//! - everything else (embeddings, norms, `lm_head`) as plain tensors.
+//!
+//! A weight is requantized from the module's dtype, as bitsandbytes does:
+//! `transformers` loads the float16 (or bfloat16) checkpoint and quantizes
+//! that tensor, so the f32 sum `dequant(base) + α·Δ` is first rounded to the
+//! weight's `dtype` (from its quant state; float16 for LLM.int8, whose
+//! `Int8Params` always converts to float16), then quantized. The precision
+//! report compares the decoded output with the unrounded f32 sum.
+//!
+//! Double quantization centres the absmax on `offset = absmax.mean()`. That
+//! mean is torch's on one CPU thread by default
+//! ([`WriteOptions::torch_threads`]); for weights of
+//! more than 32768 blocks (2M elements at blocksize 64) torch's multi-thread
+//! sum can differ in the last bit, and CUDA's anyway, so bit-exactness with a
+//! given bitsandbytes run holds for `torch.set_num_threads(1)` on CPU. Any
+//! offset decodes correctly; it is stored in the quant state.
+
+use std::collections::{BTreeMap, HashMap, HashSet};
+use std::fmt::Write as _;
+use std::path::{Path, PathBuf};
+
+use half::{bf16, f16};
+use rayon::prelude::*;
+use safetensors::Dtype;
+use serde_json::{json, Value};
+
+use crate::naming::RowPermutation;
+use crate::pipeline::{EncodedRows, ReleasePages, RowSource};
+use crate::quant::bnb::{
+    dequantize_4bit, dequantize_int8_rows, dynamic_map, num_blocks, quantize_4bit,
+    quantize_int8_rows, torch_mean_f32_threads, BnbError, FourBit, NestedAbsmax, BLOCKSIZES_4BIT,
+    NESTED_BLOCKSIZE,
+};
+use crate::quant::stats::ErrorStats;
+use crate::quant::{quantize_row, GgmlType};
+use crate::st::{SafetensorsModel, SafetensorsWriter, StTensor, INDEX_FILE};
+use crate::{Error, Result};
+
+/// The file holding a model's configuration.
+pub const CONFIG_FILE: &str = "config.json";
+
+/// Whether `path` is a folder whose `config.json` declares bitsandbytes
+/// quantization (`quantization_config.quant_method == "bitsandbytes"`).
+/// Never fails: unreadable means no.
+pub fn is_bnb_dir(path: &Path) -> bool {
+    if !path.is_dir() {
+        return false;
+    }
+    std::fs::read(path.join(CONFIG_FILE))
+        .ok()
+        .and_then(|b| serde_json::from_slice::<Value>(&b).ok())
+        .is_some_and(|c| c["quantization_config"]["quant_method"] == "bitsandbytes")
+}
+
+/// How one logical weight is stored.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Storage {
+    /// A plain tensor in its own dtype.
+    Plain(Dtype),
+    /// NF4 / FP4 blockwise codes.
+    FourBit {
+        /// NF4 or FP4.
+        kind: FourBit,
+        /// Elements per absmax block.
+        blocksize: usize,
+        /// The module's dtype the weight was quantized from (F16, BF16, F32).
+        dtype: Dtype,
+        /// With double quantization: the offset added back to the absmax.
+        nested_offset: Option<f32>,
+    },
+    /// LLM.int8 row-wise codes.
+    Int8,
+}
+
+impl Storage {
+    /// A short name for reports: `nf4`, `fp4`, `int8`, or the dtype (`F16`…).
+    pub fn label(&self) -> String {
+        match self {
+            Storage::Plain(d) => format!("{d:?}"),
+            Storage::FourBit { kind, .. } => kind.name().to_string(),
+            Storage::Int8 => "int8".to_string(),
+        }
+    }
+
+    /// Whether bitsandbytes quantized this weight.
+    pub fn is_quantized(&self) -> bool {
+        !matches!(self, Storage::Plain(_))
+    }
+}
+
+/// One weight as the model sees it: its Hugging Face name and shape, and
+/// the stored tensors it is made of.
+#[derive(Debug, Clone)]
+pub struct BnbWeight {
+    /// The Hugging Face name (`model.layers.0.mlp.down_proj.weight`).
+    pub name: String,
+    /// The logical shape, outermost first (`[out, in]` for a linear layer).
+    pub shape: Vec<usize>,
+    /// How it is stored.
+    pub storage: Storage,
+    /// Indices into [`SafetensorsModel::tensors`] of every stored tensor of
+    /// this weight, the main one first.
+    pub parts: Vec<usize>,
+    /// The shard holding the main tensor.
+    pub shard: usize,
+}
+
+impl BnbWeight {
+    /// Number of elements.
+    pub fn n_elements(&self) -> usize {
+        self.shape.iter().product()
+    }
+
+    /// Elements per row: the innermost dimension (1 for a scalar).
+    pub fn row_len(&self) -> usize {
+        self.shape.last().copied().unwrap_or(1).max(1)
+    }
+
+    /// Number of rows.
+    pub fn n_rows(&self) -> usize {
+        self.n_elements() / self.row_len()
+    }
+}
+
+/// A bitsandbytes model folder opened for reading.
+pub struct BnbModel {
+    dir: PathBuf,
+    st: SafetensorsModel,
+    config: Value,
+    weights: Vec<BnbWeight>,
+    sharded: bool,
+}
+
+impl std::fmt::Debug for BnbModel {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("BnbModel")
+            .field("dir", &self.dir)
+            .field("weights", &self.weights.len())
+            .finish()
+    }
+}
+
+/// The module dtype named in a quant state or config (`float16`…).
+pub fn dtype_from_torch(name: &str) -> Option<Dtype> {
+    match name.trim_start_matches("torch.") {
+        "float16" => Some(Dtype::F16),
+        "bfloat16" => Some(Dtype::BF16),
+        "float32" => Some(Dtype::F32),
+        _ => None,
+    }
+}
+
+/// The torch name of a float dtype, as configs and quant states spell it.
+pub fn torch_name(d: Dtype) -> &'static str {
+    match d {
+        Dtype::F16 => "float16",
+        Dtype::BF16 => "bfloat16",
+        _ => "float32",
+    }
+}
+
+fn float_ggml(d: Dtype) -> Option<GgmlType> {
+    match d {
+        Dtype::F16 => Some(GgmlType::F16),
+        Dtype::BF16 => Some(GgmlType::BF16),
+        Dtype::F32 => Some(GgmlType::F32),
+        _ => None,
+    }
+}
+
+fn f32s(bytes: &[u8]) -> Vec<f32> {
+    bytes
+        .chunks_exact(4)
+        .map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]]))
+        .collect()
+}
+
+fn f32_bytes(v: &[f32]) -> Vec<u8> {
+    v.iter().flat_map(|x| x.to_le_bytes()).collect()
+}
+
+impl BnbModel {
+    /// Open a model folder: `config.json` and its safetensors (single file
+    /// or sharded with an index). Every quantized weight is checked for the
+    /// parts, sizes and quant state bitsandbytes writes.
+    pub fn open(dir: &Path) -> Result<Self> {
+        let config_path = dir.join(CONFIG_FILE);
+        let text = std::fs::read(&config_path).map_err(|e| Error::io(&config_path, e))?;
+        let config: Value = serde_json::from_slice(&text)
+            .map_err(|e| Error::format(&config_path, format!("not JSON: {e}")))?;
+        if !config.is_object() {
+            return Err(Error::format(&config_path, "not a JSON object"));
+        }
+        let st = SafetensorsModel::open(dir)?;
+        let sharded = st.shard_paths().len() > 1 || dir.join(INDEX_FILE).is_file();
+        let weights = collect_weights(&st)?;
+        Ok(BnbModel {
+            dir: dir.to_path_buf(),
+            st,
+            config,
+            weights,
+            sharded,
+        })
+    }
+
+    /// The folder.
+    pub fn path(&self) -> &Path {
+        &self.dir
+    }
+
+    /// `config.json` as read.
+    pub fn config(&self) -> &Value {
+        &self.config
+    }
+
+    /// The stored tensors.
+    pub fn safetensors(&self) -> &SafetensorsModel {
+        &self.st
+    }
+
+    /// Every logical weight, in file order.
+    pub fn weights(&self) -> &[BnbWeight] {
+        &self.weights
+    }
+
+    /// The weight called `name`.
+    pub fn weight(&self, name: &str) -> Option<&BnbWeight> {
+        self.weights.iter().find(|w| w.name == name)
+    }
+
+    /// Every file the model is read from (config and shards).
+    pub fn paths(&self) -> Vec<PathBuf> {
+        let mut p = vec![self.dir.join(CONFIG_FILE)];
+        p.extend(self.st.shard_paths().iter().cloned());
+        p
+    }
+
+    fn part(&self, w: &BnbWeight, k: usize) -> &StTensor {
+        &self.st.tensors()[w.parts[k]]
+    }
+
+    fn part_named(&self, w: &BnbWeight, suffix: &str) -> Option<&StTensor> {
+        w.parts
+            .iter()
+            .map(|&i| &self.st.tensors()[i])
+            .find(|t| t.name.ends_with(suffix))
+    }
+
+    /// The f32 rows of weight `index` (HF `[out, in]` layout), decoded on
+    /// demand; `None` for a tensor that holds no floats (integer buffers).
+    pub fn rows(&self, index: usize) -> Option<Box<dyn RowSource + '_>> {
+        let w = &self.weights[index];
+        let main = self.part(w, 0);
+        let path = self.st.shard_path(main);
+        match &w.storage {
+            Storage::Plain(d) => Some(Box::new(EncodedRows {
+                path,
+                name: &w.name,
+                data: self.st.data(main),
+                ty: float_ggml(*d)?,
+                row_len: w.row_len(),
+                n_rows: w.n_rows(),
+                permutation: RowPermutation::Identity,
+                pages: Some(&self.st),
+            })),
+            Storage::FourBit {
+                kind,
+                blocksize,
+                nested_offset,
+                ..
+            } => {
+                let absmax_t = self.part_named(w, ".absmax")?;
+                let absmax = match nested_offset {
+                    None => Absmax::Plain(self.st.data(absmax_t)),
+                    Some(offset) => Absmax::Nested {
+                        codes: self.st.data(absmax_t),
+                        absmax2: f32s(self.st.data(self.part_named(w, ".nested_absmax")?)),
+                        code: Box::new(nested_code(
+                            self.st.data(self.part_named(w, ".nested_quant_map")?),
+                        )),
+                        offset: *offset,
+                    },
+                };
+                Some(Box::new(FourBitRows {
+                    path,
+                    name: &w.name,
+                    packed: self.st.data(main),
+                    absmax,
+                    kind: *kind,
+                    blocksize: *blocksize,
+                    n: w.n_elements(),
+                    row_len: w.row_len(),
+                    pages: &self.st,
+                }))
+            }
+            Storage::Int8 => Some(Box::new(Int8Rows {
+                path,
+                name: &w.name,
+                cb: self.st.data(main),
+                scb: self.st.data(self.part_named(w, ".SCB")?),
+                row_len: w.row_len(),
+                n_rows: w.n_rows(),
+                pages: &self.st,
+            })),
+        }
+    }
+
+    /// Bytes stored for weight `index`, all parts together.
+    pub fn stored_bytes(&self, index: usize) -> u64 {
+        self.weights[index]
+            .parts
+            .iter()
+            .map(|&i| self.st.tensors()[i].n_bytes() as u64)
+            .sum()
+    }
+}
+
+fn nested_code(bytes: &[u8]) -> [f32; 256] {
+    let v = f32s(bytes);
+    std::array::from_fn(|i| v.get(i).copied().unwrap_or(0.0))
+}
+
+/// Group the stored tensors into logical weights, validating each
+/// quantized one.
+fn collect_weights(st: &SafetensorsModel) -> Result<Vec<BnbWeight>> {
+    let index: HashMap<&str, usize> = st
+        .tensors()
+        .iter()
+        .enumerate()
+        .map(|(i, t)| (t.name.as_str(), i))
+        .collect();
+    let mut used: HashSet<usize> = HashSet::new();
+    let mut weights: Vec<BnbWeight> = Vec::new();
+
+    for t in st.tensors() {
+        let Some((w, q)) = t
+            .name
+            .rsplit_once(".quant_state.bitsandbytes__")
+            .map(|(w, q)| (w.to_string(), q.to_string()))
+        else {
+            continue;
+        };
+        let path = st.shard_path(t);
+        let bad = |msg: String| Error::tensor(path, &w, msg);
+        let blob = st.data(t);
+        let qs: Value = serde_json::from_slice(blob)
+            .map_err(|e| bad(format!("quant state is not JSON: {e}")))?;
+        let kind = FourBit::from_name(&q)
+            .filter(|k| qs["quant_type"] == k.name())
+            .ok_or_else(|| {
+                bad(format!(
+                    "quant state '{q}' with quant_type {} is not nf4 or fp4",
+                    qs["quant_type"]
+                ))
+            })?;
+        let blocksize = qs["blocksize"].as_u64().unwrap_or(0) as usize;
+        if !BLOCKSIZES_4BIT.contains(&blocksize) {
+            return Err(bad(format!(
+                "blocksize {} is not one bitsandbytes writes",
+                qs["blocksize"]
+            )));
+        }
+        let dtype = qs["dtype"]
+            .as_str()
+            .and_then(dtype_from_torch)
+            .ok_or_else(|| bad(format!("unsupported dtype {} in quant state", qs["dtype"])))?;
+        let shape: Vec<usize> = qs["shape"]
+            .as_array()
+            .and_then(|a| a.iter().map(|d| d.as_u64().map(|d| d as usize)).collect())
+            .ok_or_else(|| bad(format!("quant state shape {} is not a list", qs["shape"])))?;
+        let n = shape
+            .iter()
+            .try_fold(1usize, |a, &d| a.checked_mul(d))
+            .ok_or_else(|| bad("shape overflows".into()))?;
+        let get = |suffix: &str| -> Result<usize> {
+            index
+                .get(format!("{w}{suffix}").as_str())
+                .copied()
+                .ok_or_else(|| bad(format!("the part '{w}{suffix}' is missing")))
+        };
+        let expect = |i: usize, dtype: Dtype, len: usize| -> Result<()> {
+            let p = &st.tensors()[i];
+            if p.dtype != dtype || p.n_elements() != len {
+                return Err(Error::tensor(
+                    st.shard_path(p),
+                    &p.name,
+                    format!(
+                        "expected {dtype:?} with {len} elements, found {:?} {:?}",
+                        p.dtype, p.shape
+                    ),
+                ));
+            }
+            Ok(())
+        };
+        let main = get("")?;
+        if st.tensors()[main].dtype != Dtype::U8 {
+            return Err(bad(format!(
+                "packed weight is {:?}; only bnb_4bit_quant_storage uint8 is supported",
+                st.tensors()[main].dtype
+            )));
+        }
+        expect(main, Dtype::U8, n.div_ceil(2))?;
+        let quant_map = get(".quant_map")?;
+        expect(quant_map, Dtype::F32, 16)?;
+        if f32s(st.data(&st.tensors()[quant_map]))
+            .iter()
+            .zip(kind.code())
+            .any(|(a, b)| a.to_bits() != b.to_bits())
+        {
+            return Err(bad(format!(
+                "quant_map differs from bitsandbytes' {} table",
+                kind.name()
+            )));
+        }
+        let absmax = get(".absmax")?;
+        let nb = num_blocks(n, blocksize);
+        let mut parts = vec![main, absmax, quant_map];
+        let nested_offset = if qs.get("nested_offset").is_some() {
+            if qs["nested_blocksize"].as_u64() != Some(NESTED_BLOCKSIZE as u64) {
+                return Err(bad(format!(
+                    "nested_blocksize {} is not {NESTED_BLOCKSIZE}",
+                    qs["nested_blocksize"]
+                )));
+            }
+            let offset = qs["nested_offset"]
+                .as_f64()
+                .map(|v| v as f32)
+                .filter(|v| v.is_finite())
+                .ok_or_else(|| {
+                    bad(format!(
+                        "nested_offset {} is not finite",
+                        qs["nested_offset"]
+                    ))
+                })?;
+            expect(absmax, Dtype::U8, nb)?;
+            let na = get(".nested_absmax")?;
+            expect(na, Dtype::F32, num_blocks(nb, NESTED_BLOCKSIZE))?;
+            let nq = get(".nested_quant_map")?;
+            expect(nq, Dtype::F32, 256)?;
+            parts.extend([na, nq]);
+            Some(offset)
+        } else {
+            expect(absmax, Dtype::F32, nb)?;
+            None
+        };
+        parts.push(index[t.name.as_str()]);
+        used.extend(parts.iter().copied());
+        weights.push(BnbWeight {
+            name: w.clone(),
+            shape,
+            storage: Storage::FourBit {
+                kind,
+                blocksize,
+                dtype,
+                nested_offset,
+            },
+            shard: st.tensors()[main].shard,
+            parts,
+        });
+    }
+
+    for t in st.tensors() {
+        let Some(module) = t.name.strip_suffix(".SCB") else {
+            continue;
+        };
+        let path = st.shard_path(t);
+        let name = format!("{module}.weight");
+        let Some(&main) = index.get(name.as_str()) else {
+            return Err(Error::tensor(path, &t.name, format!("'{name}' is missing")));
+        };
+        let cb = &st.tensors()[main];
+        if cb.dtype != Dtype::I8 || cb.shape.len() != 2 {
+            return Err(Error::tensor(
+                path,
+                &name,
+                format!(
+                    "an LLM.int8 weight must be I8 [out, in], found {:?} {:?}",
+                    cb.dtype, cb.shape
+                ),
+            ));
+        }
+        if t.dtype != Dtype::F32 || t.n_elements() != cb.shape[0] {
+            return Err(Error::tensor(
+                path,
+                &t.name,
+                format!(
+                    "expected F32 [{}], found {:?} {:?}",
+                    cb.shape[0], t.dtype, t.shape
+                ),
+            ));
+        }
+        let mut parts = vec![main, index[t.name.as_str()]];
+        if let Some(&f) = index.get(format!("{name}_format").as_str()) {
+            let ft = &st.tensors()[f];
+            if st.data(ft).iter().any(|&b| b != 0) {
+                return Err(Error::tensor(
+                    st.shard_path(ft),
+                    &ft.name,
+                    "only weight_format 0 (row-major) is supported",
+                ));
+            }
+            parts.push(f);
+        }
+        used.extend(parts.iter().copied());
+        weights.push(BnbWeight {
+            name,
+            shape: cb.shape.clone(),
+            storage: Storage::Int8,
+            shard: cb.shard,
+            parts,
+        });
+    }
+
+    for (i, t) in st.tensors().iter().enumerate() {
+        if used.contains(&i) {
+            continue;
+        }
+        weights.push(BnbWeight {
+            name: t.name.clone(),
+            shape: t.shape.clone(),
+            storage: Storage::Plain(t.dtype),
+            parts: vec![i],
+            shard: t.shard,
+        });
+    }
+    weights.sort_by_key(|w| {
+        let t = &st.tensors()[w.parts[0]];
+        (t.shard, t.start)
+    });
+    Ok(weights)
+}
+
+enum Absmax<'a> {
+    Plain(&'a [u8]),
+    Nested {
+        codes: &'a [u8],
+        absmax2: Vec<f32>,
+        code: Box<[f32; 256]>,
+        offset: f32,
+    },
+}
+
+/// Rows of a 4-bit weight. Blocks run over the flattened tensor, so a row
+/// range is decoded through the blocks covering it.
+struct FourBitRows<'a> {
+    path: &'a Path,
+    name: &'a str,
+    packed: &'a [u8],
+    absmax: Absmax<'a>,
+    kind: FourBit,
+    blocksize: usize,
+    n: usize,
+    row_len: usize,
+    pages: &'a SafetensorsModel,
+}
+
+fn bnb_err(path: &Path, name: &str, e: BnbError) -> Error {
+    Error::tensor(path, name, e.to_string())
+}
+
+impl FourBitRows<'_> {
+    /// The absmax of blocks `b0..b1`.
+    fn absmax(&self, b0: usize, b1: usize) -> Result<Vec<f32>> {
+        match &self.absmax {
+            Absmax::Plain(bytes) => Ok(f32s(&bytes[b0 * 4..b1 * 4])),
+            Absmax::Nested {
+                codes,
+                absmax2,
+                code,
+                offset,
+            } => {
+                let g0 = b0 / NESTED_BLOCKSIZE * NESTED_BLOCKSIZE;
+                let a0 = g0 / NESTED_BLOCKSIZE;
+                let nested = NestedAbsmax {
+                    codes: codes[g0..b1].to_vec(),
+                    absmax2: absmax2[a0..a0 + num_blocks(b1 - g0, NESTED_BLOCKSIZE)].to_vec(),
+                    offset: *offset,
+                    code: **code,
+                };
+                let mut all = nested
+                    .dequantize()
+                    .map_err(|e| bnb_err(self.path, self.name, e))?;
+                all.drain(..b0 - g0);
+                Ok(all)
+            }
+        }
+    }
+}
+
+impl RowSource for FourBitRows<'_> {
+    fn row_len(&self) -> usize {
+        self.row_len
+    }
+
+    fn n_rows(&self) -> usize {
+        self.n / self.row_len
+    }
+
+    fn decode(&self, start: usize, out: &mut [f32]) -> Result<()> {
+        let bs = self.blocksize;
+        let e0 = start * self.row_len;
+        let e1 = e0 + out.len();
+        let (b0, b1) = (e0 / bs, e1.div_ceil(bs));
+        let first = b0 * bs;
+        let m = (b1 * bs).min(self.n) - first;
+        let absmax = self.absmax(b0, b1)?;
+        let mut tmp = vec![0f32; m];
+        dequantize_4bit(
+            self.kind,
+            &self.packed[first / 2..first / 2 + m.div_ceil(2)],
+            &absmax,
+            bs,
+            m,
+            &mut tmp,
+        )
+        .map_err(|e| bnb_err(self.path, self.name, e))?;
+        out.copy_from_slice(&tmp[e0 - first..e1 - first]);
+        Ok(())
+    }
+
+    fn release_rows(&self, start: usize, end: usize) {
+        let (a, b) = (start * self.row_len / 2, end * self.row_len / 2);
+        self.pages
+            .release(&self.packed[a.min(self.packed.len())..b.min(self.packed.len())]);
+    }
+}
+
+/// Rows of an LLM.int8 weight.
+struct Int8Rows<'a> {
+    path: &'a Path,
+    name: &'a str,
+    cb: &'a [u8],
+    scb: &'a [u8],
+    row_len: usize,
+    n_rows: usize,
+    pages: &'a SafetensorsModel,
+}
+
+impl RowSource for Int8Rows<'_> {
+    fn row_len(&self) -> usize {
+        self.row_len
+    }
+
+    fn n_rows(&self) -> usize {
+        self.n_rows
+    }
+
+    fn decode(&self, start: usize, out: &mut [f32]) -> Result<()> {
+        let rows = out.len() / self.row_len;
+        let cb: &[i8] = bytemuck::cast_slice(&self.cb[start * self.row_len..][..out.len()]);
+        let scb = f32s(&self.scb[start * 4..(start + rows) * 4]);
+        dequantize_int8_rows(cb, &scb, self.row_len, out)
+            .map_err(|e| bnb_err(self.path, self.name, e))
+    }
+
+    fn release_rows(&self, start: usize, end: usize) {
+        self.pages
+            .release(&self.cb[start * self.row_len..end * self.row_len]);
+    }
+}
+
+/// How one weight is written.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub enum OutStorage {
+    /// Plain tensor of this dtype (F16, BF16, F32; any other dtype is copied).
+    Plain(Dtype),
+    /// NF4 / FP4 quantized from `dtype`, with or without double quantization.
+    FourBit {
+        /// NF4 or FP4.
+        kind: FourBit,
+        /// Elements per absmax block.
+        blocksize: usize,
+        /// The module dtype the sum is rounded to before quantizing.
+        dtype: Dtype,
+        /// Double quantization of the absmax.
+        double_quant: bool,
+    },
+    /// LLM.int8, quantized from float16.
+    Int8,
+}
+
+impl OutStorage {
+    /// A short name for reports, as [`Storage::label`].
+    pub fn label(&self) -> String {
+        match self {
+            OutStorage::Plain(d) => format!("{d:?}"),
+            OutStorage::FourBit { kind, .. } => kind.name().to_string(),
+            OutStorage::Int8 => "int8".into(),
+        }
+    }
+
+    /// The same storage as `s`, as an output (quant parameters kept).
+    pub fn same_as(s: &Storage) -> OutStorage {
+        match *s {
+            Storage::Plain(d) => OutStorage::Plain(d),
+            Storage::FourBit {
+                kind,
+                blocksize,
+                dtype,
+                nested_offset,
+            } => OutStorage::FourBit {
+                kind,
+                blocksize,
+                dtype,
+                double_quant: nested_offset.is_some(),
+            },
+            Storage::Int8 => OutStorage::Int8,
+        }
+    }
+}
+
+/// One weight of the output.
+pub struct WeightJob<'a> {
+    /// Index into [`BnbModel::weights`].
+    pub weight: usize,
+    /// How it is written.
+    pub out: OutStorage,
+    /// The residual, in the weight's shape.
+    pub residual: Option<Box<dyn RowSource + 'a>>,
+    /// α in `base + α·residual`.
+    pub scale: f32,
+}
+
+/// What happened to one weight.
+#[derive(Debug, Clone)]
+pub struct WeightOutcome {
+    /// The Hugging Face name.
+    pub name: String,
+    /// Storage in the input (`nf4`, `int8`, `F16`…).
+    pub type_in: String,
+    /// Storage in the output.
+    pub type_out: String,
+    /// Number of weights.
+    pub n_elements: u64,
+    /// Bytes stored in the input, all parts together.
+    pub bytes_in: u64,
+    /// Bytes stored in the output.
+    pub bytes_out: u64,
+    /// Whether all parts were copied byte for byte.
+    pub copied: bool,
+    /// Whether a residual was added.
+    pub has_residual: bool,
+    /// Output against the exact f32 `dequant(base) + α·Δ`.
+    pub stats: Option<ErrorStats>,
+}
+
+/// Knobs of a write.
+#[derive(Debug, Clone)]
+pub struct WriteOptions {
+    /// Target number of f32 elements per chunk.
+    pub chunk_elements: usize,
+    /// Chunks computed in parallel before they are written.
+    pub window: usize,
+    /// Whether to measure the output against the exact sum.
+    pub measure: bool,
+    /// torch's thread count whose `absmax.mean()` the nested offset
+    /// reproduces (it differs in the last bit above 32768 blocks).
+    pub torch_threads: usize,
+}
+
+impl Default for WriteOptions {
+    fn default() -> Self {
+        WriteOptions {
+            chunk_elements: 1 << 18,
+            window: 2 * rayon::current_num_threads().max(1),
+            measure: true,
+            torch_threads: 1,
+        }
+    }
+}
+
+/// Python's `repr(float)`: what `json.dumps` writes for a float, so that
+/// quant states match the bytes transformers writes.
+pub fn python_float_repr(x: f64) -> String {
+    if !x.is_finite() {
+        return if x.is_nan() {
+            "NaN".into()
+        } else if x > 0.0 {
+            "Infinity".into()
+        } else {
+            "-Infinity".into()
+        };
+    }
+    if x == 0.0 {
+        return if x.is_sign_negative() { "-0.0" } else { "0.0" }.into();
+    }
+    let sci = format!("{x:e}");
+    let (mant, exp) = sci.split_once('e').expect("LowerExp has an exponent");
+    let exp: i32 = exp.parse().expect("integer exponent");
+    let (sign, mant) = mant.strip_prefix('-').map_or(("", mant), |m| ("-", m));
+    let digits: String = mant.chars().filter(|c| *c != '.').collect();
+    if !(-4..16).contains(&exp) {
+        let mut s = format!("{sign}{}", &digits[..1]);
+        if digits.len() > 1 {
+            let _ = write!(s, ".{}", &digits[1..]);
+        }
+        let _ = write!(s, "e{}{:02}", if exp < 0 { '-' } else { '+' }, exp.abs());
+        return s;
+    }
+    let point = exp + 1;
+    if point <= 0 {
+        format!("{sign}0.{}{digits}", "0".repeat((-point) as usize))
+    } else if point as usize >= digits.len() {
+        format!(
+            "{sign}{digits}{}.0",
+            "0".repeat(point as usize - digits.len())
+        )
+    } else {
+        let (a, b) = digits.split_at(point as usize);
+        format!("{sign}{a}.{b}")
+    }
+}
+
+/// The `quant_state.bitsandbytes__*` blob as transformers writes it
+/// (`json.dumps` of `QuantState.as_dict(packed=True)`'s non-tensor items).
+pub fn quant_state_json(
+    kind: FourBit,
+    blocksize: usize,
+    dtype: Dtype,
+    shape: &[usize],
+    nested_offset: Option<f32>,
+) -> String {
+    let shape: Vec<String> = shape.iter().map(|d| d.to_string()).collect();
+    let mut s = format!(
+        "{{\"quant_type\": \"{}\", \"blocksize\": {blocksize}, \"dtype\": \"{}\", \"shape\": [{}]",
+        kind.name(),
+        torch_name(dtype),
+        shape.join(", ")
+    );
+    if let Some(off) = nested_offset {
+        let _ = write!(
+            s,
+            ", \"nested_blocksize\": {NESTED_BLOCKSIZE}, \"nested_dtype\": \"float32\", \"nested_offset\": {}",
+            python_float_repr(off as f64)
+        );
+    }
+    s.push('}');
+    s
+}
+
+/// `x` rounded to `dtype` (round to nearest even, as torch's casts).
+fn round_to(dtype: Dtype, x: &mut [f32]) {
+    match dtype {
+        Dtype::F16 => x.iter_mut().for_each(|v| *v = f16::from_f32(*v).to_f32()),
+        Dtype::BF16 => x.iter_mut().for_each(|v| *v = bf16::from_f32(*v).to_f32()),
+        _ => {}
+    }
+}
+
+/// Rows per chunk: close to `target` elements and a multiple of `align`
+/// elements (so that chunks never split a block).
+fn rows_per_chunk(row_len: usize, align: usize, target: usize) -> usize {
+    let g = gcd(row_len, align);
+    let step = align / g;
+    let rows = (target / row_len.max(1)).max(1);
+    rows.div_ceil(step) * step
+}
+
+fn gcd(a: usize, b: usize) -> usize {
+    if b == 0 {
+        a.max(1)
+    } else {
+        gcd(b, a % b)
+    }
+}
+
+/// The rows `r0..r0+n` of base, residual and their exact sum.
+struct Sum {
+    base: Vec<f32>,
+    delta: Option<Vec<f32>>,
+    exact: Vec<f32>,
+}
+
+fn sum_rows(
+    base: &dyn RowSource,
+    residual: Option<&(dyn RowSource + '_)>,
+    scale: f32,
+    r0: usize,
+    n: usize,
+) -> Result<Sum> {
+    let len = n * base.row_len();
+    let mut b = vec![0f32; len];
+    base.decode(r0, &mut b)?;
+    match residual {
+        None => Ok(Sum {
+            exact: b.clone(),
+            base: b,
+            delta: None,
+        }),
+        Some(r) => {
+            let mut d = vec![0f32; len];
+            r.decode(r0, &mut d)?;
+            if scale != 1.0 {
+                d.iter_mut().for_each(|v| *v *= scale);
+            }
+            let exact = b.iter().zip(&d).map(|(x, y)| x + y).collect();
+            Ok(Sum {
+                base: b,
+                delta: Some(d),
+                exact,
+            })
+        }
+    }
+}
+
+impl Sum {
+    fn stats(&self, decoded: &[f32], measure: bool) -> ErrorStats {
+        let mut s = ErrorStats::default();
+        if measure {
+            match &self.delta {
+                Some(d) => s.accumulate_residual(&self.base, d, &self.exact, decoded),
+                None => s.accumulate(&self.exact, decoded),
+            }
+        }
+        s
+    }
+
+    /// The exact sum rounded to the module dtype, refusing values it cannot hold.
+    fn target(
+        &self,
+        dtype: Dtype,
+        out: &Path,
+        name: &str,
+        r0: usize,
+        row_len: usize,
+    ) -> Result<Vec<f32>> {
+        let mut t = self.exact.clone();
+        round_to(dtype, &mut t);
+        if let Some(i) = t.iter().position(|v| !v.is_finite()) {
+            return Err(Error::tensor(
+                out,
+                name,
+                format!(
+                    "row {}: the value {} overflows {}",
+                    r0 + i / row_len,
+                    self.exact[i],
+                    torch_name(dtype)
+                ),
+            ));
+        }
+        Ok(t)
+    }
+}
+
+/// Run `f` over the chunks `(first_row, rows)` of `n_rows`, a window at a
+/// time in parallel, handing results to `sink` in order.
+fn for_chunks<T: Send>(
+    n_rows: usize,
+    rows_per_chunk: usize,
+    window: usize,
+    f: impl Fn(usize, usize) -> Result<T> + Sync,
+    mut sink: impl FnMut(usize, usize, T) -> Result<()>,
+) -> Result<()> {
+    let chunks: Vec<(usize, usize)> = (0..n_rows)
+        .step_by(rows_per_chunk.max(1))
+        .map(|r| (r, rows_per_chunk.min(n_rows - r)))
+        .collect();
+    for w in chunks.chunks(window.max(1)) {
+        let results: Vec<Result<T>> = w.par_iter().map(|&(r, n)| f(r, n)).collect();
+        for (&(r, n), res) in w.iter().zip(results) {
+            sink(r, n, res?)?;
+        }
+    }
+    Ok(())
+}
+
+/// The tensors written for one weight: (name, dtype, shape).
+fn out_tensors(
+    model: &BnbModel,
+    w: &BnbWeight,
+    out: &OutStorage,
+    copy: bool,
+    nested_offset: Option<f32>,
+) -> Vec<(String, Dtype, Vec<usize>)> {
+    if copy {
+        return w
+            .parts
+            .iter()
+            .map(|&i| {
+                let t = &model.st.tensors()[i];
+                (t.name.clone(), t.dtype, t.shape.clone())
+            })
+            .collect();
+    }
+    let n = w.n_elements();
+    match *out {
+        OutStorage::Plain(d) => vec![(w.name.clone(), d, w.shape.clone())],
+        OutStorage::FourBit {
+            kind,
+            blocksize,
+            dtype,
+            double_quant,
+        } => {
+            let nb = num_blocks(n, blocksize);
+            let mut v = vec![(w.name.clone(), Dtype::U8, vec![n.div_ceil(2), 1])];
+            if double_quant {
+                v.push((format!("{}.absmax", w.name), Dtype::U8, vec![nb]));
+            } else {
+                v.push((format!("{}.absmax", w.name), Dtype::F32, vec![nb]));
+            }
+            v.push((format!("{}.quant_map", w.name), Dtype::F32, vec![16]));
+            if double_quant {
+                v.push((
+                    format!("{}.nested_absmax", w.name),
+                    Dtype::F32,
+                    vec![num_blocks(nb, NESTED_BLOCKSIZE)],
+                ));
+                v.push((
+                    format!("{}.nested_quant_map", w.name),
+                    Dtype::F32,
+                    vec![256],
+                ));
+            }
+            let js = quant_state_json(kind, blocksize, dtype, &w.shape, nested_offset);
+            v.push((
+                format!("{}.quant_state.bitsandbytes__{}", w.name, kind.name()),
+                Dtype::U8,
+                vec![js.len()],
+            ));
+            v
+        }
+        OutStorage::Int8 => {
+            let module = w.name.strip_suffix(".weight").unwrap_or(&w.name);
+            vec![
+                (w.name.clone(), Dtype::I8, w.shape.clone()),
+                (format!("{module}.SCB"), Dtype::F32, vec![w.shape[0]]),
+                (format!("{module}.weight_format"), Dtype::U8, vec![]),
+            ]
+        }
+    }
+}
+
+/// Whether a job is a byte copy: same storage, no residual.
+fn is_copy(w: &BnbWeight, job: &WeightJob<'_>) -> bool {
+    job.residual.is_none() && OutStorage::same_as(&w.storage) == job.out
+}
+
+/// Check that every job can be written; errors list the weights.
+fn validate(model: &BnbModel, jobs: &[WeightJob<'_>]) -> Result<()> {
+    let mut bad = Vec::new();
+    for j in jobs {
+        let w = &model.weights[j.weight];
+        if is_copy(w, j) {
+            continue;
+        }
+        if model.rows(j.weight).is_none() {
+            bad.push(format!("{} ({:?} holds no floats)", w.name, w.storage));
+            continue;
+        }
+        match j.out {
+            OutStorage::Plain(d) if float_ggml(d).is_none() => {
+                bad.push(format!("{}: cannot be written as {d:?}", w.name))
+            }
+            OutStorage::Int8 if w.shape.len() != 2 || !w.name.ends_with(".weight") => {
+                bad.push(format!("{}: LLM.int8 needs a 2-D '.weight' tensor", w.name))
+            }
+            OutStorage::FourBit { blocksize, .. } if !BLOCKSIZES_4BIT.contains(&blocksize) => {
+                bad.push(format!("{}: blocksize {blocksize}", w.name))
+            }
+            _ => {}
+        }
+    }
+    if bad.is_empty() {
+        Ok(())
+    } else {
+        Err(Error::Usage(format!(
+            "{}: {} weight(s) cannot be written as asked: {}",
+            model.dir.display(),
+            bad.len(),
+            bad.join("; ")
+        )))
+    }
+}
+
+/// Pass 1 of a double-quantized weight: the offset (`absmax.mean()`) of the
+/// absmax bitsandbytes would compute for the rounded sum.
+fn nested_offset_of(
+    model: &BnbModel,
+    job: &WeightJob<'_>,
+    out_path: &Path,
+    opts: &WriteOptions,
+) -> Result<f32> {
+    let OutStorage::FourBit {
+        kind,
+        blocksize,
+        dtype,
+        ..
+    } = job.out
+    else {
+        unreachable!("only 4-bit outputs are nested")
+    };
+    let w = &model.weights[job.weight];
+    let base = model.rows(job.weight).expect("validated");
+    let row_len = w.row_len();
+    let rpc = rows_per_chunk(row_len, blocksize, opts.chunk_elements);
+    let mut absmax = Vec::with_capacity(num_blocks(w.n_elements(), blocksize));
+    for_chunks(
+        w.n_rows(),
+        rpc,
+        opts.window,
+        |r0, n| {
+            let s = sum_rows(base.as_ref(), job.residual.as_deref(), job.scale, r0, n)?;
+            let t = s.target(dtype, out_path, &w.name, r0, row_len)?;
+            let (_, a) =
+                quantize_4bit(kind, &t, blocksize).map_err(|e| bnb_err(out_path, &w.name, e))?;
+            Ok(a)
+        },
+        |r0, n, a| {
+            absmax.extend(a);
+            // All weights of a shard run this pass before any is written:
+            // hand the pages back so the inputs are not held resident.
+            base.release_rows(r0, r0 + n);
+            if let Some(r) = &job.residual {
+                r.release_rows(r0, r0 + n);
+            }
+            Ok(())
+        },
+    )?;
+    Ok(torch_mean_f32_threads(&absmax, opts.torch_threads))
+}
+
+/// Write one weight's tensors (in [`out_tensors`] order) into `writer`.
+fn write_weight(
+    model: &BnbModel,
+    job: &WeightJob<'_>,
+    nested_offset: Option<f32>,
+    writer: &mut SafetensorsWriter,
+    out_path: &Path,
+    opts: &WriteOptions,
+) -> Result<Option<ErrorStats>> {
+    let w = &model.weights[job.weight];
+    if is_copy(w, job) {
+        for &i in &w.parts {
+            writer.write(model.st.data(&model.st.tensors()[i]))?;
+        }
+        return Ok(None);
+    }
+    let base = model.rows(job.weight).expect("validated");
+    let row_len = w.row_len();
+    let residual = job.residual.as_deref();
+    let mut stats = ErrorStats::default();
+    let measure = opts.measure;
+    match job.out {
+        OutStorage::Plain(d) => {
+            let ty = float_ggml(d).expect("validated");
+            let rpc = rows_per_chunk(row_len, 1, opts.chunk_elements);
+            for_chunks(
+                w.n_rows(),
+                rpc,
+                opts.window,
+                |r0, n| {
+                    let s = sum_rows(base.as_ref(), residual, job.scale, r0, n)?;
+                    let t = s.target(d, out_path, &w.name, r0, row_len)?;
+                    let mut bytes = vec![0u8; t.len() * d.size()];
+                    quantize_row(ty, &t, &mut bytes)
+                        .map_err(|e| Error::quant(out_path, &w.name, r0, e))?;
+                    // The rounded values are exactly what the bytes hold.
+                    Ok((bytes, s.stats(&t, measure)))
+                },
+                |r0, n, (bytes, st)| {
+                    writer.write(&bytes)?;
+                    stats.merge(&st);
+                    base.release_rows(r0, r0 + n);
+                    if let Some(r) = residual {
+                        r.release_rows(r0, r0 + n);
+                    }
+                    Ok(())
+                },
+            )?;
+        }
+        OutStorage::FourBit {
+            kind,
+            blocksize,
+            dtype,
+            ..
+        } => {
+            let align = match nested_offset {
+                Some(_) => blocksize * NESTED_BLOCKSIZE,
+                None => blocksize,
+            };
+            let rpc = rows_per_chunk(row_len, align, opts.chunk_elements);
+            let mut absmax_out: Vec<u8> = Vec::new();
+            let mut absmax2: Vec<f32> = Vec::new();
+            let err = |e: BnbError| bnb_err(out_path, &w.name, e);
+            for_chunks(
+                w.n_rows(),
+                rpc,
+                opts.window,
+                |r0, n| {
+                    let s = sum_rows(base.as_ref(), residual, job.scale, r0, n)?;
+                    let t = s.target(dtype, out_path, &w.name, r0, row_len)?;
+                    let (packed, raw) = quantize_4bit(kind, &t, blocksize).map_err(err)?;
+                    let (stored, decoded_absmax, nested2) = match nested_offset {
+                        None => (f32_bytes(&raw), raw, Vec::new()),
+                        Some(off) => {
+                            let nested =
+                                NestedAbsmax::quantize_with_offset(&raw, off).map_err(err)?;
+                            let dq = nested.dequantize().map_err(err)?;
+                            (nested.codes, dq, nested.absmax2)
+                        }
+                    };
+                    let mut decoded = Vec::new();
+                    if measure {
+                        decoded = vec![0f32; t.len()];
+                        dequantize_4bit(
+                            kind,
+                            &packed,
+                            &decoded_absmax,
+                            blocksize,
+                            t.len(),
+                            &mut decoded,
+                        )
+                        .map_err(err)?;
+                    }
+                    Ok((packed, stored, nested2, s.stats(&decoded, measure)))
+                },
+                |r0, n, (packed, stored, nested2, st)| {
+                    writer.write(&packed)?;
+                    absmax_out.extend(stored);
+                    absmax2.extend(nested2);
+                    stats.merge(&st);
+                    base.release_rows(r0, r0 + n);
+                    if let Some(r) = residual {
+                        r.release_rows(r0, r0 + n);
+                    }
+                    Ok(())
+                },
+            )?;
+            writer.write(&absmax_out)?;
+            writer.write(&f32_bytes(&kind.code()))?;
+            if nested_offset.is_some() {
+                writer.write(&f32_bytes(&absmax2))?;
+                writer.write(&f32_bytes(&dynamic_map()))?;
+            }
+            let js = quant_state_json(kind, blocksize, dtype, &w.shape, nested_offset);
+            writer.write(js.as_bytes())?;
+        }
+        OutStorage::Int8 => {
+            let rpc = rows_per_chunk(row_len, 1, opts.chunk_elements);
+            let mut scb_all: Vec<f32> = Vec::with_capacity(w.n_rows());
+            for_chunks(
+                w.n_rows(),
+                rpc,
+                opts.window,
+                |r0, n| {
+                    let s = sum_rows(base.as_ref(), residual, job.scale, r0, n)?;
+                    let t = s.target(Dtype::F16, out_path, &w.name, r0, row_len)?;
+                    let (cb, scb) = quantize_int8_rows(&t, row_len)
+                        .map_err(|e| bnb_err(out_path, &w.name, e))?;
+                    let mut decoded = Vec::new();
+                    if measure {
+                        decoded = vec![0f32; t.len()];
+                        dequantize_int8_rows(&cb, &scb, row_len, &mut decoded)
+                            .map_err(|e| bnb_err(out_path, &w.name, e))?;
+                    }
+                    let bytes: Vec<u8> = bytemuck::cast_slice(&cb).to_vec();
+                    Ok((bytes, scb, s.stats(&decoded, measure)))
+                },
+                |r0, n, (bytes, scb, st)| {
+                    writer.write(&bytes)?;
+                    scb_all.extend(scb);
+                    stats.merge(&st);
+                    base.release_rows(r0, r0 + n);
+                    if let Some(r) = residual {
+                        r.release_rows(r0, r0 + n);
+                    }
+                    Ok(())
+                },
+            )?;
+            writer.write(&f32_bytes(&scb_all))?;
+            writer.write(&[0u8])?;
+        }
+    }
+    Ok(measure.then_some(stats))
+}
+
+/// A folder being written: removed on drop unless [`TempDir::commit`]ted.
+struct TempDir {
+    tmp: PathBuf,
+    target: PathBuf,
+    done: bool,
+}
+
+impl TempDir {
+    fn create(target: &Path) -> Result<Self> {
+        let parent = match target.parent() {
+            Some(p) if !p.as_os_str().is_empty() => p.to_path_buf(),
+            _ => PathBuf::from("."),
+        };
+        let name = target
+            .file_name()
+            .ok_or_else(|| Error::Usage(format!("{}: not a folder name", target.display())))?
+            .to_string_lossy()
+            .into_owned();
+        let tmp = parent.join(format!(".{name}.qresidual-tmp-{}", std::process::id()));
+        if tmp.exists() {
+            std::fs::remove_dir_all(&tmp).map_err(|e| Error::io(&tmp, e))?;
+        }
+        std::fs::create_dir(&tmp).map_err(|e| Error::io(&tmp, e))?;
+        Ok(TempDir {
+            tmp,
+            target: target.to_path_buf(),
+            done: false,
+        })
+    }
+
+    fn commit(mut self) -> Result<()> {
+        // An empty folder at the target is replaced; anything else was
+        // refused before writing started.
+        if self.target.is_dir() {
+            std::fs::remove_dir(&self.target).map_err(|e| Error::io(&self.target, e))?;
+        }
+        std::fs::rename(&self.tmp, &self.target).map_err(|e| Error::io(&self.target, e))?;
+        self.done = true;
+        Ok(())
+    }
+}
+
+impl Drop for TempDir {
+    fn drop(&mut self) {
+        if !self.done {
+            let _ = std::fs::remove_dir_all(&self.tmp);
+        }
+    }
+}
+
+/// Refuse an output folder that exists with content, or that is (or
+/// contains, or lies inside) one of the inputs.
+pub fn check_output_dir(out: &Path, inputs: &[PathBuf]) -> Result<()> {
+    let parent = match out.parent() {
+        Some(p) if !p.as_os_str().is_empty() => p.to_path_buf(),
+        _ => PathBuf::from("."),
+    };
+    let parent = parent.canonicalize().map_err(|_| {
+        Error::Usage(format!(
+            "{}: the parent folder {} does not exist",
+            out.display(),
+            parent.display()
+        ))
+    })?;
+    let name = out
+        .file_name()
+        .ok_or_else(|| Error::Usage(format!("{}: not a folder name", out.display())))?;
+    let target = parent.join(name);
+    for input in inputs {
+        let Ok(input) = input.canonicalize() else {
+            continue;
+        };
+        if input == target || input.starts_with(&target) {
+            return Err(Error::Usage(format!(
+                "{}: the output would overwrite the input {}",
+                out.display(),
+                input.display()
+            )));
+        }
+    }
+    if target.is_file() {
+        return Err(Error::Usage(format!(
+            "{}: is a file; the output is a model folder",
+            out.display()
+        )));
+    }
+    if target.is_dir() {
+        let empty = std::fs::read_dir(&target)
+            .map(|mut d| d.next().is_none())
+            .unwrap_or(false);
+        if !empty {
+            return Err(Error::Usage(format!(
+                "{}: the folder exists and is not empty; choose a new folder",
+                out.display()
+            )));
+        }
+    }
+    Ok(())
+}
+
+/// `quantization_config` for an output whose quantized weights are `out`
+/// (`None`: plain floats of `dtype`, config without quantization).
+pub fn output_config(base: &Value, out: Option<&OutStorage>, plain: Option<Dtype>) -> Value {
+    let mut c = base.clone();
+    let obj = c.as_object_mut().expect("checked on open");
+    if let Some(d) = plain {
+        obj.remove("quantization_config");
+        obj.insert("dtype".into(), json!(torch_name(d)));
+        if obj.contains_key("torch_dtype") {
+            obj.insert("torch_dtype".into(), json!(torch_name(d)));
+        }
+        return c;
+    }
+    let Some(out) = out else { return c };
+    let qc = obj
+        .entry("quantization_config")
+        .or_insert_with(|| json!({"quant_method": "bitsandbytes"}));
+    if !qc.is_object() {
+        *qc = json!({"quant_method": "bitsandbytes"});
+    }
+    let q = qc.as_object_mut().expect("object");
+    let four = matches!(out, OutStorage::FourBit { .. });
+    for (k, v) in [
+        ("load_in_4bit", four),
+        ("_load_in_4bit", four),
+        ("load_in_8bit", !four),
+        ("_load_in_8bit", !four),
+    ] {
+        q.insert(k.into(), json!(v));
+    }
+    q.insert("quant_method".into(), json!("bitsandbytes"));
+    if let OutStorage::FourBit {
+        kind,
+        double_quant,
+        dtype,
+        ..
+    } = out
+    {
+        q.insert("bnb_4bit_quant_type".into(), json!(kind.name()));
+        q.insert("bnb_4bit_use_double_quant".into(), json!(double_quant));
+        q.insert("bnb_4bit_quant_storage".into(), json!("uint8"));
+        q.entry("bnb_4bit_compute_dtype")
+            .or_insert_with(|| json!(torch_name(*dtype)));
+    }
+    c
+}
+
+/// Write the model: one output shard per input shard (same file names, an
+/// index when the input had one), `config`, and every other regular file of
+/// the input folder copied. The folder appears at `out_dir` only when
+/// complete.
+pub fn write_model(
+    model: &BnbModel,
+    jobs: &[WeightJob<'_>],
+    config: &Value,
+    out_dir: &Path,
+    opts: &WriteOptions,
+) -> Result<Vec<WeightOutcome>> {
+    validate(model, jobs)?;
+    let tmp = TempDir::create(out_dir)?;
+    let shard_names: Vec<String> = model
+        .st
+        .shard_paths()
+        .iter()
+        .map(|p| {
+            p.file_name()
+                .map(|n| n.to_string_lossy().into_owned())
+                .unwrap_or_else(|| "model.safetensors".into())
+        })
+        .collect();
+    let mut outcomes: Vec<Option<WeightOutcome>> = jobs.iter().map(|_| None).collect();
+    let mut weight_map: BTreeMap<String, String> = BTreeMap::new();
+    let mut total_size = 0u64;
+    for (shard, shard_name) in shard_names.iter().enumerate() {
+        let mine: Vec<usize> = (0..jobs.len())
+            .filter(|&j| model.weights[jobs[j].weight].shard == shard)
+            .collect();
+        // Pass 1: the nested offsets, which the header (quant state) needs.
+        let mut offsets: Vec<Option<f32>> = Vec::with_capacity(mine.len());
+        for &j in &mine {
+            let job = &jobs[j];
+            let w = &model.weights[job.weight];
+            let off = match job.out {
+                OutStorage::FourBit {
+                    double_quant: true, ..
+                } if !is_copy(w, job) => Some(nested_offset_of(model, job, out_dir, opts)?),
+                _ => None,
+            };
+            offsets.push(off);
+        }
+        let mut specs = Vec::new();
+        let mut per_job = Vec::with_capacity(mine.len());
+        for (&j, off) in mine.iter().zip(&offsets) {
+            let job = &jobs[j];
+            let w = &model.weights[job.weight];
+            let t = out_tensors(model, w, &job.out, is_copy(w, job), *off);
+            let bytes: u64 = t
+                .iter()
+                .map(|(_, d, s)| (d.size() * s.iter().product::<usize>()) as u64)
+                .sum();
+            for (name, _, _) in &t {
+                weight_map.insert(name.clone(), shard_name.clone());
+            }
+            total_size += bytes;
+            per_job.push(bytes);
+            specs.extend(t);
+        }
+        let path = tmp.tmp.join(shard_name);
+        let mut writer = SafetensorsWriter::create(&path, &specs, model.st.metadata().clone())?;
+        for ((&j, off), bytes_out) in mine.iter().zip(&offsets).zip(per_job) {
+            let job = &jobs[j];
+            let w = &model.weights[job.weight];
+            let stats = write_weight(model, job, *off, &mut writer, out_dir, opts)?;
+            outcomes[j] = Some(WeightOutcome {
+                name: w.name.clone(),
+                type_in: w.storage.label(),
+                type_out: if is_copy(w, job) {
+                    w.storage.label()
+                } else {
+                    job.out.label()
+                },
+                n_elements: w.n_elements() as u64,
+                bytes_in: model.stored_bytes(job.weight),
+                bytes_out,
+                copied: is_copy(w, job),
+                has_residual: job.residual.is_some(),
+                stats: if is_copy(w, job) { None } else { stats },
+            });
+        }
+        writer.finish()?;
+    }
+    if model.sharded {
+        let index = json!({"metadata": {"total_size": total_size}, "weight_map": weight_map});
+        let p = tmp.tmp.join(INDEX_FILE);
+        let text = serde_json::to_string_pretty(&index).expect("json") + "\n";
+        std::fs::write(&p, text).map_err(|e| Error::io(&p, e))?;
+    }
+    let cfg_path = tmp.tmp.join(CONFIG_FILE);
+    let text = if config == &model.config {
+        std::fs::read(model.dir.join(CONFIG_FILE)).map_err(|e| Error::io(&model.dir, e))?
+    } else {
+        (serde_json::to_string_pretty(config).expect("json") + "\n").into_bytes()
+    };
+    std::fs::write(&cfg_path, text).map_err(|e| Error::io(&cfg_path, e))?;
+    copy_other_files(model, &tmp.tmp)?;
+    tmp.commit()?;
+    Ok(outcomes
+        .into_iter()
+        .map(|o| o.expect("every job written"))
+        .collect())
+}
+
+/// Copy the folder's regular files that are not weights, index or config
+/// (tokenizer, generation config, …).
+fn copy_other_files(model: &BnbModel, to: &Path) -> Result<()> {
+    let shards: HashSet<PathBuf> = model
+        .st
+        .shard_paths()
+        .iter()
+        .filter_map(|p| p.canonicalize().ok())
+        .collect();
+    let entries = std::fs::read_dir(&model.dir).map_err(|e| Error::io(&model.dir, e))?;
+    for e in entries {
+        let e = e.map_err(|e| Error::io(&model.dir, e))?;
+        let p = e.path();
+        let name = e.file_name().to_string_lossy().into_owned();
+        let skip = !p.is_file()
+            || name == CONFIG_FILE
+            || name.ends_with(".safetensors")
+            || name.ends_with(".safetensors.index.json")
+            || p.canonicalize().is_ok_and(|c| shards.contains(&c));
+        if skip {
+            continue;
+        }
+        let dst = to.join(&name);
+        std::fs::copy(&p, &dst).map_err(|e| Error::io(&p, e))?;
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn float_repr_follows_python() {
+        for (x, s) in [
+            (0.05211806297302246, "0.05211806297302246"),
+            (1e-05, "1e-05"),
+            (1.5e-07, "1.5e-07"),
+            (0.0001, "0.0001"),
+            (2.0, "2.0"),
+            (-3.25, "-3.25"),
+            (1e16, "1e+16"),
+            (123456.0, "123456.0"),
+            (0.0, "0.0"),
+        ] {
+            assert_eq!(python_float_repr(x), s, "{x}");
+        }
+    }
+
+    #[test]
+    fn chunks_never_split_blocks() {
+        for (row_len, align) in [(256, 64), (384, 16384), (11008, 16384), (7, 64), (1, 32)] {
+            let r = rows_per_chunk(row_len, align, 1000);
+            assert_eq!(r * row_len % align, 0, "{row_len} {align}");
+        }
+    }
+}
