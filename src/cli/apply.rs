@@ -58,6 +58,9 @@ pub struct ApplyArgs {
     /// Set general.name of the output.
     #[arg(long)]
     pub name: Option<String>,
+    /// Apply even when the base disagrees with the residual's base fingerprint.
+    #[arg(long)]
+    pub force: bool,
     /// Skip residual tensors that have no partner in the base instead of failing.
     #[arg(long)]
     pub allow_missing: bool,
@@ -87,6 +90,14 @@ pub fn run(a: &ApplyArgs) -> Result<()> {
 
     let rtensors = residual.tensors()?;
     let matching = match_residual(&base, residual.path(), &rtensors, a.allow_missing)?;
+    crate::guard::guard_apply(
+        &base,
+        &residual,
+        &rtensors,
+        &matching.pairs,
+        a.force,
+        a.quiet,
+    )?;
     let all_zero = scan_residuals(residual.path(), &rtensors, &matching.pairs, &residual)?;
     if !a.quiet {
         for note in &matching.notes {

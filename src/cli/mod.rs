@@ -1,7 +1,9 @@
 //! The command line: one function per subcommand, all over one pipeline.
 
 mod apply;
+mod compare;
 mod convert;
+mod extract;
 mod inspect;
 mod metadata;
 
@@ -39,6 +41,10 @@ struct Cli {
 enum Command {
     /// Add a residual to a (quantized) base model and requantize.
     Apply(apply::ApplyArgs),
+    /// Make a residual: instruct − base, with a fingerprint of the base.
+    Extract(extract::ExtractArgs),
+    /// Compare two models tensor by tensor.
+    Compare(compare::CompareArgs),
     /// Expand every quantized tensor to f32, f16 or bf16.
     Dequantize(convert::DequantizeArgs),
     /// Quantize a model to a ggml type or a llama.cpp mix such as q4_k_m.
@@ -60,6 +66,8 @@ pub fn main() -> i32 {
     };
     let result = match &cli.command {
         Command::Apply(a) => apply::run(a),
+        Command::Extract(a) => extract::run(a),
+        Command::Compare(a) => compare::run(a),
         Command::Dequantize(a) => convert::run_dequantize(a),
         Command::Quantize(a) => convert::run_quantize(a),
         Command::Inspect(a) => inspect::run(a),
