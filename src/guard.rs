@@ -207,7 +207,7 @@ pub fn fingerprint_tensor(
 }
 
 fn decode_sketch(hex: &str) -> Option<Vec<f64>> {
-    if hex.len() % 8 != 0 || !hex.is_ascii() {
+    if !hex.len().is_multiple_of(8) || !hex.is_ascii() {
         return None;
     }
     (0..hex.len() / 8)
