@@ -12,6 +12,7 @@ pub mod error;
 pub mod extract;
 pub mod gguf;
 pub mod guard;
+pub mod instruct;
 pub mod mix;
 pub mod naming;
 pub mod pages;

@@ -598,3 +598,89 @@ fn compare_agrees_with_the_apply_report() {
         }
     }
 }
+
+const TEMPLATE: &str = "{% for m in messages %}<|start_header_id|>{{ m['role'] }}<|end_header_id|>\n\n{{ m['content'] }}<|eot_id|>{% endfor %}";
+
+#[test]
+fn tokenizer_config_sets_chat_template_eos_and_eot() {
+    let dir = tempfile::tempdir().unwrap();
+    let (res, _) = extract_to(dir.path(), "res.safetensors", "f16");
+    let tc = dir.path().join("tokenizer_config.json");
+    // "<0x0A>" is token 13 of the fixture's vocabulary (3 specials, then bytes).
+    let config = serde_json::json!({
+        "chat_template": TEMPLATE,
+        "eos_token": {"content": "<0x0A>", "special": true},
+        "bos_token": "<s>",
+        "add_bos_token": true,
+    });
+    std::fs::write(&tc, config.to_string()).unwrap();
+    let out = dir.path().join("chat.gguf");
+    ok(&[
+        "apply",
+        "--base",
+        s(&fixture("base-q4_k_m.gguf")),
+        "--residual",
+        s(&res),
+        "-o",
+        s(&out),
+        "--tokenizer-config",
+        s(&tc),
+        "--set",
+        "general.name=str:Tiny Chat",
+        "-q",
+    ]);
+    let g = GgufFile::open(&out).unwrap();
+    let get = |k: &str| g.get(k).unwrap_or_else(|| panic!("{k} missing"));
+    assert_eq!(get("tokenizer.chat_template").as_str(), Some(TEMPLATE));
+    assert_eq!(get("tokenizer.ggml.eos_token_id").as_u64(), Some(13));
+    assert_eq!(get("tokenizer.ggml.eot_token_id").as_u64(), Some(13));
+    assert_eq!(get("tokenizer.ggml.bos_token_id").as_u64(), Some(1));
+    assert_eq!(get("general.name").as_str(), Some("Tiny Chat"));
+    let shown = qresidual(&["inspect", s(&out)]);
+    let text = String::from_utf8_lossy(&shown.stdout);
+    assert!(text.contains("tokenizer.chat_template"), "{text}");
+    assert!(text.contains("tokenizer.ggml.eot_token_id"), "{text}");
+
+    // generation_config alone: the last id of the list (Llama 3.1's eot).
+    let gc = dir.path().join("generation_config.json");
+    std::fs::write(&gc, r#"{"eos_token_id": [2, 20]}"#).unwrap();
+    let out2 = dir.path().join("gen.gguf");
+    ok(&[
+        "apply",
+        "--base",
+        s(&fixture("base-q4_k_m.gguf")),
+        "--residual",
+        s(&res),
+        "-o",
+        s(&out2),
+        "--generation-config",
+        s(&gc),
+        "-q",
+    ]);
+    let g2 = GgufFile::open(&out2).unwrap();
+    assert_eq!(
+        g2.get("tokenizer.ggml.eos_token_id").unwrap().as_u64(),
+        Some(20)
+    );
+    assert!(g2.get("tokenizer.chat_template").is_none());
+
+    // A token the base does not know is refused before anything is written.
+    std::fs::write(&tc, r#"{"eos_token": "<|eot_id|>"}"#).unwrap();
+    let out3 = dir.path().join("bad.gguf");
+    fails(
+        &[
+            "apply",
+            "--base",
+            s(&fixture("base-q4_k_m.gguf")),
+            "--residual",
+            s(&res),
+            "-o",
+            s(&out3),
+            "--tokenizer-config",
+            s(&tc),
+        ],
+        1,
+        &["eos_token '<|eot_id|>' is not in the vocabulary"],
+        &out3,
+    );
+}

@@ -58,6 +58,15 @@ pub struct ApplyArgs {
     /// Set general.name of the output.
     #[arg(long)]
     pub name: Option<String>,
+    /// Instruct model's tokenizer_config.json: sets tokenizer.chat_template and the EOS/EOT ids.
+    #[arg(long, value_name = "tokenizer_config.json")]
+    pub tokenizer_config: Option<PathBuf>,
+    /// Instruct model's generation_config.json: its eos_token_id (the last one of a list) when tokenizer_config.json has none.
+    #[arg(long, value_name = "generation_config.json")]
+    pub generation_config: Option<PathBuf>,
+    /// Set a metadata key of the output: KEY=TYPE:VALUE, as in `metadata`.
+    #[arg(long = "set", value_name = "KEY=TYPE:VALUE")]
+    pub set: Vec<String>,
     /// Apply even when the base disagrees with the residual's base fingerprint.
     #[arg(long)]
     pub force: bool,
@@ -140,11 +149,19 @@ pub fn run(a: &ApplyArgs) -> Result<()> {
 
     let out_types = transform::output_types(&base, &target)?;
     let tasks = transform::tasks(&base, &out_types, residual_rows, a.scale)?;
-    let metadata = transform::output_metadata(
+    let mut metadata = transform::output_metadata(
         &base,
         transform::file_type(&base, &target),
         a.name.as_deref(),
     );
+    crate::instruct::apply(
+        &mut metadata,
+        &base,
+        a.tokenizer_config.as_deref(),
+        a.generation_config.as_deref(),
+        &a.set,
+        a.quiet,
+    )?;
     let out = Output {
         path: &a.output,
         split_max_size: a.split_max_size,
