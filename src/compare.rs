@@ -62,8 +62,8 @@ pub fn compare(a: &Model, b: &Model) -> Result<Comparison> {
             ra.n_rows,
             ra.row_len,
             |first, n| {
-                let x = decode_finite(&ra, first, n)?;
-                let y = decode_finite(&rb, first, n)?;
+                let x = decode_finite(&ra, p.shift_a, first, n)?;
+                let y = decode_finite(&rb, p.shift_b, first, n)?;
                 let mut s = ErrorStats::default();
                 s.accumulate(&x, &y);
                 Ok(s)

@@ -66,6 +66,8 @@ impl ResidualFormat {
 struct DeltaRows<'a> {
     instruct: EncodedRows<'a>,
     base: EncodedRows<'a>,
+    shift_instruct: f32,
+    shift_base: f32,
 }
 
 impl RowSource for DeltaRows<'_> {
@@ -79,8 +81,8 @@ impl RowSource for DeltaRows<'_> {
 
     fn decode(&self, start: usize, out: &mut [f32]) -> Result<()> {
         let n = out.len() / self.row_len().max(1);
-        let i = decode_finite(&self.instruct, start, n)?;
-        let b = decode_finite(&self.base, start, n)?;
+        let i = decode_finite(&self.instruct, self.shift_instruct, start, n)?;
+        let b = decode_finite(&self.base, self.shift_base, start, n)?;
         for ((o, x), y) in out.iter_mut().zip(&i).zip(&b) {
             *o = x - y;
         }
@@ -225,7 +227,7 @@ pub fn extract(
     let entries: Vec<_> = pairing
         .pairs
         .iter()
-        .map(|p| (p.name.clone(), p.b, p.perm_b))
+        .map(|p| (p.name.clone(), p.b, p.perm_b, p.shift_b))
         .collect();
     let fingerprint = guard::fingerprint_model(base, &entries)?;
     let provenance = json!({
@@ -250,6 +252,8 @@ pub fn extract(
                 DeltaRows {
                     instruct: instruct.rows(&it[p.a], p.perm_a),
                     base: base.rows(&bt[p.b], p.perm_b),
+                    shift_instruct: p.shift_a,
+                    shift_base: p.shift_b,
                 },
             )
         })

@@ -171,6 +171,17 @@ impl Model {
     }
 }
 
+/// What llama.cpp's converter adds to the values of HF tensor `hf_name` of
+/// an `arch` model: Gemma, Gemma 2 and Gemma 3 store RMSNorm weights as
+/// `w + 1` (`conversion/gemma.py`); everything else is stored as is.
+pub fn gguf_value_shift(arch: &str, hf_name: &str) -> f32 {
+    if matches!(arch, "gemma" | "gemma2" | "gemma3") && hf_name.ends_with("norm.weight") {
+        1.0
+    } else {
+        0.0
+    }
+}
+
 /// Two tensors that hold the same weights in two models.
 #[derive(Debug, Clone)]
 pub struct TensorPair {
@@ -184,6 +195,10 @@ pub struct TensorPair {
     pub perm_a: RowPermutation,
     /// Row order of the second model's tensor into the pair's layout.
     pub perm_b: RowPermutation,
+    /// Added to the first model's values to put them in the pair's convention.
+    pub shift_a: f32,
+    /// Added to the second model's values.
+    pub shift_b: f32,
 }
 
 /// How the tensors of two models correspond.
@@ -229,13 +244,13 @@ impl<'g> GgufView<'g> {
         }
     }
 
-    fn map(&self, name: &str) -> Option<(String, RowPermutation)> {
+    fn map(&self, name: &str) -> Option<(String, RowPermutation, f32)> {
         if self.gguf.tensor_index(name).is_some() {
-            return Some((name.to_string(), RowPermutation::Identity));
+            return Some((name.to_string(), RowPermutation::Identity, 0.0));
         }
         let g = naming::hf_to_gguf(&self.arch, name)?;
         let p = naming::row_permutation(&self.arch, &g, self.n_head, self.n_head_kv);
-        Some((g, p))
+        Some((g, p, gguf_value_shift(&self.arch, name)))
     }
 }
 
@@ -257,7 +272,7 @@ pub fn pair_models(
         ts.iter()
             .map(|t| match &view {
                 Some(v) => v.map(t.name),
-                None => Some((t.name.to_string(), RowPermutation::Identity)),
+                None => Some((t.name.to_string(), RowPermutation::Identity, 0.0)),
             })
             .collect::<Vec<_>>()
     };
@@ -270,11 +285,11 @@ pub fn pair_models(
     let by_name: HashMap<&str, usize> = kb
         .iter()
         .enumerate()
-        .filter_map(|(i, k)| k.as_ref().map(|(n, _)| (n.as_str(), i)))
+        .filter_map(|(i, k)| k.as_ref().map(|(n, _, _)| (n.as_str(), i)))
         .collect();
     let mut used = vec![false; bt.len()];
     for (i, k) in ka.iter().enumerate() {
-        let Some((name, perm_a)) = k else {
+        let Some((name, perm_a, shift_a)) = k else {
             m.only_a.push(format!("{} (no name mapping)", at[i].name));
             continue;
         };
@@ -288,7 +303,7 @@ pub fn pair_models(
                 .push(format!("{name}: {:?} vs {:?}", at[i].shape, bt[j].shape));
             continue;
         }
-        let perm_b = kb[j].as_ref().expect("indexed").1;
+        let (_, perm_b, shift_b) = *kb[j].as_ref().expect("indexed");
         if !perm_a.fits(at[i].n_rows()) || !perm_b.fits(bt[j].n_rows()) {
             m.shape_differs.push(format!(
                 "{name}: {} rows do not split into the model's attention heads",
@@ -302,6 +317,8 @@ pub fn pair_models(
             b: j,
             perm_a: *perm_a,
             perm_b,
+            shift_a: *shift_a,
+            shift_b,
         });
     }
     for (j, u) in used.iter().enumerate() {
@@ -381,12 +398,21 @@ pub fn map_chunks<T: Send>(
     Ok(out)
 }
 
-/// Decode rows `first..first + n` of `rows` into a new buffer, refusing
-/// NaN and infinity (naming the row and column).
-pub fn decode_finite(rows: &EncodedRows<'_>, first: usize, n: usize) -> Result<Vec<f32>> {
+/// Decode rows `first..first + n` of `rows` into a new buffer, add `shift`
+/// (see [`gguf_value_shift`]), and refuse NaN and infinity (naming the row
+/// and column).
+pub fn decode_finite(
+    rows: &EncodedRows<'_>,
+    shift: f32,
+    first: usize,
+    n: usize,
+) -> Result<Vec<f32>> {
     let row_len = rows.row_len();
     let mut out = vec![0f32; n * row_len];
     rows.decode(first, &mut out)?;
+    if shift != 0.0 {
+        out.iter_mut().for_each(|v| *v += shift);
+    }
     if let Some(i) = out.iter().position(|v| !v.is_finite()) {
         return Err(Error::tensor(
             rows.path,
@@ -400,4 +426,31 @@ pub fn decode_finite(rows: &EncodedRows<'_>, first: usize, n: usize) -> Result<V
         ));
     }
     Ok(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn only_gemma_norms_are_shifted() {
+        assert_eq!(
+            gguf_value_shift("gemma3", "model.layers.0.input_layernorm.weight"),
+            1.0
+        );
+        assert_eq!(gguf_value_shift("gemma2", "model.norm.weight"), 1.0);
+        assert_eq!(
+            gguf_value_shift("gemma", "model.layers.0.mlp.up_proj.weight"),
+            0.0
+        );
+        assert_eq!(gguf_value_shift("llama", "model.norm.weight"), 0.0);
+    }
+
+    #[test]
+    fn chunks_cover_every_row_once() {
+        let c = chunks(10, 3, 7);
+        assert_eq!(c, vec![(0, 2), (2, 2), (4, 2), (6, 2), (8, 2)]);
+        assert_eq!(chunks(0, 4, 16), vec![]);
+        assert_eq!(chunks(3, 1 << 20, 16), vec![(0, 1), (1, 1), (2, 1)]);
+    }
 }
