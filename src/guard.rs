@@ -310,6 +310,12 @@ pub struct TensorVerdict {
 }
 
 impl TensorVerdict {
+    /// The largest of the three measures as a fraction of the tolerance
+    /// (above 1: refused).
+    pub fn margin(&self) -> f64 {
+        self.distance.max(self.rms_change).max(self.mean_shift) / self.tolerance
+    }
+
     /// Whether the candidate agrees within the tolerance.
     pub fn agrees(&self) -> bool {
         self.distance <= self.tolerance
@@ -465,13 +471,25 @@ pub fn guard_apply(
     if bad.is_empty() {
         if !quiet {
             let identical = report.verdicts.iter().filter(|v| v.identical).count();
-            let worst = report
-                .verdicts
-                .iter()
-                .map(|v| v.distance)
-                .fold(0.0, f64::max);
+            let closest = report.verdicts.iter().max_by(|a, b| {
+                a.margin()
+                    .partial_cmp(&b.margin())
+                    .unwrap_or(std::cmp::Ordering::Equal)
+            });
+            let closest = closest
+                .map(|v| {
+                    format!(
+                        "; closest to refusal: {} ({}) at distance {:.4}, {:.2} of its tolerance {:.3}",
+                        v.base_name,
+                        v.base_type,
+                        v.distance,
+                        v.margin(),
+                        v.tolerance
+                    )
+                })
+                .unwrap_or_default();
             eprintln!(
-                "base check: {} tensor(s) match the residual's base fingerprint ({identical} identical at f16, largest distance {worst:.4})",
+                "base check: {} tensor(s) match the residual's base fingerprint ({identical} identical at f16){closest}",
                 report.verdicts.len()
             );
         }

@@ -26,6 +26,12 @@ shape and hold no NaN or infinity. Base tensors without a residual, or with an a
 copied byte for byte. With --type keep every tensor keeps its type, so a Q4_K_M mix stays that \
 mix; requantization is bit-exact with llama.cpp's quantizer on the same f32 sum.
 
+When the residual carries a base fingerprint (residuals made by `qresidual extract` do), every \
+matched base tensor is dequantized and compared with it; tensors that differ from the residual's \
+base beyond what their quantization explains are named and nothing is written, unless --force. \
+--tokenizer-config (and --generation-config) copy the instruct model's chat template and EOS/EOT \
+ids into the output; --set edits any other key.
+
 The report compares the written weights with the exact f32 sum dequant(base) + α·Δ: RMSE, max \
 abs, relative RMSE, cosine, SNR and retention ⟨out − base, αΔ⟩/‖αΔ‖² (1: the residual survived, \
 0: it was rounded away).

@@ -23,7 +23,9 @@ writes a model llama.cpp runs, in the same quantization, with a precision report
 
 Typical use:
   qresidual inspect Llama-3.1-8B-Q4_K_M.gguf
+  qresidual extract --instruct Llama-3.1-8B-Instruct/ --base Llama-3.1-8B/ -o residual.safetensors
   qresidual apply --base Llama-3.1-8B-Q4_K_M.gguf --residual residual/ -o Llama-3.1-8B-Instruct-Q4_K_M.gguf --report report.json
+  qresidual compare Llama-3.1-8B-Instruct/ Llama-3.1-8B-Instruct-Q4_K_M.gguf
   qresidual dequantize model-Q4_K_M.gguf -o model-F32.gguf
   qresidual quantize model-F32.gguf -o model-Q4_K_M.gguf --type q4_k_m
 
