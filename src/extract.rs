@@ -229,7 +229,7 @@ pub fn extract(
         .iter()
         .map(|p| (p.name.clone(), p.b, p.perm_b, p.shift_b))
         .collect();
-    let fingerprint = guard::fingerprint_model(base, &entries)?;
+    let fingerprint = guard::fingerprint_model(base, &entries, progress)?;
     let provenance = json!({
         "tool": "qresidual",
         "version": env!("CARGO_PKG_VERSION"),

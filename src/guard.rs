@@ -84,6 +84,26 @@ pub struct Fingerprint {
     pub tensors: BTreeMap<String, TensorPrint>,
 }
 
+/// A progress bar over tensors (hidden unless `enabled`).
+fn tensor_bar(n: usize, enabled: bool, what: &str) -> indicatif::ProgressBar {
+    if !enabled {
+        return indicatif::ProgressBar::hidden();
+    }
+    let pb = indicatif::ProgressBar::with_draw_target(
+        Some(n as u64),
+        indicatif::ProgressDrawTarget::stderr(),
+    );
+    pb.set_style(
+        indicatif::ProgressStyle::with_template(
+            "{elapsed_precise} [{bar:30}] {pos}/{len} tensors {msg}",
+        )
+        .expect("valid template")
+        .progress_chars("=> "),
+    );
+    pb.set_message(what.to_string());
+    pb
+}
+
 fn splitmix64(mut x: u64) -> u64 {
     x = x.wrapping_add(0x9E37_79B9_7F4A_7C15);
     x = (x ^ (x >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
@@ -412,13 +432,16 @@ pub fn check(
     residual: &Residual,
     rtensors: &[ResidualTensor<'_>],
     pairs: &[Pairing],
+    progress: bool,
 ) -> Result<Option<GuardReport>> {
     let Some(fp) = residual_fingerprint(residual)? else {
         return Ok(None);
     };
     let mut report = GuardReport::default();
     let arch = base.architecture().unwrap_or("");
+    let pb = tensor_bar(pairs.len(), progress, "checking the base");
     for p in pairs {
+        pb.inc(1);
         let rname = rtensors[p.residual].name;
         let Some(tp) = fp.tensors.get(rname) else {
             report.not_covered.push(rname.to_string());
@@ -437,6 +460,7 @@ pub fn check(
         let v = compare_tensor(rname, tp, &rows, shift, |g| perm.source_row(n_rows, g))?;
         report.verdicts.push(v);
     }
+    pb.finish_and_clear();
     Ok(Some(report))
 }
 
@@ -450,7 +474,7 @@ pub fn guard_apply(
     force: bool,
     quiet: bool,
 ) -> Result<()> {
-    let Some(report) = check(base, residual, rtensors, pairs)? else {
+    let Some(report) = check(base, residual, rtensors, pairs, !quiet)? else {
         if !quiet {
             eprintln!(
                 "note: {} carries no base fingerprint; only tensor names and shapes could be checked against {}",
@@ -530,14 +554,18 @@ pub fn guard_apply(
 pub fn fingerprint_model(
     model: &Model,
     entries: &[(String, usize, RowPermutation, f32)],
+    progress: bool,
 ) -> Result<Fingerprint> {
     let tensors = model.tensors()?;
     let mut out = BTreeMap::new();
+    let pb = tensor_bar(entries.len(), progress, "fingerprinting the base");
     for (name, i, perm, shift) in entries {
+        pb.inc(1);
         let t = &tensors[*i];
         let rows = model.rows(t, *perm);
         out.insert(name.clone(), fingerprint_tensor(&rows, *shift, &t.shape)?);
     }
+    pb.finish_and_clear();
     Ok(Fingerprint {
         version: FINGERPRINT_VERSION,
         tensors: out,

@@ -684,3 +684,54 @@ fn tokenizer_config_sets_chat_template_eos_and_eot() {
         &out3,
     );
 }
+
+#[test]
+fn hf_instruct_against_gguf_base_gives_gguf_names_in_gguf_row_order() {
+    use qresidual::naming::{row_permutation, RowPermutation};
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("mixed.safetensors");
+    ok(&[
+        "extract",
+        "--instruct",
+        s(&fixture("hf-instruct")),
+        "--base",
+        s(&fixture("base-q4_k_m.gguf")),
+        "-o",
+        s(&out),
+        "--dtype",
+        "f32",
+        "-q",
+    ]);
+    let res = SafetensorsModel::open(&out).unwrap();
+    let inst = SafetensorsModel::open(&fixture("hf-instruct")).unwrap();
+    let gb = GgufFile::open(&fixture("base-q4_k_m.gguf")).unwrap();
+    let exp = expected();
+    let mut permuted = 0;
+    for (hf, e) in exp["tensors"].as_object().unwrap() {
+        let gname = e["gguf"].as_str().unwrap();
+        let d = st_values(&res, gname);
+        let (i, b) = (st_values(&inst, hf), gguf_values(&gb, gname));
+        let shape = &inst.get(hf).unwrap().shape;
+        let (rows, cols) = match shape.as_slice() {
+            [n] => (1, *n),
+            [r, c] => (*r, *c),
+            other => panic!("{hf}: unexpected shape {other:?}"),
+        };
+        let perm = row_permutation("llama", gname, 4, 2);
+        if perm != RowPermutation::Identity {
+            permuted += 1;
+        }
+        for g in 0..rows {
+            let src = perm.source_row(rows, g);
+            for c in 0..cols {
+                let want = i[src * cols + c] - b[g * cols + c];
+                assert_eq!(
+                    d[g * cols + c].to_bits(),
+                    want.to_bits(),
+                    "{gname}[{g}, {c}]"
+                );
+            }
+        }
+    }
+    assert_eq!(permuted, 4, "q and k of both layers");
+}
