@@ -468,6 +468,22 @@ fn models_with_different_tensors_are_listed_and_refused() {
         ],
         &out,
     );
+    // An output name that contradicts --dtype is a usage error.
+    let named = dir.path().join("res.gguf");
+    fails(
+        &[
+            "extract",
+            "--instruct",
+            s(&fixture("hf-instruct")),
+            "--base",
+            s(&fixture("hf-base")),
+            "-o",
+            s(&named),
+        ],
+        2,
+        &["--dtype f16 writes safetensors"],
+        &named,
+    );
     // A checkpoint holding two of the base's tensors.
     let base = SafetensorsModel::open(&fixture("hf-base")).unwrap();
     let part = dir.path().join("part.safetensors");

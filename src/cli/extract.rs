@@ -55,6 +55,25 @@ pub struct ExtractArgs {
 pub fn run(a: &ExtractArgs) -> Result<()> {
     super::set_threads(a.threads)?;
     let format = ResidualFormat::parse(&a.dtype)?;
+    let ext = a
+        .output
+        .extension()
+        .map(|e| e.to_string_lossy().to_ascii_lowercase());
+    let wrong = match format {
+        ResidualFormat::Gguf(_) => ext.as_deref() == Some("safetensors"),
+        ResidualFormat::Safetensors(_) => ext.as_deref() == Some("gguf"),
+    };
+    if wrong {
+        return Err(crate::Error::Usage(format!(
+            "{}: --dtype {} writes {}; give the output that extension",
+            a.output.display(),
+            a.dtype,
+            match format {
+                ResidualFormat::Gguf(_) => "a GGUF file (.gguf)",
+                ResidualFormat::Safetensors(_) => "safetensors (.safetensors)",
+            }
+        )));
+    }
     let instruct = Model::open(&a.instruct)?;
     let base = Model::open(&a.base)?;
     let mut inputs = instruct.paths();
