@@ -8,14 +8,19 @@
 
 pub mod bnb_model;
 pub mod cli;
+pub mod compare;
 pub mod error;
+pub mod extract;
 pub mod gguf;
+pub mod guard;
+pub mod instruct;
 pub mod mix;
 pub mod naming;
 pub mod pages;
 pub mod pipeline;
 pub mod plan;
 pub mod report;
+pub mod source;
 pub mod st;
 pub mod transform;
 

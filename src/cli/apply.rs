@@ -26,6 +26,12 @@ shape and hold no NaN or infinity. Base tensors without a residual, or with an a
 copied byte for byte. With --type keep every tensor keeps its type, so a Q4_K_M mix stays that \
 mix; requantization is bit-exact with llama.cpp's quantizer on the same f32 sum.
 
+When the residual carries a base fingerprint (residuals made by `qresidual extract` do), every \
+matched base tensor is dequantized and compared with it; tensors that differ from the residual's \
+base beyond what their quantization explains are named and nothing is written, unless --force. \
+--tokenizer-config (and --generation-config) copy the instruct model's chat template and EOS/EOT \
+ids into the output; --set edits any other key.
+
 The report compares the written weights with the exact f32 sum dequant(base) + α·Δ: RMSE, max \
 abs, relative RMSE, cosine, SNR and retention ⟨out − base, αΔ⟩/‖αΔ‖² (1: the residual survived, \
 0: it was rounded away).
@@ -61,6 +67,18 @@ pub struct ApplyArgs {
     /// Set general.name of the output.
     #[arg(long)]
     pub name: Option<String>,
+    /// Instruct model's tokenizer_config.json: sets tokenizer.chat_template and the EOS/EOT ids.
+    #[arg(long, value_name = "tokenizer_config.json")]
+    pub tokenizer_config: Option<PathBuf>,
+    /// Instruct model's generation_config.json: its eos_token_id (the last one of a list) when tokenizer_config.json has none.
+    #[arg(long, value_name = "generation_config.json")]
+    pub generation_config: Option<PathBuf>,
+    /// Set a metadata key of the output: KEY=TYPE:VALUE, as in `metadata`.
+    #[arg(long = "set", value_name = "KEY=TYPE:VALUE")]
+    pub set: Vec<String>,
+    /// Apply even when the base disagrees with the residual's base fingerprint.
+    #[arg(long)]
+    pub force: bool,
     /// Skip residual tensors that have no partner in the base instead of failing.
     #[arg(long)]
     pub allow_missing: bool,
@@ -93,6 +111,14 @@ pub fn run(a: &ApplyArgs) -> Result<()> {
 
     let rtensors = residual.tensors()?;
     let matching = match_residual(&base, residual.path(), &rtensors, a.allow_missing)?;
+    crate::guard::guard_apply(
+        &base,
+        &residual,
+        &rtensors,
+        &matching.pairs,
+        a.force,
+        a.quiet,
+    )?;
     let all_zero = scan_residuals(residual.path(), &rtensors, &matching.pairs, &residual)?;
     if !a.quiet {
         for note in &matching.notes {
@@ -135,11 +161,19 @@ pub fn run(a: &ApplyArgs) -> Result<()> {
 
     let out_types = transform::output_types(&base, &target)?;
     let tasks = transform::tasks(&base, &out_types, residual_rows, a.scale)?;
-    let metadata = transform::output_metadata(
+    let mut metadata = transform::output_metadata(
         &base,
         transform::file_type(&base, &target),
         a.name.as_deref(),
     );
+    crate::instruct::apply(
+        &mut metadata,
+        &base,
+        a.tokenizer_config.as_deref(),
+        a.generation_config.as_deref(),
+        &a.set,
+        a.quiet,
+    )?;
     let out = Output {
         path: &a.output,
         split_max_size: a.split_max_size,

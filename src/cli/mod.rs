@@ -2,7 +2,9 @@
 
 mod apply;
 mod bnb;
+mod compare;
 mod convert;
+mod extract;
 mod inspect;
 mod metadata;
 
@@ -22,7 +24,9 @@ writes a model llama.cpp runs, in the same quantization, with a precision report
 
 Typical use:
   qresidual inspect Llama-3.1-8B-Q4_K_M.gguf
+  qresidual extract --instruct Llama-3.1-8B-Instruct/ --base Llama-3.1-8B/ -o residual.safetensors
   qresidual apply --base Llama-3.1-8B-Q4_K_M.gguf --residual residual/ -o Llama-3.1-8B-Instruct-Q4_K_M.gguf --report report.json
+  qresidual compare Llama-3.1-8B-Instruct/ Llama-3.1-8B-Instruct-Q4_K_M.gguf
   qresidual dequantize model-Q4_K_M.gguf -o model-F32.gguf
   qresidual quantize model-F32.gguf -o model-Q4_K_M.gguf --type q4_k_m
 
@@ -41,6 +45,10 @@ enum Command {
     /// Add a residual to a (quantized) base model and requantize.
     #[command(long_about = apply::APPLY_HELP)]
     Apply(apply::ApplyArgs),
+    /// Make a residual: instruct − base, with a fingerprint of the base.
+    Extract(extract::ExtractArgs),
+    /// Compare two models tensor by tensor.
+    Compare(compare::CompareArgs),
     /// Expand every quantized tensor to f32, f16 or bf16.
     #[command(long_about = convert::DEQUANTIZE_HELP)]
     Dequantize(convert::DequantizeArgs),
@@ -65,6 +73,8 @@ pub fn main() -> i32 {
     };
     let result = match &cli.command {
         Command::Apply(a) => apply::run(a),
+        Command::Extract(a) => extract::run(a),
+        Command::Compare(a) => compare::run(a),
         Command::Dequantize(a) => convert::run_dequantize(a),
         Command::Quantize(a) => convert::run_quantize(a),
         Command::Inspect(a) => inspect::run(a),

@@ -1,0 +1,63 @@
+//! `qresidual compare`: two models, tensor by tensor.
+
+use std::path::PathBuf;
+
+use clap::Args;
+
+use crate::source::Model;
+use crate::{compare, Result};
+
+/// Compare two models.
+#[derive(Args, Debug)]
+#[command(long_about = "\
+Compare two models tensor by tensor, B against A as the reference: RMSE, max abs, relative RMSE, \
+cosine and SNR per tensor and over all weights, and the worst tensors.
+
+Either model may be GGUF (any type qresidual decodes) or a Hugging Face safetensors checkpoint \
+(F16, BF16, F32). Names are paired as apply pairs them: directly when both have the same format, \
+through the Hugging Face → GGUF name table (with llama's q/k row order) when one is GGUF. Tensors \
+in only one model, or with different shapes, are listed and skipped.
+
+Example:
+  qresidual compare Llama-3.1-8B-Instruct/ Llama-3.1-8B-Instruct-Q4_K_M.gguf --json cmp.json")]
+pub struct CompareArgs {
+    /// The reference model.
+    #[arg(value_name = "A")]
+    pub a: PathBuf,
+    /// The model measured against A.
+    #[arg(value_name = "B")]
+    pub b: PathBuf,
+    /// Write the full comparison as JSON here ('-' for stdout).
+    #[arg(long, value_name = "OUT.json")]
+    pub json: Option<PathBuf>,
+    /// How many of the worst tensors to list.
+    #[arg(long, default_value_t = 10)]
+    pub worst: usize,
+    /// Worker threads (default: all cores).
+    #[arg(long)]
+    pub threads: Option<usize>,
+    /// No text summary.
+    #[arg(long, short)]
+    pub quiet: bool,
+}
+
+/// Run `compare`.
+pub fn run(a: &CompareArgs) -> Result<()> {
+    super::set_threads(a.threads)?;
+    let ma = Model::open(&a.a)?;
+    let mb = Model::open(&a.b)?;
+    let c = compare::compare(&ma, &mb)?;
+    if let Some(path) = &a.json {
+        let j = compare::to_json(&a.a.display().to_string(), &a.b.display().to_string(), &c);
+        let text = serde_json::to_string_pretty(&j).expect("comparison serializes") + "\n";
+        if path.as_os_str() == "-" {
+            print!("{text}");
+        } else {
+            std::fs::write(path, text).map_err(|e| crate::Error::io(path, e))?;
+        }
+    }
+    if !a.quiet {
+        eprint!("{}", compare::to_text(&c, a.worst));
+    }
+    Ok(())
+}

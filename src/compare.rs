@@ -1,0 +1,197 @@
+//! Two models, tensor by tensor: how far the second is from the first.
+
+use std::fmt::Write as _;
+
+use serde_json::{json, Value};
+
+use crate::quant::stats::ErrorStats;
+use crate::quant::GgmlType;
+use crate::source::{decode_finite, map_chunks, pair_models, Model, Pairing};
+use crate::{Error, Result};
+
+/// One compared tensor.
+#[derive(Debug, Clone)]
+pub struct TensorComparison {
+    /// Name (the GGUF name when either model is GGUF).
+    pub name: String,
+    /// Type in the first model.
+    pub type_a: GgmlType,
+    /// Type in the second model.
+    pub type_b: GgmlType,
+    /// B measured against A as the reference.
+    pub stats: ErrorStats,
+}
+
+/// The result of comparing two models.
+#[derive(Debug)]
+pub struct Comparison {
+    /// Per paired tensor, in A's order.
+    pub tensors: Vec<TensorComparison>,
+    /// How the tensors were paired (and which were not).
+    pub pairing: Pairing,
+}
+
+impl Comparison {
+    /// All compared weights together.
+    pub fn total(&self) -> ErrorStats {
+        let mut t = ErrorStats::default();
+        for c in &self.tensors {
+            t.merge(&c.stats);
+        }
+        t
+    }
+}
+
+/// Compare `b` against `a` (the reference) on every tensor both hold.
+pub fn compare(a: &Model, b: &Model) -> Result<Comparison> {
+    let at = a.tensors()?;
+    let bt = b.tensors()?;
+    let pairing = pair_models(a, &at, b, &bt);
+    if pairing.pairs.is_empty() {
+        return Err(Error::Mismatch(format!(
+            "{} and {} have no tensor of the same name and shape in common",
+            a.path().display(),
+            b.path().display()
+        )));
+    }
+    let mut tensors = Vec::with_capacity(pairing.pairs.len());
+    for p in &pairing.pairs {
+        let ra = a.rows(&at[p.a], p.perm_a);
+        let rb = b.rows(&bt[p.b], p.perm_b);
+        let parts = map_chunks(
+            ra.n_rows,
+            ra.row_len,
+            |first, n| {
+                let x = decode_finite(&ra, p.shift_a, first, n)?;
+                let y = decode_finite(&rb, p.shift_b, first, n)?;
+                let mut s = ErrorStats::default();
+                s.accumulate(&x, &y);
+                Ok(s)
+            },
+            |s, e| {
+                use crate::pipeline::RowSource;
+                ra.release_rows(s, e);
+                rb.release_rows(s, e);
+            },
+        )?;
+        let mut stats = ErrorStats::default();
+        for s in &parts {
+            stats.merge(s);
+        }
+        tensors.push(TensorComparison {
+            name: p.name.clone(),
+            type_a: at[p.a].ty,
+            type_b: bt[p.b].ty,
+            stats,
+        });
+    }
+    Ok(Comparison { tensors, pairing })
+}
+
+fn num(x: f64) -> Value {
+    if x.is_finite() {
+        json!(x)
+    } else if x > 0.0 {
+        json!("inf")
+    } else {
+        Value::Null
+    }
+}
+
+fn stats_json(s: &ErrorStats) -> Value {
+    json!({
+        "n_elements": s.n,
+        "rmse": num(s.rmse()),
+        "max_abs": num(s.max_abs()),
+        "relative_rmse": num(s.relative_rmse()),
+        "cosine": num(s.cosine()),
+        "snr_db": num(s.snr_db()),
+    })
+}
+
+/// The comparison as JSON.
+pub fn to_json(a: &str, b: &str, c: &Comparison) -> Value {
+    json!({
+        "command": "compare",
+        "inputs": {"a": a, "b": b},
+        "summary": {
+            "tensors": c.tensors.len(),
+            "identical": c.tensors.iter().filter(|t| t.stats.rmse() == 0.0).count(),
+            "all": stats_json(&c.total()),
+        },
+        "only_in_a": c.pairing.only_a,
+        "only_in_b": c.pairing.only_b,
+        "shape_differs": c.pairing.shape_differs,
+        "tensors": c.tensors.iter().map(|t| {
+            let mut v = stats_json(&t.stats);
+            v["name"] = json!(t.name);
+            v["type_a"] = json!(t.type_a.name());
+            v["type_b"] = json!(t.type_b.name());
+            v
+        }).collect::<Vec<_>>(),
+    })
+}
+
+/// A human summary: totals, unpaired tensors, the `worst` tensors.
+pub fn to_text(c: &Comparison, worst: usize) -> String {
+    let mut s = String::new();
+    let t = c.total();
+    let identical = c.tensors.iter().filter(|t| t.stats.rmse() == 0.0).count();
+    let _ = writeln!(
+        s,
+        "{} tensors compared ({} weights), {identical} identical",
+        c.tensors.len(),
+        t.n
+    );
+    let _ = writeln!(
+        s,
+        "all weights: RMSE {:.4e}, max abs {:.4e}, rel. RMSE {:.4e}, cosine {:.6}, SNR {:.2} dB",
+        t.rmse(),
+        t.max_abs(),
+        t.relative_rmse(),
+        t.cosine(),
+        t.snr_db()
+    );
+    for (what, names) in [
+        ("only in A", &c.pairing.only_a),
+        ("only in B", &c.pairing.only_b),
+        ("shape differs", &c.pairing.shape_differs),
+    ] {
+        if !names.is_empty() {
+            let _ = writeln!(
+                s,
+                "{what} ({}): {}",
+                names.len(),
+                crate::source::list(names)
+            );
+        }
+    }
+    let mut ranked: Vec<&TensorComparison> = c.tensors.iter().collect();
+    ranked.sort_by(|x, y| {
+        y.stats
+            .relative_rmse()
+            .partial_cmp(&x.stats.relative_rmse())
+            .unwrap_or(std::cmp::Ordering::Equal)
+    });
+    let _ = writeln!(
+        s,
+        "\nworst tensors by relative RMSE:\n{:<40} {:>6} {:>6} {:>11} {:>11} {:>11} {:>9} {:>9}",
+        "tensor", "A", "B", "RMSE", "max abs", "rel. RMSE", "cosine", "SNR dB"
+    );
+    for r in ranked.iter().take(worst) {
+        let st = &r.stats;
+        let _ = writeln!(
+            s,
+            "{:<40} {:>6} {:>6} {:>11.3e} {:>11.3e} {:>11.3e} {:>9.6} {:>9.2}",
+            r.name,
+            r.type_a.name(),
+            r.type_b.name(),
+            st.rmse(),
+            st.max_abs(),
+            st.relative_rmse(),
+            st.cosine(),
+            st.snr_db()
+        );
+    }
+    s
+}

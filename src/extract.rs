@@ -1,0 +1,456 @@
+//! Δθ = θ_instruct − θ_base: the residual of two checkpoints, written as
+//! safetensors (F16/BF16/F32) or, compressed, as a GGUF file of any ggml
+//! type, with the base's fingerprint ([`crate::guard`]) and provenance.
+//!
+//! Rows of both models are decoded to f32 in chunks (any GGUF type or
+//! safetensors float dtype), subtracted, and streamed to the output; the
+//! GGUF form goes through the shared [`crate::pipeline`], the safetensors
+//! form through the chunked sink here.
+
+use std::collections::BTreeMap;
+use std::path::Path;
+
+use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
+use safetensors::Dtype;
+use serde_json::json;
+
+use crate::gguf::{GgufWriter, MetaValue, TensorSpec, WriterOptions};
+use crate::guard::{self, FINGERPRINT_KEY, PROVENANCE_KEY};
+use crate::pipeline::{self, Action, EncodedRows, Outcome, RowSource, Task};
+use crate::quant::{codec, GgmlType};
+use crate::source::{self, decode_finite, for_each_chunk, list, Model, TensorPair};
+use crate::st::SafetensorsWriter;
+use crate::{Error, Result};
+
+/// What `--dtype` asks for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ResidualFormat {
+    /// Safetensors in F16, BF16 or F32.
+    Safetensors(Dtype),
+    /// A GGUF file with tensors of this type (where rows allow it).
+    Gguf(GgmlType),
+}
+
+impl ResidualFormat {
+    /// Parse `f16`, `bf16`, `f32` (safetensors) or an encodable ggml type (GGUF).
+    pub fn parse(s: &str) -> Result<Self> {
+        match s.to_ascii_lowercase().as_str() {
+            "f16" => return Ok(ResidualFormat::Safetensors(Dtype::F16)),
+            "bf16" => return Ok(ResidualFormat::Safetensors(Dtype::BF16)),
+            "f32" => return Ok(ResidualFormat::Safetensors(Dtype::F32)),
+            _ => {}
+        }
+        match GgmlType::from_name(s) {
+            Some(t) if codec(t).and_then(|c| c.quantize).is_some() && !t.is_integer() => {
+                Ok(ResidualFormat::Gguf(t))
+            }
+            Some(t) => Err(Error::Usage(format!(
+                "--dtype {s}: {t} cannot be written without an importance matrix; try q8_0, q6_k or q4_k"
+            ))),
+            None => Err(Error::Usage(format!(
+                "--dtype {s}: expected f16, bf16, f32 or a ggml type such as q8_0"
+            ))),
+        }
+    }
+
+    /// A name for messages and provenance.
+    pub fn name(&self) -> String {
+        match self {
+            ResidualFormat::Safetensors(d) => format!("{d:?}"),
+            ResidualFormat::Gguf(t) => t.name().to_string(),
+        }
+    }
+}
+
+/// The difference of two tensors' rows, both already in the output's layout.
+struct DeltaRows<'a> {
+    instruct: EncodedRows<'a>,
+    base: EncodedRows<'a>,
+    shift_instruct: f32,
+    shift_base: f32,
+}
+
+impl RowSource for DeltaRows<'_> {
+    fn row_len(&self) -> usize {
+        self.instruct.row_len
+    }
+
+    fn n_rows(&self) -> usize {
+        self.instruct.n_rows
+    }
+
+    fn decode(&self, start: usize, out: &mut [f32]) -> Result<()> {
+        let n = out.len() / self.row_len().max(1);
+        let i = decode_finite(&self.instruct, self.shift_instruct, start, n)?;
+        let b = decode_finite(&self.base, self.shift_base, start, n)?;
+        for ((o, x), y) in out.iter_mut().zip(&i).zip(&b) {
+            *o = x - y;
+        }
+        Ok(())
+    }
+
+    fn release_rows(&self, start: usize, end: usize) {
+        self.instruct.release_rows(start, end);
+        self.base.release_rows(start, end);
+    }
+}
+
+/// Zeros: the "base" of a residual written through the pipeline, so that the
+/// pipeline's retention is ⟨written Δ, Δ⟩ / ‖Δ‖².
+struct ZeroRows {
+    row_len: usize,
+    n_rows: usize,
+}
+
+impl RowSource for ZeroRows {
+    fn row_len(&self) -> usize {
+        self.row_len
+    }
+
+    fn n_rows(&self) -> usize {
+        self.n_rows
+    }
+
+    fn decode(&self, _start: usize, out: &mut [f32]) -> Result<()> {
+        out.fill(0.0);
+        Ok(())
+    }
+}
+
+/// What an extraction produced.
+#[derive(Debug, Default)]
+pub struct Extracted {
+    /// Tensors written.
+    pub tensors: usize,
+    /// Weights written.
+    pub n_elements: u64,
+    /// Tensors whose Δ is exactly zero (identical in both models).
+    pub zero_tensors: Vec<String>,
+    /// Values beyond the output float type's range, saturated (name, count, largest |Δ|).
+    pub overflows: Vec<(String, u64, f32)>,
+    /// Per tensor outcome of the GGUF form (error and retention of the stored Δ).
+    pub outcomes: Vec<Outcome>,
+    /// Whether names are GGUF names (else the instruct model's own).
+    pub gguf_names: bool,
+    /// Files written.
+    pub paths: Vec<std::path::PathBuf>,
+}
+
+/// Pair the two models, refusing tensors found in only one of them or with
+/// different shapes.
+pub fn pair_checked(
+    instruct: &Model,
+    it: &[source::ModelTensor<'_>],
+    base: &Model,
+    bt: &[source::ModelTensor<'_>],
+) -> Result<source::Pairing> {
+    let p = source::pair_models(instruct, it, base, bt);
+    let mut problems = Vec::new();
+    if !p.only_a.is_empty() {
+        problems.push(format!(
+            "{} tensor(s) only in the instruct model {}: {}",
+            p.only_a.len(),
+            instruct.path().display(),
+            list(&p.only_a)
+        ));
+    }
+    if !p.only_b.is_empty() {
+        problems.push(format!(
+            "{} tensor(s) only in the base model {}: {}",
+            p.only_b.len(),
+            base.path().display(),
+            list(&p.only_b)
+        ));
+    }
+    if !p.shape_differs.is_empty() {
+        problems.push(format!(
+            "{} tensor(s) differ in shape (instruct vs base): {}",
+            p.shape_differs.len(),
+            list(&p.shape_differs)
+        ));
+    }
+    if !problems.is_empty() {
+        return Err(Error::Mismatch(format!(
+            "the models do not hold the same tensors; {}",
+            problems.join("; ")
+        )));
+    }
+    if p.pairs.is_empty() {
+        return Err(Error::Mismatch(format!(
+            "{} and {} have no tensor in common",
+            instruct.path().display(),
+            base.path().display()
+        )));
+    }
+    Ok(p)
+}
+
+fn progress_bar(total: u64, enabled: bool) -> ProgressBar {
+    if !enabled {
+        return ProgressBar::hidden();
+    }
+    let pb = ProgressBar::with_draw_target(Some(total), ProgressDrawTarget::stderr());
+    pb.set_style(
+        ProgressStyle::with_template(
+            "{elapsed_precise} [{bar:30}] {bytes}/{total_bytes} {bytes_per_sec} ETA {eta} {msg}",
+        )
+        .expect("valid template")
+        .progress_chars("=> "),
+    );
+    pb
+}
+
+/// The GGUF type a residual tensor of `shape` gets when `want` is asked:
+/// `want` for matrices whose rows are whole blocks, F16 otherwise (norms,
+/// odd rows), as llama.cpp also keeps 1-D tensors unquantized.
+pub fn gguf_tensor_type(want: GgmlType, shape: &[u64]) -> GgmlType {
+    let row_len = shape.last().copied().unwrap_or(1) as usize;
+    if shape.len() >= 2 && want.row_size(row_len).is_some() {
+        want
+    } else {
+        GgmlType::F16
+    }
+}
+
+/// Extract `instruct − base` into `out`.
+pub fn extract(
+    instruct: &Model,
+    base: &Model,
+    out: &Path,
+    format: ResidualFormat,
+    progress: bool,
+) -> Result<Extracted> {
+    let it = instruct.tensors()?;
+    let bt = base.tensors()?;
+    let pairing = pair_checked(instruct, &it, base, &bt)?;
+
+    let entries: Vec<_> = pairing
+        .pairs
+        .iter()
+        .map(|p| (p.name.clone(), p.b, p.perm_b, p.shift_b))
+        .collect();
+    let fingerprint = guard::fingerprint_model(base, &entries, progress)?;
+    let provenance = json!({
+        "tool": "qresidual",
+        "version": env!("CARGO_PKG_VERSION"),
+        "command": "extract",
+        "instruct": instruct.path().display().to_string(),
+        "base": base.path().display().to_string(),
+        "dtype": format.name(),
+        "names": if pairing.gguf_names { "gguf" } else { "model" },
+        "delta": "instruct - base, in f32",
+    });
+    let fp_text = serde_json::to_string(&fingerprint).expect("fingerprint serializes");
+    let prov_text = provenance.to_string();
+
+    let deltas: Vec<(&TensorPair, DeltaRows<'_>)> = pairing
+        .pairs
+        .iter()
+        .map(|p| {
+            (
+                p,
+                DeltaRows {
+                    instruct: instruct.rows(&it[p.a], p.perm_a),
+                    base: base.rows(&bt[p.b], p.perm_b),
+                    shift_instruct: p.shift_a,
+                    shift_base: p.shift_b,
+                },
+            )
+        })
+        .collect();
+    let mut result = Extracted {
+        tensors: deltas.len(),
+        n_elements: pairing.pairs.iter().map(|p| it[p.a].n_elements()).sum(),
+        gguf_names: pairing.gguf_names,
+        ..Default::default()
+    };
+
+    match format {
+        ResidualFormat::Safetensors(dtype) => {
+            let mut metadata = BTreeMap::new();
+            metadata.insert("format".to_string(), "pt".to_string());
+            metadata.insert(FINGERPRINT_KEY.to_string(), fp_text);
+            metadata.insert(PROVENANCE_KEY.to_string(), prov_text);
+            let specs: Vec<(String, Dtype, Vec<usize>)> = pairing
+                .pairs
+                .iter()
+                .map(|p| {
+                    (
+                        p.name.clone(),
+                        dtype,
+                        it[p.a].shape.iter().map(|&d| d as usize).collect(),
+                    )
+                })
+                .collect();
+            let mut writer = SafetensorsWriter::create(out, &specs, metadata)?;
+            let pb = progress_bar(writer.remaining(), progress);
+            for (k, (p, rows)) in deltas.iter().enumerate() {
+                pb.set_message(format!("[{}/{}] {}", k + 1, deltas.len(), p.name));
+                let (mut overflow, mut largest, mut nonzero) = (0u64, 0f32, false);
+                for_each_chunk(
+                    rows.n_rows(),
+                    rows.row_len(),
+                    |first, n| {
+                        let mut d = vec![0f32; n * rows.row_len()];
+                        rows.decode(first, &mut d)?;
+                        Ok(encode_float(&d, dtype))
+                    },
+                    |c| {
+                        overflow += c.overflow;
+                        largest = largest.max(c.largest);
+                        nonzero |= c.nonzero;
+                        pb.inc(c.bytes.len() as u64);
+                        writer.write(&c.bytes)
+                    },
+                    |a, b| rows.release_rows(a, b),
+                )?;
+                if overflow > 0 {
+                    result.overflows.push((p.name.clone(), overflow, largest));
+                }
+                if !nonzero {
+                    result.zero_tensors.push(p.name.clone());
+                }
+            }
+            pb.finish_and_clear();
+            writer.finish()?;
+            result.paths = vec![out.to_path_buf()];
+        }
+        ResidualFormat::Gguf(want) => {
+            let mut metadata = Vec::new();
+            if let Some(arch) = [instruct, base]
+                .iter()
+                .find_map(|m| m.gguf().and_then(|g| g.architecture()))
+            {
+                metadata.push((
+                    "general.architecture".to_string(),
+                    MetaValue::String(arch.to_string()),
+                ));
+            }
+            metadata.push((
+                "general.name".to_string(),
+                MetaValue::String("residual".to_string()),
+            ));
+            metadata.push((FINGERPRINT_KEY.to_string(), MetaValue::String(fp_text)));
+            metadata.push((PROVENANCE_KEY.to_string(), MetaValue::String(prov_text)));
+            let tasks: Vec<Task<'_>> = deltas
+                .into_iter()
+                .map(|(p, rows)| {
+                    let shape = &it[p.a].shape;
+                    Task {
+                        spec: TensorSpec {
+                            name: p.name.clone(),
+                            ty: gguf_tensor_type(want, shape),
+                            ne: shape.iter().rev().copied().collect(),
+                        },
+                        input_type: GgmlType::F32,
+                        action: Action::Transcode {
+                            base: Box::new(ZeroRows {
+                                row_len: rows.row_len(),
+                                n_rows: rows.n_rows(),
+                            }),
+                            residual: Some(Box::new(rows)),
+                            scale: 1.0,
+                        },
+                    }
+                })
+                .collect();
+            let specs: Vec<TensorSpec> = tasks.iter().map(|t| t.spec.clone()).collect();
+            let mut writer = GgufWriter::create(out, &metadata, &specs, &WriterOptions::default())?;
+            let opts = pipeline::Options {
+                progress,
+                ..Default::default()
+            };
+            let outcomes = pipeline::run(&tasks, &mut writer, out, &opts)?;
+            result.paths = writer.finish()?;
+            result.zero_tensors = outcomes
+                .iter()
+                .filter(|o| o.stats.is_some_and(|s| s.delta_norm() == 0.0))
+                .map(|o| o.name.clone())
+                .collect();
+            result.outcomes = outcomes;
+        }
+    }
+    Ok(result)
+}
+
+struct FloatChunk {
+    bytes: Vec<u8>,
+    overflow: u64,
+    largest: f32,
+    nonzero: bool,
+}
+
+/// f32 → F16/BF16/F32 bytes, rounding to nearest even; values beyond the
+/// type's range are saturated to its largest finite value and counted.
+fn encode_float(d: &[f32], dtype: Dtype) -> FloatChunk {
+    let mut c = FloatChunk {
+        bytes: Vec::with_capacity(d.len() * dtype.size()),
+        overflow: 0,
+        largest: 0.0,
+        nonzero: d.iter().any(|&v| v != 0.0),
+    };
+    for &v in d {
+        match dtype {
+            Dtype::F16 => {
+                let mut h = half::f16::from_f32(v);
+                if h.is_infinite() {
+                    c.overflow += 1;
+                    c.largest = c.largest.max(v.abs());
+                    h = if v > 0.0 {
+                        half::f16::MAX
+                    } else {
+                        half::f16::MIN
+                    };
+                }
+                c.bytes.extend_from_slice(&h.to_le_bytes());
+            }
+            Dtype::BF16 => {
+                let mut h = half::bf16::from_f32(v);
+                if h.is_infinite() {
+                    c.overflow += 1;
+                    c.largest = c.largest.max(v.abs());
+                    h = if v > 0.0 {
+                        half::bf16::MAX
+                    } else {
+                        half::bf16::MIN
+                    };
+                }
+                c.bytes.extend_from_slice(&h.to_le_bytes());
+            }
+            _ => c.bytes.extend_from_slice(&v.to_le_bytes()),
+        }
+    }
+    c
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn f16_overflow_saturates_and_is_counted() {
+        let c = encode_float(&[1.0, 70000.0, -1e6, 0.5], Dtype::F16);
+        assert_eq!(c.overflow, 2);
+        assert_eq!(c.largest, 1e6);
+        let back: Vec<f32> = c
+            .bytes
+            .chunks_exact(2)
+            .map(|b| half::f16::from_le_bytes([b[0], b[1]]).to_f32())
+            .collect();
+        assert_eq!(back, vec![1.0, 65504.0, -65504.0, 0.5]);
+    }
+
+    #[test]
+    fn dtype_names_parse() {
+        assert_eq!(
+            ResidualFormat::parse("f16").unwrap(),
+            ResidualFormat::Safetensors(Dtype::F16)
+        );
+        assert_eq!(
+            ResidualFormat::parse("q8_0").unwrap(),
+            ResidualFormat::Gguf(GgmlType::Q8_0)
+        );
+        assert!(ResidualFormat::parse("iq2_xxs").is_err());
+        assert!(ResidualFormat::parse("nonsense").is_err());
+    }
+}

@@ -1,0 +1,456 @@
+//! Whole models of any supported format as named tensors of f32 rows, and
+//! the pairing of two models' tensors, for the commands that read two models
+//! (`extract`, `compare`).
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+
+use rayon::prelude::*;
+
+use crate::gguf::GgufFile;
+use crate::naming::{self, RowPermutation};
+use crate::pipeline::{EncodedRows, ReleasePages, RowSource};
+use crate::plan::is_gguf;
+use crate::quant::{codec, GgmlType};
+use crate::st::SafetensorsModel;
+use crate::{Error, Result};
+
+/// A model read for its weights.
+pub enum Model {
+    /// A GGUF file (or split set), any type the codecs decode.
+    Gguf(GgufFile),
+    /// A Hugging Face safetensors checkpoint (file, folder or shards) in F16/BF16/F32.
+    Safetensors(SafetensorsModel),
+}
+
+impl ReleasePages for Model {
+    fn release(&self, bytes: &[u8]) {
+        match self {
+            Model::Gguf(g) => g.release(bytes),
+            Model::Safetensors(s) => s.release(bytes),
+        }
+    }
+}
+
+/// One tensor of a [`Model`], as ggml-layout bytes.
+pub struct ModelTensor<'a> {
+    /// Name in the model.
+    pub name: &'a str,
+    /// Encoding of `data`.
+    pub ty: GgmlType,
+    /// Row-major shape, outermost first.
+    pub shape: Vec<u64>,
+    /// The bytes.
+    pub data: &'a [u8],
+}
+
+impl ModelTensor<'_> {
+    /// Elements per row (innermost dimension).
+    pub fn row_len(&self) -> usize {
+        self.shape.last().copied().unwrap_or(1) as usize
+    }
+
+    /// Number of rows.
+    pub fn n_rows(&self) -> usize {
+        let n: u64 = self.shape.iter().product();
+        (n / self.shape.last().copied().unwrap_or(1).max(1)) as usize
+    }
+
+    /// Number of elements.
+    pub fn n_elements(&self) -> u64 {
+        self.shape.iter().product()
+    }
+}
+
+/// Hook for bitsandbytes checkpoints (NF4/FP4/int8 weights stored as U8/I8
+/// with `absmax`/`quant_map`/`SCB` companions): the name of a tensor that
+/// shows the checkpoint is one, so that callers refuse it clearly. Reading
+/// such checkpoints belongs in a `Model::Bitsandbytes` variant whose tensors
+/// decode through `qresidual_quant::bnb`; it is being built separately.
+pub fn bitsandbytes_marker(model: &SafetensorsModel) -> Option<&str> {
+    model.tensors().iter().map(|t| t.name.as_str()).find(|n| {
+        n.ends_with(".absmax")
+            || n.ends_with(".quant_map")
+            || n.ends_with(".SCB")
+            || n.contains(".quant_state.bitsandbytes__")
+    })
+}
+
+impl Model {
+    /// Open a GGUF file (by content) or a safetensors checkpoint.
+    pub fn open(path: &Path) -> Result<Self> {
+        if path.is_file() && is_gguf(path) {
+            return Ok(Model::Gguf(GgufFile::open(path)?));
+        }
+        let st = SafetensorsModel::open(path)?;
+        if let Some(marker) = bitsandbytes_marker(&st) {
+            return Err(Error::Usage(format!(
+                "{}: a bitsandbytes checkpoint ({marker}); extract and compare read GGUF and F16/BF16/F32 safetensors only so far",
+                path.display()
+            )));
+        }
+        Ok(Model::Safetensors(st))
+    }
+
+    /// The path given by the user.
+    pub fn path(&self) -> &Path {
+        match self {
+            Model::Gguf(g) => g.path(),
+            Model::Safetensors(s) => s.path(),
+        }
+    }
+
+    /// Every file behind the model.
+    pub fn paths(&self) -> Vec<PathBuf> {
+        match self {
+            Model::Gguf(g) => g.paths(),
+            Model::Safetensors(s) => s.shard_paths().to_vec(),
+        }
+    }
+
+    /// The GGUF file, if this is one.
+    pub fn gguf(&self) -> Option<&GgufFile> {
+        match self {
+            Model::Gguf(g) => Some(g),
+            Model::Safetensors(_) => None,
+        }
+    }
+
+    /// All tensors; one whose encoding cannot be decoded is an error naming it.
+    pub fn tensors(&self) -> Result<Vec<ModelTensor<'_>>> {
+        let readable = |path: &Path, name: &str, ty: Option<GgmlType>, what: String| {
+            ty.filter(|&t| codec(t).is_some() && !t.is_integer())
+                .ok_or_else(|| Error::tensor(path, name, format!("{what} cannot be decoded")))
+        };
+        match self {
+            Model::Gguf(g) => g
+                .tensors()
+                .iter()
+                .enumerate()
+                .map(|(i, t)| {
+                    Ok(ModelTensor {
+                        name: &t.name,
+                        ty: readable(g.path(), &t.name, Some(t.ty), format!("type {}", t.ty))?,
+                        shape: t.shape(),
+                        data: g.tensor_data(i),
+                    })
+                })
+                .collect(),
+            Model::Safetensors(s) => s
+                .tensors()
+                .iter()
+                .map(|t| {
+                    Ok(ModelTensor {
+                        name: &t.name,
+                        ty: readable(
+                            s.path(),
+                            &t.name,
+                            t.ggml_type(),
+                            format!("dtype {:?}", t.dtype),
+                        )?,
+                        shape: t.shape.iter().map(|&d| d as u64).collect(),
+                        data: s.data(t),
+                    })
+                })
+                .collect(),
+        }
+    }
+
+    /// The rows of `t`, reordered by `permutation`.
+    pub fn rows<'a>(&'a self, t: &ModelTensor<'a>, permutation: RowPermutation) -> EncodedRows<'a> {
+        EncodedRows {
+            path: self.path(),
+            name: t.name,
+            data: t.data,
+            ty: t.ty,
+            row_len: t.row_len(),
+            n_rows: t.n_rows(),
+            permutation,
+            pages: Some(self),
+        }
+    }
+}
+
+/// What llama.cpp's converter adds to the values of HF tensor `hf_name` of
+/// an `arch` model: Gemma, Gemma 2 and Gemma 3 store RMSNorm weights as
+/// `w + 1` (`conversion/gemma.py`); everything else is stored as is.
+pub fn gguf_value_shift(arch: &str, hf_name: &str) -> f32 {
+    if matches!(arch, "gemma" | "gemma2" | "gemma3") && hf_name.ends_with("norm.weight") {
+        1.0
+    } else {
+        0.0
+    }
+}
+
+/// Two tensors that hold the same weights in two models.
+#[derive(Debug, Clone)]
+pub struct TensorPair {
+    /// The name used for the pair (the GGUF name when either side is GGUF).
+    pub name: String,
+    /// Index into the first model's tensors.
+    pub a: usize,
+    /// Index into the second model's tensors.
+    pub b: usize,
+    /// Row order of the first model's tensor into the pair's layout.
+    pub perm_a: RowPermutation,
+    /// Row order of the second model's tensor into the pair's layout.
+    pub perm_b: RowPermutation,
+    /// Added to the first model's values to put them in the pair's convention.
+    pub shift_a: f32,
+    /// Added to the second model's values.
+    pub shift_b: f32,
+}
+
+/// How the tensors of two models correspond.
+#[derive(Debug, Default)]
+pub struct Pairing {
+    /// Tensors found in both with the same shape, in the first model's order.
+    pub pairs: Vec<TensorPair>,
+    /// Names only the first model has (or that could not be mapped).
+    pub only_a: Vec<String>,
+    /// Names only the second model has.
+    pub only_b: Vec<String>,
+    /// Tensors in both whose shapes differ, described.
+    pub shape_differs: Vec<String>,
+    /// Whether the pair names are GGUF names (either model is GGUF).
+    pub gguf_names: bool,
+}
+
+fn meta_u64(g: &GgufFile, key: &str) -> Option<u64> {
+    g.get(key).and_then(|v| v.as_u64())
+}
+
+/// Where a safetensors tensor name lands in a GGUF model: the GGUF name and
+/// the converter's row order.
+struct GgufView<'g> {
+    gguf: &'g GgufFile,
+    arch: String,
+    n_head: usize,
+    n_head_kv: usize,
+}
+
+impl<'g> GgufView<'g> {
+    fn new(gguf: &'g GgufFile) -> Self {
+        let arch = gguf.architecture().unwrap_or("").to_string();
+        let n_head = meta_u64(gguf, &format!("{arch}.attention.head_count")).unwrap_or(0) as usize;
+        let n_head_kv = meta_u64(gguf, &format!("{arch}.attention.head_count_kv"))
+            .map(|v| v as usize)
+            .unwrap_or(n_head);
+        GgufView {
+            gguf,
+            arch,
+            n_head,
+            n_head_kv,
+        }
+    }
+
+    fn map(&self, name: &str) -> Option<(String, RowPermutation, f32)> {
+        if self.gguf.tensor_index(name).is_some() {
+            return Some((name.to_string(), RowPermutation::Identity, 0.0));
+        }
+        let g = naming::hf_to_gguf(&self.arch, name)?;
+        let p = naming::row_permutation(&self.arch, &g, self.n_head, self.n_head_kv);
+        Some((g, p, gguf_value_shift(&self.arch, name)))
+    }
+}
+
+/// Pair the tensors of `a` and `b`: by name when both have the same format,
+/// through [`naming`] (with llama's q/k row order) when one is GGUF and the
+/// other a Hugging Face checkpoint.
+pub fn pair_models(
+    a: &Model,
+    at: &[ModelTensor<'_>],
+    b: &Model,
+    bt: &[ModelTensor<'_>],
+) -> Pairing {
+    // (pair name, permutation into the pair's layout) per tensor of each side.
+    let keyed = |model: &Model, other: &Model, ts: &[ModelTensor<'_>]| {
+        let view = match (model, other) {
+            (Model::Safetensors(_), Model::Gguf(g)) => Some(GgufView::new(g)),
+            _ => None,
+        };
+        ts.iter()
+            .map(|t| match &view {
+                Some(v) => v.map(t.name),
+                None => Some((t.name.to_string(), RowPermutation::Identity, 0.0)),
+            })
+            .collect::<Vec<_>>()
+    };
+    let ka = keyed(a, b, at);
+    let kb = keyed(b, a, bt);
+    let mut m = Pairing {
+        gguf_names: a.gguf().is_some() || b.gguf().is_some(),
+        ..Default::default()
+    };
+    let by_name: HashMap<&str, usize> = kb
+        .iter()
+        .enumerate()
+        .filter_map(|(i, k)| k.as_ref().map(|(n, _, _)| (n.as_str(), i)))
+        .collect();
+    let mut used = vec![false; bt.len()];
+    for (i, k) in ka.iter().enumerate() {
+        let Some((name, perm_a, shift_a)) = k else {
+            m.only_a.push(format!("{} (no name mapping)", at[i].name));
+            continue;
+        };
+        let Some(&j) = by_name.get(name.as_str()) else {
+            m.only_a.push(at[i].name.to_string());
+            continue;
+        };
+        used[j] = true;
+        if at[i].shape != bt[j].shape {
+            m.shape_differs
+                .push(format!("{name}: {:?} vs {:?}", at[i].shape, bt[j].shape));
+            continue;
+        }
+        let (_, perm_b, shift_b) = *kb[j].as_ref().expect("indexed");
+        if !perm_a.fits(at[i].n_rows()) || !perm_b.fits(bt[j].n_rows()) {
+            m.shape_differs.push(format!(
+                "{name}: {} rows do not split into the model's attention heads",
+                at[i].n_rows()
+            ));
+            continue;
+        }
+        m.pairs.push(TensorPair {
+            name: name.clone(),
+            a: i,
+            b: j,
+            perm_a: *perm_a,
+            perm_b,
+            shift_a: *shift_a,
+            shift_b,
+        });
+    }
+    for (j, u) in used.iter().enumerate() {
+        if !u {
+            m.only_b.push(bt[j].name.to_string());
+        }
+    }
+    m
+}
+
+/// A list for messages: the first dozen names and how many more.
+pub fn list(names: &[String]) -> String {
+    const SHOWN: usize = 12;
+    let mut s = names
+        .iter()
+        .take(SHOWN)
+        .cloned()
+        .collect::<Vec<_>>()
+        .join(", ");
+    if names.len() > SHOWN {
+        s.push_str(&format!(" … and {} more", names.len() - SHOWN));
+    }
+    s
+}
+
+/// Row chunks `(first_row, n_rows)` of about `chunk_elements` elements.
+pub fn chunks(n_rows: usize, row_len: usize, chunk_elements: usize) -> Vec<(usize, usize)> {
+    let per = (chunk_elements / row_len.max(1)).max(1);
+    (0..n_rows)
+        .step_by(per)
+        .map(|r| (r, per.min(n_rows - r)))
+        .collect()
+}
+
+/// Run `f` over row chunks of a tensor in parallel, a window at a time, and
+/// hand the results to `consume` in row order; `release` is called after
+/// each window, so memory stays bounded by the window.
+pub fn for_each_chunk<T: Send>(
+    n_rows: usize,
+    row_len: usize,
+    f: impl Fn(usize, usize) -> Result<T> + Sync,
+    mut consume: impl FnMut(T) -> Result<()>,
+    release: impl Fn(usize, usize),
+) -> Result<()> {
+    let all = chunks(n_rows, row_len, 1 << 18);
+    let window = 2 * rayon::current_num_threads().max(1);
+    for w in all.chunks(window) {
+        let done: Vec<Result<T>> = w.par_iter().map(|&(r, n)| f(r, n)).collect();
+        for d in done {
+            consume(d?)?;
+        }
+        let (first, _) = w[0];
+        let (last, n) = w[w.len() - 1];
+        release(first, last + n);
+    }
+    Ok(())
+}
+
+/// [`for_each_chunk`] collecting the results in row order.
+pub fn map_chunks<T: Send>(
+    n_rows: usize,
+    row_len: usize,
+    f: impl Fn(usize, usize) -> Result<T> + Sync,
+    release: impl Fn(usize, usize),
+) -> Result<Vec<T>> {
+    let mut out = Vec::new();
+    for_each_chunk(
+        n_rows,
+        row_len,
+        f,
+        |t| {
+            out.push(t);
+            Ok(())
+        },
+        release,
+    )?;
+    Ok(out)
+}
+
+/// Decode rows `first..first + n` of `rows` into a new buffer, add `shift`
+/// (see [`gguf_value_shift`]), and refuse NaN and infinity (naming the row
+/// and column).
+pub fn decode_finite(
+    rows: &EncodedRows<'_>,
+    shift: f32,
+    first: usize,
+    n: usize,
+) -> Result<Vec<f32>> {
+    let row_len = rows.row_len();
+    let mut out = vec![0f32; n * row_len];
+    rows.decode(first, &mut out)?;
+    if shift != 0.0 {
+        out.iter_mut().for_each(|v| *v += shift);
+    }
+    if let Some(i) = out.iter().position(|v| !v.is_finite()) {
+        return Err(Error::tensor(
+            rows.path,
+            rows.name,
+            format!(
+                "holds {} (row {}, column {})",
+                out[i],
+                first + i / row_len.max(1),
+                i % row_len.max(1)
+            ),
+        ));
+    }
+    Ok(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn only_gemma_norms_are_shifted() {
+        assert_eq!(
+            gguf_value_shift("gemma3", "model.layers.0.input_layernorm.weight"),
+            1.0
+        );
+        assert_eq!(gguf_value_shift("gemma2", "model.norm.weight"), 1.0);
+        assert_eq!(
+            gguf_value_shift("gemma", "model.layers.0.mlp.up_proj.weight"),
+            0.0
+        );
+        assert_eq!(gguf_value_shift("llama", "model.norm.weight"), 0.0);
+    }
+
+    #[test]
+    fn chunks_cover_every_row_once() {
+        let c = chunks(10, 3, 7);
+        assert_eq!(c, vec![(0, 2), (2, 2), (4, 2), (6, 2), (8, 2)]);
+        assert_eq!(chunks(0, 4, 16), vec![]);
+        assert_eq!(chunks(3, 1 << 20, 16), vec![(0, 1), (1, 1), (2, 1)]);
+    }
+}
