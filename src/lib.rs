@@ -8,6 +8,8 @@
 
 pub mod cli;
 pub mod error;
+#[doc(hidden)]
+pub mod fuzz_entry;
 pub mod gguf;
 pub mod mix;
 pub mod naming;

@@ -86,6 +86,15 @@ pub fn run(a: &ApplyArgs) -> Result<()> {
     super::check_output(&a.output, &inputs)?;
 
     let rtensors = residual.tensors()?;
+    if base.tensors().is_empty() {
+        return Err(Error::format(base.path(), "the model holds no tensors"));
+    }
+    if rtensors.is_empty() {
+        return Err(Error::format(
+            residual.path(),
+            "the residual holds no tensors",
+        ));
+    }
     let matching = match_residual(&base, residual.path(), &rtensors, a.allow_missing)?;
     let all_zero = scan_residuals(residual.path(), &rtensors, &matching.pairs, &residual)?;
     if !a.quiet {

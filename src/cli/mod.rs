@@ -51,6 +51,14 @@ enum Command {
 
 /// Parse the command line, run, and return the process exit code.
 pub fn main() -> i32 {
+    // A file size limit (`ulimit -f`) must surface as EFBIG from write(2) and
+    // so as an error that removes the temporary file, not as SIGXFSZ, which
+    // would kill the process and leave it behind.
+    #[cfg(unix)]
+    // SAFETY: setting a signal to SIG_IGN before any thread starts.
+    unsafe {
+        libc::signal(libc::SIGXFSZ, libc::SIG_IGN);
+    }
     let cli = match Cli::try_parse() {
         Ok(cli) => cli,
         Err(e) => {

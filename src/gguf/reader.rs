@@ -308,6 +308,16 @@ pub(crate) fn parse_header(path: &Path, data: &[u8]) -> Result<Header> {
     })
 }
 
+/// Parse and validate one GGUF file held in memory exactly as
+/// [`GgufFile::open`] validates each file (split keys are not followed).
+/// Returns the metadata, the tensor infos and the absolute offset of the data
+/// section; every tensor's bytes lie within `data`. Lets fuzzers and tests
+/// reach the parser without a file.
+pub fn parse_bytes(data: &[u8]) -> Result<(Vec<(String, MetaValue)>, Vec<TensorInfo>, u64)> {
+    let h = parse_header(Path::new("<memory>"), data)?;
+    Ok((h.metadata, h.tensors, h.data_offset))
+}
+
 struct Part {
     path: PathBuf,
     map: Mmap,
