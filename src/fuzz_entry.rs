@@ -14,7 +14,12 @@ const MAX_ELEMENTS: usize = 1 << 14;
 /// then every tensor's bytes are sliced (bounds must hold), metadata is
 /// rendered as `inspect` does and the first row of small tensors decoded.
 pub fn gguf(data: &[u8]) {
-    let Ok((metadata, tensors, data_offset)) = crate::gguf::parse_bytes(data) else {
+    let Ok(crate::gguf::ParsedGguf {
+        metadata,
+        tensors,
+        data_offset,
+    }) = crate::gguf::parse_bytes(data)
+    else {
         return;
     };
     for (_, v) in &metadata {

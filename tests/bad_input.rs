@@ -515,3 +515,69 @@ fn residual_with_zero_tensors() {
     let o = apply(&d, "base.gguf", "empty.safetensors", &out, &[]);
     assert_fails(&o, 1, &["empty.safetensors", "no tensors"], &out);
 }
+
+/// Position of the first dimension of tensor `name` in a GGUF file's bytes.
+fn dims_at(bytes: &[u8], name: &[u8]) -> usize {
+    bytes.windows(name.len()).position(|w| w == name).unwrap() + name.len() + 4
+}
+
+#[test]
+fn declared_100_gb_tensor_in_a_small_file_fails_fast() {
+    let d = setup();
+    let mut bytes = std::fs::read(d.p("base.gguf")).unwrap();
+    let at = dims_at(&bytes, b"blk.0.ffn_down.weight") + 8;
+    // 32 f32 per row × 800 M rows = 100 GiB.
+    bytes[at..at + 8].copy_from_slice(&(800u64 << 20).to_le_bytes());
+    std::fs::write(d.p("huge.gguf"), &bytes).unwrap();
+    let out = d.p("out.gguf");
+    let t = std::time::Instant::now();
+    let o = apply(&d, "huge.gguf", "res.safetensors", &out, &[]);
+    assert!(
+        t.elapsed() < std::time::Duration::from_secs(2),
+        "{:?}",
+        t.elapsed()
+    );
+    assert_fails(
+        &o,
+        1,
+        &["huge.gguf", "blk.0.ffn_down.weight", "107374182400 bytes"],
+        &out,
+    );
+}
+
+#[test]
+fn declared_100_gb_residual_in_a_small_file_fails_fast() {
+    let d = setup();
+    let header = br#"{"blk.0.ffn_down.weight":{"dtype":"F16","shape":[4,13421772800],"data_offsets":[0,107374182400]}}"#;
+    let mut bytes = (header.len() as u64).to_le_bytes().to_vec();
+    bytes.extend_from_slice(header);
+    bytes.extend_from_slice(&[0u8; 1000]);
+    std::fs::write(d.p("huge.safetensors"), &bytes).unwrap();
+    let out = d.p("out.gguf");
+    let t = std::time::Instant::now();
+    let o = apply(&d, "base.gguf", "huge.safetensors", &out, &[]);
+    assert!(
+        t.elapsed() < std::time::Duration::from_secs(2),
+        "{:?}",
+        t.elapsed()
+    );
+    assert_fails(
+        &o,
+        1,
+        &[
+            "huge.safetensors",
+            "blk.0.ffn_down.weight",
+            "outside the data section",
+        ],
+        &out,
+    );
+}
+
+#[test]
+fn dequantize_a_model_with_zero_tensors() {
+    let d = Dir::new();
+    write_gguf(&d.p("empty.gguf"), "llama", &[]);
+    let out = d.p("out.gguf");
+    let o = run(&["dequantize", "-q", s(&d.p("empty.gguf")), "-o", s(&out)]);
+    assert_fails(&o, 1, &["empty.gguf", "no tensors"], &out);
+}

@@ -86,9 +86,7 @@ pub fn run(a: &ApplyArgs) -> Result<()> {
     super::check_output(&a.output, &inputs)?;
 
     let rtensors = residual.tensors()?;
-    if base.tensors().is_empty() {
-        return Err(Error::format(base.path(), "the model holds no tensors"));
-    }
+    super::require_tensors(&base)?;
     if rtensors.is_empty() {
         return Err(Error::format(
             residual.path(),

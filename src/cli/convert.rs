@@ -98,6 +98,7 @@ pub fn run_dequantize(a: &DequantizeArgs) -> Result<()> {
         }
     };
     let model = GgufFile::open(&a.input)?;
+    super::require_tensors(&model)?;
     super::check_output(&a.output, &model.paths())?;
     let types: Vec<GgmlType> = model
         .tensors()
@@ -132,6 +133,7 @@ pub fn run_quantize(a: &QuantizeArgs) -> Result<()> {
     super::set_threads(a.threads)?;
     let target = transform::parse_target(&a.ty)?;
     let model = GgufFile::open(&a.input)?;
+    super::require_tensors(&model)?;
     super::check_output(&a.output, &model.paths())?;
     let types = transform::output_types(&model, &target)?;
     let tasks = transform::tasks(&model, &types, Vec::new(), 1.0)?;

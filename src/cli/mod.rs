@@ -115,6 +115,15 @@ fn canonical_target(out: &Path) -> Result<PathBuf> {
     Ok(dir.join(name))
 }
 
+/// Refuse a model without tensors: there is nothing to convert, and an
+/// empty output would look like a success.
+pub(crate) fn require_tensors(model: &crate::gguf::GgufFile) -> Result<()> {
+    if model.tensors().is_empty() {
+        return Err(Error::format(model.path(), "the model holds no tensors"));
+    }
+    Ok(())
+}
+
 /// Refuse an output that would overwrite one of the inputs.
 pub(crate) fn check_output(out: &Path, inputs: &[PathBuf]) -> Result<()> {
     let target = canonical_target(out)?;
