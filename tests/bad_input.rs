@@ -581,3 +581,82 @@ fn dequantize_a_model_with_zero_tensors() {
     let o = run(&["dequantize", "-q", s(&d.p("empty.gguf")), "-o", s(&out)]);
     assert_fails(&o, 1, &["empty.gguf", "no tensors"], &out);
 }
+
+#[test]
+fn report_path_equal_to_an_input() {
+    let d = setup();
+    let before = std::fs::read(d.p("base.gguf")).unwrap();
+    let out = d.p("out.gguf");
+    let base = d.p("base.gguf");
+    let o = apply(
+        &d,
+        "base.gguf",
+        "res.safetensors",
+        &out,
+        &["--report", s(&base)],
+    );
+    assert_fails(&o, 2, &["base.gguf", "would overwrite the input"], &out);
+    assert_eq!(std::fs::read(&base).unwrap(), before);
+}
+
+#[test]
+fn report_path_equal_to_the_output() {
+    let d = setup();
+    let out = d.p("out.gguf");
+    let o = apply(
+        &d,
+        "base.gguf",
+        "res.safetensors",
+        &out,
+        &["--report", s(&out)],
+    );
+    assert_fails(&o, 2, &["out.gguf", "would overwrite the output"], &out);
+}
+
+#[test]
+fn split_outputs_that_would_overwrite_split_inputs() {
+    use qresidual::gguf::{GgufWriter, MetaValue, TensorSpec, WriterOptions};
+    let d = Dir::new();
+    let t = base_tensors();
+    let specs: Vec<TensorSpec> = t
+        .iter()
+        .map(|t| TensorSpec {
+            name: t.name.into(),
+            ty: t.ty,
+            ne: t.ne.clone(),
+        })
+        .collect();
+    let md = vec![(
+        "general.architecture".to_string(),
+        MetaValue::String("llama".into()),
+    )];
+    let opts = WriterOptions {
+        split_max_size: Some(1),
+        ..Default::default()
+    };
+    let mut w = GgufWriter::create(&d.p("m.gguf"), &md, &specs, &opts).unwrap();
+    for t in &t {
+        w.write(&t.data).unwrap();
+    }
+    let parts = w.finish().unwrap();
+    assert_eq!(parts.len(), 2);
+    let before: Vec<Vec<u8>> = parts.iter().map(|p| std::fs::read(p).unwrap()).collect();
+    good_residual(&d.p("res.safetensors"));
+    let out = d.p("m.gguf");
+    let o = apply(
+        &d,
+        "m-00001-of-00002.gguf",
+        "res.safetensors",
+        &out,
+        &["--split-max-size", "1"],
+    );
+    assert_fails(
+        &o,
+        2,
+        &["m.gguf", "could overwrite the input", "m-0000"],
+        &out,
+    );
+    for (p, b) in parts.iter().zip(&before) {
+        assert_eq!(&std::fs::read(p).unwrap(), b, "{} changed", p.display());
+    }
+}

@@ -84,6 +84,12 @@ pub fn run(a: &ApplyArgs) -> Result<()> {
     let mut inputs = base.paths();
     inputs.extend(residual.paths());
     super::check_output(&a.output, &inputs)?;
+    if a.split_max_size.is_some() {
+        super::check_split_output(&a.output, &inputs)?;
+    }
+    if let Some(r) = &a.report {
+        super::check_report(r, &a.output, &inputs)?;
+    }
 
     let rtensors = residual.tensors()?;
     super::require_tensors(&base)?;

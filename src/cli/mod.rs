@@ -145,6 +145,39 @@ pub(crate) fn check_output(out: &Path, inputs: &[PathBuf]) -> Result<()> {
     Ok(())
 }
 
+/// Refuse split outputs (`PREFIX-0000k-of-0000N.gguf`, named after `out`)
+/// that could land on a split input: N is only known while writing.
+pub(crate) fn check_split_output(out: &Path, inputs: &[PathBuf]) -> Result<()> {
+    use crate::gguf::split::{output_prefix, parse_split_path};
+    let prefix = output_prefix(&canonical_target(out)?);
+    for input in inputs {
+        let Ok(input) = input.canonicalize() else {
+            continue;
+        };
+        if parse_split_path(&input).is_some_and(|(p, _, _)| p == prefix) {
+            return Err(Error::Usage(format!(
+                "{}: the split outputs {}-NNNNN-of-NNNNN.gguf could overwrite the input {}",
+                out.display(),
+                prefix.display(),
+                input.display()
+            )));
+        }
+    }
+    Ok(())
+}
+
+/// Refuse a report path that is an input or the output.
+pub(crate) fn check_report(report: &Path, out: &Path, inputs: &[PathBuf]) -> Result<()> {
+    check_output(report, inputs)?;
+    if canonical_target(report)? == canonical_target(out)? {
+        return Err(Error::Usage(format!(
+            "{}: the report would overwrite the output",
+            report.display()
+        )));
+    }
+    Ok(())
+}
+
 /// Parse sizes such as `2G`, `500M`, `1048576`.
 pub(crate) fn parse_size(s: &str) -> std::result::Result<u64, String> {
     let s = s.trim();
