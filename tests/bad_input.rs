@@ -494,7 +494,12 @@ fn disk_fills_up_mid_write() {
         .arg(&cmd)
         .output()
         .unwrap();
-    assert_fails(&o, 1, &["out.gguf", "File too large"], &out);
+    assert_fails(
+        &o,
+        1,
+        &["out.gguf", "File too large"],
+        &out,
+    );
 }
 
 #[test]
@@ -595,7 +600,12 @@ fn report_path_equal_to_an_input() {
         &out,
         &["--report", s(&base)],
     );
-    assert_fails(&o, 2, &["base.gguf", "would overwrite the input"], &out);
+    assert_fails(
+        &o,
+        2,
+        &["base.gguf", "the report would overwrite the input"],
+        &out,
+    );
     assert_eq!(std::fs::read(&base).unwrap(), before);
 }
 

@@ -126,6 +126,10 @@ pub(crate) fn require_tensors(model: &crate::gguf::GgufFile) -> Result<()> {
 
 /// Refuse an output that would overwrite one of the inputs.
 pub(crate) fn check_output(out: &Path, inputs: &[PathBuf]) -> Result<()> {
+    check_target("output", out, inputs)
+}
+
+fn check_target(what: &str, out: &Path, inputs: &[PathBuf]) -> Result<()> {
     let target = canonical_target(out)?;
     if target.is_dir() {
         return Err(Error::Usage(format!(
@@ -136,7 +140,7 @@ pub(crate) fn check_output(out: &Path, inputs: &[PathBuf]) -> Result<()> {
     for input in inputs {
         if input.canonicalize().ok().as_deref() == Some(target.as_path()) {
             return Err(Error::Usage(format!(
-                "{}: the output would overwrite the input {}",
+                "{}: the {what} would overwrite the input {}",
                 out.display(),
                 input.display()
             )));
@@ -168,7 +172,7 @@ pub(crate) fn check_split_output(out: &Path, inputs: &[PathBuf]) -> Result<()> {
 
 /// Refuse a report path that is an input or the output.
 pub(crate) fn check_report(report: &Path, out: &Path, inputs: &[PathBuf]) -> Result<()> {
-    check_output(report, inputs)?;
+    check_target("report", report, inputs)?;
     if canonical_target(report)? == canonical_target(out)? {
         return Err(Error::Usage(format!(
             "{}: the report would overwrite the output",

@@ -361,7 +361,7 @@ impl GgufWriter {
         s.created = true;
         let mut out = BufWriter::with_capacity(1 << 20, file);
         out.write_all(&s.header)
-            .map_err(|e| Error::io(&s.tmp_path, e))?;
+            .map_err(|e| Error::io(&s.final_path, e))?;
         s.header = Vec::new();
         self.cur_split = Some((k, out));
         Ok(())
@@ -369,11 +369,11 @@ impl GgufWriter {
 
     fn close_split(&mut self) -> Result<()> {
         if let Some((k, out)) = self.cur_split.take() {
-            let tmp = &self.splits[k].tmp_path;
+            let path = &self.splits[k].final_path;
             let file = out
                 .into_inner()
-                .map_err(|e| Error::io(tmp, e.into_error()))?;
-            file.sync_all().map_err(|e| Error::io(tmp, e))?;
+                .map_err(|e| Error::io(path, e.into_error()))?;
+            file.sync_all().map_err(|e| Error::io(path, e))?;
         }
         Ok(())
     }
@@ -402,7 +402,7 @@ impl GgufWriter {
                     "GgufWriter: write after a failed write".into(),
                 ));
             };
-            let tmp = &self.splits[*k].tmp_path;
+            let path = &self.splits[*k].final_path;
             if self.cur_tensor >= self.sizes.len() {
                 return Err(Error::Usage(format!(
                     "{}: {} bytes more than the {} declared tensors hold",
@@ -413,14 +413,19 @@ impl GgufWriter {
             }
             let need = self.sizes[self.cur_tensor] - self.cur_written;
             let take = need.min(bytes.len() as u64) as usize;
-            out.write_all(&bytes[..take])
-                .map_err(|e| Error::io(tmp, e))?;
+            out.write_all(&bytes[..take]).map_err(|e| {
+                Error::tensor(
+                    path,
+                    &self.names[self.cur_tensor],
+                    format!("cannot write: {e}"),
+                )
+            })?;
             self.cur_written += take as u64;
             bytes = &bytes[take..];
             if self.cur_written == self.sizes[self.cur_tensor] {
                 let pad = pad_len(self.cur_written, self.alignment) as usize;
                 out.write_all(&vec![0u8; pad])
-                    .map_err(|e| Error::io(tmp, e))?;
+                    .map_err(|e| Error::io(path, e))?;
                 self.cur_tensor += 1;
                 self.cur_written = 0;
                 self.settle()?;

@@ -144,6 +144,8 @@ pub fn assert_fails(out: &Output, code: i32, needles: &[&str], output: &Path) {
     let lines: Vec<&str> = err.lines().collect();
     assert_eq!(lines.len(), 1, "expected one line, got: {err}");
     assert!(lines[0].starts_with("error: "), "{err}");
+    // Shown with --nocapture: the README's table quotes these lines.
+    eprintln!("[exit {code}] {}", lines[0]);
     for n in needles {
         assert!(lines[0].contains(n), "expected '{n}' in: {err}");
     }
