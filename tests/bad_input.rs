@@ -494,12 +494,7 @@ fn disk_fills_up_mid_write() {
         .arg(&cmd)
         .output()
         .unwrap();
-    assert_fails(
-        &o,
-        1,
-        &["out.gguf", "File too large"],
-        &out,
-    );
+    assert_fails(&o, 1, &["out.gguf", "File too large"], &out);
 }
 
 #[test]
