@@ -11,6 +11,8 @@ pub mod cli;
 pub mod compare;
 pub mod error;
 pub mod extract;
+#[doc(hidden)]
+pub mod fuzz_entry;
 pub mod gguf;
 pub mod guard;
 pub mod instruct;

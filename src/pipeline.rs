@@ -93,14 +93,33 @@ impl RowSource for EncodedRows<'_> {
         let rb = self.row_bytes();
         let n = out.len() / self.row_len;
         let err = |row: usize, e: QuantError| Error::quant(self.path, self.name, row, e);
-        if matches!(self.permutation, RowPermutation::Identity) {
+        let identity = matches!(self.permutation, RowPermutation::Identity);
+        if identity {
             let bytes = &self.data[start * rb..(start + n) * rb];
-            return dequantize_row(self.ty, bytes, out).map_err(|e| err(start, e));
+            dequantize_row(self.ty, bytes, out).map_err(|e| err(start, e))?;
+        } else {
+            for (i, dst) in out.chunks_exact_mut(self.row_len).enumerate() {
+                let src = self.permutation.source_row(self.n_rows, start + i);
+                dequantize_row(self.ty, &self.data[src * rb..(src + 1) * rb], dst)
+                    .map_err(|e| err(src, e))?;
+            }
         }
-        for (i, dst) in out.chunks_exact_mut(self.row_len).enumerate() {
-            let src = self.permutation.source_row(self.n_rows, start + i);
-            dequantize_row(self.ty, &self.data[src * rb..(src + 1) * rb], dst)
-                .map_err(|e| err(src, e))?;
+        // Name the input holding NaN/Inf, not the output that cannot take it.
+        if let Some((i, v)) = qresidual_quant::find_non_finite(out) {
+            let row = start + i / self.row_len;
+            let row = if identity {
+                row
+            } else {
+                self.permutation.source_row(self.n_rows, row)
+            };
+            return Err(Error::tensor(
+                self.path,
+                self.name,
+                format!(
+                    "row {row}, column {}: holds {v}, which cannot be requantized",
+                    i % self.row_len
+                ),
+            ));
         }
         Ok(())
     }

@@ -139,30 +139,13 @@ impl SafetensorsModel {
 
     fn open_index(user_path: &Path, index_path: &Path) -> Result<Self> {
         let text = std::fs::read(index_path).map_err(|e| Error::io(index_path, e))?;
-        let index: IndexJson = serde_json::from_slice(&text)
-            .map_err(|e| Error::format(index_path, format!("not a safetensors index: {e}")))?;
+        let index = parse_index(index_path, &text)?;
         let folder = index_path.parent().unwrap_or(Path::new("."));
-
-        // Shards in order of first mention, so shard numbers are deterministic.
-        let mut shard_names: Vec<String> = Vec::new();
-        let mut shard_of: HashMap<String, usize> = HashMap::new();
-        let mut wanted: HashMap<String, usize> = HashMap::new();
-        for (tensor, file) in index.weight_map.0 {
-            let inside = Path::new(&file)
-                .components()
-                .all(|c| matches!(c, std::path::Component::Normal(_)));
-            if file.is_empty() || !inside {
-                return Err(Error::format(
-                    index_path,
-                    format!("tensor '{tensor}' points to shard '{file}', which is not a file name inside the folder"),
-                ));
-            }
-            let shard = *shard_of.entry(file.clone()).or_insert_with(|| {
-                shard_names.push(file.clone());
-                shard_names.len() - 1
-            });
-            wanted.insert(tensor, shard);
-        }
+        let ParsedIndex {
+            shard_names,
+            wanted,
+            metadata: index_metadata,
+        } = index;
         if shard_names.is_empty() {
             return Err(Error::format(index_path, "the index lists no tensors"));
         }
@@ -227,7 +210,7 @@ impl SafetensorsModel {
                 format!("listed in the index for shard '{shard}' but not stored there"),
             ));
         }
-        for (k, v) in index.metadata {
+        for (k, v) in index_metadata {
             let v = match v {
                 Value::String(s) => s,
                 other => other.to_string(),
@@ -441,6 +424,59 @@ struct IndexJson {
     #[serde(default)]
     metadata: BTreeMap<String, Value>,
     weight_map: UniquePairs<String>,
+}
+
+struct ParsedIndex {
+    /// Shards in order of first mention, so shard numbers are deterministic.
+    shard_names: Vec<String>,
+    /// Tensor name → index into `shard_names`.
+    wanted: HashMap<String, usize>,
+    metadata: BTreeMap<String, Value>,
+}
+
+/// Parse and check `model.safetensors.index.json` (`text`, read from
+/// `index_path`): every shard must be a plain file name inside the folder.
+fn parse_index(index_path: &Path, text: &[u8]) -> Result<ParsedIndex> {
+    let index: IndexJson = serde_json::from_slice(text)
+        .map_err(|e| Error::format(index_path, format!("not a safetensors index: {e}")))?;
+    let mut shard_names: Vec<String> = Vec::new();
+    let mut shard_of: HashMap<String, usize> = HashMap::new();
+    let mut wanted: HashMap<String, usize> = HashMap::new();
+    for (tensor, file) in index.weight_map.0 {
+        let inside = Path::new(&file)
+            .components()
+            .all(|c| matches!(c, std::path::Component::Normal(_)));
+        if file.is_empty() || !inside {
+            return Err(Error::format(
+                index_path,
+                format!("tensor '{tensor}' points to shard '{file}', which is not a file name inside the folder"),
+            ));
+        }
+        let shard = *shard_of.entry(file.clone()).or_insert_with(|| {
+            shard_names.push(file.clone());
+            shard_names.len() - 1
+        });
+        wanted.insert(tensor, shard);
+    }
+    Ok(ParsedIndex {
+        shard_names,
+        wanted,
+        metadata: index.metadata,
+    })
+}
+
+/// Parse and validate a safetensors header held in memory (the whole file:
+/// length, JSON, data) as [`SafetensorsModel::open`] does; every returned
+/// tensor's `start..end` lies within `bytes`. Lets fuzzers and tests reach
+/// the parser without a file.
+pub fn parse_header_bytes(bytes: &[u8]) -> Result<Vec<StTensor>> {
+    parse_header(Path::new("<memory>"), bytes).map(|h| h.tensors)
+}
+
+/// Parse and check a `model.safetensors.index.json` held in memory; returns
+/// the shard file names in order of first mention. For fuzzers and tests.
+pub fn parse_index_bytes(text: &[u8]) -> Result<Vec<String>> {
+    parse_index(Path::new("<memory>"), text).map(|i| i.shard_names)
 }
 
 fn open_shard(path: &Path) -> Result<(Mmap, ShardHeader)> {

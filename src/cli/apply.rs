@@ -108,8 +108,21 @@ pub fn run(a: &ApplyArgs) -> Result<()> {
     let mut inputs = base.paths();
     inputs.extend(residual.paths());
     super::check_output(&a.output, &inputs)?;
+    if a.split_max_size.is_some() {
+        super::check_split_output(&a.output, &inputs)?;
+    }
+    if let Some(r) = &a.report {
+        super::check_report(r, &a.output, &inputs)?;
+    }
 
     let rtensors = residual.tensors()?;
+    super::require_tensors(&base)?;
+    if rtensors.is_empty() {
+        return Err(Error::format(
+            residual.path(),
+            "the residual holds no tensors",
+        ));
+    }
     let matching = match_residual(&base, residual.path(), &rtensors, a.allow_missing)?;
     crate::guard::guard_apply(
         &base,

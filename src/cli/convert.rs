@@ -106,7 +106,11 @@ pub fn run_dequantize(a: &DequantizeArgs) -> Result<()> {
         }
     };
     let model = GgufFile::open(&a.input)?;
+    super::require_tensors(&model)?;
     super::check_output(&a.output, &model.paths())?;
+    if a.split_max_size.is_some() {
+        super::check_split_output(&a.output, &model.paths())?;
+    }
     let types: Vec<GgmlType> = model
         .tensors()
         .iter()
@@ -140,7 +144,14 @@ pub fn run_quantize(a: &QuantizeArgs) -> Result<()> {
     super::set_threads(a.threads)?;
     let target = transform::parse_target(&a.ty)?;
     let model = GgufFile::open(&a.input)?;
+    super::require_tensors(&model)?;
     super::check_output(&a.output, &model.paths())?;
+    if a.split_max_size.is_some() {
+        super::check_split_output(&a.output, &model.paths())?;
+    }
+    if let Some(r) = &a.report {
+        super::check_report(r, &a.output, &model.paths())?;
+    }
     let types = transform::output_types(&model, &target)?;
     let tasks = transform::tasks(&model, &types, Vec::new(), 1.0)?;
     let requantized = tasks

@@ -64,6 +64,14 @@ enum Command {
 
 /// Parse the command line, run, and return the process exit code.
 pub fn main() -> i32 {
+    // A file size limit (`ulimit -f`) must surface as EFBIG from write(2) and
+    // so as an error that removes the temporary file, not as SIGXFSZ, which
+    // would kill the process and leave it behind.
+    #[cfg(unix)]
+    // SAFETY: setting a signal to SIG_IGN before any thread starts.
+    unsafe {
+        libc::signal(libc::SIGXFSZ, libc::SIG_IGN);
+    }
     let cli = match Cli::try_parse() {
         Ok(cli) => cli,
         Err(e) => {
@@ -122,8 +130,21 @@ fn canonical_target(out: &Path) -> Result<PathBuf> {
     Ok(dir.join(name))
 }
 
+/// Refuse a model without tensors: there is nothing to convert, and an
+/// empty output would look like a success.
+pub(crate) fn require_tensors(model: &crate::gguf::GgufFile) -> Result<()> {
+    if model.tensors().is_empty() {
+        return Err(Error::format(model.path(), "the model holds no tensors"));
+    }
+    Ok(())
+}
+
 /// Refuse an output that would overwrite one of the inputs.
 pub(crate) fn check_output(out: &Path, inputs: &[PathBuf]) -> Result<()> {
+    check_target("output", out, inputs)
+}
+
+fn check_target(what: &str, out: &Path, inputs: &[PathBuf]) -> Result<()> {
     let target = canonical_target(out)?;
     if target.is_dir() {
         return Err(Error::Usage(format!(
@@ -134,11 +155,44 @@ pub(crate) fn check_output(out: &Path, inputs: &[PathBuf]) -> Result<()> {
     for input in inputs {
         if input.canonicalize().ok().as_deref() == Some(target.as_path()) {
             return Err(Error::Usage(format!(
-                "{}: the output would overwrite the input {}",
+                "{}: the {what} would overwrite the input {}",
                 out.display(),
                 input.display()
             )));
         }
+    }
+    Ok(())
+}
+
+/// Refuse split outputs (`PREFIX-0000k-of-0000N.gguf`, named after `out`)
+/// that could land on a split input: N is only known while writing.
+pub(crate) fn check_split_output(out: &Path, inputs: &[PathBuf]) -> Result<()> {
+    use crate::gguf::split::{output_prefix, parse_split_path};
+    let prefix = output_prefix(&canonical_target(out)?);
+    for input in inputs {
+        let Ok(input) = input.canonicalize() else {
+            continue;
+        };
+        if parse_split_path(&input).is_some_and(|(p, _, _)| p == prefix) {
+            return Err(Error::Usage(format!(
+                "{}: the split outputs {}-NNNNN-of-NNNNN.gguf could overwrite the input {}",
+                out.display(),
+                prefix.display(),
+                input.display()
+            )));
+        }
+    }
+    Ok(())
+}
+
+/// Refuse a report path that is an input or the output.
+pub(crate) fn check_report(report: &Path, out: &Path, inputs: &[PathBuf]) -> Result<()> {
+    check_target("report", report, inputs)?;
+    if canonical_target(report)? == canonical_target(out)? {
+        return Err(Error::Usage(format!(
+            "{}: the report would overwrite the output",
+            report.display()
+        )));
     }
     Ok(())
 }

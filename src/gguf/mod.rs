@@ -12,7 +12,7 @@ mod writer;
 
 pub use edit::{apply_edits, edit_metadata, parse_edits, MetaEdit};
 pub use inspect::{inspect_gguf, inspect_json, value_json};
-pub use reader::{GgufFile, TensorInfo};
+pub use reader::{parse_bytes, GgufFile, ParsedGguf, TensorInfo};
 pub use value::{MetaArray, MetaValue, ValueType, MAX_ARRAY_NESTING};
 pub use writer::{GgufWriter, TensorSpec, WriterOptions};
 

@@ -308,6 +308,29 @@ pub(crate) fn parse_header(path: &Path, data: &[u8]) -> Result<Header> {
     })
 }
 
+/// One GGUF file parsed from memory by [`parse_bytes`].
+#[derive(Debug)]
+pub struct ParsedGguf {
+    /// Metadata in file order.
+    pub metadata: Vec<(String, MetaValue)>,
+    /// Tensor infos; each one's bytes lie within the parsed buffer.
+    pub tensors: Vec<TensorInfo>,
+    /// Absolute offset of the data section.
+    pub data_offset: u64,
+}
+
+/// Parse and validate one GGUF file held in memory exactly as
+/// [`GgufFile::open`] validates each file (split keys are not followed).
+/// Lets fuzzers and tests reach the parser without a file.
+pub fn parse_bytes(data: &[u8]) -> Result<ParsedGguf> {
+    let h = parse_header(Path::new("<memory>"), data)?;
+    Ok(ParsedGguf {
+        metadata: h.metadata,
+        tensors: h.tensors,
+        data_offset: h.data_offset,
+    })
+}
+
 struct Part {
     path: PathBuf,
     map: Mmap,

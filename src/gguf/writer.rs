@@ -101,6 +101,58 @@ fn tmp_path_for(final_path: &Path) -> PathBuf {
     final_path.with_file_name(tmp)
 }
 
+/// Whether process `pid` still runs (or may: anything but "no such process").
+#[cfg(unix)]
+fn process_alive(pid: i32) -> bool {
+    // SAFETY: signal 0 only checks that the process exists.
+    let r = unsafe { libc::kill(pid, 0) };
+    r == 0 || std::io::Error::last_os_error().raw_os_error() != Some(libc::ESRCH)
+}
+
+#[cfg(not(unix))]
+fn process_alive(_pid: i32) -> bool {
+    true
+}
+
+/// Remove the temporary files an earlier, killed run left for this same
+/// target (`.{name}.{pid}.{n}.qresidual-tmp` whose pid no longer runs). A
+/// live pid's files are left alone: that may be a concurrent run. Only
+/// best effort; failures are ignored.
+fn remove_stale_temps(final_path: &Path) {
+    let Some(name) = final_path.file_name().and_then(|n| n.to_str()) else {
+        return;
+    };
+    let dir = match final_path.parent() {
+        Some(p) if !p.as_os_str().is_empty() => p,
+        _ => Path::new("."),
+    };
+    let prefix = format!(".{name}.");
+    let Ok(entries) = std::fs::read_dir(dir) else {
+        return;
+    };
+    for e in entries.flatten() {
+        let f = e.file_name();
+        let Some(rest) = f
+            .to_str()
+            .and_then(|f| f.strip_prefix(&prefix))
+            .and_then(|r| r.strip_suffix(".qresidual-tmp"))
+        else {
+            continue;
+        };
+        let mut parts = rest.split('.');
+        let (Some(pid), Some(n), None) = (parts.next(), parts.next(), parts.next()) else {
+            continue;
+        };
+        let (Ok(pid), Ok(_)) = (pid.parse::<i32>(), n.parse::<u64>()) else {
+            continue;
+        };
+        if pid <= 0 || pid as u32 == std::process::id() || process_alive(pid) {
+            continue;
+        }
+        let _ = std::fs::remove_file(e.path());
+    }
+}
+
 impl GgufWriter {
     /// Start writing `tensors` with `metadata` to `path` (or to split files
     /// named after it when `opts.split_max_size` is set). Everything about
@@ -284,6 +336,9 @@ impl GgufWriter {
             cur_written: 0,
             cur_split: None,
         };
+        for s in &w.splits {
+            remove_stale_temps(&s.final_path);
+        }
         w.begin_split(0)?;
         w.settle()?;
         Ok(w)
@@ -301,11 +356,12 @@ impl GgufWriter {
             .write(true)
             .create_new(true)
             .open(&s.tmp_path)
-            .map_err(|e| Error::io(&s.tmp_path, e))?;
+            // Named after the target: the temporary name means nothing to users.
+            .map_err(|e| Error::io(&s.final_path, e))?;
         s.created = true;
         let mut out = BufWriter::with_capacity(1 << 20, file);
         out.write_all(&s.header)
-            .map_err(|e| Error::io(&s.tmp_path, e))?;
+            .map_err(|e| Error::io(&s.final_path, e))?;
         s.header = Vec::new();
         self.cur_split = Some((k, out));
         Ok(())
@@ -313,11 +369,11 @@ impl GgufWriter {
 
     fn close_split(&mut self) -> Result<()> {
         if let Some((k, out)) = self.cur_split.take() {
-            let tmp = &self.splits[k].tmp_path;
+            let path = &self.splits[k].final_path;
             let file = out
                 .into_inner()
-                .map_err(|e| Error::io(tmp, e.into_error()))?;
-            file.sync_all().map_err(|e| Error::io(tmp, e))?;
+                .map_err(|e| Error::io(path, e.into_error()))?;
+            file.sync_all().map_err(|e| Error::io(path, e))?;
         }
         Ok(())
     }
@@ -346,7 +402,7 @@ impl GgufWriter {
                     "GgufWriter: write after a failed write".into(),
                 ));
             };
-            let tmp = &self.splits[*k].tmp_path;
+            let path = &self.splits[*k].final_path;
             if self.cur_tensor >= self.sizes.len() {
                 return Err(Error::Usage(format!(
                     "{}: {} bytes more than the {} declared tensors hold",
@@ -357,14 +413,19 @@ impl GgufWriter {
             }
             let need = self.sizes[self.cur_tensor] - self.cur_written;
             let take = need.min(bytes.len() as u64) as usize;
-            out.write_all(&bytes[..take])
-                .map_err(|e| Error::io(tmp, e))?;
+            out.write_all(&bytes[..take]).map_err(|e| {
+                Error::tensor(
+                    path,
+                    &self.names[self.cur_tensor],
+                    format!("cannot write: {e}"),
+                )
+            })?;
             self.cur_written += take as u64;
             bytes = &bytes[take..];
             if self.cur_written == self.sizes[self.cur_tensor] {
                 let pad = pad_len(self.cur_written, self.alignment) as usize;
                 out.write_all(&vec![0u8; pad])
-                    .map_err(|e| Error::io(tmp, e))?;
+                    .map_err(|e| Error::io(path, e))?;
                 self.cur_tensor += 1;
                 self.cur_written = 0;
                 self.settle()?;

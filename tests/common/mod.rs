@@ -1,0 +1,175 @@
+//! Small models written in the test, and the checks every failing run shares.
+#![allow(dead_code)]
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+
+use qresidual::gguf::{GgufWriter, MetaValue, TensorSpec, WriterOptions};
+use qresidual::quant::{quantize_row, GgmlType};
+use qresidual::st::SafetensorsWriter;
+use safetensors::Dtype;
+
+/// One tensor to write: GGUF name, type, ggml dims, raw bytes.
+pub struct T {
+    pub name: &'static str,
+    pub ty: GgmlType,
+    pub ne: Vec<u64>,
+    pub data: Vec<u8>,
+}
+
+pub fn f32_bytes(v: &[f32]) -> Vec<u8> {
+    v.iter().flat_map(|x| x.to_le_bytes()).collect()
+}
+
+pub fn f16_bytes(v: &[f32]) -> Vec<u8> {
+    v.iter()
+        .flat_map(|x| half::f16::from_f32(*x).to_le_bytes())
+        .collect()
+}
+
+pub fn ramp(n: usize, k: f32) -> Vec<f32> {
+    (0..n).map(|i| ((i * 7 % 23) as f32 - 11.0) * k).collect()
+}
+
+/// An F32 tensor `blk.0.ffn_down.weight` [4 rows × 32] and a Q8_0 tensor
+/// `blk.0.attn_q.weight` [4 × 32].
+pub fn base_tensors() -> Vec<T> {
+    let q = ramp(128, 0.01);
+    let mut q8 = vec![0u8; GgmlType::Q8_0.row_size(128).unwrap()];
+    quantize_row(GgmlType::Q8_0, &q, &mut q8).unwrap();
+    vec![
+        T {
+            name: "blk.0.ffn_down.weight",
+            ty: GgmlType::F32,
+            ne: vec![32, 4],
+            data: f32_bytes(&ramp(128, 0.02)),
+        },
+        T {
+            name: "blk.0.attn_q.weight",
+            ty: GgmlType::Q8_0,
+            ne: vec![32, 4],
+            data: q8,
+        },
+    ]
+}
+
+pub fn write_gguf(path: &Path, arch: &str, tensors: &[T]) {
+    let md = vec![
+        (
+            "general.architecture".to_string(),
+            MetaValue::String(arch.to_string()),
+        ),
+        (format!("{arch}.attention.head_count"), MetaValue::U32(1)),
+    ];
+    let specs: Vec<TensorSpec> = tensors
+        .iter()
+        .map(|t| TensorSpec {
+            name: t.name.to_string(),
+            ty: t.ty,
+            ne: t.ne.clone(),
+        })
+        .collect();
+    let mut w = GgufWriter::create(path, &md, &specs, &WriterOptions::default()).unwrap();
+    for t in tensors {
+        w.write(&t.data).unwrap();
+    }
+    w.finish().unwrap();
+}
+
+/// A safetensors residual: (name, dtype, row-major shape, bytes).
+pub fn write_st(path: &Path, tensors: &[(&str, Dtype, Vec<usize>, Vec<u8>)]) {
+    let layout: Vec<(String, Dtype, Vec<usize>)> = tensors
+        .iter()
+        .map(|(n, d, s, _)| (n.to_string(), *d, s.clone()))
+        .collect();
+    let mut w = SafetensorsWriter::create(path, &layout, BTreeMap::new()).unwrap();
+    for (_, _, _, b) in tensors {
+        w.write(b).unwrap();
+    }
+    w.finish().unwrap();
+}
+
+/// The residual matching [`base_tensors`]: F16, GGUF names.
+pub fn good_residual(path: &Path) {
+    write_st(
+        path,
+        &[
+            (
+                "blk.0.ffn_down.weight",
+                Dtype::F16,
+                vec![4, 32],
+                f16_bytes(&ramp(128, 0.001)),
+            ),
+            (
+                "blk.0.attn_q.weight",
+                Dtype::F16,
+                vec![4, 32],
+                f16_bytes(&ramp(128, 0.002)),
+            ),
+        ],
+    );
+}
+
+pub fn bin() -> &'static str {
+    env!("CARGO_BIN_EXE_qresidual")
+}
+
+pub fn run(args: &[&str]) -> Output {
+    Command::new(bin())
+        .args(args)
+        .output()
+        .expect("run qresidual")
+}
+
+/// No file named like one of ours is left in `dir` apart from `keep`.
+pub fn no_temp_files(dir: &Path) {
+    for e in std::fs::read_dir(dir).unwrap() {
+        let n = e.unwrap().file_name().to_string_lossy().into_owned();
+        assert!(
+            !n.contains("qresidual-tmp") && !n.ends_with(".tmp"),
+            "temporary file {n} left behind in {}",
+            dir.display()
+        );
+    }
+}
+
+/// The run failed with exit code `code` and exactly one line on stderr,
+/// `error: …`, containing every needle; no panic; nothing at `output`; no
+/// temporary file beside it.
+pub fn assert_fails(out: &Output, code: i32, needles: &[&str], output: &Path) {
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(code), "stderr: {err}");
+    assert!(!err.contains("panicked"), "{err}");
+    let lines: Vec<&str> = err.lines().collect();
+    assert_eq!(lines.len(), 1, "expected one line, got: {err}");
+    assert!(lines[0].starts_with("error: "), "{err}");
+    // Shown with --nocapture: the README's table quotes these lines.
+    eprintln!("[exit {code}] {}", lines[0]);
+    for n in needles {
+        assert!(lines[0].contains(n), "expected '{n}' in: {err}");
+    }
+    assert!(!output.exists(), "{} was written", output.display());
+    if let Some(dir) = output.parent().filter(|d| d.is_dir()) {
+        no_temp_files(dir);
+    }
+}
+
+pub struct Dir {
+    pub tmp: tempfile::TempDir,
+}
+
+impl Dir {
+    pub fn new() -> Dir {
+        Dir {
+            tmp: tempfile::tempdir().unwrap(),
+        }
+    }
+    pub fn p(&self, name: &str) -> PathBuf {
+        self.tmp.path().join(name)
+    }
+}
+
+pub fn s(p: &Path) -> &str {
+    p.to_str().unwrap()
+}
