@@ -354,36 +354,14 @@ fn collect_weights(st: &SafetensorsModel) -> Result<Vec<BnbWeight>> {
         };
         let path = st.shard_path(t);
         let bad = |msg: String| Error::tensor(path, &w, msg);
-        let blob = st.data(t);
-        let qs: Value = serde_json::from_slice(blob)
-            .map_err(|e| bad(format!("quant state is not JSON: {e}")))?;
-        let kind = FourBit::from_name(&q)
-            .filter(|k| qs["quant_type"] == k.name())
-            .ok_or_else(|| {
-                bad(format!(
-                    "quant state '{q}' with quant_type {} is not nf4 or fp4",
-                    qs["quant_type"]
-                ))
-            })?;
-        let blocksize = qs["blocksize"].as_u64().unwrap_or(0) as usize;
-        if !BLOCKSIZES_4BIT.contains(&blocksize) {
-            return Err(bad(format!(
-                "blocksize {} is not one bitsandbytes writes",
-                qs["blocksize"]
-            )));
-        }
-        let dtype = qs["dtype"]
-            .as_str()
-            .and_then(dtype_from_torch)
-            .ok_or_else(|| bad(format!("unsupported dtype {} in quant state", qs["dtype"])))?;
-        let shape: Vec<usize> = qs["shape"]
-            .as_array()
-            .and_then(|a| a.iter().map(|d| d.as_u64().map(|d| d as usize)).collect())
-            .ok_or_else(|| bad(format!("quant state shape {} is not a list", qs["shape"])))?;
-        let n = shape
-            .iter()
-            .try_fold(1usize, |a, &d| a.checked_mul(d))
-            .ok_or_else(|| bad("shape overflows".into()))?;
+        let QuantStateInfo {
+            kind,
+            blocksize,
+            dtype,
+            shape,
+            n,
+            nested_offset: parsed_offset,
+        } = parse_quant_state(&q, st.data(t)).map_err(bad)?;
         let get = |suffix: &str| -> Result<usize> {
             index
                 .get(format!("{w}{suffix}").as_str())
@@ -427,23 +405,7 @@ fn collect_weights(st: &SafetensorsModel) -> Result<Vec<BnbWeight>> {
         let absmax = get(".absmax")?;
         let nb = num_blocks(n, blocksize);
         let mut parts = vec![main, absmax, quant_map];
-        let nested_offset = if qs.get("nested_offset").is_some() {
-            if qs["nested_blocksize"].as_u64() != Some(NESTED_BLOCKSIZE as u64) {
-                return Err(bad(format!(
-                    "nested_blocksize {} is not {NESTED_BLOCKSIZE}",
-                    qs["nested_blocksize"]
-                )));
-            }
-            let offset = qs["nested_offset"]
-                .as_f64()
-                .map(|v| v as f32)
-                .filter(|v| v.is_finite())
-                .ok_or_else(|| {
-                    bad(format!(
-                        "nested_offset {} is not finite",
-                        qs["nested_offset"]
-                    ))
-                })?;
+        let nested_offset = if let Some(offset) = parsed_offset {
             expect(absmax, Dtype::U8, nb)?;
             let na = get(".nested_absmax")?;
             expect(na, Dtype::F32, num_blocks(nb, NESTED_BLOCKSIZE))?;
@@ -1594,4 +1556,83 @@ mod tests {
             assert_eq!(r * row_len % align, 0, "{row_len} {align}");
         }
     }
+}
+
+/// What a `W.quant_state.bitsandbytes__{nf4,fp4}` blob declares.
+#[derive(Debug, Clone, PartialEq)]
+pub struct QuantStateInfo {
+    /// NF4 or FP4.
+    pub kind: FourBit,
+    /// Elements per absmax block.
+    pub blocksize: usize,
+    /// The module's dtype (what dequantization returns).
+    pub dtype: Dtype,
+    /// The weight's shape.
+    pub shape: Vec<usize>,
+    /// Number of elements (checked product of `shape`).
+    pub n: usize,
+    /// With double quantization: the absmax offset.
+    pub nested_offset: Option<f32>,
+}
+
+/// Parse and check a quant-state blob; `suffix` is the `nf4`/`fp4` of its
+/// tensor name. Errors are messages for the weight's name.
+pub fn parse_quant_state(suffix: &str, blob: &[u8]) -> std::result::Result<QuantStateInfo, String> {
+    let qs: Value =
+        serde_json::from_slice(blob).map_err(|e| format!("quant state is not JSON: {e}"))?;
+    let kind = FourBit::from_name(suffix)
+        .filter(|k| qs["quant_type"] == k.name())
+        .ok_or_else(|| {
+            format!(
+                "quant state '{suffix}' with quant_type {} is not nf4 or fp4",
+                qs["quant_type"]
+            )
+        })?;
+    let blocksize = qs["blocksize"].as_u64().unwrap_or(0) as usize;
+    if !BLOCKSIZES_4BIT.contains(&blocksize) {
+        return Err(format!(
+            "blocksize {} is not one bitsandbytes writes",
+            qs["blocksize"]
+        ));
+    }
+    let dtype = qs["dtype"]
+        .as_str()
+        .and_then(dtype_from_torch)
+        .ok_or_else(|| format!("unsupported dtype {} in quant state", qs["dtype"]))?;
+    let shape: Vec<usize> = qs["shape"]
+        .as_array()
+        .and_then(|a| {
+            a.iter()
+                .map(|d| d.as_u64().and_then(|d| usize::try_from(d).ok()))
+                .collect()
+        })
+        .ok_or_else(|| format!("quant state shape {} is not a list", qs["shape"]))?;
+    let n = shape
+        .iter()
+        .try_fold(1usize, |a, &d| a.checked_mul(d))
+        .ok_or_else(|| "shape overflows".to_string())?;
+    let nested_offset = if qs.get("nested_offset").is_some() {
+        if qs["nested_blocksize"].as_u64() != Some(NESTED_BLOCKSIZE as u64) {
+            return Err(format!(
+                "nested_blocksize {} is not {NESTED_BLOCKSIZE}",
+                qs["nested_blocksize"]
+            ));
+        }
+        let offset = qs["nested_offset"]
+            .as_f64()
+            .map(|v| v as f32)
+            .filter(|v| v.is_finite())
+            .ok_or_else(|| format!("nested_offset {} is not finite", qs["nested_offset"]))?;
+        Some(offset)
+    } else {
+        None
+    };
+    Ok(QuantStateInfo {
+        kind,
+        blocksize,
+        dtype,
+        shape,
+        n,
+        nested_offset,
+    })
 }

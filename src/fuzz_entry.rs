@@ -157,3 +157,19 @@ pub fn bnb_dequantize(data: &[u8]) {
         }
     }
 }
+
+/// The bitsandbytes `quant_state` JSON parser. The first byte picks the
+/// tensor-name suffix (`nf4`/`fp4`/other), the rest is the blob; a parsed
+/// state must describe a consistent, non-overflowing weight.
+pub fn bnb_quant_state(data: &[u8]) {
+    let Some((&sel, blob)) = data.split_first() else {
+        return;
+    };
+    let suffix = ["nf4", "fp4", "int8"][sel as usize % 3];
+    if let Ok(q) = crate::bnb_model::parse_quant_state(suffix, blob) {
+        let n = q.shape.iter().try_fold(1usize, |a, &d| a.checked_mul(d));
+        assert_eq!(n, Some(q.n));
+        assert!(q.blocksize > 0);
+        assert!(q.nested_offset.is_none_or(f32::is_finite));
+    }
+}

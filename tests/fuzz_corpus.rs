@@ -46,3 +46,8 @@ fn dequantize() {
 fn bnb_dequantize() {
     replay("bnb_dequantize", fuzz_entry::bnb_dequantize);
 }
+
+#[test]
+fn bnb_quant_state() {
+    replay("bnb_quant_state", fuzz_entry::bnb_quant_state);
+}
