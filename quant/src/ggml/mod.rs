@@ -6,6 +6,7 @@
 pub mod common;
 pub mod float;
 pub mod iquants;
+pub mod isa;
 pub mod kquants;
 pub mod legacy;
 pub mod mxfp4;
