@@ -5,7 +5,6 @@
 //! branch-free count of the table entries `≤ x` followed by the same
 //! nearer-neighbour comparison.
 
-
 // Index loops keep lane/element positions explicit, like the scalar ports.
 #![allow(clippy::needless_range_loop)]
 use std::arch::x86_64::*;

@@ -75,13 +75,14 @@ pub fn quantize_fn(isa: Isa, ty: GgmlType) -> Option<QuantizeFn> {
     }
     let f: QuantizeFn = match (isa, ty) {
         (Isa::Scalar, GgmlType::Q2_K) => k::quantize_row_q2_k_scalar,
-        (Isa::Scalar, GgmlType::Q3_K) => k::quantize_row_q3_k,
+        (Isa::Scalar, GgmlType::Q3_K) => k::quantize_row_q3_k_scalar,
         (Isa::Scalar, GgmlType::Q4_K) => k::quantize_row_q4_k_scalar,
         (Isa::Scalar, GgmlType::Q5_K) => k::quantize_row_q5_k_scalar,
         (Isa::Scalar, GgmlType::Q6_K) => k::quantize_row_q6_k_scalar,
         (Isa::Scalar, GgmlType::IQ4_NL) => iq::quantize_iq4_nl_scalar,
         (Isa::Scalar, GgmlType::IQ4_XS) => iq::quantize_iq4_xs_scalar,
         (Isa::Avx2, GgmlType::Q2_K) => k::quantize_row_q2_k_avx2,
+        (Isa::Avx2, GgmlType::Q3_K) => k::quantize_row_q3_k_avx2,
         (Isa::Avx2, GgmlType::Q4_K) => k::quantize_row_q4_k_avx2,
         (Isa::Avx2, GgmlType::Q5_K) => k::quantize_row_q5_k_avx2,
         (Isa::Avx2, GgmlType::Q6_K) => k::quantize_row_q6_k_avx2,

@@ -69,6 +69,43 @@ fn f16_bytes(x: f32) -> [u8; 2] {
     f32_to_f16(x).to_le_bytes()
 }
 
+/// Declares the dispatching, scalar and AVX2 entry points of one encoder
+/// whose body is `$body::<AVX>(src, dst)`.
+macro_rules! variants {
+    ($name:literal, $best:ident, $scalar:ident, $avx2:ident, $avx2_impl:ident, $body:ident) => {
+        #[doc = concat!("`", $name, "`, with the best variant this CPU runs.")]
+        pub fn $best(src: &[f32], dst: &mut [u8]) {
+            if has_avx2() {
+                $avx2(src, dst)
+            } else {
+                $scalar(src, dst)
+            }
+        }
+
+        #[doc = concat!("`", $name, "`, portable scalar variant.")]
+        pub fn $scalar(src: &[f32], dst: &mut [u8]) {
+            $body::<false>(src, dst)
+        }
+
+        #[doc = concat!("`", $name, "`, AVX2 variant (the scalar one without AVX2).")]
+        pub fn $avx2(src: &[f32], dst: &mut [u8]) {
+            #[cfg(target_arch = "x86_64")]
+            if has_avx2() {
+                // SAFETY: AVX2 was detected.
+                unsafe { $avx2_impl(src, dst) };
+                return;
+            }
+            $body::<false>(src, dst)
+        }
+
+        #[cfg(target_arch = "x86_64")]
+        #[target_feature(enable = "avx2")]
+        unsafe fn $avx2_impl(src: &[f32], dst: &mut [u8]) {
+            $body::<true>(src, dst)
+        }
+    };
+}
+
 // ───────────────────────────── Q2_K ─────────────────────────────
 // Layout: scales[16] (low nibble scale, high nibble min), qs[64], d, dmin.
 
@@ -248,6 +285,25 @@ fn search_qx_rmse1<const AVX: bool>(x: &[f32], l: &mut [u8; QK_K], scales: &mut 
     false
 }
 
+/// With `AVX`, `make_q3_quants(16, 4, …, true)` on the sixteen sub-blocks
+/// of `x`, eight at a time (`l` = L + 4), and `true`.
+#[inline(always)]
+fn search_q3<const AVX: bool>(x: &[f32], l: &mut [u8; QK_K], scales: &mut [f32]) -> bool {
+    #[cfg(target_arch = "x86_64")]
+    if AVX {
+        for g in 0..2 {
+            let r = 128 * g..128 * (g + 1);
+            // SAFETY: as in `search_qkx2`.
+            unsafe {
+                avx2::q3_x8::<16>(4, &x[r.clone()], &mut l[r], &mut scales[8 * g..8 * g + 8])
+            };
+        }
+        return true;
+    }
+    let _ = (x, l, scales);
+    false
+}
+
 /// `l[i] = clamp(nearest_int(x[i] / d), lo, hi) + off`.
 #[inline(always)]
 fn requant_sym<const N: usize, const AVX: bool>(
@@ -323,15 +379,32 @@ fn q3_k_scale(s: &[u8], j: usize) -> i32 {
     (lo | (hi << 4)) as i32 - 32
 }
 
-/// `quantize_row_q3_K_ref`.
-pub fn quantize_row_q3_k(src: &[f32], dst: &mut [u8]) {
-    let mut l = [0i8; QK_K];
+variants!(
+    "quantize_row_q3_K_ref",
+    quantize_row_q3_k,
+    quantize_row_q3_k_scalar,
+    quantize_row_q3_k_avx2,
+    q3_k_rows_avx2,
+    q3_k_rows
+);
+
+#[inline(always)]
+fn q3_k_rows<const AVX: bool>(src: &[f32], dst: &mut [u8]) {
+    let mut l = [0u8; QK_K];
     let mut scales = [0f32; QK_K / 16];
     for (x, y) in src.chunks_exact(QK_K).zip(dst.chunks_exact_mut(Q3_K_BYTES)) {
+        if !search_q3::<AVX>(x, &mut l, &mut scales) {
+            let mut li = [0i8; 16];
+            for j in 0..QK_K / 16 {
+                scales[j] = make_q3_quants(4, sub::<16>(x, j), &mut li, true);
+                for (o, &v) in sub_mut::<16, _>(&mut l, j).iter_mut().zip(&li) {
+                    *o = v as u8;
+                }
+            }
+        }
         let mut max_scale = 0f32;
         let mut amax = 0f32;
         for j in 0..QK_K / 16 {
-            scales[j] = make_q3_quants(4, sub::<16>(x, j), sub_mut::<16, _>(&mut l, j), true);
             let scale = scales[j].abs();
             if scale > amax {
                 amax = scale;
@@ -363,10 +436,7 @@ pub fn quantize_row_q3_k(src: &[f32], dst: &mut [u8]) {
             if d == 0.0 {
                 continue;
             }
-            for ii in 0..16 {
-                let q = nearest_int(x[16 * j + ii] / d).clamp(-4, 3);
-                l[16 * j + ii] = (q + 4) as i8;
-            }
+            requant_sym::<16, AVX>(sub::<16>(x, j), d, -4, 3, 4, sub_mut::<16, _>(&mut l, j));
         }
 
         let (hmask, rest) = y.split_at_mut(32);
@@ -387,7 +457,7 @@ pub fn quantize_row_q3_k(src: &[f32], dst: &mut [u8]) {
         let qs = &mut rest[..64];
         for j in (0..QK_K).step_by(128) {
             for k in 0..32 {
-                let u = |i: usize| l[i] as u8;
+                let u = |i: usize| l[i];
                 qs[j / 4 + k] =
                     u(j + k) | (u(j + k + 32) << 2) | (u(j + k + 64) << 4) | (u(j + k + 96) << 6);
             }
@@ -510,43 +580,6 @@ fn quantize_block_qkx_k<const S: usize, const AVX: bool>(
     head[0..2].copy_from_slice(&d_bits.to_le_bytes());
     head[2..4].copy_from_slice(&dmin_bits.to_le_bytes());
     head[4..16].copy_from_slice(&sc);
-}
-
-/// Declares the dispatching, scalar and AVX2 entry points of one encoder
-/// whose body is `$body::<AVX>(src, dst)`.
-macro_rules! variants {
-    ($name:literal, $best:ident, $scalar:ident, $avx2:ident, $avx2_impl:ident, $body:ident) => {
-        #[doc = concat!("`", $name, "`, with the best variant this CPU runs.")]
-        pub fn $best(src: &[f32], dst: &mut [u8]) {
-            if has_avx2() {
-                $avx2(src, dst)
-            } else {
-                $scalar(src, dst)
-            }
-        }
-
-        #[doc = concat!("`", $name, "`, portable scalar variant.")]
-        pub fn $scalar(src: &[f32], dst: &mut [u8]) {
-            $body::<false>(src, dst)
-        }
-
-        #[doc = concat!("`", $name, "`, AVX2 variant (the scalar one without AVX2).")]
-        pub fn $avx2(src: &[f32], dst: &mut [u8]) {
-            #[cfg(target_arch = "x86_64")]
-            if has_avx2() {
-                // SAFETY: AVX2 was detected.
-                unsafe { $avx2_impl(src, dst) };
-                return;
-            }
-            $body::<false>(src, dst)
-        }
-
-        #[cfg(target_arch = "x86_64")]
-        #[target_feature(enable = "avx2")]
-        unsafe fn $avx2_impl(src: &[f32], dst: &mut [u8]) {
-            $body::<true>(src, dst)
-        }
-    };
 }
 
 variants!(
