@@ -5,12 +5,14 @@
 //! reference byte for byte.
 mod common;
 
-use common::{cases, golden_bytes, Rng};
-use qresidual_quant::ggml::isa::{quantize_fn, Isa};
+use common::{cases, golden_bytes, golden_floats, Rng};
+use qresidual_quant::ggml::isa::{dequantize_fn, quantize_fn, Isa};
 use qresidual_quant::GgmlType;
 
 /// The types with more than one variant.
 const TYPES: &[GgmlType] = &[
+    GgmlType::F16,
+    GgmlType::BF16,
     GgmlType::Q2_K,
     GgmlType::Q3_K,
     GgmlType::Q4_K,
@@ -19,6 +21,66 @@ const TYPES: &[GgmlType] = &[
     GgmlType::IQ4_NL,
     GgmlType::IQ4_XS,
 ];
+
+/// The types whose decoder has more than one variant.
+const DECODE_TYPES: &[GgmlType] = &[
+    GgmlType::F16,
+    GgmlType::BF16,
+    GgmlType::Q8_0,
+    GgmlType::Q4_K,
+    GgmlType::Q5_K,
+    GgmlType::Q6_K,
+];
+
+fn decode(isa: Isa, ty: GgmlType, q: &[u8]) -> Vec<u32> {
+    let f = dequantize_fn(isa, ty).unwrap_or_else(|| panic!("{} has no {ty} decoder", isa.name()));
+    let mut out = vec![0f32; q.len() / ty.type_size() * ty.block_size()];
+    f(q, &mut out);
+    out.iter().map(|v| v.to_bits()).collect()
+}
+
+/// ggml's golden bytes decode to ggml's golden floats, bit for bit.
+fn check_decode_golden(isa: Isa) {
+    for &ty in DECODE_TYPES {
+        for case in cases() {
+            let got = decode(isa, ty, &golden_bytes(&case.name, ty));
+            let want: Vec<u32> = golden_floats(&case.name, ty)
+                .iter()
+                .map(|v| v.to_bits())
+                .collect();
+            assert!(
+                got == want,
+                "{} {ty} decode differs from ggml on '{}'",
+                isa.name(),
+                case.name
+            );
+        }
+    }
+}
+
+/// Random bytes (every bit pattern of scales and quants, NaN and Inf
+/// scales included) decode exactly as the scalar reference decodes them.
+fn check_decode_random(isa: Isa) {
+    let mut r = Rng::new(7);
+    for &ty in DECODE_TYPES {
+        for blocks in [1usize, 3, 64] {
+            // Float rows of 8k+3 elements also exercise the scalar tail.
+            let extra = if ty.block_size() == 1 { 3 } else { 0 };
+            let n = (blocks * 256 / ty.block_size() + extra) * ty.type_size();
+            let q: Vec<u8> = (0..n).map(|_| r.next_u64() as u8).collect();
+            let got = decode(isa, ty, &q);
+            let want = decode(Isa::Scalar, ty, &q);
+            if let Some(i) = got.iter().zip(&want).position(|(a, b)| a != b) {
+                panic!(
+                    "{} {ty} decode differs at element {i}: {:#x} vs {:#x}",
+                    isa.name(),
+                    got[i],
+                    want[i]
+                );
+            }
+        }
+    }
+}
 
 fn encode(isa: Isa, ty: GgmlType, x: &[f32]) -> Vec<u8> {
     let f = quantize_fn(isa, ty).unwrap_or_else(|| panic!("{} has no {ty} encoder", isa.name()));
@@ -188,6 +250,16 @@ macro_rules! variant_suite {
             }
 
             #[test]
+            fn dequantize_matches_ggml_golden() {
+                check_decode_golden($isa);
+            }
+
+            #[test]
+            fn dequantize_matches_scalar_on_random_bytes() {
+                check_decode_random($isa);
+            }
+
+            #[test]
             fn ragged_block_counts_match_scalar() {
                 check_ragged($isa);
             }
@@ -203,7 +275,9 @@ variant_suite!(avx2, Isa::Avx2);
 
 #[test]
 fn types_without_variants_are_refused() {
-    // Q8_0 has no variant table entry: asking for one must say so.
+    // Q8_0 has no encoder variant, Q2_K no decoder variant: asking for one
+    // must say so.
     assert!(quantize_fn(Isa::Avx2, GgmlType::Q8_0).is_none());
     assert!(quantize_fn(Isa::Scalar, GgmlType::Q8_0).is_none());
+    assert!(dequantize_fn(Isa::Avx2, GgmlType::Q2_K).is_none());
 }

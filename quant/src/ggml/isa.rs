@@ -81,6 +81,12 @@ pub fn quantize_fn(isa: Isa, ty: GgmlType) -> Option<QuantizeFn> {
         (Isa::Scalar, GgmlType::Q6_K) => k::quantize_row_q6_k_scalar,
         (Isa::Scalar, GgmlType::IQ4_NL) => iq::quantize_iq4_nl_scalar,
         (Isa::Scalar, GgmlType::IQ4_XS) => iq::quantize_iq4_xs_scalar,
+        (Isa::Scalar, GgmlType::F16) => super::float::quantize_row_f16,
+        (Isa::Scalar, GgmlType::BF16) => super::float::quantize_row_bf16,
+        #[cfg(target_arch = "x86_64")]
+        (Isa::Avx2, GgmlType::F16) => super::rows_avx2::quantize_row_f16,
+        #[cfg(target_arch = "x86_64")]
+        (Isa::Avx2, GgmlType::BF16) => super::rows_avx2::quantize_row_bf16,
         (Isa::Avx2, GgmlType::Q2_K) => k::quantize_row_q2_k_avx2,
         (Isa::Avx2, GgmlType::Q3_K) => k::quantize_row_q3_k_avx2,
         (Isa::Avx2, GgmlType::Q4_K) => k::quantize_row_q4_k_avx2,
@@ -91,4 +97,41 @@ pub fn quantize_fn(isa: Isa, ty: GgmlType) -> Option<QuantizeFn> {
         _ => return None,
     };
     Some(f)
+}
+
+/// A row decoder: whole blocks of `src` into `dst`.
+pub type DequantizeFn = fn(&[u8], &mut [f32]);
+
+/// The `isa` variant of `ty`'s decoder, if that variant exists and this CPU
+/// runs it (`Isa::Scalar` answers for the types that have another variant).
+/// The returned function checks nothing: `src` must hold whole blocks.
+pub fn dequantize_fn(isa: Isa, ty: GgmlType) -> Option<DequantizeFn> {
+    if !isa.is_available() {
+        return None;
+    }
+    #[cfg(target_arch = "x86_64")]
+    {
+        use super::{float as fl, kquants as k, legacy as lg, rows_avx2 as v};
+        let f: DequantizeFn = match (isa, ty) {
+            (Isa::Scalar, GgmlType::F16) => fl::dequantize_row_f16,
+            (Isa::Scalar, GgmlType::BF16) => fl::dequantize_row_bf16,
+            (Isa::Scalar, GgmlType::Q8_0) => lg::dequantize_row_q8_0,
+            (Isa::Scalar, GgmlType::Q4_K) => k::dequantize_row_q4_k,
+            (Isa::Scalar, GgmlType::Q5_K) => k::dequantize_row_q5_k,
+            (Isa::Scalar, GgmlType::Q6_K) => k::dequantize_row_q6_k,
+            (Isa::Avx2, GgmlType::F16) => v::dequantize_row_f16,
+            (Isa::Avx2, GgmlType::BF16) => v::dequantize_row_bf16,
+            (Isa::Avx2, GgmlType::Q8_0) => v::dequantize_row_q8_0,
+            (Isa::Avx2, GgmlType::Q4_K) => v::dequantize_row_q4_k,
+            (Isa::Avx2, GgmlType::Q5_K) => v::dequantize_row_q5_k,
+            (Isa::Avx2, GgmlType::Q6_K) => v::dequantize_row_q6_k,
+            _ => return None,
+        };
+        Some(f)
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    {
+        let _ = ty;
+        None
+    }
 }

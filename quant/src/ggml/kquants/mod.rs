@@ -18,9 +18,8 @@ mod search;
 use super::common::{f16_to_f32, f32_to_f16, le_f16, nearest_int};
 use super::isa::avx2 as has_avx2;
 use crate::{Codec, GgmlType};
-use search::{
-    get_scale_min_k4, make_q3_quants, make_qkx2_quants_batched, make_qx_quants_rmse1, GROUP_MAX_EPS,
-};
+pub(crate) use search::get_scale_min_k4;
+use search::{make_q3_quants, make_qkx2_quants_batched, make_qx_quants_rmse1, GROUP_MAX_EPS};
 
 /// Elements per super-block (`QK_K`).
 const QK_K: usize = 256;
