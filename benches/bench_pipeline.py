@@ -20,9 +20,10 @@ depends on other load; the CPU time does not, and for single-threaded runs the C
 speed ratio. Thread scaling is reported on wall time (it is only meaningful on an idle machine).
 
 Usage: python3 benches/bench_pipeline.py [--layers 4] [--threads 2] [--skip-today]
+       python3 benches/bench_pipeline.py --scaling-only [--repeat 3]
 """
 import argparse
-import ctypes
+import json
 import os
 import pathlib
 import subprocess
@@ -39,18 +40,28 @@ HIDDEN, FFN, N_HEAD, N_HEAD_KV, VOCAB = 2048, 8192, 32, 8, 128256
 HEAD_DIM = HIDDEN // N_HEAD
 
 
+# A small launcher process runs each command: Linux carries a process's peak RSS across fork
+# and exec, so a command forked straight from this (large) script would report this script's
+# peak instead of its own.
+LAUNCH = """
+import json, os, subprocess, sys, time
+t = time.perf_counter()
+p = subprocess.Popen(sys.argv[1:], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+err = p.stderr.read()
+_, status, ru = os.wait4(p.pid, 0)
+print(json.dumps([time.perf_counter() - t, ru.ru_utime + ru.ru_stime, ru.ru_maxrss / 1024,
+                  os.waitstatus_to_exitcode(status), err[-3000:].decode(errors="replace")]))
+"""
+
+
 def measured(cmd, env=None):
     """Run cmd; return (wall s, cpu s, peak RSS MiB) of that child alone."""
-    t = time.perf_counter()
-    p = subprocess.Popen([str(c) for c in cmd], env=env, stdout=subprocess.DEVNULL,
-                         stderr=subprocess.PIPE)
-    _, status, ru = os.wait4(p.pid, 0)
-    wall = time.perf_counter() - t
-    err = p.stderr.read().decode(errors="replace")
-    p.stderr.close()
-    if os.waitstatus_to_exitcode(status) != 0:
-        raise RuntimeError(f"{cmd[0]} {cmd[1] if len(cmd) > 1 else ''} failed:\n{err[-3000:]}")
-    return wall, ru.ru_utime + ru.ru_stime, ru.ru_maxrss / 1024
+    out = subprocess.run([sys.executable, "-c", LAUNCH, *[str(c) for c in cmd]], env=env,
+                         check=True, capture_output=True, text=True).stdout
+    wall, cpu, rss, rc, err = json.loads(out.strip().splitlines()[-1])
+    if rc != 0:
+        raise RuntimeError(f"{cmd[:2]} failed:\n{err}")
+    return wall, cpu, rss
 
 
 def hf_names(n_layer):
@@ -203,7 +214,11 @@ def main():
     ap.add_argument("--layers", type=int, default=4)
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--skip-today", action="store_true", help="skip (b)'s slow reference pipeline")
+    ap.add_argument("--scaling-only", action="store_true", help="only (c), --repeat times")
+    ap.add_argument("--repeat", type=int, default=3)
     a = ap.parse_args()
+    if a.scaling_only:
+        return scaling_only(a)
     if not BIN.exists():
         subprocess.run(["cargo", "build", "--release", "--bin", "qresidual"], cwd=ROOT, check=True)
     t = time.perf_counter()
@@ -247,6 +262,20 @@ def main():
     print(f"  1 -> {T} threads: wall {w1 / aw:.2f}x (cpu {c1:.1f} s vs {ac:.1f} s); "
           f"outputs {same_tensors(out1, outn)}")
     print(f"(d) peak RSS: quantize {orss:.0f} MiB, apply {ar:.0f} MiB (threads {T}), {r1:.0f} MiB (1 thread)")
+
+
+def scaling_only(a):
+    """(c) alone: apply with 1 and 2 threads, repeated, for an idle machine."""
+    d = OUT / f"l{a.layers}"
+    ref_q, res = d / "llama-q4_k_m.gguf", d / "residual-f16.safetensors"
+    for rep in range(a.repeat):
+        r = {}
+        for t in ("1", str(a.threads)):
+            r[t] = measured([BIN, "apply", "--base", ref_q, "--residual", res, "--type", "q4_k_m",
+                             "--threads", t, "-q", "-o", d / f"scale-t{t}.gguf"])
+            row(f"qresidual apply --threads {t}", *r[t])
+        print(f"  run {rep + 1}: 1 -> {a.threads} threads: wall {r['1'][0] / r[str(a.threads)][0]:.2f}x",
+              flush=True)
 
 
 if __name__ == "__main__":
