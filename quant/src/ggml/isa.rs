@@ -81,6 +81,12 @@ pub fn quantize_fn(isa: Isa, ty: GgmlType) -> Option<QuantizeFn> {
         (Isa::Scalar, GgmlType::Q6_K) => k::quantize_row_q6_k_scalar,
         (Isa::Scalar, GgmlType::IQ4_NL) => iq::quantize_iq4_nl_scalar,
         (Isa::Scalar, GgmlType::IQ4_XS) => iq::quantize_iq4_xs_scalar,
+        (Isa::Scalar, GgmlType::Q4_0) => super::legacy::quantize_row_q4_0,
+        (Isa::Scalar, GgmlType::Q8_0) => super::legacy::quantize_row_q8_0,
+        #[cfg(target_arch = "x86_64")]
+        (Isa::Avx2, GgmlType::Q4_0) => super::rows_avx2::quantize_row_q4_0,
+        #[cfg(target_arch = "x86_64")]
+        (Isa::Avx2, GgmlType::Q8_0) => super::rows_avx2::quantize_row_q8_0,
         (Isa::Scalar, GgmlType::F16) => super::float::quantize_row_f16,
         (Isa::Scalar, GgmlType::BF16) => super::float::quantize_row_bf16,
         #[cfg(target_arch = "x86_64")]

@@ -310,3 +310,102 @@ unsafe fn deq_q6_k(src: &[u8], dst: &mut [f32]) {
         }
     }
 }
+
+/// The low bytes of 8 `cvttps2dq` results: a C cast of a float to a small
+/// integer type on x86-64 (0x8000_0000, low byte 0, for NaN and values out
+/// of the i32 range), like `legacy::c_cast_low_byte`.
+#[inline(always)]
+unsafe fn low_bytes(v: __m256) -> [i32; 8] {
+    let mut t = [0i32; 8];
+    _mm256_storeu_si256(t.as_mut_ptr() as *mut __m256i, _mm256_cvttps_epi32(v));
+    t
+}
+
+/// `max |x|` of a 32-element block; the maximum is exact in any order.
+#[inline(always)]
+unsafe fn block_absmax(x: &[f32]) -> f32 {
+    let sign = _mm256_set1_ps(-0.0);
+    let mut m = _mm256_setzero_ps();
+    for k in 0..4 {
+        m = _mm256_max_ps(
+            m,
+            _mm256_andnot_ps(sign, _mm256_loadu_ps(x.as_ptr().add(8 * k))),
+        );
+    }
+    let mut t = [0f32; 8];
+    _mm256_storeu_ps(t.as_mut_ptr(), m);
+    t.iter().fold(0f32, |a, &b| if a > b { a } else { b })
+}
+
+entry!(
+    "`quantize_row_q8_0_ref`, AVX2 variant: `roundf` as truncation plus a \
+     half-away-from-zero step, exact for every float.",
+    quantize_row_q8_0,
+    q_q8_0,
+    super::legacy::quantize_row_q8_0,
+    &[f32],
+    &mut [u8]
+);
+
+#[target_feature(enable = "avx2,f16c")]
+unsafe fn q_q8_0(src: &[f32], dst: &mut [u8]) {
+    let sign = _mm256_set1_ps(-0.0);
+    let half = _mm256_set1_ps(0.5);
+    let one = _mm256_set1_ps(1.0);
+    for (x, y) in src.chunks_exact(32).zip(dst.chunks_exact_mut(34)) {
+        let amax = block_absmax(x);
+        let d = amax / 127.0f32;
+        let id = if d != 0.0 { 1.0f32 / d } else { 0.0 };
+        super::common::put_f16(y, 0, d);
+        let idv = _mm256_set1_ps(id);
+        for k in 0..4 {
+            let v = _mm256_mul_ps(_mm256_loadu_ps(x.as_ptr().add(8 * k)), idv);
+            let t = _mm256_round_ps::<{ _MM_FROUND_TO_ZERO | _MM_FROUND_NO_EXC }>(v);
+            // |v - trunc(v)| is exact; a half or more rounds away from zero.
+            let frac = _mm256_andnot_ps(sign, _mm256_sub_ps(v, t));
+            let up = _mm256_cmp_ps::<_CMP_GE_OQ>(frac, half);
+            let step = _mm256_or_ps(_mm256_and_ps(v, sign), one);
+            let r = _mm256_add_ps(t, _mm256_and_ps(up, step));
+            let q = low_bytes(r);
+            for j in 0..8 {
+                y[2 + 8 * k + j] = q[j] as u8;
+            }
+        }
+    }
+}
+
+entry!(
+    "`quantize_row_q4_0_ref`, AVX2 variant.",
+    quantize_row_q4_0,
+    q_q4_0,
+    super::legacy::quantize_row_q4_0,
+    &[f32],
+    &mut [u8]
+);
+
+#[target_feature(enable = "avx2,f16c")]
+unsafe fn q_q4_0(src: &[f32], dst: &mut [u8]) {
+    for (x, y) in src.chunks_exact(32).zip(dst.chunks_exact_mut(18)) {
+        // The first element of largest magnitude, as the `amax < |v|` scan.
+        let amax = block_absmax(x);
+        let max = x.iter().copied().find(|v| v.abs() == amax).unwrap_or(0.0);
+        let d = max / -8.0f32;
+        let id = if d != 0.0 { 1.0f32 / d } else { 0.0 };
+        super::common::put_f16(y, 0, d);
+        let idv = _mm256_set1_ps(id);
+        let mut q = [0u8; 32];
+        for k in 0..4 {
+            let v = _mm256_add_ps(
+                _mm256_mul_ps(_mm256_loadu_ps(x.as_ptr().add(8 * k)), idv),
+                _mm256_set1_ps(8.5),
+            );
+            let b = low_bytes(v);
+            for j in 0..8 {
+                q[8 * k + j] = (b[j] as u8 as i8).min(15) as u8;
+            }
+        }
+        for j in 0..16 {
+            y[2 + j] = q[j] | (q[16 + j] << 4);
+        }
+    }
+}
