@@ -440,17 +440,13 @@ fn q3_k_rows<const AVX: bool>(src: &[f32], dst: &mut [u8]) {
 
         let (hmask, rest) = y.split_at_mut(32);
         hmask.fill(0);
-        let mut m = 0;
-        let mut hm = 1u8;
-        for lj in l.iter_mut() {
-            if *lj > 3 {
-                hmask[m] |= hm;
-                *lj -= 4;
-            }
-            m += 1;
-            if m == QK_K / 8 {
-                m = 0;
-                hm <<= 1;
+        // ggml: `if (L[j] > 3) { hmask[m] |= hm; L[j] -= 4; }` walking m over
+        // 0..32 and hm over the bits. L is in 0..=7, so the condition is bit
+        // 2 and the subtraction clears it: branch-free, same bytes.
+        for (bit, lg) in l.chunks_exact_mut(QK_K / 8).enumerate() {
+            for (h, lj) in hmask.iter_mut().zip(lg) {
+                *h |= (*lj >> 2) << bit;
+                *lj &= 3;
             }
         }
         let qs = &mut rest[..64];
