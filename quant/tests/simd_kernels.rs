@@ -26,6 +26,8 @@ const TYPES: &[GgmlType] = &[
 
 /// The types whose decoder has more than one variant.
 const DECODE_TYPES: &[GgmlType] = &[
+    GgmlType::IQ4_NL,
+    GgmlType::IQ4_XS,
     GgmlType::F16,
     GgmlType::BF16,
     GgmlType::Q8_0,

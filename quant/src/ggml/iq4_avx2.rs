@@ -151,3 +151,48 @@ pub(super) unsafe fn indices(x: &[f32], id: f32, l: &mut [u8]) {
         }
     }
 }
+
+/// `y[j] = d * kvalues[q[j] & 0xf]`, `y[j + 16] = d * kvalues[q[j] >> 4]`
+/// for one 16-byte group (32 outputs): the products ggml computes.
+#[inline(always)]
+unsafe fn decode_group(t: (__m256, __m256), q: *const u8, d: f32, y: *mut f32) {
+    let dv = _mm256_set1_ps(d);
+    let m4 = _mm256_set1_epi32(0xF);
+    for h in 0..2 {
+        let v = _mm256_cvtepu8_epi32(_mm_loadl_epi64(q.add(8 * h) as *const __m128i));
+        let lo = lookup(t, _mm256_and_si256(v, m4));
+        let hi = lookup(t, _mm256_srli_epi32::<4>(v));
+        _mm256_storeu_ps(y.add(8 * h), _mm256_mul_ps(dv, lo));
+        _mm256_storeu_ps(y.add(16 + 8 * h), _mm256_mul_ps(dv, hi));
+    }
+}
+
+/// `dequantize_row_iq4_nl`, AVX2 variant.
+#[target_feature(enable = "avx2,f16c")]
+pub(super) unsafe fn dequantize_iq4_nl(src: &[u8], dst: &mut [f32]) {
+    let t = table();
+    for (b, y) in src.chunks_exact(18).zip(dst.chunks_exact_mut(32)) {
+        decode_group(t, b.as_ptr().add(2), super::le_f16(b, 0), y.as_mut_ptr());
+    }
+}
+
+/// `dequantize_row_iq4_xs`, AVX2 variant.
+#[target_feature(enable = "avx2,f16c")]
+pub(super) unsafe fn dequantize_iq4_xs(src: &[u8], dst: &mut [f32]) {
+    let t = table();
+    for (b, y) in src.chunks_exact(136).zip(dst.chunks_exact_mut(256)) {
+        let d = super::le_f16(b, 0);
+        let scales_h = super::le_u16(b, 2) as i32;
+        for ib in 0..8 {
+            let ls = ((b[4 + ib / 2] as i32 >> (4 * (ib % 2))) & 0xf)
+                | (((scales_h >> (2 * ib)) & 3) << 4);
+            let dl = d * (ls - 32) as f32;
+            decode_group(
+                t,
+                b.as_ptr().add(8 + 16 * ib),
+                dl,
+                y.as_mut_ptr().add(32 * ib),
+            );
+        }
+    }
+}

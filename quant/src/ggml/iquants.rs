@@ -422,6 +422,28 @@ macro_rules! variants {
     };
 }
 
+/// `dequantize_row_iq4_nl`, AVX2 variant (the scalar one without AVX2).
+pub fn dequantize_iq4_nl_avx2(src: &[u8], dst: &mut [f32]) {
+    #[cfg(target_arch = "x86_64")]
+    if has_avx2() && std::arch::is_x86_feature_detected!("f16c") {
+        // SAFETY: the features were detected.
+        unsafe { avx2::dequantize_iq4_nl(src, dst) };
+        return;
+    }
+    dequantize_iq4_nl(src, dst)
+}
+
+/// `dequantize_row_iq4_xs`, AVX2 variant (the scalar one without AVX2).
+pub fn dequantize_iq4_xs_avx2(src: &[u8], dst: &mut [f32]) {
+    #[cfg(target_arch = "x86_64")]
+    if has_avx2() && std::arch::is_x86_feature_detected!("f16c") {
+        // SAFETY: the features were detected.
+        unsafe { avx2::dequantize_iq4_xs(src, dst) };
+        return;
+    }
+    dequantize_iq4_xs(src, dst)
+}
+
 /// `iq4_block_scale(·, 7, ·)` for the eight 32-blocks of `x` (256 values).
 #[inline(always)]
 fn block_scales_x8<const AVX: bool>(x: &[f32], scales: &mut [f32]) {
