@@ -310,85 +310,108 @@ pub(super) unsafe fn requant_sym(x: &[f32], d: f32, lo: i32, hi: i32, off: i32, 
     }
 }
 
-/// `make_q3_quants(N, nmax, x, L, true)` on eight `N`-element sub-blocks at
-/// once (scalar reference: `search::make_q3_quants`): the first fit, then
-/// up to five rounds of coordinate descent, each lane stopping after its
-/// own first round without a change, as the scalar loop does. `out` gets
-/// `L + nmax`, `scales` the scales.
+/// `make_q3_quants(N, nmax, x, L, true)` on `8·G` `N`-element sub-blocks
+/// at once (scalar reference: `search::make_q3_quants`): the first fit,
+/// then up to five rounds of coordinate descent, each lane stopping after
+/// its own first round without a change, as the scalar loop does. The
+/// descent is a serial chain per sub-block (each step divides by the sums
+/// the previous one left), so `G` independent groups of eight lanes are
+/// interleaved to hide its latency. `out` gets `L + nmax`, `scales` the
+/// scales.
 #[target_feature(enable = "avx2")]
-pub(super) unsafe fn q3_x8<const N: usize>(
+pub(super) unsafe fn q3_x8<const N: usize, const G: usize>(
     nmax: i32,
     x: &[f32],
     out: &mut [u8],
     scales: &mut [f32],
 ) {
-    let xv = transpose::<N>(x);
     let zero = _mm256_setzero_ps();
-    let mut max = zero;
-    let mut amax = zero;
-    let mut wv = [zero; N];
-    let mut wx = [zero; N];
-    for i in 0..N {
-        let ax = abs(xv[i]);
-        let gt = _mm256_cmp_ps::<_CMP_GT_OQ>(ax, amax);
-        amax = sel(gt, ax, amax);
-        max = sel(gt, xv[i], max);
-        wv[i] = _mm256_mul_ps(xv[i], xv[i]);
-        wx[i] = _mm256_mul_ps(wv[i], xv[i]);
+    let mut xv = [[zero; N]; G];
+    for g in 0..G {
+        xv[g] = transpose::<N>(&x[8 * N * g..8 * N * (g + 1)]);
     }
-    let live = _mm256_cmp_ps::<_CMP_NLT_UQ>(amax, _mm256_set1_ps(super::GROUP_MAX_EPS));
-    let iscale = _mm256_div_ps(_mm256_set1_ps((-nmax) as f32), max);
-    let mut l = [zero; N];
-    let mut sumlx = zero;
-    let mut suml2 = zero;
-    for i in 0..N {
-        let li = clamp_i(nint(_mm256_mul_ps(iscale, xv[i])), -nmax, nmax - 1);
-        l[i] = _mm256_cvtepi32_ps(li);
-        sumlx = _mm256_add_ps(sumlx, _mm256_mul_ps(wx[i], l[i]));
-        suml2 = _mm256_add_ps(suml2, _mm256_mul_ps(_mm256_mul_ps(wv[i], l[i]), l[i]));
+    let mut wv = [[zero; N]; G];
+    let mut wx = [[zero; N]; G];
+    let mut live = [zero; G];
+    let mut max = [zero; G];
+    for g in 0..G {
+        let mut amax = zero;
+        for i in 0..N {
+            let ax = abs(xv[g][i]);
+            let gt = _mm256_cmp_ps::<_CMP_GT_OQ>(ax, amax);
+            amax = sel(gt, ax, amax);
+            max[g] = sel(gt, xv[g][i], max[g]);
+            wv[g][i] = _mm256_mul_ps(xv[g][i], xv[g][i]);
+            wx[g][i] = _mm256_mul_ps(wv[g][i], xv[g][i]);
+        }
+        live[g] = _mm256_cmp_ps::<_CMP_NLT_UQ>(amax, _mm256_set1_ps(super::GROUP_MAX_EPS));
+    }
+    let mut l = [[zero; N]; G];
+    let mut sumlx = [zero; G];
+    let mut suml2 = [zero; G];
+    for g in 0..G {
+        let iscale = _mm256_div_ps(_mm256_set1_ps((-nmax) as f32), max[g]);
+        for i in 0..N {
+            let li = clamp_i(nint(_mm256_mul_ps(iscale, xv[g][i])), -nmax, nmax - 1);
+            l[g][i] = _mm256_cvtepi32_ps(li);
+            sumlx[g] = _mm256_add_ps(sumlx[g], _mm256_mul_ps(wx[g][i], l[g][i]));
+            suml2[g] = _mm256_add_ps(
+                suml2[g],
+                _mm256_mul_ps(_mm256_mul_ps(wv[g][i], l[g][i]), l[g][i]),
+            );
+        }
     }
     let mut active = live;
     for _itry in 0..5 {
-        let mut changed = zero;
+        let mut changed = [zero; G];
         for i in 0..N {
-            let li = l[i];
-            let mut slx = _mm256_sub_ps(sumlx, _mm256_mul_ps(wx[i], li));
-            let pos = _mm256_cmp_ps::<_CMP_GT_OQ>(slx, zero);
-            let mut sl2 = _mm256_sub_ps(suml2, _mm256_mul_ps(_mm256_mul_ps(wv[i], li), li));
-            let q = _mm256_div_ps(_mm256_mul_ps(xv[i], sl2), slx);
-            let nl = _mm256_cvtepi32_ps(clamp_i(nint(q), -nmax, nmax - 1));
-            let differs = _mm256_cmp_ps::<_CMP_NEQ_UQ>(nl, li);
-            slx = _mm256_add_ps(slx, _mm256_mul_ps(wx[i], nl));
-            sl2 = _mm256_add_ps(sl2, _mm256_mul_ps(_mm256_mul_ps(wv[i], nl), nl));
-            let better = _mm256_cmp_ps::<_CMP_GT_OQ>(
-                _mm256_mul_ps(_mm256_mul_ps(slx, slx), suml2),
-                _mm256_mul_ps(_mm256_mul_ps(sumlx, sumlx), sl2),
-            );
-            let take = _mm256_and_ps(
-                _mm256_and_ps(_mm256_and_ps(active, pos), differs),
-                _mm256_and_ps(_mm256_cmp_ps::<_CMP_GT_OQ>(sl2, zero), better),
-            );
-            l[i] = sel(take, nl, li);
-            sumlx = sel(take, slx, sumlx);
-            suml2 = sel(take, sl2, suml2);
-            changed = _mm256_or_ps(changed, take);
+            for g in 0..G {
+                let li = l[g][i];
+                let mut slx = _mm256_sub_ps(sumlx[g], _mm256_mul_ps(wx[g][i], li));
+                let pos = _mm256_cmp_ps::<_CMP_GT_OQ>(slx, zero);
+                let mut sl2 =
+                    _mm256_sub_ps(suml2[g], _mm256_mul_ps(_mm256_mul_ps(wv[g][i], li), li));
+                let q = _mm256_div_ps(_mm256_mul_ps(xv[g][i], sl2), slx);
+                let nl = _mm256_cvtepi32_ps(clamp_i(nint(q), -nmax, nmax - 1));
+                let differs = _mm256_cmp_ps::<_CMP_NEQ_UQ>(nl, li);
+                slx = _mm256_add_ps(slx, _mm256_mul_ps(wx[g][i], nl));
+                sl2 = _mm256_add_ps(sl2, _mm256_mul_ps(_mm256_mul_ps(wv[g][i], nl), nl));
+                let better = _mm256_cmp_ps::<_CMP_GT_OQ>(
+                    _mm256_mul_ps(_mm256_mul_ps(slx, slx), suml2[g]),
+                    _mm256_mul_ps(_mm256_mul_ps(sumlx[g], sumlx[g]), sl2),
+                );
+                let take = _mm256_and_ps(
+                    _mm256_and_ps(_mm256_and_ps(active[g], pos), differs),
+                    _mm256_and_ps(_mm256_cmp_ps::<_CMP_GT_OQ>(sl2, zero), better),
+                );
+                l[g][i] = sel(take, nl, li);
+                sumlx[g] = sel(take, slx, sumlx[g]);
+                suml2[g] = sel(take, sl2, suml2[g]);
+                changed[g] = _mm256_or_ps(changed[g], take);
+            }
         }
-        active = _mm256_and_ps(active, changed);
-        if _mm256_movemask_ps(active) == 0 {
+        let mut any = 0;
+        for g in 0..G {
+            active[g] = _mm256_and_ps(active[g], changed[g]);
+            any |= _mm256_movemask_ps(active[g]);
+        }
+        if any == 0 {
             break;
         }
     }
-    let keep = _mm256_castps_si256(live);
-    let off = _mm256_and_si256(_mm256_set1_epi32(nmax), keep);
-    let mut li = [_mm256_setzero_si256(); N];
-    for i in 0..N {
-        li[i] = _mm256_and_si256(_mm256_add_epi32(_mm256_cvtps_epi32(l[i]), off), keep);
+    for g in 0..G {
+        let keep = _mm256_castps_si256(live[g]);
+        let off = _mm256_and_si256(_mm256_set1_epi32(nmax), keep);
+        let mut li = [_mm256_setzero_si256(); N];
+        for i in 0..N {
+            li[i] = _mm256_and_si256(_mm256_add_epi32(_mm256_cvtps_epi32(l[g][i]), off), keep);
+        }
+        untranspose_i32::<N>(&li, 0, &mut out[8 * N * g..8 * N * (g + 1)]);
+        let scale = sel(
+            _mm256_cmp_ps::<_CMP_GT_OQ>(suml2[g], zero),
+            _mm256_div_ps(sumlx[g], suml2[g]),
+            zero,
+        );
+        _mm256_storeu_ps(scales.as_mut_ptr().add(8 * g), sel(live[g], scale, zero));
     }
-    untranspose_i32::<N>(&li, 0, out);
-    let scale = sel(
-        _mm256_cmp_ps::<_CMP_GT_OQ>(suml2, zero),
-        _mm256_div_ps(sumlx, suml2),
-        zero,
-    );
-    _mm256_storeu_ps(scales.as_mut_ptr(), sel(live, scale, zero));
 }
