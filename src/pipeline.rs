@@ -2,10 +2,16 @@
 //!
 //! Each output tensor is either copied as raw bytes or *transcoded*: rows of
 //! f32 are decoded from a source, a scaled residual is optionally added, and
-//! the sum is encoded into the output type. Tensors are streamed in row
-//! chunks; a window of chunks is encoded in parallel and written in order, so
-//! memory is bounded by the chunk size and the thread count, never by the
-//! tensor or model size, and the bytes do not depend on the thread count.
+//! the sum is encoded into the output type. All tensors are cut into row
+//! chunks that form one ordered stream; the rayon workers encode a window of
+//! chunks (crossing tensor boundaries, so small tensors do not serialise the
+//! run) while a writer thread writes the previous window in order, behind a
+//! bounded channel. The next window's input pages are requested ahead
+//! (`MADV_WILLNEED`) and consumed ones handed back. Each worker reuses its
+//! f32 buffers and output buffers are recycled, so nothing is allocated per
+//! row. Memory is bounded by the chunk size, window and thread count, never
+//! by the tensor or model size, and the bytes do not depend on the thread
+//! count (chunk boundaries depend only on the row length).
 
 use std::path::{Path, PathBuf};
 
