@@ -197,82 +197,106 @@ pub(super) unsafe fn qkx2_x8<const N: usize>(
     _mm256_storeu_ps(mins.as_mut_ptr(), neg_min);
 }
 
-/// `make_qx_quants` with `rmse_type == 1` and no weights on eight
+/// `make_qx_quants` with `rmse_type == 1` and no weights on `8·G`
 /// `N`-element sub-blocks at once (scalar reference:
 /// `search::make_qx_quants`); `out` gets `L + nmax`, `scales` the scales.
+/// Each candidate's sums are serial chains per lane, so `G` groups of eight
+/// lanes are interleaved to hide the add latency.
 #[target_feature(enable = "avx2")]
-pub(super) unsafe fn qx_rmse1_x8<const N: usize>(
+pub(super) unsafe fn qx_rmse1_x8<const N: usize, const G: usize>(
     nmax: i32,
     x: &[f32],
     out: &mut [u8],
     scales: &mut [f32],
 ) {
-    let xv = transpose::<N>(x);
     let zero = _mm256_setzero_ps();
-    let mut max = zero;
-    let mut amax = zero;
-    let mut wv = [zero; N];
-    for i in 0..N {
-        let ax = abs(xv[i]);
-        let gt = _mm256_cmp_ps::<_CMP_GT_OQ>(ax, amax);
-        amax = sel(gt, ax, amax);
-        max = sel(gt, xv[i], max);
-        wv[i] = _mm256_mul_ps(xv[i], xv[i]);
+    let mut xv = [[zero; N]; G];
+    let mut wv = [[zero; N]; G];
+    let mut wx = [[zero; N]; G];
+    let mut max = [zero; G];
+    let mut live = [zero; G];
+    for g in 0..G {
+        xv[g] = transpose::<N>(&x[8 * N * g..8 * N * (g + 1)]);
+        let mut amax = zero;
+        for i in 0..N {
+            let ax = abs(xv[g][i]);
+            let gt = _mm256_cmp_ps::<_CMP_GT_OQ>(ax, amax);
+            amax = sel(gt, ax, amax);
+            max[g] = sel(gt, xv[g][i], max[g]);
+            wv[g][i] = _mm256_mul_ps(xv[g][i], xv[g][i]);
+            wx[g][i] = _mm256_mul_ps(wv[g][i], xv[g][i]);
+        }
+        live[g] = _mm256_cmp_ps::<_CMP_NLT_UQ>(amax, _mm256_set1_ps(super::GROUP_MAX_EPS));
     }
-    let live = _mm256_cmp_ps::<_CMP_NLT_UQ>(amax, _mm256_set1_ps(super::GROUP_MAX_EPS));
-    let iscale = _mm256_div_ps(_mm256_set1_ps((-nmax) as f32), max);
-    let mut l = [_mm256_setzero_si256(); N];
-    let mut sumlx = zero;
-    let mut suml2 = zero;
-    for i in 0..N {
-        l[i] = clamp_i(nint(_mm256_mul_ps(iscale, xv[i])), -nmax, nmax - 1);
-        let lf = _mm256_cvtepi32_ps(l[i]);
-        sumlx = _mm256_add_ps(sumlx, _mm256_mul_ps(_mm256_mul_ps(wv[i], xv[i]), lf));
-        suml2 = _mm256_add_ps(suml2, _mm256_mul_ps(_mm256_mul_ps(wv[i], lf), lf));
+    let mut l = [[_mm256_setzero_si256(); N]; G];
+    let mut scale = [zero; G];
+    let mut best = [zero; G];
+    for g in 0..G {
+        let iscale = _mm256_div_ps(_mm256_set1_ps((-nmax) as f32), max[g]);
+        let mut sumlx = zero;
+        let mut suml2 = zero;
+        for i in 0..N {
+            l[g][i] = clamp_i(nint(_mm256_mul_ps(iscale, xv[g][i])), -nmax, nmax - 1);
+            let lf = _mm256_cvtepi32_ps(l[g][i]);
+            sumlx = _mm256_add_ps(sumlx, _mm256_mul_ps(wx[g][i], lf));
+            suml2 = _mm256_add_ps(suml2, _mm256_mul_ps(_mm256_mul_ps(wv[g][i], lf), lf));
+        }
+        scale[g] = sel(
+            _mm256_cmp_ps::<_CMP_NEQ_UQ>(suml2, zero),
+            _mm256_div_ps(sumlx, suml2),
+            zero,
+        );
+        best[g] = _mm256_mul_ps(scale[g], sumlx);
     }
-    let mut scale = sel(
-        _mm256_cmp_ps::<_CMP_NEQ_UQ>(suml2, zero),
-        _mm256_div_ps(sumlx, suml2),
-        zero,
-    );
-    let mut best = _mm256_mul_ps(scale, sumlx);
-    let mut lc = [_mm256_setzero_si256(); N];
+    let mut lc = [[_mm256_setzero_si256(); N]; G];
     for is in -9i32..=9 {
         if is == 0 {
             continue;
         }
         let num = _mm256_set1_ps(-(nmax as f32 + 0.1f32 * is as f32));
-        let isc = _mm256_div_ps(num, max);
-        let mut slx = zero;
-        let mut sl2 = zero;
+        let mut isc = [zero; G];
+        for g in 0..G {
+            isc[g] = _mm256_div_ps(num, max[g]);
+        }
+        let mut slx = [zero; G];
+        let mut sl2 = [zero; G];
         for i in 0..N {
-            lc[i] = clamp_i(nint(_mm256_mul_ps(isc, xv[i])), -nmax, nmax - 1);
-            let lf = _mm256_cvtepi32_ps(lc[i]);
-            slx = _mm256_add_ps(slx, _mm256_mul_ps(_mm256_mul_ps(wv[i], xv[i]), lf));
-            sl2 = _mm256_add_ps(sl2, _mm256_mul_ps(_mm256_mul_ps(wv[i], lf), lf));
-        }
-        let take = _mm256_and_ps(
-            _mm256_and_ps(_mm256_cmp_ps::<_CMP_GT_OQ>(sl2, zero), live),
-            _mm256_cmp_ps::<_CMP_GT_OQ>(_mm256_mul_ps(slx, slx), _mm256_mul_ps(best, sl2)),
-        );
-        if _mm256_movemask_ps(take) != 0 {
-            let ti = _mm256_castps_si256(take);
-            for i in 0..N {
-                l[i] = _mm256_blendv_epi8(l[i], lc[i], ti);
+            for g in 0..G {
+                lc[g][i] = clamp_i(nint(_mm256_mul_ps(isc[g], xv[g][i])), -nmax, nmax - 1);
+                let lf = _mm256_cvtepi32_ps(lc[g][i]);
+                slx[g] = _mm256_add_ps(slx[g], _mm256_mul_ps(wx[g][i], lf));
+                sl2[g] = _mm256_add_ps(sl2[g], _mm256_mul_ps(_mm256_mul_ps(wv[g][i], lf), lf));
             }
-            let s = _mm256_div_ps(slx, sl2);
-            scale = sel(take, s, scale);
-            best = sel(take, _mm256_mul_ps(s, slx), best);
+        }
+        for g in 0..G {
+            let take = _mm256_and_ps(
+                _mm256_and_ps(_mm256_cmp_ps::<_CMP_GT_OQ>(sl2[g], zero), live[g]),
+                _mm256_cmp_ps::<_CMP_GT_OQ>(
+                    _mm256_mul_ps(slx[g], slx[g]),
+                    _mm256_mul_ps(best[g], sl2[g]),
+                ),
+            );
+            if _mm256_movemask_ps(take) != 0 {
+                let ti = _mm256_castps_si256(take);
+                for i in 0..N {
+                    l[g][i] = _mm256_blendv_epi8(l[g][i], lc[g][i], ti);
+                }
+                let s = _mm256_div_ps(slx[g], sl2[g]);
+                scale[g] = sel(take, s, scale[g]);
+                best[g] = sel(take, _mm256_mul_ps(s, slx[g]), best[g]);
+            }
         }
     }
-    // Lanes below GROUP_MAX_EPS: all L zero (stored as 0, not nmax).
-    let keep = _mm256_castps_si256(live);
-    let off = _mm256_and_si256(_mm256_set1_epi32(nmax), keep);
-    for li in l.iter_mut() {
-        *li = _mm256_and_si256(_mm256_add_epi32(*li, off), keep);
+    for g in 0..G {
+        // Lanes below GROUP_MAX_EPS: all L zero (stored as 0, not nmax).
+        let keep = _mm256_castps_si256(live[g]);
+        let off = _mm256_and_si256(_mm256_set1_epi32(nmax), keep);
+        for li in l[g].iter_mut() {
+            *li = _mm256_and_si256(_mm256_add_epi32(*li, off), keep);
+        }
+        untranspose_i32::<N>(&l[g], 0, &mut out[8 * N * g..8 * N * (g + 1)]);
+        _mm256_storeu_ps(scales.as_mut_ptr().add(8 * g), sel(live[g], scale[g], zero));
     }
-    untranspose_i32::<N>(&l, 0, out);
-    _mm256_storeu_ps(scales.as_mut_ptr(), sel(live, scale, zero));
 }
 
 /// `q = clamp(nearest_int((x + dm) / d), 0, nmax)` over `x` (a multiple of

@@ -271,13 +271,8 @@ fn search_qkx2<const N: usize, const S: usize, const AVX: bool>(
 fn search_qx_rmse1<const AVX: bool>(x: &[f32], l: &mut [u8; QK_K], scales: &mut [f32]) -> bool {
     #[cfg(target_arch = "x86_64")]
     if AVX {
-        for g in 0..2 {
-            let r = 128 * g..128 * (g + 1);
-            // SAFETY: as in `search_qkx2`.
-            unsafe {
-                avx2::qx_rmse1_x8::<16>(32, &x[r.clone()], &mut l[r], &mut scales[8 * g..8 * g + 8])
-            };
-        }
+        // SAFETY: as in `search_qkx2`.
+        unsafe { avx2::qx_rmse1_x8::<16, 2>(32, x, l, scales) };
         return true;
     }
     let _ = (x, l, scales);
