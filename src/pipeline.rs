@@ -2,10 +2,16 @@
 //!
 //! Each output tensor is either copied as raw bytes or *transcoded*: rows of
 //! f32 are decoded from a source, a scaled residual is optionally added, and
-//! the sum is encoded into the output type. Tensors are streamed in row
-//! chunks; a window of chunks is encoded in parallel and written in order, so
-//! memory is bounded by the chunk size and the thread count, never by the
-//! tensor or model size, and the bytes do not depend on the thread count.
+//! the sum is encoded into the output type. All tensors are cut into row
+//! chunks that form one ordered stream; the rayon workers encode a window of
+//! chunks (crossing tensor boundaries, so small tensors do not serialise the
+//! run) while a writer thread writes the previous window in order, behind a
+//! bounded channel. The next window's input pages are requested ahead
+//! (`MADV_WILLNEED`) and consumed ones handed back. Each worker reuses its
+//! f32 buffers and output buffers are recycled, so nothing is allocated per
+//! row. Memory is bounded by the chunk size, window and thread count, never
+//! by the tensor or model size, and the bytes do not depend on the thread
+//! count (chunk boundaries depend only on the row length).
 
 use std::path::{Path, PathBuf};
 
@@ -29,6 +35,9 @@ pub trait RowSource: Sync {
     fn decode(&self, start: usize, out: &mut [f32]) -> Result<()>;
     /// Rows `start..end` are consumed: their storage may be released.
     fn release_rows(&self, _start: usize, _end: usize) {}
+    /// Rows `start..end` will be decoded soon: their storage may be read
+    /// ahead.
+    fn prefetch_rows(&self, _start: usize, _end: usize) {}
 }
 
 /// Rows of a tensor stored in any ggml-layout encoding (a GGUF tensor, or a
@@ -89,6 +98,19 @@ impl RowSource for EncodedRows<'_> {
         }
     }
 
+    /// `MADV_WILLNEED` on the rows' bytes of a mapped file (identity order
+    /// only), so the kernel reads the next window while this one encodes.
+    fn prefetch_rows(&self, start: usize, end: usize) {
+        if self.pages.is_none() || !matches!(self.permutation, RowPermutation::Identity) {
+            return;
+        }
+        let rb = self.row_bytes();
+        let Some(bytes) = self.data.get(start * rb..end * rb) else {
+            return;
+        };
+        will_need(bytes);
+    }
+
     fn decode(&self, start: usize, out: &mut [f32]) -> Result<()> {
         let rb = self.row_bytes();
         let n = out.len() / self.row_len;
@@ -123,6 +145,29 @@ impl RowSource for EncodedRows<'_> {
         }
         Ok(())
     }
+}
+
+/// Ask the kernel to read the pages under `bytes` ahead (a hint: errors
+/// are ignored).
+fn will_need(bytes: &[u8]) {
+    #[cfg(unix)]
+    {
+        // SAFETY: sysconf has no preconditions.
+        let page = unsafe { libc::sysconf(libc::_SC_PAGESIZE) };
+        let page = if page > 0 { page as usize } else { 4096 };
+        let start = bytes.as_ptr() as usize / page * page;
+        let end = bytes.as_ptr() as usize + bytes.len();
+        if end > start {
+            // SAFETY: the range starts at the page holding `bytes[0]`, which
+            // belongs to the same mapping as `bytes`; MADV_WILLNEED only
+            // schedules reads and never changes memory contents.
+            unsafe {
+                libc::madvise(start as *mut libc::c_void, end - start, libc::MADV_WILLNEED);
+            }
+        }
+    }
+    #[cfg(not(unix))]
+    let _ = bytes;
 }
 
 /// How one output tensor is produced.
@@ -207,12 +252,77 @@ struct Chunk {
     stats: ErrorStats,
 }
 
+/// The f32 buffers one worker reuses from chunk to chunk: nothing is
+/// allocated per row, and per chunk only when a chunk is larger than any
+/// before it on that thread.
+#[derive(Default)]
+struct Scratch {
+    base: Vec<f32>,
+    delta: Vec<f32>,
+    target: Vec<f32>,
+    decoded: Vec<f32>,
+}
+
+thread_local! {
+    static SCRATCH: std::cell::RefCell<Scratch> = std::cell::RefCell::new(Scratch::default());
+}
+
+/// Output byte buffers handed back by the writer for the workers to reuse.
+#[derive(Default)]
+struct BytePool(std::sync::Mutex<Vec<Vec<u8>>>);
+
+impl BytePool {
+    fn take(&self, len: usize) -> Vec<u8> {
+        let mut v = self
+            .0
+            .lock()
+            .ok()
+            .and_then(|mut p| p.pop())
+            .unwrap_or_default();
+        v.clear();
+        v.resize(len, 0);
+        v
+    }
+
+    fn give(&self, v: Vec<u8>) {
+        if let Ok(mut p) = self.0.lock() {
+            if p.len() < 64 {
+                p.push(v);
+            }
+        }
+    }
+}
+
+/// `v` resized to `n` without caring about its old contents.
+fn sized(v: &mut Vec<f32>, n: usize) -> &mut [f32] {
+    if v.len() < n {
+        v.resize(n, 0.0);
+    }
+    &mut v[..n]
+}
+
 fn encode_chunk(
     task: &Task<'_>,
     out_path: &Path,
     first_row: usize,
     n_rows: usize,
     measure: bool,
+    pool: &BytePool,
+) -> Result<Chunk> {
+    SCRATCH.with(|s| {
+        let mut s = s.borrow_mut();
+        encode_chunk_with(&mut s, task, out_path, first_row, n_rows, measure, pool)
+    })
+}
+
+fn encode_chunk_with(
+    s: &mut Scratch,
+    task: &Task<'_>,
+    out_path: &Path,
+    first_row: usize,
+    n_rows: usize,
+    measure: bool,
+    pool: &BytePool,
 ) -> Result<Chunk> {
     let Action::Transcode {
         base,
@@ -226,28 +336,33 @@ fn encode_chunk(
     let n = n_rows * row_len;
     let out_ty = task.spec.ty;
     let out_rb = out_ty.row_size(row_len).expect("validated row length");
+    let Scratch {
+        base: base_buf,
+        delta: delta_buf,
+        target: target_buf,
+        decoded: decoded_buf,
+    } = s;
 
-    let mut base_rows = vec![0f32; n];
-    base.decode(first_row, &mut base_rows)?;
-    let mut delta = Vec::new();
-    let target: Vec<f32> = match residual {
+    let base_rows = sized(base_buf, n);
+    base.decode(first_row, base_rows)?;
+    let base_rows = &*base_rows;
+    let (delta, exact): (&[f32], &[f32]) = match residual {
         Some(r) => {
-            delta = vec![0f32; n];
-            r.decode(first_row, &mut delta)?;
+            let delta = sized(delta_buf, n);
+            r.decode(first_row, delta)?;
             if *scale != 1.0 {
                 delta.iter_mut().for_each(|d| *d *= *scale);
             }
-            base_rows.iter().zip(&delta).map(|(b, d)| b + d).collect()
+            let target = sized(target_buf, n);
+            for ((t, b), d) in target.iter_mut().zip(base_rows).zip(&*delta) {
+                *t = b + d;
+            }
+            (&*delta, &*target)
         }
-        None => Vec::new(),
-    };
-    let exact = if residual.is_some() {
-        &target
-    } else {
-        &base_rows
+        None => (&[], base_rows),
     };
 
-    let mut bytes = vec![0u8; n_rows * out_rb];
+    let mut bytes = pool.take(n_rows * out_rb);
     for (i, (src, dst)) in exact
         .chunks_exact(row_len)
         .zip(bytes.chunks_exact_mut(out_rb))
@@ -259,12 +374,11 @@ fn encode_chunk(
 
     // Decode what was written: a block whose fp16 scale overflowed decodes
     // to infinity or NaN, which must be an error, never a silent model.
-    let decoded_buf;
     let decoded: &[f32] = if out_ty == GgmlType::F32 {
         exact
     } else {
-        let mut d = vec![0f32; n];
-        dequantize_row(out_ty, &bytes, &mut d)
+        let d = sized(decoded_buf, n);
+        dequantize_row(out_ty, &bytes, d)
             .map_err(|e| output_error(out_path, &task.spec.name, first_row, e))?;
         if let Some(i) = d.iter().position(|v| !v.is_finite()) {
             return Err(Error::tensor(
@@ -278,18 +392,99 @@ fn encode_chunk(
                 ),
             ));
         }
-        decoded_buf = d;
-        &decoded_buf
+        d
     };
     let mut stats = ErrorStats::default();
     if measure {
         if residual.is_some() {
-            stats.accumulate_residual(&base_rows, &delta, exact, decoded);
+            stats.accumulate_residual(base_rows, delta, exact, decoded);
         } else {
             stats.accumulate(exact, decoded);
         }
     }
     Ok(Chunk { bytes, stats })
+}
+
+/// One unit of output, in file order: a whole copied tensor or one chunk
+/// of rows of a transcoded one.
+#[derive(Clone, Copy)]
+enum Item {
+    Copy {
+        task: usize,
+    },
+    Rows {
+        task: usize,
+        first: usize,
+        n: usize,
+        last: bool,
+    },
+}
+
+impl Item {
+    fn task(&self) -> usize {
+        match *self {
+            Item::Copy { task } | Item::Rows { task, .. } => task,
+        }
+    }
+}
+
+/// Every tensor's chunks in output order. Chunk boundaries depend only on
+/// the row length and `chunk_elements`, never on the thread count, so the
+/// output bytes and the merged statistics do not either.
+fn plan_items(tasks: &[Task<'_>], chunk_elements: usize) -> Vec<Item> {
+    let mut items = Vec::new();
+    for (t, task) in tasks.iter().enumerate() {
+        match &task.action {
+            Action::Copy(_) => items.push(Item::Copy { task: t }),
+            Action::Transcode { base, .. } => {
+                let (row_len, n_rows) = (base.row_len(), base.n_rows());
+                let per = (chunk_elements / row_len.max(1)).max(1);
+                let mut r = 0;
+                while r < n_rows {
+                    let n = per.min(n_rows - r);
+                    items.push(Item::Rows {
+                        task: t,
+                        first: r,
+                        n,
+                        last: r + n == n_rows,
+                    });
+                    r += n;
+                }
+                if n_rows == 0 {
+                    items.push(Item::Rows {
+                        task: t,
+                        first: 0,
+                        n: 0,
+                        last: true,
+                    });
+                }
+            }
+        }
+    }
+    items
+}
+
+/// Windows of consecutive items, each holding up to `window` row chunks
+/// (copies ride along for free), which the workers encode together while
+/// the writer writes the previous window.
+fn windows(items: &[Item], window: usize) -> Vec<std::ops::Range<usize>> {
+    let mut out = Vec::new();
+    let mut start = 0;
+    let mut chunks = 0;
+    for (i, it) in items.iter().enumerate() {
+        if let Item::Rows { .. } = it {
+            chunks += 1;
+        }
+        if chunks >= window.max(1) {
+            out.push(start..i + 1);
+            start = i + 1;
+            chunks = 0;
+        }
+    }
+    if start < items.len() {
+        out.push(start..items.len());
+    }
+    out
 }
 
 fn progress_bar(total: u64, enabled: bool) -> ProgressBar {
@@ -309,6 +504,11 @@ fn progress_bar(total: u64, enabled: bool) -> ProgressBar {
 
 /// Run every task in order into `writer`, returning one outcome per task.
 /// `out_path` names the output in error messages.
+///
+/// The rayon workers decode, add and encode one window of chunks (spanning
+/// tensor boundaries, so small tensors do not serialise the run) while a
+/// writer thread writes the previous window in order; a bounded channel
+/// keeps at most two windows of encoded bytes alive.
 pub fn run(
     tasks: &[Task<'_>],
     writer: &mut GgufWriter,
@@ -325,64 +525,144 @@ pub fn run(
         })
         .sum();
     let pb = progress_bar(total, opts.progress);
-    let mut outcomes = Vec::with_capacity(tasks.len());
-    for (i, task) in tasks.iter().enumerate() {
-        pb.set_message(format!("[{}/{}] {}", i + 1, tasks.len(), task.spec.name));
-        let n_elements: u64 = task.spec.ne.iter().product();
-        let outcome = match &task.action {
-            Action::Copy(bytes) => {
-                writer.write(bytes)?;
-                pb.inc(bytes.len() as u64);
-                Outcome {
-                    name: task.spec.name.clone(),
-                    type_in: task.input_type,
-                    type_out: task.spec.ty,
-                    n_elements,
-                    copied: true,
-                    has_residual: false,
-                    stats: None,
-                }
+    let items = plan_items(tasks, opts.chunk_elements);
+    let wins = windows(&items, opts.window);
+    let pool = BytePool::default();
+    let stop = std::sync::atomic::AtomicBool::new(false);
+
+    let (tx, rx) = std::sync::mpsc::sync_channel::<Vec<Result<Option<Chunk>>>>(1);
+    let outcomes = std::thread::scope(|scope| -> Result<Vec<Outcome>> {
+        let (items, wins, pool, stop, pb) = (&items, &wins, &pool, &stop, &pb);
+        let writer_thread = scope.spawn(move || -> Result<Vec<Outcome>> {
+            let result = write_in_order(tasks, items, wins, rx, writer, pool, opts, pb);
+            if result.is_err() {
+                stop.store(true, std::sync::atomic::Ordering::Relaxed);
             }
-            Action::Transcode { base, residual, .. } => {
-                let (row_len, n_rows) = (base.row_len(), base.n_rows());
-                let rows_per_chunk = (opts.chunk_elements / row_len.max(1)).max(1);
-                let chunks: Vec<(usize, usize)> = (0..n_rows)
-                    .step_by(rows_per_chunk)
-                    .map(|r| (r, rows_per_chunk.min(n_rows - r)))
-                    .collect();
-                let mut stats = ErrorStats::default();
-                for window in chunks.chunks(opts.window.max(1)) {
-                    let encoded: Vec<Result<Chunk>> = window
-                        .par_iter()
-                        .map(|&(r, n)| encode_chunk(task, out_path, r, n, opts.measure))
-                        .collect();
-                    for chunk in encoded {
-                        let chunk = chunk?;
-                        writer.write(&chunk.bytes)?;
-                        pb.inc(chunk.bytes.len() as u64);
-                        stats.merge(&chunk.stats);
-                    }
-                    let (first, _) = window[0];
-                    let (last, n) = window[window.len() - 1];
-                    base.release_rows(first, last + n);
+            result
+        });
+        let prefetch = |w: &std::ops::Range<usize>| {
+            for it in &items[w.clone()] {
+                if let (
+                    Item::Rows { task, first, n, .. },
+                    Action::Transcode { base, residual, .. },
+                ) = (*it, &tasks[it.task()].action)
+                {
+                    base.prefetch_rows(first, first + n);
                     if let Some(r) = residual {
-                        r.release_rows(first, last + n);
+                        r.prefetch_rows(first, first + n);
                     }
-                }
-                Outcome {
-                    name: task.spec.name.clone(),
-                    type_in: task.input_type,
-                    type_out: task.spec.ty,
-                    n_elements,
-                    copied: false,
-                    has_residual: residual.is_some(),
-                    stats: opts.measure.then_some(stats),
+                    let _ = task;
                 }
             }
         };
-        outcomes.push(outcome);
-    }
+        if let Some(w) = wins.first() {
+            prefetch(w);
+        }
+        for (k, w) in wins.iter().enumerate() {
+            if stop.load(std::sync::atomic::Ordering::Relaxed) {
+                break;
+            }
+            if let Some(next) = wins.get(k + 1) {
+                prefetch(next);
+            }
+            let encoded: Vec<Result<Option<Chunk>>> = items[w.clone()]
+                .par_iter()
+                .map(|it| match *it {
+                    Item::Copy { .. } => Ok(None),
+                    Item::Rows { task, first, n, .. } => {
+                        encode_chunk(&tasks[task], out_path, first, n, opts.measure, pool).map(Some)
+                    }
+                })
+                .collect();
+            let failed = encoded.iter().any(|r| r.is_err());
+            if tx.send(encoded).is_err() || failed {
+                break;
+            }
+        }
+        drop(tx);
+        writer_thread
+            .join()
+            .unwrap_or_else(|p| std::panic::resume_unwind(p))
+    })?;
     pb.finish_and_clear();
+    Ok(outcomes)
+}
+
+/// The writer side of [`run`]: receives each window's results in order,
+/// writes them, merges statistics per tensor and hands consumed input pages
+/// back.
+#[allow(clippy::too_many_arguments)]
+fn write_in_order(
+    tasks: &[Task<'_>],
+    items: &[Item],
+    wins: &[std::ops::Range<usize>],
+    rx: std::sync::mpsc::Receiver<Vec<Result<Option<Chunk>>>>,
+    writer: &mut GgufWriter,
+    pool: &BytePool,
+    opts: &Options,
+    pb: &ProgressBar,
+) -> Result<Vec<Outcome>> {
+    let mut outcomes = Vec::with_capacity(tasks.len());
+    let mut stats = ErrorStats::default();
+    for w in wins {
+        let Ok(results) = rx.recv() else {
+            // The producer stopped early: it only does so after sending an
+            // error, which was returned below.
+            return Err(Error::tensor(
+                Path::new(""),
+                "",
+                "the encoders stopped unexpectedly".to_string(),
+            ));
+        };
+        for (it, res) in items[w.clone()].iter().zip(results) {
+            let task = &tasks[it.task()];
+            let n_elements: u64 = task.spec.ne.iter().product();
+            match (*it, &task.action) {
+                (Item::Copy { .. }, Action::Copy(bytes)) => {
+                    pb.set_message(task.spec.name.clone());
+                    writer.write(bytes)?;
+                    pb.inc(bytes.len() as u64);
+                    outcomes.push(Outcome {
+                        name: task.spec.name.clone(),
+                        type_in: task.input_type,
+                        type_out: task.spec.ty,
+                        n_elements,
+                        copied: true,
+                        has_residual: false,
+                        stats: None,
+                    });
+                }
+                (Item::Rows { first, n, last, .. }, Action::Transcode { base, residual, .. }) => {
+                    if first == 0 {
+                        pb.set_message(task.spec.name.clone());
+                        stats = ErrorStats::default();
+                    }
+                    if let Some(chunk) = res? {
+                        writer.write(&chunk.bytes)?;
+                        pb.inc(chunk.bytes.len() as u64);
+                        stats.merge(&chunk.stats);
+                        pool.give(chunk.bytes);
+                    }
+                    base.release_rows(first, first + n);
+                    if let Some(r) = residual {
+                        r.release_rows(first, first + n);
+                    }
+                    if last {
+                        outcomes.push(Outcome {
+                            name: task.spec.name.clone(),
+                            type_in: task.input_type,
+                            type_out: task.spec.ty,
+                            n_elements,
+                            copied: false,
+                            has_residual: residual.is_some(),
+                            stats: opts.measure.then(|| std::mem::take(&mut stats)),
+                        });
+                    }
+                }
+                _ => unreachable!("items follow their task's action"),
+            }
+        }
+    }
     Ok(outcomes)
 }
 
@@ -393,4 +673,162 @@ pub fn display_paths(paths: &[PathBuf]) -> String {
         .map(|p| p.display().to_string())
         .collect::<Vec<_>>()
         .join(", ")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::gguf::WriterOptions;
+
+    /// Rows held in memory.
+    struct VecRows {
+        data: Vec<f32>,
+        row_len: usize,
+    }
+
+    impl RowSource for VecRows {
+        fn row_len(&self) -> usize {
+            self.row_len
+        }
+        fn n_rows(&self) -> usize {
+            self.data.len() / self.row_len
+        }
+        fn decode(&self, start: usize, out: &mut [f32]) -> Result<()> {
+            out.copy_from_slice(&self.data[start * self.row_len..][..out.len()]);
+            Ok(())
+        }
+    }
+
+    fn values(seed: u32, n: usize) -> Vec<f32> {
+        let mut s = seed.wrapping_mul(2_654_435_761) | 1;
+        (0..n)
+            .map(|_| {
+                s ^= s << 13;
+                s ^= s >> 17;
+                s ^= s << 5;
+                (s as f32 / u32::MAX as f32 - 0.5) * 0.1
+            })
+            .collect()
+    }
+
+    fn tasks(copy: &[u8]) -> Vec<Task<'_>> {
+        let rows = |seed, row_len, n_rows| -> Box<dyn RowSource> {
+            Box::new(VecRows {
+                data: values(seed, row_len * n_rows),
+                row_len,
+            })
+        };
+        let spec = |name: &str, ty, ne: Vec<u64>| TensorSpec {
+            name: name.into(),
+            ty,
+            ne,
+        };
+        vec![
+            Task {
+                spec: spec("a", GgmlType::Q4_K, vec![512, 37]),
+                input_type: GgmlType::F32,
+                action: Action::Transcode {
+                    base: rows(1, 512, 37),
+                    residual: Some(rows(2, 512, 37)),
+                    scale: 0.5,
+                },
+            },
+            Task {
+                spec: spec("copied", GgmlType::F32, vec![8]),
+                input_type: GgmlType::F32,
+                action: Action::Copy(copy),
+            },
+            Task {
+                spec: spec("norm", GgmlType::F32, vec![256]),
+                input_type: GgmlType::F32,
+                action: Action::Transcode {
+                    base: rows(3, 256, 1),
+                    residual: None,
+                    scale: 1.0,
+                },
+            },
+            Task {
+                spec: spec("b", GgmlType::F16, vec![64, 300]),
+                input_type: GgmlType::F32,
+                action: Action::Transcode {
+                    base: rows(4, 64, 300),
+                    residual: Some(rows(5, 64, 300)),
+                    scale: 1.0,
+                },
+            },
+        ]
+    }
+
+    /// Output bytes and outcomes with `threads` workers and `window` chunks
+    /// per window.
+    fn run_with(threads: usize, window: usize) -> (Vec<u8>, String) {
+        let copy: Vec<u8> = (0..32u8).collect();
+        let tasks = tasks(&copy);
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("out.gguf");
+        let specs: Vec<TensorSpec> = tasks.iter().map(|t| t.spec.clone()).collect();
+        let opts = Options {
+            chunk_elements: 2048,
+            window,
+            measure: true,
+            progress: false,
+        };
+        let pool = rayon::ThreadPoolBuilder::new()
+            .num_threads(threads)
+            .build()
+            .unwrap();
+        let outcomes = pool.install(|| {
+            let mut w = GgufWriter::create(&path, &[], &specs, &WriterOptions::default()).unwrap();
+            let o = run(&tasks, &mut w, &path, &opts).unwrap();
+            w.finish().unwrap();
+            o
+        });
+        (std::fs::read(&path).unwrap(), format!("{outcomes:?}"))
+    }
+
+    #[test]
+    fn output_does_not_depend_on_threads_or_window() {
+        let (bytes, outcomes) = run_with(1, 1);
+        assert!(outcomes.contains("copied: true"));
+        for (threads, window) in [(1, 4), (2, 1), (3, 3), (4, 16)] {
+            let (b, o) = run_with(threads, window);
+            assert!(
+                b == bytes,
+                "bytes differ with {threads} threads, window {window}"
+            );
+            assert_eq!(
+                o, outcomes,
+                "outcomes differ with {threads} threads, window {window}"
+            );
+        }
+    }
+
+    #[test]
+    fn chunks_cover_every_row_once_in_order() {
+        let copy = [0u8; 32];
+        let t = tasks(&copy);
+        let items = plan_items(&t, 2048);
+        let mut next = vec![0usize; t.len()];
+        for it in &items {
+            if let Item::Rows {
+                task,
+                first,
+                n,
+                last,
+            } = *it
+            {
+                assert_eq!(first, next[task]);
+                next[task] += n;
+                let Action::Transcode { base, .. } = &t[task].action else {
+                    panic!()
+                };
+                assert_eq!(last, next[task] == base.n_rows());
+            }
+        }
+        assert_eq!(next, vec![37, 0, 1, 300]);
+        let wins = windows(&items, 3);
+        assert_eq!(wins.first().unwrap().start, 0);
+        assert_eq!(wins.last().unwrap().end, items.len());
+        assert!(wins.windows(2).all(|w| w[0].end == w[1].start));
+    }
 }

@@ -7,7 +7,35 @@
 
 use std::time::{Duration, Instant};
 
+use qresidual_quant::ggml::isa::{quantize_fn, Isa};
 use qresidual_quant::{codec, dequantize_row, quantize_row, GgmlType, ALL_TYPES};
+
+/// CPU time of the calling thread: the machine may be shared, and other
+/// processes' load must not count against the codec (the ggml side of
+/// `bench_codecs.py` measures the same way).
+#[cfg(target_os = "linux")]
+fn cpu_seconds() -> f64 {
+    #[repr(C)]
+    struct Timespec {
+        sec: i64,
+        nsec: i64,
+    }
+    extern "C" {
+        fn clock_gettime(clock: i32, tp: *mut Timespec) -> i32;
+    }
+    const CLOCK_THREAD_CPUTIME_ID: i32 = 3;
+    let mut t = Timespec { sec: 0, nsec: 0 };
+    // SAFETY: `t` is a valid timespec; the clock id exists on Linux.
+    unsafe { clock_gettime(CLOCK_THREAD_CPUTIME_ID, &mut t) };
+    t.sec as f64 + t.nsec as f64 * 1e-9
+}
+
+#[cfg(not(target_os = "linux"))]
+fn cpu_seconds() -> f64 {
+    use std::sync::OnceLock;
+    static T0: OnceLock<Instant> = OnceLock::new();
+    T0.get_or_init(Instant::now).elapsed().as_secs_f64()
+}
 
 const ROW: usize = 4096;
 const ROWS: usize = 256;
@@ -39,13 +67,13 @@ fn rate(n: usize, measuring: bool, mut f: impl FnMut()) -> f64 {
     }
     let mut best = f64::MAX;
     for _ in 0..3 {
-        let start = Instant::now();
+        let start = cpu_seconds();
         let mut reps = 0u32;
-        while start.elapsed() < Duration::from_millis(300) {
+        while cpu_seconds() - start < Duration::from_millis(300).as_secs_f64() {
             f();
             reps += 1;
         }
-        best = best.min(start.elapsed().as_secs_f64() / reps as f64);
+        best = best.min((cpu_seconds() - start) / reps as f64);
     }
     n as f64 / best
 }
@@ -77,7 +105,30 @@ fn main() {
             })
         });
         if quantize_eps.is_none() {
-            continue;
+            // Decode-only types: bytes from `bench_codecs.py` (random blocks,
+            // the same file ggml decodes), when it provides them.
+            let Some(b) = std::env::var_os("QRESIDUAL_BENCH_BYTES").and_then(|d| {
+                std::fs::read(std::path::Path::new(&d).join(format!("{}.q", ty.name()))).ok()
+            }) else {
+                continue;
+            };
+            if b.len() != q.len() {
+                continue;
+            }
+            q.copy_from_slice(&b);
+        }
+        // Each instruction-set variant of the encoder, where there are several.
+        let mut variants = String::new();
+        for isa in Isa::ALL {
+            let Some(f) = quantize_fn(isa, ty) else {
+                continue;
+            };
+            let eps = rate(x.len(), measuring, || {
+                for (src, dst) in x.chunks(ROW).zip(q.chunks_mut(rb)) {
+                    f(src, dst);
+                }
+            });
+            variants.push_str(&format!(", \"quantize_eps_{}\": {eps:.0}", isa.name()));
         }
         let mut y = vec![0f32; x.len()];
         let dequantize_eps = rate(x.len(), measuring, || {
@@ -86,9 +137,9 @@ fn main() {
             }
         });
         println!(
-            "{{\"type\": \"{}\", \"quantize_eps\": {:.0}, \"dequantize_eps\": {:.0}}}",
+            "{{\"type\": \"{}\", \"quantize_eps\": {}, \"dequantize_eps\": {:.0}{variants}}}",
             ty.name(),
-            quantize_eps.unwrap(),
+            quantize_eps.map_or("null".to_string(), |e| format!("{e:.0}")),
             dequantize_eps
         );
     }

@@ -15,6 +15,11 @@ pub(crate) mod tables;
 
 use tables::*;
 
+#[cfg(target_arch = "x86_64")]
+#[path = "iq4_avx2.rs"]
+mod avx2;
+use crate::ggml::isa::avx2 as has_avx2;
+
 const QK_K: usize = 256;
 const QK4_NL: usize = 32;
 /// `IQ1S_DELTA` / `IQ1M_DELTA` in `ggml-common.h`.
@@ -380,33 +385,153 @@ fn pack_nibbles(l: &[u8], q4: &mut [u8]) {
     }
 }
 
-/// `quantize_iq4_nl` (no importance matrix): `quantize_row_iq4_nl_impl`
-/// with super-block = block = 32 and `ntry = 7`.
-pub fn quantize_iq4_nl(src: &[f32], dst: &mut [u8]) {
-    for (x, b) in src.chunks_exact(QK4_NL).zip(dst.chunks_exact_mut(18)) {
-        let mut l = [0u8; QK4_NL];
-        let scale = iq4_block_scale(x, 7, &mut l);
-        put_f16(b, 0, scale);
-        let id = if scale != 0.0 { 1.0f32 / scale } else { 0.0 };
-        for j in 0..QK4_NL {
-            l[j] = best_index_int8(&KVALUES_IQ4NL, id * x[j]);
+/// Declares the dispatching, scalar and AVX2 entry points of one encoder
+/// whose body is `$body::<AVX>(src, dst)`.
+macro_rules! variants {
+    ($doc:literal, $best:ident, $scalar:ident, $avx2:ident, $avx2_impl:ident, $body:ident) => {
+        #[doc = concat!($doc, ", with the best variant this CPU runs.")]
+        pub fn $best(src: &[f32], dst: &mut [u8]) {
+            if has_avx2() {
+                $avx2(src, dst)
+            } else {
+                $scalar(src, dst)
+            }
         }
-        pack_nibbles(&l, &mut b[2..18]);
+
+        #[doc = concat!($doc, ", portable scalar variant.")]
+        pub fn $scalar(src: &[f32], dst: &mut [u8]) {
+            $body::<false>(src, dst)
+        }
+
+        #[doc = concat!($doc, ", AVX2 variant (the scalar one without AVX2).")]
+        pub fn $avx2(src: &[f32], dst: &mut [u8]) {
+            #[cfg(target_arch = "x86_64")]
+            if has_avx2() {
+                // SAFETY: AVX2 was detected.
+                unsafe { $avx2_impl(src, dst) };
+                return;
+            }
+            $body::<false>(src, dst)
+        }
+
+        #[cfg(target_arch = "x86_64")]
+        #[target_feature(enable = "avx2")]
+        unsafe fn $avx2_impl(src: &[f32], dst: &mut [u8]) {
+            $body::<true>(src, dst)
+        }
+    };
+}
+
+/// `dequantize_row_iq4_nl`, AVX2 variant (the scalar one without AVX2).
+pub fn dequantize_iq4_nl_avx2(src: &[u8], dst: &mut [f32]) {
+    #[cfg(target_arch = "x86_64")]
+    if has_avx2() && std::arch::is_x86_feature_detected!("f16c") {
+        // SAFETY: the features were detected.
+        unsafe { avx2::dequantize_iq4_nl(src, dst) };
+        return;
+    }
+    dequantize_iq4_nl(src, dst)
+}
+
+/// `dequantize_row_iq4_xs`, AVX2 variant (the scalar one without AVX2).
+pub fn dequantize_iq4_xs_avx2(src: &[u8], dst: &mut [f32]) {
+    #[cfg(target_arch = "x86_64")]
+    if has_avx2() && std::arch::is_x86_feature_detected!("f16c") {
+        // SAFETY: the features were detected.
+        unsafe { avx2::dequantize_iq4_xs(src, dst) };
+        return;
+    }
+    dequantize_iq4_xs(src, dst)
+}
+
+/// `iq4_block_scale(·, 7, ·)` for the eight 32-blocks of `x` (256 values).
+#[inline(always)]
+fn block_scales_x8<const AVX: bool>(x: &[f32], scales: &mut [f32]) {
+    #[cfg(target_arch = "x86_64")]
+    if AVX {
+        // SAFETY: AVX is only set inside functions compiled for AVX2 and
+        // called after detecting it.
+        unsafe { avx2::block_scale_x8(x, 7, scales) };
+        return;
+    }
+    let mut lb = [0u8; 32];
+    for (xb, s) in x.chunks_exact(32).zip(scales) {
+        *s = iq4_block_scale(xb, 7, &mut lb);
     }
 }
 
-/// `quantize_iq4_xs` (no importance matrix): eight 32-blocks with float
-/// scales, requantized against the unrounded super-block scale
-/// `-max_scale/32`, 6-bit block scales.
-pub fn quantize_iq4_xs(src: &[f32], dst: &mut [u8]) {
+/// `l[j] = best_index_int8(KVALUES_IQ4NL, id * x[j])` for one 32-block.
+#[inline(always)]
+fn block_indices<const AVX: bool>(x: &[f32], id: f32, l: &mut [u8]) {
+    #[cfg(target_arch = "x86_64")]
+    if AVX {
+        // SAFETY: as in `block_scales_x8`.
+        unsafe { avx2::indices(x, id, l) };
+        return;
+    }
+    for (o, &v) in l.iter_mut().zip(x) {
+        *o = best_index_int8(&KVALUES_IQ4NL, id * v);
+    }
+}
+
+variants!(
+    "`quantize_iq4_nl` (no importance matrix): `quantize_row_iq4_nl_impl` \
+     with super-block = block = 32 and `ntry = 7`",
+    quantize_iq4_nl,
+    quantize_iq4_nl_scalar,
+    quantize_iq4_nl_avx2,
+    iq4_nl_rows_avx2,
+    iq4_nl_rows
+);
+
+#[inline(always)]
+fn iq4_nl_rows<const AVX: bool>(src: &[f32], dst: &mut [u8]) {
+    let mut scales = [0f32; 8];
+    let n = src.len() / QK4_NL;
+    let mut b0 = 0;
+    while b0 < n {
+        let nb = (n - b0).min(8);
+        let xs = &src[QK4_NL * b0..QK4_NL * (b0 + nb)];
+        if nb == 8 {
+            block_scales_x8::<AVX>(xs, &mut scales);
+        } else {
+            let mut lb = [0u8; QK4_NL];
+            for (xb, s) in xs.chunks_exact(QK4_NL).zip(scales.iter_mut()) {
+                *s = iq4_block_scale(xb, 7, &mut lb);
+            }
+        }
+        for (k, x) in xs.chunks_exact(QK4_NL).enumerate() {
+            let b = &mut dst[18 * (b0 + k)..18 * (b0 + k + 1)];
+            let scale = scales[k];
+            put_f16(b, 0, scale);
+            let id = if scale != 0.0 { 1.0f32 / scale } else { 0.0 };
+            let mut l = [0u8; QK4_NL];
+            block_indices::<AVX>(x, id, &mut l);
+            pack_nibbles(&l, &mut b[2..18]);
+        }
+        b0 += nb;
+    }
+}
+
+variants!(
+    "`quantize_iq4_xs` (no importance matrix): eight 32-blocks with float \
+     scales, requantized against the unrounded super-block scale \
+     `-max_scale/32`, 6-bit block scales",
+    quantize_iq4_xs,
+    quantize_iq4_xs_scalar,
+    quantize_iq4_xs_avx2,
+    iq4_xs_rows_avx2,
+    iq4_xs_rows
+);
+
+#[inline(always)]
+fn iq4_xs_rows<const AVX: bool>(src: &[f32], dst: &mut [u8]) {
     for (x, b) in src.chunks_exact(QK_K).zip(dst.chunks_exact_mut(136)) {
         let mut l = [0u8; QK_K];
         let mut scales = [0f32; QK_K / 32];
+        block_scales_x8::<AVX>(x, &mut scales);
         let (mut max_scale, mut amax_scale) = (0f32, 0f32);
-        for ib in 0..QK_K / 32 {
-            let xb = &x[32 * ib..32 * ib + 32];
-            let d = iq4_block_scale(xb, 7, &mut l[32 * ib..32 * ib + 32]);
-            scales[ib] = d;
+        for &d in &scales {
             if d.abs() > amax_scale {
                 amax_scale = d.abs();
                 max_scale = d;
@@ -421,9 +546,11 @@ pub fn quantize_iq4_xs(src: &[f32], dst: &mut [u8]) {
             let mut ls = nearest_int(id * scales[ib]).clamp(-32, 31);
             let dl = d * ls as f32;
             let idl = if dl != 0.0 { 1.0f32 / dl } else { 0.0 };
-            for j in 32 * ib..32 * ib + 32 {
-                l[j] = best_index_int8(&KVALUES_IQ4NL, idl * x[j]);
-            }
+            block_indices::<AVX>(
+                &x[32 * ib..32 * ib + 32],
+                idl,
+                &mut l[32 * ib..32 * ib + 32],
+            );
             ls += 32;
             let (l_l, l_h) = ((ls & 0xf) as u8, (ls >> 4) as u16);
             if ib % 2 == 0 {

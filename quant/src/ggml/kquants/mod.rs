@@ -11,13 +11,15 @@
 // easy to check against it.
 #![allow(clippy::needless_range_loop)]
 
+#[cfg(target_arch = "x86_64")]
+mod avx2;
 mod search;
 
 use super::common::{f16_to_f32, f32_to_f16, le_f16, nearest_int};
+use super::isa::avx2 as has_avx2;
 use crate::{Codec, GgmlType};
-use search::{
-    get_scale_min_k4, make_q3_quants, make_qkx2_quants_batched, make_qx_quants_rmse1, GROUP_MAX_EPS,
-};
+pub(crate) use search::get_scale_min_k4;
+use search::{make_q3_quants, make_qkx2_quants_batched, make_qx_quants_rmse1, GROUP_MAX_EPS};
 
 /// Elements per super-block (`QK_K`).
 const QK_K: usize = 256;
@@ -66,41 +68,114 @@ fn f16_bytes(x: f32) -> [u8; 2] {
     f32_to_f16(x).to_le_bytes()
 }
 
+/// Declares the dispatching, scalar and AVX2 entry points of one encoder
+/// whose body is `$body::<AVX>(src, dst)`.
+macro_rules! variants {
+    ($name:literal, $best:ident, $scalar:ident, $avx2:ident, $avx2_impl:ident, $body:ident) => {
+        #[doc = concat!("`", $name, "`, with the best variant this CPU runs.")]
+        pub fn $best(src: &[f32], dst: &mut [u8]) {
+            if has_avx2() {
+                $avx2(src, dst)
+            } else {
+                $scalar(src, dst)
+            }
+        }
+
+        #[doc = concat!("`", $name, "`, portable scalar variant.")]
+        pub fn $scalar(src: &[f32], dst: &mut [u8]) {
+            $body::<false>(src, dst)
+        }
+
+        #[doc = concat!("`", $name, "`, AVX2 variant (the scalar one without AVX2).")]
+        pub fn $avx2(src: &[f32], dst: &mut [u8]) {
+            #[cfg(target_arch = "x86_64")]
+            if has_avx2() {
+                // SAFETY: AVX2 was detected.
+                unsafe { $avx2_impl(src, dst) };
+                return;
+            }
+            $body::<false>(src, dst)
+        }
+
+        #[cfg(target_arch = "x86_64")]
+        #[target_feature(enable = "avx2")]
+        unsafe fn $avx2_impl(src: &[f32], dst: &mut [u8]) {
+            $body::<true>(src, dst)
+        }
+    };
+}
+
 // ───────────────────────────── Q2_K ─────────────────────────────
 // Layout: scales[16] (low nibble scale, high nibble min), qs[64], d, dmin.
 
-/// `quantize_row_q2_K_ref`.
+/// `quantize_row_q2_K_ref`, with the best variant this CPU runs.
 pub fn quantize_row_q2_k(src: &[f32], dst: &mut [u8]) {
+    if has_avx2() {
+        quantize_row_q2_k_avx2(src, dst)
+    } else {
+        quantize_row_q2_k_scalar(src, dst)
+    }
+}
+
+/// `quantize_row_q2_K_ref`, portable scalar variant.
+pub fn quantize_row_q2_k_scalar(src: &[f32], dst: &mut [u8]) {
+    q2_k_rows::<false>(src, dst)
+}
+
+/// `quantize_row_q2_K_ref`, AVX2 variant (the scalar one without AVX2).
+pub fn quantize_row_q2_k_avx2(src: &[f32], dst: &mut [u8]) {
+    #[cfg(target_arch = "x86_64")]
+    if has_avx2() {
+        // SAFETY: AVX2 was detected.
+        unsafe { q2_k_rows_avx2(src, dst) };
+        return;
+    }
+    q2_k_rows::<false>(src, dst)
+}
+
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2")]
+unsafe fn q2_k_rows_avx2(src: &[f32], dst: &mut [u8]) {
+    q2_k_rows::<true>(src, dst)
+}
+
+/// The body of `quantize_row_q2_K_ref`; `AVX` (only instantiated behind
+/// AVX2 detection) runs the searches eight sub-blocks at a time.
+#[inline(always)]
+fn q2_k_rows<const AVX: bool>(src: &[f32], dst: &mut [u8]) {
     const Q4SCALE: f32 = 15.0;
     let mut l = [0u8; QK_K];
-    let mut weights = [0f32; 16];
+    let mut weights = [0f32; QK_K];
     let mut mins = [0f32; QK_K / 16];
     let mut scales = [0f32; QK_K / 16];
     for (x, y) in src.chunks_exact(QK_K).zip(dst.chunks_exact_mut(Q2_K_BYTES)) {
+        for (w, v) in weights.iter_mut().zip(x) {
+            *w = v.abs();
+        }
+        // make_qkx2_quants(16, 3, …, -0.5f, 0.1f, 15, true): 16 candidates.
+        if !search_qkx2::<16, 16, AVX>(x, &weights, 3, -0.5, true, &mut l, &mut scales, &mut mins) {
+            for j in 0..QK_K / 16 {
+                let (s, m) = make_qkx2_quants_batched::<16, 16>(
+                    3,
+                    sub::<16>(x, j),
+                    sub::<16>(&weights, j),
+                    sub_mut::<16, _>(&mut l, j),
+                    -0.5,
+                    0.1,
+                    true,
+                );
+                scales[j] = s;
+                mins[j] = m;
+            }
+        }
         let mut max_scale = 0f32;
         let mut max_min = 0f32;
         for j in 0..QK_K / 16 {
-            let xs = sub::<16>(x, j);
-            for (w, v) in weights.iter_mut().zip(xs) {
-                *w = v.abs();
+            if scales[j] > max_scale {
+                max_scale = scales[j];
             }
-            // make_qkx2_quants(16, 3, …, -0.5f, 0.1f, 15, true): 16 candidates.
-            let (s, m) = make_qkx2_quants_batched::<16, 16>(
-                3,
-                xs,
-                &weights,
-                sub_mut::<16, _>(&mut l, j),
-                -0.5,
-                0.1,
-                true,
-            );
-            scales[j] = s;
-            mins[j] = m;
-            if s > max_scale {
-                max_scale = s;
-            }
-            if m > max_min {
-                max_min = m;
+            if mins[j] > max_min {
+                max_min = mins[j];
             }
         }
 
@@ -132,10 +207,7 @@ pub fn quantize_row_q2_k(src: &[f32], dst: &mut [u8]) {
                 continue;
             }
             let dm = dmin * (sc[j] >> 4) as f32;
-            for ii in 0..16 {
-                let q = nearest_int((x[16 * j + ii] + dm) / d);
-                l[16 * j + ii] = q.clamp(0, 3) as u8;
-            }
+            requant_affine::<16, AVX>(sub::<16>(x, j), dm, d, 3, sub_mut::<16, _>(&mut l, j));
         }
 
         y[..16].copy_from_slice(&sc);
@@ -148,6 +220,119 @@ pub fn quantize_row_q2_k(src: &[f32], dst: &mut [u8]) {
         }
         y[80..82].copy_from_slice(&d_bits.to_le_bytes());
         y[82..84].copy_from_slice(&dmin_bits.to_le_bytes());
+    }
+}
+
+/// With `AVX`, `make_qkx2_quants` (`nstep + 1 = S`) on every `N`-element
+/// sub-block of the super-block `x`, eight at a time, and `true`; without,
+/// nothing and `false` (the caller runs the scalar search).
+#[allow(clippy::too_many_arguments)]
+#[inline(always)]
+fn search_qkx2<const N: usize, const S: usize, const AVX: bool>(
+    x: &[f32],
+    weights: &[f32],
+    nmax: i32,
+    rmin: f32,
+    use_mad: bool,
+    l: &mut [u8; QK_K],
+    scales: &mut [f32],
+    mins: &mut [f32],
+) -> bool {
+    #[cfg(target_arch = "x86_64")]
+    if AVX {
+        for g in 0..QK_K / (8 * N) {
+            let r = 8 * N * g..8 * N * (g + 1);
+            // SAFETY: AVX is only set inside functions compiled for AVX2
+            // and called after detecting it.
+            unsafe {
+                avx2::qkx2_x8::<N>(
+                    nmax,
+                    &x[r.clone()],
+                    &weights[r.clone()],
+                    &mut l[r],
+                    rmin,
+                    0.1,
+                    S as i32 - 1,
+                    use_mad,
+                    &mut scales[8 * g..8 * g + 8],
+                    &mut mins[8 * g..8 * g + 8],
+                )
+            };
+        }
+        return true;
+    }
+    let _ = (x, weights, nmax, rmin, use_mad, l, scales, mins);
+    false
+}
+
+/// With `AVX`, `make_qx_quants(16, 32, …, 1, NULL)` on the sixteen
+/// sub-blocks of `x`, eight at a time (`l` = L + 32), and `true`.
+#[inline(always)]
+fn search_qx_rmse1<const AVX: bool>(x: &[f32], l: &mut [u8; QK_K], scales: &mut [f32]) -> bool {
+    #[cfg(target_arch = "x86_64")]
+    if AVX {
+        // SAFETY: as in `search_qkx2`.
+        unsafe { avx2::qx_rmse1_x8::<16, 2>(32, x, l, scales) };
+        return true;
+    }
+    let _ = (x, l, scales);
+    false
+}
+
+/// With `AVX`, `make_q3_quants(16, 4, …, true)` on the sixteen sub-blocks
+/// of `x`, eight at a time (`l` = L + 4), and `true`.
+#[inline(always)]
+fn search_q3<const AVX: bool>(x: &[f32], l: &mut [u8; QK_K], scales: &mut [f32]) -> bool {
+    #[cfg(target_arch = "x86_64")]
+    if AVX {
+        // SAFETY: as in `search_qkx2`.
+        unsafe { avx2::q3_x8::<16, 2>(4, x, l, scales) };
+        return true;
+    }
+    let _ = (x, l, scales);
+    false
+}
+
+/// `l[i] = clamp(nearest_int(x[i] / d), lo, hi) + off`.
+#[inline(always)]
+fn requant_sym<const N: usize, const AVX: bool>(
+    x: &[f32; N],
+    d: f32,
+    lo: i32,
+    hi: i32,
+    off: i32,
+    l: &mut [u8; N],
+) {
+    #[cfg(target_arch = "x86_64")]
+    if AVX {
+        // SAFETY: as in `search_qkx2`.
+        unsafe { avx2::requant_sym(x, d, lo, hi, off, l) };
+        return;
+    }
+    for ii in 0..N {
+        let q = nearest_int(x[ii] / d).clamp(lo, hi);
+        l[ii] = (q + off) as u8;
+    }
+}
+
+/// `l[i] = clamp(nearest_int((x[i] + dm) / d), 0, nmax)`.
+#[inline(always)]
+fn requant_affine<const N: usize, const AVX: bool>(
+    x: &[f32; N],
+    dm: f32,
+    d: f32,
+    nmax: i32,
+    l: &mut [u8; N],
+) {
+    #[cfg(target_arch = "x86_64")]
+    if AVX {
+        // SAFETY: as in `search_qkx2`.
+        unsafe { avx2::requant_affine(x, dm, d, nmax, l) };
+        return;
+    }
+    for ii in 0..N {
+        let q = nearest_int((x[ii] + dm) / d);
+        l[ii] = q.clamp(0, nmax) as u8;
     }
 }
 
@@ -183,15 +368,32 @@ fn q3_k_scale(s: &[u8], j: usize) -> i32 {
     (lo | (hi << 4)) as i32 - 32
 }
 
-/// `quantize_row_q3_K_ref`.
-pub fn quantize_row_q3_k(src: &[f32], dst: &mut [u8]) {
-    let mut l = [0i8; QK_K];
+variants!(
+    "quantize_row_q3_K_ref",
+    quantize_row_q3_k,
+    quantize_row_q3_k_scalar,
+    quantize_row_q3_k_avx2,
+    q3_k_rows_avx2,
+    q3_k_rows
+);
+
+#[inline(always)]
+fn q3_k_rows<const AVX: bool>(src: &[f32], dst: &mut [u8]) {
+    let mut l = [0u8; QK_K];
     let mut scales = [0f32; QK_K / 16];
     for (x, y) in src.chunks_exact(QK_K).zip(dst.chunks_exact_mut(Q3_K_BYTES)) {
+        if !search_q3::<AVX>(x, &mut l, &mut scales) {
+            let mut li = [0i8; 16];
+            for j in 0..QK_K / 16 {
+                scales[j] = make_q3_quants(4, sub::<16>(x, j), &mut li, true);
+                for (o, &v) in sub_mut::<16, _>(&mut l, j).iter_mut().zip(&li) {
+                    *o = v as u8;
+                }
+            }
+        }
         let mut max_scale = 0f32;
         let mut amax = 0f32;
         for j in 0..QK_K / 16 {
-            scales[j] = make_q3_quants(4, sub::<16>(x, j), sub_mut::<16, _>(&mut l, j), true);
             let scale = scales[j].abs();
             if scale > amax {
                 amax = scale;
@@ -223,31 +425,24 @@ pub fn quantize_row_q3_k(src: &[f32], dst: &mut [u8]) {
             if d == 0.0 {
                 continue;
             }
-            for ii in 0..16 {
-                let q = nearest_int(x[16 * j + ii] / d).clamp(-4, 3);
-                l[16 * j + ii] = (q + 4) as i8;
-            }
+            requant_sym::<16, AVX>(sub::<16>(x, j), d, -4, 3, 4, sub_mut::<16, _>(&mut l, j));
         }
 
         let (hmask, rest) = y.split_at_mut(32);
         hmask.fill(0);
-        let mut m = 0;
-        let mut hm = 1u8;
-        for lj in l.iter_mut() {
-            if *lj > 3 {
-                hmask[m] |= hm;
-                *lj -= 4;
-            }
-            m += 1;
-            if m == QK_K / 8 {
-                m = 0;
-                hm <<= 1;
+        // ggml: `if (L[j] > 3) { hmask[m] |= hm; L[j] -= 4; }` walking m over
+        // 0..32 and hm over the bits. L is in 0..=7, so the condition is bit
+        // 2 and the subtraction clears it: branch-free, same bytes.
+        for (bit, lg) in l.chunks_exact_mut(QK_K / 8).enumerate() {
+            for (h, lj) in hmask.iter_mut().zip(lg) {
+                *h |= (*lj >> 2) << bit;
+                *lj &= 3;
             }
         }
         let qs = &mut rest[..64];
         for j in (0..QK_K).step_by(128) {
             for k in 0..32 {
-                let u = |i: usize| l[i] as u8;
+                let u = |i: usize| l[i];
                 qs[j / 4 + k] =
                     u(j + k) | (u(j + k + 32) << 2) | (u(j + k + 64) << 4) | (u(j + k + 96) << 6);
             }
@@ -286,18 +481,17 @@ pub fn dequantize_row_q3_k(src: &[u8], dst: &mut [f32]) {
 /// 6-bit scale/min packing and the requantization with the fp16-rounded
 /// scales. `S` is the search's `nstep + 1`. Fills `head` (d, dmin, scales:
 /// 16 bytes) and `l` (0..=nmax).
-fn quantize_block_qkx_k<const S: usize>(
+#[inline(always)]
+fn quantize_block_qkx_k<const S: usize, const AVX: bool>(
     x: &[f32],
     nmax: i32,
     rmin: f32,
     head: &mut [u8],
     l: &mut [u8; QK_K],
 ) {
-    let mut weights = [0f32; 32];
+    let mut weights = [0f32; QK_K];
     let mut mins = [0f32; QK_K / 32];
     let mut scales = [0f32; QK_K / 32];
-    let mut max_scale = 0f32;
-    let mut max_min = 0f32;
     for j in 0..QK_K / 32 {
         let xs = sub::<32>(x, j);
         let mut sum_x2 = 0f32;
@@ -305,25 +499,33 @@ fn quantize_block_qkx_k<const S: usize>(
             sum_x2 += v * v;
         }
         let av_x = (sum_x2 / 32.0).sqrt();
-        for (w, v) in weights.iter_mut().zip(xs) {
+        for (w, v) in sub_mut::<32, _>(&mut weights, j).iter_mut().zip(xs) {
             *w = av_x + v.abs();
         }
-        let (s, m) = make_qkx2_quants_batched::<32, S>(
-            nmax,
-            xs,
-            &weights,
-            sub_mut::<32, _>(l, j),
-            rmin,
-            0.1,
-            false,
-        );
-        scales[j] = s;
-        mins[j] = m;
-        if s > max_scale {
-            max_scale = s;
+    }
+    if !search_qkx2::<32, S, AVX>(x, &weights, nmax, rmin, false, l, &mut scales, &mut mins) {
+        for j in 0..QK_K / 32 {
+            let (s, m) = make_qkx2_quants_batched::<32, S>(
+                nmax,
+                sub::<32>(x, j),
+                sub::<32>(&weights, j),
+                sub_mut::<32, _>(l, j),
+                rmin,
+                0.1,
+                false,
+            );
+            scales[j] = s;
+            mins[j] = m;
         }
-        if m > max_min {
-            max_min = m;
+    }
+    let mut max_scale = 0f32;
+    let mut max_min = 0f32;
+    for j in 0..QK_K / 32 {
+        if scales[j] > max_scale {
+            max_scale = scales[j];
+        }
+        if mins[j] > max_min {
+            max_min = mins[j];
         }
     }
 
@@ -358,23 +560,29 @@ fn quantize_block_qkx_k<const S: usize>(
             continue;
         }
         let dm = dmin * m as f32;
-        for ii in 0..32 {
-            let q = nearest_int((x[32 * j + ii] + dm) / d);
-            l[32 * j + ii] = q.clamp(0, nmax) as u8;
-        }
+        requant_affine::<32, AVX>(sub::<32>(x, j), dm, d, nmax, sub_mut::<32, _>(l, j));
     }
     head[0..2].copy_from_slice(&d_bits.to_le_bytes());
     head[2..4].copy_from_slice(&dmin_bits.to_le_bytes());
     head[4..16].copy_from_slice(&sc);
 }
 
-/// `quantize_row_q4_K_ref`.
-pub fn quantize_row_q4_k(src: &[f32], dst: &mut [u8]) {
+variants!(
+    "quantize_row_q4_K_ref",
+    quantize_row_q4_k,
+    quantize_row_q4_k_scalar,
+    quantize_row_q4_k_avx2,
+    q4_k_rows_avx2,
+    q4_k_rows
+);
+
+#[inline(always)]
+fn q4_k_rows<const AVX: bool>(src: &[f32], dst: &mut [u8]) {
     let mut l = [0u8; QK_K];
     for (x, y) in src.chunks_exact(QK_K).zip(dst.chunks_exact_mut(Q4_K_BYTES)) {
         let (head, qs) = y.split_at_mut(16);
         // make_qkx2_quants(32, 15, …, -1.f, 0.1f, 20, false): 21 candidates.
-        quantize_block_qkx_k::<21>(x, 15, -1.0, head, &mut l);
+        quantize_block_qkx_k::<21, AVX>(x, 15, -1.0, head, &mut l);
         for (n, q) in qs.chunks_exact_mut(32).enumerate() {
             let j = 64 * n;
             for k in 0..32 {
@@ -411,13 +619,22 @@ pub fn dequantize_row_q4_k(src: &[u8], dst: &mut [f32]) {
     }
 }
 
-/// `quantize_row_q5_K_ref`.
-pub fn quantize_row_q5_k(src: &[f32], dst: &mut [u8]) {
+variants!(
+    "quantize_row_q5_K_ref",
+    quantize_row_q5_k,
+    quantize_row_q5_k_scalar,
+    quantize_row_q5_k_avx2,
+    q5_k_rows_avx2,
+    q5_k_rows
+);
+
+#[inline(always)]
+fn q5_k_rows<const AVX: bool>(src: &[f32], dst: &mut [u8]) {
     let mut l = [0u8; QK_K];
     for (x, y) in src.chunks_exact(QK_K).zip(dst.chunks_exact_mut(Q5_K_BYTES)) {
         let (head, rest) = y.split_at_mut(16);
         // make_qkx2_quants(32, 31, …, -0.5f, 0.1f, 15, false): 16 candidates.
-        quantize_block_qkx_k::<16>(x, 31, -0.5, head, &mut l);
+        quantize_block_qkx_k::<16, AVX>(x, 31, -0.5, head, &mut l);
         let (qh, ql) = rest.split_at_mut(32);
         qh.fill(0);
         let mut m1 = 1u8;
@@ -480,16 +697,33 @@ pub fn dequantize_row_q5_k(src: &[u8], dst: &mut [f32]) {
 // ───────────────────────────── Q6_K ─────────────────────────────
 // Layout: ql[128], qh[64], scales[16] (i8), d.
 
-/// `quantize_row_q6_K_ref`.
-pub fn quantize_row_q6_k(src: &[f32], dst: &mut [u8]) {
-    let mut l = [0i8; QK_K];
+variants!(
+    "quantize_row_q6_K_ref",
+    quantize_row_q6_k,
+    quantize_row_q6_k_scalar,
+    quantize_row_q6_k_avx2,
+    q6_k_rows_avx2,
+    q6_k_rows
+);
+
+#[inline(always)]
+fn q6_k_rows<const AVX: bool>(src: &[f32], dst: &mut [u8]) {
+    let mut l = [0u8; QK_K];
     let mut scales = [0f32; QK_K / 16];
     for (x, y) in src.chunks_exact(QK_K).zip(dst.chunks_exact_mut(Q6_K_BYTES)) {
+        if !search_qx_rmse1::<AVX>(x, &mut l, &mut scales) {
+            let mut li = [0i8; 16];
+            for ib in 0..QK_K / 16 {
+                scales[ib] = make_qx_quants_rmse1(32, sub::<16>(x, ib), &mut li);
+                for (o, &v) in sub_mut::<16, _>(&mut l, ib).iter_mut().zip(&li) {
+                    *o = v as u8;
+                }
+            }
+        }
         let mut max_scale = 0f32;
         let mut max_abs_scale = 0f32;
         for ib in 0..QK_K / 16 {
-            let scale = make_qx_quants_rmse1(32, sub::<16>(x, ib), sub_mut::<16, _>(&mut l, ib));
-            scales[ib] = scale;
+            let scale = scales[ib];
             let abs_scale = scale.abs();
             if abs_scale > max_abs_scale {
                 max_abs_scale = abs_scale;
@@ -516,10 +750,7 @@ pub fn quantize_row_q6_k(src: &[f32], dst: &mut [u8]) {
             if d == 0.0 {
                 continue;
             }
-            for ii in 0..16 {
-                let q = nearest_int(x[16 * j + ii] / d).clamp(-32, 31);
-                l[16 * j + ii] = (q + 32) as i8;
-            }
+            requant_sym::<16, AVX>(sub::<16>(x, j), d, -32, 31, 32, sub_mut::<16, _>(&mut l, j));
         }
 
         let (ql, rest) = y.split_at_mut(128);
@@ -529,7 +760,7 @@ pub fn quantize_row_q6_k(src: &[f32], dst: &mut [u8]) {
             let ql = &mut ql[64 * n..64 * n + 64];
             let qh = &mut qh[32 * n..32 * n + 32];
             for k in 0..32 {
-                let u = |i: usize| l[i] as u8;
+                let u = |i: usize| l[i];
                 ql[k] = (u(j + k) & 0xF) | ((u(j + k + 64) & 0xF) << 4);
                 ql[k + 32] = (u(j + k + 32) & 0xF) | ((u(j + k + 96) & 0xF) << 4);
                 qh[k] = (u(j + k) >> 4)

@@ -1,0 +1,411 @@
+//! AVX2 (and F16C) row kernels for the element-wise codecs: decoding of the
+//! common block types and the f16/bf16 conversions. Each output element
+//! gets exactly the scalar port's operations (`d1 * q - m1`, `(d·sc) * q`,
+//! IEEE round-to-nearest-even conversions), so vectorising along the row
+//! changes no bit. Each public function checks for the CPU features and
+//! otherwise runs the scalar port.
+
+// Index loops keep element positions explicit, like the scalar ports.
+#![allow(clippy::needless_range_loop)]
+
+use std::arch::x86_64::*;
+
+use super::common::le_f16;
+use super::kquants::get_scale_min_k4;
+
+fn f16c() -> bool {
+    std::arch::is_x86_feature_detected!("avx2") && std::arch::is_x86_feature_detected!("f16c")
+}
+
+/// Declares a safe entry point that runs `$imp` when AVX2 (+F16C) is
+/// available and `$fallback` otherwise.
+macro_rules! entry {
+    ($doc:literal, $name:ident, $imp:ident, $fallback:path, $src:ty, $dst:ty) => {
+        #[doc = $doc]
+        pub fn $name(src: $src, dst: $dst) {
+            if f16c() {
+                // SAFETY: the features were detected.
+                unsafe { $imp(src, dst) }
+            } else {
+                $fallback(src, dst)
+            }
+        }
+    };
+}
+
+#[inline(always)]
+unsafe fn bytes8_epi32(p: *const u8) -> __m256i {
+    _mm256_cvtepu8_epi32(_mm_loadl_epi64(p as *const __m128i))
+}
+
+entry!(
+    "`ggml_fp16_to_fp32_row`, AVX2/F16C variant.",
+    dequantize_row_f16,
+    deq_f16,
+    super::float::dequantize_row_f16,
+    &[u8],
+    &mut [f32]
+);
+
+#[target_feature(enable = "avx2,f16c")]
+unsafe fn deq_f16(src: &[u8], dst: &mut [f32]) {
+    let n = dst.len().min(src.len() / 2);
+    let mut i = 0;
+    while i + 8 <= n {
+        let h = _mm_loadu_si128(src.as_ptr().add(2 * i) as *const __m128i);
+        _mm256_storeu_ps(dst.as_mut_ptr().add(i), _mm256_cvtph_ps(h));
+        i += 8;
+    }
+    super::float::dequantize_row_f16(&src[2 * i..2 * n], &mut dst[i..n]);
+}
+
+entry!(
+    "`ggml_fp32_to_fp16_row`, AVX2/F16C variant (`vcvtps2ph`, round to nearest even).",
+    quantize_row_f16,
+    q_f16,
+    super::float::quantize_row_f16,
+    &[f32],
+    &mut [u8]
+);
+
+#[target_feature(enable = "avx2,f16c")]
+unsafe fn q_f16(src: &[f32], dst: &mut [u8]) {
+    let n = src.len().min(dst.len() / 2);
+    let mut i = 0;
+    while i + 8 <= n {
+        let v = _mm256_loadu_ps(src.as_ptr().add(i));
+        let h = _mm256_cvtps_ph::<{ _MM_FROUND_TO_NEAREST_INT }>(v);
+        _mm_storeu_si128(dst.as_mut_ptr().add(2 * i) as *mut __m128i, h);
+        i += 8;
+    }
+    super::float::quantize_row_f16(&src[i..n], &mut dst[2 * i..2 * n]);
+}
+
+entry!(
+    "`ggml_bf16_to_fp32_row`, AVX2 variant.",
+    dequantize_row_bf16,
+    deq_bf16,
+    super::float::dequantize_row_bf16,
+    &[u8],
+    &mut [f32]
+);
+
+#[target_feature(enable = "avx2")]
+unsafe fn deq_bf16(src: &[u8], dst: &mut [f32]) {
+    let n = dst.len().min(src.len() / 2);
+    let mut i = 0;
+    while i + 8 <= n {
+        let h = _mm_loadu_si128(src.as_ptr().add(2 * i) as *const __m128i);
+        let w = _mm256_slli_epi32::<16>(_mm256_cvtepu16_epi32(h));
+        _mm256_storeu_ps(dst.as_mut_ptr().add(i), _mm256_castsi256_ps(w));
+        i += 8;
+    }
+    super::float::dequantize_row_bf16(&src[2 * i..2 * n], &mut dst[i..n]);
+}
+
+entry!(
+    "`ggml_fp32_to_bf16_row_ref`, AVX2 variant (same integer rounding, NaN kept quiet).",
+    quantize_row_bf16,
+    q_bf16,
+    super::float::quantize_row_bf16,
+    &[f32],
+    &mut [u8]
+);
+
+#[target_feature(enable = "avx2")]
+unsafe fn q_bf16(src: &[f32], dst: &mut [u8]) {
+    let n = src.len().min(dst.len() / 2);
+    let mut i = 0;
+    let one = _mm256_set1_epi32(1);
+    while i + 8 <= n {
+        let u = _mm256_loadu_si256(src.as_ptr().add(i) as *const __m256i);
+        let nan = _mm256_cmpgt_epi32(
+            _mm256_and_si256(u, _mm256_set1_epi32(0x7fff_ffff)),
+            _mm256_set1_epi32(0x7f80_0000),
+        );
+        let quiet = _mm256_or_si256(_mm256_srli_epi32::<16>(u), _mm256_set1_epi32(64));
+        let bias = _mm256_add_epi32(
+            _mm256_set1_epi32(0x7fff),
+            _mm256_and_si256(_mm256_srli_epi32::<16>(u), one),
+        );
+        let rounded = _mm256_srli_epi32::<16>(_mm256_add_epi32(u, bias));
+        let r = _mm256_blendv_epi8(rounded, quiet, nan);
+        // Pack the low halves of the 8 lanes into 8 u16.
+        let lo = _mm256_castsi256_si128(r);
+        let hi = _mm256_extracti128_si256::<1>(r);
+        let packed = _mm_packus_epi32(lo, hi);
+        _mm_storeu_si128(dst.as_mut_ptr().add(2 * i) as *mut __m128i, packed);
+        i += 8;
+    }
+    super::float::quantize_row_bf16(&src[i..n], &mut dst[2 * i..2 * n]);
+}
+
+entry!(
+    "`dequantize_row_q8_0`, AVX2 variant.",
+    dequantize_row_q8_0,
+    deq_q8_0,
+    super::legacy::dequantize_row_q8_0,
+    &[u8],
+    &mut [f32]
+);
+
+#[target_feature(enable = "avx2,f16c")]
+unsafe fn deq_q8_0(src: &[u8], dst: &mut [f32]) {
+    for (b, y) in src.chunks_exact(34).zip(dst.chunks_exact_mut(32)) {
+        let d = _mm256_set1_ps(le_f16(b, 0));
+        for k in 0..4 {
+            let q =
+                _mm256_cvtepi8_epi32(_mm_loadl_epi64(b.as_ptr().add(2 + 8 * k) as *const __m128i));
+            _mm256_storeu_ps(
+                y.as_mut_ptr().add(8 * k),
+                _mm256_mul_ps(d, _mm256_cvtepi32_ps(q)),
+            );
+        }
+    }
+}
+
+entry!(
+    "`dequantize_row_q4_K`, AVX2 variant.",
+    dequantize_row_q4_k,
+    deq_q4_k,
+    super::kquants::dequantize_row_q4_k,
+    &[u8],
+    &mut [f32]
+);
+
+#[target_feature(enable = "avx2,f16c")]
+unsafe fn deq_q4_k(src: &[u8], dst: &mut [f32]) {
+    let m4 = _mm256_set1_epi32(0xF);
+    for (b, y) in src.chunks_exact(144).zip(dst.chunks_exact_mut(256)) {
+        let d = le_f16(b, 0);
+        let min = le_f16(b, 2);
+        let sc = &b[4..16];
+        for n in 0..4 {
+            let q = b.as_ptr().add(16 + 32 * n);
+            let (s1, m1) = get_scale_min_k4(2 * n, sc);
+            let (s2, m2) = get_scale_min_k4(2 * n + 1, sc);
+            let d1 = _mm256_set1_ps(d * s1 as f32);
+            let m1 = _mm256_set1_ps(min * m1 as f32);
+            let d2 = _mm256_set1_ps(d * s2 as f32);
+            let m2 = _mm256_set1_ps(min * m2 as f32);
+            let y = y.as_mut_ptr().add(64 * n);
+            for k in 0..4 {
+                let v = bytes8_epi32(q.add(8 * k));
+                let lo = _mm256_cvtepi32_ps(_mm256_and_si256(v, m4));
+                let hi = _mm256_cvtepi32_ps(_mm256_srli_epi32::<4>(v));
+                _mm256_storeu_ps(y.add(8 * k), _mm256_sub_ps(_mm256_mul_ps(d1, lo), m1));
+                _mm256_storeu_ps(y.add(32 + 8 * k), _mm256_sub_ps(_mm256_mul_ps(d2, hi), m2));
+            }
+        }
+    }
+}
+
+entry!(
+    "`dequantize_row_q5_K`, AVX2 variant.",
+    dequantize_row_q5_k,
+    deq_q5_k,
+    super::kquants::dequantize_row_q5_k,
+    &[u8],
+    &mut [f32]
+);
+
+#[target_feature(enable = "avx2,f16c")]
+unsafe fn deq_q5_k(src: &[u8], dst: &mut [f32]) {
+    let m4 = _mm256_set1_epi32(0xF);
+    let zero = _mm256_setzero_si256();
+    let sixteen = _mm256_set1_epi32(16);
+    for (b, y) in src.chunks_exact(176).zip(dst.chunks_exact_mut(256)) {
+        let d = le_f16(b, 0);
+        let min = le_f16(b, 2);
+        let sc = &b[4..16];
+        let qh = b.as_ptr().add(16);
+        for n in 0..4 {
+            let ql = b.as_ptr().add(48 + 32 * n);
+            let (s1, m1) = get_scale_min_k4(2 * n, sc);
+            let (s2, m2) = get_scale_min_k4(2 * n + 1, sc);
+            let d1 = _mm256_set1_ps(d * s1 as f32);
+            let m1 = _mm256_set1_ps(min * m1 as f32);
+            let d2 = _mm256_set1_ps(d * s2 as f32);
+            let m2 = _mm256_set1_ps(min * m2 as f32);
+            let u1 = _mm256_set1_epi32(1 << (2 * n));
+            let u2 = _mm256_set1_epi32(2 << (2 * n));
+            let y = y.as_mut_ptr().add(64 * n);
+            for k in 0..4 {
+                let v = bytes8_epi32(ql.add(8 * k));
+                let h = bytes8_epi32(qh.add(8 * k));
+                let h1 =
+                    _mm256_andnot_si256(_mm256_cmpeq_epi32(_mm256_and_si256(h, u1), zero), sixteen);
+                let h2 =
+                    _mm256_andnot_si256(_mm256_cmpeq_epi32(_mm256_and_si256(h, u2), zero), sixteen);
+                let lo = _mm256_cvtepi32_ps(_mm256_add_epi32(_mm256_and_si256(v, m4), h1));
+                let hi = _mm256_cvtepi32_ps(_mm256_add_epi32(_mm256_srli_epi32::<4>(v), h2));
+                _mm256_storeu_ps(y.add(8 * k), _mm256_sub_ps(_mm256_mul_ps(d1, lo), m1));
+                _mm256_storeu_ps(y.add(32 + 8 * k), _mm256_sub_ps(_mm256_mul_ps(d2, hi), m2));
+            }
+        }
+    }
+}
+
+entry!(
+    "`dequantize_row_q6_K`, AVX2 variant.",
+    dequantize_row_q6_k,
+    deq_q6_k,
+    super::kquants::dequantize_row_q6_k,
+    &[u8],
+    &mut [f32]
+);
+
+#[target_feature(enable = "avx2,f16c")]
+unsafe fn deq_q6_k(src: &[u8], dst: &mut [f32]) {
+    let m4 = _mm256_set1_epi32(0xF);
+    let m3 = _mm256_set1_epi32(3);
+    let off = _mm256_set1_epi32(32);
+    for (b, y) in src.chunks_exact(210).zip(dst.chunks_exact_mut(256)) {
+        let d = le_f16(b, 208);
+        for n in 0..2 {
+            let ql = b.as_ptr().add(64 * n);
+            let qh = b.as_ptr().add(128 + 32 * n);
+            let sc = &b[192 + 8 * n..192 + 8 * n + 8];
+            let y = y.as_mut_ptr().add(128 * n);
+            for k in (0..32).step_by(8) {
+                let is = k / 16;
+                // ggml: d * sc[is] * q, evaluated left to right.
+                let s = |j: usize| _mm256_set1_ps(d * sc[is + j] as i8 as f32);
+                let a = bytes8_epi32(ql.add(k));
+                let b2 = bytes8_epi32(ql.add(k + 32));
+                let h = bytes8_epi32(qh.add(k));
+                let q1 = _mm256_sub_epi32(
+                    _mm256_or_si256(
+                        _mm256_and_si256(a, m4),
+                        _mm256_slli_epi32::<4>(_mm256_and_si256(h, m3)),
+                    ),
+                    off,
+                );
+                let q2 = _mm256_sub_epi32(
+                    _mm256_or_si256(
+                        _mm256_and_si256(b2, m4),
+                        _mm256_slli_epi32::<4>(_mm256_and_si256(_mm256_srli_epi32::<2>(h), m3)),
+                    ),
+                    off,
+                );
+                let q3 = _mm256_sub_epi32(
+                    _mm256_or_si256(
+                        _mm256_srli_epi32::<4>(a),
+                        _mm256_slli_epi32::<4>(_mm256_and_si256(_mm256_srli_epi32::<4>(h), m3)),
+                    ),
+                    off,
+                );
+                let q4 = _mm256_sub_epi32(
+                    _mm256_or_si256(
+                        _mm256_srli_epi32::<4>(b2),
+                        _mm256_slli_epi32::<4>(_mm256_and_si256(_mm256_srli_epi32::<6>(h), m3)),
+                    ),
+                    off,
+                );
+                _mm256_storeu_ps(y.add(k), _mm256_mul_ps(s(0), _mm256_cvtepi32_ps(q1)));
+                _mm256_storeu_ps(y.add(k + 32), _mm256_mul_ps(s(2), _mm256_cvtepi32_ps(q2)));
+                _mm256_storeu_ps(y.add(k + 64), _mm256_mul_ps(s(4), _mm256_cvtepi32_ps(q3)));
+                _mm256_storeu_ps(y.add(k + 96), _mm256_mul_ps(s(6), _mm256_cvtepi32_ps(q4)));
+            }
+        }
+    }
+}
+
+/// The low bytes of 8 `cvttps2dq` results: a C cast of a float to a small
+/// integer type on x86-64 (0x8000_0000, low byte 0, for NaN and values out
+/// of the i32 range), like `legacy::c_cast_low_byte`.
+#[inline(always)]
+unsafe fn low_bytes(v: __m256) -> [i32; 8] {
+    let mut t = [0i32; 8];
+    _mm256_storeu_si256(t.as_mut_ptr() as *mut __m256i, _mm256_cvttps_epi32(v));
+    t
+}
+
+/// `max |x|` of a 32-element block; the maximum is exact in any order.
+#[inline(always)]
+unsafe fn block_absmax(x: &[f32]) -> f32 {
+    let sign = _mm256_set1_ps(-0.0);
+    let mut m = _mm256_setzero_ps();
+    for k in 0..4 {
+        m = _mm256_max_ps(
+            m,
+            _mm256_andnot_ps(sign, _mm256_loadu_ps(x.as_ptr().add(8 * k))),
+        );
+    }
+    let mut t = [0f32; 8];
+    _mm256_storeu_ps(t.as_mut_ptr(), m);
+    t.iter().fold(0f32, |a, &b| if a > b { a } else { b })
+}
+
+entry!(
+    "`quantize_row_q8_0_ref`, AVX2 variant: `roundf` as truncation plus a \
+     half-away-from-zero step, exact for every float.",
+    quantize_row_q8_0,
+    q_q8_0,
+    super::legacy::quantize_row_q8_0,
+    &[f32],
+    &mut [u8]
+);
+
+#[target_feature(enable = "avx2,f16c")]
+unsafe fn q_q8_0(src: &[f32], dst: &mut [u8]) {
+    let sign = _mm256_set1_ps(-0.0);
+    let half = _mm256_set1_ps(0.5);
+    let one = _mm256_set1_ps(1.0);
+    for (x, y) in src.chunks_exact(32).zip(dst.chunks_exact_mut(34)) {
+        let amax = block_absmax(x);
+        let d = amax / 127.0f32;
+        let id = if d != 0.0 { 1.0f32 / d } else { 0.0 };
+        super::common::put_f16(y, 0, d);
+        let idv = _mm256_set1_ps(id);
+        for k in 0..4 {
+            let v = _mm256_mul_ps(_mm256_loadu_ps(x.as_ptr().add(8 * k)), idv);
+            let t = _mm256_round_ps::<{ _MM_FROUND_TO_ZERO | _MM_FROUND_NO_EXC }>(v);
+            // |v - trunc(v)| is exact; a half or more rounds away from zero.
+            let frac = _mm256_andnot_ps(sign, _mm256_sub_ps(v, t));
+            let up = _mm256_cmp_ps::<_CMP_GE_OQ>(frac, half);
+            let step = _mm256_or_ps(_mm256_and_ps(v, sign), one);
+            let r = _mm256_add_ps(t, _mm256_and_ps(up, step));
+            let q = low_bytes(r);
+            for j in 0..8 {
+                y[2 + 8 * k + j] = q[j] as u8;
+            }
+        }
+    }
+}
+
+entry!(
+    "`quantize_row_q4_0_ref`, AVX2 variant.",
+    quantize_row_q4_0,
+    q_q4_0,
+    super::legacy::quantize_row_q4_0,
+    &[f32],
+    &mut [u8]
+);
+
+#[target_feature(enable = "avx2,f16c")]
+unsafe fn q_q4_0(src: &[f32], dst: &mut [u8]) {
+    for (x, y) in src.chunks_exact(32).zip(dst.chunks_exact_mut(18)) {
+        // The first element of largest magnitude, as the `amax < |v|` scan.
+        let amax = block_absmax(x);
+        let max = x.iter().copied().find(|v| v.abs() == amax).unwrap_or(0.0);
+        let d = max / -8.0f32;
+        let id = if d != 0.0 { 1.0f32 / d } else { 0.0 };
+        super::common::put_f16(y, 0, d);
+        let idv = _mm256_set1_ps(id);
+        let mut q = [0u8; 32];
+        for k in 0..4 {
+            let v = _mm256_add_ps(
+                _mm256_mul_ps(_mm256_loadu_ps(x.as_ptr().add(8 * k)), idv),
+                _mm256_set1_ps(8.5),
+            );
+            let b = low_bytes(v);
+            for j in 0..8 {
+                q[8 * k + j] = (b[j] as u8 as i8).min(15) as u8;
+            }
+        }
+        for j in 0..16 {
+            y[2 + j] = q[j] | (q[16 + j] << 4);
+        }
+    }
+}
