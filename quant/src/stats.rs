@@ -21,16 +21,7 @@ impl ErrorStats {
     /// Add elements where `output` approximates `reference`.
     pub fn accumulate(&mut self, reference: &[f32], output: &[f32]) {
         assert_eq!(reference.len(), output.len());
-        for (&r, &o) in reference.iter().zip(output) {
-            let (r, o) = (r as f64, o as f64);
-            let e = o - r;
-            self.sum_err2 += e * e;
-            self.max_abs = self.max_abs.max(e.abs());
-            self.sum_ref2 += r * r;
-            self.sum_out2 += o * o;
-            self.sum_ref_out += r * o;
-        }
-        self.n += reference.len() as u64;
+        self.accumulate_lanes(reference, output, None);
     }
 
     /// Add elements of a residual application: `reference = base + delta`
@@ -44,12 +35,56 @@ impl ErrorStats {
         output: &[f32],
     ) {
         assert_eq!(base.len(), delta.len());
-        self.accumulate(reference, output);
-        for ((&b, &d), &o) in base.iter().zip(delta).zip(output) {
-            let d = d as f64;
-            self.sum_delta2 += d * d;
-            self.sum_moved_delta += (o as f64 - b as f64) * d;
+        assert_eq!(reference.len(), output.len());
+        assert_eq!(base.len(), output.len());
+        self.accumulate_lanes(reference, output, Some((base, delta)));
+    }
+
+    /// One pass with `LANES` independent partial sums (so the compiler can
+    /// vectorise), folded in a fixed order: the result depends only on the
+    /// data and the chunking, never on threads.
+    fn accumulate_lanes(
+        &mut self,
+        reference: &[f32],
+        output: &[f32],
+        residual: Option<(&[f32], &[f32])>,
+    ) {
+        const LANES: usize = 8;
+        let mut err2 = [0f64; LANES];
+        let mut ref2 = [0f64; LANES];
+        let mut out2 = [0f64; LANES];
+        let mut refout = [0f64; LANES];
+        let mut d2 = [0f64; LANES];
+        let mut moved = [0f64; LANES];
+        let mut max_abs = [0f64; LANES];
+        let n = reference.len();
+        let mut lane = |l: usize, i: usize| {
+            let (r, o) = (reference[i] as f64, output[i] as f64);
+            let e = o - r;
+            err2[l] += e * e;
+            max_abs[l] = max_abs[l].max(e.abs());
+            ref2[l] += r * r;
+            out2[l] += o * o;
+            refout[l] += r * o;
+            if let Some((base, delta)) = residual {
+                let d = delta[i] as f64;
+                d2[l] += d * d;
+                moved[l] += (o - base[i] as f64) * d;
+            }
+        };
+        for i in 0..n {
+            lane(i % LANES, i);
         }
+        for l in 0..LANES {
+            self.sum_err2 += err2[l];
+            self.max_abs = self.max_abs.max(max_abs[l]);
+            self.sum_ref2 += ref2[l];
+            self.sum_out2 += out2[l];
+            self.sum_ref_out += refout[l];
+            self.sum_delta2 += d2[l];
+            self.sum_moved_delta += moved[l];
+        }
+        self.n += n as u64;
     }
 
     /// Fold another chunk's sums into these.
