@@ -5,9 +5,74 @@ use std::fmt::Write as _;
 
 use serde_json::{json, Value};
 
+use crate::bnb_model::WeightOutcome;
 use crate::pipeline::Outcome;
 use crate::quant::stats::ErrorStats;
-use crate::quant::GgmlType;
+
+/// One tensor of a report, whatever the container: GGUF tensors and
+/// bitsandbytes weights both become rows.
+#[derive(Debug, Clone)]
+pub struct Row {
+    /// Tensor or weight name.
+    pub name: String,
+    /// Encoding in the input (`q4_K`, `nf4`, `F16`…).
+    pub type_in: String,
+    /// Encoding in the output.
+    pub type_out: String,
+    /// Number of weights.
+    pub n_elements: u64,
+    /// Bytes stored in the input, all parts together.
+    pub bytes_in: f64,
+    /// Bytes stored in the output.
+    pub bytes_out: f64,
+    /// Whether the bytes were copied unchanged.
+    pub copied: bool,
+    /// Whether a residual was added.
+    pub has_residual: bool,
+    /// Output against the exact f32 result (absent for copies).
+    pub stats: Option<ErrorStats>,
+}
+
+impl From<&Outcome> for Row {
+    fn from(o: &Outcome) -> Row {
+        let bytes = |t: qresidual_quant::GgmlType| t.bits_per_weight() * o.n_elements as f64 / 8.0;
+        Row {
+            name: o.name.clone(),
+            type_in: o.type_in.name().to_string(),
+            type_out: o.type_out.name().to_string(),
+            n_elements: o.n_elements,
+            bytes_in: bytes(o.type_in),
+            bytes_out: bytes(o.type_out),
+            copied: o.copied,
+            has_residual: o.has_residual,
+            stats: o.stats,
+        }
+    }
+}
+
+impl From<&WeightOutcome> for Row {
+    fn from(o: &WeightOutcome) -> Row {
+        Row {
+            name: o.name.clone(),
+            type_in: o.type_in.clone(),
+            type_out: o.type_out.clone(),
+            n_elements: o.n_elements,
+            bytes_in: o.bytes_in as f64,
+            bytes_out: o.bytes_out as f64,
+            copied: o.copied,
+            has_residual: o.has_residual,
+            stats: o.stats,
+        }
+    }
+}
+
+/// Rows from any outcomes.
+pub fn rows<'a, T: 'a>(outcomes: impl IntoIterator<Item = &'a T>) -> Vec<Row>
+where
+    Row: From<&'a T>,
+{
+    outcomes.into_iter().map(Row::from).collect()
+}
 
 fn finite_or_null(x: f64) -> Value {
     if x.is_finite() {
@@ -31,26 +96,26 @@ fn stats_json(s: &ErrorStats) -> Value {
     })
 }
 
-/// Bits per weight of a set of tensors of the given types and sizes.
-fn bits_per_weight(items: impl Iterator<Item = (GgmlType, u64)>) -> f64 {
-    let (mut bits, mut n) = (0f64, 0u64);
-    for (ty, count) in items {
-        bits += ty.bits_per_weight() * count as f64;
+/// Bits per weight of a set of tensors given (bytes, elements).
+fn bits_per_weight(items: impl Iterator<Item = (f64, u64)>) -> f64 {
+    let (mut bytes, mut n) = (0f64, 0u64);
+    for (b, count) in items {
+        bytes += b;
         n += count;
     }
     if n == 0 {
         0.0
     } else {
-        bits / n as f64
+        8.0 * bytes / n as f64
     }
 }
 
 /// Per output type: stats of the tensors that carried a residual.
-fn per_type(outcomes: &[Outcome]) -> BTreeMap<String, (usize, ErrorStats)> {
+fn per_type(outcomes: &[Row]) -> BTreeMap<String, (usize, ErrorStats)> {
     let mut m: BTreeMap<String, (usize, ErrorStats)> = BTreeMap::new();
     for o in outcomes.iter().filter(|o| o.has_residual) {
         if let Some(s) = &o.stats {
-            let e = m.entry(o.type_out.name().to_string()).or_default();
+            let e = m.entry(o.type_out.clone()).or_default();
             e.0 += 1;
             e.1.merge(s);
         }
@@ -59,14 +124,14 @@ fn per_type(outcomes: &[Outcome]) -> BTreeMap<String, (usize, ErrorStats)> {
 }
 
 /// The full report as JSON.
-pub fn to_json(command: &str, inputs: Value, outcomes: &[Outcome]) -> Value {
+pub fn to_json(command: &str, inputs: Value, outcomes: &[Row]) -> Value {
     let tensors: Vec<Value> = outcomes
         .iter()
         .map(|o| {
             let mut t = json!({
                 "name": o.name,
-                "type_in": o.type_in.name(),
-                "type_out": o.type_out.name(),
+                "type_in": o.type_in,
+                "type_out": o.type_out,
                 "n_elements": o.n_elements,
                 "copied": o.copied,
                 "residual": o.has_residual,
@@ -96,8 +161,8 @@ pub fn to_json(command: &str, inputs: Value, outcomes: &[Outcome]) -> Value {
             "tensors": outcomes.len(),
             "with_residual": outcomes.iter().filter(|o| o.has_residual).count(),
             "copied": outcomes.iter().filter(|o| o.copied).count(),
-            "bits_per_weight_in": bits_per_weight(outcomes.iter().map(|o| (o.type_in, o.n_elements))),
-            "bits_per_weight_out": bits_per_weight(outcomes.iter().map(|o| (o.type_out, o.n_elements))),
+            "bits_per_weight_in": bits_per_weight(outcomes.iter().map(|o| (o.bytes_in, o.n_elements))),
+            "bits_per_weight_out": bits_per_weight(outcomes.iter().map(|o| (o.bytes_out, o.n_elements))),
             "residual_tensors": stats_json(&total),
             "by_output_type": by_type,
         },
@@ -115,9 +180,9 @@ fn fmt_opt(x: Option<f64>, prec: usize) -> String {
 }
 
 /// A human summary: worst tensors, per-type retention, totals.
-pub fn to_text(outcomes: &[Outcome], worst: usize) -> String {
+pub fn to_text(outcomes: &[Row], worst: usize) -> String {
     let mut s = String::new();
-    let changed: Vec<&Outcome> = outcomes.iter().filter(|o| o.stats.is_some()).collect();
+    let changed: Vec<&Row> = outcomes.iter().filter(|o| o.stats.is_some()).collect();
     let copied = outcomes.iter().filter(|o| o.copied).count();
     let _ = writeln!(
         s,
@@ -130,8 +195,8 @@ pub fn to_text(outcomes: &[Outcome], worst: usize) -> String {
     let _ = writeln!(
         s,
         "bits per weight: {:.3} in, {:.3} out",
-        bits_per_weight(outcomes.iter().map(|o| (o.type_in, o.n_elements))),
-        bits_per_weight(outcomes.iter().map(|o| (o.type_out, o.n_elements)))
+        bits_per_weight(outcomes.iter().map(|o| (o.bytes_in, o.n_elements))),
+        bits_per_weight(outcomes.iter().map(|o| (o.bytes_out, o.n_elements)))
     );
     let types = per_type(outcomes);
     if !types.is_empty() {
@@ -171,8 +236,8 @@ pub fn to_text(outcomes: &[Outcome], worst: usize) -> String {
                 s,
                 "{:<40} {:>7} {:>7} {:>11.3e} {:>11.3e} {:>9.2} {:>10}",
                 o.name,
-                o.type_in.name(),
-                o.type_out.name(),
+                o.type_in,
+                o.type_out,
                 st.relative_rmse(),
                 st.max_abs(),
                 st.snr_db(),
@@ -188,7 +253,7 @@ pub const LOW_RETENTION: f64 = 0.5;
 
 /// A warning when most of the residual was rounded away, with the numbers
 /// and what would keep it.
-pub fn retention_warning(outcomes: &[Outcome]) -> Option<String> {
+pub fn retention_warning(outcomes: &[Row]) -> Option<String> {
     let mut total = ErrorStats::default();
     let mut lost: Vec<(&str, f64)> = Vec::new();
     for o in outcomes.iter().filter(|o| o.has_residual) {
@@ -196,7 +261,7 @@ pub fn retention_warning(outcomes: &[Outcome]) -> Option<String> {
             total.merge(s);
             if let Some(r) = s.retention() {
                 if r < LOW_RETENTION {
-                    lost.push((o.type_out.name(), r));
+                    lost.push((o.type_out.as_str(), r));
                 }
             }
         }

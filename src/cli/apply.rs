@@ -196,6 +196,7 @@ pub fn run(a: &ApplyArgs) -> Result<()> {
         },
     };
     let (outcomes, paths) = transform::write(&tasks, &metadata, &out)?;
+    let outcomes = report::rows(&outcomes);
 
     if let Some(path) = &a.report {
         let inputs = json!({

@@ -12,14 +12,13 @@ use super::convert::DequantizeArgs;
 use super::inspect::{inspect_safetensors, InspectArgs};
 use crate::bnb_model::{
     check_output_dir, dtype_from_torch, output_config, write_model, BnbModel, OutStorage, Storage,
-    WeightJob, WeightOutcome, WriteOptions,
+    WeightJob, WriteOptions,
 };
 use crate::naming::RowPermutation;
 use crate::pipeline::{EncodedRows, RowSource};
 use crate::plan::{scan_residuals, Pairing, Residual};
 use crate::quant::bnb::FourBit;
-use crate::quant::stats::ErrorStats;
-use crate::{Error, Result};
+use crate::{report, Error, Result};
 
 /// What `--type` asks of a bitsandbytes model.
 #[derive(Debug, Clone, Copy, PartialEq)]
@@ -272,12 +271,20 @@ pub fn apply(a: &ApplyArgs) -> Result<()> {
             "scale": a.scale,
             "type": a.ty,
         });
-        let text = serde_json::to_string_pretty(&report_json("apply", inputs, &outcomes))
-            .expect("report serializes");
+        let text = serde_json::to_string_pretty(&report::to_json(
+            "apply",
+            inputs,
+            &report::rows(&outcomes),
+        ))
+        .expect("report serializes");
         std::fs::write(path, text + "\n").map_err(|e| Error::io(path, e))?;
     }
     if !a.quiet {
-        eprint!("{}", report_text(&outcomes, 10));
+        let rows = report::rows(&outcomes);
+        eprint!("{}", report::to_text(&rows, 10));
+        if let Some(warning) = report::retention_warning(&rows) {
+            eprintln!("warning: {warning}");
+        }
         eprintln!("wrote {}", a.output.display());
     }
     Ok(())
@@ -418,177 +425,4 @@ pub fn inspect(args: &InspectArgs) -> Result<String> {
     let _ = writeln!(s, "\nstored tensors:");
     s.push_str(&st);
     Ok(s)
-}
-
-fn finite_or_null(x: f64) -> Value {
-    if x.is_finite() {
-        json!(x)
-    } else if x.is_infinite() && x > 0.0 {
-        json!("inf")
-    } else {
-        Value::Null
-    }
-}
-
-/// The same fields as `report::to_json`'s error entries.
-fn stats_json(s: &ErrorStats) -> Value {
-    json!({
-        "rmse": finite_or_null(s.rmse()),
-        "max_abs": finite_or_null(s.max_abs()),
-        "relative_rmse": finite_or_null(s.relative_rmse()),
-        "cosine": finite_or_null(s.cosine()),
-        "snr_db": finite_or_null(s.snr_db()),
-        "delta_norm": finite_or_null(s.delta_norm()),
-        "retention": s.retention().map(finite_or_null).unwrap_or(Value::Null),
-    })
-}
-
-fn bits_per_weight<'a>(items: impl Iterator<Item = (u64, u64)> + 'a) -> f64 {
-    let (mut bytes, mut n) = (0u64, 0u64);
-    for (b, e) in items {
-        bytes += b;
-        n += e;
-    }
-    if n == 0 {
-        0.0
-    } else {
-        8.0 * bytes as f64 / n as f64
-    }
-}
-
-fn per_type(outcomes: &[WeightOutcome]) -> BTreeMap<String, (usize, ErrorStats)> {
-    let mut m: BTreeMap<String, (usize, ErrorStats)> = BTreeMap::new();
-    for o in outcomes.iter().filter(|o| o.has_residual) {
-        if let Some(s) = &o.stats {
-            let e = m.entry(o.type_out.clone()).or_default();
-            e.0 += 1;
-            e.1.merge(s);
-        }
-    }
-    m
-}
-
-/// The precision report as JSON, in the schema of `report::to_json` (bits
-/// per weight count every stored byte: codes, absmax, quant state).
-pub fn report_json(command: &str, inputs: Value, outcomes: &[WeightOutcome]) -> Value {
-    let tensors: Vec<Value> = outcomes
-        .iter()
-        .map(|o| {
-            let mut t = json!({
-                "name": o.name,
-                "type_in": o.type_in,
-                "type_out": o.type_out,
-                "n_elements": o.n_elements,
-                "copied": o.copied,
-                "residual": o.has_residual,
-            });
-            if let Some(s) = &o.stats {
-                t["error"] = stats_json(s);
-            }
-            t
-        })
-        .collect();
-    let mut total = ErrorStats::default();
-    for s in outcomes
-        .iter()
-        .filter(|o| o.has_residual)
-        .filter_map(|o| o.stats.as_ref())
-    {
-        total.merge(s);
-    }
-    let by_type: serde_json::Map<String, Value> = per_type(outcomes)
-        .into_iter()
-        .map(|(k, (n, s))| (k, json!({"tensors": n, "error": stats_json(&s)})))
-        .collect();
-    json!({
-        "command": command,
-        "inputs": inputs,
-        "summary": {
-            "tensors": outcomes.len(),
-            "with_residual": outcomes.iter().filter(|o| o.has_residual).count(),
-            "copied": outcomes.iter().filter(|o| o.copied).count(),
-            "bits_per_weight_in": bits_per_weight(outcomes.iter().map(|o| (o.bytes_in, o.n_elements))),
-            "bits_per_weight_out": bits_per_weight(outcomes.iter().map(|o| (o.bytes_out, o.n_elements))),
-            "residual_tensors": stats_json(&total),
-            "by_output_type": by_type,
-        },
-        "tensors": tensors,
-    })
-}
-
-fn fmt_opt(x: Option<f64>, prec: usize) -> String {
-    match x {
-        Some(v) if v.is_finite() => format!("{v:.prec$}"),
-        Some(v) if v > 0.0 => "inf".into(),
-        Some(_) => "-inf".into(),
-        None => "-".into(),
-    }
-}
-
-/// A human summary, as `report::to_text`.
-pub fn report_text(outcomes: &[WeightOutcome], worst: usize) -> String {
-    let mut s = String::new();
-    let changed: Vec<&WeightOutcome> = outcomes.iter().filter(|o| o.stats.is_some()).collect();
-    let _ = writeln!(
-        s,
-        "{} weights: {} re-encoded, {} copied unchanged, {} with a residual",
-        outcomes.len(),
-        changed.len(),
-        outcomes.iter().filter(|o| o.copied).count(),
-        outcomes.iter().filter(|o| o.has_residual).count()
-    );
-    let _ = writeln!(
-        s,
-        "bits per weight: {:.3} in, {:.3} out",
-        bits_per_weight(outcomes.iter().map(|o| (o.bytes_in, o.n_elements))),
-        bits_per_weight(outcomes.iter().map(|o| (o.bytes_out, o.n_elements)))
-    );
-    let types = per_type(outcomes);
-    if !types.is_empty() {
-        let _ = writeln!(
-            s,
-            "\n{:<8} {:>7} {:>11} {:>9} {:>9} {:>10}",
-            "type", "tensors", "rel. RMSE", "cosine", "SNR dB", "retention"
-        );
-        for (ty, (n, st)) in &types {
-            let _ = writeln!(
-                s,
-                "{:<8} {:>7} {:>11.3e} {:>9.6} {:>9.2} {:>10}",
-                ty,
-                n,
-                st.relative_rmse(),
-                st.cosine(),
-                st.snr_db(),
-                fmt_opt(st.retention(), 4)
-            );
-        }
-    }
-    let mut ranked = changed;
-    ranked.sort_by(|a, b| {
-        let ra = a.stats.as_ref().map_or(0.0, |s| s.relative_rmse());
-        let rb = b.stats.as_ref().map_or(0.0, |s| s.relative_rmse());
-        rb.partial_cmp(&ra).unwrap_or(std::cmp::Ordering::Equal)
-    });
-    if !ranked.is_empty() {
-        let _ = writeln!(
-            s,
-            "\nworst weights by relative RMSE:\n{:<48} {:>5} {:>5} {:>11} {:>11} {:>9} {:>10}",
-            "weight", "in", "out", "rel. RMSE", "max abs", "SNR dB", "retention"
-        );
-        for o in ranked.iter().take(worst) {
-            let st = o.stats.as_ref().expect("filtered");
-            let _ = writeln!(
-                s,
-                "{:<48} {:>5} {:>5} {:>11.3e} {:>11.3e} {:>9.2} {:>10}",
-                o.name,
-                o.type_in,
-                o.type_out,
-                st.relative_rmse(),
-                st.max_abs(),
-                st.snr_db(),
-                fmt_opt(st.retention(), 4)
-            );
-        }
-    }
-    s
 }

@@ -98,7 +98,7 @@ pub fn run(a: &ExtractArgs) -> Result<()> {
         );
     }
     if !done.outcomes.is_empty() {
-        eprint!("{}", report::to_text(&done.outcomes, 10));
+        eprint!("{}", report::to_text(&report::rows(&done.outcomes), 10));
     }
     let size: u64 = done
         .paths
