@@ -34,6 +34,8 @@ pub fn tasks<'a>(
     mut residuals: Vec<Option<Box<dyn RowSource + 'a>>>,
     scale: f32,
 ) -> Result<Vec<Task<'a>>> {
+    // The tensors are read front to back: let the kernel read ahead.
+    base.advise_sequential();
     let mut impossible = Vec::new();
     let mut tasks = Vec::with_capacity(base.tensors().len());
     residuals.resize_with(base.tensors().len(), || None);
