@@ -2,7 +2,7 @@
 //! output is written.
 
 use std::collections::HashMap;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 
 use rayon::prelude::*;
 
@@ -10,128 +10,35 @@ use crate::gguf::GgufFile;
 use crate::naming::{self, RowPermutation};
 use crate::pipeline::ReleasePages;
 use crate::quant::{scan_row, GgmlType};
-use crate::st::SafetensorsModel;
 use crate::{Error, Result};
 
-/// A residual: safetensors (one file or shards) or a GGUF file.
-pub enum Residual {
-    /// GGUF, tensors named and laid out as in the base.
-    Gguf(GgufFile),
-    /// Safetensors with Hugging Face or GGUF names.
-    Safetensors(SafetensorsModel),
-}
+/// A residual is a model of either container: GGUF (any decodable type,
+/// tensors named and laid out as in the base) or safetensors (Hugging Face
+/// or GGUF names).
+pub use crate::source::{Model as Residual, ModelTensor as ResidualTensor};
 
-impl ReleasePages for Residual {
-    fn release(&self, bytes: &[u8]) {
-        match self {
-            Residual::Gguf(g) => g.release(bytes),
-            Residual::Safetensors(s) => s.release(bytes),
+/// The residual's tensors. Safetensors residuals must be F16, BF16 or F32;
+/// another dtype is an error naming the tensor.
+pub fn residual_tensors(residual: &Residual) -> Result<Vec<ResidualTensor<'_>>> {
+    if let Residual::Safetensors(s) = residual {
+        let float = |t: &crate::st::StTensor| {
+            matches!(
+                t.ggml_type(),
+                Some(GgmlType::F16 | GgmlType::BF16 | GgmlType::F32)
+            )
+        };
+        if let Some(t) = s.tensors().iter().find(|t| !float(t)) {
+            return Err(Error::tensor(
+                s.path(),
+                &t.name,
+                format!(
+                    "dtype {:?} cannot be a residual (use F16, BF16 or F32)",
+                    t.dtype
+                ),
+            ));
         }
     }
-}
-
-/// One residual tensor, viewed as ggml-layout rows.
-pub struct ResidualTensor<'a> {
-    /// Name in the residual file.
-    pub name: &'a str,
-    /// Encoding of `data` (F16, BF16, F32, or any GGUF type).
-    pub ty: GgmlType,
-    /// Row-major shape (outermost first).
-    pub shape: Vec<u64>,
-    /// The bytes.
-    pub data: &'a [u8],
-}
-
-impl ResidualTensor<'_> {
-    /// Elements per row (innermost dimension).
-    pub fn row_len(&self) -> usize {
-        self.shape.last().copied().unwrap_or(1) as usize
-    }
-
-    /// Number of rows.
-    pub fn n_rows(&self) -> usize {
-        let n: u64 = self.shape.iter().product();
-        (n / self.shape.last().copied().unwrap_or(1).max(1)) as usize
-    }
-}
-
-/// Whether `path` starts with the GGUF magic.
-pub fn is_gguf(path: &Path) -> bool {
-    use std::io::Read;
-    let mut magic = [0u8; 4];
-    std::fs::File::open(path)
-        .and_then(|mut f| f.read_exact(&mut magic))
-        .map(|_| &magic == b"GGUF")
-        .unwrap_or(false)
-}
-
-impl Residual {
-    /// Open a residual, telling GGUF from safetensors by content.
-    pub fn open(path: &Path) -> Result<Self> {
-        if path.is_file() && is_gguf(path) {
-            Ok(Residual::Gguf(GgufFile::open(path)?))
-        } else {
-            Ok(Residual::Safetensors(SafetensorsModel::open(path)?))
-        }
-    }
-
-    /// The path given by the user.
-    pub fn path(&self) -> &Path {
-        match self {
-            Residual::Gguf(g) => g.path(),
-            Residual::Safetensors(s) => s.path(),
-        }
-    }
-
-    /// Every file behind the residual.
-    pub fn paths(&self) -> Vec<PathBuf> {
-        match self {
-            Residual::Gguf(g) => g.paths(),
-            Residual::Safetensors(s) => s.shard_paths().to_vec(),
-        }
-    }
-
-    /// All tensors; a dtype that cannot hold weights is an error naming it.
-    pub fn tensors(&self) -> Result<Vec<ResidualTensor<'_>>> {
-        match self {
-            Residual::Gguf(g) => Ok(g
-                .tensors()
-                .iter()
-                .enumerate()
-                .map(|(i, t)| ResidualTensor {
-                    name: &t.name,
-                    ty: t.ty,
-                    shape: t.shape(),
-                    data: g.tensor_data(i),
-                })
-                .collect()),
-            Residual::Safetensors(s) => s
-                .tensors()
-                .iter()
-                .map(|t| {
-                    let ty = t
-                        .ggml_type()
-                        .filter(|ty| matches!(ty, GgmlType::F16 | GgmlType::BF16 | GgmlType::F32))
-                        .ok_or_else(|| {
-                            Error::tensor(
-                                s.path(),
-                                &t.name,
-                                format!(
-                                    "dtype {:?} cannot be a residual (use F16, BF16 or F32)",
-                                    t.dtype
-                                ),
-                            )
-                        })?;
-                    Ok(ResidualTensor {
-                        name: &t.name,
-                        ty,
-                        shape: t.shape.iter().map(|&d| d as u64).collect(),
-                        data: s.data(t),
-                    })
-                })
-                .collect(),
-        }
-    }
+    residual.tensors()
 }
 
 /// One residual tensor matched to one base tensor.

@@ -7,10 +7,10 @@ use std::path::{Path, PathBuf};
 
 use rayon::prelude::*;
 
+use crate::gguf::is_gguf;
 use crate::gguf::GgufFile;
 use crate::naming::{self, RowPermutation};
 use crate::pipeline::{EncodedRows, ReleasePages, RowSource};
-use crate::plan::is_gguf;
 use crate::quant::{codec, GgmlType};
 use crate::st::SafetensorsModel;
 use crate::{Error, Result};
@@ -79,13 +79,13 @@ pub fn bitsandbytes_marker(model: &SafetensorsModel) -> Option<&str> {
 impl Model {
     /// Open a GGUF file (by content) or a safetensors checkpoint.
     pub fn open(path: &Path) -> Result<Self> {
-        if path.is_file() && is_gguf(path) {
+        if is_gguf(path) {
             return Ok(Model::Gguf(GgufFile::open(path)?));
         }
         let st = SafetensorsModel::open(path)?;
         if let Some(marker) = bitsandbytes_marker(&st) {
             return Err(Error::Usage(format!(
-                "{}: a bitsandbytes checkpoint ({marker}); extract and compare read GGUF and F16/BF16/F32 safetensors only so far",
+                "{}: a bitsandbytes checkpoint ({marker}); residuals and the inputs of extract and compare are GGUF or F16/BF16/F32 safetensors",
                 path.display()
             )));
         }

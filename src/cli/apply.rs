@@ -6,7 +6,7 @@ use clap::Args;
 use serde_json::json;
 
 use crate::pipeline::{self, EncodedRows, RowSource};
-use crate::plan::{match_residual, scan_residuals, Residual};
+use crate::plan::{match_residual, residual_tensors, scan_residuals, Residual};
 use crate::transform::{self, Output};
 use crate::{report, Error, Result};
 
@@ -115,7 +115,7 @@ pub fn run(a: &ApplyArgs) -> Result<()> {
         super::check_report(r, &a.output, &inputs)?;
     }
 
-    let rtensors = residual.tensors()?;
+    let rtensors = residual_tensors(&residual)?;
     super::require_tensors(&base)?;
     if rtensors.is_empty() {
         return Err(Error::format(

@@ -16,7 +16,7 @@ use crate::bnb_model::{
 };
 use crate::naming::RowPermutation;
 use crate::pipeline::{EncodedRows, RowSource};
-use crate::plan::{scan_residuals, Pairing, Residual};
+use crate::plan::{residual_tensors, scan_residuals, Pairing, Residual};
 use crate::quant::bnb::FourBit;
 use crate::{report, Error, Result};
 
@@ -137,7 +137,7 @@ pub fn apply(a: &ApplyArgs) -> Result<()> {
     inputs.extend(residual.paths());
     check_output_dir(&a.output, &inputs)?;
 
-    let rtensors = residual.tensors()?;
+    let rtensors = residual_tensors(&residual)?;
     let rpath = residual.path();
     let mut pairs = Vec::new();
     let (mut no_partner, mut bad_shape, mut notes) = (Vec::new(), Vec::new(), Vec::new());

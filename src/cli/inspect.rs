@@ -6,8 +6,8 @@ use std::path::PathBuf;
 
 use serde_json::json;
 
+use crate::gguf::is_gguf;
 use crate::gguf::{inspect_gguf, GgufFile};
-use crate::plan::is_gguf;
 use crate::st::SafetensorsModel;
 
 /// Long help of the command.
@@ -123,7 +123,7 @@ pub fn render(args: &InspectArgs) -> crate::Result<String> {
     if crate::bnb_model::is_bnb_dir(&args.file) {
         return super::bnb::inspect(args);
     }
-    if args.file.is_file() && is_gguf(&args.file) {
+    if is_gguf(&args.file) {
         let file = GgufFile::open(&args.file)?;
         Ok(inspect_gguf(&file, args.json))
     } else {

@@ -28,3 +28,14 @@ pub const KEY_ALIGNMENT: &str = "general.alignment";
 pub const MAX_NAME: usize = 64;
 /// At most this many dimensions (`GGML_MAX_DIMS`).
 pub const MAX_DIMS: usize = 4;
+
+/// Whether `path` is a file starting with the GGUF magic.
+pub fn is_gguf(path: &std::path::Path) -> bool {
+    use std::io::Read;
+    let mut magic = [0u8; 4];
+    path.is_file()
+        && std::fs::File::open(path)
+            .and_then(|mut f| f.read_exact(&mut magic))
+            .map(|_| &magic == b"GGUF")
+            .unwrap_or(false)
+}
