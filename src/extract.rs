@@ -10,7 +10,6 @@
 use std::collections::BTreeMap;
 use std::path::Path;
 
-use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
 use safetensors::Dtype;
 use serde_json::json;
 
@@ -185,21 +184,6 @@ pub fn pair_checked(
     Ok(p)
 }
 
-fn progress_bar(total: u64, enabled: bool) -> ProgressBar {
-    if !enabled {
-        return ProgressBar::hidden();
-    }
-    let pb = ProgressBar::with_draw_target(Some(total), ProgressDrawTarget::stderr());
-    pb.set_style(
-        ProgressStyle::with_template(
-            "{elapsed_precise} [{bar:30}] {bytes}/{total_bytes} {bytes_per_sec} ETA {eta} {msg}",
-        )
-        .expect("valid template")
-        .progress_chars("=> "),
-    );
-    pb
-}
-
 /// The GGUF type a residual tensor of `shape` gets when `want` is asked:
 /// `want` for matrices whose rows are whole blocks, F16 otherwise (norms,
 /// odd rows), as llama.cpp also keeps 1-D tensors unquantized.
@@ -283,7 +267,7 @@ pub fn extract(
                 })
                 .collect();
             let mut writer = SafetensorsWriter::create(out, &specs, metadata)?;
-            let pb = progress_bar(writer.remaining(), progress);
+            let pb = crate::progress::bytes(writer.remaining(), progress);
             for (k, (p, rows)) in deltas.iter().enumerate() {
                 pb.set_message(format!("[{}/{}] {}", k + 1, deltas.len(), p.name));
                 let (mut overflow, mut largest, mut nonzero) = (0u64, 0f32, false);

@@ -84,26 +84,6 @@ pub struct Fingerprint {
     pub tensors: BTreeMap<String, TensorPrint>,
 }
 
-/// A progress bar over tensors (hidden unless `enabled`).
-fn tensor_bar(n: usize, enabled: bool, what: &str) -> indicatif::ProgressBar {
-    if !enabled {
-        return indicatif::ProgressBar::hidden();
-    }
-    let pb = indicatif::ProgressBar::with_draw_target(
-        Some(n as u64),
-        indicatif::ProgressDrawTarget::stderr(),
-    );
-    pb.set_style(
-        indicatif::ProgressStyle::with_template(
-            "{elapsed_precise} [{bar:30}] {pos}/{len} tensors {msg}",
-        )
-        .expect("valid template")
-        .progress_chars("=> "),
-    );
-    pb.set_message(what.to_string());
-    pb
-}
-
 fn splitmix64(mut x: u64) -> u64 {
     x = x.wrapping_add(0x9E37_79B9_7F4A_7C15);
     x = (x ^ (x >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
@@ -439,7 +419,7 @@ pub fn check(
     };
     let mut report = GuardReport::default();
     let arch = base.architecture().unwrap_or("");
-    let pb = tensor_bar(pairs.len(), progress, "checking the base");
+    let pb = crate::progress::tensors(pairs.len(), progress, "checking the base");
     for p in pairs {
         pb.inc(1);
         let rname = rtensors[p.residual].name;
@@ -558,7 +538,7 @@ pub fn fingerprint_model(
 ) -> Result<Fingerprint> {
     let tensors = model.tensors()?;
     let mut out = BTreeMap::new();
-    let pb = tensor_bar(entries.len(), progress, "fingerprinting the base");
+    let pb = crate::progress::tensors(entries.len(), progress, "fingerprinting the base");
     for (name, i, perm, shift) in entries {
         pb.inc(1);
         let t = &tensors[*i];

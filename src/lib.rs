@@ -21,6 +21,7 @@ pub mod naming;
 pub mod pages;
 pub mod pipeline;
 pub mod plan;
+pub mod progress;
 pub mod report;
 pub mod source;
 pub mod st;

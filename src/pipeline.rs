@@ -15,7 +15,7 @@
 
 use std::path::{Path, PathBuf};
 
-use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
+use indicatif::ProgressBar;
 use rayon::prelude::*;
 
 use crate::gguf::{GgufWriter, TensorSpec};
@@ -487,21 +487,6 @@ fn windows(items: &[Item], window: usize) -> Vec<std::ops::Range<usize>> {
     out
 }
 
-fn progress_bar(total: u64, enabled: bool) -> ProgressBar {
-    if !enabled {
-        return ProgressBar::hidden();
-    }
-    let pb = ProgressBar::with_draw_target(Some(total), ProgressDrawTarget::stderr());
-    pb.set_style(
-        ProgressStyle::with_template(
-            "{elapsed_precise} [{bar:30}] {bytes}/{total_bytes} {bytes_per_sec} ETA {eta} {msg}",
-        )
-        .expect("valid template")
-        .progress_chars("=> "),
-    );
-    pb
-}
-
 /// Run every task in order into `writer`, returning one outcome per task.
 /// `out_path` names the output in error messages.
 ///
@@ -524,7 +509,7 @@ pub fn run(
                 .unwrap_or(0)
         })
         .sum();
-    let pb = progress_bar(total, opts.progress);
+    let pb = crate::progress::bytes(total, opts.progress);
     let items = plan_items(tasks, opts.chunk_elements);
     let wins = windows(&items, opts.window);
     let pool = BytePool::default();
