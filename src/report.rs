@@ -282,3 +282,15 @@ pub fn retention_warning(outcomes: &[Row]) -> Option<String> {
         types.join(", ")
     ))
 }
+
+/// Write the full report as pretty JSON to `path`.
+pub fn write_json(
+    path: &std::path::Path,
+    command: &str,
+    inputs: Value,
+    rows: &[Row],
+) -> crate::Result<()> {
+    let text =
+        serde_json::to_string_pretty(&to_json(command, inputs, rows)).expect("report serializes");
+    std::fs::write(path, text + "\n").map_err(|e| crate::Error::io(path, e))
+}

@@ -205,9 +205,7 @@ pub fn run(a: &ApplyArgs) -> Result<()> {
             "scale": a.scale,
             "type": a.ty,
         });
-        let j = report::to_json("apply", inputs, &outcomes);
-        let text = serde_json::to_string_pretty(&j).expect("report serializes");
-        std::fs::write(path, text + "\n").map_err(|e| Error::io(path, e))?;
+        report::write_json(path, "apply", inputs, &outcomes)?;
     }
     if !a.quiet {
         eprint!("{}", report::to_text(&outcomes, 10));

@@ -271,13 +271,7 @@ pub fn apply(a: &ApplyArgs) -> Result<()> {
             "scale": a.scale,
             "type": a.ty,
         });
-        let text = serde_json::to_string_pretty(&report::to_json(
-            "apply",
-            inputs,
-            &report::rows(&outcomes),
-        ))
-        .expect("report serializes");
-        std::fs::write(path, text + "\n").map_err(|e| Error::io(path, e))?;
+        report::write_json(path, "apply", inputs, &report::rows(&outcomes))?;
     }
     if !a.quiet {
         let rows = report::rows(&outcomes);

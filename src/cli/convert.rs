@@ -176,9 +176,7 @@ pub fn run_quantize(a: &QuantizeArgs) -> Result<()> {
     let (outcomes, paths) = transform::write(&tasks, &metadata, &out)?;
     if let Some(path) = &a.report {
         let inputs = serde_json::json!({"input": a.input.display().to_string(), "type": a.ty});
-        let j = report::to_json("quantize", inputs, &report::rows(&outcomes));
-        let text = serde_json::to_string_pretty(&j).expect("report serializes");
-        std::fs::write(path, text + "\n").map_err(|e| Error::io(path, e))?;
+        report::write_json(path, "quantize", inputs, &report::rows(&outcomes))?;
     }
     if !a.quiet {
         eprintln!("wrote {}", pipeline::display_paths(&paths));
