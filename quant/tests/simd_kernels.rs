@@ -13,6 +13,9 @@ use qresidual_quant::GgmlType;
 const TYPES: &[GgmlType] = &[
     GgmlType::F16,
     GgmlType::Q4_0,
+    GgmlType::Q4_1,
+    GgmlType::Q5_0,
+    GgmlType::Q5_1,
     GgmlType::Q8_0,
     GgmlType::BF16,
     GgmlType::Q2_K,
@@ -279,9 +282,9 @@ variant_suite!(avx2, Isa::Avx2);
 
 #[test]
 fn types_without_variants_are_refused() {
-    // Q5_1 has no encoder variant, Q2_K no decoder variant: asking for one
-    // must say so.
-    assert!(quantize_fn(Isa::Avx2, GgmlType::Q5_1).is_none());
-    assert!(quantize_fn(Isa::Scalar, GgmlType::Q5_1).is_none());
+    // IQ2_XXS has no encoder variant, Q2_K no decoder variant: asking for
+    // one must say so.
+    assert!(quantize_fn(Isa::Avx2, GgmlType::IQ2_XXS).is_none());
+    assert!(quantize_fn(Isa::Scalar, GgmlType::IQ2_XXS).is_none());
     assert!(dequantize_fn(Isa::Avx2, GgmlType::Q2_K).is_none());
 }
