@@ -337,6 +337,19 @@ unsafe fn block_absmax(x: &[f32]) -> f32 {
     t.iter().fold(0f32, |a, &b| if a > b { a } else { b })
 }
 
+/// The first element of largest magnitude, as the `amax < fabsf(v)` scan of
+/// `quantize_row_q4_0_ref` / `_q5_0_ref` finds it; that scan keeps its
+/// initial `max = 0.0f` (not a `-0.0` element) when every element is zero.
+#[inline(always)]
+unsafe fn first_absmax(x: &[f32]) -> f32 {
+    let amax = block_absmax(x);
+    if amax == 0.0 {
+        0.0
+    } else {
+        x.iter().copied().find(|v| v.abs() == amax).unwrap_or(0.0)
+    }
+}
+
 entry!(
     "`quantize_row_q8_0_ref`, AVX2 variant: `roundf` as truncation plus a \
      half-away-from-zero step, exact for every float.",
@@ -386,9 +399,9 @@ entry!(
 #[target_feature(enable = "avx2,f16c")]
 unsafe fn q_q4_0(src: &[f32], dst: &mut [u8]) {
     for (x, y) in src.chunks_exact(32).zip(dst.chunks_exact_mut(18)) {
-        // The first element of largest magnitude, as the `amax < |v|` scan.
-        let amax = block_absmax(x);
-        let max = x.iter().copied().find(|v| v.abs() == amax).unwrap_or(0.0);
+        // The first element of largest magnitude, as the `amax < |v|` scan
+        // (which keeps `max = 0.0` when every element is a zero).
+        let max = first_absmax(x);
         let d = max / -8.0f32;
         let id = if d != 0.0 { 1.0f32 / d } else { 0.0 };
         super::common::put_f16(y, 0, d);
@@ -530,14 +543,7 @@ entry!(
 #[target_feature(enable = "avx2,f16c")]
 unsafe fn q_q5_0(src: &[f32], dst: &mut [u8]) {
     for (x, y) in src.chunks_exact(32).zip(dst.chunks_exact_mut(22)) {
-        // The first element of largest magnitude, as the `amax < |v|` scan
-        // (which keeps `max = 0.0` when every element is a zero).
-        let amax = block_absmax(x);
-        let max = if amax == 0.0 {
-            0.0
-        } else {
-            x.iter().copied().find(|v| v.abs() == amax).unwrap_or(0.0)
-        };
+        let max = first_absmax(x);
         let d = max / -16.0f32;
         let id = if d != 0.0 { 1.0f32 / d } else { 0.0 };
         super::common::put_f16(y, 0, d);
