@@ -344,10 +344,17 @@ unsafe fn block_absmax(x: &[f32]) -> f32 {
 unsafe fn first_absmax(x: &[f32]) -> f32 {
     let amax = block_absmax(x);
     if amax == 0.0 {
-        0.0
-    } else {
-        x.iter().copied().find(|v| v.abs() == amax).unwrap_or(0.0)
+        return 0.0;
     }
+    // Bit `i` set where `|x[i]| == amax`; the lowest one is the first.
+    let sign = _mm256_set1_ps(-0.0);
+    let a = _mm256_set1_ps(amax);
+    let mut mask = 0u32;
+    for k in 0..4 {
+        let v = _mm256_andnot_ps(sign, _mm256_loadu_ps(x.as_ptr().add(8 * k)));
+        mask |= (_mm256_movemask_ps(_mm256_cmp_ps::<_CMP_EQ_OQ>(v, a)) as u32) << (8 * k);
+    }
+    x.get(mask.trailing_zeros() as usize).copied().unwrap_or(0.0)
 }
 
 entry!(
