@@ -354,7 +354,9 @@ unsafe fn first_absmax(x: &[f32]) -> f32 {
         let v = _mm256_andnot_ps(sign, _mm256_loadu_ps(x.as_ptr().add(8 * k)));
         mask |= (_mm256_movemask_ps(_mm256_cmp_ps::<_CMP_EQ_OQ>(v, a)) as u32) << (8 * k);
     }
-    x.get(mask.trailing_zeros() as usize).copied().unwrap_or(0.0)
+    x.get(mask.trailing_zeros() as usize)
+        .copied()
+        .unwrap_or(0.0)
 }
 
 entry!(
@@ -412,21 +414,16 @@ unsafe fn q_q4_0(src: &[f32], dst: &mut [u8]) {
         let d = max / -8.0f32;
         let id = if d != 0.0 { 1.0f32 / d } else { 0.0 };
         super::common::put_f16(y, 0, d);
-        let idv = _mm256_set1_ps(id);
-        let mut q = [0u8; 32];
+        let (idv, off) = (_mm256_set1_ps(id), _mm256_set1_ps(8.5));
+        let mut q = [_mm256_setzero_si256(); 4];
         for k in 0..4 {
-            let v = _mm256_add_ps(
-                _mm256_mul_ps(_mm256_loadu_ps(x.as_ptr().add(8 * k)), idv),
-                _mm256_set1_ps(8.5),
-            );
-            let b = low_bytes(v);
-            for j in 0..8 {
-                q[8 * k + j] = (b[j] as u8 as i8).min(15) as u8;
-            }
+            let v = _mm256_mul_ps(_mm256_loadu_ps(x.as_ptr().add(8 * k)), idv);
+            q[k] = cast_low_byte(_mm256_add_ps(v, off), Some(15));
         }
-        for j in 0..16 {
-            y[2 + j] = q[j] | (q[16 + j] << 4);
-        }
+        _mm_storeu_si128(
+            y.as_mut_ptr().add(2) as *mut __m128i,
+            nibbles(pack_bytes(q)),
+        );
     }
 }
 
