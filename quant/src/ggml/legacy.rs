@@ -41,13 +41,9 @@ fn c_cast_low_byte(v: f32) -> u8 {
     const LIMIT: f32 = 2_147_483_648.0;
     // A select rather than a branch, so that loops over it vectorise
     // (false for NaN).
-    let in_range = (-LIMIT..LIMIT).contains(&v);
-    let i = v as i32 as u8;
-    if in_range {
-        i
-    } else {
-        0
-    }
+    let c = if (-LIMIT..LIMIT).contains(&v) { v } else { 0.0 };
+    // SAFETY: `c` is finite and within the i32 range.
+    unsafe { c.to_int_unchecked::<i32>() as u8 }
 }
 
 /// A 32-element block as an array: fixed bounds for the loops below.
