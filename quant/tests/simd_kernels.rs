@@ -13,6 +13,9 @@ use qresidual_quant::GgmlType;
 const TYPES: &[GgmlType] = &[
     GgmlType::F16,
     GgmlType::Q4_0,
+    GgmlType::Q4_1,
+    GgmlType::Q5_0,
+    GgmlType::Q5_1,
     GgmlType::Q8_0,
     GgmlType::BF16,
     GgmlType::Q2_K,
@@ -233,6 +236,56 @@ fn check_ragged(isa: Isa) {
     }
 }
 
+/// Blocks where the order of the scalar scans shows: zeros of both signs
+/// (the first one met is the block's min/max and its sign is stored), ties
+/// of magnitude, tiny values whose `1.0f/d` overflows (C casts the NaN/inf
+/// to quant 0), and spans that round at the clamp.
+fn edge_blocks() -> Vec<f32> {
+    let mut rows: Vec<[f32; 32]> = Vec::new();
+    for (a, b) in [(0.0f32, -0.0f32), (-0.0, 0.0)] {
+        rows.push(std::array::from_fn(|i| if i % 2 == 0 { a } else { b }));
+        rows.push(std::array::from_fn(|i| if i == 0 { a } else { b }));
+        // Positive (negative) elements with signed zeros as the min (max).
+        rows.push(std::array::from_fn(|i| match i % 3 {
+            0 => a,
+            1 => b,
+            _ => i as f32,
+        }));
+        rows.push(std::array::from_fn(|i| match i % 3 {
+            0 => a,
+            1 => b,
+            _ => -(i as f32),
+        }));
+    }
+    rows.push(std::array::from_fn(|i| if i % 2 == 0 { 3.0 } else { -3.0 }));
+    rows.push(std::array::from_fn(|i| if i % 2 == 0 { -3.0 } else { 3.0 }));
+    for tiny in [1e-45f32, 3e-45, 2e-44, 1e-40, 2e-38] {
+        rows.push(std::array::from_fn(|i| tiny * (i % 5) as f32));
+        rows.push(std::array::from_fn(|i| -tiny * (i % 7) as f32));
+    }
+    rows.push(std::array::from_fn(|i| i as f32 * 0.5 - 8.0));
+    rows.push(std::array::from_fn(|i| 1e30 * (i as f32 - 15.5)));
+    rows.push([7.25; 32]);
+    rows.push([-7.25; 32]);
+    rows.concat()
+}
+
+fn check_edges(isa: Isa) {
+    let x = edge_blocks();
+    for &ty in TYPES.iter().filter(|t| t.block_size() == 32) {
+        let want = encode(Isa::Scalar, ty, &x);
+        let got = encode(isa, ty, &x);
+        if let Some(i) = got.iter().zip(&want).position(|(a, b)| a != b) {
+            let blk = i / ty.type_size();
+            panic!(
+                "{} {ty} differs from scalar at byte {i}, block {blk}: {:?}",
+                isa.name(),
+                &x[blk * 32..blk * 32 + 32]
+            );
+        }
+    }
+}
+
 macro_rules! variant_suite {
     ($name:ident, $isa:expr) => {
         mod $name {
@@ -264,6 +317,11 @@ macro_rules! variant_suite {
             }
 
             #[test]
+            fn edge_blocks_match_scalar() {
+                check_edges($isa);
+            }
+
+            #[test]
             fn ragged_block_counts_match_scalar() {
                 check_ragged($isa);
             }
@@ -279,9 +337,9 @@ variant_suite!(avx2, Isa::Avx2);
 
 #[test]
 fn types_without_variants_are_refused() {
-    // Q5_1 has no encoder variant, Q2_K no decoder variant: asking for one
-    // must say so.
-    assert!(quantize_fn(Isa::Avx2, GgmlType::Q5_1).is_none());
-    assert!(quantize_fn(Isa::Scalar, GgmlType::Q5_1).is_none());
+    // IQ2_XXS has no encoder variant, Q2_K no decoder variant: asking for
+    // one must say so.
+    assert!(quantize_fn(Isa::Avx2, GgmlType::IQ2_XXS).is_none());
+    assert!(quantize_fn(Isa::Scalar, GgmlType::IQ2_XXS).is_none());
     assert!(dequantize_fn(Isa::Avx2, GgmlType::Q2_K).is_none());
 }

@@ -87,6 +87,15 @@ pub fn quantize_fn(isa: Isa, ty: GgmlType) -> Option<QuantizeFn> {
         (Isa::Avx2, GgmlType::Q4_0) => super::rows_avx2::quantize_row_q4_0,
         #[cfg(target_arch = "x86_64")]
         (Isa::Avx2, GgmlType::Q8_0) => super::rows_avx2::quantize_row_q8_0,
+        (Isa::Scalar, GgmlType::Q4_1) => super::legacy::quantize_row_q4_1,
+        (Isa::Scalar, GgmlType::Q5_0) => super::legacy::quantize_row_q5_0,
+        (Isa::Scalar, GgmlType::Q5_1) => super::legacy::quantize_row_q5_1,
+        #[cfg(target_arch = "x86_64")]
+        (Isa::Avx2, GgmlType::Q4_1) => super::rows_avx2::quantize_row_q4_1,
+        #[cfg(target_arch = "x86_64")]
+        (Isa::Avx2, GgmlType::Q5_0) => super::rows_avx2::quantize_row_q5_0,
+        #[cfg(target_arch = "x86_64")]
+        (Isa::Avx2, GgmlType::Q5_1) => super::rows_avx2::quantize_row_q5_1,
         (Isa::Scalar, GgmlType::F16) => super::float::quantize_row_f16,
         (Isa::Scalar, GgmlType::BF16) => super::float::quantize_row_bf16,
         #[cfg(target_arch = "x86_64")]

@@ -39,42 +39,69 @@ pub(crate) fn codec(ty: GgmlType) -> Option<Codec> {
 fn c_cast_low_byte(v: f32) -> u8 {
     // 2^31: the first value cvttss2si cannot represent.
     const LIMIT: f32 = 2_147_483_648.0;
-    if v.is_nan() || !(-LIMIT..LIMIT).contains(&v) {
-        0
+    // A select rather than a branch, so that loops over it vectorise
+    // (false for NaN).
+    let c = if (-LIMIT..LIMIT).contains(&v) { v } else { 0.0 };
+    // SAFETY: `c` is finite and within the i32 range.
+    unsafe { c.to_int_unchecked::<i32>() as u8 }
+}
+
+/// A 32-element block as an array: fixed bounds for the loops below.
+#[inline(always)]
+fn block(x: &[f32]) -> &[f32; QK] {
+    x.try_into().expect("chunks_exact yields whole blocks")
+}
+
+/// The first element of `x` equal to `v`, one of them: only for a zero can
+/// that differ from `v` (its sign), and the scalar scans keep the first.
+#[inline(always)]
+fn first_equal(x: &[f32; QK], v: f32) -> f32 {
+    if v == 0.0 {
+        x.iter().copied().find(|&e| e == v).unwrap_or(v)
     } else {
-        v as i32 as u8
+        v
     }
 }
 
 /// The value of largest magnitude in a block, first occurrence winning, as
 /// the `amax < fabsf(v)` scan of `quantize_row_q4_0_ref` / `_q5_0_ref`.
+///
+/// The largest magnitude is found in eight independent lanes (a maximum is
+/// the same in any order; NaN never wins `amax < |v|`), then the first
+/// element of that magnitude; a block of zeros keeps the initial `0.0`.
 #[inline(always)]
-fn signed_absmax(x: &[f32]) -> f32 {
-    let mut amax = 0.0f32;
-    let mut max = 0.0f32;
-    for &v in x {
-        if amax < v.abs() {
-            amax = v.abs();
-            max = v;
+fn signed_absmax(x: &[f32; QK]) -> f32 {
+    let mut lanes = [0.0f32; 8];
+    for c in x.chunks_exact(8) {
+        for (a, &v) in lanes.iter_mut().zip(c) {
+            *a = if *a < v.abs() { v.abs() } else { *a };
         }
     }
-    max
+    let amax = lanes.iter().fold(0.0f32, |a, &v| if a < v { v } else { a });
+    if amax == 0.0 {
+        return 0.0;
+    }
+    x.iter().copied().find(|v| v.abs() == amax).unwrap_or(0.0)
 }
 
 /// The `min`/`max` scan of `quantize_row_q4_1_ref` / `_q5_1_ref`.
+///
+/// Eight independent lanes, then the lanes: the extremes are the same in
+/// any order (NaN never passes `v < min`), up to the sign of a zero, which
+/// [`first_equal`] settles as the sequential scan does.
 #[inline(always)]
-fn min_max(x: &[f32]) -> (f32, f32) {
-    let mut min = f32::MAX;
-    let mut max = -f32::MAX;
-    for &v in x {
-        if v < min {
-            min = v;
-        }
-        if v > max {
-            max = v;
+fn min_max(x: &[f32; QK]) -> (f32, f32) {
+    let mut lo = [f32::MAX; 8];
+    let mut hi = [-f32::MAX; 8];
+    for c in x.chunks_exact(8) {
+        for l in 0..8 {
+            lo[l] = if c[l] < lo[l] { c[l] } else { lo[l] };
+            hi[l] = if c[l] > hi[l] { c[l] } else { hi[l] };
         }
     }
-    (min, max)
+    let min = lo.iter().fold(f32::MAX, |a, &v| if v < a { v } else { a });
+    let max = hi.iter().fold(-f32::MAX, |a, &v| if v > a { v } else { a });
+    (first_equal(x, min), first_equal(x, max))
 }
 
 #[inline(always)]
@@ -90,6 +117,7 @@ fn inverse(d: f32) -> f32 {
 /// element `j` in the low nibble of `qs[j]`, element `j + 16` in the high one.
 pub fn quantize_row_q4_0(src: &[f32], dst: &mut [u8]) {
     for (x, y) in src.chunks_exact(QK).zip(dst.chunks_exact_mut(18)) {
+        let x = block(x);
         let max = signed_absmax(x);
         let d = max / -8.0f32;
         let id = inverse(d);
@@ -120,17 +148,19 @@ pub fn dequantize_row_q4_0(src: &[u8], dst: &mut [f32]) {
 /// `quantize_row_q4_1_ref`: 20-byte blocks `{ d: f16, m: f16, qs: [u8; 16] }`.
 pub fn quantize_row_q4_1(src: &[f32], dst: &mut [u8]) {
     for (x, y) in src.chunks_exact(QK).zip(dst.chunks_exact_mut(20)) {
+        let x = block(x);
         let (min, max) = min_max(x);
         let d = (max - min) / 15.0f32;
         let id = inverse(d);
         put_f16(y, 0, d);
         put_f16(y, 2, min);
+        let mut q = [0u8; QK];
+        for (qi, &xi) in q.iter_mut().zip(x) {
+            *qi = (c_cast_low_byte((xi - min) * id + 0.5f32) as i8).min(15) as u8;
+        }
+        let qs: &mut [u8; QK / 2] = (&mut y[4..]).try_into().expect("20-byte block");
         for j in 0..QK / 2 {
-            let x0 = (x[j] - min) * id;
-            let x1 = (x[QK / 2 + j] - min) * id;
-            let xi0 = (c_cast_low_byte(x0 + 0.5f32) as i8).min(15) as u8;
-            let xi1 = (c_cast_low_byte(x1 + 0.5f32) as i8).min(15) as u8;
-            y[4 + j] = xi0 | (xi1 << 4);
+            qs[j] = q[j] | (q[QK / 2 + j] << 4);
         }
     }
 }
@@ -153,12 +183,13 @@ pub fn dequantize_row_q4_1(src: &[u8], dst: &mut [f32]) {
 /// low nibbles as in Q4, the fifth bit of element `i` in bit `i` of `qh`.
 #[inline(always)]
 fn pack_q5(q: &[u8; QK], qh_out: &mut [u8], qs_out: &mut [u8]) {
+    let qs_out: &mut [u8; QK / 2] = qs_out.try_into().expect("16 quant bytes");
     let mut qh = 0u32;
     for j in 0..QK / 2 {
-        let (xi0, xi1) = (q[j], q[QK / 2 + j]);
-        qs_out[j] = (xi0 & 0x0f) | ((xi1 & 0x0f) << 4);
-        qh |= (((xi0 & 0x10) >> 4) as u32) << j;
-        qh |= (((xi1 & 0x10) >> 4) as u32) << (j + QK / 2);
+        qs_out[j] = (q[j] & 0x0f) | ((q[QK / 2 + j] & 0x0f) << 4);
+    }
+    for (j, &qi) in q.iter().enumerate() {
+        qh |= (((qi & 0x10) >> 4) as u32) << j;
     }
     qh_out.copy_from_slice(&qh.to_le_bytes());
 }
@@ -181,6 +212,7 @@ fn unpack_q5(qh: &[u8], qs: &[u8]) -> [u8; QK] {
 /// `quantize_row_q5_0_ref`: 22-byte blocks `{ d: f16, qh: [u8; 4], qs: [u8; 16] }`.
 pub fn quantize_row_q5_0(src: &[f32], dst: &mut [u8]) {
     for (x, y) in src.chunks_exact(QK).zip(dst.chunks_exact_mut(22)) {
+        let x = block(x);
         let max = signed_absmax(x);
         let d = max / -16.0f32;
         let id = inverse(d);
@@ -211,6 +243,7 @@ pub fn dequantize_row_q5_0(src: &[u8], dst: &mut [f32]) {
 /// of which only the low five bits are stored.
 pub fn quantize_row_q5_1(src: &[f32], dst: &mut [u8]) {
     for (x, y) in src.chunks_exact(QK).zip(dst.chunks_exact_mut(24)) {
+        let x = block(x);
         let (min, max) = min_max(x);
         let d = (max - min) / 31.0f32;
         let id = inverse(d);

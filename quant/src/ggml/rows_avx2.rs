@@ -337,6 +337,28 @@ unsafe fn block_absmax(x: &[f32]) -> f32 {
     t.iter().fold(0f32, |a, &b| if a > b { a } else { b })
 }
 
+/// The first element of largest magnitude, as the `amax < fabsf(v)` scan of
+/// `quantize_row_q4_0_ref` / `_q5_0_ref` finds it; that scan keeps its
+/// initial `max = 0.0f` (not a `-0.0` element) when every element is zero.
+#[inline(always)]
+unsafe fn first_absmax(x: &[f32]) -> f32 {
+    let amax = block_absmax(x);
+    if amax == 0.0 {
+        return 0.0;
+    }
+    // Bit `i` set where `|x[i]| == amax`; the lowest one is the first.
+    let sign = _mm256_set1_ps(-0.0);
+    let a = _mm256_set1_ps(amax);
+    let mut mask = 0u32;
+    for k in 0..4 {
+        let v = _mm256_andnot_ps(sign, _mm256_loadu_ps(x.as_ptr().add(8 * k)));
+        mask |= (_mm256_movemask_ps(_mm256_cmp_ps::<_CMP_EQ_OQ>(v, a)) as u32) << (8 * k);
+    }
+    x.get(mask.trailing_zeros() as usize)
+        .copied()
+        .unwrap_or(0.0)
+}
+
 entry!(
     "`quantize_row_q8_0_ref`, AVX2 variant: `roundf` as truncation plus a \
      half-away-from-zero step, exact for every float.",
@@ -386,26 +408,182 @@ entry!(
 #[target_feature(enable = "avx2,f16c")]
 unsafe fn q_q4_0(src: &[f32], dst: &mut [u8]) {
     for (x, y) in src.chunks_exact(32).zip(dst.chunks_exact_mut(18)) {
-        // The first element of largest magnitude, as the `amax < |v|` scan.
-        let amax = block_absmax(x);
-        let max = x.iter().copied().find(|v| v.abs() == amax).unwrap_or(0.0);
+        // The first element of largest magnitude, as the `amax < |v|` scan
+        // (which keeps `max = 0.0` when every element is a zero).
+        let max = first_absmax(x);
         let d = max / -8.0f32;
         let id = if d != 0.0 { 1.0f32 / d } else { 0.0 };
         super::common::put_f16(y, 0, d);
-        let idv = _mm256_set1_ps(id);
-        let mut q = [0u8; 32];
+        let (idv, off) = (_mm256_set1_ps(id), _mm256_set1_ps(8.5));
+        let mut q = [_mm256_setzero_si256(); 4];
         for k in 0..4 {
-            let v = _mm256_add_ps(
-                _mm256_mul_ps(_mm256_loadu_ps(x.as_ptr().add(8 * k)), idv),
-                _mm256_set1_ps(8.5),
-            );
-            let b = low_bytes(v);
-            for j in 0..8 {
-                q[8 * k + j] = (b[j] as u8 as i8).min(15) as u8;
-            }
+            let v = _mm256_mul_ps(_mm256_loadu_ps(x.as_ptr().add(8 * k)), idv);
+            q[k] = cast_low_byte(_mm256_add_ps(v, off), Some(15));
         }
-        for j in 0..16 {
-            y[2 + j] = q[j] | (q[16 + j] << 4);
+        _mm_storeu_si128(
+            y.as_mut_ptr().add(2) as *mut __m128i,
+            nibbles(pack_bytes(q)),
+        );
+    }
+}
+
+/// The first element of `x` equal to `v` (which is one of them): with
+/// `-0.0 == 0.0` the vector min/max may return either zero, the scalar scan
+/// the first one it met.
+#[inline(always)]
+fn first_equal(x: &[f32], v: f32) -> f32 {
+    if v == 0.0 {
+        x.iter().copied().find(|&e| e == v).unwrap_or(v)
+    } else {
+        v
+    }
+}
+
+/// `(min, max)` of a 32-element block as the scalar `v < min` / `v > max`
+/// scans give them (first occurrence wins, which matters only for zeros).
+#[inline(always)]
+unsafe fn block_min_max(x: &[f32]) -> (f32, f32) {
+    let p = x.as_ptr();
+    let (a, b) = (_mm256_loadu_ps(p), _mm256_loadu_ps(p.add(8)));
+    let (c, e) = (_mm256_loadu_ps(p.add(16)), _mm256_loadu_ps(p.add(24)));
+    let lo = _mm256_min_ps(_mm256_min_ps(a, b), _mm256_min_ps(c, e));
+    let hi = _mm256_max_ps(_mm256_max_ps(a, b), _mm256_max_ps(c, e));
+    let lo = _mm_min_ps(_mm256_castps256_ps128(lo), _mm256_extractf128_ps::<1>(lo));
+    let hi = _mm_max_ps(_mm256_castps256_ps128(hi), _mm256_extractf128_ps::<1>(hi));
+    let lo = _mm_min_ps(lo, _mm_movehl_ps(lo, lo));
+    let hi = _mm_max_ps(hi, _mm_movehl_ps(hi, hi));
+    let lo = _mm_min_ss(lo, _mm_shuffle_ps::<1>(lo, lo));
+    let hi = _mm_max_ss(hi, _mm_shuffle_ps::<1>(hi, hi));
+    (
+        first_equal(x, _mm_cvtss_f32(lo)),
+        first_equal(x, _mm_cvtss_f32(hi)),
+    )
+}
+
+/// `(int8_t)` of the `cvttps2dq` result's low byte (a C cast to a small
+/// integer type), clamped above by `MIN(max, ·)` when `max` is given, as
+/// the unsigned byte stored.
+#[inline(always)]
+unsafe fn cast_low_byte(v: __m256, max: Option<i32>) -> __m256i {
+    let i = _mm256_cvttps_epi32(v);
+    let i = match max {
+        Some(m) => {
+            let s = _mm256_srai_epi32::<24>(_mm256_slli_epi32::<24>(i));
+            _mm256_min_epi32(s, _mm256_set1_epi32(m))
         }
+        None => i,
+    };
+    _mm256_and_si256(i, _mm256_set1_epi32(0xff))
+}
+
+/// 32 bytes from four vectors of eight values in `0..=255`, in order.
+#[inline(always)]
+unsafe fn pack_bytes(q: [__m256i; 4]) -> __m256i {
+    let ab = _mm256_packus_epi32(q[0], q[1]);
+    let cd = _mm256_packus_epi32(q[2], q[3]);
+    let b = _mm256_packus_epi16(ab, cd);
+    _mm256_permutevar8x32_epi32(b, _mm256_setr_epi32(0, 4, 1, 5, 2, 6, 3, 7))
+}
+
+/// `q[j] | q[j + 16] << 4` for the 32 quant bytes `q`, as a `uint8_t`.
+#[inline(always)]
+unsafe fn nibbles(q: __m256i) -> __m128i {
+    let lo = _mm256_castsi256_si128(q);
+    let hi = _mm256_extracti128_si256::<1>(q);
+    _mm_or_si128(
+        lo,
+        _mm_and_si128(_mm_slli_epi16::<4>(hi), _mm_set1_epi8(0xf0u8 as i8)),
+    )
+}
+
+/// `pack_q5`: `qh` (bit 4 of quant `i` in bit `i`) and `qs` (low nibbles).
+#[inline(always)]
+unsafe fn pack_q5(q: __m256i, out: *mut u8) {
+    let qh = _mm256_movemask_epi8(_mm256_slli_epi16::<3>(q)) as u32;
+    let qs = nibbles(_mm256_and_si256(q, _mm256_set1_epi8(0x0f)));
+    std::ptr::copy_nonoverlapping(qh.to_le_bytes().as_ptr(), out, 4);
+    _mm_storeu_si128(out.add(4) as *mut __m128i, qs);
+}
+
+entry!(
+    "`quantize_row_q4_1_ref`, AVX2 variant.",
+    quantize_row_q4_1,
+    q_q4_1,
+    super::legacy::quantize_row_q4_1,
+    &[f32],
+    &mut [u8]
+);
+
+#[target_feature(enable = "avx2,f16c")]
+unsafe fn q_q4_1(src: &[f32], dst: &mut [u8]) {
+    for (x, y) in src.chunks_exact(32).zip(dst.chunks_exact_mut(20)) {
+        let (min, max) = block_min_max(x);
+        let d = (max - min) / 15.0f32;
+        let id = if d != 0.0 { 1.0f32 / d } else { 0.0 };
+        super::common::put_f16(y, 0, d);
+        super::common::put_f16(y, 2, min);
+        let (minv, idv, half) = (_mm256_set1_ps(min), _mm256_set1_ps(id), _mm256_set1_ps(0.5));
+        let mut q = [_mm256_setzero_si256(); 4];
+        for k in 0..4 {
+            let v = _mm256_sub_ps(_mm256_loadu_ps(x.as_ptr().add(8 * k)), minv);
+            q[k] = cast_low_byte(_mm256_add_ps(_mm256_mul_ps(v, idv), half), Some(15));
+        }
+        _mm_storeu_si128(
+            y.as_mut_ptr().add(4) as *mut __m128i,
+            nibbles(pack_bytes(q)),
+        );
+    }
+}
+
+entry!(
+    "`quantize_row_q5_0_ref`, AVX2 variant.",
+    quantize_row_q5_0,
+    q_q5_0,
+    super::legacy::quantize_row_q5_0,
+    &[f32],
+    &mut [u8]
+);
+
+#[target_feature(enable = "avx2,f16c")]
+unsafe fn q_q5_0(src: &[f32], dst: &mut [u8]) {
+    for (x, y) in src.chunks_exact(32).zip(dst.chunks_exact_mut(22)) {
+        let max = first_absmax(x);
+        let d = max / -16.0f32;
+        let id = if d != 0.0 { 1.0f32 / d } else { 0.0 };
+        super::common::put_f16(y, 0, d);
+        let (idv, off) = (_mm256_set1_ps(id), _mm256_set1_ps(16.5));
+        let mut q = [_mm256_setzero_si256(); 4];
+        for k in 0..4 {
+            let v = _mm256_mul_ps(_mm256_loadu_ps(x.as_ptr().add(8 * k)), idv);
+            q[k] = cast_low_byte(_mm256_add_ps(v, off), Some(31));
+        }
+        pack_q5(pack_bytes(q), y.as_mut_ptr().add(2));
+    }
+}
+
+entry!(
+    "`quantize_row_q5_1_ref`, AVX2 variant (no clamp, as ggml).",
+    quantize_row_q5_1,
+    q_q5_1,
+    super::legacy::quantize_row_q5_1,
+    &[f32],
+    &mut [u8]
+);
+
+#[target_feature(enable = "avx2,f16c")]
+unsafe fn q_q5_1(src: &[f32], dst: &mut [u8]) {
+    for (x, y) in src.chunks_exact(32).zip(dst.chunks_exact_mut(24)) {
+        let (min, max) = block_min_max(x);
+        let d = (max - min) / 31.0f32;
+        let id = if d != 0.0 { 1.0f32 / d } else { 0.0 };
+        super::common::put_f16(y, 0, d);
+        super::common::put_f16(y, 2, min);
+        let (minv, idv, half) = (_mm256_set1_ps(min), _mm256_set1_ps(id), _mm256_set1_ps(0.5));
+        let mut q = [_mm256_setzero_si256(); 4];
+        for k in 0..4 {
+            let v = _mm256_sub_ps(_mm256_loadu_ps(x.as_ptr().add(8 * k)), minv);
+            q[k] = cast_low_byte(_mm256_add_ps(_mm256_mul_ps(v, idv), half), None);
+        }
+        pack_q5(pack_bytes(q), y.as_mut_ptr().add(4));
     }
 }
