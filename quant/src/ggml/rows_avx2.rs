@@ -1,5 +1,7 @@
 //! AVX2 (and F16C) row kernels for the element-wise codecs: decoding of the
-//! common block types and the f16/bf16 conversions. Each output element
+//! common block types, the f16/bf16 conversions, and the Q4_0, Q4_1, Q5_0,
+//! Q5_1 and Q8_0 encoders (C's float→int cast and `roundf` reproduced).
+//! Each output element
 //! gets exactly the scalar port's operations (`d1 * q - m1`, `(d·sc) * q`,
 //! IEEE round-to-nearest-even conversions), so vectorising along the row
 //! changes no bit. Each public function checks for the CPU features and
