@@ -6,6 +6,7 @@
 //! (`pipeline`) serves every command (`cli`).
 #![deny(missing_docs)]
 
+pub mod adapter;
 pub mod bnb_model;
 pub mod cli;
 pub mod compare;

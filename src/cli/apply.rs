@@ -32,6 +32,12 @@ base beyond what their quantization explains are named and nothing is written, u
 --tokenizer-config (and --generation-config) copy the instruct model's chat template and EOS/EOT \
 ids into the output; --set edits any other key.
 
+With --strategy adapter --rank R the base is left untouched and αΔ is written as a llama.cpp \
+LoRA adapter GGUF (-o adapter.gguf) for `llama-cli -m BASE --lora adapter.gguf`: each 2-D \
+residual tensor becomes its best rank-R approximation B·A (randomized streaming SVD), and the \
+share of ‖αΔ‖² the adapter holds is reported per tensor. 1-D tensors, and token_embd.weight when \
+it is tied to the output, cannot be adapter pairs; their share is reported as not captured.
+
 The report compares the written weights with the exact f32 sum dequant(base) + α·Δ: RMSE, max \
 abs, relative RMSE, cosine, SNR and retention ⟨out − base, αΔ⟩/‖αΔ‖² (1: the residual survived, \
 0: it was rounded away).
@@ -85,14 +91,35 @@ pub struct ApplyArgs {
     /// Split the output into files of at most this size (e.g. 2G), named like gguf-split's.
     #[arg(long, value_parser = super::parse_size, value_name = "SIZE")]
     pub split_max_size: Option<u64>,
+    /// fresh: requantize base + α·Δ; adapter: write α·Δ as a LoRA adapter (needs --rank).
+    #[arg(long, value_enum, default_value_t = Strategy::Fresh)]
+    pub strategy: Strategy,
+    /// Rank of the LoRA adapter (--strategy adapter).
+    #[arg(long, value_name = "R")]
+    pub rank: Option<usize>,
     /// No progress bar and no report table.
     #[arg(long, short)]
     pub quiet: bool,
 }
 
+/// How `apply` turns base + α·Δ into its output.
+#[derive(clap::ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Strategy {
+    /// Requantize base + α·Δ (bit-exact with llama.cpp).
+    Fresh,
+    /// Leave the base untouched; write α·Δ as a rank-R LoRA adapter GGUF.
+    Adapter,
+}
+
 /// Run `apply`.
 pub fn run(a: &ApplyArgs) -> Result<()> {
+    check_strategy(a)?;
     if crate::bnb_model::is_bnb_dir(&a.base) {
+        if a.strategy == Strategy::Adapter {
+            return Err(Error::Usage(
+                "--strategy adapter needs a GGUF base (llama.cpp adapters)".into(),
+            ));
+        }
         return super::bnb::apply(a);
     }
     super::set_threads(a.threads)?;
@@ -172,6 +199,10 @@ pub fn run(a: &ApplyArgs) -> Result<()> {
         );
     }
 
+    if let (Strategy::Adapter, Some(rank)) = (a.strategy, a.rank) {
+        return write_adapter(a, &base, &residual_rows, rank);
+    }
+
     let out_types = transform::output_types(&base, &target)?;
     let tasks = transform::tasks(&base, &out_types, residual_rows, a.scale)?;
     let mut metadata = transform::output_metadata(
@@ -212,6 +243,67 @@ pub fn run(a: &ApplyArgs) -> Result<()> {
         if let Some(warning) = report::retention_warning(&outcomes) {
             eprintln!("warning: {warning}");
         }
+        eprintln!("wrote {}", pipeline::display_paths(&paths));
+    }
+    Ok(())
+}
+
+/// Options that only one strategy takes.
+fn check_strategy(a: &ApplyArgs) -> Result<()> {
+    let usage = |m: &str| Err(Error::Usage(m.into()));
+    match a.strategy {
+        Strategy::Adapter => match a.rank {
+            None => usage("--strategy adapter needs --rank R"),
+            Some(0) => usage("--rank must be at least 1"),
+            Some(_) if a.ty != "keep" => {
+                usage("--type does not apply to --strategy adapter: the base is left as it is")
+            }
+            Some(_) if a.split_max_size.is_some() => {
+                usage("--split-max-size does not apply to --strategy adapter")
+            }
+            Some(_)
+                if a.tokenizer_config.is_some()
+                    || a.generation_config.is_some()
+                    || !a.set.is_empty() =>
+            {
+                usage("--tokenizer-config, --generation-config and --set do not apply to --strategy adapter")
+            }
+            Some(_) => Ok(()),
+        },
+        _ if a.rank.is_some() => usage("--rank needs --strategy adapter"),
+        _ => Ok(()),
+    }
+}
+
+/// `--strategy adapter`: α·Δ as a LoRA adapter GGUF; the base is only read.
+fn write_adapter(
+    a: &ApplyArgs,
+    base: &crate::gguf::GgufFile,
+    residual_rows: &[Option<Box<dyn RowSource + '_>>],
+    rank: usize,
+) -> Result<()> {
+    let opts = crate::adapter::Options::new(rank);
+    let (outcomes, paths) = crate::adapter::write(
+        base,
+        residual_rows,
+        a.scale,
+        &opts,
+        &a.output,
+        a.name.as_deref(),
+        !a.quiet,
+    )?;
+    if let Some(path) = &a.report {
+        let inputs = json!({
+            "base": a.base.display().to_string(),
+            "residual": a.residual.display().to_string(),
+            "scale": a.scale,
+        });
+        let text = serde_json::to_string_pretty(&crate::adapter::to_json(inputs, &opts, &outcomes))
+            .expect("report serializes");
+        std::fs::write(path, text + "\n").map_err(|e| Error::io(path, e))?;
+    }
+    if !a.quiet {
+        eprint!("{}", crate::adapter::to_text(&outcomes, 10));
         eprintln!("wrote {}", pipeline::display_paths(&paths));
     }
     Ok(())
