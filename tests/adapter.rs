@@ -129,11 +129,18 @@ fn norm_sq(v: &[f32]) -> f64 {
 fn an_exactly_low_rank_residual_is_recovered() {
     for &(n_out, n_in, r) in &[(96, 64, 5), (40, 130, 8), (64, 64, 1)] {
         let mut rng = Rng(7 + r as u64);
-        let d = matmul(&rng.matrix(n_out * r), &rng.matrix(r * n_in), n_out, r, n_in);
+        let d = matmul(
+            &rng.matrix(n_out * r),
+            &rng.matrix(r * n_in),
+            n_out,
+            r,
+            n_in,
+        );
         let src = dense(&d, n_out, n_in);
         let lr = low_rank(&src, 1.0, &Options::new(r), "blk.0.attn_q.weight").unwrap();
         assert_eq!((lr.b.len(), lr.a.len()), (n_out * r, r * n_in));
-        let rel = (residual_sq(&lr.b, &lr.a, &src.data, n_out, n_in, r) / norm_sq(&src.data)).sqrt();
+        let rel =
+            (residual_sq(&lr.b, &lr.a, &src.data, n_out, n_in, r) / norm_sq(&src.data)).sqrt();
         assert!(rel < 1e-4, "{n_out}×{n_in} rank {r}: ‖BA − Δ‖/‖Δ‖ = {rel}");
         assert!((lr.share() - 1.0).abs() < 1e-6, "share {}", lr.share());
         // A's rows are orthonormal (A = V_rᵀ).
@@ -153,7 +160,13 @@ fn a_rank_deficient_request_keeps_the_true_components_and_zeroes_the_rest() {
     // Δ has rank 3; asking for 6 must not invent directions out of rounding noise.
     let (n_out, n_in) = (50, 40);
     let mut rng = Rng(11);
-    let d = matmul(&rng.matrix(n_out * 3), &rng.matrix(3 * n_in), n_out, 3, n_in);
+    let d = matmul(
+        &rng.matrix(n_out * 3),
+        &rng.matrix(3 * n_in),
+        n_out,
+        3,
+        n_in,
+    );
     let src = dense(&d, n_out, n_in);
     let lr = low_rank(&src, 1.0, &Options::new(6), "x").unwrap();
     assert!(lr.sigma[..3].iter().all(|&s| s > 1.0));
@@ -182,7 +195,10 @@ fn a_full_rank_residual_gets_the_optimal_share() {
     let d32: Vec<f64> = src.data.iter().map(|&v| v as f64).collect();
     let sv = singular_values(&d32, n_out, n_in);
     let total: f64 = sv.iter().map(|s| s * s).sum();
-    assert!((total / norm_sq(&src.data) - 1.0).abs() < 1e-9, "reference SVD");
+    assert!(
+        (total / norm_sq(&src.data) - 1.0).abs() < 1e-9,
+        "reference SVD"
+    );
     assert!(sv[n_in - 1] > 0.0, "full rank");
     for r in [1, 4, 16] {
         let lr = low_rank(&src, 1.0, &Options::new(r), "blk.3.ffn_up.weight").unwrap();
@@ -194,7 +210,11 @@ fn a_full_rank_residual_gets_the_optimal_share() {
         );
         // The share is honest: ‖Δ − BA‖² = ‖Δ‖²(1 − share).
         let err = residual_sq(&lr.b, &lr.a, &src.data, n_out, n_in, r) / norm_sq(&src.data);
-        assert!((err - (1.0 - lr.share())).abs() < 1e-5, "{err} vs {}", 1.0 - lr.share());
+        assert!(
+            (err - (1.0 - lr.share())).abs() < 1e-5,
+            "{err} vs {}",
+            1.0 - lr.share()
+        );
         for (t, (&got, &want)) in lr.sigma.iter().zip(&sv).enumerate() {
             assert!((got - want).abs() < 2e-3 * sv[0], "σ{t}: {got} vs {want}");
         }
@@ -221,7 +241,13 @@ fn a_flat_spectrum_comes_close_to_optimal() {
 fn scale_multiplies_the_product() {
     let (n_out, n_in, r) = (30, 20, 2);
     let mut rng = Rng(9);
-    let d = matmul(&rng.matrix(n_out * r), &rng.matrix(r * n_in), n_out, r, n_in);
+    let d = matmul(
+        &rng.matrix(n_out * r),
+        &rng.matrix(r * n_in),
+        n_out,
+        r,
+        n_in,
+    );
     let src = dense(&d, n_out, n_in);
     let lr = low_rank(&src, -0.5, &Options::new(r), "x").unwrap();
     let target: Vec<f32> = src.data.iter().map(|&v| -0.5 * v).collect();
@@ -301,7 +327,11 @@ fn the_adapter_has_llama_cpps_layout_and_holds_the_reported_share() {
         s(&report),
     ]);
     assert!(err.contains("adapter holds"), "{err}");
-    assert_eq!(std::fs::read(&base).unwrap(), before, "the base was modified");
+    assert_eq!(
+        std::fs::read(&base).unwrap(),
+        before,
+        "the base was modified"
+    );
 
     let base = GgufFile::open(&base).unwrap();
     let ad = GgufFile::open(&out).unwrap();
@@ -418,7 +448,10 @@ fn hf_and_gguf_named_residuals_give_the_same_adapter_at_any_thread_count() {
         "1",
         &dir.path().join("gg.gguf"),
     );
-    assert!(hf == gg, "the q/k permutation or the thread count changed the adapter");
+    assert!(
+        hf == gg,
+        "the q/k permutation or the thread count changed the adapter"
+    );
 }
 
 /// A tiny tied-embedding model (no output.weight) and a residual for it.
@@ -498,7 +531,10 @@ fn a_tied_token_embd_is_skipped_and_counted_as_not_captured() {
         serde_json::from_str(&std::fs::read_to_string(&report).unwrap()).unwrap();
     let t = rep["tensors"].as_array().unwrap();
     let emb = t.iter().find(|e| e["name"] == "token_embd.weight").unwrap();
-    let q = t.iter().find(|e| e["name"] == "blk.0.attn_q.weight").unwrap();
+    let q = t
+        .iter()
+        .find(|e| e["name"] == "blk.0.attn_q.weight")
+        .unwrap();
     assert_eq!(emb["captured_sq"].as_f64(), Some(0.0));
     // Full rank 16 of a 16 × 16 matrix: all of it.
     assert!((q["share"].as_f64().unwrap() - 1.0).abs() < 1e-6);
