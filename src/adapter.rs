@@ -157,6 +157,73 @@ fn for_chunks(src: &dyn RowSource, mut f: impl FnMut(usize, &[f32]) -> Result<()
     Ok(())
 }
 
+/// y += d·M (M row-major, d.len() rows of y.len() columns); returns ‖d‖².
+fn row_times_scalar(d: &[f32], m: &[f64], y: &mut [f64]) -> f64 {
+    let k = y.len();
+    let mut s = 0f64;
+    for (c, &v) in d.iter().enumerate() {
+        let v = v as f64;
+        s += v * v;
+        if v != 0.0 {
+            for (yj, &mj) in y.iter_mut().zip(&m[c * k..(c + 1) * k]) {
+                *yj += v * mj;
+            }
+        }
+    }
+    s
+}
+
+/// z[c, :] += d[c]·q for every c (z row-major, q.len() columns).
+fn outer_add_scalar(d: &[f32], q: &[f64], z: &mut [f64]) {
+    for (zc, &v) in z.chunks_exact_mut(q.len()).zip(d) {
+        if v != 0.0 {
+            let v = v as f64;
+            for (zj, &qj) in zc.iter_mut().zip(q) {
+                *zj += v * qj;
+            }
+        }
+    }
+}
+
+/// The same loops compiled for AVX2 (4 f64 lanes instead of SSE2's 2). No
+/// FMA: every element is summed in the same order with the same roundings,
+/// so the result equals the scalar build's bit for bit.
+#[cfg(target_arch = "x86_64")]
+mod avx2 {
+    #[target_feature(enable = "avx2")]
+    pub(super) unsafe fn row_times(d: &[f32], m: &[f64], y: &mut [f64]) -> f64 {
+        super::row_times_scalar(d, m, y)
+    }
+
+    #[target_feature(enable = "avx2")]
+    pub(super) unsafe fn outer_add(d: &[f32], q: &[f64], z: &mut [f64]) {
+        super::outer_add_scalar(d, q, z)
+    }
+}
+
+#[cfg(target_arch = "x86_64")]
+fn has_avx2() -> bool {
+    std::arch::is_x86_feature_detected!("avx2")
+}
+
+fn row_times(d: &[f32], m: &[f64], y: &mut [f64]) -> f64 {
+    #[cfg(target_arch = "x86_64")]
+    if has_avx2() {
+        // SAFETY: AVX2 is present (checked at run time).
+        return unsafe { avx2::row_times(d, m, y) };
+    }
+    row_times_scalar(d, m, y)
+}
+
+fn outer_add(d: &[f32], q: &[f64], z: &mut [f64]) {
+    #[cfg(target_arch = "x86_64")]
+    if has_avx2() {
+        // SAFETY: AVX2 is present (checked at run time).
+        return unsafe { avx2::outer_add(d, q, z) };
+    }
+    outer_add_scalar(d, q, z)
+}
+
 /// One pass: Δ·M (n_out × k) for M (n_in × k), both row-major; also ‖Δ‖².
 fn mul_right(src: &dyn RowSource, m: &[f64], k: usize) -> Result<(Vec<f64>, f64)> {
     let (n_out, n_in) = (src.n_rows(), src.row_len());
@@ -168,19 +235,7 @@ fn mul_right(src: &dyn RowSource, m: &[f64], k: usize) -> Result<(Vec<f64>, f64)
             .par_chunks_mut(k)
             .zip(row_sq[start..start + rows_n].par_iter_mut())
             .zip(rows.par_chunks(n_in))
-            .for_each(|((yr, sq), d)| {
-                let mut s = 0f64;
-                for (c, &v) in d.iter().enumerate() {
-                    let v = v as f64;
-                    s += v * v;
-                    if v != 0.0 {
-                        for (yj, &mj) in yr.iter_mut().zip(&m[c * k..(c + 1) * k]) {
-                            *yj += v * mj;
-                        }
-                    }
-                }
-                *sq = s;
-            });
+            .for_each(|((yr, sq), d)| *sq = row_times(d, m, yr));
         Ok(())
     })?;
     Ok((y, row_sq.iter().sum()))
@@ -203,14 +258,7 @@ fn mul_left_t(src: &dyn RowSource, q: &[f64], k: usize) -> Result<Vec<f64>> {
                 for i in 0..rows_n {
                     let qi = &q[(start + i) * k..(start + i + 1) * k];
                     let d = &rows[i * n_in + c0..i * n_in + c0 + zb.len() / k];
-                    for (zc, &v) in zb.chunks_exact_mut(k).zip(d) {
-                        if v != 0.0 {
-                            let v = v as f64;
-                            for (zj, &qj) in zc.iter_mut().zip(qi) {
-                                *zj += v * qj;
-                            }
-                        }
-                    }
+                    outer_add(d, qi, zb);
                 }
             });
         Ok(())
@@ -567,9 +615,20 @@ pub fn write(
         }
     }
     if specs.is_empty() {
-        return Err(Error::Usage(
-            "no residual tensor can become a LoRA pair (2-D matrices only)".into(),
-        ));
+        return Err(Error::Usage(if plan.is_empty() {
+            "nothing to write: every residual tensor is all zero, or --scale is 0".into()
+        } else {
+            format!(
+                "no residual tensor can become a LoRA pair: {}",
+                plan.iter()
+                    .filter_map(|(i, l)| l
+                        .as_ref()
+                        .err()
+                        .map(|e| format!("{}: {e}", base.tensors()[*i].name)))
+                    .collect::<Vec<_>>()
+                    .join("; ")
+            )
+        }));
     }
     let mut writer = GgufWriter::create(
         path,

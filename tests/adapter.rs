@@ -559,6 +559,10 @@ fn usage_errors_name_the_problem_and_write_nothing() {
         (&["--strategy", "adapter"], "needs --rank"),
         (&["--rank", "4"], "needs --strategy adapter"),
         (
+            &["--strategy", "adapter", "--rank", "4", "--scale", "0"],
+            "nothing to write",
+        ),
+        (
             &["--strategy", "adapter", "--rank", "4", "--type", "q8_0"],
             "--type",
         ),
