@@ -3,8 +3,6 @@ loads on the untouched base and reproduces base + Δ for an exactly low-rank Δ.
 
 The reference is the merged model `qresidual apply --type f32` writes (every
 tensor dequant(base) + αΔ in f32), run by the same llama.cpp."""
-import shutil
-import subprocess
 
 import numpy as np
 import pytest
@@ -141,23 +139,3 @@ def test_adapter_on_the_quantized_base(case):
     moved = np.max(np.abs(logits(BASE_Q) - want))
     err = np.max(np.abs(logits(BASE_Q, adapter) - want))
     assert err < 0.1 * moved, (err, moved)
-
-
-def test_llama_export_lora_merges_it(case):
-    """llama.cpp's own merge tool, when installed (it is not part of the
-    Python package)."""
-    exe = shutil.which("llama-export-lora")
-    if exe is None:
-        pytest.skip("llama-export-lora is not installed")
-    d, base, residual = case
-    adapter = d / "adapter-export.gguf"
-    exported = d / "exported.gguf"
-    merged = d / "merged-export.gguf"
-    run_qresidual("apply", "--base", base, "--residual", residual, "--strategy", "adapter",
-                  "--rank", RANK, "-o", adapter, "--quiet")
-    run_qresidual("apply", "--base", base, "--residual", residual, "--type", "f32",
-                  "-o", merged, "--quiet")
-    subprocess.run([exe, "-m", str(base), "--lora", str(adapter), "-o", str(exported)],
-                   check=True, capture_output=True)
-    want = logits(merged)
-    assert np.max(np.abs(logits(exported) - want)) < 1e-3 * np.max(np.abs(want))
