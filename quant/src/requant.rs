@@ -335,7 +335,11 @@ fn reround_q2_k(b: &[u8], t: &[f32], o: &mut [u8]) {
         let ml = min * (sc >> 4) as f32;
         if let Some(k) = nearest_code(x, dl, -ml, 0, 3) {
             let shift = 2 * ((s % 8) / 2) as u32;
-            set_bits2(&mut o[16 + 32 * (s / 8) + 16 * (s % 2) + e % 16], shift, k as u8);
+            set_bits2(
+                &mut o[16 + 32 * (s / 8) + 16 * (s % 2) + e % 16],
+                shift,
+                k as u8,
+            );
         }
     }
 }
