@@ -2,7 +2,7 @@
 
 use std::path::PathBuf;
 
-use clap::Args;
+use clap::{Args, ValueEnum};
 use serde_json::json;
 
 use crate::pipeline::{self, EncodedRows, RowSource};
@@ -35,6 +35,13 @@ ids into the output; --set edits any other key.
 The report compares the written weights with the exact f32 sum dequant(base) + α·Δ: RMSE, max \
 abs, relative RMSE, cosine, SNR and retention ⟨out − base, αΔ⟩/‖αΔ‖² (1: the residual survived, \
 0: it was rounded away).
+
+--strategy search: for every block whose output type is the base's own (all of them with --type \
+keep), write whichever of three encodings decodes nearest (L2) to dequant(base) + α·Δ: the \
+base's own block, the fresh encoding (= --strategy fresh, bit-exact with llama.cpp) and the \
+base block's scales with every code re-rounded to the nearest grid value (legacy types and \
+Q2_K…Q6_K). Never further from the exact sum than fresh, block by block. The report says how \
+often each candidate won; other tensors are encoded fresh.
 
 Example:
   qresidual apply --base Llama-3.1-8B-Q4_K_M.gguf --residual instruct-residual/ \\
@@ -88,11 +95,29 @@ pub struct ApplyArgs {
     /// No progress bar and no report table.
     #[arg(long, short)]
     pub quiet: bool,
+    /// fresh: requantize the sum (llama.cpp's bytes); search: per block the nearest of base block, fresh encoding and base scales with re-rounded codes.
+    #[arg(long, value_enum, default_value_t = Strategy::Fresh)]
+    pub strategy: Strategy,
+}
+
+/// How the sum is encoded.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum Strategy {
+    /// Requantize dequant(base) + α·Δ as llama.cpp would.
+    Fresh,
+    /// Per block, the candidate nearest to the sum.
+    Search,
 }
 
 /// Run `apply`.
 pub fn run(a: &ApplyArgs) -> Result<()> {
     if crate::bnb_model::is_bnb_dir(&a.base) {
+        if a.strategy == Strategy::Search {
+            return Err(Error::Usage(
+                "--strategy search needs a GGUF base (bitsandbytes bases are requantized fresh)"
+                    .into(),
+            ));
+        }
         return super::bnb::apply(a);
     }
     super::set_threads(a.threads)?;
@@ -192,6 +217,7 @@ pub fn run(a: &ApplyArgs) -> Result<()> {
         split_max_size: a.split_max_size,
         options: pipeline::Options {
             progress: !a.quiet,
+            search: a.strategy == Strategy::Search,
             ..Default::default()
         },
     };
@@ -204,11 +230,18 @@ pub fn run(a: &ApplyArgs) -> Result<()> {
             "residual": a.residual.display().to_string(),
             "scale": a.scale,
             "type": a.ty,
+            "strategy": match a.strategy {
+                Strategy::Fresh => "fresh",
+                Strategy::Search => "search",
+            },
         });
         report::write_json(path, "apply", inputs, &outcomes)?;
     }
     if !a.quiet {
         eprint!("{}", report::to_text(&outcomes, 10));
+        if a.strategy == Strategy::Search {
+            eprint!("{}", report::search_text(&outcomes));
+        }
         if let Some(warning) = report::retention_warning(&outcomes) {
             eprintln!("warning: {warning}");
         }
