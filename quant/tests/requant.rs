@@ -9,8 +9,11 @@
 //! RMS. Checked per block, on what `dequantize_row` makes of the bytes:
 //!
 //! - squared error of the written block ≤ that of the fresh encoding
-//!   `quantize_row(t)` — so every bound stated for the fresh codec in
-//!   `bounds_*.rs` holds for search too — and ≤ that of the base block;
+//!   `quantize_row(t)` — so every RMSE bound stated for the fresh codec in
+//!   `bounds_*.rs` holds for search too — and ≤ that of the base block.
+//!   Per element this gives only |t − x̂| ≤ ‖fresh block error‖₂ ≤
+//!   √(block size) × the fresh max-abs bound: a base block kept whole
+//!   carries Δ itself in every element, which the fresh bound does not see;
 //! - Δ = 0 returns the base bytes exactly;
 //! - the win counts add up to the number of blocks;
 //! - the re-rounded candidate alone is element by element at least as near
