@@ -338,7 +338,7 @@ fn encode_chunk(
 /// The base's bytes to search against: only when searching, the base is
 /// stored in the output type itself (a block type with blocks to choose
 /// between) and in output row order.
-fn search_source<'b>(base: &'b dyn RowSource, out_ty: GgmlType, search: bool) -> Option<&'b [u8]> {
+fn search_source(base: &dyn RowSource, out_ty: GgmlType, search: bool) -> Option<&[u8]> {
     if !search || out_ty.block_size() == 1 {
         return None;
     }

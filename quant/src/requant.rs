@@ -265,6 +265,7 @@ fn set_bit(byte: &mut u8, bit: u32, on: bool) {
 /// element `e` is code `k = q − off` on the grid `k·d + m`; its low nibble
 /// sits in `qs[e % 16]` (high nibble for `e ≥ 16`), a fifth bit in bit `e`
 /// of `qh` when `qh_at` is given.
+#[allow(clippy::too_many_arguments)]
 #[inline(always)]
 fn reround_legacy(
     b: &[u8],
