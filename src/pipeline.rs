@@ -841,6 +841,88 @@ mod tests {
         }
     }
 
+    /// A Q4_0 base searched against base + residual: the wins cover every
+    /// block, the bytes do not depend on threads or window, and a zero
+    /// residual leaves the base bytes.
+    #[test]
+    fn search_counts_every_block_and_keeps_an_untouched_base() {
+        let (row_len, n_rows) = (256, 40);
+        let mut base_bytes = vec![0u8; GgmlType::Q4_0.row_size(row_len * n_rows).unwrap()];
+        quantize_row(
+            GgmlType::Q4_0,
+            &values(9, row_len * n_rows),
+            &mut base_bytes,
+        )
+        .unwrap();
+        let run_search = |residual: Vec<f32>, threads: usize, window: usize| {
+            let base = EncodedRows {
+                path: Path::new("base.gguf"),
+                name: "w",
+                data: &base_bytes,
+                ty: GgmlType::Q4_0,
+                row_len,
+                n_rows,
+                permutation: RowPermutation::Identity,
+                pages: None,
+            };
+            let spec = TensorSpec {
+                name: "w".into(),
+                ty: GgmlType::Q4_0,
+                ne: vec![row_len as u64, n_rows as u64],
+            };
+            let tasks = vec![Task {
+                spec: spec.clone(),
+                input_type: GgmlType::Q4_0,
+                action: Action::Transcode {
+                    base: Box::new(base),
+                    residual: Some(Box::new(VecRows {
+                        data: residual,
+                        row_len,
+                    })),
+                    scale: 1.0,
+                },
+            }];
+            let dir = tempfile::tempdir().unwrap();
+            let path = dir.path().join("out.gguf");
+            let opts = Options {
+                chunk_elements: 2048,
+                window,
+                measure: true,
+                progress: false,
+                search: true,
+            };
+            let pool = rayon::ThreadPoolBuilder::new()
+                .num_threads(threads)
+                .build()
+                .unwrap();
+            let o = pool.install(|| {
+                let mut w =
+                    GgufWriter::create(&path, &[], &[spec], &WriterOptions::default()).unwrap();
+                let o = run(&tasks, &mut w, &path, &opts).unwrap();
+                w.finish().unwrap();
+                o
+            });
+            let f = crate::gguf::GgufFile::open(&path).unwrap();
+            (f.tensor_data(0).to_vec(), o[0].search.unwrap())
+        };
+        let small: Vec<f32> = values(10, row_len * n_rows)
+            .iter()
+            .map(|v| v * 0.05)
+            .collect();
+        let (bytes, wins) = run_search(small.clone(), 1, 1);
+        assert_eq!(wins.total(), (row_len * n_rows / 32) as u64);
+        assert!(bytes != base_bytes);
+        for (threads, window) in [(2, 1), (3, 4)] {
+            assert_eq!(
+                run_search(small.clone(), threads, window),
+                (bytes.clone(), wins)
+            );
+        }
+        let (bytes, wins) = run_search(vec![0.0; row_len * n_rows], 2, 2);
+        assert!(bytes == base_bytes, "a zero residual changed the base");
+        assert_eq!(wins.total(), (row_len * n_rows / 32) as u64);
+    }
+
     #[test]
     fn chunks_cover_every_row_once_in_order() {
         let copy = [0u8; 32];
