@@ -219,24 +219,31 @@ fn reround_fn(ty: GgmlType) -> Option<RerounFn> {
 /// values, so the result is exact, ties keeping the rounded one.
 #[inline(always)]
 fn nearest_code(t: f32, s: f32, o: f32, lo: i32, hi: i32) -> Option<i32> {
-    if s == 0.0 || !s.is_finite() || !o.is_finite() {
-        return None;
-    }
+    grid_ok(s, o).then(|| nearest_code_unchecked(t, s, o, lo, hi))
+}
+
+/// Whether the grid `k·s + o` has distinct finite values.
+#[inline(always)]
+fn grid_ok(s: f32, o: f32) -> bool {
+    s != 0.0 && s.is_finite() && o.is_finite()
+}
+
+/// [`nearest_code`] for a grid that passed [`grid_ok`], branch-free so
+/// that block loops vectorise.
+#[inline(always)]
+fn nearest_code_unchecked(t: f32, s: f32, o: f32, lo: i32, hi: i32) -> i32 {
     let x = ((t - o) / s).clamp(lo as f32, hi as f32);
     let k0 = nearest_int(x);
     let err = |k: i32| (t - (k as f32 * s + o)).abs();
-    let mut best = k0;
-    let mut be = err(k0);
-    for k in [k0 - 1, k0 + 1] {
-        if (lo..=hi).contains(&k) {
-            let e = err(k);
-            if e < be {
-                best = k;
-                be = e;
-            }
-        }
+    let (km, kp) = ((k0 - 1).max(lo), (k0 + 1).min(hi));
+    let (e0, em, ep) = (err(k0), err(km), err(kp));
+    // Strictly nearer only, lower neighbour first: ties keep `k0`.
+    let (k, e) = if em < e0 { (km, em) } else { (k0, e0) };
+    if ep < e {
+        kp
+    } else {
+        k
     }
-    Some(best)
 }
 
 /// Store a 4-bit code in the low (`high = false`) or high nibble.
@@ -279,16 +286,24 @@ fn reround_legacy(
 ) {
     let d = le_f16(b, 0);
     let m = m_at.map_or(0.0, |i| le_f16(b, i));
-    let off = -lo;
-    for (e, &x) in t.iter().enumerate().take(32) {
-        let Some(k) = nearest_code(x, d, m, lo, hi) else {
-            continue;
-        };
-        let q = (k + off) as u8;
-        set_nibble(&mut o[qs_at + e % 16], e >= 16, q);
-        if let Some(h) = qh_at {
-            set_bit(&mut o[h + e / 8], (e % 8) as u32, q & 0x10 != 0);
+    if !grid_ok(d, m) {
+        return;
+    }
+    let t: &[f32; 32] = t.try_into().expect("32-element block");
+    let mut q = [0u8; 32];
+    for (qi, &x) in q.iter_mut().zip(t) {
+        *qi = (nearest_code_unchecked(x, d, m, lo, hi) - lo) as u8;
+    }
+    let qs: &mut [u8; 16] = (&mut o[qs_at..qs_at + 16]).try_into().expect("16 bytes");
+    for j in 0..16 {
+        qs[j] = (q[j] & 0x0F) | ((q[j + 16] & 0x0F) << 4);
+    }
+    if let Some(h) = qh_at {
+        let mut qh = 0u32;
+        for (e, &qi) in q.iter().enumerate() {
+            qh |= (((qi >> 4) & 1) as u32) << e;
         }
+        o[h..h + 4].copy_from_slice(&qh.to_le_bytes());
     }
 }
 
@@ -316,10 +331,11 @@ fn reround_q5_1(b: &[u8], t: &[f32], o: &mut [u8]) {
 /// on `k·d`.
 fn reround_q8_0(b: &[u8], t: &[f32], o: &mut [u8]) {
     let d = le_f16(b, 0);
-    for (e, &x) in t.iter().enumerate().take(32) {
-        if let Some(k) = nearest_code(x, d, 0.0, -128, 127) {
-            o[2 + e] = k as i8 as u8;
-        }
+    if !grid_ok(d, 0.0) {
+        return;
+    }
+    for (q, &x) in o[2..34].iter_mut().zip(t) {
+        *q = nearest_code_unchecked(x, d, 0.0, -128, 127) as i8 as u8;
     }
 }
 
@@ -383,11 +399,14 @@ fn reround_qkx_k(b: &[u8], t: &[f32], o: &mut [u8], qh_at: Option<usize>, qs_at:
         let (sc, m) = get_scale_min_k4(j, &b[4..16]);
         let d1 = d * sc as f32;
         let m1 = dmin * m as f32;
-        for (i, &x) in xs.iter().enumerate() {
-            let Some(k) = nearest_code(x, d1, -m1, 0, nmax) else {
-                continue;
-            };
-            let q = k as u8;
+        if !grid_ok(d1, -m1) {
+            continue;
+        }
+        let mut codes = [0u8; 32];
+        for (c, &x) in codes.iter_mut().zip(xs) {
+            *c = nearest_code_unchecked(x, d1, -m1, 0, nmax) as u8;
+        }
+        for (i, &q) in codes.iter().enumerate() {
             set_nibble(&mut o[qs_at + 32 * (j / 2) + i], j % 2 == 1, q);
             if let Some(h) = qh_at {
                 set_bit(&mut o[h + i], j as u32, q & 0x10 != 0);
@@ -413,15 +432,21 @@ fn reround_q5_k(b: &[u8], t: &[f32], o: &mut [u8]) {
 /// bits at bit `2m` of `qh[32n + i]`.
 fn reround_q6_k(b: &[u8], t: &[f32], o: &mut [u8]) {
     let d = le_f16(b, 208);
-    for (e, &x) in t.iter().enumerate().take(256) {
-        let s = d * b[192 + e / 16] as i8 as f32;
-        let Some(k) = nearest_code(x, s, 0.0, -32, 31) else {
+    for (j, xs) in t.chunks_exact(16).enumerate().take(16) {
+        let s = d * b[192 + j] as i8 as f32;
+        if !grid_ok(s, 0.0) {
             continue;
-        };
-        let q = (k + 32) as u8;
-        let (n, m, i) = (e / 128, (e % 128) / 32, e % 32);
-        set_nibble(&mut o[64 * n + i + 32 * (m % 2)], m >= 2, q);
-        set_bits2(&mut o[128 + 32 * n + i], 2 * m as u32, q >> 4);
+        }
+        let mut codes = [0u8; 16];
+        for (c, &x) in codes.iter_mut().zip(xs) {
+            *c = (nearest_code_unchecked(x, s, 0.0, -32, 31) + 32) as u8;
+        }
+        for (r, &q) in codes.iter().enumerate() {
+            let e = 16 * j + r;
+            let (n, m, i) = (e / 128, (e % 128) / 32, e % 32);
+            set_nibble(&mut o[64 * n + i + 32 * (m % 2)], m >= 2, q);
+            set_bits2(&mut o[128 + 32 * n + i], 2 * m as u32, q >> 4);
+        }
     }
 }
 
