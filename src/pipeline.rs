@@ -21,7 +21,7 @@ use rayon::prelude::*;
 use crate::gguf::{GgufWriter, TensorSpec};
 use crate::naming::RowPermutation;
 use crate::quant::stats::ErrorStats;
-use crate::quant::{dequantize_row, quantize_row, GgmlType, QuantError};
+use crate::quant::{dequantize_row, quantize_row, search_row, GgmlType, QuantError, SearchWins};
 use crate::{Error, Result};
 
 /// Where the f32 rows of one tensor come from. Implementations decode rows
@@ -38,6 +38,12 @@ pub trait RowSource: Sync {
     /// Rows `start..end` will be decoded soon: their storage may be read
     /// ahead.
     fn prefetch_rows(&self, _start: usize, _end: usize) {}
+    /// The stored encoding and all bytes of the rows, in output row order,
+    /// when they are held that way: what `--strategy search` compares
+    /// against.
+    fn encoded(&self) -> Option<(GgmlType, &[u8])> {
+        None
+    }
 }
 
 /// Rows of a tensor stored in any ggml-layout encoding (a GGUF tensor, or a
@@ -109,6 +115,10 @@ impl RowSource for EncodedRows<'_> {
             return;
         };
         will_need(bytes);
+    }
+
+    fn encoded(&self) -> Option<(GgmlType, &[u8])> {
+        matches!(self.permutation, RowPermutation::Identity).then_some((self.ty, self.data))
     }
 
     fn decode(&self, start: usize, out: &mut [f32]) -> Result<()> {
@@ -212,6 +222,9 @@ pub struct Outcome {
     pub has_residual: bool,
     /// Output against the exact f32 result (absent for copies).
     pub stats: Option<ErrorStats>,
+    /// Blocks won by each candidate when the tensor was searched
+    /// (`Options::search` and the output type equal to the base's).
+    pub search: Option<SearchWins>,
 }
 
 /// Knobs of a run.
@@ -225,6 +238,11 @@ pub struct Options {
     pub measure: bool,
     /// Whether to draw a progress bar on stderr.
     pub progress: bool,
+    /// `--strategy search`: per block, write the nearest of the base's own
+    /// block, the fresh encoding and the base's scales with re-rounded codes
+    /// (tensors whose output type is the base's own block type; others are
+    /// encoded fresh).
+    pub search: bool,
 }
 
 impl Default for Options {
@@ -234,6 +252,7 @@ impl Default for Options {
             window: 2 * rayon::current_num_threads().max(1),
             measure: true,
             progress: true,
+            search: false,
         }
     }
 }
@@ -250,6 +269,7 @@ fn output_error(out: &Path, tensor: &str, row: usize, e: QuantError) -> Error {
 struct Chunk {
     bytes: Vec<u8>,
     stats: ErrorStats,
+    wins: Option<SearchWins>,
 }
 
 /// The f32 buffers one worker reuses from chunk to chunk: nothing is
@@ -306,13 +326,25 @@ fn encode_chunk(
     out_path: &Path,
     first_row: usize,
     n_rows: usize,
-    measure: bool,
+    opts: &Options,
     pool: &BytePool,
 ) -> Result<Chunk> {
     SCRATCH.with(|s| {
         let mut s = s.borrow_mut();
-        encode_chunk_with(&mut s, task, out_path, first_row, n_rows, measure, pool)
+        encode_chunk_with(&mut s, task, out_path, first_row, n_rows, opts, pool)
     })
+}
+
+/// The base's bytes to search against: only when searching, the base is
+/// stored in the output type itself (a block type with blocks to choose
+/// between) and in output row order.
+fn search_source(base: &dyn RowSource, out_ty: GgmlType, search: bool) -> Option<&[u8]> {
+    if !search || out_ty.block_size() == 1 {
+        return None;
+    }
+    base.encoded()
+        .filter(|(ty, _)| *ty == out_ty)
+        .map(|(_, bytes)| bytes)
 }
 
 fn encode_chunk_with(
@@ -321,9 +353,10 @@ fn encode_chunk_with(
     out_path: &Path,
     first_row: usize,
     n_rows: usize,
-    measure: bool,
+    opts: &Options,
     pool: &BytePool,
 ) -> Result<Chunk> {
+    let measure = opts.measure;
     let Action::Transcode {
         base,
         residual,
@@ -363,13 +396,21 @@ fn encode_chunk_with(
     };
 
     let mut bytes = pool.take(n_rows * out_rb);
+    let searched = search_source(base.as_ref(), out_ty, opts.search);
+    let mut wins = SearchWins::default();
     for (i, (src, dst)) in exact
         .chunks_exact(row_len)
         .zip(bytes.chunks_exact_mut(out_rb))
         .enumerate()
     {
-        quantize_row(out_ty, src, dst)
-            .map_err(|e| output_error(out_path, &task.spec.name, first_row + i, e))?;
+        match searched {
+            Some(b) => {
+                let row = &b[(first_row + i) * out_rb..][..out_rb];
+                search_row(out_ty, row, src, dst, &mut wins)
+            }
+            None => quantize_row(out_ty, src, dst),
+        }
+        .map_err(|e| output_error(out_path, &task.spec.name, first_row + i, e))?;
     }
 
     // Decode what was written: a block whose fp16 scale overflowed decodes
@@ -402,7 +443,11 @@ fn encode_chunk_with(
             stats.accumulate(exact, decoded);
         }
     }
-    Ok(Chunk { bytes, stats })
+    Ok(Chunk {
+        bytes,
+        stats,
+        wins: searched.map(|_| wins),
+    })
 }
 
 /// One unit of output, in file order: a whole copied tensor or one chunk
@@ -555,7 +600,7 @@ pub fn run(
                 .map(|it| match *it {
                     Item::Copy { .. } => Ok(None),
                     Item::Rows { task, first, n, .. } => {
-                        encode_chunk(&tasks[task], out_path, first, n, opts.measure, pool).map(Some)
+                        encode_chunk(&tasks[task], out_path, first, n, opts, pool).map(Some)
                     }
                 })
                 .collect();
@@ -589,6 +634,7 @@ fn write_in_order(
 ) -> Result<Vec<Outcome>> {
     let mut outcomes = Vec::with_capacity(tasks.len());
     let mut stats = ErrorStats::default();
+    let mut searched: Option<SearchWins> = None;
     for w in wins {
         let Ok(results) = rx.recv() else {
             // The producer stopped early: it only does so after sending an
@@ -615,17 +661,22 @@ fn write_in_order(
                         copied: true,
                         has_residual: false,
                         stats: None,
+                        search: None,
                     });
                 }
                 (Item::Rows { first, n, last, .. }, Action::Transcode { base, residual, .. }) => {
                     if first == 0 {
                         pb.set_message(task.spec.name.clone());
                         stats = ErrorStats::default();
+                        searched = None;
                     }
                     if let Some(chunk) = res? {
                         writer.write(&chunk.bytes)?;
                         pb.inc(chunk.bytes.len() as u64);
                         stats.merge(&chunk.stats);
+                        if let Some(w) = &chunk.wins {
+                            searched.get_or_insert_with(SearchWins::default).merge(w);
+                        }
                         pool.give(chunk.bytes);
                     }
                     base.release_rows(first, first + n);
@@ -641,6 +692,7 @@ fn write_in_order(
                             copied: false,
                             has_residual: residual.is_some(),
                             stats: opts.measure.then(|| std::mem::take(&mut stats)),
+                            search: searched.take(),
                         });
                     }
                 }
@@ -757,6 +809,7 @@ mod tests {
             window,
             measure: true,
             progress: false,
+            search: false,
         };
         let pool = rayon::ThreadPoolBuilder::new()
             .num_threads(threads)
@@ -786,6 +839,88 @@ mod tests {
                 "outcomes differ with {threads} threads, window {window}"
             );
         }
+    }
+
+    /// A Q4_0 base searched against base + residual: the wins cover every
+    /// block, the bytes do not depend on threads or window, and a zero
+    /// residual leaves the base bytes.
+    #[test]
+    fn search_counts_every_block_and_keeps_an_untouched_base() {
+        let (row_len, n_rows) = (256, 40);
+        let mut base_bytes = vec![0u8; GgmlType::Q4_0.row_size(row_len * n_rows).unwrap()];
+        quantize_row(
+            GgmlType::Q4_0,
+            &values(9, row_len * n_rows),
+            &mut base_bytes,
+        )
+        .unwrap();
+        let run_search = |residual: Vec<f32>, threads: usize, window: usize| {
+            let base = EncodedRows {
+                path: Path::new("base.gguf"),
+                name: "w",
+                data: &base_bytes,
+                ty: GgmlType::Q4_0,
+                row_len,
+                n_rows,
+                permutation: RowPermutation::Identity,
+                pages: None,
+            };
+            let spec = TensorSpec {
+                name: "w".into(),
+                ty: GgmlType::Q4_0,
+                ne: vec![row_len as u64, n_rows as u64],
+            };
+            let tasks = vec![Task {
+                spec: spec.clone(),
+                input_type: GgmlType::Q4_0,
+                action: Action::Transcode {
+                    base: Box::new(base),
+                    residual: Some(Box::new(VecRows {
+                        data: residual,
+                        row_len,
+                    })),
+                    scale: 1.0,
+                },
+            }];
+            let dir = tempfile::tempdir().unwrap();
+            let path = dir.path().join("out.gguf");
+            let opts = Options {
+                chunk_elements: 2048,
+                window,
+                measure: true,
+                progress: false,
+                search: true,
+            };
+            let pool = rayon::ThreadPoolBuilder::new()
+                .num_threads(threads)
+                .build()
+                .unwrap();
+            let o = pool.install(|| {
+                let mut w =
+                    GgufWriter::create(&path, &[], &[spec], &WriterOptions::default()).unwrap();
+                let o = run(&tasks, &mut w, &path, &opts).unwrap();
+                w.finish().unwrap();
+                o
+            });
+            let f = crate::gguf::GgufFile::open(&path).unwrap();
+            (f.tensor_data(0).to_vec(), o[0].search.unwrap())
+        };
+        let small: Vec<f32> = values(10, row_len * n_rows)
+            .iter()
+            .map(|v| v * 0.05)
+            .collect();
+        let (bytes, wins) = run_search(small.clone(), 1, 1);
+        assert_eq!(wins.total(), (row_len * n_rows / 32) as u64);
+        assert!(bytes != base_bytes);
+        for (threads, window) in [(2, 1), (3, 4)] {
+            assert_eq!(
+                run_search(small.clone(), threads, window),
+                (bytes.clone(), wins)
+            );
+        }
+        let (bytes, wins) = run_search(vec![0.0; row_len * n_rows], 2, 2);
+        assert!(bytes == base_bytes, "a zero residual changed the base");
+        assert_eq!(wins.total(), (row_len * n_rows / 32) as u64);
     }
 
     #[test]

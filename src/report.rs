@@ -8,6 +8,7 @@ use serde_json::{json, Value};
 use crate::bnb_model::WeightOutcome;
 use crate::pipeline::Outcome;
 use crate::quant::stats::ErrorStats;
+use crate::quant::SearchWins;
 
 /// One tensor of a report, whatever the container: GGUF tensors and
 /// bitsandbytes weights both become rows.
@@ -31,6 +32,8 @@ pub struct Row {
     pub has_residual: bool,
     /// Output against the exact f32 result (absent for copies).
     pub stats: Option<ErrorStats>,
+    /// Blocks won per candidate under `--strategy search`.
+    pub search: Option<SearchWins>,
 }
 
 impl From<&Outcome> for Row {
@@ -46,6 +49,7 @@ impl From<&Outcome> for Row {
             copied: o.copied,
             has_residual: o.has_residual,
             stats: o.stats,
+            search: o.search,
         }
     }
 }
@@ -62,6 +66,7 @@ impl From<&WeightOutcome> for Row {
             copied: o.copied,
             has_residual: o.has_residual,
             stats: o.stats,
+            search: None,
         }
     }
 }
@@ -139,6 +144,9 @@ pub fn to_json(command: &str, inputs: Value, outcomes: &[Row]) -> Value {
             if let Some(s) = &o.stats {
                 t["error"] = stats_json(s);
             }
+            if let Some(w) = &o.search {
+                t["search"] = wins_json(w);
+            }
             t
         })
         .collect();
@@ -154,20 +162,141 @@ pub fn to_json(command: &str, inputs: Value, outcomes: &[Row]) -> Value {
         .into_iter()
         .map(|(k, (n, s))| (k, json!({"tensors": n, "error": stats_json(&s)})))
         .collect();
+    let search = (inputs.get("strategy").and_then(|v| v.as_str()) == Some("search"))
+        .then(|| search_json(outcomes));
+    let mut summary = json!({
+        "tensors": outcomes.len(),
+        "with_residual": outcomes.iter().filter(|o| o.has_residual).count(),
+        "copied": outcomes.iter().filter(|o| o.copied).count(),
+        "bits_per_weight_in": bits_per_weight(outcomes.iter().map(|o| (o.bytes_in, o.n_elements))),
+        "bits_per_weight_out": bits_per_weight(outcomes.iter().map(|o| (o.bytes_out, o.n_elements))),
+        "residual_tensors": stats_json(&total),
+        "by_output_type": by_type,
+    });
+    if let Some(s) = search {
+        summary["search"] = s;
+    }
     json!({
         "command": command,
         "inputs": inputs,
-        "summary": {
-            "tensors": outcomes.len(),
-            "with_residual": outcomes.iter().filter(|o| o.has_residual).count(),
-            "copied": outcomes.iter().filter(|o| o.copied).count(),
-            "bits_per_weight_in": bits_per_weight(outcomes.iter().map(|o| (o.bytes_in, o.n_elements))),
-            "bits_per_weight_out": bits_per_weight(outcomes.iter().map(|o| (o.bytes_out, o.n_elements))),
-            "residual_tensors": stats_json(&total),
-            "by_output_type": by_type,
-        },
+        "summary": summary,
         "tensors": tensors,
     })
+}
+
+/// Counts and shares of one set of search wins.
+fn wins_json(w: &SearchWins) -> Value {
+    let share = |n: u64| {
+        if w.total() == 0 {
+            Value::Null
+        } else {
+            json!(n as f64 / w.total() as f64)
+        }
+    };
+    json!({
+        "blocks": w.total(),
+        "base": w.base,
+        "fresh": w.fresh,
+        "rerounded": w.rerounded,
+        "share_base": share(w.base),
+        "share_fresh": share(w.fresh),
+        "share_rerounded": share(w.rerounded),
+    })
+}
+
+/// Search wins per output type, in total, and the re-encoded tensors that
+/// were not searched, with the reason.
+fn search_json(outcomes: &[Row]) -> Value {
+    let (total, by_type) = search_totals(outcomes);
+    let fallback: Vec<Value> = search_fallbacks(outcomes)
+        .into_iter()
+        .map(|(name, why)| json!({"name": name, "reason": why}))
+        .collect();
+    json!({
+        "total": wins_json(&total),
+        "by_output_type": by_type
+            .iter()
+            .map(|(k, (n, w))| (k.clone(), json!({"tensors": n, "wins": wins_json(w)})))
+            .collect::<serde_json::Map<String, Value>>(),
+        "fresh_fallback": fallback,
+    })
+}
+
+/// All search wins, and per output type (tensors, wins).
+fn search_totals(outcomes: &[Row]) -> (SearchWins, BTreeMap<String, (usize, SearchWins)>) {
+    let mut total = SearchWins::default();
+    let mut by_type: BTreeMap<String, (usize, SearchWins)> = BTreeMap::new();
+    for o in outcomes {
+        if let Some(w) = &o.search {
+            total.merge(w);
+            let e = by_type.entry(o.type_out.clone()).or_default();
+            e.0 += 1;
+            e.1.merge(w);
+        }
+    }
+    (total, by_type)
+}
+
+/// Re-encoded tensors `--strategy search` wrote fresh, and why.
+pub fn search_fallbacks(outcomes: &[Row]) -> Vec<(String, &'static str)> {
+    outcomes
+        .iter()
+        .filter(|o| !o.copied && o.search.is_none())
+        .map(|o| {
+            let why = if o.type_in != o.type_out {
+                "output type differs from the base's: only fresh encoding is possible"
+            } else {
+                "float type: the fresh encoding is already the nearest value"
+            };
+            (o.name.clone(), why)
+        })
+        .collect()
+}
+
+/// The `--strategy search` summary: how often each candidate won, per
+/// output type, and which tensors fell back to fresh.
+pub fn search_text(outcomes: &[Row]) -> String {
+    let mut s = String::new();
+    let (total, by_type) = search_totals(outcomes);
+    let pct = |n: u64, w: &SearchWins| 100.0 * n as f64 / w.total().max(1) as f64;
+    let _ = writeln!(
+        s,
+        "search: base block kept in {:.2} %, fresh {:.2} %, re-rounded {:.2} % of {} blocks",
+        pct(total.base, &total),
+        pct(total.fresh, &total),
+        pct(total.rerounded, &total),
+        total.total()
+    );
+    for (ty, (n, w)) in &by_type {
+        let _ = writeln!(
+            s,
+            "  {:<8} {:>4} tensor(s): base {:>6.2} %, fresh {:>6.2} %, re-rounded {:>6.2} % of {} blocks",
+            ty,
+            n,
+            pct(w.base, w),
+            pct(w.fresh, w),
+            pct(w.rerounded, w),
+            w.total()
+        );
+    }
+    let fb = search_fallbacks(outcomes);
+    if !fb.is_empty() {
+        let mut reasons: BTreeMap<&str, Vec<&str>> = BTreeMap::new();
+        for (name, why) in &fb {
+            reasons.entry(why).or_default().push(name);
+        }
+        for (why, names) in reasons {
+            let shown: Vec<&str> = names.iter().take(4).copied().collect();
+            let _ = writeln!(
+                s,
+                "  encoded fresh, not searched: {} tensor(s) ({}{}): {why}",
+                names.len(),
+                shown.join(", "),
+                if names.len() > 4 { ", …" } else { "" }
+            );
+        }
+    }
+    s
 }
 
 fn fmt_opt(x: Option<f64>, prec: usize) -> String {

@@ -9,9 +9,11 @@
 
 pub mod bnb;
 pub mod ggml;
+pub mod requant;
 pub mod stats;
 mod types;
 
+pub use requant::{reround_row, search_row, SearchWins};
 pub use types::{GgmlType, TypeInfo, ALL_TYPES};
 
 use std::fmt;

@@ -2,7 +2,7 @@
 
 use std::path::PathBuf;
 
-use clap::Args;
+use clap::{Args, ValueEnum};
 use serde_json::json;
 
 use crate::pipeline::{self, EncodedRows, RowSource};
@@ -41,6 +41,13 @@ it is tied to the output, cannot be adapter pairs; their share is reported as no
 The report compares the written weights with the exact f32 sum dequant(base) + α·Δ: RMSE, max \
 abs, relative RMSE, cosine, SNR and retention ⟨out − base, αΔ⟩/‖αΔ‖² (1: the residual survived, \
 0: it was rounded away).
+
+--strategy search: for every block whose output type is the base's own (all of them with --type \
+keep), write whichever of three encodings decodes nearest (L2) to dequant(base) + α·Δ: the \
+base's own block, the fresh encoding (= --strategy fresh, bit-exact with llama.cpp) and the \
+base block's scales with every code re-rounded to the nearest grid value (legacy types and \
+Q2_K…Q6_K). Never further from the exact sum than fresh, block by block. The report says how \
+often each candidate won; other tensors are encoded fresh.
 
 Example:
   qresidual apply --base Llama-3.1-8B-Q4_K_M.gguf --residual instruct-residual/ \\
@@ -91,22 +98,24 @@ pub struct ApplyArgs {
     /// Split the output into files of at most this size (e.g. 2G), named like gguf-split's.
     #[arg(long, value_parser = super::parse_size, value_name = "SIZE")]
     pub split_max_size: Option<u64>,
-    /// fresh: requantize base + α·Δ; adapter: write α·Δ as a LoRA adapter (needs --rank).
-    #[arg(long, value_enum, default_value_t = Strategy::Fresh)]
-    pub strategy: Strategy,
     /// Rank of the LoRA adapter (--strategy adapter).
     #[arg(long, value_name = "R")]
     pub rank: Option<usize>,
     /// No progress bar and no report table.
     #[arg(long, short)]
     pub quiet: bool,
+    /// fresh: requantize the sum (llama.cpp's bytes); search: per block the nearest of base block, fresh encoding and base scales with re-rounded codes; adapter: leave the base, write α·Δ as a LoRA adapter (needs --rank).
+    #[arg(long, value_enum, default_value_t = Strategy::Fresh)]
+    pub strategy: Strategy,
 }
 
 /// How `apply` turns base + α·Δ into its output.
-#[derive(clap::ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
 pub enum Strategy {
-    /// Requantize base + α·Δ (bit-exact with llama.cpp).
+    /// Requantize dequant(base) + α·Δ as llama.cpp would (bit-exact).
     Fresh,
+    /// Per block, the candidate nearest to the sum.
+    Search,
     /// Leave the base untouched; write α·Δ as a rank-R LoRA adapter GGUF.
     Adapter,
 }
@@ -118,6 +127,12 @@ pub fn run(a: &ApplyArgs) -> Result<()> {
         if a.strategy == Strategy::Adapter {
             return Err(Error::Usage(
                 "--strategy adapter needs a GGUF base (llama.cpp adapters)".into(),
+            ));
+        }
+        if a.strategy == Strategy::Search {
+            return Err(Error::Usage(
+                "--strategy search needs a GGUF base (bitsandbytes bases are requantized fresh)"
+                    .into(),
             ));
         }
         return super::bnb::apply(a);
@@ -223,6 +238,7 @@ pub fn run(a: &ApplyArgs) -> Result<()> {
         split_max_size: a.split_max_size,
         options: pipeline::Options {
             progress: !a.quiet,
+            search: a.strategy == Strategy::Search,
             ..Default::default()
         },
     };
@@ -235,11 +251,19 @@ pub fn run(a: &ApplyArgs) -> Result<()> {
             "residual": a.residual.display().to_string(),
             "scale": a.scale,
             "type": a.ty,
+            "strategy": match a.strategy {
+                Strategy::Fresh => "fresh",
+                Strategy::Search => "search",
+                Strategy::Adapter => "adapter",
+            },
         });
         report::write_json(path, "apply", inputs, &outcomes)?;
     }
     if !a.quiet {
         eprint!("{}", report::to_text(&outcomes, 10));
+        if a.strategy == Strategy::Search {
+            eprint!("{}", report::search_text(&outcomes));
+        }
         if let Some(warning) = report::retention_warning(&outcomes) {
             eprintln!("warning: {warning}");
         }
