@@ -7,6 +7,7 @@
 #![deny(missing_docs)]
 
 pub mod bnb_model;
+pub mod budget;
 pub mod cli;
 pub mod compare;
 pub mod error;
