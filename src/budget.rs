@@ -392,16 +392,24 @@ pub fn choose(tensors: Vec<TensorCandidates>, c: Constraints) -> Result<Plan> {
             .map_or(0, |&i| t.candidates[i].bytes);
         let mut allowed = all.clone();
         if let (Some(r), true) = (c.min_retention, t.has_residual) {
-            let meets: Vec<usize> = all
+            // Retention only raises: a type smaller than the base's moves
+            // the weights by its own rounding noise, whose projection on Δ
+            // says nothing about keeping Δ.
+            let floor = t.keep().map_or(0, |k| k.bytes);
+            let raised: Vec<usize> = all
+                .iter()
+                .copied()
+                .filter(|&i| t.candidates[i].bytes >= floor)
+                .collect();
+            let meets: Vec<usize> = raised
                 .iter()
                 .copied()
                 .filter(|&i| t.candidates[i].retention.is_some_and(|x| x >= r))
                 .collect();
             if meets.is_empty() {
-                let best = t
-                    .candidates
+                let best = raised
                     .iter()
-                    .filter_map(|c| c.retention)
+                    .filter_map(|&i| t.candidates[i].retention)
                     .fold(f64::NEG_INFINITY, f64::max);
                 let top = *all.last().expect("non-empty");
                 warnings.push(format!(
@@ -852,6 +860,33 @@ mod tests {
         assert_eq!(p.warnings.len(), 4, "{:?}", p.warnings);
         assert!(p.warnings[3].contains("'d'") && p.warnings[3].contains("0.9950"));
         assert!(p.types().iter().all(|&t| t == GgmlType::Q8_0));
+    }
+
+    #[test]
+    fn min_retention_never_lowers_the_type() {
+        use GgmlType::*;
+        // Q3_K "retains" 0.99 of Δ only because its rounding noise is
+        // uncorrelated with Δ; the base type Q4_K rounds Δ away (0.4).
+        let t = tensor(
+            "t",
+            Q4_K,
+            vec![
+                cand(Q3_K, 34, 0.05, Some(0.99)),
+                cand(Q4_K, 45, 0.002, Some(0.4)),
+                cand(Q5_K, 55, 0.001, Some(0.97)),
+                cand(Q8_0, 85, 3e-5, Some(1.0)),
+            ],
+        );
+        let c = Constraints {
+            max_bytes: Some(55),
+            min_retention: Some(0.9),
+        };
+        assert_eq!(choose(vec![t.clone()], c).unwrap().types(), vec![Q5_K]);
+        let c = Constraints {
+            max_bytes: Some(54),
+            ..c
+        };
+        assert!(choose(vec![t], c).is_err());
     }
 
     #[test]

@@ -98,10 +98,10 @@ pub struct ApplyArgs {
     #[arg(long, value_parser = parse_max_size, allow_hyphen_values = true, value_name = "SIZE|±N%", conflicts_with = "bpw")]
     pub max_size: Option<SizeLimit>,
     /// Budget as average bits per weight over all tensors; picks each tensor's type.
-    #[arg(long, value_parser = parse_bpw, value_name = "BITS")]
+    #[arg(long, value_parser = parse_bpw, value_name = "BITS", allow_negative_numbers = true)]
     pub bpw: Option<f64>,
     /// Every tensor with a residual keeps at least this retention (0–1) when some type can.
-    #[arg(long, value_parser = parse_retention, value_name = "R")]
+    #[arg(long, value_parser = parse_retention, value_name = "R", allow_negative_numbers = true)]
     pub min_retention: Option<f64>,
     /// No progress bar and no report table.
     #[arg(long, short)]
