@@ -197,9 +197,8 @@ fn measure_row(
                     format!("row {row}: base + residual cannot be encoded: {e}"),
                 )
             })?;
-            dequantize_row(ty, &bytes, &mut decoded).map_err(|e| {
-                Error::tensor(origin, t.name, format!("row {row}: {e}"))
-            })?;
+            dequantize_row(ty, &bytes, &mut decoded)
+                .map_err(|e| Error::tensor(origin, t.name, format!("row {row}: {e}")))?;
             if decoded.iter().any(|v| !v.is_finite()) {
                 return Ok(None);
             }
@@ -239,9 +238,7 @@ pub fn estimate(
     let jobs: Vec<(usize, usize)> = inputs
         .iter()
         .enumerate()
-        .filter(|(i, t)| {
-            codec(t.ty).is_some() && (t.residual.is_some() || types[*i] != [t.ty])
-        })
+        .filter(|(i, t)| codec(t.ty).is_some() && (t.residual.is_some() || types[*i] != [t.ty]))
         .flat_map(|(i, t)| {
             sample_rows(t.base.n_rows(), t.base.row_len())
                 .into_iter()
@@ -481,12 +478,7 @@ pub fn choose(tensors: Vec<TensorCandidates>, c: Constraints) -> Result<Plan> {
 }
 
 /// Estimate and choose in one call.
-pub fn plan(
-    origin: &Path,
-    inputs: &[TensorInput<'_>],
-    scale: f32,
-    c: Constraints,
-) -> Result<Plan> {
+pub fn plan(origin: &Path, inputs: &[TensorInput<'_>], scale: f32, c: Constraints) -> Result<Plan> {
     choose(estimate(origin, inputs, scale)?, c)
 }
 
@@ -712,7 +704,10 @@ mod tests {
     #[test]
     fn ladders_follow_row_lengths() {
         use GgmlType::*;
-        assert_eq!(ladder(Q4_K, &[4096, 10]), vec![Q3_K, Q4_K, Q5_K, Q6_K, Q8_0]);
+        assert_eq!(
+            ladder(Q4_K, &[4096, 10]),
+            vec![Q3_K, Q4_K, Q5_K, Q6_K, Q8_0]
+        );
         assert_eq!(
             ladder(Q8_0, &[640, 10]),
             vec![Q4_0, IQ4_NL, Q4_1, Q5_0, Q5_1, Q8_0]
@@ -746,10 +741,7 @@ mod tests {
 
     #[test]
     fn budget_is_met_and_more_budget_never_costs_error() {
-        let base: u64 = synthetic()
-            .iter()
-            .map(|t| t.candidates[0].bytes)
-            .sum();
+        let base: u64 = synthetic().iter().map(|t| t.candidates[0].bytes).sum();
         let top: u64 = synthetic()
             .iter()
             .map(|t| t.candidates.last().unwrap().bytes)

@@ -287,11 +287,13 @@ fn plan_budget(
         })
         .collect();
     let base_bytes: u64 = base.tensors().iter().map(|t| t.size).sum();
-    let n_elements: u64 = base.tensors().iter().map(|t| t.ne.iter().product::<u64>()).sum();
+    let n_elements: u64 = base
+        .tensors()
+        .iter()
+        .map(|t| t.ne.iter().product::<u64>())
+        .sum();
     let limit = a.max_size.or(a.bpw.map(SizeLimit::BitsPerWeight));
-    let max_bytes = limit
-        .map(|l| l.bytes(base_bytes, n_elements))
-        .transpose()?;
+    let max_bytes = limit.map(|l| l.bytes(base_bytes, n_elements)).transpose()?;
     let plan = budget::plan(
         base.path(),
         &inputs,
@@ -334,7 +336,9 @@ fn parse_max_size(s: &str) -> std::result::Result<SizeLimit, String> {
 fn parse_bpw(s: &str) -> std::result::Result<f64, String> {
     match s.trim().parse::<f64>() {
         Ok(v) if v.is_finite() && v > 0.0 && v <= 32.0 => Ok(v),
-        _ => Err(format!("'{s}' is not a number of bits per weight in (0, 32]")),
+        _ => Err(format!(
+            "'{s}' is not a number of bits per weight in (0, 32]"
+        )),
     }
 }
 
