@@ -313,6 +313,23 @@ fn min_retention_is_reached_or_named() {
         if r == 0.9 {
             assert!(warnings.is_empty(), "{warnings:?}");
         }
+        // Retention alone only raises, to the cheapest type that keeps R.
+        for t in j["budget"]["tensors"].as_array().unwrap() {
+            let c = t["candidates"].as_array().unwrap();
+            let keep = c.iter().find(|c| c["type"] == t["type_in"]).unwrap();
+            let floor = keep["bytes"].as_u64().unwrap();
+            let out = c.iter().find(|c| c["type"] == t["type_out"]).unwrap();
+            assert!(out["bytes"].as_u64().unwrap() >= floor, "{}", t["name"]);
+            let cheapest = c
+                .iter()
+                .filter(|c| c["bytes"].as_u64().unwrap() >= floor)
+                .filter(|c| c["retention"].as_f64().is_some_and(|x| x >= r))
+                .map(|c| c["bytes"].as_u64().unwrap())
+                .min();
+            if let Some(b) = cheapest {
+                assert_eq!(out["bytes"].as_u64(), Some(b), "{}", t["name"]);
+            }
+        }
     }
     // Retention 0.9 at the base's size conflicts with the Q4_K tensors
     // (retention ~0.4): the error says what each needs.
