@@ -440,7 +440,6 @@ pub fn choose(tensors: Vec<TensorCandidates>, c: Constraints) -> Result<Plan> {
             constraints: c,
         });
     }
-    let mut at: Vec<usize> = vec![0; tensors.len()];
     let start: u64 = tensors
         .iter()
         .zip(&hulls)
@@ -475,26 +474,93 @@ pub fn choose(tensors: Vec<TensorCandidates>, c: Constraints) -> Result<Plan> {
         }
     }
     steps.sort_by(|x, y| y.0.total_cmp(&x.0).then(x.1.cmp(&y.1)).then(x.2.cmp(&y.2)));
-    let mut used = start;
-    for (_, ti, k) in steps {
-        if at[ti] + 1 != k {
-            continue;
+    let cost = |chosen: &[usize]| -> f64 {
+        tensors
+            .iter()
+            .zip(chosen)
+            .map(|(t, &i)| t.weight * t.candidates[i].rel_error)
+            .sum()
+    };
+    // Plain greedy, then greedy with each tensor started at each of its
+    // hull points: one large tensor whose next step no longer fits (an
+    // embedding) can otherwise leave the budget badly spent. Each run is
+    // monotone in the budget, so their minimum is too.
+    let mut best: Option<(f64, Vec<usize>)> = None;
+    let mut consider = |chosen: Vec<usize>| {
+        let e = cost(&chosen);
+        if best.as_ref().is_none_or(|(b, _)| e < *b) {
+            best = Some((e, chosen));
         }
-        let t = &tensors[ti];
-        let extra = t.candidates[hulls[ti][k]].bytes - t.candidates[hulls[ti][k - 1]].bytes;
-        if c.max_bytes.is_some_and(|m| used + extra > m) {
-            continue;
+    };
+    let mut starts: Vec<Option<(usize, usize)>> = vec![None];
+    if c.max_bytes.is_some() {
+        for (ti, h) in hulls.iter().enumerate() {
+            starts.extend((1..h.len()).map(|k| Some((ti, k))));
         }
-        used += extra;
-        at[ti] = k;
     }
-    let chosen = at.iter().zip(&hulls).map(|(&k, h)| h[k]).collect();
+    for fixed in starts {
+        if let Some(at) = greedy(&tensors, &hulls, &steps, c.max_bytes, fixed) {
+            consider(at.iter().zip(&hulls).map(|(&k, h)| h[k]).collect());
+        }
+    }
+    // `--type keep` itself, when it fits and no retention is asked.
+    if c.min_retention.is_none() {
+        let keep: Option<Vec<usize>> = tensors
+            .iter()
+            .map(|t| t.candidates.iter().position(|x| x.ty == t.base_ty))
+            .collect();
+        if let Some(keep) = keep {
+            let bytes: u64 = tensors
+                .iter()
+                .zip(&keep)
+                .map(|(t, &i)| t.candidates[i].bytes)
+                .sum();
+            if c.max_bytes.is_none_or(|m| bytes <= m) {
+                consider(keep);
+            }
+        }
+    }
+    let (_, chosen) = best.expect("the plain greedy run fits");
     Ok(Plan {
         tensors,
         chosen,
         warnings,
         constraints: c,
     })
+}
+
+/// One greedy run over the hull steps (sorted, best first): every tensor
+/// starts at its cheapest hull point (`fixed`: one tensor at another), and
+/// each step is taken when its predecessor was and it fits. Returns the
+/// hull index of every tensor, or `None` when the start does not fit.
+fn greedy(
+    tensors: &[TensorCandidates],
+    hulls: &[Vec<usize>],
+    steps: &[(f64, usize, usize)],
+    max_bytes: Option<u64>,
+    fixed: Option<(usize, usize)>,
+) -> Option<Vec<usize>> {
+    let mut at: Vec<usize> = vec![0; tensors.len()];
+    if let Some((ti, k)) = fixed {
+        at[ti] = k;
+    }
+    let bytes = |ti: usize, k: usize| tensors[ti].candidates[hulls[ti][k]].bytes;
+    let mut used: u64 = at.iter().enumerate().map(|(ti, &k)| bytes(ti, k)).sum();
+    if max_bytes.is_some_and(|m| used > m) {
+        return None;
+    }
+    for &(_, ti, k) in steps {
+        if at[ti] + 1 != k {
+            continue;
+        }
+        let extra = bytes(ti, k) - bytes(ti, k - 1);
+        if max_bytes.is_some_and(|m| used + extra > m) {
+            continue;
+        }
+        used += extra;
+        at[ti] = k;
+    }
+    Some(at)
 }
 
 /// Estimate and choose in one call.
@@ -804,6 +870,67 @@ mod tests {
         )
         .unwrap();
         assert_eq!(p.chosen, vec![0, 0, 1, 0]);
+    }
+
+    #[test]
+    fn a_large_step_is_not_blocked_by_a_slightly_better_small_one() {
+        use GgmlType::*;
+        // a: +10 bytes buys 10 (1 per byte); b: +100 bytes buys 99 (0.99
+        // per byte). With 100 bytes to spend plain greedy takes a and then
+        // cannot afford b; starting b upgraded is worth ten times more.
+        let a = tensor(
+            "a",
+            Q4_K,
+            vec![cand(Q4_K, 100, 10.0, None), cand(Q5_K, 110, 0.0, None)],
+        );
+        let b = tensor(
+            "b",
+            Q4_K,
+            vec![cand(Q4_K, 1000, 99.0, None), cand(Q5_K, 1100, 0.0, None)],
+        );
+        let p = choose(
+            vec![a, b],
+            Constraints {
+                max_bytes: Some(1200),
+                min_retention: None,
+            },
+        )
+        .unwrap();
+        assert_eq!(p.types(), vec![Q4_K, Q5_K]);
+        assert_eq!(p.objective(), 10.0);
+    }
+
+    #[test]
+    fn never_worse_than_keep_when_keep_fits() {
+        use GgmlType::*;
+        // An embedding kept at Q8_0 by the base, whose only cheaper
+        // candidate is far worse; the budget is the base's size.
+        let mut e = tensor(
+            "token_embd",
+            Q8_0,
+            vec![cand(Q5_1, 600, 0.002, None), cand(Q8_0, 850, 0.0, None)],
+        );
+        e.weight = 2.0;
+        e.has_residual = false;
+        let s = |n: &str| {
+            tensor(
+                n,
+                Q4_K,
+                vec![cand(Q4_K, 45, 0.002, None), cand(Q8_0, 85, 3e-5, None)],
+            )
+        };
+        let ts = vec![e, s("a"), s("b")];
+        let keep: f64 = 2.0 * 0.002;
+        let p = choose(
+            ts,
+            Constraints {
+                max_bytes: Some(940),
+                min_retention: None,
+            },
+        )
+        .unwrap();
+        assert!(p.objective() <= keep, "{} > {keep}", p.objective());
+        assert_eq!(p.types()[0], Q8_0);
     }
 
     #[test]
