@@ -116,6 +116,49 @@ pub struct Candidate {
     pub rel_error: f64,
     /// Estimated retention of the residual, if the tensor has one.
     pub retention: Option<f64>,
+    /// A lower bound of the retention from the sample's spread
+    /// (`retention − RETENTION_Z · standard error`; equal to it when every
+    /// row was measured): what `min_retention` is checked against.
+    pub retention_low: Option<f64>,
+}
+
+/// Standard errors subtracted from a sampled retention before it is
+/// compared with `--min-retention`: a tensor measured on a sample must
+/// keep R on all its rows.
+pub const RETENTION_Z: f64 = 2.0;
+
+/// Sums over sampled rows of a ratio estimate `Σm / Σd` (retention: m =
+/// ⟨out − base, Δ⟩, d = ‖Δ‖² per row), for its standard error.
+#[derive(Debug, Clone, Copy, Default)]
+struct RatioSpread {
+    m: f64,
+    d: f64,
+    mm: f64,
+    dd: f64,
+    md: f64,
+}
+
+impl RatioSpread {
+    fn add(&mut self, m: f64, d: f64) {
+        self.m += m;
+        self.d += d;
+        self.mm += m * m;
+        self.dd += d * d;
+        self.md += m * d;
+    }
+
+    /// Standard error of `r = Σm/Σd` from `n` of `total` rows (ratio
+    /// estimator with finite population correction: 0 when all rows were
+    /// measured).
+    fn std_error(&self, r: f64, n: usize, total: usize) -> f64 {
+        if n < 2 || n >= total || self.d <= 0.0 {
+            return 0.0;
+        }
+        let nf = n as f64;
+        let s2 = ((self.mm - 2.0 * r * self.md + r * r * self.dd) / (nf - 1.0)).max(0.0);
+        let mean_d = self.d / nf;
+        ((1.0 - nf / total as f64) * s2 / nf).sqrt() / mean_d
+    }
 }
 
 /// Every candidate of one tensor.
@@ -253,8 +296,18 @@ pub fn estimate(
         .iter()
         .map(|l| vec![Some(ErrorStats::default()); l.len()])
         .collect();
+    let mut spread: Vec<Vec<RatioSpread>> = types
+        .iter()
+        .map(|l| vec![RatioSpread::default(); l.len()])
+        .collect();
+    let mut sampled = vec![0usize; inputs.len()];
     for (&(i, _), row) in jobs.iter().zip(measured) {
-        for (acc, s) in sums[i].iter_mut().zip(row) {
+        sampled[i] += 1;
+        for ((acc, sp), s) in sums[i].iter_mut().zip(&mut spread[i]).zip(row) {
+            if let Some(s) = &s {
+                let d = s.delta_norm() * s.delta_norm();
+                sp.add(s.retention().map_or(0.0, |r| r * d), d);
+            }
             *acc = match (acc.take(), s) {
                 (Some(mut a), Some(s)) => {
                     a.merge(&s);
@@ -267,24 +320,29 @@ pub fn estimate(
     Ok(inputs
         .iter()
         .zip(types)
-        .zip(sums)
-        .map(|((t, types), sums)| {
+        .zip(sums.into_iter().zip(spread))
+        .zip(sampled)
+        .map(|(((t, types), (sums, spread)), n_sampled)| {
             let n_elements: u64 = t.ne.iter().product();
+            let n_rows = t.base.n_rows();
             let mut candidates: Vec<Candidate> = types
                 .iter()
-                .zip(sums)
-                .filter_map(|(&ty, s)| {
+                .zip(sums.into_iter().zip(spread))
+                .filter_map(|(&ty, (s, sp))| {
                     let s = s?;
                     let rel = s.relative_rmse();
+                    let retention = if t.residual.is_some() {
+                        s.retention()
+                    } else {
+                        None
+                    };
                     Some(Candidate {
                         ty,
                         bytes: ty.row_size_u64(n_elements)?,
                         rel_error: rel * rel,
-                        retention: if t.residual.is_some() {
-                            s.retention()
-                        } else {
-                            None
-                        },
+                        retention,
+                        retention_low: retention
+                            .map(|r| r - RETENTION_Z * sp.std_error(r, n_sampled, n_rows)),
                     })
                 })
                 .filter(|c| c.rel_error.is_finite())
@@ -403,7 +461,7 @@ pub fn choose(tensors: Vec<TensorCandidates>, c: Constraints) -> Result<Plan> {
             let meets: Vec<usize> = raised
                 .iter()
                 .copied()
-                .filter(|&i| t.candidates[i].retention.is_some_and(|x| x >= r))
+                .filter(|&i| t.candidates[i].retention_low.is_some_and(|x| x >= r))
                 .collect();
             if meets.is_empty() {
                 let best = raised
@@ -691,6 +749,7 @@ impl Plan {
                         "bytes": c.bytes,
                         "rel_error": c.rel_error,
                         "retention": c.retention,
+                "retention_low": c.retention_low,
                     })).collect::<Vec<_>>(),
                 })
             })
@@ -749,6 +808,7 @@ mod tests {
             bytes,
             rel_error,
             retention,
+            retention_low: retention,
         }
     }
 
@@ -953,7 +1013,9 @@ mod tests {
         let mut ts = synthetic();
         // "d" never reaches 0.999.
         ts[3].candidates.last_mut().unwrap().retention = Some(0.99);
+        ts[3].candidates.last_mut().unwrap().retention_low = Some(0.99);
         ts[3].candidates[2].retention = Some(0.995);
+        ts[3].candidates[2].retention_low = Some(0.995);
         let p = choose(
             ts.clone(),
             Constraints {
@@ -1023,6 +1085,37 @@ mod tests {
             ..c
         };
         assert!(choose(vec![t], c).is_err());
+    }
+
+    #[test]
+    fn sampled_retention_must_clear_r_with_its_error_margin() {
+        use GgmlType::*;
+        let mut t = tensor(
+            "t",
+            Q4_K,
+            vec![
+                cand(Q4_K, 45, 0.002, Some(0.4)),
+                cand(Q5_K, 55, 0.001, Some(0.95)),
+                cand(Q8_0, 85, 3e-5, Some(1.0)),
+            ],
+        );
+        t.candidates[1].retention_low = Some(0.85);
+        let c = Constraints {
+            max_bytes: None,
+            min_retention: Some(0.9),
+        };
+        assert_eq!(choose(vec![t], c).unwrap().types(), vec![Q8_0]);
+        // The spread: zero when every row is measured, positive otherwise,
+        // shrinking with the sample.
+        let mut sp = RatioSpread::default();
+        for (m, d) in [(0.9, 1.0), (1.1, 1.0), (0.7, 1.0), (1.3, 1.0)] {
+            sp.add(m, d);
+        }
+        assert_eq!(sp.std_error(1.0, 4, 4), 0.0);
+        let few = sp.std_error(1.0, 4, 1000);
+        // s² = (0.01 + 0.01 + 0.09 + 0.09) / 3; se = sqrt(s²/4 · (1 − 4/1000)).
+        let want = ((0.2f64 / 3.0) / 4.0 * (1.0 - 0.004)).sqrt();
+        assert!((few - want).abs() < 1e-12, "{few} vs {want}");
     }
 
     #[test]

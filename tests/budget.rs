@@ -323,7 +323,7 @@ fn min_retention_is_reached_or_named() {
             let cheapest = c
                 .iter()
                 .filter(|c| c["bytes"].as_u64().unwrap() >= floor)
-                .filter(|c| c["retention"].as_f64().is_some_and(|x| x >= r))
+                .filter(|c| c["retention_low"].as_f64().is_some_and(|x| x >= r))
                 .map(|c| c["bytes"].as_u64().unwrap())
                 .min();
             if let Some(b) = cheapest {
