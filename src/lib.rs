@@ -8,6 +8,7 @@
 
 pub mod adapter;
 pub mod bnb_model;
+pub mod budget;
 pub mod cli;
 pub mod compare;
 pub mod error;

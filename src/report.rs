@@ -419,7 +419,11 @@ pub fn write_json(
     inputs: Value,
     rows: &[Row],
 ) -> crate::Result<()> {
-    let text =
-        serde_json::to_string_pretty(&to_json(command, inputs, rows)).expect("report serializes");
+    write_value(path, &to_json(command, inputs, rows))
+}
+
+/// Write any JSON report, pretty-printed.
+pub fn write_value(path: &std::path::Path, value: &Value) -> crate::Result<()> {
+    let text = serde_json::to_string_pretty(value).expect("report serializes");
     std::fs::write(path, text + "\n").map_err(|e| crate::Error::io(path, e))
 }

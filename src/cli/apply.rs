@@ -5,6 +5,7 @@ use std::path::PathBuf;
 use clap::{Args, ValueEnum};
 use serde_json::json;
 
+use crate::budget::{self, SizeLimit};
 use crate::pipeline::{self, EncodedRows, RowSource};
 use crate::plan::{match_residual, residual_tensors, scan_residuals, Residual};
 use crate::transform::{self, Output};
@@ -37,6 +38,13 @@ LoRA adapter GGUF (-o adapter.gguf) for `llama-cli -m BASE --lora adapter.gguf`:
 residual tensor becomes its best rank-R approximation B·A (randomized streaming SVD), and the \
 share of ‖αΔ‖² the adapter holds is reported per tensor. 1-D tensors, and token_embd.weight when \
 it is tied to the output, cannot be adapter pairs; their share is reported as not captured.
+--max-size SIZE (250M, 2G, or relative to the base's tensor data: +10%, +0%, -5%) or --bpw X \
+(average bits per weight) choose each tensor's type (Q3_K…Q8_0 for rows of 256, Q4_0…Q8_0 and \
+IQ4_NL for rows of 32; float and 1-D tensors keep theirs) so that the tensor data fits the budget \
+with the least estimated error: sampled rows of every tensor are encoded in every candidate type, \
+and the upgrades that remove the most relative error per byte are taken first (a type may also go \
+below the base's to pay for others). --min-retention R first raises every tensor with a residual \
+to the cheapest type that keeps retention R. Only with --type keep and GGUF bases.
 
 The report compares the written weights with the exact f32 sum dequant(base) + α·Δ: RMSE, max \
 abs, relative RMSE, cosine, SNR and retention ⟨out − base, αΔ⟩/‖αΔ‖² (1: the residual survived, \
@@ -101,6 +109,15 @@ pub struct ApplyArgs {
     /// Rank of the LoRA adapter (--strategy adapter).
     #[arg(long, value_name = "R")]
     pub rank: Option<usize>,
+    /// Byte budget for the tensor data: a size (250M, 2G) or relative to the base's (+10%, +0%, -5%); picks each tensor's type.
+    #[arg(long, value_parser = parse_max_size, allow_hyphen_values = true, value_name = "SIZE|±N%", conflicts_with = "bpw")]
+    pub max_size: Option<SizeLimit>,
+    /// Budget as average bits per weight over all tensors; picks each tensor's type.
+    #[arg(long, value_parser = parse_bpw, value_name = "BITS", allow_negative_numbers = true)]
+    pub bpw: Option<f64>,
+    /// Every tensor with a residual keeps at least this retention (0–1) when some type can.
+    #[arg(long, value_parser = parse_retention, value_name = "R", allow_negative_numbers = true)]
+    pub min_retention: Option<f64>,
     /// No progress bar and no report table.
     #[arg(long, short)]
     pub quiet: bool,
@@ -122,7 +139,13 @@ pub enum Strategy {
 
 /// Run `apply`.
 pub fn run(a: &ApplyArgs) -> Result<()> {
-    check_strategy(a)?;
+    let budgeted = a.max_size.is_some() || a.bpw.is_some() || a.min_retention.is_some();
+    if budgeted && crate::bnb_model::is_bnb_dir(&a.base) {
+        return Err(Error::Usage(
+            "--max-size, --bpw and --min-retention choose GGUF types: they do not apply to bitsandbytes bases".into(),
+        ));
+    }
+    check_strategy(a, budgeted)?;
     if crate::bnb_model::is_bnb_dir(&a.base) {
         if a.strategy == Strategy::Adapter {
             return Err(Error::Usage(
@@ -145,6 +168,12 @@ pub fn run(a: &ApplyArgs) -> Result<()> {
         )));
     }
     let target = transform::parse_target(&a.ty)?;
+    if budgeted && !matches!(target, crate::mix::Target::Keep) {
+        return Err(Error::Usage(format!(
+            "--type {} cannot be combined with --max-size, --bpw or --min-retention, which choose the types themselves",
+            a.ty
+        )));
+    }
     let base = crate::gguf::GgufFile::open(&a.base)?;
     let residual = Residual::open(&a.residual)?;
     let mut inputs = base.paths();
@@ -218,7 +247,15 @@ pub fn run(a: &ApplyArgs) -> Result<()> {
         return write_adapter(a, &base, &residual_rows, rank);
     }
 
-    let out_types = transform::output_types(&base, &target)?;
+    let plan = if budgeted {
+        Some(plan_budget(a, &base, &residual_rows)?)
+    } else {
+        None
+    };
+    let out_types = match &plan {
+        Some(p) => p.types(),
+        None => transform::output_types(&base, &target)?,
+    };
     let tasks = transform::tasks(&base, &out_types, residual_rows, a.scale)?;
     let mut metadata = transform::output_metadata(
         &base,
@@ -257,7 +294,14 @@ pub fn run(a: &ApplyArgs) -> Result<()> {
                 Strategy::Adapter => "adapter",
             },
         });
-        report::write_json(path, "apply", inputs, &outcomes)?;
+        match &plan {
+            Some(p) => {
+                let mut j = report::to_json("apply", inputs, &outcomes);
+                j["budget"] = p.to_json();
+                report::write_value(path, &j)?;
+            }
+            None => report::write_json(path, "apply", inputs, &outcomes)?,
+        }
     }
     if !a.quiet {
         eprint!("{}", report::to_text(&outcomes, 10));
@@ -273,11 +317,14 @@ pub fn run(a: &ApplyArgs) -> Result<()> {
 }
 
 /// Options that only one strategy takes.
-fn check_strategy(a: &ApplyArgs) -> Result<()> {
+fn check_strategy(a: &ApplyArgs, budgeted: bool) -> Result<()> {
     let usage = |m: &str| Err(Error::Usage(m.into()));
     match a.strategy {
         Strategy::Adapter => match a.rank {
             None => usage("--strategy adapter needs --rank R"),
+            Some(_) if budgeted => usage(
+                "--max-size, --bpw and --min-retention choose output types: they do not apply to --strategy adapter",
+            ),
             Some(0) => usage("--rank must be at least 1"),
             Some(_) if a.ty != "keep" => {
                 usage("--type does not apply to --strategy adapter: the base is left as it is")
@@ -322,13 +369,98 @@ fn write_adapter(
             "residual": a.residual.display().to_string(),
             "scale": a.scale,
         });
-        let text = serde_json::to_string_pretty(&crate::adapter::to_json(inputs, &opts, &outcomes))
-            .expect("report serializes");
-        std::fs::write(path, text + "\n").map_err(|e| Error::io(path, e))?;
+        report::write_value(path, &crate::adapter::to_json(inputs, &opts, &outcomes))?;
     }
     if !a.quiet {
         eprint!("{}", crate::adapter::to_text(&outcomes, 10));
         eprintln!("wrote {}", pipeline::display_paths(&paths));
     }
     Ok(())
+}
+
+/// Choose every tensor's type under the budget flags.
+fn plan_budget(
+    a: &ApplyArgs,
+    base: &crate::gguf::GgufFile,
+    residual_rows: &[Option<Box<dyn RowSource + '_>>],
+) -> Result<budget::Plan> {
+    let started = std::time::Instant::now();
+    let base_rows: Vec<EncodedRows<'_>> = (0..base.tensors().len())
+        .map(|i| transform::base_rows(base, i))
+        .collect();
+    let inputs: Vec<budget::TensorInput<'_>> = base
+        .tensors()
+        .iter()
+        .zip(&base_rows)
+        .enumerate()
+        .map(|(i, (t, rows))| budget::TensorInput {
+            name: &t.name,
+            ty: t.ty,
+            ne: &t.ne,
+            base: rows,
+            residual: residual_rows.get(i).and_then(|r| r.as_deref()),
+        })
+        .collect();
+    let base_bytes: u64 = base.tensors().iter().map(|t| t.size).sum();
+    let n_elements: u64 = base
+        .tensors()
+        .iter()
+        .map(|t| t.ne.iter().product::<u64>())
+        .sum();
+    let limit = a.max_size.or(a.bpw.map(SizeLimit::BitsPerWeight));
+    let max_bytes = limit.map(|l| l.bytes(base_bytes, n_elements)).transpose()?;
+    let plan = budget::plan(
+        base.path(),
+        &inputs,
+        a.scale,
+        budget::Constraints {
+            max_bytes,
+            min_retention: a.min_retention,
+        },
+    )?;
+    if !a.quiet {
+        for w in &plan.warnings {
+            eprintln!("warning: {w}");
+        }
+        eprint!("{}", plan.summary());
+        eprintln!("  planned in {:.2} s", started.elapsed().as_secs_f64());
+    }
+    Ok(plan)
+}
+
+/// `--max-size`: an absolute size, or `+N%` / `-N%` of the base's tensor data.
+fn parse_max_size(s: &str) -> std::result::Result<SizeLimit, String> {
+    let t = s.trim();
+    if let Some(p) = t.strip_suffix('%') {
+        let v: f64 = p
+            .trim()
+            .parse()
+            .map_err(|_| format!("'{s}' is not a change such as +10% or -5%"))?;
+        if !v.is_finite() || v <= -100.0 {
+            return Err(format!("'{s}' leaves no room for tensor data"));
+        }
+        return Ok(SizeLimit::Relative(v));
+    }
+    if t.starts_with('-') {
+        return Err(format!("'{s}': a size cannot be negative"));
+    }
+    super::parse_size(t).map(SizeLimit::Bytes)
+}
+
+/// `--bpw`: a positive number of bits per weight.
+fn parse_bpw(s: &str) -> std::result::Result<f64, String> {
+    match s.trim().parse::<f64>() {
+        Ok(v) if v.is_finite() && v > 0.0 && v <= 32.0 => Ok(v),
+        _ => Err(format!(
+            "'{s}' is not a number of bits per weight in (0, 32]"
+        )),
+    }
+}
+
+/// `--min-retention`: a share between 0 and 1.
+fn parse_retention(s: &str) -> std::result::Result<f64, String> {
+    match s.trim().parse::<f64>() {
+        Ok(v) if (0.0..=1.0).contains(&v) => Ok(v),
+        _ => Err(format!("'{s}' is not a retention between 0 and 1")),
+    }
 }
