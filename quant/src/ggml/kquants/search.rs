@@ -19,9 +19,8 @@ pub(crate) const GROUP_MAX_EPS: f32 = 1e-15;
 /// scale around `-nmax/max`; returns the scale. Weights are `qw`, or chosen by
 /// `rmse_type` (1: x², 2: 1, 3: |x|, other: √|x|); a negative `rmse_type`
 /// returns after the first least-squares fit, 0 skips the fit.
-// The scalar ports stay as the reference the batched versions are tested
-// against (and for callers that need other `rmse_type`s or weights).
-#[cfg_attr(not(test), allow(dead_code))]
+// The scalar port is the reference the batched version is tested against,
+// and what the importance-weighted encoders use.
 pub(crate) fn make_qx_quants<const N: usize>(
     nmax: i32,
     x: &[f32; N],
@@ -278,6 +277,188 @@ pub(crate) fn make_qkx2_quants<const N: usize>(
         }
     }
     (scale, -min)
+}
+
+/// `make_qkx3_quants` with importance weights (every `_impl` caller passes
+/// them): asymmetric quantization `x ≈ scale·L − the_min`, `L ∈ [0, nmax]`,
+/// searching `nstep + 1` inverse scales `(rmin + rdelta·is + nmax)/(max − min)`
+/// with a weighted least-squares fit of scale and min at each. Unlike
+/// `make_qkx2_quants` a group with `max <= min` (not only `==`) is all zero.
+/// Returns `(scale, the_min)`.
+#[allow(clippy::too_many_arguments)]
+pub(crate) fn make_qkx3_quants<const N: usize>(
+    nmax: i32,
+    x: &[f32; N],
+    weights: &[f32; N],
+    out: &mut [u8; N],
+    rmin: f32,
+    rdelta: f32,
+    nstep: i32,
+    use_mad: bool,
+) -> (f32, f32) {
+    let mut laux = [0u8; N];
+    let mut min = x[0];
+    let mut max = x[0];
+    let mut sum_w = weights[0];
+    let mut sum_x = sum_w * x[0];
+    for i in 1..N {
+        if x[i] < min {
+            min = x[i];
+        }
+        if x[i] > max {
+            max = x[i];
+        }
+        let w = weights[i];
+        sum_w += w;
+        sum_x += w * x[i];
+    }
+    if min > 0.0 {
+        min = 0.0;
+    }
+    if max <= min {
+        out.fill(0);
+        return (0.0, -min);
+    }
+    let mut iscale = nmax as f32 / (max - min);
+    let mut scale = 1.0 / iscale;
+    let mut best_mad = 0f32;
+    for i in 0..N {
+        let l = nearest_int(iscale * (x[i] - min));
+        out[i] = l.clamp(0, nmax) as u8;
+        let mut diff = scale * out[i] as f32 + min - x[i];
+        diff = if use_mad { diff.abs() } else { diff * diff };
+        best_mad += weights[i] * diff;
+    }
+    if nstep < 1 {
+        return (scale, -min);
+    }
+    for is in 0..=nstep {
+        iscale = (rmin + rdelta * is as f32 + nmax as f32) / (max - min);
+        let mut sum_l = 0f32;
+        let mut sum_l2 = 0f32;
+        let mut sum_xl = 0f32;
+        for i in 0..N {
+            let l = nearest_int(iscale * (x[i] - min)).clamp(0, nmax);
+            laux[i] = l as u8;
+            let w = weights[i];
+            let lf = l as f32;
+            sum_l += w * lf;
+            sum_l2 += w * lf * lf;
+            sum_xl += w * lf * x[i];
+        }
+        let d = sum_w * sum_l2 - sum_l * sum_l;
+        if d > 0.0 {
+            let mut this_scale = (sum_w * sum_xl - sum_x * sum_l) / d;
+            let mut this_min = (sum_l2 * sum_x - sum_l * sum_xl) / d;
+            if this_min > 0.0 {
+                this_min = 0.0;
+                this_scale = sum_xl / sum_l2;
+            }
+            let mut mad = 0f32;
+            for i in 0..N {
+                let mut diff = this_scale * laux[i] as f32 + this_min - x[i];
+                diff = if use_mad { diff.abs() } else { diff * diff };
+                mad += weights[i] * diff;
+            }
+            if mad < best_mad {
+                *out = laux;
+                best_mad = mad;
+                scale = this_scale;
+                min = this_min;
+            }
+        }
+    }
+    (scale, -min)
+}
+
+/// `make_qp_quants`: quantization of the non-negative `x` (sub-block scales
+/// or mins) to `L ∈ [0, nmax]` with one scale, weights `quant_weights`: eight
+/// trial scales around `nmax/max`, then up to five rounds of coordinate
+/// descent. `L` is `uint8_t` in ggml, so a negative level wraps as it does
+/// there. Returns the scale.
+pub(crate) fn make_qp_quants<const N: usize>(
+    nmax: i32,
+    x: &[f32; N],
+    out: &mut [u8; N],
+    quant_weights: &[f32; N],
+) -> f32 {
+    let mut max = 0f32;
+    for &v in x {
+        // MAX(max, x[i])
+        max = if max > v { max } else { v };
+    }
+    if max < GROUP_MAX_EPS {
+        out.fill(0);
+        return 0.0;
+    }
+    let mut iscale = nmax as f32 / max;
+    for i in 0..N {
+        out[i] = nearest_int(iscale * x[i]) as u8;
+    }
+    let scale = 1.0 / iscale;
+    let mut best_mse = 0f32;
+    for i in 0..N {
+        let diff = x[i] - scale * out[i] as f32;
+        let w = quant_weights[i];
+        best_mse += w * diff * diff;
+    }
+    for is in -4i32..=4 {
+        if is == 0 {
+            continue;
+        }
+        let iscale_is = (0.1f32 * is as f32 + nmax as f32) / max;
+        let scale_is = 1.0 / iscale_is;
+        let mut mse = 0f32;
+        for i in 0..N {
+            let l = nearest_int(iscale_is * x[i]).min(nmax);
+            let diff = x[i] - scale_is * l as f32;
+            let w = quant_weights[i];
+            mse += w * diff * diff;
+        }
+        if mse < best_mse {
+            best_mse = mse;
+            iscale = iscale_is;
+        }
+    }
+    let mut sumlx = 0f32;
+    let mut suml2 = 0f32;
+    for i in 0..N {
+        let l = nearest_int(iscale * x[i]).min(nmax);
+        out[i] = l as u8;
+        let w = quant_weights[i];
+        sumlx += w * x[i] * l as f32;
+        suml2 += w * l as f32 * l as f32;
+    }
+    for _itry in 0..5 {
+        let mut n_changed = 0;
+        for i in 0..N {
+            let w = quant_weights[i];
+            let li = out[i] as f32;
+            let mut slx = sumlx - w * x[i] * li;
+            let mut sl2 = suml2 - w * li * li;
+            if slx > 0.0 && sl2 > 0.0 {
+                let new_l = nearest_int(x[i] * sl2 / slx).min(nmax);
+                if new_l != out[i] as i32 {
+                    slx += w * x[i] * new_l as f32;
+                    sl2 += w * new_l as f32 * new_l as f32;
+                    if slx * slx * suml2 > sumlx * sumlx * sl2 {
+                        out[i] = new_l as u8;
+                        sumlx = slx;
+                        suml2 = sl2;
+                        n_changed += 1;
+                    }
+                }
+            }
+        }
+        if n_changed == 0 {
+            break;
+        }
+    }
+    if suml2 > 0.0 {
+        sumlx / suml2
+    } else {
+        0.0
+    }
 }
 
 /// `get_scale_min_k4`: the 6-bit scale and min of sub-block `j` from the
