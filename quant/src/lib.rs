@@ -211,7 +211,10 @@ pub fn quantize_row_weighted(
             entry: None,
         });
     }
-    if let Some(i) = importance.iter().position(|w| !(w.is_finite() && *w >= 0.0)) {
+    if let Some(i) = importance
+        .iter()
+        .position(|w| !(w.is_finite() && *w >= 0.0))
+    {
         return Err(QuantError::BadImportance {
             len: importance.len(),
             expected: src.len(),

@@ -545,42 +545,40 @@ fn iq4_xs_rows<const AVX: bool>(src: &[f32], dst: &mut [u8]) {
 /// the indices against the rounded block scales.
 #[inline(always)]
 fn iq4_xs_pack<const AVX: bool>(x: &[f32], scales: &[f32; QK_K / 32], b: &mut [u8]) {
-    {
-        let mut l = [0u8; QK_K];
-        let (mut max_scale, mut amax_scale) = (0f32, 0f32);
-        for &d in scales {
-            if d.abs() > amax_scale {
-                amax_scale = d.abs();
-                max_scale = d;
-            }
+    let mut l = [0u8; QK_K];
+    let (mut max_scale, mut amax_scale) = (0f32, 0f32);
+    for &d in scales {
+        if d.abs() > amax_scale {
+            amax_scale = d.abs();
+            max_scale = d;
         }
-        let d = -max_scale / 32.0;
-        put_f16(b, 0, d);
-        let id = if d != 0.0 { 1.0f32 / d } else { 0.0 };
-        let mut scales_h = 0u16;
-        let mut scales_l = [0u8; 4];
-        for ib in 0..QK_K / 32 {
-            let mut ls = nearest_int(id * scales[ib]).clamp(-32, 31);
-            let dl = d * ls as f32;
-            let idl = if dl != 0.0 { 1.0f32 / dl } else { 0.0 };
-            block_indices::<AVX>(
-                &x[32 * ib..32 * ib + 32],
-                idl,
-                &mut l[32 * ib..32 * ib + 32],
-            );
-            ls += 32;
-            let (l_l, l_h) = ((ls & 0xf) as u8, (ls >> 4) as u16);
-            if ib % 2 == 0 {
-                scales_l[ib / 2] = l_l;
-            } else {
-                scales_l[ib / 2] |= l_l << 4;
-            }
-            scales_h |= l_h << (2 * (ib % 8));
-        }
-        b[2..4].copy_from_slice(&scales_h.to_le_bytes());
-        b[4..8].copy_from_slice(&scales_l);
-        pack_nibbles(&l, &mut b[8..136]);
     }
+    let d = -max_scale / 32.0;
+    put_f16(b, 0, d);
+    let id = if d != 0.0 { 1.0f32 / d } else { 0.0 };
+    let mut scales_h = 0u16;
+    let mut scales_l = [0u8; 4];
+    for ib in 0..QK_K / 32 {
+        let mut ls = nearest_int(id * scales[ib]).clamp(-32, 31);
+        let dl = d * ls as f32;
+        let idl = if dl != 0.0 { 1.0f32 / dl } else { 0.0 };
+        block_indices::<AVX>(
+            &x[32 * ib..32 * ib + 32],
+            idl,
+            &mut l[32 * ib..32 * ib + 32],
+        );
+        ls += 32;
+        let (l_l, l_h) = ((ls & 0xf) as u8, (ls >> 4) as u16);
+        if ib % 2 == 0 {
+            scales_l[ib / 2] = l_l;
+        } else {
+            scales_l[ib / 2] |= l_l << 4;
+        }
+        scales_h |= l_h << (2 * (ib % 8));
+    }
+    b[2..4].copy_from_slice(&scales_h.to_le_bytes());
+    b[4..8].copy_from_slice(&scales_l);
+    pack_nibbles(&l, &mut b[8..136]);
 }
 
 /// `sigma2 = Σ x² · (2/n)` and the weights `qw·√(σ² + x²)` of

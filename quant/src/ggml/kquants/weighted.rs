@@ -13,8 +13,8 @@
 
 use super::search::{make_qkx3_quants, make_qp_quants, make_qx_quants};
 use super::{
-    get_scale_min_k4, q3_k_scale, requant_affine, requant_sym, sub, sub_mut, GROUP_MAX_EPS, QK_K,
-    Q2_K_BYTES, Q3_K_BYTES, Q4_K_BYTES, Q5_K_BYTES, Q6_K_BYTES,
+    get_scale_min_k4, q3_k_scale, requant_affine, requant_sym, sub, sub_mut, GROUP_MAX_EPS,
+    Q2_K_BYTES, Q3_K_BYTES, Q4_K_BYTES, Q5_K_BYTES, Q6_K_BYTES, QK_K,
 };
 use crate::ggml::common::{f16_to_f32, f32_to_f16, nearest_int};
 
