@@ -85,6 +85,7 @@ pub fn tasks<'a>(
                 base: Box::new(base_rows(base, i)),
                 residual,
                 scale,
+                importance: None,
             },
         });
     }
@@ -99,6 +100,91 @@ pub fn tasks<'a>(
         )));
     }
     Ok(tasks)
+}
+
+/// What [`attach_importance`] did.
+#[derive(Debug, Default, Clone)]
+pub struct ImportanceUse {
+    /// Tensors encoded with importance weights.
+    pub weighted: usize,
+    /// Re-encoded tensors whose type uses an imatrix but that have no entry
+    /// in it (encoded unweighted, as llama-quantize does).
+    pub missing: Vec<String>,
+    /// Tensors whose entry does not fit and that llama-quantize encodes
+    /// unweighted anyway (`token_embd.weight`): (name, entry length, needed).
+    pub ignored: Vec<(String, usize, usize)>,
+}
+
+impl ImportanceUse {
+    /// One line per kind of note, for stderr.
+    pub fn notes(&self, imatrix: &Path) -> Vec<String> {
+        let mut out = vec![format!(
+            "imatrix {}: {} tensor(s) encoded with importance weights",
+            imatrix.display(),
+            self.weighted
+        )];
+        if !self.missing.is_empty() {
+            let n = self.missing.len();
+            let shown: Vec<&str> = self.missing.iter().take(6).map(String::as_str).collect();
+            out.push(format!(
+                "note: {n} tensor(s) have no imatrix data and are quantized without, as llama-quantize does: {}{}",
+                shown.join(", "),
+                if n > 6 { ", …" } else { "" }
+            ));
+        }
+        for (name, got, want) in &self.ignored {
+            out.push(format!(
+                "note: imatrix entry for {name} has {got} values, the tensor needs {want}; quantized without, as llama-quantize does"
+            ));
+        }
+        out
+    }
+}
+
+/// Give every re-encoded tensor whose output type uses an importance matrix
+/// its weights from `imatrix` (by GGUF tensor name). Missing entries leave a
+/// tensor unweighted; an entry of the wrong length is an error naming the
+/// tensor (except `token_embd.weight`, as in llama-quantize).
+pub fn attach_importance<'a>(
+    tasks: &mut [Task<'a>],
+    imatrix: &'a crate::imatrix::Imatrix,
+) -> Result<ImportanceUse> {
+    use crate::imatrix::Lookup;
+    let mut used = ImportanceUse::default();
+    for t in tasks.iter_mut() {
+        let ty = t.spec.ty;
+        let Action::Transcode { importance, .. } = &mut t.action else {
+            continue;
+        };
+        if !crate::quant::uses_importance(ty) && !ty.requires_imatrix() {
+            continue;
+        }
+        match imatrix.lookup(&t.spec.name, &t.spec.ne)? {
+            Lookup::Weights(w) => {
+                *importance = Some(w);
+                used.weighted += 1;
+            }
+            Lookup::Missing => used.missing.push(t.spec.name.clone()),
+            Lookup::IgnoredTokenEmbd(got, want) => {
+                used.ignored.push((t.spec.name.clone(), got, want))
+            }
+        }
+    }
+    Ok(used)
+}
+
+/// llama.cpp's mixes whose per-tensor types change when an imatrix is given
+/// (`qs.has_imatrix` in `llama_tensor_get_type_impl`); `plan_types` follows
+/// the imatrix-free rules, so these are refused with `--imatrix`.
+pub fn check_imatrix_target(target: &Target) -> Result<()> {
+    use crate::mix::Mix;
+    if let Target::Mix(m @ (Mix::Q4_0 | Mix::Q5_0 | Mix::IQ4_NL | Mix::IQ4_XS)) = target {
+        return Err(Error::Usage(format!(
+            "--imatrix with the {m} mix: llama.cpp picks other types for some tensors when it has an              imatrix, which qresidual does not follow yet; use the plain type (--type {}) or another mix",
+            m.name().trim_start_matches("mix:")
+        )));
+    }
+    Ok(())
 }
 
 /// The base's metadata for the output: split keys dropped (the writer adds

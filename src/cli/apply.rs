@@ -29,6 +29,9 @@ mix; requantization is bit-exact with llama.cpp's quantizer on the same f32 sum.
 When the residual carries a base fingerprint (residuals made by `qresidual extract` do), every \
 matched base tensor is dequantized and compared with it; tensors that differ from the residual's \
 base beyond what their quantization explains are named and nothing is written, unless --force. \
+--imatrix FILE (a llama-imatrix importance matrix, GGUF or legacy .dat) encodes the requantized \
+tensors with importance weights, bit-exact with llama-quantize --imatrix; tensors without an \
+entry are encoded unweighted, with a note. \
 --tokenizer-config (and --generation-config) copy the instruct model's chat template and EOS/EOT \
 ids into the output; --set edits any other key.
 
@@ -82,6 +85,11 @@ pub struct ApplyArgs {
     /// Skip residual tensors that have no partner in the base instead of failing.
     #[arg(long)]
     pub allow_missing: bool,
+    /// Importance matrix from llama-imatrix (GGUF or legacy .dat): the
+    /// requantized tensors are encoded with importance weights, bit-exact
+    /// with llama-quantize --imatrix.
+    #[arg(long, value_name = "FILE")]
+    pub imatrix: Option<PathBuf>,
     /// Split the output into files of at most this size (e.g. 2G), named like gguf-split's.
     #[arg(long, value_parser = super::parse_size, value_name = "SIZE")]
     pub split_max_size: Option<u64>,
@@ -93,6 +101,12 @@ pub struct ApplyArgs {
 /// Run `apply`.
 pub fn run(a: &ApplyArgs) -> Result<()> {
     if crate::bnb_model::is_bnb_dir(&a.base) {
+        if a.imatrix.is_some() {
+            return Err(Error::Usage(
+                "--imatrix applies to GGUF bases; bitsandbytes formats take no importance matrix"
+                    .into(),
+            ));
+        }
         return super::bnb::apply(a);
     }
     super::set_threads(a.threads)?;
@@ -172,8 +186,24 @@ pub fn run(a: &ApplyArgs) -> Result<()> {
         );
     }
 
+    if a.imatrix.is_some() {
+        transform::check_imatrix_target(&target)?;
+    }
+    let imatrix = a
+        .imatrix
+        .as_deref()
+        .map(crate::imatrix::Imatrix::open)
+        .transpose()?;
     let out_types = transform::output_types(&base, &target)?;
-    let tasks = transform::tasks(&base, &out_types, residual_rows, a.scale)?;
+    let mut tasks = transform::tasks(&base, &out_types, residual_rows, a.scale)?;
+    if let Some(m) = &imatrix {
+        let used = transform::attach_importance(&mut tasks, m)?;
+        if !a.quiet {
+            for n in used.notes(m.path()) {
+                eprintln!("{n}");
+            }
+        }
+    }
     let mut metadata = transform::output_metadata(
         &base,
         transform::file_type(&base, &target),
