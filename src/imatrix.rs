@@ -233,7 +233,10 @@ impl Imatrix {
                 })?;
             p += name_bytes.len();
             // std::string{ data() } stops at the first NUL.
-            let end = name_bytes.iter().position(|&c| c == 0).unwrap_or(name_bytes.len());
+            let end = name_bytes
+                .iter()
+                .position(|&c| c == 0)
+                .unwrap_or(name_bytes.len());
             let name = String::from_utf8_lossy(&name_bytes[..end]).into_owned();
             let ncall = rd_i32(&mut p, "call count", k)?;
             let nval = rd_i32(&mut p, "value count", k)?;
