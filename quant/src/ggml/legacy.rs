@@ -10,7 +10,7 @@
 //! `*_weighted` functions here); Q8_0 ignores the importance matrix.
 
 use super::common::{le_f16, put_f16};
-use super::kquants::{make_qkx3_quants, make_qx_quants};
+use super::kquants::{make_qkx2_quants_batched, make_qx_quants_weighted};
 use crate::{Codec, GgmlType};
 
 const QK: usize = 32;
@@ -324,7 +324,7 @@ pub fn quantize_row_q4_0_weighted(src: &[f32], qw: &[f32], dst: &mut [u8]) {
     {
         let x = block(x);
         let w = block_weights(q, x, sigma2);
-        let d = make_qx_quants::<QK>(8, x, &mut l, 1, Some(&w));
+        let d = make_qx_quants_weighted::<QK>(8, x, &w, &mut l);
         put_f16(y, 0, d);
         for j in 0..QK / 2 {
             y[2 + j] = (l[j] as u8) | ((l[j + QK / 2] as u8) << 4);
@@ -344,7 +344,8 @@ pub fn quantize_row_q4_1_weighted(src: &[f32], qw: &[f32], dst: &mut [u8]) {
     {
         let x = block(x);
         let w = block_weights(q, x, sigma2);
-        let (d, min) = make_qkx3_quants::<QK>(15, x, &w, &mut l, -0.9, 0.05, 36, false);
+        // make_qkx3_quants(32, 15, …, -0.9f, 0.05f, 36, false)
+        let (d, min) = make_qkx2_quants_batched::<QK, 37>(15, x, &w, &mut l, -0.9, 0.05, false);
         put_f16(y, 0, d);
         put_f16(y, 2, -min);
         for j in 0..QK / 2 {
@@ -365,7 +366,7 @@ pub fn quantize_row_q5_0_weighted(src: &[f32], qw: &[f32], dst: &mut [u8]) {
     {
         let x = block(x);
         let w = block_weights(q, x, sigma2);
-        let d = make_qx_quants::<QK>(16, x, &mut l, 1, Some(&w));
+        let d = make_qx_quants_weighted::<QK>(16, x, &w, &mut l);
         put_f16(y, 0, d);
         let mut lq = [0u8; QK];
         for (o, &v) in lq.iter_mut().zip(&l) {
@@ -388,7 +389,8 @@ pub fn quantize_row_q5_1_weighted(src: &[f32], qw: &[f32], dst: &mut [u8]) {
     {
         let x = block(x);
         let w = block_weights(q, x, sigma2);
-        let (d, min) = make_qkx3_quants::<QK>(31, x, &w, &mut l, -0.9, 0.05, 36, false);
+        // make_qkx3_quants(32, 31, …, -0.9f, 0.05f, 36, false)
+        let (d, min) = make_qkx2_quants_batched::<QK, 37>(31, x, &w, &mut l, -0.9, 0.05, false);
         put_f16(y, 0, d);
         put_f16(y, 2, -min);
         let (qh, qs) = y[4..].split_at_mut(4);

@@ -19,8 +19,9 @@ pub(crate) const GROUP_MAX_EPS: f32 = 1e-15;
 /// scale around `-nmax/max`; returns the scale. Weights are `qw`, or chosen by
 /// `rmse_type` (1: x², 2: 1, 3: |x|, other: √|x|); a negative `rmse_type`
 /// returns after the first least-squares fit, 0 skips the fit.
-// The scalar port is the reference the batched version is tested against,
-// and what the importance-weighted encoders use.
+// The scalar port stays as the reference the batched versions are tested
+// against.
+#[cfg_attr(not(test), allow(dead_code))]
 pub(crate) fn make_qx_quants<const N: usize>(
     nmax: i32,
     x: &[f32; N],
@@ -285,7 +286,13 @@ pub(crate) fn make_qkx2_quants<const N: usize>(
 /// with a weighted least-squares fit of scale and min at each. Unlike
 /// `make_qkx2_quants` a group with `max <= min` (not only `==`) is all zero.
 /// Returns `(scale, the_min)`.
+///
+/// With weights given this is `make_qkx2_quants` step for step (for finite
+/// input `max <= min` only holds as `max == min`), so the encoders run
+/// [`make_qkx2_quants_batched`] with `S = nstep + 1`; this port is the
+/// reference it is tested against.
 #[allow(clippy::too_many_arguments)]
+#[cfg_attr(not(test), allow(dead_code))]
 pub(crate) fn make_qkx3_quants<const N: usize>(
     nmax: i32,
     x: &[f32; N],
@@ -598,13 +605,29 @@ pub(crate) fn make_qkx2_quants_batched<const N: usize, const S: usize>(
 }
 
 /// `make_qx_quants` for `rmse_type == 1` without importance weights (the
-/// only form the K-quant `_ref` encoders use), with the 18 candidate scales
-/// of the search evaluated side by side. Per candidate the sums run left to
-/// right and candidates are accepted in ggml's order (`is = -9..=9`), so the
-/// result is bit-identical to the scalar port (tested).
+/// only form the K-quant `_ref` encoders use): [`make_qx_quants_weighted`]
+/// with the weights `x²`.
 pub(crate) fn make_qx_quants_rmse1<const N: usize>(
     nmax: i32,
     x: &[f32; N],
+    out: &mut [i8; N],
+) -> f32 {
+    let mut w = [0f32; N];
+    for i in 0..N {
+        w[i] = x[i] * x[i];
+    }
+    make_qx_quants_weighted(nmax, x, &w, out)
+}
+
+/// `make_qx_quants(N, nmax, x, L, 1, w)` with the 18 candidate scales of
+/// the search evaluated side by side. Per candidate the sums run left to
+/// right and candidates are accepted in ggml's order (`is = -9..=9`; they
+/// do not depend on each other), so the result is bit-identical to the
+/// scalar port (tested).
+pub(crate) fn make_qx_quants_weighted<const N: usize>(
+    nmax: i32,
+    x: &[f32; N],
+    w: &[f32; N],
     out: &mut [i8; N],
 ) -> f32 {
     const C: usize = 18;
@@ -620,10 +643,6 @@ pub(crate) fn make_qx_quants_rmse1<const N: usize>(
     if amax < GROUP_MAX_EPS {
         out.fill(0);
         return 0.0;
-    }
-    let mut w = [0f32; N];
-    for i in 0..N {
-        w[i] = x[i] * x[i];
     }
     let iscale = (-nmax) as f32 / max;
     let mut sumlx = 0f32;
@@ -778,6 +797,82 @@ mod tests {
             let r2 = make_qx_quants_rmse1(32, &x, &mut b);
             assert_eq!(r1.to_bits(), r2.to_bits(), "{x:?}");
             assert_eq!(a, b, "{x:?}");
+        }
+    }
+
+    fn check_qkx3<const N: usize>(nmax: i32) {
+        let mut s = 11u64;
+        let mut next = move || {
+            s ^= s << 13;
+            s ^= s >> 7;
+            s ^= s << 17;
+            (s >> 11) as f64 / (1u64 << 53) as f64
+        };
+        for (k, x) in blocks::<N>(3000).into_iter().enumerate() {
+            let mut w = [0f32; N];
+            for v in w.iter_mut() {
+                *v = match k % 3 {
+                    0 => ((next() - 0.5) * 6.0).exp() as f32,
+                    1 => {
+                        if next() < 0.3 {
+                            0.0
+                        } else {
+                            next() as f32
+                        }
+                    }
+                    _ => 1.0,
+                };
+            }
+            let (mut a, mut b) = ([0u8; N], [0u8; N]);
+            let r1 = make_qkx3_quants(nmax, &x, &w, &mut a, -0.9, 0.05, 36, false);
+            let r2 = make_qkx2_quants_batched::<N, 37>(nmax, &x, &w, &mut b, -0.9, 0.05, false);
+            assert_eq!(
+                (r1.0.to_bits(), r1.1.to_bits()),
+                (r2.0.to_bits(), r2.1.to_bits()),
+                "{x:?} {w:?}"
+            );
+            assert_eq!(a, b, "{x:?} {w:?}");
+        }
+    }
+
+    #[test]
+    fn batched_qkx2_equals_qkx3_with_weights() {
+        check_qkx3::<16>(3); // Q2_K
+        check_qkx3::<32>(15); // Q4_K, Q4_1
+        check_qkx3::<32>(31); // Q5_K, Q5_1
+    }
+
+    #[test]
+    fn batched_qx_weighted_equals_scalar_port() {
+        let mut s = 7u64;
+        let mut next = move || {
+            s ^= s << 13;
+            s ^= s >> 7;
+            s ^= s << 17;
+            (s >> 11) as f64 / (1u64 << 53) as f64
+        };
+        for (k, x) in blocks::<32>(4000).into_iter().enumerate() {
+            let mut w = [0f32; 32];
+            for v in w.iter_mut() {
+                *v = match k % 3 {
+                    0 => ((next() - 0.5) * 6.0).exp() as f32,
+                    1 => {
+                        if next() < 0.3 {
+                            0.0
+                        } else {
+                            next() as f32
+                        }
+                    }
+                    _ => 1.0,
+                };
+            }
+            for nmax in [4, 8, 16, 32] {
+                let (mut a, mut b) = ([0i8; 32], [0i8; 32]);
+                let r1 = make_qx_quants(nmax, &x, &mut a, 1, Some(&w));
+                let r2 = make_qx_quants_weighted(nmax, &x, &w, &mut b);
+                assert_eq!(r1.to_bits(), r2.to_bits(), "{x:?} {w:?}");
+                assert_eq!(a, b, "{x:?} {w:?}");
+            }
         }
     }
 

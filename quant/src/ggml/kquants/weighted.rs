@@ -11,7 +11,7 @@
 // Index loops mirror the C source line by line.
 #![allow(clippy::needless_range_loop)]
 
-use super::search::{make_qkx3_quants, make_qp_quants, make_qx_quants};
+use super::search::{make_qkx2_quants_batched, make_qp_quants, make_qx_quants_weighted};
 use super::{
     get_scale_min_k4, q3_k_scale, requant_affine, requant_sym, sub, sub_mut, GROUP_MAX_EPS,
     Q2_K_BYTES, Q3_K_BYTES, Q4_K_BYTES, Q5_K_BYTES, Q6_K_BYTES, QK_K,
@@ -74,14 +74,14 @@ pub fn quantize_row_q2_k_weighted(src: &[f32], qw: &[f32], dst: &mut [u8]) {
         for j in 0..QK_K / 16 {
             let xs = sub::<16>(x, j);
             sw[j] = sub_weights(sub::<16>(q, j), xs, sigma2, &mut weight);
-            let (s, m) = make_qkx3_quants::<16>(
+            // make_qkx3_quants(16, 3, …, -0.9f, 0.05f, 36, false)
+            let (s, m) = make_qkx2_quants_batched::<16, 37>(
                 3,
                 xs,
                 &weight,
                 sub_mut::<16, _>(&mut l, j),
                 -0.9,
                 0.05,
-                36,
                 false,
             );
             scales[j] = s;
@@ -131,12 +131,12 @@ pub fn quantize_row_q3_k_weighted(src: &[f32], qw: &[f32], dst: &mut [u8]) {
         for j in 0..QK_K / 16 {
             let xs = sub::<16>(x, j);
             sw[j] = sub_weights(sub::<16>(q, j), xs, sigma2, &mut weight);
-            scales[j] = make_qx_quants::<16>(4, xs, &mut li, 1, Some(&weight));
+            scales[j] = make_qx_quants_weighted::<16>(4, xs, &weight, &mut li);
             for (o, &v) in sub_mut::<16, _>(&mut l, j).iter_mut().zip(&li) {
                 *o = v as u8;
             }
         }
-        let d_block = make_qx_quants::<16>(32, &scales, &mut ls, 1, Some(&sw));
+        let d_block = make_qx_quants_weighted::<16>(32, &scales, &sw, &mut ls);
         let mut sc = [0u8; 12];
         for j in 0..QK_K / 16 {
             let lv = ls[j] as u8;
@@ -195,14 +195,14 @@ fn quantize_block_qkx3_k(
     for j in 0..QK_K / 32 {
         let xs = sub::<32>(x, j);
         sw[j] = sub_weights(sub::<32>(q, j), xs, sigma2, &mut weights);
-        let (s, m) = make_qkx3_quants::<32>(
+        // make_qkx3_quants(32, nmax, …, -0.9f, 0.05f, 36, false)
+        let (s, m) = make_qkx2_quants_batched::<32, 37>(
             nmax,
             xs,
             &weights,
             sub_mut::<32, _>(l, j),
             -0.9,
             0.05,
-            36,
             false,
         );
         scales[j] = s;
@@ -314,7 +314,7 @@ pub fn quantize_row_q6_k_weighted(src: &[f32], qw: &[f32], dst: &mut [u8]) {
         let mut max_scale = 0f32;
         let mut max_abs_scale = 0f32;
         for ib in 0..QK_K / 16 {
-            let scale = make_qx_quants::<16>(32, sub::<16>(x, ib), &mut li, 1, Some(sub(q, ib)));
+            let scale = make_qx_quants_weighted::<16>(32, sub::<16>(x, ib), sub(q, ib), &mut li);
             for (o, &v) in sub_mut::<16, _>(&mut l, ib).iter_mut().zip(&li) {
                 *o = v as u8;
             }
