@@ -152,7 +152,7 @@ impl Imatrix {
             }
             let sums = f32s(f.tensor_data(si));
             let counts = f32s(f.tensor_data(ci));
-            if counts.is_empty() || sums.is_empty() || sums.len() % counts.len() != 0 {
+            if counts.is_empty() || sums.is_empty() || !sums.len().is_multiple_of(counts.len()) {
                 return Err(Error::format(
                     path,
                     format!(
