@@ -383,3 +383,84 @@ fn bad_imatrix_files_are_errors_naming_file_and_entry() {
     // IQ2 and friends still cannot be written.
     fails(&call(&q(&imatrix_gguf(), "iq2_xxs")), 2, &["iq2_xxs"], &out);
 }
+
+#[test]
+fn expert_tensors_use_one_importance_slice_per_expert() {
+    use qresidual::gguf::{GgufWriter, MetaValue, TensorSpec, WriterOptions};
+    let dir = tempfile::tempdir().unwrap();
+    let (fin, out, im) = (
+        dir.path().join("moe.gguf"),
+        dir.path().join("out.gguf"),
+        dir.path().join("moe.dat"),
+    );
+    // 3 experts × 4 rows × 256 columns, off any grid.
+    let (ne0, ne1, ne2) = (256usize, 4usize, 3usize);
+    let x: Vec<f32> = (0..ne0 * ne1 * ne2)
+        .map(|i| ((i as f32 * 0.7311).sin() * 0.05) + ((i % 17) as f32 * 1e-3))
+        .collect();
+    let md = vec![(
+        "general.architecture".to_string(),
+        MetaValue::String("llama".into()),
+    )];
+    let name = "blk.0.ffn_up_exps.weight";
+    let spec = TensorSpec {
+        name: name.into(),
+        ty: GgmlType::F32,
+        ne: vec![ne0 as u64, ne1 as u64, ne2 as u64],
+    };
+    let mut w = GgufWriter::create(&fin, &md, &[spec], &WriterOptions::default()).unwrap();
+    w.write(&x.iter().flat_map(|v| v.to_le_bytes()).collect::<Vec<u8>>())
+        .unwrap();
+    w.finish().unwrap();
+    // Very different importance per expert.
+    let imp: Vec<f32> = (0..ne0 * ne2)
+        .map(|i| {
+            let (e, c) = (i / ne0, i % ne0);
+            if (c + 7 * e) % (e + 2) == 0 {
+                50.0
+            } else {
+                0.01
+            }
+        })
+        .collect();
+    std::fs::write(&im, legacy(&[(name, 1, imp.clone())])).unwrap();
+    ok(&[
+        "quantize",
+        s(&fin),
+        "-o",
+        s(&out),
+        "--type",
+        "q4_k",
+        "--imatrix",
+        s(&im),
+        "-q",
+    ]);
+    let o = GgufFile::open(&out).unwrap();
+    let t = &o.tensors()[0];
+    assert_eq!(t.ty, GgmlType::Q4_K);
+    let rb = GgmlType::Q4_K.row_size(ne0).unwrap();
+    let got = o.tensor_data(0);
+    for r in 0..ne1 * ne2 {
+        let e = r / ne1;
+        let row = &x[r * ne0..(r + 1) * ne0];
+        let mut want = vec![0u8; rb];
+        quantize_row_weighted(GgmlType::Q4_K, row, &imp[e * ne0..(e + 1) * ne0], &mut want)
+            .unwrap();
+        assert_eq!(
+            &got[r * rb..(r + 1) * rb],
+            &want[..],
+            "row {r} (expert {e})"
+        );
+        // Another expert's slice gives other bytes: the slice matters.
+        let other = (e + 1) % ne2;
+        let mut alt = vec![0u8; rb];
+        quantize_row_weighted(
+            GgmlType::Q4_K,
+            row,
+            &imp[other * ne0..(other + 1) * ne0],
+            &mut alt,
+        )
+        .unwrap();
+        assert_ne!(alt, want, "row {r}: slices {e} and {other} encode alike");
+    }
+}
