@@ -52,8 +52,9 @@ pub enum Lookup<'a> {
     Weights(&'a [f32]),
     /// The file has no entry for the tensor: quantize it unweighted.
     Missing,
-    /// The entry does not fit `token_embd.weight`, which llama-quantize
-    /// tolerates (quantizing it unweighted): (entry length, expected).
+    /// The entry does not fit `token_embd.weight` (or
+    /// `per_layer_token_embd.weight`), which llama-quantize tolerates,
+    /// quantizing it unweighted: (entry length, expected).
     IgnoredTokenEmbd(usize, usize),
 }
 
@@ -331,7 +332,8 @@ impl Imatrix {
         if w.len() == want {
             return Ok(Lookup::Weights(w));
         }
-        if name.starts_with("token_embd.") {
+        // tensor_name_match_token_embd in llama-quant.cpp
+        if name == "token_embd.weight" || name == "per_layer_token_embd.weight" {
             return Ok(Lookup::IgnoredTokenEmbd(w.len(), want));
         }
         Err(Error::tensor(
