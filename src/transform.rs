@@ -31,8 +31,33 @@ pub fn base_rows(base: &GgufFile, index: usize) -> EncodedRows<'_> {
 pub fn tasks<'a>(
     base: &'a GgufFile,
     out_types: &[GgmlType],
+    residuals: Vec<Option<Box<dyn RowSource + 'a>>>,
+    scale: f32,
+) -> Result<Vec<Task<'a>>> {
+    build_tasks(base, out_types, residuals, scale, None)
+}
+
+/// [`tasks`] with importance weights from `imatrix` attached (see
+/// [`attach_importance`]); types that need an importance matrix (IQ2_XXS)
+/// become writable for the tensors the matrix has an entry for.
+pub fn tasks_with_imatrix<'a>(
+    base: &'a GgufFile,
+    out_types: &[GgmlType],
+    residuals: Vec<Option<Box<dyn RowSource + 'a>>>,
+    scale: f32,
+    imatrix: &'a crate::imatrix::Imatrix,
+) -> Result<(Vec<Task<'a>>, ImportanceUse)> {
+    let mut tasks = build_tasks(base, out_types, residuals, scale, Some(imatrix))?;
+    let used = attach_importance(&mut tasks, imatrix)?;
+    Ok((tasks, used))
+}
+
+fn build_tasks<'a>(
+    base: &'a GgufFile,
+    out_types: &[GgmlType],
     mut residuals: Vec<Option<Box<dyn RowSource + 'a>>>,
     scale: f32,
+    imatrix: Option<&crate::imatrix::Imatrix>,
 ) -> Result<Vec<Task<'a>>> {
     // The tensors are read front to back: let the kernel read ahead.
     base.advise_sequential();
@@ -55,11 +80,28 @@ pub fn tasks<'a>(
             continue;
         }
         let readable = codec(t.ty).is_some();
-        let writable = codec(out_ty).and_then(|c| c.quantize).is_some();
+        let has_weights = imatrix.is_some_and(|m| {
+            matches!(
+                m.lookup(&t.name, &t.ne),
+                Ok(crate::imatrix::Lookup::Weights(_))
+            )
+        });
+        let writable = codec(out_ty).and_then(|c| c.quantize).is_some()
+            || (crate::quant::uses_importance(out_ty) && has_weights);
         if !readable {
             impossible.push(format!("{} ({} cannot be decoded)", t.name, t.ty));
         } else if !writable {
-            let hint = if out_ty.requires_imatrix() {
+            let hint = if out_ty.requires_imatrix() && crate::quant::uses_importance(out_ty) {
+                if imatrix.is_some() {
+                    format!("{out_ty} needs importance weights and the imatrix has no entry for this tensor")
+                } else {
+                    format!(
+                        "{} needs an importance matrix (--imatrix FILE); or try --type {} or iq4_xs",
+                        out_ty,
+                        out_ty.nearest_writable().name().to_lowercase()
+                    )
+                }
+            } else if out_ty.requires_imatrix() {
                 format!(
                     "{} needs an importance matrix; try --type {} or iq4_xs",
                     out_ty,

@@ -464,3 +464,97 @@ fn expert_tensors_use_one_importance_slice_per_expert() {
         assert_ne!(alt, want, "row {r}: slices {e} and {other} encode alike");
     }
 }
+
+/// An IQ2_XXS base (which only exists with an importance matrix) takes a
+/// residual with `--imatrix`: the tensor is re-encoded with its weights;
+/// without an imatrix, or without an entry for it, nothing is written.
+#[test]
+fn iq2_xxs_base_is_requantized_with_imatrix() {
+    use qresidual::gguf::{GgufWriter, MetaValue, TensorSpec, WriterOptions};
+    use qresidual::st::SafetensorsWriter;
+    let dir = tempfile::tempdir().unwrap();
+    let (fin, res, out, im, other) = (
+        dir.path().join("iq2.gguf"),
+        dir.path().join("res.safetensors"),
+        dir.path().join("out.gguf"),
+        dir.path().join("im.dat"),
+        dir.path().join("other.dat"),
+    );
+    let (cols, rows) = (512usize, 6usize);
+    let name = "blk.0.ffn_down.weight";
+    let x: Vec<f32> = (0..cols * rows)
+        .map(|i| (i as f32 * 0.377).sin() * 0.04)
+        .collect();
+    let w: Vec<f32> = (0..cols).map(|c| 0.1 + (c % 13) as f32).collect();
+    let ty = GgmlType::IQ2_XXS;
+    let rb = ty.row_size(cols).unwrap();
+    let mut base_bytes = vec![0u8; rb * rows];
+    for (src, dst) in x.chunks(cols).zip(base_bytes.chunks_mut(rb)) {
+        quantize_row_weighted(ty, src, &w, dst).unwrap();
+    }
+    let md = vec![(
+        "general.architecture".to_string(),
+        MetaValue::String("llama".into()),
+    )];
+    let spec = TensorSpec {
+        name: name.into(),
+        ty,
+        ne: vec![cols as u64, rows as u64],
+    };
+    let mut g = GgufWriter::create(&fin, &md, &[spec], &WriterOptions::default()).unwrap();
+    g.write(&base_bytes).unwrap();
+    g.finish().unwrap();
+    let delta: Vec<f32> = (0..cols * rows)
+        .map(|i| (i as f32 * 1.913).cos() * 0.01)
+        .collect();
+    let layout = vec![(name.to_string(), safetensors::Dtype::F32, vec![rows, cols])];
+    let mut sw =
+        SafetensorsWriter::create(&res, &layout, std::collections::BTreeMap::new()).unwrap();
+    sw.write(
+        &delta
+            .iter()
+            .flat_map(|v| v.to_le_bytes())
+            .collect::<Vec<u8>>(),
+    )
+    .unwrap();
+    sw.finish().unwrap();
+    std::fs::write(&im, legacy(&[(name, 1, w.clone())])).unwrap();
+    std::fs::write(&other, legacy(&[("blk.0.ffn_up.weight", 1, w.clone())])).unwrap();
+
+    let apply = |imx: Option<&Path>| {
+        let mut v = vec![
+            "apply".to_string(),
+            "--base".into(),
+            s(&fin).into(),
+            "--residual".into(),
+            s(&res).into(),
+            "-o".into(),
+            s(&out).into(),
+            "-q".into(),
+        ];
+        if let Some(p) = imx {
+            v.push("--imatrix".into());
+            v.push(s(p).into());
+        }
+        v
+    };
+    fails(&call(&apply(None)), 2, &[name, "--imatrix"], &out);
+    fails(&call(&apply(Some(&other))), 2, &[name, "no entry"], &out);
+    ok(&call(&apply(Some(&im))));
+
+    let o = GgufFile::open(&out).unwrap();
+    assert_eq!(o.tensors()[0].ty, ty);
+    let mut decoded = vec![0f32; cols * rows];
+    for (src, dst) in base_bytes.chunks(rb).zip(decoded.chunks_mut(cols)) {
+        dequantize_row(ty, src, dst).unwrap();
+    }
+    let mut want = vec![0u8; rb * rows];
+    for (r, dst) in want.chunks_mut(rb).enumerate() {
+        let t: Vec<f32> = (0..cols)
+            .map(|c| decoded[r * cols + c] + delta[r * cols + c])
+            .collect();
+        quantize_row_weighted(ty, &t, &w, dst).unwrap();
+    }
+    assert_eq!(o.tensor_data(0), &want[..]);
+    assert_ne!(&want[..], &base_bytes[..], "the residual changed nothing");
+}

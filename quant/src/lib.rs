@@ -194,9 +194,11 @@ pub fn uses_importance(ty: GgmlType) -> bool {
 /// its count). Q4_0…Q5_1, Q2_K…Q6_K, IQ4_NL and IQ4_XS run ggml's
 /// `quantize_row_*_impl` ports; types whose ggml encoder ignores the
 /// importance (Q8_0, F16, BF16, F32, TQ1_0, TQ2_0, MXFP4) encode exactly as
-/// [`quantize_row`]. NaN/Inf in `src`, and an importance vector of the wrong
-/// length or with a NaN, infinite or negative entry, are errors. The grid
-/// types IQ1/IQ2/IQ3 are not supported yet.
+/// [`quantize_row`]. IQ2_XXS, which ggml only produces with importance
+/// weights, runs the port of `quantize_row_iq2_xxs_impl`. NaN/Inf in `src`,
+/// and an importance vector of the wrong length or with a NaN, infinite or
+/// negative entry, are errors. The other grid types (IQ2_XS, IQ2_S, IQ3_XXS,
+/// IQ3_S, IQ1_S, IQ1_M) are not supported yet.
 pub fn quantize_row_weighted(
     ty: GgmlType,
     src: &[f32],

@@ -195,15 +195,19 @@ pub fn run(a: &ApplyArgs) -> Result<()> {
         .map(crate::imatrix::Imatrix::open)
         .transpose()?;
     let out_types = transform::output_types(&base, &target)?;
-    let mut tasks = transform::tasks(&base, &out_types, residual_rows, a.scale)?;
-    if let Some(m) = &imatrix {
-        let used = transform::attach_importance(&mut tasks, m)?;
-        if !a.quiet {
-            for n in used.notes(m.path()) {
-                eprintln!("{n}");
+    let tasks = match &imatrix {
+        Some(m) => {
+            let (tasks, used) =
+                transform::tasks_with_imatrix(&base, &out_types, residual_rows, a.scale, m)?;
+            if !a.quiet {
+                for n in used.notes(m.path()) {
+                    eprintln!("{n}");
+                }
             }
+            tasks
         }
-    }
+        None => transform::tasks(&base, &out_types, residual_rows, a.scale)?,
+    };
     let mut metadata = transform::output_metadata(
         &base,
         transform::file_type(&base, &target),

@@ -164,15 +164,18 @@ pub fn run_quantize(a: &QuantizeArgs) -> Result<()> {
     }
     let imatrix = a.imatrix.as_deref().map(Imatrix::open).transpose()?;
     let types = transform::output_types(&model, &target)?;
-    let mut tasks = transform::tasks(&model, &types, Vec::new(), 1.0)?;
-    if let Some(m) = &imatrix {
-        let used = transform::attach_importance(&mut tasks, m)?;
-        if !a.quiet {
-            for n in used.notes(m.path()) {
-                eprintln!("{n}");
+    let tasks = match &imatrix {
+        Some(m) => {
+            let (tasks, used) = transform::tasks_with_imatrix(&model, &types, Vec::new(), 1.0, m)?;
+            if !a.quiet {
+                for n in used.notes(m.path()) {
+                    eprintln!("{n}");
+                }
             }
+            tasks
         }
-    }
+        None => transform::tasks(&model, &types, Vec::new(), 1.0)?,
+    };
     let requantized = tasks
         .iter()
         .filter(|t| t.input_type.is_quantized() && matches!(t.action, Action::Transcode { .. }))

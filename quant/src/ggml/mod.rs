@@ -5,6 +5,7 @@
 
 pub mod common;
 pub mod float;
+pub mod iq2xxs;
 pub mod iquants;
 pub mod isa;
 pub mod kquants;
@@ -52,6 +53,7 @@ pub(crate) fn weighted(ty: GgmlType) -> Option<crate::WeightedEncodeFn> {
         G::Q6_K => kquants::weighted::quantize_row_q6_k_weighted,
         G::IQ4_NL => iquants::quantize_iq4_nl_weighted,
         G::IQ4_XS => iquants::quantize_iq4_xs_weighted,
+        G::IQ2_XXS => iq2xxs::quantize_iq2_xxs_weighted,
         _ => return None,
     })
 }

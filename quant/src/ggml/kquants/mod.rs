@@ -22,7 +22,7 @@ use super::isa::avx2 as has_avx2;
 use crate::{Codec, GgmlType};
 pub(crate) use search::get_scale_min_k4;
 use search::{make_q3_quants, make_qx_quants_rmse1, GROUP_MAX_EPS};
-pub(crate) use search::{make_qkx2_quants_batched, make_qx_quants_weighted};
+pub(crate) use search::{make_qkx2_quants_batched, make_qp_quants, make_qx_quants_weighted};
 
 /// Elements per super-block (`QK_K`).
 const QK_K: usize = 256;
