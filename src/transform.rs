@@ -215,6 +215,42 @@ pub fn attach_importance<'a>(
     Ok(used)
 }
 
+/// The keys `llama-quantize --imatrix FILE` adds to its output
+/// (`tools/quantize/quantize.cpp`, as KV overrides: strings cut to 127
+/// bytes, counts as u32): the file as given, the first dataset, the number
+/// of entries and of chunks (when known).
+pub fn add_imatrix_metadata(
+    md: &mut Vec<(String, MetaValue)>,
+    imatrix: &crate::imatrix::Imatrix,
+    file_arg: &Path,
+) {
+    let cut = |s: &str| {
+        let b = s.as_bytes();
+        String::from_utf8_lossy(&b[..b.len().min(127)]).into_owned()
+    };
+    let mut set = |key: &str, v: MetaValue| match md.iter_mut().find(|(k, _)| k == key) {
+        Some(slot) => slot.1 = v,
+        None => md.push((key.to_string(), v)),
+    };
+    set(
+        "quantize.imatrix.file",
+        MetaValue::String(cut(&file_arg.to_string_lossy())),
+    );
+    if let Some(d) = imatrix.datasets.first() {
+        set("quantize.imatrix.dataset", MetaValue::String(cut(d)));
+    }
+    set(
+        "quantize.imatrix.entries_count",
+        MetaValue::U32(imatrix.len() as u32),
+    );
+    if imatrix.chunk_count > 0 {
+        set(
+            "quantize.imatrix.chunks_count",
+            MetaValue::U32(imatrix.chunk_count),
+        );
+    }
+}
+
 /// llama.cpp's mixes whose per-tensor types change when an imatrix is given
 /// (`qs.has_imatrix` in `llama_tensor_get_type_impl`); `plan_types` follows
 /// the imatrix-free rules, so these are refused with `--imatrix`.

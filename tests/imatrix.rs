@@ -213,6 +213,30 @@ fn quantize_with_imatrix_encodes_every_tensor_with_its_weights() {
         s(&imatrix_dat()),
         "-q",
     ]);
+    // The keys llama-quantize --imatrix writes.
+    let og = GgufFile::open(&wg).unwrap();
+    let key = |k: &str| og.get(k).cloned();
+    use qresidual::gguf::MetaValue;
+    assert_eq!(
+        key("quantize.imatrix.file"),
+        Some(MetaValue::String(s(&imatrix_gguf()).to_string()))
+    );
+    assert_eq!(
+        key("quantize.imatrix.dataset"),
+        Some(MetaValue::String("make_imatrix.py".into()))
+    );
+    assert_eq!(
+        key("quantize.imatrix.entries_count"),
+        Some(MetaValue::U32(16))
+    );
+    assert_eq!(
+        key("quantize.imatrix.chunks_count"),
+        Some(MetaValue::U32(4))
+    );
+    assert!(GgufFile::open(&plain)
+        .unwrap()
+        .get("quantize.imatrix.file")
+        .is_none());
     let b = GgufFile::open(&f32_in).unwrap();
     let target = |i: usize| decoded(&b, i);
     let g = Imatrix::open(&imatrix_gguf()).unwrap();

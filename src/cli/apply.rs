@@ -213,6 +213,9 @@ pub fn run(a: &ApplyArgs) -> Result<()> {
         transform::file_type(&base, &target),
         a.name.as_deref(),
     );
+    if let (Some(m), Some(p)) = (&imatrix, &a.imatrix) {
+        transform::add_imatrix_metadata(&mut metadata, m, p);
+    }
     crate::instruct::apply(
         &mut metadata,
         &base,

@@ -185,7 +185,11 @@ pub fn run_quantize(a: &QuantizeArgs) -> Result<()> {
             "warning: {requantized} tensor(s) are already quantized and will be dequantized and quantized again, which loses quality; quantize from F32/F16/BF16 when you can"
         );
     }
-    let metadata = transform::output_metadata(&model, transform::file_type(&model, &target), None);
+    let mut metadata =
+        transform::output_metadata(&model, transform::file_type(&model, &target), None);
+    if let (Some(m), Some(p)) = (&imatrix, &a.imatrix) {
+        transform::add_imatrix_metadata(&mut metadata, m, p);
+    }
     let out = Output {
         path: &a.output,
         split_max_size: a.split_max_size,
