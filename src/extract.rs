@@ -334,6 +334,7 @@ pub fn extract(
                             }),
                             residual: Some(Box::new(rows)),
                             scale: 1.0,
+                            importance: None,
                         },
                     }
                 })

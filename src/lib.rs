@@ -17,6 +17,7 @@ pub mod extract;
 pub mod fuzz_entry;
 pub mod gguf;
 pub mod guard;
+pub mod imatrix;
 pub mod instruct;
 pub mod mix;
 pub mod naming;

@@ -21,7 +21,10 @@ use rayon::prelude::*;
 use crate::gguf::{GgufWriter, TensorSpec};
 use crate::naming::RowPermutation;
 use crate::quant::stats::ErrorStats;
-use crate::quant::{dequantize_row, quantize_row, search_row, GgmlType, QuantError, SearchWins};
+use crate::quant::{
+    dequantize_row, quantize_row, quantize_row_weighted, search_row, GgmlType, QuantError,
+    SearchWins,
+};
 use crate::{Error, Result};
 
 /// Where the f32 rows of one tensor come from. Implementations decode rows
@@ -192,6 +195,10 @@ pub enum Action<'a> {
         residual: Option<Box<dyn RowSource + 'a>>,
         /// α in `base + α·residual`.
         scale: f32,
+        /// Importance weights (llama.cpp imatrix) for the output encoder:
+        /// one per column, or one `row_len` slice per expert (3-D tensors,
+        /// rows of expert `e` use slice `e`). `None`: unweighted.
+        importance: Option<&'a [f32]>,
     },
 }
 
@@ -361,6 +368,7 @@ fn encode_chunk_with(
         base,
         residual,
         scale,
+        importance,
     } = &task.action
     else {
         unreachable!("copies are not chunked")
@@ -403,12 +411,20 @@ fn encode_chunk_with(
         .zip(bytes.chunks_exact_mut(out_rb))
         .enumerate()
     {
-        match searched {
-            Some(b) => {
+        // `apply` refuses --strategy search together with --imatrix.
+        match (searched, importance) {
+            (Some(b), _) => {
                 let row = &b[(first_row + i) * out_rb..][..out_rb];
                 search_row(out_ty, row, src, dst, &mut wins)
             }
-            None => quantize_row(out_ty, src, dst),
+            (None, Some(w)) => {
+                // One slice per expert: rows are expert-major.
+                let per_expert = base.n_rows() / (w.len() / row_len).max(1);
+                let e = (first_row + i) / per_expert.max(1);
+                let w = w.get(e * row_len..(e + 1) * row_len).unwrap_or(&[]);
+                quantize_row_weighted(out_ty, src, w, dst)
+            }
+            (None, None) => quantize_row(out_ty, src, dst),
         }
         .map_err(|e| output_error(out_path, &task.spec.name, first_row + i, e))?;
     }
@@ -768,6 +784,7 @@ mod tests {
                     base: rows(1, 512, 37),
                     residual: Some(rows(2, 512, 37)),
                     scale: 0.5,
+                    importance: None,
                 },
             },
             Task {
@@ -782,6 +799,7 @@ mod tests {
                     base: rows(3, 256, 1),
                     residual: None,
                     scale: 1.0,
+                    importance: None,
                 },
             },
             Task {
@@ -791,6 +809,7 @@ mod tests {
                     base: rows(4, 64, 300),
                     residual: Some(rows(5, 64, 300)),
                     scale: 1.0,
+                    importance: None,
                 },
             },
         ]

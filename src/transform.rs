@@ -31,8 +31,33 @@ pub fn base_rows(base: &GgufFile, index: usize) -> EncodedRows<'_> {
 pub fn tasks<'a>(
     base: &'a GgufFile,
     out_types: &[GgmlType],
+    residuals: Vec<Option<Box<dyn RowSource + 'a>>>,
+    scale: f32,
+) -> Result<Vec<Task<'a>>> {
+    build_tasks(base, out_types, residuals, scale, None)
+}
+
+/// [`tasks`] with importance weights from `imatrix` attached (see
+/// [`attach_importance`]); types that need an importance matrix (IQ2_XXS)
+/// become writable for the tensors the matrix has an entry for.
+pub fn tasks_with_imatrix<'a>(
+    base: &'a GgufFile,
+    out_types: &[GgmlType],
+    residuals: Vec<Option<Box<dyn RowSource + 'a>>>,
+    scale: f32,
+    imatrix: &'a crate::imatrix::Imatrix,
+) -> Result<(Vec<Task<'a>>, ImportanceUse)> {
+    let mut tasks = build_tasks(base, out_types, residuals, scale, Some(imatrix))?;
+    let used = attach_importance(&mut tasks, imatrix)?;
+    Ok((tasks, used))
+}
+
+fn build_tasks<'a>(
+    base: &'a GgufFile,
+    out_types: &[GgmlType],
     mut residuals: Vec<Option<Box<dyn RowSource + 'a>>>,
     scale: f32,
+    imatrix: Option<&crate::imatrix::Imatrix>,
 ) -> Result<Vec<Task<'a>>> {
     // The tensors are read front to back: let the kernel read ahead.
     base.advise_sequential();
@@ -55,11 +80,28 @@ pub fn tasks<'a>(
             continue;
         }
         let readable = codec(t.ty).is_some();
-        let writable = codec(out_ty).and_then(|c| c.quantize).is_some();
+        let has_weights = imatrix.is_some_and(|m| {
+            matches!(
+                m.lookup(&t.name, &t.ne),
+                Ok(crate::imatrix::Lookup::Weights(_))
+            )
+        });
+        let writable = codec(out_ty).and_then(|c| c.quantize).is_some()
+            || (crate::quant::uses_importance(out_ty) && has_weights);
         if !readable {
             impossible.push(format!("{} ({} cannot be decoded)", t.name, t.ty));
         } else if !writable {
-            let hint = if out_ty.requires_imatrix() {
+            let hint = if out_ty.requires_imatrix() && crate::quant::uses_importance(out_ty) {
+                if imatrix.is_some() {
+                    format!("{out_ty} needs importance weights and the imatrix has no entry for this tensor")
+                } else {
+                    format!(
+                        "{} needs an importance matrix (--imatrix FILE); or try --type {} or iq4_xs",
+                        out_ty,
+                        out_ty.nearest_writable().name().to_lowercase()
+                    )
+                }
+            } else if out_ty.requires_imatrix() {
                 format!(
                     "{} needs an importance matrix; try --type {} or iq4_xs",
                     out_ty,
@@ -85,6 +127,7 @@ pub fn tasks<'a>(
                 base: Box::new(base_rows(base, i)),
                 residual,
                 scale,
+                importance: None,
             },
         });
     }
@@ -99,6 +142,127 @@ pub fn tasks<'a>(
         )));
     }
     Ok(tasks)
+}
+
+/// What [`attach_importance`] did.
+#[derive(Debug, Default, Clone)]
+pub struct ImportanceUse {
+    /// Tensors encoded with importance weights.
+    pub weighted: usize,
+    /// Re-encoded tensors whose type uses an imatrix but that have no entry
+    /// in it (encoded unweighted, as llama-quantize does).
+    pub missing: Vec<String>,
+    /// Tensors whose entry does not fit and that llama-quantize encodes
+    /// unweighted anyway (`token_embd.weight`): (name, entry length, needed).
+    pub ignored: Vec<(String, usize, usize)>,
+}
+
+impl ImportanceUse {
+    /// One line per kind of note, for stderr.
+    pub fn notes(&self, imatrix: &Path) -> Vec<String> {
+        let mut out = vec![format!(
+            "imatrix {}: {} tensor(s) encoded with importance weights",
+            imatrix.display(),
+            self.weighted
+        )];
+        if !self.missing.is_empty() {
+            let n = self.missing.len();
+            let shown: Vec<&str> = self.missing.iter().take(6).map(String::as_str).collect();
+            out.push(format!(
+                "note: {n} tensor(s) have no imatrix data and are quantized without, as llama-quantize does: {}{}",
+                shown.join(", "),
+                if n > 6 { ", …" } else { "" }
+            ));
+        }
+        for (name, got, want) in &self.ignored {
+            out.push(format!(
+                "note: imatrix entry for {name} has {got} values, the tensor needs {want}; quantized without, as llama-quantize does"
+            ));
+        }
+        out
+    }
+}
+
+/// Give every re-encoded tensor whose output type uses an importance matrix
+/// its weights from `imatrix` (by GGUF tensor name). Missing entries leave a
+/// tensor unweighted; an entry of the wrong length is an error naming the
+/// tensor (except `token_embd.weight`, as in llama-quantize).
+pub fn attach_importance<'a>(
+    tasks: &mut [Task<'a>],
+    imatrix: &'a crate::imatrix::Imatrix,
+) -> Result<ImportanceUse> {
+    use crate::imatrix::Lookup;
+    let mut used = ImportanceUse::default();
+    for t in tasks.iter_mut() {
+        let ty = t.spec.ty;
+        let Action::Transcode { importance, .. } = &mut t.action else {
+            continue;
+        };
+        if !crate::quant::uses_importance(ty) && !ty.requires_imatrix() {
+            continue;
+        }
+        match imatrix.lookup(&t.spec.name, &t.spec.ne)? {
+            Lookup::Weights(w) => {
+                *importance = Some(w);
+                used.weighted += 1;
+            }
+            Lookup::Missing => used.missing.push(t.spec.name.clone()),
+            Lookup::IgnoredTokenEmbd(got, want) => {
+                used.ignored.push((t.spec.name.clone(), got, want))
+            }
+        }
+    }
+    Ok(used)
+}
+
+/// The keys `llama-quantize --imatrix FILE` adds to its output
+/// (`tools/quantize/quantize.cpp`, as KV overrides: strings cut to 127
+/// bytes, counts as u32): the file as given, the first dataset, the number
+/// of entries and of chunks (when known).
+pub fn add_imatrix_metadata(
+    md: &mut Vec<(String, MetaValue)>,
+    imatrix: &crate::imatrix::Imatrix,
+    file_arg: &Path,
+) {
+    let cut = |s: &str| {
+        let b = s.as_bytes();
+        String::from_utf8_lossy(&b[..b.len().min(127)]).into_owned()
+    };
+    let mut set = |key: &str, v: MetaValue| match md.iter_mut().find(|(k, _)| k == key) {
+        Some(slot) => slot.1 = v,
+        None => md.push((key.to_string(), v)),
+    };
+    set(
+        "quantize.imatrix.file",
+        MetaValue::String(cut(&file_arg.to_string_lossy())),
+    );
+    if let Some(d) = imatrix.datasets.first() {
+        set("quantize.imatrix.dataset", MetaValue::String(cut(d)));
+    }
+    set(
+        "quantize.imatrix.entries_count",
+        MetaValue::U32(imatrix.len() as u32),
+    );
+    if imatrix.chunk_count > 0 {
+        set(
+            "quantize.imatrix.chunks_count",
+            MetaValue::U32(imatrix.chunk_count),
+        );
+    }
+}
+
+/// llama.cpp's mixes whose per-tensor types change when an imatrix is given
+/// (`qs.has_imatrix` in `llama_tensor_get_type_impl`); `plan_types` follows
+/// the imatrix-free rules, so these are refused with `--imatrix`.
+pub fn check_imatrix_target(target: &Target) -> Result<()> {
+    use crate::mix::Mix;
+    if let Target::Mix(m @ (Mix::Q4_0 | Mix::Q5_0 | Mix::IQ4_NL | Mix::IQ4_XS)) = target {
+        return Err(Error::Usage(format!(
+            "--imatrix with the {m} mix: llama.cpp picks other types for some tensors when it has an              imatrix, which qresidual does not follow yet; use the plain type (--type {}) or another mix",
+            m.name().trim_start_matches("mix:")
+        )));
+    }
+    Ok(())
 }
 
 /// The base's metadata for the output: split keys dropped (the writer adds

@@ -37,6 +37,16 @@ pub enum QuantError {
         /// Why, in words a user can act on.
         why: &'static str,
     },
+    /// An importance vector that does not match its row: wrong length, or an
+    /// entry that is NaN, infinite or negative.
+    BadImportance {
+        /// Number of importance values supplied.
+        len: usize,
+        /// Number of elements in the row.
+        expected: usize,
+        /// The first bad entry (index, value), if the length is right.
+        entry: Option<(usize, f32)>,
+    },
     /// The row length is not a multiple of the block size, or the byte and
     /// element slices disagree.
     BadLength {
@@ -58,6 +68,20 @@ impl fmt::Display for QuantError {
             QuantError::Unsupported { ty, op, why } => {
                 write!(f, "cannot {op} {}: {why}", ty.name())
             }
+            QuantError::BadImportance {
+                len,
+                expected,
+                entry,
+            } => match entry {
+                Some((i, v)) => write!(
+                    f,
+                    "importance value {v} at column {i} (must be finite and >= 0)"
+                ),
+                None => write!(
+                    f,
+                    "{len} importance values for a row of {expected} elements"
+                ),
+            },
             QuantError::BadLength {
                 ty,
                 elements,
@@ -153,6 +177,69 @@ pub fn quantize_row(ty: GgmlType, src: &[f32], dst: &mut [u8]) -> Result<(), Qua
         })?;
     q(src, dst);
     Ok(())
+}
+
+/// Encodes a row with one importance weight per element (`src`, `weights`,
+/// `dst`).
+pub type WeightedEncodeFn = fn(&[f32], &[f32], &mut [u8]);
+
+/// Whether ggml's encoder for `ty` uses an importance matrix, i.e.
+/// [`quantize_row_weighted`] gives other bytes than [`quantize_row`] for
+/// some input. Q8_0, the float types, TQ1_0/TQ2_0 and MXFP4 ignore it.
+pub fn uses_importance(ty: GgmlType) -> bool {
+    ggml::weighted(ty).is_some()
+}
+
+/// Encode one row as `ty` the way `ggml_quantize_chunk(ty, src, dst, 0, 1,
+/// n, importance)` does: `importance` holds one non-negative weight per
+/// element (per column of the tensor; llama.cpp's imatrix entry divided by
+/// its count). Q4_0…Q5_1, Q2_K…Q6_K, IQ4_NL and IQ4_XS run ggml's
+/// `quantize_row_*_impl` ports; types whose ggml encoder ignores the
+/// importance (Q8_0, F16, BF16, F32, TQ1_0, TQ2_0, MXFP4) encode exactly as
+/// [`quantize_row`]. IQ2_XXS, which ggml only produces with importance
+/// weights, runs the port of `quantize_row_iq2_xxs_impl`. NaN/Inf in `src`,
+/// and an importance vector of the wrong length or with a NaN, infinite or
+/// negative entry, are errors. The other grid types (IQ2_XS, IQ2_S, IQ3_XXS,
+/// IQ3_S, IQ1_S, IQ1_M) are not supported yet.
+pub fn quantize_row_weighted(
+    ty: GgmlType,
+    src: &[f32],
+    importance: &[f32],
+    dst: &mut [u8],
+) -> Result<(), QuantError> {
+    check_lengths(ty, src.len(), dst.len())?;
+    if importance.len() != src.len() {
+        return Err(QuantError::BadImportance {
+            len: importance.len(),
+            expected: src.len(),
+            entry: None,
+        });
+    }
+    if let Some(i) = importance
+        .iter()
+        .position(|w| !(w.is_finite() && *w >= 0.0))
+    {
+        return Err(QuantError::BadImportance {
+            len: importance.len(),
+            expected: src.len(),
+            entry: Some((i, importance[i])),
+        });
+    }
+    match ggml::weighted(ty) {
+        Some(q) => {
+            if let Some((index, value)) = find_non_finite(src) {
+                return Err(QuantError::NonFinite { index, value });
+            }
+            q(src, importance, dst);
+            Ok(())
+        }
+        None if ty.requires_imatrix() => Err(QuantError::Unsupported {
+            ty,
+            op: "quantize",
+            why: "importance-weighted encoding of this type is not implemented",
+        }),
+        None => quantize_row(ty, src, dst),
+    }
 }
 
 /// What [`scan_row`] found in encoded data.

@@ -30,6 +30,9 @@ mix; requantization is bit-exact with llama.cpp's quantizer on the same f32 sum.
 When the residual carries a base fingerprint (residuals made by `qresidual extract` do), every \
 matched base tensor is dequantized and compared with it; tensors that differ from the residual's \
 base beyond what their quantization explains are named and nothing is written, unless --force. \
+--imatrix FILE (a llama-imatrix importance matrix, GGUF or legacy .dat) encodes the requantized \
+tensors with importance weights, bit-exact with llama-quantize --imatrix; tensors without an \
+entry are encoded unweighted, with a note. \
 --tokenizer-config (and --generation-config) copy the instruct model's chat template and EOS/EOT \
 ids into the output; --set edits any other key.
 
@@ -103,6 +106,11 @@ pub struct ApplyArgs {
     /// Skip residual tensors that have no partner in the base instead of failing.
     #[arg(long)]
     pub allow_missing: bool,
+    /// Importance matrix from llama-imatrix (GGUF or legacy .dat): the
+    /// requantized tensors are encoded with importance weights, bit-exact
+    /// with llama-quantize --imatrix.
+    #[arg(long, value_name = "FILE")]
+    pub imatrix: Option<PathBuf>,
     /// Split the output into files of at most this size (e.g. 2G), named like gguf-split's.
     #[arg(long, value_parser = super::parse_size, value_name = "SIZE")]
     pub split_max_size: Option<u64>,
@@ -147,6 +155,12 @@ pub fn run(a: &ApplyArgs) -> Result<()> {
     }
     check_strategy(a, budgeted)?;
     if crate::bnb_model::is_bnb_dir(&a.base) {
+        if a.imatrix.is_some() {
+            return Err(Error::Usage(
+                "--imatrix applies to GGUF bases; bitsandbytes formats take no importance matrix"
+                    .into(),
+            ));
+        }
         if a.strategy == Strategy::Adapter {
             return Err(Error::Usage(
                 "--strategy adapter needs a GGUF base (llama.cpp adapters)".into(),
@@ -247,6 +261,14 @@ pub fn run(a: &ApplyArgs) -> Result<()> {
         return write_adapter(a, &base, &residual_rows, rank);
     }
 
+    if a.imatrix.is_some() {
+        transform::check_imatrix_target(&target)?;
+    }
+    let imatrix = a
+        .imatrix
+        .as_deref()
+        .map(crate::imatrix::Imatrix::open)
+        .transpose()?;
     let plan = if budgeted {
         Some(plan_budget(a, &base, &residual_rows)?)
     } else {
@@ -256,12 +278,27 @@ pub fn run(a: &ApplyArgs) -> Result<()> {
         Some(p) => p.types(),
         None => transform::output_types(&base, &target)?,
     };
-    let tasks = transform::tasks(&base, &out_types, residual_rows, a.scale)?;
+    let tasks = match &imatrix {
+        Some(m) => {
+            let (tasks, used) =
+                transform::tasks_with_imatrix(&base, &out_types, residual_rows, a.scale, m)?;
+            if !a.quiet {
+                for n in used.notes(m.path()) {
+                    eprintln!("{n}");
+                }
+            }
+            tasks
+        }
+        None => transform::tasks(&base, &out_types, residual_rows, a.scale)?,
+    };
     let mut metadata = transform::output_metadata(
         &base,
         transform::file_type(&base, &target),
         a.name.as_deref(),
     );
+    if let (Some(m), Some(p)) = (&imatrix, &a.imatrix) {
+        transform::add_imatrix_metadata(&mut metadata, m, p);
+    }
     crate::instruct::apply(
         &mut metadata,
         &base,
@@ -329,6 +366,9 @@ fn check_strategy(a: &ApplyArgs, budgeted: bool) -> Result<()> {
             Some(_) if a.ty != "keep" => {
                 usage("--type does not apply to --strategy adapter: the base is left as it is")
             }
+            Some(_) if a.imatrix.is_some() => {
+                usage("--imatrix does not apply to --strategy adapter: nothing is quantized")
+            }
             Some(_) if a.split_max_size.is_some() => {
                 usage("--split-max-size does not apply to --strategy adapter")
             }
@@ -341,6 +381,9 @@ fn check_strategy(a: &ApplyArgs, budgeted: bool) -> Result<()> {
             }
             Some(_) => Ok(()),
         },
+        Strategy::Search if a.imatrix.is_some() => usage(
+            "--strategy search measures plain distances: it does not take --imatrix (use --strategy fresh)",
+        ),
         _ if a.rank.is_some() => usage("--rank needs --strategy adapter"),
         _ => Ok(()),
     }

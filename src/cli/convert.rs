@@ -5,6 +5,7 @@ use std::path::PathBuf;
 use clap::Args;
 
 use crate::gguf::GgufFile;
+use crate::imatrix::Imatrix;
 use crate::pipeline::{self, Action};
 use crate::quant::GgmlType;
 use crate::transform::{self, Output};
@@ -51,7 +52,9 @@ as `llama-quantize --pure` does; or a llama.cpp mix (q2_k, q3_k_s, q3_k_m, q3_k_
 q5_k_s, q5_k_m, q6_k, q8_0, …) with llama.cpp's per-tensor choices. A name that is both (q4_0, q6_k, q8_0, iq4_xs, …) means \
 the plain type; write mix:q4_0 for the mix. The bytes equal llama.cpp's \
 and do not depend on --threads. A quantized input is dequantized first: requantizing loses \
-quality, and a warning says so.
+quality, and a warning says so. --imatrix FILE (llama-imatrix output, GGUF or legacy .dat) \
+encodes with importance weights, bytes equal to llama-quantize --imatrix; tensors without an \
+entry are quantized unweighted, with a note.
 
 Example:
   qresidual quantize model-F32.gguf -o model-Q4_K_M.gguf --type q4_k_m";
@@ -74,6 +77,10 @@ pub struct QuantizeArgs {
     /// Write the precision report (each tensor against its input) as JSON here.
     #[arg(long, value_name = "REPORT.json")]
     pub report: Option<PathBuf>,
+    /// Importance matrix from llama-imatrix (GGUF or legacy .dat): weighted
+    /// encoding, bit-exact with llama-quantize --imatrix.
+    #[arg(long, value_name = "FILE")]
+    pub imatrix: Option<PathBuf>,
     /// Split the output into files of at most this size (e.g. 2G).
     #[arg(long, value_parser = super::parse_size, value_name = "SIZE")]
     pub split_max_size: Option<u64>,
@@ -152,8 +159,23 @@ pub fn run_quantize(a: &QuantizeArgs) -> Result<()> {
     if let Some(r) = &a.report {
         super::check_report(r, &a.output, &model.paths())?;
     }
+    if a.imatrix.is_some() {
+        transform::check_imatrix_target(&target)?;
+    }
+    let imatrix = a.imatrix.as_deref().map(Imatrix::open).transpose()?;
     let types = transform::output_types(&model, &target)?;
-    let tasks = transform::tasks(&model, &types, Vec::new(), 1.0)?;
+    let tasks = match &imatrix {
+        Some(m) => {
+            let (tasks, used) = transform::tasks_with_imatrix(&model, &types, Vec::new(), 1.0, m)?;
+            if !a.quiet {
+                for n in used.notes(m.path()) {
+                    eprintln!("{n}");
+                }
+            }
+            tasks
+        }
+        None => transform::tasks(&model, &types, Vec::new(), 1.0)?,
+    };
     let requantized = tasks
         .iter()
         .filter(|t| t.input_type.is_quantized() && matches!(t.action, Action::Transcode { .. }))
@@ -163,7 +185,11 @@ pub fn run_quantize(a: &QuantizeArgs) -> Result<()> {
             "warning: {requantized} tensor(s) are already quantized and will be dequantized and quantized again, which loses quality; quantize from F32/F16/BF16 when you can"
         );
     }
-    let metadata = transform::output_metadata(&model, transform::file_type(&model, &target), None);
+    let mut metadata =
+        transform::output_metadata(&model, transform::file_type(&model, &target), None);
+    if let (Some(m), Some(p)) = (&imatrix, &a.imatrix) {
+        transform::add_imatrix_metadata(&mut metadata, m, p);
+    }
     let out = Output {
         path: &a.output,
         split_max_size: a.split_max_size,
@@ -175,7 +201,10 @@ pub fn run_quantize(a: &QuantizeArgs) -> Result<()> {
     };
     let (outcomes, paths) = transform::write(&tasks, &metadata, &out)?;
     if let Some(path) = &a.report {
-        let inputs = serde_json::json!({"input": a.input.display().to_string(), "type": a.ty});
+        let mut inputs = serde_json::json!({"input": a.input.display().to_string(), "type": a.ty});
+        if let Some(m) = &a.imatrix {
+            inputs["imatrix"] = serde_json::json!(m.display().to_string());
+        }
         report::write_json(path, "quantize", inputs, &report::rows(&outcomes))?;
     }
     if !a.quiet {

@@ -324,11 +324,18 @@ fn best_index_int8(values: &[i8; 16], x: f32) -> u8 {
 /// matrix: the best float scale of `xb` (0 for a block below
 /// `GROUP_MAX_EPS`), trying `2·ntry + 1` starting scales around `max/values[0]`.
 fn iq4_block_scale(xb: &[f32], ntry: i32, lb: &mut [u8]) -> f32 {
-    let values = &KVALUES_IQ4NL;
     let mut weight = [0f32; 32];
     for (w, &x) in weight.iter_mut().zip(xb) {
         *w = x * x;
     }
+    iq4_block_scale_weighted(xb, &weight, ntry, lb)
+}
+
+/// The per-32-block scale search of `quantize_row_iq4_nl_impl` with the
+/// element weights given (`x²` without an importance matrix,
+/// `qw·√(σ² + x²)` with one).
+fn iq4_block_scale_weighted(xb: &[f32], weight: &[f32; 32], ntry: i32, lb: &mut [u8]) -> f32 {
+    let values = &KVALUES_IQ4NL;
     let (mut amax, mut max) = (0f32, 0f32);
     for &x in xb {
         let ax = x.abs();
@@ -527,42 +534,107 @@ variants!(
 #[inline(always)]
 fn iq4_xs_rows<const AVX: bool>(src: &[f32], dst: &mut [u8]) {
     for (x, b) in src.chunks_exact(QK_K).zip(dst.chunks_exact_mut(136)) {
-        let mut l = [0u8; QK_K];
         let mut scales = [0f32; QK_K / 32];
         block_scales_x8::<AVX>(x, &mut scales);
-        let (mut max_scale, mut amax_scale) = (0f32, 0f32);
-        for &d in &scales {
-            if d.abs() > amax_scale {
-                amax_scale = d.abs();
-                max_scale = d;
-            }
+        iq4_xs_pack::<AVX>(x, &scales, b);
+    }
+}
+
+/// The part of `quantize_row_iq4_nl_impl` (super-block 256) after the block
+/// scales: the super-block scale `-max_scale/32`, the 6-bit block scales and
+/// the indices against the rounded block scales.
+#[inline(always)]
+fn iq4_xs_pack<const AVX: bool>(x: &[f32], scales: &[f32; QK_K / 32], b: &mut [u8]) {
+    let mut l = [0u8; QK_K];
+    let (mut max_scale, mut amax_scale) = (0f32, 0f32);
+    for &d in scales {
+        if d.abs() > amax_scale {
+            amax_scale = d.abs();
+            max_scale = d;
         }
-        let d = -max_scale / 32.0;
-        put_f16(b, 0, d);
-        let id = if d != 0.0 { 1.0f32 / d } else { 0.0 };
-        let mut scales_h = 0u16;
-        let mut scales_l = [0u8; 4];
-        for ib in 0..QK_K / 32 {
-            let mut ls = nearest_int(id * scales[ib]).clamp(-32, 31);
-            let dl = d * ls as f32;
-            let idl = if dl != 0.0 { 1.0f32 / dl } else { 0.0 };
-            block_indices::<AVX>(
-                &x[32 * ib..32 * ib + 32],
-                idl,
-                &mut l[32 * ib..32 * ib + 32],
-            );
-            ls += 32;
-            let (l_l, l_h) = ((ls & 0xf) as u8, (ls >> 4) as u16);
-            if ib % 2 == 0 {
-                scales_l[ib / 2] = l_l;
-            } else {
-                scales_l[ib / 2] |= l_l << 4;
-            }
-            scales_h |= l_h << (2 * (ib % 8));
+    }
+    let d = -max_scale / 32.0;
+    put_f16(b, 0, d);
+    let id = if d != 0.0 { 1.0f32 / d } else { 0.0 };
+    let mut scales_h = 0u16;
+    let mut scales_l = [0u8; 4];
+    for ib in 0..QK_K / 32 {
+        let mut ls = nearest_int(id * scales[ib]).clamp(-32, 31);
+        let dl = d * ls as f32;
+        let idl = if dl != 0.0 { 1.0f32 / dl } else { 0.0 };
+        block_indices::<AVX>(
+            &x[32 * ib..32 * ib + 32],
+            idl,
+            &mut l[32 * ib..32 * ib + 32],
+        );
+        ls += 32;
+        let (l_l, l_h) = ((ls & 0xf) as u8, (ls >> 4) as u16);
+        if ib % 2 == 0 {
+            scales_l[ib / 2] = l_l;
+        } else {
+            scales_l[ib / 2] |= l_l << 4;
         }
-        b[2..4].copy_from_slice(&scales_h.to_le_bytes());
-        b[4..8].copy_from_slice(&scales_l);
-        pack_nibbles(&l, &mut b[8..136]);
+        scales_h |= l_h << (2 * (ib % 8));
+    }
+    b[2..4].copy_from_slice(&scales_h.to_le_bytes());
+    b[4..8].copy_from_slice(&scales_l);
+    pack_nibbles(&l, &mut b[8..136]);
+}
+
+/// `sigma2 = Σ x² · (2/n)` and the weights `qw·√(σ² + x²)` of
+/// `quantize_row_iq4_nl_impl` for the 32-block `ib` of a super-block `x`.
+#[inline(always)]
+fn iq4_weights(x: &[f32], qw: &[f32], ib: usize) -> [f32; 32] {
+    let mut sigma2 = 0f32;
+    for &v in x {
+        sigma2 += v * v;
+    }
+    sigma2 *= 2.0f32 / x.len() as f32;
+    let xb = &x[32 * ib..32 * ib + 32];
+    let q = &qw[32 * ib..32 * ib + 32];
+    let mut w = [0f32; 32];
+    for j in 0..32 {
+        w[j] = q[j] * (sigma2 + xb[j] * xb[j]).sqrt();
+    }
+    w
+}
+
+/// `quantize_iq4_nl` with an importance matrix: `quantize_row_iq4_nl_impl`
+/// with super-block = block = 32, `ntry = 7` and weights `qw·√(σ² + x²)`,
+/// σ² = 2Σx²/32 over the block.
+pub fn quantize_iq4_nl_weighted(src: &[f32], qw: &[f32], dst: &mut [u8]) {
+    let mut lb = [0u8; QK4_NL];
+    for ((x, q), b) in src
+        .chunks_exact(QK4_NL)
+        .zip(qw.chunks_exact(QK4_NL))
+        .zip(dst.chunks_exact_mut(18))
+    {
+        let w = iq4_weights(x, q, 0);
+        let scale = iq4_block_scale_weighted(x, &w, 7, &mut lb);
+        put_f16(b, 0, scale);
+        let id = if scale != 0.0 { 1.0f32 / scale } else { 0.0 };
+        let mut l = [0u8; QK4_NL];
+        block_indices::<false>(x, id, &mut l);
+        pack_nibbles(&l, &mut b[2..18]);
+    }
+}
+
+/// `quantize_iq4_xs` with an importance matrix: `quantize_row_iq4_nl_impl`
+/// with super-block 256, block 32, `ntry = 7` and weights `qw·√(σ² + x²)`,
+/// σ² = 2Σx²/256 over the super-block.
+pub fn quantize_iq4_xs_weighted(src: &[f32], qw: &[f32], dst: &mut [u8]) {
+    let mut lb = [0u8; 32];
+    for ((x, q), b) in src
+        .chunks_exact(QK_K)
+        .zip(qw.chunks_exact(QK_K))
+        .zip(dst.chunks_exact_mut(136))
+    {
+        let mut scales = [0f32; QK_K / 32];
+        for (ib, s) in scales.iter_mut().enumerate() {
+            let w = iq4_weights(x, q, ib);
+            *s = iq4_block_scale_weighted(&x[32 * ib..32 * ib + 32], &w, 7, &mut lb);
+        }
+        iq4_xs_pack::<false>(x, &scales, b);
     }
 }
 

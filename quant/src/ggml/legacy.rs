@@ -6,8 +6,11 @@
 //! given. The quantizers round in three different ways — truncation after
 //! `+8.5f` / `+16.5f` (Q4_0, Q5_0), truncation after `+0.5f` (Q4_1, Q5_1) and
 //! `roundf` (Q8_0) — and every float operation below is in ggml's order.
+//! With an importance matrix ggml runs `quantize_row_q*_impl` instead (the
+//! `*_weighted` functions here); Q8_0 ignores the importance matrix.
 
 use super::common::{le_f16, put_f16};
+use super::kquants::{make_qkx2_quants_batched, make_qx_quants_weighted};
 use crate::{Codec, GgmlType};
 
 const QK: usize = 32;
@@ -285,6 +288,113 @@ pub fn quantize_row_q8_0(src: &[f32], dst: &mut [u8]) {
         for (q, &xi) in y[2..].iter_mut().zip(x) {
             *q = c_cast_low_byte((xi * id).round());
         }
+    }
+}
+
+/// `Σ x[j]² / n` over the whole row: the σ² of `quantize_row_q{4,5}_{0,1}_impl`
+/// (per row, not per block), summed left to right.
+fn row_sigma2(x: &[f32]) -> f32 {
+    let mut sum_x2 = 0f32;
+    for &v in x {
+        sum_x2 += v * v;
+    }
+    sum_x2 / x.len() as f32
+}
+
+/// `weight[j] = qw[j] * sqrtf(sigma2 + xb[j]*xb[j])` for one block.
+#[inline(always)]
+fn block_weights(qw: &[f32], xb: &[f32; QK], sigma2: f32) -> [f32; QK] {
+    let mut w = [0f32; QK];
+    for j in 0..QK {
+        w[j] = qw[j] * (sigma2 + xb[j] * xb[j]).sqrt();
+    }
+    w
+}
+
+/// `quantize_row_q4_0_impl` with importance weights `qw` (one per column):
+/// per block `make_qx_quants(32, 8, xb, L, 1, qw·√(σ² + x²))`, the scale
+/// stored as is (no requantization).
+pub fn quantize_row_q4_0_weighted(src: &[f32], qw: &[f32], dst: &mut [u8]) {
+    let sigma2 = row_sigma2(src);
+    let mut l = [0i8; QK];
+    for ((x, q), y) in src
+        .chunks_exact(QK)
+        .zip(qw.chunks_exact(QK))
+        .zip(dst.chunks_exact_mut(18))
+    {
+        let x = block(x);
+        let w = block_weights(q, x, sigma2);
+        let d = make_qx_quants_weighted::<QK>(8, x, &w, &mut l);
+        put_f16(y, 0, d);
+        for j in 0..QK / 2 {
+            y[2 + j] = (l[j] as u8) | ((l[j + QK / 2] as u8) << 4);
+        }
+    }
+}
+
+/// `quantize_row_q4_1_impl` with importance weights `qw`: per block
+/// `make_qkx3_quants(32, 15, …, -0.9f, 0.05f, 36, false)`.
+pub fn quantize_row_q4_1_weighted(src: &[f32], qw: &[f32], dst: &mut [u8]) {
+    let sigma2 = row_sigma2(src);
+    let mut l = [0u8; QK];
+    for ((x, q), y) in src
+        .chunks_exact(QK)
+        .zip(qw.chunks_exact(QK))
+        .zip(dst.chunks_exact_mut(20))
+    {
+        let x = block(x);
+        let w = block_weights(q, x, sigma2);
+        // make_qkx3_quants(32, 15, …, -0.9f, 0.05f, 36, false)
+        let (d, min) = make_qkx2_quants_batched::<QK, 37>(15, x, &w, &mut l, -0.9, 0.05, false);
+        put_f16(y, 0, d);
+        put_f16(y, 2, -min);
+        for j in 0..QK / 2 {
+            y[4 + j] = l[j] | (l[j + QK / 2] << 4);
+        }
+    }
+}
+
+/// `quantize_row_q5_0_impl` with importance weights `qw`: per block
+/// `make_qx_quants(32, 16, xb, L, 1, qw·√(σ² + x²))`.
+pub fn quantize_row_q5_0_weighted(src: &[f32], qw: &[f32], dst: &mut [u8]) {
+    let sigma2 = row_sigma2(src);
+    let mut l = [0i8; QK];
+    for ((x, q), y) in src
+        .chunks_exact(QK)
+        .zip(qw.chunks_exact(QK))
+        .zip(dst.chunks_exact_mut(22))
+    {
+        let x = block(x);
+        let w = block_weights(q, x, sigma2);
+        let d = make_qx_quants_weighted::<QK>(16, x, &w, &mut l);
+        put_f16(y, 0, d);
+        let mut lq = [0u8; QK];
+        for (o, &v) in lq.iter_mut().zip(&l) {
+            *o = v as u8;
+        }
+        let (qh, qs) = y[2..].split_at_mut(4);
+        pack_q5(&lq, qh, qs);
+    }
+}
+
+/// `quantize_row_q5_1_impl` with importance weights `qw`: per block
+/// `make_qkx3_quants(32, 31, …, -0.9f, 0.05f, 36, false)`.
+pub fn quantize_row_q5_1_weighted(src: &[f32], qw: &[f32], dst: &mut [u8]) {
+    let sigma2 = row_sigma2(src);
+    let mut l = [0u8; QK];
+    for ((x, q), y) in src
+        .chunks_exact(QK)
+        .zip(qw.chunks_exact(QK))
+        .zip(dst.chunks_exact_mut(24))
+    {
+        let x = block(x);
+        let w = block_weights(q, x, sigma2);
+        // make_qkx3_quants(32, 31, …, -0.9f, 0.05f, 36, false)
+        let (d, min) = make_qkx2_quants_batched::<QK, 37>(31, x, &w, &mut l, -0.9, 0.05, false);
+        put_f16(y, 0, d);
+        put_f16(y, 2, -min);
+        let (qh, qs) = y[4..].split_at_mut(4);
+        pack_q5(&l, qh, qs);
     }
 }
 

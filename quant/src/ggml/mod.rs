@@ -5,6 +5,7 @@
 
 pub mod common;
 pub mod float;
+pub mod iq2xxs;
 pub mod iquants;
 pub mod isa;
 pub mod kquants;
@@ -32,4 +33,27 @@ pub(crate) fn codec(ty: GgmlType) -> Option<Codec> {
         c.quantize = Some(q);
     }
     Some(c)
+}
+
+/// The importance-weighted encoder ggml runs for `ty` when
+/// `ggml_quantize_chunk` gets an importance matrix (`quantize_row_*_impl`
+/// with `quant_weights != NULL`); `None` for types whose encoder ignores it
+/// or that this crate cannot encode with one.
+pub(crate) fn weighted(ty: GgmlType) -> Option<crate::WeightedEncodeFn> {
+    use GgmlType as G;
+    Some(match ty {
+        G::Q4_0 => legacy::quantize_row_q4_0_weighted,
+        G::Q4_1 => legacy::quantize_row_q4_1_weighted,
+        G::Q5_0 => legacy::quantize_row_q5_0_weighted,
+        G::Q5_1 => legacy::quantize_row_q5_1_weighted,
+        G::Q2_K => kquants::weighted::quantize_row_q2_k_weighted,
+        G::Q3_K => kquants::weighted::quantize_row_q3_k_weighted,
+        G::Q4_K => kquants::weighted::quantize_row_q4_k_weighted,
+        G::Q5_K => kquants::weighted::quantize_row_q5_k_weighted,
+        G::Q6_K => kquants::weighted::quantize_row_q6_k_weighted,
+        G::IQ4_NL => iquants::quantize_iq4_nl_weighted,
+        G::IQ4_XS => iquants::quantize_iq4_xs_weighted,
+        G::IQ2_XXS => iq2xxs::quantize_iq2_xxs_weighted,
+        _ => return None,
+    })
 }

@@ -5,7 +5,8 @@
 //! `quantize_q{2..6}_K` then call `quantize_row_q{2..6}_K_ref` on the whole
 //! chunk, and blocks are independent, so a row-at-a-time port of the `_ref`
 //! functions is bit-exact. Each 256-element super-block is encoded from
-//! fixed-size stack buffers; nothing is allocated per row.
+//! fixed-size stack buffers; nothing is allocated per row. With an
+//! importance matrix ggml runs the `_impl` functions instead: [`weighted`].
 
 // Index loops mirror the C source line by line, which keeps the port
 // easy to check against it.
@@ -14,12 +15,14 @@
 #[cfg(target_arch = "x86_64")]
 mod avx2;
 mod search;
+pub mod weighted;
 
 use super::common::{f16_to_f32, f32_to_f16, le_f16, nearest_int};
 use super::isa::avx2 as has_avx2;
 use crate::{Codec, GgmlType};
 pub(crate) use search::get_scale_min_k4;
-use search::{make_q3_quants, make_qkx2_quants_batched, make_qx_quants_rmse1, GROUP_MAX_EPS};
+use search::{make_q3_quants, make_qx_quants_rmse1, GROUP_MAX_EPS};
+pub(crate) use search::{make_qkx2_quants_batched, make_qp_quants, make_qx_quants_weighted};
 
 /// Elements per super-block (`QK_K`).
 const QK_K: usize = 256;

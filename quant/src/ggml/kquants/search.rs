@@ -19,8 +19,8 @@ pub(crate) const GROUP_MAX_EPS: f32 = 1e-15;
 /// scale around `-nmax/max`; returns the scale. Weights are `qw`, or chosen by
 /// `rmse_type` (1: x², 2: 1, 3: |x|, other: √|x|); a negative `rmse_type`
 /// returns after the first least-squares fit, 0 skips the fit.
-// The scalar ports stay as the reference the batched versions are tested
-// against (and for callers that need other `rmse_type`s or weights).
+// The scalar port stays as the reference the batched versions are tested
+// against.
 #[cfg_attr(not(test), allow(dead_code))]
 pub(crate) fn make_qx_quants<const N: usize>(
     nmax: i32,
@@ -280,6 +280,194 @@ pub(crate) fn make_qkx2_quants<const N: usize>(
     (scale, -min)
 }
 
+/// `make_qkx3_quants` with importance weights (every `_impl` caller passes
+/// them): asymmetric quantization `x ≈ scale·L − the_min`, `L ∈ [0, nmax]`,
+/// searching `nstep + 1` inverse scales `(rmin + rdelta·is + nmax)/(max − min)`
+/// with a weighted least-squares fit of scale and min at each. Unlike
+/// `make_qkx2_quants` a group with `max <= min` (not only `==`) is all zero.
+/// Returns `(scale, the_min)`.
+///
+/// With weights given this is `make_qkx2_quants` step for step (for finite
+/// input `max <= min` only holds as `max == min`), so the encoders run
+/// [`make_qkx2_quants_batched`] with `S = nstep + 1`; this port is the
+/// reference it is tested against.
+#[allow(clippy::too_many_arguments)]
+#[cfg_attr(not(test), allow(dead_code))]
+pub(crate) fn make_qkx3_quants<const N: usize>(
+    nmax: i32,
+    x: &[f32; N],
+    weights: &[f32; N],
+    out: &mut [u8; N],
+    rmin: f32,
+    rdelta: f32,
+    nstep: i32,
+    use_mad: bool,
+) -> (f32, f32) {
+    let mut laux = [0u8; N];
+    let mut min = x[0];
+    let mut max = x[0];
+    let mut sum_w = weights[0];
+    let mut sum_x = sum_w * x[0];
+    for i in 1..N {
+        if x[i] < min {
+            min = x[i];
+        }
+        if x[i] > max {
+            max = x[i];
+        }
+        let w = weights[i];
+        sum_w += w;
+        sum_x += w * x[i];
+    }
+    if min > 0.0 {
+        min = 0.0;
+    }
+    if max <= min {
+        out.fill(0);
+        return (0.0, -min);
+    }
+    let mut iscale = nmax as f32 / (max - min);
+    let mut scale = 1.0 / iscale;
+    let mut best_mad = 0f32;
+    for i in 0..N {
+        let l = nearest_int(iscale * (x[i] - min));
+        out[i] = l.clamp(0, nmax) as u8;
+        let mut diff = scale * out[i] as f32 + min - x[i];
+        diff = if use_mad { diff.abs() } else { diff * diff };
+        best_mad += weights[i] * diff;
+    }
+    if nstep < 1 {
+        return (scale, -min);
+    }
+    for is in 0..=nstep {
+        iscale = (rmin + rdelta * is as f32 + nmax as f32) / (max - min);
+        let mut sum_l = 0f32;
+        let mut sum_l2 = 0f32;
+        let mut sum_xl = 0f32;
+        for i in 0..N {
+            let l = nearest_int(iscale * (x[i] - min)).clamp(0, nmax);
+            laux[i] = l as u8;
+            let w = weights[i];
+            let lf = l as f32;
+            sum_l += w * lf;
+            sum_l2 += w * lf * lf;
+            sum_xl += w * lf * x[i];
+        }
+        let d = sum_w * sum_l2 - sum_l * sum_l;
+        if d > 0.0 {
+            let mut this_scale = (sum_w * sum_xl - sum_x * sum_l) / d;
+            let mut this_min = (sum_l2 * sum_x - sum_l * sum_xl) / d;
+            if this_min > 0.0 {
+                this_min = 0.0;
+                this_scale = sum_xl / sum_l2;
+            }
+            let mut mad = 0f32;
+            for i in 0..N {
+                let mut diff = this_scale * laux[i] as f32 + this_min - x[i];
+                diff = if use_mad { diff.abs() } else { diff * diff };
+                mad += weights[i] * diff;
+            }
+            if mad < best_mad {
+                *out = laux;
+                best_mad = mad;
+                scale = this_scale;
+                min = this_min;
+            }
+        }
+    }
+    (scale, -min)
+}
+
+/// `make_qp_quants`: quantization of the non-negative `x` (sub-block scales
+/// or mins) to `L ∈ [0, nmax]` with one scale, weights `quant_weights`: eight
+/// trial scales around `nmax/max`, then up to five rounds of coordinate
+/// descent. `L` is `uint8_t` in ggml, so a negative level wraps as it does
+/// there. Returns the scale.
+pub(crate) fn make_qp_quants<const N: usize>(
+    nmax: i32,
+    x: &[f32; N],
+    out: &mut [u8; N],
+    quant_weights: &[f32; N],
+) -> f32 {
+    let mut max = 0f32;
+    for &v in x {
+        // MAX(max, x[i])
+        max = if max > v { max } else { v };
+    }
+    if max < GROUP_MAX_EPS {
+        out.fill(0);
+        return 0.0;
+    }
+    let mut iscale = nmax as f32 / max;
+    for i in 0..N {
+        out[i] = nearest_int(iscale * x[i]) as u8;
+    }
+    let scale = 1.0 / iscale;
+    let mut best_mse = 0f32;
+    for i in 0..N {
+        let diff = x[i] - scale * out[i] as f32;
+        let w = quant_weights[i];
+        best_mse += w * diff * diff;
+    }
+    for is in -4i32..=4 {
+        if is == 0 {
+            continue;
+        }
+        let iscale_is = (0.1f32 * is as f32 + nmax as f32) / max;
+        let scale_is = 1.0 / iscale_is;
+        let mut mse = 0f32;
+        for i in 0..N {
+            let l = nearest_int(iscale_is * x[i]).min(nmax);
+            let diff = x[i] - scale_is * l as f32;
+            let w = quant_weights[i];
+            mse += w * diff * diff;
+        }
+        if mse < best_mse {
+            best_mse = mse;
+            iscale = iscale_is;
+        }
+    }
+    let mut sumlx = 0f32;
+    let mut suml2 = 0f32;
+    for i in 0..N {
+        let l = nearest_int(iscale * x[i]).min(nmax);
+        out[i] = l as u8;
+        let w = quant_weights[i];
+        sumlx += w * x[i] * l as f32;
+        suml2 += w * l as f32 * l as f32;
+    }
+    for _itry in 0..5 {
+        let mut n_changed = 0;
+        for i in 0..N {
+            let w = quant_weights[i];
+            let li = out[i] as f32;
+            let mut slx = sumlx - w * x[i] * li;
+            let mut sl2 = suml2 - w * li * li;
+            if slx > 0.0 && sl2 > 0.0 {
+                let new_l = nearest_int(x[i] * sl2 / slx).min(nmax);
+                if new_l != out[i] as i32 {
+                    slx += w * x[i] * new_l as f32;
+                    sl2 += w * new_l as f32 * new_l as f32;
+                    if slx * slx * suml2 > sumlx * sumlx * sl2 {
+                        out[i] = new_l as u8;
+                        sumlx = slx;
+                        suml2 = sl2;
+                        n_changed += 1;
+                    }
+                }
+            }
+        }
+        if n_changed == 0 {
+            break;
+        }
+    }
+    if suml2 > 0.0 {
+        sumlx / suml2
+    } else {
+        0.0
+    }
+}
+
 /// `get_scale_min_k4`: the 6-bit scale and min of sub-block `j` from the
 /// 12 packed scale bytes of Q4_K / Q5_K.
 #[inline(always)]
@@ -417,13 +605,29 @@ pub(crate) fn make_qkx2_quants_batched<const N: usize, const S: usize>(
 }
 
 /// `make_qx_quants` for `rmse_type == 1` without importance weights (the
-/// only form the K-quant `_ref` encoders use), with the 18 candidate scales
-/// of the search evaluated side by side. Per candidate the sums run left to
-/// right and candidates are accepted in ggml's order (`is = -9..=9`), so the
-/// result is bit-identical to the scalar port (tested).
+/// only form the K-quant `_ref` encoders use): [`make_qx_quants_weighted`]
+/// with the weights `x²`.
 pub(crate) fn make_qx_quants_rmse1<const N: usize>(
     nmax: i32,
     x: &[f32; N],
+    out: &mut [i8; N],
+) -> f32 {
+    let mut w = [0f32; N];
+    for i in 0..N {
+        w[i] = x[i] * x[i];
+    }
+    make_qx_quants_weighted(nmax, x, &w, out)
+}
+
+/// `make_qx_quants(N, nmax, x, L, 1, w)` with the 18 candidate scales of
+/// the search evaluated side by side. Per candidate the sums run left to
+/// right and candidates are accepted in ggml's order (`is = -9..=9`; they
+/// do not depend on each other), so the result is bit-identical to the
+/// scalar port (tested).
+pub(crate) fn make_qx_quants_weighted<const N: usize>(
+    nmax: i32,
+    x: &[f32; N],
+    w: &[f32; N],
     out: &mut [i8; N],
 ) -> f32 {
     const C: usize = 18;
@@ -439,10 +643,6 @@ pub(crate) fn make_qx_quants_rmse1<const N: usize>(
     if amax < GROUP_MAX_EPS {
         out.fill(0);
         return 0.0;
-    }
-    let mut w = [0f32; N];
-    for i in 0..N {
-        w[i] = x[i] * x[i];
     }
     let iscale = (-nmax) as f32 / max;
     let mut sumlx = 0f32;
@@ -597,6 +797,82 @@ mod tests {
             let r2 = make_qx_quants_rmse1(32, &x, &mut b);
             assert_eq!(r1.to_bits(), r2.to_bits(), "{x:?}");
             assert_eq!(a, b, "{x:?}");
+        }
+    }
+
+    fn check_qkx3<const N: usize>(nmax: i32) {
+        let mut s = 11u64;
+        let mut next = move || {
+            s ^= s << 13;
+            s ^= s >> 7;
+            s ^= s << 17;
+            (s >> 11) as f64 / (1u64 << 53) as f64
+        };
+        for (k, x) in blocks::<N>(3000).into_iter().enumerate() {
+            let mut w = [0f32; N];
+            for v in w.iter_mut() {
+                *v = match k % 3 {
+                    0 => ((next() - 0.5) * 6.0).exp() as f32,
+                    1 => {
+                        if next() < 0.3 {
+                            0.0
+                        } else {
+                            next() as f32
+                        }
+                    }
+                    _ => 1.0,
+                };
+            }
+            let (mut a, mut b) = ([0u8; N], [0u8; N]);
+            let r1 = make_qkx3_quants(nmax, &x, &w, &mut a, -0.9, 0.05, 36, false);
+            let r2 = make_qkx2_quants_batched::<N, 37>(nmax, &x, &w, &mut b, -0.9, 0.05, false);
+            assert_eq!(
+                (r1.0.to_bits(), r1.1.to_bits()),
+                (r2.0.to_bits(), r2.1.to_bits()),
+                "{x:?} {w:?}"
+            );
+            assert_eq!(a, b, "{x:?} {w:?}");
+        }
+    }
+
+    #[test]
+    fn batched_qkx2_equals_qkx3_with_weights() {
+        check_qkx3::<16>(3); // Q2_K
+        check_qkx3::<32>(15); // Q4_K, Q4_1
+        check_qkx3::<32>(31); // Q5_K, Q5_1
+    }
+
+    #[test]
+    fn batched_qx_weighted_equals_scalar_port() {
+        let mut s = 7u64;
+        let mut next = move || {
+            s ^= s << 13;
+            s ^= s >> 7;
+            s ^= s << 17;
+            (s >> 11) as f64 / (1u64 << 53) as f64
+        };
+        for (k, x) in blocks::<32>(4000).into_iter().enumerate() {
+            let mut w = [0f32; 32];
+            for v in w.iter_mut() {
+                *v = match k % 3 {
+                    0 => ((next() - 0.5) * 6.0).exp() as f32,
+                    1 => {
+                        if next() < 0.3 {
+                            0.0
+                        } else {
+                            next() as f32
+                        }
+                    }
+                    _ => 1.0,
+                };
+            }
+            for nmax in [4, 8, 16, 32] {
+                let (mut a, mut b) = ([0i8; 32], [0i8; 32]);
+                let r1 = make_qx_quants(nmax, &x, &mut a, 1, Some(&w));
+                let r2 = make_qx_quants_weighted(nmax, &x, &w, &mut b);
+                assert_eq!(r1.to_bits(), r2.to_bits(), "{x:?} {w:?}");
+                assert_eq!(a, b, "{x:?} {w:?}");
+            }
         }
     }
 

@@ -1,0 +1,367 @@
+//! The K-quant encoders with an importance matrix: ports of
+//! `quantize_row_q{2..6}_K_impl` from `ggml-quants.c`, which
+//! `ggml_quantize_chunk` runs row by row when `imatrix != NULL`.
+//!
+//! `qw` holds one importance per column of the row (`quant_weights` in
+//! ggml); super-block `i` uses `qw[256·i..256·(i+1)]`. Float expressions keep
+//! ggml's operand order; the requantization with fp16-rounded scales reuses
+//! the scalar helpers of the unweighted encoders, which perform the same
+//! operations.
+
+// Index loops mirror the C source line by line.
+#![allow(clippy::needless_range_loop)]
+
+use super::search::{make_qkx2_quants_batched, make_qp_quants, make_qx_quants_weighted};
+use super::{
+    get_scale_min_k4, q3_k_scale, requant_affine, requant_sym, sub, sub_mut, GROUP_MAX_EPS,
+    Q2_K_BYTES, Q3_K_BYTES, Q4_K_BYTES, Q5_K_BYTES, Q6_K_BYTES, QK_K,
+};
+use crate::ggml::common::{f16_to_f32, f32_to_f16, nearest_int};
+
+/// `Σ x[j]²` over a super-block, left to right.
+#[inline(always)]
+fn sum_sq(x: &[f32]) -> f32 {
+    let mut s = 0f32;
+    for &v in x {
+        s += v * v;
+    }
+    s
+}
+
+/// `weight[l] = qw[l] * sqrtf(sigma2 + x[l]*x[l])` for one sub-block; returns
+/// their sum (`sw[j]`), accumulated from 0 left to right.
+#[inline(always)]
+fn sub_weights<const N: usize>(qw: &[f32; N], x: &[f32; N], sigma2: f32, w: &mut [f32; N]) -> f32 {
+    let mut sumw = 0f32;
+    for l in 0..N {
+        w[l] = qw[l] * (sigma2 + x[l] * x[l]).sqrt();
+    }
+    for l in 0..N {
+        sumw += w[l];
+    }
+    sumw
+}
+
+/// The 2-bit planes of Q2_K / Q3_K: `qs[j/4 + l]` packs `L[j+l]`, `L[j+l+32]`,
+/// `L[j+l+64]`, `L[j+l+96]` for `j = 0, 128`.
+#[inline(always)]
+fn pack_2bit(l: &[u8; QK_K], qs: &mut [u8]) {
+    for j in (0..QK_K).step_by(128) {
+        for k in 0..32 {
+            qs[j / 4 + k] =
+                l[j + k] | (l[j + k + 32] << 2) | (l[j + k + 64] << 4) | (l[j + k + 96] << 6);
+        }
+    }
+}
+
+/// `quantize_row_q2_K_impl`: per 16-element sub-block `make_qkx3_quants`
+/// (nmax 3, weights `qw·√(σ² + x²)`, σ² = Σx²/256), then 4-bit scales and
+/// mins by `make_qp_quants` weighted by the sub-block weight sums.
+pub fn quantize_row_q2_k_weighted(src: &[f32], qw: &[f32], dst: &mut [u8]) {
+    let mut l = [0u8; QK_K];
+    let mut mins = [0f32; QK_K / 16];
+    let mut scales = [0f32; QK_K / 16];
+    let mut sw = [0f32; QK_K / 16];
+    let mut weight = [0f32; 16];
+    let mut ls = [0u8; QK_K / 16];
+    let mut lm = [0u8; QK_K / 16];
+    for ((x, q), y) in src
+        .chunks_exact(QK_K)
+        .zip(qw.chunks_exact(QK_K))
+        .zip(dst.chunks_exact_mut(Q2_K_BYTES))
+    {
+        let sigma2 = sum_sq(x) / QK_K as f32;
+        for j in 0..QK_K / 16 {
+            let xs = sub::<16>(x, j);
+            sw[j] = sub_weights(sub::<16>(q, j), xs, sigma2, &mut weight);
+            // make_qkx3_quants(16, 3, …, -0.9f, 0.05f, 36, false)
+            let (s, m) = make_qkx2_quants_batched::<16, 37>(
+                3,
+                xs,
+                &weight,
+                sub_mut::<16, _>(&mut l, j),
+                -0.9,
+                0.05,
+                false,
+            );
+            scales[j] = s;
+            mins[j] = m;
+        }
+        let dm = make_qp_quants::<16>(15, &scales, &mut ls, &sw);
+        let mm = make_qp_quants::<16>(15, &mins, &mut lm, &sw);
+        let d_bits = f32_to_f16(dm);
+        let dmin_bits = f32_to_f16(mm);
+        let dm = f16_to_f32(d_bits);
+        let mm = f16_to_f32(dmin_bits);
+        let mut sc = [0u8; QK_K / 16];
+        for j in 0..QK_K / 16 {
+            sc[j] = ls[j] | (lm[j] << 4);
+        }
+        for j in 0..QK_K / 16 {
+            let d = dm * (sc[j] & 0xF) as f32;
+            if d == 0.0 {
+                continue;
+            }
+            let m = mm * (sc[j] >> 4) as f32;
+            requant_affine::<16, false>(sub::<16>(x, j), m, d, 3, sub_mut::<16, _>(&mut l, j));
+        }
+        y[..16].copy_from_slice(&sc);
+        pack_2bit(&l, &mut y[16..80]);
+        y[80..82].copy_from_slice(&d_bits.to_le_bytes());
+        y[82..84].copy_from_slice(&dmin_bits.to_le_bytes());
+    }
+}
+
+/// `quantize_row_q3_K_impl`: per 16-element sub-block `make_qx_quants`
+/// (nmax 4, weights `qw·√(σ² + x²)`, σ² = 2Σx²/256), then the 6-bit scales
+/// by `make_qx_quants(16, 32, …)` weighted by the sub-block weight sums.
+pub fn quantize_row_q3_k_weighted(src: &[f32], qw: &[f32], dst: &mut [u8]) {
+    let mut l = [0u8; QK_K];
+    let mut scales = [0f32; QK_K / 16];
+    let mut sw = [0f32; QK_K / 16];
+    let mut weight = [0f32; 16];
+    let mut li = [0i8; 16];
+    let mut ls = [0i8; QK_K / 16];
+    for ((x, q), y) in src
+        .chunks_exact(QK_K)
+        .zip(qw.chunks_exact(QK_K))
+        .zip(dst.chunks_exact_mut(Q3_K_BYTES))
+    {
+        let sigma2 = 2.0 * sum_sq(x) / QK_K as f32;
+        for j in 0..QK_K / 16 {
+            let xs = sub::<16>(x, j);
+            sw[j] = sub_weights(sub::<16>(q, j), xs, sigma2, &mut weight);
+            scales[j] = make_qx_quants_weighted::<16>(4, xs, &weight, &mut li);
+            for (o, &v) in sub_mut::<16, _>(&mut l, j).iter_mut().zip(&li) {
+                *o = v as u8;
+            }
+        }
+        let d_block = make_qx_quants_weighted::<16>(32, &scales, &sw, &mut ls);
+        let mut sc = [0u8; 12];
+        for j in 0..QK_K / 16 {
+            let lv = ls[j] as u8;
+            if j < 8 {
+                sc[j] = lv & 0xF;
+            } else {
+                sc[j - 8] |= (lv & 0xF) << 4;
+            }
+            sc[j % 4 + 8] |= (lv >> 4) << (2 * (j / 4));
+        }
+        let d_bits = f32_to_f16(d_block);
+        let dall = f16_to_f32(d_bits);
+        for j in 0..QK_K / 16 {
+            let d = dall * q3_k_scale(&sc, j) as f32;
+            if d == 0.0 {
+                continue;
+            }
+            requant_sym::<16, false>(sub::<16>(x, j), d, -4, 3, 4, sub_mut::<16, _>(&mut l, j));
+        }
+        let (hmask, rest) = y.split_at_mut(32);
+        hmask.fill(0);
+        // `if (L[j] > 3) { hmask[m] |= hm; L[j] -= 4; }`, L in 0..=7.
+        for (bit, lg) in l.chunks_exact_mut(QK_K / 8).enumerate() {
+            for (h, lj) in hmask.iter_mut().zip(lg) {
+                *h |= (*lj >> 2) << bit;
+                *lj &= 3;
+            }
+        }
+        pack_2bit(&l, &mut rest[..64]);
+        y[96..108].copy_from_slice(&sc);
+        y[108..110].copy_from_slice(&d_bits.to_le_bytes());
+    }
+}
+
+/// What `quantize_row_q4_K_impl` and `quantize_row_q5_K_impl` share: per
+/// 32-element sub-block `make_qkx3_quants` (weights `qw·√(σ² + x²)`,
+/// σ² = 2Σx²/256), 6-bit scales and mins by `make_qp_quants(8, 63, …)`, and
+/// the requantization with the fp16-rounded scales. `clamp63` is Q5_K's
+/// `MIN(63, ·)` on the levels (Q4_K has none). Fills `head` (d, dmin,
+/// scales: 16 bytes) and `l`.
+fn quantize_block_qkx3_k(
+    x: &[f32],
+    q: &[f32],
+    nmax: i32,
+    clamp63: bool,
+    head: &mut [u8],
+    l: &mut [u8; QK_K],
+) {
+    let mut mins = [0f32; QK_K / 32];
+    let mut scales = [0f32; QK_K / 32];
+    let mut sw = [0f32; QK_K / 32];
+    let mut weights = [0f32; 32];
+    let mut ls = [0u8; QK_K / 32];
+    let mut lm = [0u8; QK_K / 32];
+    let sigma2 = 2.0 * sum_sq(x) / QK_K as f32;
+    for j in 0..QK_K / 32 {
+        let xs = sub::<32>(x, j);
+        sw[j] = sub_weights(sub::<32>(q, j), xs, sigma2, &mut weights);
+        // make_qkx3_quants(32, nmax, …, -0.9f, 0.05f, 36, false)
+        let (s, m) = make_qkx2_quants_batched::<32, 37>(
+            nmax,
+            xs,
+            &weights,
+            sub_mut::<32, _>(l, j),
+            -0.9,
+            0.05,
+            false,
+        );
+        scales[j] = s;
+        mins[j] = m;
+    }
+    let d_block = make_qp_quants::<8>(63, &scales, &mut ls, &sw);
+    let m_block = make_qp_quants::<8>(63, &mins, &mut lm, &sw);
+    let mut sc = [0u8; 12];
+    for j in 0..QK_K / 32 {
+        let (mut lsj, mut lmj) = (ls[j], lm[j]);
+        if clamp63 {
+            lsj = lsj.min(63);
+            lmj = lmj.min(63);
+        }
+        if j < 4 {
+            sc[j] = lsj;
+            sc[j + 4] = lmj;
+        } else {
+            sc[j + 4] = (lsj & 0xF) | ((lmj & 0xF) << 4);
+            sc[j - 4] |= (lsj >> 4) << 6;
+            sc[j] |= (lmj >> 4) << 6;
+        }
+    }
+    let d_bits = f32_to_f16(d_block);
+    let dmin_bits = f32_to_f16(m_block);
+    let dall = f16_to_f32(d_bits);
+    let dmin = f16_to_f32(dmin_bits);
+    for j in 0..QK_K / 32 {
+        let (s, m) = get_scale_min_k4(j, &sc);
+        let d = dall * s as f32;
+        if d == 0.0 {
+            continue;
+        }
+        let dm = dmin * m as f32;
+        requant_affine::<32, false>(sub::<32>(x, j), dm, d, nmax, sub_mut::<32, _>(l, j));
+    }
+    head[0..2].copy_from_slice(&d_bits.to_le_bytes());
+    head[2..4].copy_from_slice(&dmin_bits.to_le_bytes());
+    head[4..16].copy_from_slice(&sc);
+}
+
+/// `quantize_row_q4_K_impl` (nmax 15).
+pub fn quantize_row_q4_k_weighted(src: &[f32], qw: &[f32], dst: &mut [u8]) {
+    let mut l = [0u8; QK_K];
+    for ((x, q), y) in src
+        .chunks_exact(QK_K)
+        .zip(qw.chunks_exact(QK_K))
+        .zip(dst.chunks_exact_mut(Q4_K_BYTES))
+    {
+        let (head, qs) = y.split_at_mut(16);
+        quantize_block_qkx3_k(x, q, 15, false, head, &mut l);
+        for (n, qq) in qs.chunks_exact_mut(32).enumerate() {
+            let j = 64 * n;
+            for k in 0..32 {
+                qq[k] = l[j + k] | (l[j + k + 32] << 4);
+            }
+        }
+    }
+}
+
+/// `quantize_row_q5_K_impl` (nmax 31, levels clamped to 63).
+pub fn quantize_row_q5_k_weighted(src: &[f32], qw: &[f32], dst: &mut [u8]) {
+    let mut l = [0u8; QK_K];
+    for ((x, q), y) in src
+        .chunks_exact(QK_K)
+        .zip(qw.chunks_exact(QK_K))
+        .zip(dst.chunks_exact_mut(Q5_K_BYTES))
+    {
+        let (head, rest) = y.split_at_mut(16);
+        quantize_block_qkx3_k(x, q, 31, true, head, &mut l);
+        let (qh, ql) = rest.split_at_mut(32);
+        qh.fill(0);
+        let mut m1 = 1u8;
+        let mut m2 = 2u8;
+        for (n, ql) in ql.chunks_exact_mut(32).enumerate() {
+            let base = 64 * n;
+            for j in 0..32 {
+                let mut l1 = l[base + j];
+                if l1 > 15 {
+                    l1 -= 16;
+                    qh[j] |= m1;
+                }
+                let mut l2 = l[base + j + 32];
+                if l2 > 15 {
+                    l2 -= 16;
+                    qh[j] |= m2;
+                }
+                ql[j] = l1 | (l2 << 4);
+            }
+            m1 = m1.wrapping_shl(2);
+            m2 = m2.wrapping_shl(2);
+        }
+    }
+}
+
+/// `quantize_row_q6_K_impl`: per 16-element sub-block
+/// `make_qx_quants(16, 32, x, L, 1, qw)` with the raw importances as weights
+/// (ggml's σ²-scaled weights are commented out there), then as
+/// `quantize_row_q6_K_ref`.
+pub fn quantize_row_q6_k_weighted(src: &[f32], qw: &[f32], dst: &mut [u8]) {
+    let mut l = [0u8; QK_K];
+    let mut li = [0i8; 16];
+    let mut scales = [0f32; QK_K / 16];
+    for ((x, q), y) in src
+        .chunks_exact(QK_K)
+        .zip(qw.chunks_exact(QK_K))
+        .zip(dst.chunks_exact_mut(Q6_K_BYTES))
+    {
+        let mut max_scale = 0f32;
+        let mut max_abs_scale = 0f32;
+        for ib in 0..QK_K / 16 {
+            let scale = make_qx_quants_weighted::<16>(32, sub::<16>(x, ib), sub(q, ib), &mut li);
+            for (o, &v) in sub_mut::<16, _>(&mut l, ib).iter_mut().zip(&li) {
+                *o = v as u8;
+            }
+            scales[ib] = scale;
+            let abs_scale = scale.abs();
+            if abs_scale > max_abs_scale {
+                max_abs_scale = abs_scale;
+                max_scale = scale;
+            }
+        }
+        if max_abs_scale < GROUP_MAX_EPS {
+            y.fill(0);
+            y[208..210].copy_from_slice(&f32_to_f16(0.0).to_le_bytes());
+            continue;
+        }
+        let iscale = -128.0f32 / max_scale;
+        let d_bits = f32_to_f16(1.0 / iscale);
+        let mut sc = [0i8; QK_K / 16];
+        for ib in 0..QK_K / 16 {
+            sc[ib] = nearest_int(iscale * scales[ib]).min(127) as i8;
+        }
+        let dall = f16_to_f32(d_bits);
+        for j in 0..QK_K / 16 {
+            let d = dall * sc[j] as f32;
+            if d == 0.0 {
+                continue;
+            }
+            requant_sym::<16, false>(sub::<16>(x, j), d, -32, 31, 32, sub_mut::<16, _>(&mut l, j));
+        }
+        let (ql, rest) = y.split_at_mut(128);
+        let (qh, tail) = rest.split_at_mut(64);
+        for n in 0..2 {
+            let j = 128 * n;
+            let ql = &mut ql[64 * n..64 * n + 64];
+            let qh = &mut qh[32 * n..32 * n + 32];
+            for k in 0..32 {
+                ql[k] = (l[j + k] & 0xF) | ((l[j + k + 64] & 0xF) << 4);
+                ql[k + 32] = (l[j + k + 32] & 0xF) | ((l[j + k + 96] & 0xF) << 4);
+                qh[k] = (l[j + k] >> 4)
+                    | ((l[j + k + 32] >> 4) << 2)
+                    | ((l[j + k + 64] >> 4) << 4)
+                    | ((l[j + k + 96] >> 4) << 6);
+            }
+        }
+        for (t, s) in tail[..16].iter_mut().zip(sc) {
+            *t = s as u8;
+        }
+        tail[16..18].copy_from_slice(&d_bits.to_le_bytes());
+    }
+}
