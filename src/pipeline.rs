@@ -899,6 +899,7 @@ mod tests {
                         row_len,
                     })),
                     scale: 1.0,
+                    importance: None,
                 },
             }];
             let dir = tempfile::tempdir().unwrap();
