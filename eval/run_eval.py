@@ -674,20 +674,37 @@ def fmt(x, spec):
     return "–" if x is None or (isinstance(x, float) and math.isnan(x)) else format(x, spec)
 
 
+def paired(r, ref):
+    """KL difference to a reference row on the same chunks, ± SE over chunk differences."""
+    if ref is None or len(ref["kl_chunks"]) != len(r["kl_chunks"]) or len(r["kl_chunks"]) < 2:
+        return None, None
+    d = np.array(r["kl_chunks"]) - np.array(ref["kl_chunks"])
+    return float(d.mean()), float(d.std(ddof=1) / math.sqrt(len(d)))
+
+
 def table(rows, args):
     lines = [f"# qresidual apply options on the {args.model} case (p = {args.p:g}, "
              f"{rows[0]['tokens'] if rows else 0} scored tokens)", "",
-             "KL: mean KL(truth ‖ model) per token, ± standard error over chunk means; "
-             "top-1: agreement with the truth's argmax; size vs the user's base; weight rel. MSE "
-             "over all 2-D tensors vs the truth; retention from apply's report.", ""]
+             "KL: mean KL(truth ‖ model) per token (full vocabulary, second half of each 512-token "
+             "chunk), ± SE over chunk means. vs fresh: KL − KL(fresh) on the same chunks ± paired SE. "
+             "gain: share of the way from \"base without Δ\" to \"ideal\" "
+             "((KL_base − KL) / (KL_base − KL_ideal)). top-1: agreement with the truth's argmax. "
+             "Size vs the user's base. Weight rel. MSE: Σ‖W − T‖² / Σ‖T‖² over all 2-D tensors. "
+             "Retention: apply's report (⟨out − base, Δ⟩ / ‖Δ‖²).", ""]
     for base_key in dict.fromkeys(r["base"] for r in rows):
+        sub = [r for r in rows if r["base"] == base_key]
+        ref = {r["key"]: r for r in sub}
         lines += [f"## user's base {BASES[base_key]['label']}", "",
-                  "| option | KL | ± SE | top-1 | size MiB | vs base | weight rel. MSE | retention | eval s |",
-                  "|---|---|---|---|---|---|---|---|---|"]
-        for r in rows:
-            if r["base"] != base_key:
-                continue
-            lines.append(f"| {r['label']} | {r['kl']:.4f} | {fmt(r['kl_se_chunk'], '.4f')} | "
+                  "| option | KL | ± SE | vs fresh | gain | top-1 | size MiB | vs base | "
+                  "weight rel. MSE | retention | eval s |",
+                  "|---|---|---|---|---|---|---|---|---|---|---|"]
+        kb = ref.get("base", {}).get("kl")
+        ki = ref.get("ideal", {}).get("kl")
+        for r in sub:
+            d, dse = paired(r, ref.get("fresh"))
+            vs = "–" if d is None or r["key"] == "fresh" else f"{d:+.4f} ± {dse:.4f}"
+            gain = "–" if kb is None or ki is None or kb == ki else f"{(kb - r['kl']) / (kb - ki) * 100:.0f} %"
+            lines.append(f"| {r['label']} | {r['kl']:.4f} | {fmt(r['kl_se_chunk'], '.4f')} | {vs} | {gain} | "
                          f"{r['top1'] * 100:.2f} % | {r['size_mib']:.1f} | {r['size_pct']:+.1f} % | "
                          f"{fmt(r['weight_rel_mse'], '.3e')} | {fmt(r['retention'], '.3f')} | "
                          f"{r['eval_s']:.0f} |")
@@ -746,6 +763,9 @@ def main():
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--qresidual", default=str(ROOT / "target/release/qresidual"))
     ap.add_argument("--work", default=None, help="work dir (default target/eval/<model>)")
+    ap.add_argument("--from-results", action="store_true",
+                    help="only rewrite the table and plot from <workdir>/results.jsonl (latest row per "
+                         "base and option for this --p; --bases and --options filter)")
     ap.add_argument("--no-wmse", action="store_true", help="skip the weight MSE (saves ~10 s per model)")
     ap.add_argument("--out-md", default=None, help="markdown table (default eval/results.md for gemma)")
     ap.add_argument("--out-png", default=None, help="plot (default eval/kl_vs_size.png for gemma)")
@@ -762,6 +782,21 @@ def main():
     suffix = "" if args.model == "gemma" else f"-{args.model}"
     md_path = pathlib.Path(args.out_md) if args.out_md else EVAL_DIR / f"results{suffix}.md"
     png_path = pathlib.Path(args.out_png) if args.out_png else EVAL_DIR / f"kl_vs_size{suffix}.png"
+
+    if args.from_results:
+        rows = {}
+        for line in open(work / "results.jsonl"):
+            r = json.loads(line)
+            if r["model"] == args.model and r["p"] == args.p and r["base"] in args.bases and (
+                    not args.options or r["key"] in args.options.split(",")):
+                rows[(r["base"], r["key"])] = r
+        order = {o["key"]: i for i, o in enumerate(OPTIONS)}
+        rows = sorted(rows.values(), key=lambda r: (args.bases.index(r["base"]), order.get(r["key"], 99)))
+        md = table(rows, args)
+        print(md)
+        md_path.write_text(md)
+        plot(rows, png_path, args)
+        return
 
     qr = Qres(args.qresidual, args.threads)
     if args.options:
