@@ -74,12 +74,21 @@ OPTIONS = [
     {"label": "fresh as Q8_0", "key": "fresh-q8_0", "kind": "apply", "args": ["--type", "q8_0"]},
     {"label": "ideal", "key": "ideal", "kind": "ideal"},
     # Tensor-class experiment (--classes): fresh, with one class written as Q8_0.
-    {"label": "fresh, attn as Q8_0", "key": "class-attn", "kind": "class", "cls": "attn",
+    {"label": "fresh, attn as Q8_0", "key": "class-attn", "kind": "class", "cls": r"\.attn_(q|k|v|output)\.",
      "default": False},
-    {"label": "fresh, ffn as Q8_0", "key": "class-ffn", "kind": "class", "cls": "ffn",
+    {"label": "fresh, ffn as Q8_0", "key": "class-ffn", "kind": "class", "cls": r"\.ffn_(gate|up|down)\.",
      "default": False},
-    {"label": "fresh, token_embd as Q8_0", "key": "class-embd", "kind": "class", "cls": "embd",
-     "default": False},
+    {"label": "fresh, token_embd as Q8_0", "key": "class-embd", "kind": "class",
+     "cls": r"^(token_embd|output)\.", "default": False},
+    # finer classes (only with --options)
+    {"label": "fresh, attn_q/k/v as Q8_0", "key": "class-attn_qkv", "kind": "class",
+     "cls": r"\.attn_(q|k|v)\.", "default": False, "fine": True},
+    {"label": "fresh, attn_output as Q8_0", "key": "class-attn_output", "kind": "class",
+     "cls": r"\.attn_output\.", "default": False, "fine": True},
+    {"label": "fresh, ffn_gate/up as Q8_0", "key": "class-ffn_gate_up", "kind": "class",
+     "cls": r"\.ffn_(gate|up)\.", "default": False, "fine": True},
+    {"label": "fresh, ffn_down as Q8_0", "key": "class-ffn_down", "kind": "class",
+     "cls": r"\.ffn_down\.", "default": False, "fine": True},
 ]
 
 # llama.cpp ftypes of the user's bases; Q4_0 is "pure" (every tensor Q4_0, like the issue).
@@ -94,15 +103,10 @@ def log(*a):
     print(f"[{datetime.datetime.now():%H:%M:%S}]", *a, flush=True)
 
 
-def tensor_class(name):
-    """Coarse tensor classes for the per-class experiment."""
-    if name.startswith("token_embd") or name.startswith("output."):
-        return "embd"
-    if ".attn_" in name:
-        return "attn"
-    if ".ffn_" in name:
-        return "ffn"
-    return "other"
+def in_class(name, cls):
+    """Tensor-class membership for the per-class experiment (cls: a regex on the GGUF name)."""
+    import re
+    return re.search(cls, name) is not None
 
 
 # ---------------------------------------------------------------------------------------------
@@ -114,6 +118,7 @@ class Qres:
         self.threads = threads
         if not pathlib.Path(self.exe).is_file():
             sys.exit(f"qresidual binary not found at {self.exe}: cargo build --release, or --qresidual PATH")
+        self.sha = hashlib.sha256(pathlib.Path(self.exe).read_bytes()).hexdigest()[:16]
         self.apply_help = subprocess.run([self.exe, "apply", "--help"], capture_output=True,
                                          text=True, check=True).stdout
 
@@ -631,19 +636,34 @@ def build(opt, base_key, args, qr, work, prep):
         q8 = build(option("fresh-q8_0"), base_key, args, qr, work, prep)
         out = work / f"{opt['key']}-{tag}.gguf"
         t = time.time()
-        if not out.exists():
-            splice(out, fresh["path"], q8["path"], lambda n: tensor_class(n) == opt["cls"])
+        recipe = {"splice": opt["cls"], "binary": qr.sha}
+        if not cached(out, recipe):
+            splice(out, fresh["path"], q8["path"], lambda n: in_class(n, opt["cls"]))
+            mark(out, recipe)
         return {"path": out, "lora": None, "report": None, "build_s": time.time() - t}
     ext = "lora.gguf" if kind == "lora" else "gguf"
     out = work / f"{opt['key']}-{tag}.{ext}"
     rep = work / f"{opt['key']}-{tag}.report.json"
     t = 0.0
-    if not out.exists():
+    # outputs are cached per binary: a new build of qresidual rebuilds them
+    recipe = {"args": opt["args"], "binary": qr.sha}
+    if not cached(out, recipe):
+        rep.unlink(missing_ok=True)
         t, _ = qr.run("apply", "--base", base, "--residual", prep["delta"], "-o", out, *opt["args"],
                       "--report", rep, "-q", "--threads", args.threads)
+        mark(out, recipe)
     if kind == "lora":
         return {"path": base, "lora": out, "report": rep if rep.exists() else None, "build_s": t}
     return {"path": out, "lora": None, "report": rep if rep.exists() else None, "build_s": t}
+
+
+def cached(path, recipe):
+    side = pathlib.Path(str(path) + ".recipe.json")
+    return path.exists() and side.exists() and json.loads(side.read_text()) == recipe
+
+
+def mark(path, recipe):
+    pathlib.Path(str(path) + ".recipe.json").write_text(json.dumps(recipe))
 
 
 def option(key):
@@ -803,7 +823,8 @@ def main():
         keys = [k.strip() for k in args.options.split(",") if k.strip()]
         opts = [option(k) for k in keys]
     else:
-        opts = [o for o in OPTIONS if o.get("default", True) or (args.classes and o["kind"] == "class")]
+        opts = [o for o in OPTIONS if o.get("default", True)
+                or (args.classes and o["kind"] == "class" and not o.get("fine"))]
     runnable = []
     for o in opts:
         missing = [f for f in o.get("needs", []) if not qr.has(f)]
@@ -846,7 +867,7 @@ def main():
                 except Exception as e:  # noqa: BLE001 -- a metric, never fatal
                     log(f"weight MSE of {o['label']} failed: {e}")
             row = {"model": args.model, "base": base_key, "p": args.p, "key": o["key"],
-                   "label": o["label"], "args": o.get("args"), "qresidual": qr.exe,
+                   "label": o["label"], "args": o.get("args"), "qresidual": qr.exe, "qresidual_sha": qr.sha,
                    **res, "size_mib": size, "size_pct": 100.0 * (size / base_size - 1.0),
                    "weight_rel_mse": wm, "retention": retention(m["report"]),
                    "build_s": m["build_s"], "eval_s": ev_s,
