@@ -729,6 +729,14 @@ def table(rows, args):
                          f"{fmt(r['weight_rel_mse'], '.3e')} | {fmt(r['retention'], '.3f')} | "
                          f"{r['eval_s']:.0f} |")
         lines.append("")
+    bins = {}
+    for r in rows:
+        bins.setdefault((r.get("qresidual"), r.get("qresidual_sha")), []).append(r["key"])
+    if len(bins) > 1:
+        lines.append("Binaries: " + "; ".join(
+            f"{', '.join(dict.fromkeys(k))}: `{pathlib.Path(e or '?').name}` ({sha or 'sha not recorded'})"
+            for (e, sha), k in bins.items()) + ".")
+        lines.append("")
     return "\n".join(lines)
 
 
@@ -751,7 +759,9 @@ def plot(rows, path, args):
                 ax.axhline(r["kl"], color="green", ls="--", lw=1)
                 style = dict(marker="*", s=160, color="green")
             else:
-                style = dict(marker="o", s=50, color=cmap(i % 10))
+                palette = [0, 1, 3, 4, 5, 6, 8, 9]  # tab10 without green and gray (ideal, base)
+                style = dict(marker="s" if r["key"].startswith("class-") else "o", s=50,
+                             color=cmap(palette[i % len(palette)]))
             ax.scatter([r["size_mib"]], [r["kl"]], label=r["label"], zorder=3, **style)
             ax.errorbar([r["size_mib"]], [r["kl"]], yerr=[r["kl_se_chunk"] or 0], color="gray", lw=0.8,
                         zorder=2)
