@@ -723,7 +723,7 @@ def table(rows, args):
         for r in sub:
             d, dse = paired(r, ref.get("fresh"))
             vs = "–" if d is None or r["key"] == "fresh" else f"{d:+.4f} ± {dse:.4f}"
-            gain = "–" if kb is None or ki is None or kb == ki else f"{(kb - r['kl']) / (kb - ki) * 100:.0f} %"
+            gain = "–" if kb is None or ki is None or kb <= ki else f"{(kb - r['kl']) / (kb - ki) * 100:.0f} %"
             lines.append(f"| {r['label']} | {r['kl']:.4f} | {fmt(r['kl_se_chunk'], '.4f')} | {vs} | {gain} | "
                          f"{r['top1'] * 100:.2f} % | {r['size_mib']:.1f} | {r['size_pct']:+.1f} % | "
                          f"{fmt(r['weight_rel_mse'], '.3e')} | {fmt(r['retention'], '.3f')} | "
@@ -747,7 +747,7 @@ def plot(rows, path, args):
     bases = list(dict.fromkeys(r["base"] for r in rows))
     fig, axes = plt.subplots(1, len(bases), figsize=(5.2 * len(bases), 4.2), squeeze=False)
     labels = list(dict.fromkeys(r["label"] for r in rows))
-    cmap = plt.get_cmap("tab10")
+    cmap = plt.get_cmap("tab20")
     for ax, bk in zip(axes[0], bases):
         sub = [r for r in rows if r["base"] == bk]
         for r in sub:
@@ -759,7 +759,7 @@ def plot(rows, path, args):
                 ax.axhline(r["kl"], color="green", ls="--", lw=1)
                 style = dict(marker="*", s=160, color="green")
             else:
-                palette = [0, 1, 3, 4, 5, 6, 8, 9]  # tab10 without green and gray (ideal, base)
+                palette = [0, 2, 6, 8, 10, 12, 16, 18, 1, 3, 7, 9, 11, 13, 17, 19]  # tab20, no green/gray
                 style = dict(marker="s" if r["key"].startswith("class-") else "o", s=50,
                              color=cmap(palette[i % len(palette)]))
             ax.scatter([r["size_mib"]], [r["kl"]], label=r["label"], zorder=3, **style)
