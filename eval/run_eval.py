@@ -62,7 +62,7 @@ OPTIONS = [
     {"label": "fresh (--strategy fresh)", "key": "fresh-strategy", "kind": "apply",
      "args": ["--strategy", "fresh"], "needs": ["--strategy"], "default": False},
     {"label": "search", "key": "search", "kind": "apply", "args": ["--strategy", "search"],
-     "needs": ["--strategy"]},
+     "needs": ["--strategy", "- search:"]},
     {"label": "budget +0%", "key": "max-size-0", "kind": "apply", "args": ["--max-size", "+0%"],
      "needs": ["--max-size"]},
     {"label": "budget +10%", "key": "max-size-10", "kind": "apply", "args": ["--max-size", "+10%"],
@@ -70,7 +70,7 @@ OPTIONS = [
     {"label": "min-retention 0.5", "key": "min-retention", "kind": "apply",
      "args": ["--min-retention", "0.5"], "needs": ["--min-retention"]},
     {"label": "adapter r16", "key": "adapter-16", "kind": "lora",
-     "args": ["--strategy", "adapter", "--rank", "16"], "needs": ["--strategy", "--rank"]},
+     "args": ["--strategy", "adapter", "--rank", "16"], "needs": ["- adapter:", "--rank"]},
     {"label": "fresh as Q8_0", "key": "fresh-q8_0", "kind": "apply", "args": ["--type", "q8_0"]},
     {"label": "ideal", "key": "ideal", "kind": "ideal"},
     # Tensor-class experiment (--classes): fresh, with one class written as Q8_0.
@@ -831,6 +831,9 @@ def main():
     qr = Qres(args.qresidual, args.threads)
     if args.options:
         keys = [k.strip() for k in args.options.split(",") if k.strip()]
+        unknown = [k for k in keys if k not in {o["key"] for o in OPTIONS}]
+        if unknown:
+            sys.exit(f"unknown option key(s) {', '.join(unknown)}; known: {', '.join(o['key'] for o in OPTIONS)}")
         opts = [option(k) for k in keys]
     else:
         opts = [o for o in OPTIONS if o.get("default", True)
