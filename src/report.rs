@@ -382,7 +382,10 @@ pub const LOW_RETENTION: f64 = 0.5;
 
 /// A warning when most of the residual was rounded away, with the numbers
 /// and what would keep it.
-pub fn retention_warning(outcomes: &[Row]) -> Option<String> {
+///
+/// `remedy` names the option that would keep the residual (with its cost);
+/// without one the advice is a finer type.
+pub fn retention_warning(outcomes: &[Row], remedy: Option<&str>) -> Option<String> {
     let mut total = ErrorStats::default();
     let mut lost: Vec<(&str, f64)> = Vec::new();
     for o in outcomes.iter().filter(|o| o.has_residual) {
@@ -402,13 +405,15 @@ pub fn retention_warning(outcomes: &[Row]) -> Option<String> {
     let mut types: Vec<&str> = lost.iter().map(|(t, _)| *t).collect();
     types.sort_unstable();
     types.dedup();
+    let default_remedy = "Writing those tensors in a finer type keeps it \
+         (e.g. --type q8_0, or a larger mix such as q6_k / q5_k_m), at the cost of file size";
     Some(format!(
         "only {:.0} % of the residual survived requantization (retention {retention:.3}; {} tensor(s) below {LOW_RETENTION} in {}): \
-         the output's rounding step is larger than most of Δ. Writing those tensors in a finer type keeps it \
-         (e.g. --type q8_0, or a larger mix such as q6_k / q5_k_m), at the cost of file size",
+         the output's rounding step is larger than most of Δ. {}",
         retention * 100.0,
         lost.len(),
-        types.join(", ")
+        types.join(", "),
+        remedy.unwrap_or(default_remedy)
     ))
 }
 

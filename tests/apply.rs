@@ -200,6 +200,8 @@ fn keep_requantizes_each_tensor_in_its_own_type_and_copies_the_rest() {
         residual().to_str().unwrap(),
         "-o",
         out.to_str().unwrap(),
+        "--strategy",
+        "fresh",
         "-q",
     ]);
     let b = GgufFile::open(&base()).unwrap();
@@ -582,6 +584,8 @@ fn warns_when_most_of_the_residual_is_rounded_away() {
             out.to_str().unwrap(),
             "--type",
             ty,
+            "--strategy",
+            "fresh",
         ]);
         assert!(o.status.success());
         String::from_utf8_lossy(&o.stderr).into_owned()
@@ -594,4 +598,54 @@ fn warns_when_most_of_the_residual_is_rounded_away() {
         "{keep}"
     );
     assert!(!run("q8_0").contains("survived requantization"));
+}
+
+#[test]
+fn default_auto_is_the_equal_size_budget_and_names_the_remedy() {
+    let dir = tempfile::tempdir().unwrap();
+    let (b, r) = (base(), residual());
+    let run = |name: &str, extra: &[&str]| {
+        let out = dir.path().join(format!("{name}.gguf"));
+        let mut args = vec![
+            "apply",
+            "--base",
+            b.to_str().unwrap(),
+            "--residual",
+            r.to_str().unwrap(),
+            "-o",
+            out.to_str().unwrap(),
+        ];
+        args.extend_from_slice(extra);
+        let o = qresidual(&args);
+        assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+        (out, String::from_utf8_lossy(&o.stderr).into_owned())
+    };
+    let (auto, said) = run("auto", &[]);
+    let (budget, _) = run("budget", &["--max-size", "+0%", "--strategy", "fresh"]);
+    let (fresh, _) = run("fresh", &["--strategy", "fresh"]);
+    // The default is the same file as the explicit equal-size budget…
+    assert_eq!(
+        std::fs::read(&auto).unwrap(),
+        std::fs::read(&budget).unwrap()
+    );
+    // …which moved some tensors off their base type without growing.
+    let (a, f) = (
+        GgufFile::open(&auto).unwrap(),
+        GgufFile::open(&fresh).unwrap(),
+    );
+    let bytes = |g: &GgufFile| g.tensors().iter().map(|t| t.size).sum::<u64>();
+    assert!(bytes(&a) <= bytes(&GgufFile::open(&b).unwrap()));
+    assert!(a
+        .tensors()
+        .iter()
+        .zip(f.tensors())
+        .any(|(x, y)| x.ty != y.ty));
+    // The fixture's Q4_K tensors still round most of Δ away: the warning
+    // prices the option that keeps it.
+    assert!(
+        said.contains("survived requantization")
+            && said.contains("--min-retention 0.5 (estimated size +")
+            && said.contains("--strategy adapter"),
+        "{said}"
+    );
 }

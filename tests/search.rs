@@ -95,7 +95,7 @@ fn sq_err(t: &[f32], x: &[f32]) -> f64 {
 fn search_is_never_further_than_fresh_and_counts_every_block() {
     let dir = tempfile::tempdir().unwrap();
     let res = "residual-gguf-names.safetensors";
-    let (fresh_path, fresh_rep) = apply(dir.path(), "fresh", res, &[]);
+    let (fresh_path, fresh_rep) = apply(dir.path(), "fresh", res, &["--strategy", "fresh"]);
     let (search_path, search_rep) = apply(dir.path(), "search", res, &["--strategy", "search"]);
     let (base, fresh, search) = (
         GgufFile::open(&base()).unwrap(),
@@ -188,7 +188,7 @@ fn search_is_never_further_than_fresh_and_counts_every_block() {
 fn search_with_hf_names_beats_fresh_and_ignores_thread_count() {
     let dir = tempfile::tempdir().unwrap();
     let res = "residual-f16.safetensors";
-    let (_, fresh_rep) = apply(dir.path(), "fresh", res, &[]);
+    let (_, fresh_rep) = apply(dir.path(), "fresh", res, &["--strategy", "fresh"]);
     let (p1, r1) = apply(
         dir.path(),
         "s1",

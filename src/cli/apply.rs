@@ -130,14 +130,17 @@ pub struct ApplyArgs {
     #[arg(long, short)]
     pub quiet: bool,
     /// fresh: requantize the sum (llama.cpp's bytes); search: per block the nearest of base block, fresh encoding and base scales with re-rounded codes; adapter: leave the base, write α·Δ as a LoRA adapter (needs --rank).
-    #[arg(long, value_enum, default_value_t = Strategy::Fresh)]
+    #[arg(long, value_enum, default_value_t = Strategy::Auto)]
     pub strategy: Strategy,
 }
 
 /// How `apply` turns base + α·Δ into its output.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
 pub enum Strategy {
-    /// Requantize dequant(base) + α·Δ as llama.cpp would (bit-exact).
+    /// With --type keep: the tensor types that fit the base's size with the least estimated error
+    /// (as --max-size +0%), each encoded fresh; otherwise as fresh.
+    Auto,
+    /// Requantize dequant(base) + α·Δ as llama.cpp would (bit-exact), every tensor in the type --type gives.
     Fresh,
     /// Per block, the candidate nearest to the sum.
     Search,
@@ -182,7 +185,8 @@ pub fn run(a: &ApplyArgs) -> Result<()> {
         )));
     }
     let target = transform::parse_target(&a.ty)?;
-    if budgeted && !matches!(target, crate::mix::Target::Keep) {
+    let keep = matches!(target, crate::mix::Target::Keep);
+    if budgeted && !keep {
         return Err(Error::Usage(format!(
             "--type {} cannot be combined with --max-size, --bpw or --min-retention, which choose the types themselves",
             a.ty
@@ -269,8 +273,22 @@ pub fn run(a: &ApplyArgs) -> Result<()> {
         .as_deref()
         .map(crate::imatrix::Imatrix::open)
         .transpose()?;
-    let plan = if budgeted {
-        Some(plan_budget(a, &base, &residual_rows)?)
+    // auto: the base's own size, spent where it removes the most error.
+    let auto = a.strategy == Strategy::Auto && keep && !budgeted;
+    let plan = if budgeted || auto {
+        let default_limit = auto.then_some(SizeLimit::Relative(0.0));
+        match plan_budget(a, &base, &residual_rows, default_limit) {
+            Ok(p) => Some(p),
+            // No type choice fits the base's size (e.g. 2-bit IQ bases):
+            // auto falls back to every tensor's own type.
+            Err(Error::Usage(why)) if auto => {
+                if !a.quiet {
+                    eprintln!("note: --strategy auto keeps every tensor's type: {why}");
+                }
+                None
+            }
+            Err(e) => return Err(e),
+        }
     } else {
         None
     };
@@ -326,6 +344,7 @@ pub fn run(a: &ApplyArgs) -> Result<()> {
             "scale": a.scale,
             "type": a.ty,
             "strategy": match a.strategy {
+                Strategy::Auto => "auto",
                 Strategy::Fresh => "fresh",
                 Strategy::Search => "search",
                 Strategy::Adapter => "adapter",
@@ -345,12 +364,37 @@ pub fn run(a: &ApplyArgs) -> Result<()> {
         if a.strategy == Strategy::Search {
             eprint!("{}", report::search_text(&outcomes));
         }
-        if let Some(warning) = report::retention_warning(&outcomes) {
+        let remedy = plan.as_ref().map(remedy);
+        if let Some(warning) = report::retention_warning(&outcomes, remedy.as_deref()) {
             eprintln!("warning: {warning}");
         }
         eprintln!("wrote {}", pipeline::display_paths(&paths));
     }
     Ok(())
+}
+
+/// What keeps a residual that requantization rounded away, priced from
+/// the plan's own estimates.
+fn remedy(plan: &budget::Plan) -> String {
+    let base = plan.base_bytes().max(1) as f64;
+    let keep = budget::choose(
+        plan.tensors.clone(),
+        budget::Constraints {
+            max_bytes: None,
+            min_retention: Some(report::LOW_RETENTION),
+        },
+    );
+    let finer = match keep {
+        Ok(p) => format!(
+            "Keep it with --min-retention {} (estimated size {:+.1} % against the base)",
+            report::LOW_RETENTION,
+            100.0 * (p.bytes() as f64 - base) / base
+        ),
+        Err(_) => "Keep it with a finer type (--type q8_0)".to_string(),
+    };
+    format!(
+        "{finer}, or leave the base untouched with --strategy adapter --rank 16 (a LoRA adapter llama.cpp adds at run time)"
+    )
 }
 
 /// Options that only one strategy takes.
@@ -426,6 +470,7 @@ fn plan_budget(
     a: &ApplyArgs,
     base: &crate::gguf::GgufFile,
     residual_rows: &[Option<Box<dyn RowSource + '_>>],
+    default_limit: Option<SizeLimit>,
 ) -> Result<budget::Plan> {
     let started = std::time::Instant::now();
     let base_rows: Vec<EncodedRows<'_>> = (0..base.tensors().len())
@@ -450,7 +495,10 @@ fn plan_budget(
         .iter()
         .map(|t| t.ne.iter().product::<u64>())
         .sum();
-    let limit = a.max_size.or(a.bpw.map(SizeLimit::BitsPerWeight));
+    let limit = a
+        .max_size
+        .or(a.bpw.map(SizeLimit::BitsPerWeight))
+        .or(default_limit);
     let max_bytes = limit.map(|l| l.bytes(base_bytes, n_elements)).transpose()?;
     let plan = budget::plan(
         base.path(),

@@ -276,7 +276,7 @@ pub fn apply(a: &ApplyArgs) -> Result<()> {
     if !a.quiet {
         let rows = report::rows(&outcomes);
         eprint!("{}", report::to_text(&rows, 10));
-        if let Some(warning) = report::retention_warning(&rows) {
+        if let Some(warning) = report::retention_warning(&rows, None) {
             eprintln!("warning: {warning}");
         }
         eprintln!("wrote {}", a.output.display());
