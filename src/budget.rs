@@ -452,11 +452,20 @@ pub fn choose(tensors: Vec<TensorCandidates>, c: Constraints) -> Result<Plan> {
             // Retention only raises: a type smaller than the base's moves
             // the weights by its own rounding noise, whose projection on Δ
             // says nothing about keeping Δ.
-            let floor = t.keep().map_or(0, |k| k.bytes);
+            // A raise is a type that costs at least the base's and is no
+            // further from the sum than the base's own type: a different
+            // grid of the same size (Q4_0 → IQ4_NL) adds a whole rounding
+            // of its own, which the retention estimate does not see.
+            let keep = t.keep();
+            let floor = keep.map_or(0, |k| k.bytes);
+            let ceiling = keep.map_or(f64::INFINITY, |k| k.rel_error);
             let raised: Vec<usize> = all
                 .iter()
                 .copied()
-                .filter(|&i| t.candidates[i].bytes >= floor)
+                .filter(|&i| {
+                    let c = &t.candidates[i];
+                    keep == Some(c) || (c.bytes >= floor && c.rel_error <= ceiling)
+                })
                 .collect();
             let meets: Vec<usize> = raised
                 .iter()
@@ -1154,5 +1163,30 @@ mod tests {
         assert_eq!(s.len(), SAMPLE_ROWS);
         assert!(s.windows(2).all(|w| w[1] - w[0] == (1 << 20) / SAMPLE_ROWS));
         assert_eq!(sample_rows(512, 256).len(), 512);
+    }
+
+    #[test]
+    fn retention_is_not_bought_with_a_same_size_grid_that_adds_error() {
+        use GgmlType::*;
+        // Q4_0 base; IQ4_NL costs the same and "keeps" Δ (its new rounding
+        // projects onto it) but lands further from the sum; Q5_0 is a real raise.
+        let t = tensor(
+            "x",
+            Q4_0,
+            vec![
+                cand(Q4_0, 450, 0.010, Some(0.2)),
+                cand(IQ4_NL, 450, 0.030, Some(1.02)),
+                cand(Q5_0, 550, 0.004, Some(0.7)),
+            ],
+        );
+        let p = choose(
+            vec![t],
+            Constraints {
+                max_bytes: None,
+                min_retention: Some(0.5),
+            },
+        )
+        .unwrap();
+        assert_eq!(p.types(), vec![Q5_0]);
     }
 }
