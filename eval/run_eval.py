@@ -58,13 +58,14 @@ RANK = 8
 # ---------------------------------------------------------------------------------------------
 OPTIONS = [
     {"label": "base without Δ", "key": "base", "kind": "base"},
-    {"label": "fresh", "key": "fresh", "kind": "apply", "args": ["--type", "keep"]},
-    {"label": "fresh (--strategy fresh)", "key": "fresh-strategy", "kind": "apply",
-     "args": ["--strategy", "fresh"], "needs": ["--strategy"], "default": False},
+    {"label": "fresh", "key": "fresh", "kind": "apply", "args": ["--strategy", "fresh"],
+     "needs": ["--strategy"]},
+    {"label": "auto (default)", "key": "auto", "kind": "apply", "args": ["--strategy", "auto"],
+     "needs": ["--strategy"]},
     {"label": "search", "key": "search", "kind": "apply", "args": ["--strategy", "search"],
      "needs": ["--strategy", "- search:"]},
     {"label": "budget +0%", "key": "max-size-0", "kind": "apply", "args": ["--max-size", "+0%"],
-     "needs": ["--max-size"]},
+     "needs": ["--max-size"], "default": False},  # = auto
     {"label": "budget +10%", "key": "max-size-10", "kind": "apply", "args": ["--max-size", "+10%"],
      "needs": ["--max-size"]},
     {"label": "min-retention 0.5", "key": "min-retention", "kind": "apply",

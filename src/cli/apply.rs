@@ -24,41 +24,45 @@ permutation applied) or as in the base GGUF file (used as they are).
 
 Before anything is written, every residual tensor must match exactly one base tensor of the same \
 shape and hold no NaN or infinity. Base tensors without a residual, or with an all-zero one, are \
-copied byte for byte. With --type keep every tensor keeps its type, so a Q4_K_M mix stays that \
-mix; requantization is bit-exact with llama.cpp's quantizer on the same f32 sum.
+copied byte for byte.
+
+How the sum is written (--strategy; measured with llama.cpp on gemma-3-270m, see the README):
+  auto (default)  With --type keep: each tensor's type is chosen so that the tensor data stays \
+within the base's size (as --max-size +0%) with the least estimated error — sampled rows of every \
+tensor are encoded in every candidate type and bytes go where they remove the most relative \
+error (a large embedding may drop a step so that every layer tensor rises). Every tensor is the \
+fresh, bit-exact llama.cpp encoding at its chosen type. On a Q4_K_M base this halved the KL \
+divergence that plain requantization leaves, at equal size. With another --type: as fresh.
+  fresh           Every tensor in its own type (--type keep) or the one --type gives, \
+requantized bit-exactly as llama.cpp's quantizer would from the same f32 sum (what \
+--allow-requantize and PEFT's 4-bit merge do).
+  search          As fresh, but per block the nearest (L2) of three encodings of the sum: the \
+base's own block, the fresh one, and the base block's scales with every code re-rounded (legacy \
+types, Q2_K…Q6_K). Never further from the sum than fresh, block by block; the report says how \
+often each won.
+  adapter         Leave the base untouched and write α·Δ as a llama.cpp LoRA adapter GGUF \
+(-o adapter.gguf, needs --rank R) for `llama-cli -m BASE --lora adapter.gguf`: each 2-D tensor's \
+best rank-R approximation (randomized streaming SVD); the report gives the share of ‖αΔ‖² held. \
+1-D tensors, and token_embd.weight when tied to the output, cannot be adapter pairs.
+
+Budgets (GGUF bases, --type keep): --max-size SIZE (250M, 2G, or relative to the base's tensor \
+data: +10%, +0%, -5%) or --bpw X choose the types as auto does under that budget (candidates \
+Q3_K…Q8_0 for rows of 256, Q4_0…Q8_0 and IQ4_NL for rows of 32; float and 1-D tensors keep \
+theirs). --min-retention R raises every tensor with a residual to the cheapest larger type that \
+keeps retention R. --imatrix FILE (llama-imatrix output, GGUF or legacy .dat) encodes with \
+importance weights, bit-exact with llama-quantize --imatrix; it also lets IQ2_XXS bases take a \
+residual.
 
 When the residual carries a base fingerprint (residuals made by `qresidual extract` do), every \
 matched base tensor is dequantized and compared with it; tensors that differ from the residual's \
 base beyond what their quantization explains are named and nothing is written, unless --force. \
---imatrix FILE (a llama-imatrix importance matrix, GGUF or legacy .dat) encodes the requantized \
-tensors with importance weights, bit-exact with llama-quantize --imatrix; tensors without an \
-entry are encoded unweighted, with a note. \
 --tokenizer-config (and --generation-config) copy the instruct model's chat template and EOS/EOT \
 ids into the output; --set edits any other key.
 
-With --strategy adapter --rank R the base is left untouched and αΔ is written as a llama.cpp \
-LoRA adapter GGUF (-o adapter.gguf) for `llama-cli -m BASE --lora adapter.gguf`: each 2-D \
-residual tensor becomes its best rank-R approximation B·A (randomized streaming SVD), and the \
-share of ‖αΔ‖² the adapter holds is reported per tensor. 1-D tensors, and token_embd.weight when \
-it is tied to the output, cannot be adapter pairs; their share is reported as not captured.
---max-size SIZE (250M, 2G, or relative to the base's tensor data: +10%, +0%, -5%) or --bpw X \
-(average bits per weight) choose each tensor's type (Q3_K…Q8_0 for rows of 256, Q4_0…Q8_0 and \
-IQ4_NL for rows of 32; float and 1-D tensors keep theirs) so that the tensor data fits the budget \
-with the least estimated error: sampled rows of every tensor are encoded in every candidate type, \
-and the upgrades that remove the most relative error per byte are taken first (a type may also go \
-below the base's to pay for others). --min-retention R first raises every tensor with a residual \
-to the cheapest type that keeps retention R. Only with --type keep and GGUF bases.
-
 The report compares the written weights with the exact f32 sum dequant(base) + α·Δ: RMSE, max \
 abs, relative RMSE, cosine, SNR and retention ⟨out − base, αΔ⟩/‖αΔ‖² (1: the residual survived, \
-0: it was rounded away).
-
---strategy search: for every block whose output type is the base's own (all of them with --type \
-keep), write whichever of three encodings decodes nearest (L2) to dequant(base) + α·Δ: the \
-base's own block, the fresh encoding (= --strategy fresh, bit-exact with llama.cpp) and the \
-base block's scales with every code re-rounded to the nearest grid value (legacy types and \
-Q2_K…Q6_K). Never further from the exact sum than fresh, block by block. The report says how \
-often each candidate won; other tensors are encoded fresh.
+0: it was rounded away). When most of the residual was rounded away, apply warns and prices the \
+option that would keep it.
 
 Example:
   qresidual apply --base Llama-3.1-8B-Q4_K_M.gguf --residual instruct-residual/ \\

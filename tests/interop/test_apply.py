@@ -69,23 +69,35 @@ def test_f32_output_equals_dequantized_base_plus_permuted_residual(tmp_path, ggm
         assert np.array_equal(have.view(np.uint32), want.view(np.uint32)), name
 
 
-def test_keep_output_is_ggml_quantization_of_the_exact_sum(tmp_path, ggml):
-    out = tmp_path / "out-keep.gguf"
+@pytest.mark.parametrize("strategy", ["fresh", "auto"])
+def test_output_is_ggml_quantization_of_the_exact_sum(tmp_path, ggml, strategy):
+    """fresh keeps every type; auto (the default) may choose other types
+    within the base's size — either way each tensor is ggml's quantization
+    of the exact sum in the type written."""
+    out = tmp_path / f"out-{strategy}.gguf"
     report = tmp_path / "report.json"
-    run_qresidual("apply", "--base", BASE, "--residual", RESIDUAL, "-o", out, "--report", report, "-q")
+    run_qresidual("apply", "--base", BASE, "--residual", RESIDUAL, "-o", out, "--report", report,
+                  "--strategy", strategy, "-q")
     _, base = tensors(BASE)
     _, got = tensors(out)
     assert list(base) == list(got), "tensor order changed"
     sums = expected_sums(ggml)
+    moved = 0
     for name, bt in base.items():
         gt = got[name]
-        assert gt.tensor_type == bt.tensor_type, name
+        if strategy == "fresh":
+            assert gt.tensor_type == bt.tensor_type, name
+        moved += gt.tensor_type != bt.tensor_type
         if name in sums:
             _, exact = sums[name]
-            want = ggml.quantize(int(bt.tensor_type), exact.reshape(-1, exact.shape[-1]))
+            want = ggml.quantize(int(gt.tensor_type), exact.reshape(-1, exact.shape[-1]))
             assert bytes(gt.data) == want, f"{name}: bytes differ from ggml's quantization of the sum"
-        else:
+        elif gt.tensor_type == bt.tensor_type:
             assert bytes(gt.data) == bytes(bt.data), f"{name}: untouched tensor changed"
+    if strategy == "auto":
+        assert moved > 0, "auto chose the base's types everywhere: the test shows nothing"
+        size = lambda ts: sum(int(t.n_bytes) for t in ts.values())
+        assert size(got) <= size(base)
     rep = json.loads(report.read_text())
     with_res = [t for t in rep["tensors"] if t["residual"]]
     assert len(with_res) == len(sums)
