@@ -723,60 +723,73 @@ fn q6_k_rows<const AVX: bool>(src: &[f32], dst: &mut [u8]) {
                 }
             }
         }
-        let mut max_scale = 0f32;
-        let mut max_abs_scale = 0f32;
-        for ib in 0..QK_K / 16 {
-            let scale = scales[ib];
-            let abs_scale = scale.abs();
-            if abs_scale > max_abs_scale {
-                max_abs_scale = abs_scale;
-                max_scale = scale;
-            }
-        }
+        finish_q6_k_block::<AVX>(x, &scales, &mut l, y);
+    }
+}
 
-        if max_abs_scale < GROUP_MAX_EPS {
-            y.fill(0);
-            y[208..210].copy_from_slice(&f16_bytes(0.0));
+/// The second half of `quantize_row_q6_K_ref` (and of its `_impl`): the
+/// sub-block scales quantized to i8 against the largest, every sub-block's
+/// codes re-rounded with its final scale, and the block packed.
+#[inline(always)]
+pub(super) fn finish_q6_k_block<const AVX: bool>(
+    x: &[f32],
+    scales: &[f32; QK_K / 16],
+    l: &mut [u8; QK_K],
+    y: &mut [u8],
+) {
+    let mut max_scale = 0f32;
+    let mut max_abs_scale = 0f32;
+    for ib in 0..QK_K / 16 {
+        let scale = scales[ib];
+        let abs_scale = scale.abs();
+        if abs_scale > max_abs_scale {
+            max_abs_scale = abs_scale;
+            max_scale = scale;
+        }
+    }
+
+    if max_abs_scale < GROUP_MAX_EPS {
+        y.fill(0);
+        y[208..210].copy_from_slice(&f16_bytes(0.0));
+        return;
+    }
+
+    let iscale = -128.0f32 / max_scale;
+    let d_bits = f32_to_f16(1.0 / iscale);
+    let mut sc = [0i8; QK_K / 16];
+    for ib in 0..QK_K / 16 {
+        sc[ib] = nearest_int(iscale * scales[ib]).min(127) as i8;
+    }
+
+    let dall = f16_to_f32(d_bits);
+    for j in 0..QK_K / 16 {
+        let d = dall * sc[j] as f32;
+        if d == 0.0 {
             continue;
         }
-
-        let iscale = -128.0f32 / max_scale;
-        let d_bits = f32_to_f16(1.0 / iscale);
-        let mut sc = [0i8; QK_K / 16];
-        for ib in 0..QK_K / 16 {
-            sc[ib] = nearest_int(iscale * scales[ib]).min(127) as i8;
-        }
-
-        let dall = f16_to_f32(d_bits);
-        for j in 0..QK_K / 16 {
-            let d = dall * sc[j] as f32;
-            if d == 0.0 {
-                continue;
-            }
-            requant_sym::<16, AVX>(sub::<16>(x, j), d, -32, 31, 32, sub_mut::<16, _>(&mut l, j));
-        }
-
-        let (ql, rest) = y.split_at_mut(128);
-        let (qh, tail) = rest.split_at_mut(64);
-        for n in 0..2 {
-            let j = 128 * n;
-            let ql = &mut ql[64 * n..64 * n + 64];
-            let qh = &mut qh[32 * n..32 * n + 32];
-            for k in 0..32 {
-                let u = |i: usize| l[i];
-                ql[k] = (u(j + k) & 0xF) | ((u(j + k + 64) & 0xF) << 4);
-                ql[k + 32] = (u(j + k + 32) & 0xF) | ((u(j + k + 96) & 0xF) << 4);
-                qh[k] = (u(j + k) >> 4)
-                    | ((u(j + k + 32) >> 4) << 2)
-                    | ((u(j + k + 64) >> 4) << 4)
-                    | ((u(j + k + 96) >> 4) << 6);
-            }
-        }
-        for (t, s) in tail[..16].iter_mut().zip(sc) {
-            *t = s as u8;
-        }
-        tail[16..18].copy_from_slice(&d_bits.to_le_bytes());
+        requant_sym::<16, AVX>(sub::<16>(x, j), d, -32, 31, 32, sub_mut::<16, _>(l, j));
     }
+
+    let (ql, rest) = y.split_at_mut(128);
+    let (qh, tail) = rest.split_at_mut(64);
+    for n in 0..2 {
+        let j = 128 * n;
+        let ql = &mut ql[64 * n..64 * n + 64];
+        let qh = &mut qh[32 * n..32 * n + 32];
+        for k in 0..32 {
+            let u = |i: usize| l[i];
+            ql[k] = (u(j + k) & 0xF) | ((u(j + k + 64) & 0xF) << 4);
+            ql[k + 32] = (u(j + k + 32) & 0xF) | ((u(j + k + 96) & 0xF) << 4);
+            qh[k] = (u(j + k) >> 4)
+                | ((u(j + k + 32) >> 4) << 2)
+                | ((u(j + k + 64) >> 4) << 4)
+                | ((u(j + k + 96) >> 4) << 6);
+        }
+    }
+    for (t, s) in tail[..16].iter_mut().zip(sc) {
+        *t = s as u8;
+    }
+    tail[16..18].copy_from_slice(&d_bits.to_le_bytes());
 }
 
 /// `dequantize_row_q6_K`.

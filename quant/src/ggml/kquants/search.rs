@@ -283,14 +283,13 @@ pub(crate) fn make_qkx2_quants<const N: usize>(
 /// `make_qkx3_quants` with importance weights (every `_impl` caller passes
 /// them): asymmetric quantization `x ≈ scale·L − the_min`, `L ∈ [0, nmax]`,
 /// searching `nstep + 1` inverse scales `(rmin + rdelta·is + nmax)/(max − min)`
-/// with a weighted least-squares fit of scale and min at each. Unlike
-/// `make_qkx2_quants` a group with `max <= min` (not only `==`) is all zero.
-/// Returns `(scale, the_min)`.
+/// with a weighted least-squares fit of scale and min at each. Returns
+/// `(scale, the_min)`.
 ///
-/// With weights given this is `make_qkx2_quants` step for step (for finite
-/// input `max <= min` only holds as `max == min`), so the encoders run
-/// [`make_qkx2_quants_batched`] with `S = nstep + 1`; this port is the
-/// reference it is tested against.
+/// ggml's function differs from `make_qkx2_quants` only in zeroing a group
+/// when `max <= min` rather than `max == min`, which for finite input is the
+/// same test: it is `make_qkx2_quants` step for step. The encoders run
+/// [`make_qkx2_quants_batched`] with `S = nstep + 1`, tested against this.
 #[allow(clippy::too_many_arguments)]
 #[cfg_attr(not(test), allow(dead_code))]
 pub(crate) fn make_qkx3_quants<const N: usize>(
@@ -304,78 +303,9 @@ pub(crate) fn make_qkx3_quants<const N: usize>(
     use_mad: bool,
 ) -> (f32, f32) {
     let mut laux = [0u8; N];
-    let mut min = x[0];
-    let mut max = x[0];
-    let mut sum_w = weights[0];
-    let mut sum_x = sum_w * x[0];
-    for i in 1..N {
-        if x[i] < min {
-            min = x[i];
-        }
-        if x[i] > max {
-            max = x[i];
-        }
-        let w = weights[i];
-        sum_w += w;
-        sum_x += w * x[i];
-    }
-    if min > 0.0 {
-        min = 0.0;
-    }
-    if max <= min {
-        out.fill(0);
-        return (0.0, -min);
-    }
-    let mut iscale = nmax as f32 / (max - min);
-    let mut scale = 1.0 / iscale;
-    let mut best_mad = 0f32;
-    for i in 0..N {
-        let l = nearest_int(iscale * (x[i] - min));
-        out[i] = l.clamp(0, nmax) as u8;
-        let mut diff = scale * out[i] as f32 + min - x[i];
-        diff = if use_mad { diff.abs() } else { diff * diff };
-        best_mad += weights[i] * diff;
-    }
-    if nstep < 1 {
-        return (scale, -min);
-    }
-    for is in 0..=nstep {
-        iscale = (rmin + rdelta * is as f32 + nmax as f32) / (max - min);
-        let mut sum_l = 0f32;
-        let mut sum_l2 = 0f32;
-        let mut sum_xl = 0f32;
-        for i in 0..N {
-            let l = nearest_int(iscale * (x[i] - min)).clamp(0, nmax);
-            laux[i] = l as u8;
-            let w = weights[i];
-            let lf = l as f32;
-            sum_l += w * lf;
-            sum_l2 += w * lf * lf;
-            sum_xl += w * lf * x[i];
-        }
-        let d = sum_w * sum_l2 - sum_l * sum_l;
-        if d > 0.0 {
-            let mut this_scale = (sum_w * sum_xl - sum_x * sum_l) / d;
-            let mut this_min = (sum_l2 * sum_x - sum_l * sum_xl) / d;
-            if this_min > 0.0 {
-                this_min = 0.0;
-                this_scale = sum_xl / sum_l2;
-            }
-            let mut mad = 0f32;
-            for i in 0..N {
-                let mut diff = this_scale * laux[i] as f32 + this_min - x[i];
-                diff = if use_mad { diff.abs() } else { diff * diff };
-                mad += weights[i] * diff;
-            }
-            if mad < best_mad {
-                *out = laux;
-                best_mad = mad;
-                scale = this_scale;
-                min = this_min;
-            }
-        }
-    }
-    (scale, -min)
+    make_qkx2_quants(
+        nmax, x, weights, out, &mut laux, rmin, rdelta, nstep, use_mad,
+    )
 }
 
 /// `make_qp_quants`: quantization of the non-negative `x` (sub-block scales

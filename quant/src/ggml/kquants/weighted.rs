@@ -13,10 +13,10 @@
 
 use super::search::{make_qkx2_quants_batched, make_qp_quants, make_qx_quants_weighted};
 use super::{
-    get_scale_min_k4, q3_k_scale, requant_affine, requant_sym, sub, sub_mut, GROUP_MAX_EPS,
-    Q2_K_BYTES, Q3_K_BYTES, Q4_K_BYTES, Q5_K_BYTES, Q6_K_BYTES, QK_K,
+    get_scale_min_k4, q3_k_scale, requant_affine, requant_sym, sub, sub_mut, Q2_K_BYTES,
+    Q3_K_BYTES, Q4_K_BYTES, Q5_K_BYTES, Q6_K_BYTES, QK_K,
 };
-use crate::ggml::common::{f16_to_f32, f32_to_f16, nearest_int};
+use crate::ggml::common::{f16_to_f32, f32_to_f16};
 
 /// `Σ x[j]²` over a super-block, left to right.
 #[inline(always)]
@@ -311,57 +311,12 @@ pub fn quantize_row_q6_k_weighted(src: &[f32], qw: &[f32], dst: &mut [u8]) {
         .zip(qw.chunks_exact(QK_K))
         .zip(dst.chunks_exact_mut(Q6_K_BYTES))
     {
-        let mut max_scale = 0f32;
-        let mut max_abs_scale = 0f32;
         for ib in 0..QK_K / 16 {
-            let scale = make_qx_quants_weighted::<16>(32, sub::<16>(x, ib), sub(q, ib), &mut li);
+            scales[ib] = make_qx_quants_weighted::<16>(32, sub::<16>(x, ib), sub(q, ib), &mut li);
             for (o, &v) in sub_mut::<16, _>(&mut l, ib).iter_mut().zip(&li) {
                 *o = v as u8;
             }
-            scales[ib] = scale;
-            let abs_scale = scale.abs();
-            if abs_scale > max_abs_scale {
-                max_abs_scale = abs_scale;
-                max_scale = scale;
-            }
         }
-        if max_abs_scale < GROUP_MAX_EPS {
-            y.fill(0);
-            y[208..210].copy_from_slice(&f32_to_f16(0.0).to_le_bytes());
-            continue;
-        }
-        let iscale = -128.0f32 / max_scale;
-        let d_bits = f32_to_f16(1.0 / iscale);
-        let mut sc = [0i8; QK_K / 16];
-        for ib in 0..QK_K / 16 {
-            sc[ib] = nearest_int(iscale * scales[ib]).min(127) as i8;
-        }
-        let dall = f16_to_f32(d_bits);
-        for j in 0..QK_K / 16 {
-            let d = dall * sc[j] as f32;
-            if d == 0.0 {
-                continue;
-            }
-            requant_sym::<16, false>(sub::<16>(x, j), d, -32, 31, 32, sub_mut::<16, _>(&mut l, j));
-        }
-        let (ql, rest) = y.split_at_mut(128);
-        let (qh, tail) = rest.split_at_mut(64);
-        for n in 0..2 {
-            let j = 128 * n;
-            let ql = &mut ql[64 * n..64 * n + 64];
-            let qh = &mut qh[32 * n..32 * n + 32];
-            for k in 0..32 {
-                ql[k] = (l[j + k] & 0xF) | ((l[j + k + 64] & 0xF) << 4);
-                ql[k + 32] = (l[j + k + 32] & 0xF) | ((l[j + k + 96] & 0xF) << 4);
-                qh[k] = (l[j + k] >> 4)
-                    | ((l[j + k + 32] >> 4) << 2)
-                    | ((l[j + k + 64] >> 4) << 4)
-                    | ((l[j + k + 96] >> 4) << 6);
-            }
-        }
-        for (t, s) in tail[..16].iter_mut().zip(sc) {
-            *t = s as u8;
-        }
-        tail[16..18].copy_from_slice(&d_bits.to_le_bytes());
+        super::finish_q6_k_block::<false>(x, &scales, &mut l, y);
     }
 }
