@@ -601,7 +601,7 @@ fn warns_when_most_of_the_residual_is_rounded_away() {
 }
 
 #[test]
-fn default_auto_is_the_equal_size_budget_and_names_the_remedy() {
+fn default_auto_is_the_equal_size_budget_searched_and_names_the_remedy() {
     let dir = tempfile::tempdir().unwrap();
     let (b, r) = (base(), residual());
     let run = |name: &str, extra: &[&str]| {
@@ -621,9 +621,10 @@ fn default_auto_is_the_equal_size_budget_and_names_the_remedy() {
         (out, String::from_utf8_lossy(&o.stderr).into_owned())
     };
     let (auto, said) = run("auto", &[]);
-    let (budget, _) = run("budget", &["--max-size", "+0%", "--strategy", "fresh"]);
+    let (budget, _) = run("budget", &["--max-size", "+0%", "--strategy", "search"]);
     let (fresh, _) = run("fresh", &["--strategy", "fresh"]);
-    // The default is the same file as the explicit equal-size budget…
+    // The default is the same file as the explicit equal-size budget
+    // encoded by search…
     assert_eq!(
         std::fs::read(&auto).unwrap(),
         std::fs::read(&budget).unwrap()
@@ -641,11 +642,12 @@ fn default_auto_is_the_equal_size_budget_and_names_the_remedy() {
         .zip(f.tensors())
         .any(|(x, y)| x.ty != y.ty));
     // The fixture's Q4_K tensors still round most of Δ away: the warning
-    // prices the option that keeps it.
+    // prices a larger budget and names the adapter.
     assert!(
         said.contains("survived requantization")
-            && said.contains("--min-retention 0.5 (estimated size +")
-            && said.contains("--strategy adapter"),
+            && said.contains("--max-size +10% lowers the estimated mean relative error")
+            && said.contains("--strategy adapter --rank 16"),
         "{said}"
     );
+    assert!(said.contains("search: base block kept in"), "{said}");
 }
