@@ -280,7 +280,7 @@ def prepare(args, qr, work):
 
     # Blur: per 2-D tensor, Gaussian noise with std = that tensor's quantization round-trip
     # RMSE at its own type in the source file. Measured by apply on the source: the source
-    # plus N(0, (0.25·RMS)²) requantized to each tensor's own type (--type keep); the
+    # plus N(0, (0.25·RMS)²) requantized to each tensor's own type (--strategy fresh); the
     # report's RMSE against the exact sum, divided by sqrt(1 + 0.25²) for the widened
     # distribution, is the tensor's quantization error for off-grid data.
     sig_path = work / "blur-sigma.json"
@@ -297,7 +297,7 @@ def prepare(args, qr, work):
         del noise
         rep = work / "probe-report.json"
         qr.run("apply", "--base", src, "--residual", work / "probe.safetensors", "-o", work / "probe.gguf",
-               "--type", "keep", "--report", rep, "-q", "--threads", args.threads)
+               "--type", "keep", "--strategy", "fresh", "--report", rep, "-q", "--threads", args.threads)
         r = json.loads(rep.read_text())
         sig = {}
         for t in r["tensors"]:

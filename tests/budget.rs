@@ -37,8 +37,10 @@ fn qresidual(args: &[&str]) -> std::process::Output {
         .expect("run qresidual")
 }
 
-/// Run `apply` with `extra` flags into `out` (+ report); returns the report
-/// and stderr.
+/// Run `apply --strategy fresh` with `extra` flags into `out` (+ report);
+/// returns the report and stderr. (The default, auto, would also search the
+/// tensors that keep their type; here every tensor must be the fresh
+/// encoding at its planned type.)
 fn apply(residual: &Path, out: &Path, extra: &[&str]) -> (Value, String) {
     let report = out.with_extension("json");
     let b = base();
@@ -52,6 +54,8 @@ fn apply(residual: &Path, out: &Path, extra: &[&str]) -> (Value, String) {
         s(out),
         "--report",
         s(&report),
+        "--strategy",
+        "fresh",
     ];
     args.extend_from_slice(extra);
     let o = qresidual(&args);
