@@ -240,7 +240,7 @@ def main():
     print("(b) apply Q4_K_M base + F16 residual -> Q4_K_M")
     out1 = d / "ours-apply-t1.gguf"
     outn = d / f"ours-apply-t{T}.gguf"
-    aw, ac, ar = measured([BIN, "apply", "--base", ref_q, "--residual", res, "--type", "q4_k_m",
+    aw, ac, ar = measured([BIN, "apply", "--base", ref_q, "--residual", res, "--strategy", "fresh", "--type", "q4_k_m",
                            "--threads", T, "-q", "-o", outn])
     row(f"qresidual apply --threads {T}", aw, ac, ar)
     if not a.skip_today:
@@ -256,7 +256,7 @@ def main():
         tmp.unlink()
 
     print("(c) thread scaling of apply")
-    w1, c1, r1 = measured([BIN, "apply", "--base", ref_q, "--residual", res, "--type", "q4_k_m",
+    w1, c1, r1 = measured([BIN, "apply", "--base", ref_q, "--residual", res, "--strategy", "fresh", "--type", "q4_k_m",
                            "--threads", "1", "-q", "-o", out1])
     row("qresidual apply --threads 1", w1, c1, r1)
     print(f"  1 -> {T} threads: wall {w1 / aw:.2f}x (cpu {c1:.1f} s vs {ac:.1f} s); "
@@ -271,7 +271,7 @@ def scaling_only(a):
     for rep in range(a.repeat):
         r = {}
         for t in ("1", str(a.threads)):
-            r[t] = measured([BIN, "apply", "--base", ref_q, "--residual", res, "--type", "q4_k_m",
+            r[t] = measured([BIN, "apply", "--base", ref_q, "--residual", res, "--strategy", "fresh", "--type", "q4_k_m",
                              "--threads", t, "-q", "-o", d / f"scale-t{t}.gguf"])
             row(f"qresidual apply --threads {t}", *r[t])
         print(f"  run {rep + 1}: 1 -> {a.threads} threads: wall {r['1'][0] / r[str(a.threads)][0]:.2f}x",

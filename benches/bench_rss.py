@@ -73,7 +73,7 @@ def main():
     for ty in ["keep", "q4_k", "q8_0"]:
         out = d / f"out-{ty}.gguf"
         secs, rss = peak_rss_of([exe, "apply", "--base", base, "--residual", res, "-o", out,
-                                 "--type", ty, "-q"])
+                                 "--type", ty, "--strategy", "fresh", "-q"])
         print(f"apply --type {ty:5}: peak RSS {rss:8.1f} MiB, {secs:6.1f} s, "
               f"{a.rows * a.cols / secs / 1e6:6.1f} M weights/s")
         os.unlink(out)
