@@ -214,13 +214,7 @@ fn q2_k_rows<const AVX: bool>(src: &[f32], dst: &mut [u8]) {
         }
 
         y[..16].copy_from_slice(&sc);
-        let qs = &mut y[16..80];
-        for j in (0..QK_K).step_by(128) {
-            for k in 0..32 {
-                qs[j / 4 + k] =
-                    l[j + k] | (l[j + k + 32] << 2) | (l[j + k + 64] << 4) | (l[j + k + 96] << 6);
-            }
-        }
+        pack_2bit(&l, &mut y[16..80]);
         y[80..82].copy_from_slice(&d_bits.to_le_bytes());
         y[82..84].copy_from_slice(&dmin_bits.to_le_bytes());
     }
@@ -431,25 +425,7 @@ fn q3_k_rows<const AVX: bool>(src: &[f32], dst: &mut [u8]) {
             requant_sym::<16, AVX>(sub::<16>(x, j), d, -4, 3, 4, sub_mut::<16, _>(&mut l, j));
         }
 
-        let (hmask, rest) = y.split_at_mut(32);
-        hmask.fill(0);
-        // ggml: `if (L[j] > 3) { hmask[m] |= hm; L[j] -= 4; }` walking m over
-        // 0..32 and hm over the bits. L is in 0..=7, so the condition is bit
-        // 2 and the subtraction clears it: branch-free, same bytes.
-        for (bit, lg) in l.chunks_exact_mut(QK_K / 8).enumerate() {
-            for (h, lj) in hmask.iter_mut().zip(lg) {
-                *h |= (*lj >> 2) << bit;
-                *lj &= 3;
-            }
-        }
-        let qs = &mut rest[..64];
-        for j in (0..QK_K).step_by(128) {
-            for k in 0..32 {
-                let u = |i: usize| l[i];
-                qs[j / 4 + k] =
-                    u(j + k) | (u(j + k + 32) << 2) | (u(j + k + 64) << 4) | (u(j + k + 96) << 6);
-            }
-        }
+        pack_q3_k_codes(&mut l, &mut y[..96]);
         y[96..108].copy_from_slice(&sc);
         y[108..110].copy_from_slice(&d_bits.to_le_bytes());
     }
@@ -538,19 +514,13 @@ fn quantize_block_qkx_k<const S: usize, const AVX: bool>(
         0.0
     };
     let inv_min = if max_min > 0.0 { 63.0 / max_min } else { 0.0 };
-    let mut sc = [0u8; 12];
+    let mut ls = [0u8; QK_K / 32];
+    let mut lm = [0u8; QK_K / 32];
     for j in 0..QK_K / 32 {
-        let ls = (nearest_int(inv_scale * scales[j]) as u8).min(63);
-        let lm = (nearest_int(inv_min * mins[j]) as u8).min(63);
-        if j < 4 {
-            sc[j] = ls;
-            sc[j + 4] = lm;
-        } else {
-            sc[j + 4] = (ls & 0xF) | ((lm & 0xF) << 4);
-            sc[j - 4] |= (ls >> 4) << 6;
-            sc[j] |= (lm >> 4) << 6;
-        }
+        ls[j] = (nearest_int(inv_scale * scales[j]) as u8).min(63);
+        lm[j] = (nearest_int(inv_min * mins[j]) as u8).min(63);
     }
+    let sc = pack_k4_scales(&ls, &lm);
     let d_bits = f32_to_f16(max_scale / 63.0);
     let dmin_bits = f32_to_f16(max_min / 63.0);
 
@@ -586,12 +556,7 @@ fn q4_k_rows<const AVX: bool>(src: &[f32], dst: &mut [u8]) {
         let (head, qs) = y.split_at_mut(16);
         // make_qkx2_quants(32, 15, …, -1.f, 0.1f, 20, false): 21 candidates.
         quantize_block_qkx_k::<21, AVX>(x, 15, -1.0, head, &mut l);
-        for (n, q) in qs.chunks_exact_mut(32).enumerate() {
-            let j = 64 * n;
-            for k in 0..32 {
-                q[k] = l[j + k] | (l[j + k + 32] << 4);
-            }
-        }
+        pack_q4_k_codes(&l, qs);
     }
 }
 
@@ -638,28 +603,7 @@ fn q5_k_rows<const AVX: bool>(src: &[f32], dst: &mut [u8]) {
         let (head, rest) = y.split_at_mut(16);
         // make_qkx2_quants(32, 31, …, -0.5f, 0.1f, 15, false): 16 candidates.
         quantize_block_qkx_k::<16, AVX>(x, 31, -0.5, head, &mut l);
-        let (qh, ql) = rest.split_at_mut(32);
-        qh.fill(0);
-        let mut m1 = 1u8;
-        let mut m2 = 2u8;
-        for (n, ql) in ql.chunks_exact_mut(32).enumerate() {
-            let base = 64 * n;
-            for j in 0..32 {
-                let mut l1 = l[base + j];
-                if l1 > 15 {
-                    l1 -= 16;
-                    qh[j] |= m1;
-                }
-                let mut l2 = l[base + j + 32];
-                if l2 > 15 {
-                    l2 -= 16;
-                    qh[j] |= m2;
-                }
-                ql[j] = l1 | (l2 << 4);
-            }
-            m1 = m1.wrapping_shl(2);
-            m2 = m2.wrapping_shl(2);
-        }
+        pack_q5_k_codes(&l, rest);
     }
 }
 
@@ -694,6 +638,94 @@ pub fn dequantize_row_q5_k(src: &[u8], dst: &mut [f32]) {
             u1 = u1.wrapping_shl(2);
             u2 = u2.wrapping_shl(2);
         }
+    }
+}
+
+/// The 2-bit planes of Q2_K / Q3_K: `qs[j/4 + l]` packs `L[j+l]`, `L[j+l+32]`,
+/// `L[j+l+64]`, `L[j+l+96]` for `j = 0, 128`.
+#[inline(always)]
+pub(super) fn pack_2bit(l: &[u8; QK_K], qs: &mut [u8]) {
+    for j in (0..QK_K).step_by(128) {
+        for k in 0..32 {
+            qs[j / 4 + k] =
+                l[j + k] | (l[j + k + 32] << 2) | (l[j + k + 64] << 4) | (l[j + k + 96] << 6);
+        }
+    }
+}
+
+/// Q3_K's codes (L in 0..=7): the high bits into `hmask` (`y[..32]`), the
+/// low two into the 2-bit planes (`y[32..96]`). ggml: `if (L[j] > 3) {
+/// hmask[m] |= hm; L[j] -= 4; }` walking m over 0..32 and hm over the bits;
+/// the condition is bit 2 and the subtraction clears it: branch-free, same
+/// bytes.
+#[inline(always)]
+pub(super) fn pack_q3_k_codes(l: &mut [u8; QK_K], y: &mut [u8]) {
+    let (hmask, rest) = y.split_at_mut(32);
+    hmask.fill(0);
+    for (bit, lg) in l.chunks_exact_mut(QK_K / 8).enumerate() {
+        for (h, lj) in hmask.iter_mut().zip(lg) {
+            *h |= (*lj >> 2) << bit;
+            *lj &= 3;
+        }
+    }
+    pack_2bit(l, &mut rest[..64]);
+}
+
+/// Q4_K/Q5_K's twelve bytes of 6-bit scales `ls` and mins `lm` (each ≤ 63).
+#[inline(always)]
+pub(super) fn pack_k4_scales(ls: &[u8; QK_K / 32], lm: &[u8; QK_K / 32]) -> [u8; 12] {
+    let mut sc = [0u8; 12];
+    for j in 0..QK_K / 32 {
+        let (ls, lm) = (ls[j], lm[j]);
+        if j < 4 {
+            sc[j] = ls;
+            sc[j + 4] = lm;
+        } else {
+            sc[j + 4] = (ls & 0xF) | ((lm & 0xF) << 4);
+            sc[j - 4] |= (ls >> 4) << 6;
+            sc[j] |= (lm >> 4) << 6;
+        }
+    }
+    sc
+}
+
+/// Q4_K's 4-bit codes: byte k of each 32-byte group holds L[64n+k] and
+/// L[64n+k+32].
+#[inline(always)]
+pub(super) fn pack_q4_k_codes(l: &[u8; QK_K], qs: &mut [u8]) {
+    for (n, q) in qs.chunks_exact_mut(32).enumerate() {
+        let j = 64 * n;
+        for k in 0..32 {
+            q[k] = l[j + k] | (l[j + k + 32] << 4);
+        }
+    }
+}
+
+/// Q5_K's codes (L in 0..=31): the fifth bits into `qh` (`rest[..32]`), the
+/// low four as Q4_K's (`rest[32..]`).
+#[inline(always)]
+pub(super) fn pack_q5_k_codes(l: &[u8; QK_K], rest: &mut [u8]) {
+    let (qh, ql) = rest.split_at_mut(32);
+    qh.fill(0);
+    let mut m1 = 1u8;
+    let mut m2 = 2u8;
+    for (n, ql) in ql.chunks_exact_mut(32).enumerate() {
+        let base = 64 * n;
+        for j in 0..32 {
+            let mut l1 = l[base + j];
+            if l1 > 15 {
+                l1 -= 16;
+                qh[j] |= m1;
+            }
+            let mut l2 = l[base + j + 32];
+            if l2 > 15 {
+                l2 -= 16;
+                qh[j] |= m2;
+            }
+            ql[j] = l1 | (l2 << 4);
+        }
+        m1 = m1.wrapping_shl(2);
+        m2 = m2.wrapping_shl(2);
     }
 }
 

@@ -13,8 +13,9 @@
 
 use super::search::{make_qkx2_quants_batched, make_qp_quants, make_qx_quants_weighted};
 use super::{
-    get_scale_min_k4, q3_k_scale, requant_affine, requant_sym, sub, sub_mut, Q2_K_BYTES,
-    Q3_K_BYTES, Q4_K_BYTES, Q5_K_BYTES, Q6_K_BYTES, QK_K,
+    get_scale_min_k4, pack_2bit, pack_k4_scales, pack_q3_k_codes, pack_q4_k_codes, pack_q5_k_codes,
+    q3_k_scale, requant_affine, requant_sym, sub, sub_mut, Q2_K_BYTES, Q3_K_BYTES, Q4_K_BYTES,
+    Q5_K_BYTES, Q6_K_BYTES, QK_K,
 };
 use crate::ggml::common::{f16_to_f32, f32_to_f16};
 
@@ -40,18 +41,6 @@ fn sub_weights<const N: usize>(qw: &[f32; N], x: &[f32; N], sigma2: f32, w: &mut
         sumw += w[l];
     }
     sumw
-}
-
-/// The 2-bit planes of Q2_K / Q3_K: `qs[j/4 + l]` packs `L[j+l]`, `L[j+l+32]`,
-/// `L[j+l+64]`, `L[j+l+96]` for `j = 0, 128`.
-#[inline(always)]
-fn pack_2bit(l: &[u8; QK_K], qs: &mut [u8]) {
-    for j in (0..QK_K).step_by(128) {
-        for k in 0..32 {
-            qs[j / 4 + k] =
-                l[j + k] | (l[j + k + 32] << 2) | (l[j + k + 64] << 4) | (l[j + k + 96] << 6);
-        }
-    }
 }
 
 /// `quantize_row_q2_K_impl`: per 16-element sub-block `make_qkx3_quants`
@@ -156,16 +145,7 @@ pub fn quantize_row_q3_k_weighted(src: &[f32], qw: &[f32], dst: &mut [u8]) {
             }
             requant_sym::<16, false>(sub::<16>(x, j), d, -4, 3, 4, sub_mut::<16, _>(&mut l, j));
         }
-        let (hmask, rest) = y.split_at_mut(32);
-        hmask.fill(0);
-        // `if (L[j] > 3) { hmask[m] |= hm; L[j] -= 4; }`, L in 0..=7.
-        for (bit, lg) in l.chunks_exact_mut(QK_K / 8).enumerate() {
-            for (h, lj) in hmask.iter_mut().zip(lg) {
-                *h |= (*lj >> 2) << bit;
-                *lj &= 3;
-            }
-        }
-        pack_2bit(&l, &mut rest[..64]);
+        pack_q3_k_codes(&mut l, &mut y[..96]);
         y[96..108].copy_from_slice(&sc);
         y[108..110].copy_from_slice(&d_bits.to_le_bytes());
     }
@@ -210,22 +190,12 @@ fn quantize_block_qkx3_k(
     }
     let d_block = make_qp_quants::<8>(63, &scales, &mut ls, &sw);
     let m_block = make_qp_quants::<8>(63, &mins, &mut lm, &sw);
-    let mut sc = [0u8; 12];
-    for j in 0..QK_K / 32 {
-        let (mut lsj, mut lmj) = (ls[j], lm[j]);
-        if clamp63 {
-            lsj = lsj.min(63);
-            lmj = lmj.min(63);
-        }
-        if j < 4 {
-            sc[j] = lsj;
-            sc[j + 4] = lmj;
-        } else {
-            sc[j + 4] = (lsj & 0xF) | ((lmj & 0xF) << 4);
-            sc[j - 4] |= (lsj >> 4) << 6;
-            sc[j] |= (lmj >> 4) << 6;
-        }
+    if clamp63 {
+        ls.iter_mut()
+            .chain(lm.iter_mut())
+            .for_each(|v| *v = (*v).min(63));
     }
+    let sc = pack_k4_scales(&ls, &lm);
     let d_bits = f32_to_f16(d_block);
     let dmin_bits = f32_to_f16(m_block);
     let dall = f16_to_f32(d_bits);
@@ -254,12 +224,7 @@ pub fn quantize_row_q4_k_weighted(src: &[f32], qw: &[f32], dst: &mut [u8]) {
     {
         let (head, qs) = y.split_at_mut(16);
         quantize_block_qkx3_k(x, q, 15, false, head, &mut l);
-        for (n, qq) in qs.chunks_exact_mut(32).enumerate() {
-            let j = 64 * n;
-            for k in 0..32 {
-                qq[k] = l[j + k] | (l[j + k + 32] << 4);
-            }
-        }
+        pack_q4_k_codes(&l, qs);
     }
 }
 
@@ -273,28 +238,7 @@ pub fn quantize_row_q5_k_weighted(src: &[f32], qw: &[f32], dst: &mut [u8]) {
     {
         let (head, rest) = y.split_at_mut(16);
         quantize_block_qkx3_k(x, q, 31, true, head, &mut l);
-        let (qh, ql) = rest.split_at_mut(32);
-        qh.fill(0);
-        let mut m1 = 1u8;
-        let mut m2 = 2u8;
-        for (n, ql) in ql.chunks_exact_mut(32).enumerate() {
-            let base = 64 * n;
-            for j in 0..32 {
-                let mut l1 = l[base + j];
-                if l1 > 15 {
-                    l1 -= 16;
-                    qh[j] |= m1;
-                }
-                let mut l2 = l[base + j + 32];
-                if l2 > 15 {
-                    l2 -= 16;
-                    qh[j] |= m2;
-                }
-                ql[j] = l1 | (l2 << 4);
-            }
-            m1 = m1.wrapping_shl(2);
-            m2 = m2.wrapping_shl(2);
-        }
+        pack_q5_k_codes(&l, rest);
     }
 }
 
