@@ -146,25 +146,50 @@ pub fn dequantize_row(ty: GgmlType, src: &[u8], dst: &mut [f32]) -> Result<(), Q
 
 /// The index and value of the first NaN or infinity in `row`.
 pub fn find_non_finite(row: &[f32]) -> Option<(usize, f32)> {
-    // A branch-free test per 64 elements (vectorised by the compiler);
-    // the exact position is searched only in a chunk that has a hit.
+    // A branch-free test per 64 elements; the exact position is searched
+    // only in a chunk that has a hit.
     const CHUNK: usize = 64;
-    for (c, chunk) in row.chunks(CHUNK).enumerate() {
-        let hit = chunk.iter().fold(0u32, |acc, v| {
-            acc | u32::from(v.to_bits() & 0x7f80_0000 == 0x7f80_0000)
-        });
-        if hit != 0 {
-            let i = chunk.iter().position(|v| !v.is_finite()).expect("hit");
-            return Some((c * CHUNK + i, chunk[i]));
+    let first_hit = {
+        #[cfg(target_arch = "x86_64")]
+        {
+            if ggml::isa::avx2() {
+                // SAFETY: AVX2 was detected.
+                unsafe { ggml::rows_avx2::first_special_chunk(row, CHUNK) }
+            } else {
+                first_special_chunk(row, CHUNK)
+            }
         }
-    }
-    None
+        #[cfg(not(target_arch = "x86_64"))]
+        first_special_chunk(row, CHUNK)
+    }?;
+    let chunk = &row[first_hit * CHUNK..row.len().min((first_hit + 1) * CHUNK)];
+    let i = chunk.iter().position(|v| !v.is_finite())?;
+    Some((first_hit * CHUNK + i, chunk[i]))
+}
+
+/// Index of the first `chunk`-element piece of `row` holding a NaN or an
+/// infinity (all exponent bits set), portable variant.
+pub(crate) fn first_special_chunk(row: &[f32], chunk: usize) -> Option<usize> {
+    row.chunks(chunk).position(|c| {
+        c.iter().fold(0u32, |acc, v| {
+            acc | u32::from(v.to_bits() & 0x7f80_0000 == 0x7f80_0000)
+        }) != 0
+    })
 }
 
 /// Encode one row of finite floats as `ty`. NaN or infinity is an error,
 /// never silently encoded.
 pub fn quantize_row(ty: GgmlType, src: &[f32], dst: &mut [u8]) -> Result<(), QuantError> {
     check_lengths(ty, src.len(), dst.len())?;
+    #[cfg(target_arch = "x86_64")]
+    if ty == GgmlType::BF16 && ggml::isa::avx2() {
+        // The encoding is one cheap pass; testing for NaN/Inf in that same
+        // pass saves a second read of the row.
+        // SAFETY: AVX2 was detected.
+        if !unsafe { ggml::rows_avx2::q_bf16(src, dst) } {
+            return Ok(());
+        }
+    }
     if let Some((index, value)) = find_non_finite(src) {
         return Err(QuantError::NonFinite { index, value });
     }
@@ -321,6 +346,49 @@ pub fn scan_row(ty: GgmlType, src: &[u8], n: usize) -> Result<RowScan, QuantErro
 #[cfg(test)]
 mod scan_tests {
     use super::*;
+
+    #[test]
+    fn find_non_finite_locates_every_special_value_in_every_variant() {
+        // Lengths around the 32- and 64-element steps, every position, every
+        // special value; ordinary extremes must never be flagged.
+        for len in [1usize, 31, 32, 33, 63, 64, 65, 127, 128, 200, 4096] {
+            let mut row: Vec<f32> = (0..len)
+                .map(|i| match i % 5 {
+                    0 => f32::MAX,
+                    1 => -f32::MAX,
+                    2 => f32::from_bits(1),
+                    3 => -0.0,
+                    _ => i as f32,
+                })
+                .collect();
+            assert_eq!(find_non_finite(&row), None, "len {len}");
+            assert_eq!(first_special_chunk(&row, 64), None);
+            let step = if len > 300 { 37 } else { 1 };
+            for pos in (0..len).step_by(step) {
+                for bad in [f32::NAN, f32::INFINITY, f32::NEG_INFINITY, -f32::NAN] {
+                    let keep = row[pos];
+                    row[pos] = bad;
+                    let (i, v) = find_non_finite(&row).expect("found");
+                    assert_eq!((i, v.to_bits()), (pos, bad.to_bits()), "len {len}");
+                    assert_eq!(first_special_chunk(&row, 64), Some(pos / 64));
+                    #[cfg(target_arch = "x86_64")]
+                    if ggml::isa::avx2() {
+                        // SAFETY: AVX2 was detected.
+                        let c = unsafe { ggml::rows_avx2::first_special_chunk(&row, 64) };
+                        assert_eq!(c, Some(pos / 64), "avx2, len {len}, pos {pos}");
+                    }
+                    // A second special value further on changes nothing.
+                    if pos + 1 < len {
+                        let k = row[len - 1];
+                        row[len - 1] = f32::NAN;
+                        assert_eq!(find_non_finite(&row).map(|r| r.0), Some(pos));
+                        row[len - 1] = k;
+                    }
+                    row[pos] = keep;
+                }
+            }
+        }
+    }
 
     #[test]
     fn scan_finds_non_finite_and_zero_on_bits() {

@@ -221,10 +221,11 @@ fn check_against_scalar(isa: Isa) {
     }
 }
 
-/// A row whose block count is not a multiple of the eight lanes (IQ4_NL
-/// blocks are 32 values: the tail goes through the one-block path).
+/// Rows whose block count is not a multiple of what a variant encodes at
+/// once: IQ4_NL blocks go eight to a vector (the tail through the one-block
+/// path), Q3_K super-blocks up to four at a time.
 fn check_ragged(isa: Isa) {
-    let x = random_rows(99, 1);
+    let x = random_rows(99, 3);
     for n in [32usize, 96, 224, 288, 1000 / 32 * 32] {
         let want = encode(Isa::Scalar, GgmlType::IQ4_NL, &x[..n]);
         assert_eq!(
@@ -233,6 +234,13 @@ fn check_ragged(isa: Isa) {
             "{} n={n}",
             isa.name()
         );
+    }
+    for blocks in 1..=9usize {
+        let n = blocks * 256;
+        for &ty in TYPES.iter().filter(|t| t.block_size() == 256) {
+            let want = encode(Isa::Scalar, ty, &x[..n]);
+            assert_eq!(encode(isa, ty, &x[..n]), want, "{} {ty} n={n}", isa.name());
+        }
     }
 }
 
