@@ -45,7 +45,7 @@ unsafe fn bytes8_epi32(p: *const u8) -> __m256i {
 /// answer as the portable `first_special_chunk`). `chunk` is a multiple of 32.
 #[target_feature(enable = "avx2")]
 pub(crate) unsafe fn first_special_chunk(row: &[f32], chunk: usize) -> Option<usize> {
-    debug_assert!(chunk % 32 == 0 && chunk > 0);
+    debug_assert!(chunk.is_multiple_of(32) && chunk > 0);
     let exp = _mm256_set1_epi32(0x7f80_0000);
     let p = row.as_ptr() as *const __m256i;
     let whole = row.len() / chunk;
