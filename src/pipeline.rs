@@ -16,7 +16,6 @@
 use std::path::{Path, PathBuf};
 
 use indicatif::ProgressBar;
-use rayon::prelude::*;
 
 use crate::gguf::{GgufWriter, TensorSpec};
 use crate::naming::RowPermutation;
@@ -239,7 +238,8 @@ pub struct Outcome {
 pub struct Options {
     /// Target number of f32 elements per chunk (rounded to whole rows).
     pub chunk_elements: usize,
-    /// Chunks encoded in parallel before they are written.
+    /// How many chunks the workers may run ahead of the writer (bounds
+    /// memory; enough slack that one slow chunk does not idle the others).
     pub window: usize,
     /// Whether to decode the output again and measure its error.
     pub measure: bool,
@@ -256,7 +256,7 @@ impl Default for Options {
     fn default() -> Self {
         Options {
             chunk_elements: 1 << 18,
-            window: 2 * rayon::current_num_threads().max(1),
+            window: 4 * rayon::current_num_threads().max(1),
             measure: true,
             progress: true,
             search: false,
@@ -354,6 +354,12 @@ fn search_source(base: &dyn RowSource, out_ty: GgmlType, search: bool) -> Option
         .map(|(_, bytes)| bytes)
 }
 
+/// Elements handled per pass inside a chunk: every stage (decode, add,
+/// encode, decode again, measure) runs over these rows before the next
+/// ones are read, so its four f32 buffers stay in the core's L2 cache
+/// instead of streaming each stage through memory.
+const PASS_ELEMENTS: usize = 1 << 14;
+
 fn encode_chunk_with(
     s: &mut Scratch,
     task: &Task<'_>,
@@ -363,6 +369,53 @@ fn encode_chunk_with(
     opts: &Options,
     pool: &BytePool,
 ) -> Result<Chunk> {
+    let Action::Transcode { base, .. } = &task.action else {
+        unreachable!("copies are not chunked")
+    };
+    let row_len = base.row_len();
+    let out_rb = task
+        .spec
+        .ty
+        .row_size(row_len)
+        .expect("validated row length");
+    let per_pass = (PASS_ELEMENTS / row_len.max(1)).max(1);
+    let mut chunk = Chunk {
+        bytes: pool.take(n_rows * out_rb),
+        stats: ErrorStats::default(),
+        wins: search_source(base.as_ref(), task.spec.ty, opts.search)
+            .map(|_| SearchWins::default()),
+    };
+    let mut r = 0;
+    while r < n_rows {
+        let n = per_pass.min(n_rows - r);
+        encode_rows(
+            s,
+            task,
+            out_path,
+            first_row + r,
+            n,
+            opts,
+            r * out_rb,
+            &mut chunk,
+        )?;
+        r += n;
+    }
+    Ok(chunk)
+}
+
+/// Rows `first_row..first_row + n_rows` of the task into `chunk.bytes` at
+/// byte `offset`, their statistics and search wins into `chunk`.
+#[allow(clippy::too_many_arguments)]
+fn encode_rows(
+    s: &mut Scratch,
+    task: &Task<'_>,
+    out_path: &Path,
+    first_row: usize,
+    n_rows: usize,
+    opts: &Options,
+    offset: usize,
+    chunk: &mut Chunk,
+) -> Result<()> {
     let measure = opts.measure;
     let Action::Transcode {
         base,
@@ -403,7 +456,7 @@ fn encode_chunk_with(
         None => (&[], base_rows),
     };
 
-    let mut bytes = pool.take(n_rows * out_rb);
+    let bytes = &mut chunk.bytes[offset..offset + n_rows * out_rb];
     let searched = search_source(base.as_ref(), out_ty, opts.search);
     let mut wins = SearchWins::default();
     for (i, (src, dst)) in exact
@@ -428,27 +481,16 @@ fn encode_chunk_with(
         }
         .map_err(|e| output_error(out_path, &task.spec.name, first_row + i, e))?;
     }
+    if let Some(w) = chunk.wins.as_mut() {
+        w.merge(&wins);
+    }
 
-    // Decode what was written: a block whose fp16 scale overflowed decodes
-    // to infinity or NaN, which must be an error, never a silent model.
     let decoded: &[f32] = if out_ty == GgmlType::F32 {
         exact
     } else {
         let d = sized(decoded_buf, n);
-        dequantize_row(out_ty, &bytes, d)
+        dequantize_row(out_ty, bytes, d)
             .map_err(|e| output_error(out_path, &task.spec.name, first_row, e))?;
-        if let Some(i) = d.iter().position(|v| !v.is_finite()) {
-            return Err(Error::tensor(
-                out_path,
-                &task.spec.name,
-                format!(
-                    "row {}: the value {} cannot be stored as {}: its block scale overflows",
-                    first_row + i / row_len,
-                    exact[i],
-                    out_ty
-                ),
-            ));
-        }
         d
     };
     let mut stats = ErrorStats::default();
@@ -458,12 +500,32 @@ fn encode_chunk_with(
         } else {
             stats.accumulate(exact, decoded);
         }
+        chunk.stats.merge(&stats);
     }
-    Ok(Chunk {
-        bytes,
-        stats,
-        wins: searched.map(|_| wins),
-    })
+    // Decode what was written: a block whose fp16 scale overflowed decodes
+    // to infinity or NaN, which must be an error, never a silent model.
+    // The statistics' sum of squares already tells whether there is one.
+    let suspect = if measure {
+        !stats.output_is_finite()
+    } else {
+        out_ty != GgmlType::F32
+    };
+    if let Some((i, _)) = suspect
+        .then(|| qresidual_quant::find_non_finite(decoded))
+        .flatten()
+    {
+        return Err(Error::tensor(
+            out_path,
+            &task.spec.name,
+            format!(
+                "row {}: the value {} cannot be stored as {}: its block scale overflows",
+                first_row + i / row_len,
+                exact[i],
+                out_ty
+            ),
+        ));
+    }
+    Ok(())
 }
 
 /// One unit of output, in file order: a whole copied tensor or one chunk
@@ -525,36 +587,75 @@ fn plan_items(tasks: &[Task<'_>], chunk_elements: usize) -> Vec<Item> {
     items
 }
 
-/// Windows of consecutive items, each holding up to `window` row chunks
-/// (copies ride along for free), which the workers encode together while
-/// the writer writes the previous window.
-fn windows(items: &[Item], window: usize) -> Vec<std::ops::Range<usize>> {
-    let mut out = Vec::new();
-    let mut start = 0;
-    let mut chunks = 0;
-    for (i, it) in items.iter().enumerate() {
-        if let Item::Rows { .. } = it {
-            chunks += 1;
-        }
-        if chunks >= window.max(1) {
-            out.push(start..i + 1);
-            start = i + 1;
-            chunks = 0;
+/// The shared state of [`run`]'s workers and writer.
+///
+/// Row chunks are numbered in output order. Workers claim the next number
+/// (dynamic scheduling: whichever worker is free takes the next chunk, so a
+/// slow tensor does not leave the others idle at a barrier) but never more
+/// than `ahead` chunks past the writer, which bounds memory. `limit` is the
+/// first chunk not to start: it drops to a failed chunk's number (chunks
+/// before it still complete, so the error reported is always the first one
+/// in output order, whatever the thread count) or to zero when the writer
+/// stops.
+struct Schedule {
+    next: std::sync::atomic::AtomicUsize,
+    limit: std::sync::atomic::AtomicUsize,
+    written: std::sync::Mutex<usize>,
+    moved: std::sync::Condvar,
+    ahead: usize,
+}
+
+impl Schedule {
+    fn new(n: usize, ahead: usize) -> Self {
+        Schedule {
+            next: 0.into(),
+            limit: n.into(),
+            written: std::sync::Mutex::new(0),
+            moved: std::sync::Condvar::new(),
+            ahead: ahead.max(1),
         }
     }
-    if start < items.len() {
-        out.push(start..items.len());
+
+    /// The next chunk this worker may encode, waiting while it is too far
+    /// ahead of the writer; `None` when there is nothing left to start.
+    fn claim(&self) -> Option<usize> {
+        use std::sync::atomic::Ordering::SeqCst;
+        let k = self.next.fetch_add(1, SeqCst);
+        let mut w = self.written.lock().unwrap_or_else(|p| p.into_inner());
+        loop {
+            if k >= self.limit.load(SeqCst) {
+                return None;
+            }
+            if k < *w + self.ahead {
+                return Some(k);
+            }
+            w = self.moved.wait(w).unwrap_or_else(|p| p.into_inner());
+        }
     }
-    out
+
+    /// Start nothing at or after chunk `k`.
+    fn cut(&self, k: usize) {
+        self.limit.fetch_min(k, std::sync::atomic::Ordering::SeqCst);
+        let _w = self.written.lock().unwrap_or_else(|p| p.into_inner());
+        self.moved.notify_all();
+    }
+
+    /// The writer has consumed `k` chunks.
+    fn advance(&self, k: usize) {
+        let mut w = self.written.lock().unwrap_or_else(|p| p.into_inner());
+        *w = k;
+        self.moved.notify_all();
+    }
 }
 
 /// Run every task in order into `writer`, returning one outcome per task.
 /// `out_path` names the output in error messages.
 ///
-/// The rayon workers decode, add and encode one window of chunks (spanning
-/// tensor boundaries, so small tensors do not serialise the run) while a
-/// writer thread writes the previous window in order; a bounded channel
-/// keeps at most two windows of encoded bytes alive.
+/// Every rayon worker loops: claim the next row chunk, decode, add and
+/// encode it, hand it to the writer. A writer thread puts the chunks back
+/// in output order and writes them, while workers are at most
+/// `opts.window` chunks ahead of it; input pages are requested ahead of
+/// the workers (`MADV_WILLNEED`) and consumed ones handed back.
 pub fn run(
     tasks: &[Task<'_>],
     writer: &mut GgufWriter,
@@ -572,59 +673,39 @@ pub fn run(
         .sum();
     let pb = crate::progress::bytes(total, opts.progress);
     let items = plan_items(tasks, opts.chunk_elements);
-    let wins = windows(&items, opts.window);
+    // The row chunks, the units of work, by their position in `items`.
+    let work: Vec<usize> = items
+        .iter()
+        .enumerate()
+        .filter(|(_, it)| matches!(it, Item::Rows { .. }))
+        .map(|(i, _)| i)
+        .collect();
+    let sched = Schedule::new(work.len(), opts.window);
     let pool = BytePool::default();
-    let stop = std::sync::atomic::AtomicBool::new(false);
+    let (tx, rx) = std::sync::mpsc::channel::<(usize, Result<Chunk>)>();
 
-    let (tx, rx) = std::sync::mpsc::sync_channel::<Vec<Result<Option<Chunk>>>>(1);
     let outcomes = std::thread::scope(|scope| -> Result<Vec<Outcome>> {
-        let (items, wins, pool, stop, pb) = (&items, &wins, &pool, &stop, &pb);
+        let (items, work, pool, sched, pb) = (&items, &work, &pool, &sched, &pb);
         let writer_thread = scope.spawn(move || -> Result<Vec<Outcome>> {
-            let result = write_in_order(tasks, items, wins, rx, writer, pool, opts, pb);
-            if result.is_err() {
-                stop.store(true, std::sync::atomic::Ordering::Relaxed);
-            }
+            let result = write_in_order(tasks, items, work, rx, writer, pool, sched, opts, pb);
+            // Whatever happened, no worker starts another chunk.
+            sched.cut(0);
             result
         });
-        let prefetch = |w: &std::ops::Range<usize>| {
-            for it in &items[w.clone()] {
-                if let (
-                    Item::Rows { task, first, n, .. },
-                    Action::Transcode { base, residual, .. },
-                ) = (*it, &tasks[it.task()].action)
-                {
-                    base.prefetch_rows(first, first + n);
-                    if let Some(r) = residual {
-                        r.prefetch_rows(first, first + n);
-                    }
-                    let _ = task;
+        rayon::broadcast(|_| {
+            while let Some(k) = sched.claim() {
+                let Item::Rows { task, first, n, .. } = items[work[k]] else {
+                    unreachable!("work holds row chunks only")
+                };
+                let res = encode_chunk(&tasks[task], out_path, first, n, opts, pool);
+                if res.is_err() {
+                    sched.cut(k + 1);
+                }
+                if tx.send((k, res)).is_err() {
+                    break;
                 }
             }
-        };
-        if let Some(w) = wins.first() {
-            prefetch(w);
-        }
-        for (k, w) in wins.iter().enumerate() {
-            if stop.load(std::sync::atomic::Ordering::Relaxed) {
-                break;
-            }
-            if let Some(next) = wins.get(k + 1) {
-                prefetch(next);
-            }
-            let encoded: Vec<Result<Option<Chunk>>> = items[w.clone()]
-                .par_iter()
-                .map(|it| match *it {
-                    Item::Copy { .. } => Ok(None),
-                    Item::Rows { task, first, n, .. } => {
-                        encode_chunk(&tasks[task], out_path, first, n, opts, pool).map(Some)
-                    }
-                })
-                .collect();
-            let failed = encoded.iter().any(|r| r.is_err());
-            if tx.send(encoded).is_err() || failed {
-                break;
-            }
-        }
+        });
         drop(tx);
         writer_thread
             .join()
@@ -634,86 +715,119 @@ pub fn run(
     Ok(outcomes)
 }
 
-/// The writer side of [`run`]: receives each window's results in order,
-/// writes them, merges statistics per tensor and hands consumed input pages
-/// back.
+/// Ask the kernel for the input pages of row chunk `k` (if there is one).
+fn prefetch(tasks: &[Task<'_>], items: &[Item], work: &[usize], k: usize) {
+    let Some(&i) = work.get(k) else { return };
+    if let (Item::Rows { first, n, .. }, Action::Transcode { base, residual, .. }) =
+        (items[i], &tasks[items[i].task()].action)
+    {
+        base.prefetch_rows(first, first + n);
+        if let Some(r) = residual {
+            r.prefetch_rows(first, first + n);
+        }
+    }
+}
+
+/// The writer side of [`run`]: receives encoded chunks in any order, writes
+/// them (and the copied tensors) in output order, merges statistics per
+/// tensor, hands consumed input pages back and lets the workers move on.
 #[allow(clippy::too_many_arguments)]
 fn write_in_order(
     tasks: &[Task<'_>],
     items: &[Item],
-    wins: &[std::ops::Range<usize>],
-    rx: std::sync::mpsc::Receiver<Vec<Result<Option<Chunk>>>>,
+    work: &[usize],
+    rx: std::sync::mpsc::Receiver<(usize, Result<Chunk>)>,
     writer: &mut GgufWriter,
     pool: &BytePool,
+    sched: &Schedule,
     opts: &Options,
     pb: &ProgressBar,
 ) -> Result<Vec<Outcome>> {
     let mut outcomes = Vec::with_capacity(tasks.len());
     let mut stats = ErrorStats::default();
     let mut searched: Option<SearchWins> = None;
-    for w in wins {
-        let Ok(results) = rx.recv() else {
-            // The producer stopped early: it only does so after sending an
-            // error, which was returned below.
-            return Err(Error::tensor(
-                Path::new(""),
-                "",
-                "the encoders stopped unexpectedly".to_string(),
-            ));
-        };
-        for (it, res) in items[w.clone()].iter().zip(results) {
-            let task = &tasks[it.task()];
-            let n_elements: u64 = task.spec.ne.iter().product();
-            match (*it, &task.action) {
-                (Item::Copy { .. }, Action::Copy(bytes)) => {
+    // Chunks that arrived before their turn.
+    let mut early: std::collections::BTreeMap<usize, Result<Chunk>> = Default::default();
+    // Keep the kernel reading one window ahead of what workers may claim.
+    for k in 0..2 * sched.ahead {
+        prefetch(tasks, items, work, k);
+    }
+    let mut k = 0; // row chunks written so far
+    for it in items {
+        let task = &tasks[it.task()];
+        let n_elements: u64 = task.spec.ne.iter().product();
+        match (*it, &task.action) {
+            (Item::Copy { .. }, Action::Copy(bytes)) => {
+                pb.set_message(task.spec.name.clone());
+                writer.write(bytes)?;
+                pb.inc(bytes.len() as u64);
+                outcomes.push(Outcome {
+                    name: task.spec.name.clone(),
+                    type_in: task.input_type,
+                    type_out: task.spec.ty,
+                    n_elements,
+                    copied: true,
+                    has_residual: false,
+                    stats: None,
+                    search: None,
+                });
+            }
+            (Item::Rows { first, n, last, .. }, Action::Transcode { base, residual, .. }) => {
+                if first == 0 {
                     pb.set_message(task.spec.name.clone());
-                    writer.write(bytes)?;
-                    pb.inc(bytes.len() as u64);
+                    stats = ErrorStats::default();
+                    searched = None;
+                }
+                let chunk = loop {
+                    if let Some(c) = early.remove(&k) {
+                        break c;
+                    }
+                    match rx.recv() {
+                        Ok((j, c)) => {
+                            early.insert(j, c);
+                        }
+                        // Every worker has stopped without chunk `k`: they
+                        // only do so after a failed chunk, which is here.
+                        Err(_) => {
+                            let first_err = early.into_values().find_map(|c| c.err());
+                            return Err(first_err.unwrap_or_else(|| {
+                                Error::tensor(
+                                    Path::new(""),
+                                    "",
+                                    "the encoders stopped unexpectedly".to_string(),
+                                )
+                            }));
+                        }
+                    }
+                }?;
+                writer.write(&chunk.bytes)?;
+                pb.inc(chunk.bytes.len() as u64);
+                stats.merge(&chunk.stats);
+                if let Some(w) = &chunk.wins {
+                    searched.get_or_insert_with(SearchWins::default).merge(w);
+                }
+                pool.give(chunk.bytes);
+                base.release_rows(first, first + n);
+                if let Some(r) = residual {
+                    r.release_rows(first, first + n);
+                }
+                k += 1;
+                sched.advance(k);
+                prefetch(tasks, items, work, k + 2 * sched.ahead - 1);
+                if last {
                     outcomes.push(Outcome {
                         name: task.spec.name.clone(),
                         type_in: task.input_type,
                         type_out: task.spec.ty,
                         n_elements,
-                        copied: true,
-                        has_residual: false,
-                        stats: None,
-                        search: None,
+                        copied: false,
+                        has_residual: residual.is_some(),
+                        stats: opts.measure.then(|| std::mem::take(&mut stats)),
+                        search: searched.take(),
                     });
                 }
-                (Item::Rows { first, n, last, .. }, Action::Transcode { base, residual, .. }) => {
-                    if first == 0 {
-                        pb.set_message(task.spec.name.clone());
-                        stats = ErrorStats::default();
-                        searched = None;
-                    }
-                    if let Some(chunk) = res? {
-                        writer.write(&chunk.bytes)?;
-                        pb.inc(chunk.bytes.len() as u64);
-                        stats.merge(&chunk.stats);
-                        if let Some(w) = &chunk.wins {
-                            searched.get_or_insert_with(SearchWins::default).merge(w);
-                        }
-                        pool.give(chunk.bytes);
-                    }
-                    base.release_rows(first, first + n);
-                    if let Some(r) = residual {
-                        r.release_rows(first, first + n);
-                    }
-                    if last {
-                        outcomes.push(Outcome {
-                            name: task.spec.name.clone(),
-                            type_in: task.input_type,
-                            type_out: task.spec.ty,
-                            n_elements,
-                            copied: false,
-                            has_residual: residual.is_some(),
-                            stats: opts.measure.then(|| std::mem::take(&mut stats)),
-                            search: searched.take(),
-                        });
-                    }
-                }
-                _ => unreachable!("items follow their task's action"),
             }
+            _ => unreachable!("items follow their task's action"),
         }
     }
     Ok(outcomes)
@@ -966,9 +1080,156 @@ mod tests {
             }
         }
         assert_eq!(next, vec![37, 0, 1, 300]);
-        let wins = windows(&items, 3);
-        assert_eq!(wins.first().unwrap().start, 0);
-        assert_eq!(wins.last().unwrap().end, items.len());
-        assert!(wins.windows(2).all(|w| w[0].end == w[1].start));
+    }
+
+    /// Rows that fail to decode at chosen rows, and record how far ahead of
+    /// the writer (which hands rows back in order) any decode started.
+    struct Watched {
+        data: Vec<f32>,
+        row_len: usize,
+        bad_rows: Vec<usize>,
+        released: std::sync::atomic::AtomicUsize,
+        max_lead: std::sync::atomic::AtomicUsize,
+    }
+
+    impl RowSource for Watched {
+        fn row_len(&self) -> usize {
+            self.row_len
+        }
+        fn n_rows(&self) -> usize {
+            self.data.len() / self.row_len
+        }
+        fn decode(&self, start: usize, out: &mut [f32]) -> Result<()> {
+            use std::sync::atomic::Ordering::SeqCst;
+            let lead = start.saturating_sub(self.released.load(SeqCst));
+            self.max_lead.fetch_max(lead, SeqCst);
+            let end = start + out.len() / self.row_len;
+            if let Some(r) = self.bad_rows.iter().find(|&&r| (start..end).contains(&r)) {
+                return Err(Error::tensor(
+                    Path::new("in.gguf"),
+                    "w",
+                    format!("bad row {r}"),
+                ));
+            }
+            out.copy_from_slice(&self.data[start * self.row_len..][..out.len()]);
+            Ok(())
+        }
+        fn release_rows(&self, _start: usize, end: usize) {
+            self.released
+                .fetch_max(end, std::sync::atomic::Ordering::SeqCst);
+        }
+    }
+
+    /// One Q8_0 tensor of `n_rows` rows of 256 from `data`, chunks of 8
+    /// rows; the error message or the rows' greatest lead over the writer.
+    fn run_watched(
+        data: Vec<f32>,
+        bad_rows: Vec<usize>,
+        threads: usize,
+        window: usize,
+        measure: bool,
+    ) -> std::result::Result<usize, String> {
+        let row_len = 256;
+        let n_rows = data.len() / row_len;
+        let src = std::sync::Arc::new(Watched {
+            data,
+            row_len,
+            bad_rows,
+            released: 0.into(),
+            max_lead: 0.into(),
+        });
+        struct Shared(std::sync::Arc<Watched>);
+        impl RowSource for Shared {
+            fn row_len(&self) -> usize {
+                self.0.row_len()
+            }
+            fn n_rows(&self) -> usize {
+                self.0.n_rows()
+            }
+            fn decode(&self, start: usize, out: &mut [f32]) -> Result<()> {
+                self.0.decode(start, out)
+            }
+            fn release_rows(&self, start: usize, end: usize) {
+                self.0.release_rows(start, end)
+            }
+        }
+        let spec = TensorSpec {
+            name: "w".into(),
+            ty: GgmlType::Q8_0,
+            ne: vec![row_len as u64, n_rows as u64],
+        };
+        let tasks = vec![Task {
+            spec: spec.clone(),
+            input_type: GgmlType::F32,
+            action: Action::Transcode {
+                base: Box::new(Shared(src.clone())),
+                residual: None,
+                scale: 1.0,
+                importance: None,
+            },
+        }];
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("out.gguf");
+        let opts = Options {
+            chunk_elements: 8 * row_len,
+            window,
+            measure,
+            progress: false,
+            search: false,
+        };
+        let pool = rayon::ThreadPoolBuilder::new()
+            .num_threads(threads)
+            .build()
+            .unwrap();
+        let res = pool.install(|| {
+            let mut w = GgufWriter::create(&path, &[], &[spec], &WriterOptions::default()).unwrap();
+            run(&tasks, &mut w, &path, &opts).and_then(|_| w.finish())
+        });
+        let leftovers = std::fs::read_dir(dir.path()).unwrap().count();
+        match res {
+            Ok(_) => Ok(src.max_lead.load(std::sync::atomic::Ordering::SeqCst)),
+            Err(e) => {
+                assert_eq!(leftovers, 0, "a failed run left files behind");
+                Err(e.to_string())
+            }
+        }
+    }
+
+    #[test]
+    fn workers_stay_within_the_window_of_the_writer() {
+        for (threads, window) in [(1, 1), (2, 1), (2, 3), (4, 2)] {
+            let lead = run_watched(values(3, 256 * 200), vec![], threads, window, true).unwrap();
+            // A chunk is 8 rows: chunk k may start once k - window chunks
+            // are written, i.e. at most `window` chunks (less one row) ahead.
+            assert!(
+                lead < 8 * window,
+                "{threads} threads, window {window}: a decode started {lead} rows ahead"
+            );
+        }
+    }
+
+    #[test]
+    fn the_first_failure_in_output_order_is_reported_whatever_the_threads() {
+        for (threads, window) in [(1, 1), (2, 1), (2, 4), (3, 8)] {
+            let e = run_watched(values(4, 256 * 120), vec![100, 45], threads, window, true)
+                .unwrap_err();
+            assert!(e.contains("bad row 45"), "{threads}/{window}: {e}");
+        }
+    }
+
+    #[test]
+    fn an_overflowing_block_scale_is_an_error_with_or_without_measuring() {
+        // Q8_0 stores the block scale amax/127 as f16: 1e37/127 overflows.
+        let mut data = values(5, 256 * 40);
+        data[256 * 33 + 7] = 1e37;
+        for measure in [true, false] {
+            for threads in [1, 2] {
+                let e = run_watched(data.clone(), vec![], threads, 2, measure).unwrap_err();
+                assert!(
+                    e.contains("row 33") && e.contains("block scale overflows"),
+                    "measure {measure}, {threads} threads: {e}"
+                );
+            }
+        }
     }
 }

@@ -75,7 +75,14 @@ pub struct GgufWriter {
     cur_tensor: usize,
     cur_written: u64,
     cur_split: Option<(usize, BufWriter<File>)>,
+    /// Bytes written to the current file since its writeback was last
+    /// started (see [`GgufWriter::start_writeback`]).
+    unsynced: u64,
 }
+
+/// Bytes after which the writer asks the kernel to start writing the file
+/// out, so the fsync at the end waits for the last stretch only.
+const WRITEBACK_EVERY: u64 = 64 << 20;
 
 impl std::fmt::Debug for GgufWriter {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -335,6 +342,7 @@ impl GgufWriter {
             cur_tensor: 0,
             cur_written: 0,
             cur_split: None,
+            unsynced: 0,
         };
         for s in &w.splits {
             remove_stale_temps(&s.final_path);
@@ -421,6 +429,7 @@ impl GgufWriter {
                 )
             })?;
             self.cur_written += take as u64;
+            self.unsynced += take as u64;
             bytes = &bytes[take..];
             if self.cur_written == self.sizes[self.cur_tensor] {
                 let pad = pad_len(self.cur_written, self.alignment) as usize;
@@ -429,6 +438,32 @@ impl GgufWriter {
                 self.cur_tensor += 1;
                 self.cur_written = 0;
                 self.settle()?;
+            }
+        }
+        if self.unsynced >= WRITEBACK_EVERY {
+            self.start_writeback()?;
+        }
+        Ok(())
+    }
+
+    /// Hand what was written so far to the kernel and start its writeback
+    /// without waiting for it (Linux `sync_file_range`): the data goes to
+    /// disk while the encoders run, instead of all at the final fsync.
+    fn start_writeback(&mut self) -> Result<()> {
+        self.unsynced = 0;
+        let Some((k, out)) = self.cur_split.as_mut() else {
+            return Ok(());
+        };
+        out.flush()
+            .map_err(|e| Error::io(&self.splits[*k].final_path, e))?;
+        #[cfg(target_os = "linux")]
+        {
+            use std::os::fd::AsRawFd;
+            // SAFETY: the descriptor is open for the whole call; offset 0
+            // and length 0 mean the whole file; failure is harmless (the
+            // final fsync still writes everything).
+            unsafe {
+                libc::sync_file_range(out.get_ref().as_raw_fd(), 0, 0, libc::SYNC_FILE_RANGE_WRITE);
             }
         }
         Ok(())
