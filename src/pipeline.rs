@@ -358,7 +358,7 @@ fn search_source(base: &dyn RowSource, out_ty: GgmlType, search: bool) -> Option
 /// encode, decode again, measure) runs over these rows before the next
 /// ones are read, so its four f32 buffers stay in the core's L2 cache
 /// instead of streaming each stage through memory.
-const PASS_ELEMENTS: usize = 1 << 14;
+const PASS_ELEMENTS: usize = 1 << 12;
 
 fn encode_chunk_with(
     s: &mut Scratch,

@@ -39,6 +39,8 @@ fn cpu_seconds() -> f64 {
 
 const ROW: usize = 4096;
 const ROWS: usize = 256;
+/// Rows of one pass of `apply`'s pipeline (2^14 elements).
+const PASS_ROWS: usize = 1;
 
 fn data() -> Vec<f32> {
     // The same generator as benches/bench_codecs.py: a fixed LCG mapped to
@@ -136,11 +138,23 @@ fn main() {
                 dequantize_row(ty, src, dst).unwrap();
             }
         });
+        // The same on the rows of one pipeline pass (cache-resident), the
+        // size `apply` decodes at a time.
+        let pass = PASS_ROWS * ROW;
+        let dequantize_eps_pass = rate(pass, measuring, || {
+            for (src, dst) in q[..PASS_ROWS * rb]
+                .chunks(rb)
+                .zip(y[..pass].chunks_mut(ROW))
+            {
+                dequantize_row(ty, src, dst).unwrap();
+            }
+        });
         println!(
-            "{{\"type\": \"{}\", \"quantize_eps\": {}, \"dequantize_eps\": {:.0}{variants}}}",
+            "{{\"type\": \"{}\", \"quantize_eps\": {}, \"dequantize_eps\": {:.0}, \"dequantize_eps_pass\": {:.0}{variants}}}",
             ty.name(),
             quantize_eps.map_or("null".to_string(), |e| format!("{e:.0}")),
-            dequantize_eps
+            dequantize_eps,
+            dequantize_eps_pass
         );
     }
 }

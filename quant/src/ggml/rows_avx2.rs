@@ -208,27 +208,20 @@ entry!(
 
 #[target_feature(enable = "avx2,f16c")]
 unsafe fn deq_q4_k(src: &[u8], dst: &mut [f32]) {
-    let m4 = _mm256_set1_epi32(0xF);
+    let m4 = _mm256_set1_epi8(0xF);
     for (b, y) in src.chunks_exact(144).zip(dst.chunks_exact_mut(256)) {
         let d = le_f16(b, 0);
         let min = le_f16(b, 2);
         let sc = &b[4..16];
         for n in 0..4 {
-            let q = b.as_ptr().add(16 + 32 * n);
             let (s1, m1) = get_scale_min_k4(2 * n, sc);
             let (s2, m2) = get_scale_min_k4(2 * n + 1, sc);
-            let d1 = _mm256_set1_ps(d * s1 as f32);
-            let m1 = _mm256_set1_ps(min * m1 as f32);
-            let d2 = _mm256_set1_ps(d * s2 as f32);
-            let m2 = _mm256_set1_ps(min * m2 as f32);
+            let q = _mm256_loadu_si256(b.as_ptr().add(16 + 32 * n) as *const __m256i);
+            let lo = _mm256_and_si256(q, m4);
+            let hi = _mm256_and_si256(_mm256_srli_epi16::<4>(q), m4);
             let y = y.as_mut_ptr().add(64 * n);
-            for k in 0..4 {
-                let v = bytes8_epi32(q.add(8 * k));
-                let lo = _mm256_cvtepi32_ps(_mm256_and_si256(v, m4));
-                let hi = _mm256_cvtepi32_ps(_mm256_srli_epi32::<4>(v));
-                _mm256_storeu_ps(y.add(8 * k), _mm256_sub_ps(_mm256_mul_ps(d1, lo), m1));
-                _mm256_storeu_ps(y.add(32 + 8 * k), _mm256_sub_ps(_mm256_mul_ps(d2, hi), m2));
-            }
+            affine_32_bytes(lo, d * s1 as f32, min * m1 as f32, y);
+            affine_32_bytes(hi, d * s2 as f32, min * m2 as f32, y.add(32));
         }
     }
 }
@@ -244,38 +237,44 @@ entry!(
 
 #[target_feature(enable = "avx2,f16c")]
 unsafe fn deq_q5_k(src: &[u8], dst: &mut [f32]) {
-    let m4 = _mm256_set1_epi32(0xF);
-    let zero = _mm256_setzero_si256();
-    let sixteen = _mm256_set1_epi32(16);
+    let m4 = _mm256_set1_epi8(0xF);
+    let sixteen = _mm256_set1_epi8(16);
     for (b, y) in src.chunks_exact(176).zip(dst.chunks_exact_mut(256)) {
         let d = le_f16(b, 0);
         let min = le_f16(b, 2);
         let sc = &b[4..16];
-        let qh = b.as_ptr().add(16);
+        let qh = _mm256_loadu_si256(b.as_ptr().add(16) as *const __m256i);
         for n in 0..4 {
-            let ql = b.as_ptr().add(48 + 32 * n);
             let (s1, m1) = get_scale_min_k4(2 * n, sc);
             let (s2, m2) = get_scale_min_k4(2 * n + 1, sc);
-            let d1 = _mm256_set1_ps(d * s1 as f32);
-            let m1 = _mm256_set1_ps(min * m1 as f32);
-            let d2 = _mm256_set1_ps(d * s2 as f32);
-            let m2 = _mm256_set1_ps(min * m2 as f32);
-            let u1 = _mm256_set1_epi32(1 << (2 * n));
-            let u2 = _mm256_set1_epi32(2 << (2 * n));
+            // The 32 codes of each half as bytes: low/high nibble of `ql`
+            // plus 16 where bit 2n / 2n+1 of `qh` is set.
+            let ql = _mm256_loadu_si256(b.as_ptr().add(48 + 32 * n) as *const __m256i);
+            let u1 = _mm256_set1_epi8(1 << (2 * n));
+            let u2 = _mm256_set1_epi8((2u8 << (2 * n)) as i8);
+            let h1 = _mm256_and_si256(_mm256_cmpeq_epi8(_mm256_and_si256(qh, u1), u1), sixteen);
+            let h2 = _mm256_and_si256(_mm256_cmpeq_epi8(_mm256_and_si256(qh, u2), u2), sixteen);
+            let lo = _mm256_or_si256(_mm256_and_si256(ql, m4), h1);
+            let hi = _mm256_or_si256(_mm256_and_si256(_mm256_srli_epi16::<4>(ql), m4), h2);
             let y = y.as_mut_ptr().add(64 * n);
-            for k in 0..4 {
-                let v = bytes8_epi32(ql.add(8 * k));
-                let h = bytes8_epi32(qh.add(8 * k));
-                let h1 =
-                    _mm256_andnot_si256(_mm256_cmpeq_epi32(_mm256_and_si256(h, u1), zero), sixteen);
-                let h2 =
-                    _mm256_andnot_si256(_mm256_cmpeq_epi32(_mm256_and_si256(h, u2), zero), sixteen);
-                let lo = _mm256_cvtepi32_ps(_mm256_add_epi32(_mm256_and_si256(v, m4), h1));
-                let hi = _mm256_cvtepi32_ps(_mm256_add_epi32(_mm256_srli_epi32::<4>(v), h2));
-                _mm256_storeu_ps(y.add(8 * k), _mm256_sub_ps(_mm256_mul_ps(d1, lo), m1));
-                _mm256_storeu_ps(y.add(32 + 8 * k), _mm256_sub_ps(_mm256_mul_ps(d2, hi), m2));
-            }
+            affine_32_bytes(lo, d * s1 as f32, min * m1 as f32, y);
+            affine_32_bytes(hi, d * s2 as f32, min * m2 as f32, y.add(32));
         }
+    }
+}
+
+/// `y[i] = dl * q[i] - ml` for the 32 unsigned bytes of `q`, in order.
+#[inline(always)]
+unsafe fn affine_32_bytes(q: __m256i, dl: f32, ml: f32, y: *mut f32) {
+    let (dv, mv) = (_mm256_set1_ps(dl), _mm256_set1_ps(ml));
+    let lo = _mm256_castsi256_si128(q);
+    let hi = _mm256_extracti128_si256::<1>(q);
+    for (k, part) in [lo, _mm_srli_si128::<8>(lo), hi, _mm_srli_si128::<8>(hi)]
+        .into_iter()
+        .enumerate()
+    {
+        let v = _mm256_cvtepi32_ps(_mm256_cvtepu8_epi32(part));
+        _mm256_storeu_ps(y.add(8 * k), _mm256_sub_ps(_mm256_mul_ps(dv, v), mv));
     }
 }
 
