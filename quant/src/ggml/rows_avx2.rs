@@ -12,7 +12,6 @@
 
 use std::arch::x86_64::*;
 
-use super::common::le_f16;
 use super::kquants::get_scale_min_k4;
 
 fn f16c() -> bool {
@@ -33,6 +32,24 @@ macro_rules! entry {
             }
         }
     };
+}
+
+/// `GGML_FP16_TO_FP32` of the little-endian half at `b[i..]` by the F16C
+/// instruction (exact, like the portable conversion).
+#[target_feature(enable = "f16c")]
+#[inline]
+unsafe fn le_f16c(b: &[u8], i: usize) -> f32 {
+    let h = u16::from_le_bytes([b[i], b[i + 1]]);
+    _mm_cvtss_f32(_mm_cvtph_ps(_mm_cvtsi32_si128(h as i32)))
+}
+
+/// `GGML_FP32_TO_FP16` (round to nearest even) by the F16C instruction,
+/// stored little-endian at `b[i..]`.
+#[target_feature(enable = "f16c")]
+#[inline]
+unsafe fn put_f16c(b: &mut [u8], i: usize, x: f32) {
+    let h = _mm_extract_epi16::<0>(_mm_cvtps_ph::<_MM_FROUND_TO_NEAREST_INT>(_mm_set_ss(x))) as u16;
+    b[i..i + 2].copy_from_slice(&h.to_le_bytes());
 }
 
 #[inline(always)]
@@ -185,7 +202,7 @@ entry!(
 #[target_feature(enable = "avx2,f16c")]
 unsafe fn deq_q8_0(src: &[u8], dst: &mut [f32]) {
     for (b, y) in src.chunks_exact(34).zip(dst.chunks_exact_mut(32)) {
-        let d = _mm256_set1_ps(le_f16(b, 0));
+        let d = _mm256_set1_ps(le_f16c(b, 0));
         for k in 0..4 {
             let q =
                 _mm256_cvtepi8_epi32(_mm_loadl_epi64(b.as_ptr().add(2 + 8 * k) as *const __m128i));
@@ -210,8 +227,8 @@ entry!(
 unsafe fn deq_q4_k(src: &[u8], dst: &mut [f32]) {
     let m4 = _mm256_set1_epi8(0xF);
     for (b, y) in src.chunks_exact(144).zip(dst.chunks_exact_mut(256)) {
-        let d = le_f16(b, 0);
-        let min = le_f16(b, 2);
+        let d = le_f16c(b, 0);
+        let min = le_f16c(b, 2);
         let sc = &b[4..16];
         for n in 0..4 {
             let (s1, m1) = get_scale_min_k4(2 * n, sc);
@@ -240,8 +257,8 @@ unsafe fn deq_q5_k(src: &[u8], dst: &mut [f32]) {
     let m4 = _mm256_set1_epi8(0xF);
     let sixteen = _mm256_set1_epi8(16);
     for (b, y) in src.chunks_exact(176).zip(dst.chunks_exact_mut(256)) {
-        let d = le_f16(b, 0);
-        let min = le_f16(b, 2);
+        let d = le_f16c(b, 0);
+        let min = le_f16c(b, 2);
         let sc = &b[4..16];
         let qh = _mm256_loadu_si256(b.as_ptr().add(16) as *const __m256i);
         for n in 0..4 {
@@ -293,7 +310,7 @@ unsafe fn deq_q6_k(src: &[u8], dst: &mut [f32]) {
     let m3 = _mm256_set1_epi32(3);
     let off = _mm256_set1_epi32(32);
     for (b, y) in src.chunks_exact(210).zip(dst.chunks_exact_mut(256)) {
-        let d = le_f16(b, 208);
+        let d = le_f16c(b, 208);
         for n in 0..2 {
             let ql = b.as_ptr().add(64 * n);
             let qh = b.as_ptr().add(128 + 32 * n);
@@ -364,9 +381,12 @@ unsafe fn block_absmax(x: &[f32]) -> f32 {
             _mm256_andnot_ps(sign, _mm256_loadu_ps(x.as_ptr().add(8 * k))),
         );
     }
-    let mut t = [0f32; 8];
-    _mm256_storeu_ps(t.as_mut_ptr(), m);
-    t.iter().fold(0f32, |a, &b| if a > b { a } else { b })
+    // Halve three times; with no NaN (rows are checked) and only
+    // non-negative values, `max_ps` picks what the scalar fold picks.
+    let h = _mm_max_ps(_mm256_castps256_ps128(m), _mm256_extractf128_ps::<1>(m));
+    let h = _mm_max_ps(h, _mm_movehl_ps(h, h));
+    let h = _mm_max_ss(h, _mm_movehdup_ps(h));
+    _mm_cvtss_f32(h)
 }
 
 /// The first element of largest magnitude, as the `amax < fabsf(v)` scan of
@@ -410,7 +430,7 @@ unsafe fn q_q8_0(src: &[f32], dst: &mut [u8]) {
         let amax = block_absmax(x);
         let d = amax / 127.0f32;
         let id = if d != 0.0 { 1.0f32 / d } else { 0.0 };
-        super::common::put_f16(y, 0, d);
+        put_f16c(y, 0, d);
         let idv = _mm256_set1_ps(id);
         for k in 0..4 {
             let v = _mm256_mul_ps(_mm256_loadu_ps(x.as_ptr().add(8 * k)), idv);
@@ -445,7 +465,7 @@ unsafe fn q_q4_0(src: &[f32], dst: &mut [u8]) {
         let max = first_absmax(x);
         let d = max / -8.0f32;
         let id = if d != 0.0 { 1.0f32 / d } else { 0.0 };
-        super::common::put_f16(y, 0, d);
+        put_f16c(y, 0, d);
         let (idv, off) = (_mm256_set1_ps(id), _mm256_set1_ps(8.5));
         let mut q = [_mm256_setzero_si256(); 4];
         for k in 0..4 {
@@ -552,8 +572,8 @@ unsafe fn q_q4_1(src: &[f32], dst: &mut [u8]) {
         let (min, max) = block_min_max(x);
         let d = (max - min) / 15.0f32;
         let id = if d != 0.0 { 1.0f32 / d } else { 0.0 };
-        super::common::put_f16(y, 0, d);
-        super::common::put_f16(y, 2, min);
+        put_f16c(y, 0, d);
+        put_f16c(y, 2, min);
         let (minv, idv, half) = (_mm256_set1_ps(min), _mm256_set1_ps(id), _mm256_set1_ps(0.5));
         let mut q = [_mm256_setzero_si256(); 4];
         for k in 0..4 {
@@ -582,7 +602,7 @@ unsafe fn q_q5_0(src: &[f32], dst: &mut [u8]) {
         let max = first_absmax(x);
         let d = max / -16.0f32;
         let id = if d != 0.0 { 1.0f32 / d } else { 0.0 };
-        super::common::put_f16(y, 0, d);
+        put_f16c(y, 0, d);
         let (idv, off) = (_mm256_set1_ps(id), _mm256_set1_ps(16.5));
         let mut q = [_mm256_setzero_si256(); 4];
         for k in 0..4 {
@@ -608,8 +628,8 @@ unsafe fn q_q5_1(src: &[f32], dst: &mut [u8]) {
         let (min, max) = block_min_max(x);
         let d = (max - min) / 31.0f32;
         let id = if d != 0.0 { 1.0f32 / d } else { 0.0 };
-        super::common::put_f16(y, 0, d);
-        super::common::put_f16(y, 2, min);
+        put_f16c(y, 0, d);
+        put_f16c(y, 2, min);
         let (minv, idv, half) = (_mm256_set1_ps(min), _mm256_set1_ps(id), _mm256_set1_ps(0.5));
         let mut q = [_mm256_setzero_si256(); 4];
         for k in 0..4 {
