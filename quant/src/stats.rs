@@ -52,7 +52,11 @@ impl Lanes {
 /// Whole groups of `LANES` elements with the lane index fixed per position
 /// (so the compiler keeps each sum in a vector register), then the tail.
 #[inline(always)]
-fn lanes_body<const RES: bool>(acc: &mut Lanes, r: &[f32], o: &[f32], b: &[f32], d: &[f32]) {
+fn lanes_body<const RES: bool>(out: &mut Lanes, r: &[f32], o: &[f32], b: &[f32], d: &[f32]) {
+    // Sums in a local, written back once: through `out` the compiler would
+    // store every sum to memory on every step.
+    let mut local = std::mem::take(out);
+    let acc = &mut local;
     let n = r.len().min(o.len());
     let n = if RES { n.min(b.len()).min(d.len()) } else { n };
     let whole = n / LANES * LANES;
@@ -77,6 +81,7 @@ fn lanes_body<const RES: bool>(acc: &mut Lanes, r: &[f32], o: &[f32], b: &[f32],
         let (bk, dk) = if RES { (b[k], d[k]) } else { (0.0, 0.0) };
         acc.add::<RES>(k - whole, r[k], o[k], bk, dk);
     }
+    *out = local;
 }
 
 #[cfg(target_arch = "x86_64")]
