@@ -8,6 +8,8 @@
   (b) `qresidual apply` (Q4_K_M base + F16 residual -> Q4_K_M) against the pipeline a user has
       today: gguf-py dequantize + numpy add + write an F32 GGUF, then llama.cpp's quantizer with
       allow_requantize. The tensor bytes of both outputs are compared too.
+      The default `qresidual apply` (--strategy auto: a size plan from sampled rows, then
+      the search) is timed too; it writes other bytes by design.
   (c) `qresidual apply` with 1 and 2 threads.
   (d) peak RSS of every command (ru_maxrss of the child).
 
@@ -250,6 +252,9 @@ def main():
     aw, ac, ar = measured([BIN, "apply", "--base", ref_q, "--residual", res, "--strategy", "fresh", "--type", "q4_k_m",
                            "--threads", T, "-q", "-o", outn])
     row(f"qresidual apply --threads {T}", aw, ac, ar)
+    dw, dc, dr = measured([BIN, "apply", "--base", ref_q, "--residual", res, "--threads", T, "-q",
+                           "-o", d / "ours-apply-default.gguf"])
+    row(f"qresidual apply --threads {T} (default: auto)", dw, dc, dr)
     if not a.skip_today:
         tmp = d / "today-f32.gguf"
         today = d / "today-q4_k_m.gguf"
@@ -268,7 +273,8 @@ def main():
     row("qresidual apply --threads 1", w1, c1, r1)
     print(f"  1 -> {T} threads: wall {w1 / aw:.2f}x (cpu {c1:.1f} s vs {ac:.1f} s); "
           f"outputs {same_tensors(out1, outn)}")
-    print(f"(d) peak RSS: quantize {orss:.0f} MiB, apply {ar:.0f} MiB (threads {T}), {r1:.0f} MiB (1 thread)")
+    print(f"(d) peak RSS: quantize {orss:.0f} MiB, apply {ar:.0f} MiB (threads {T}), {r1:.0f} MiB (1 thread), "
+          f"{dr:.0f} MiB (default strategy)")
 
 
 def scaling_only(a):

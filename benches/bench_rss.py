@@ -70,11 +70,15 @@ def main():
     base, res = make_inputs(d, a.rows, a.cols)
     size = (base.stat().st_size + res.stat().st_size) / 2**30
     print(f"inputs: {base.name} + {res.name} = {size:.2f} GiB")
-    for ty in ["keep", "q4_k", "q8_0"]:
-        out = d / f"out-{ty}.gguf"
-        secs, rss = peak_rss_of([exe, "apply", "--base", base, "--residual", res, "-o", out,
-                                 "--type", ty, "--strategy", "fresh", "-q"])
-        print(f"apply --type {ty:5}: peak RSS {rss:8.1f} MiB, {secs:6.1f} s, "
+    runs = [(f"--type {ty:5} --strategy fresh", ["--type", ty, "--strategy", "fresh"])
+            for ty in ["keep", "q4_k", "q8_0"]]
+    # The default: --strategy auto plans a size budget from sampled rows first.
+    runs.append(("(defaults: auto, keep)", []))
+    for i, (label, args) in enumerate(runs):
+        out = d / f"out-{i}.gguf"
+        out.unlink(missing_ok=True)
+        secs, rss = peak_rss_of([exe, "apply", "--base", base, "--residual", res, "-o", out, *args, "-q"])
+        print(f"apply {label:28}: peak RSS {rss:8.1f} MiB, {secs:6.1f} s, "
               f"{a.rows * a.cols / secs / 1e6:6.1f} M weights/s")
         os.unlink(out)
 

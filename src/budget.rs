@@ -288,10 +288,22 @@ pub fn estimate(
                 .map(move |r| (i, r))
         })
         .collect();
-    let measured: Vec<Vec<Option<ErrorStats>>> = jobs
-        .par_iter()
-        .map(|&(i, r)| measure_row(origin, &inputs[i], &types[i], scale, r))
-        .collect::<Result<_>>()?;
+    // One tensor at a time (its rows in parallel), its input pages handed
+    // back after: each sampled row maps the pages around it, and kept for
+    // every tensor of a large model they would add up to gigabytes.
+    let mut measured: Vec<Vec<Option<ErrorStats>>> = Vec::with_capacity(jobs.len());
+    for group in jobs.chunk_by(|a, b| a.0 == b.0) {
+        let rows: Vec<Vec<Option<ErrorStats>>> = group
+            .par_iter()
+            .map(|&(i, r)| measure_row(origin, &inputs[i], &types[i], scale, r))
+            .collect::<Result<_>>()?;
+        measured.extend(rows);
+        let t = &inputs[group[0].0];
+        t.base.release_rows(0, t.base.n_rows());
+        if let Some(r) = t.residual {
+            r.release_rows(0, r.n_rows());
+        }
+    }
     let mut sums: Vec<Vec<Option<ErrorStats>>> = types
         .iter()
         .map(|l| vec![Some(ErrorStats::default()); l.len()])
