@@ -210,10 +210,17 @@ fn measure_row(
     let row_len = t.base.row_len();
     let mut base = vec![0f32; row_len];
     t.base.decode(row, &mut base)?;
+    // Hand the pages back at once: a fault maps the whole (possibly large)
+    // page-cache folio around the row, and the sampled rows of a model
+    // would otherwise stay mapped until the pipeline reaches them. The
+    // tensor's whole range is released (cheap where nothing is mapped, and
+    // the only form sources with permuted rows support).
+    t.base.release_rows(0, t.base.n_rows());
     let (delta, target) = match t.residual {
         Some(r) => {
             let mut d = vec![0f32; row_len];
             r.decode(row, &mut d)?;
+            r.release_rows(0, r.n_rows());
             if scale != 1.0 {
                 d.iter_mut().for_each(|x| *x *= scale);
             }
@@ -288,22 +295,10 @@ pub fn estimate(
                 .map(move |r| (i, r))
         })
         .collect();
-    // One tensor at a time (its rows in parallel), its input pages handed
-    // back after: each sampled row maps the pages around it, and kept for
-    // every tensor of a large model they would add up to gigabytes.
-    let mut measured: Vec<Vec<Option<ErrorStats>>> = Vec::with_capacity(jobs.len());
-    for group in jobs.chunk_by(|a, b| a.0 == b.0) {
-        let rows: Vec<Vec<Option<ErrorStats>>> = group
-            .par_iter()
-            .map(|&(i, r)| measure_row(origin, &inputs[i], &types[i], scale, r))
-            .collect::<Result<_>>()?;
-        measured.extend(rows);
-        let t = &inputs[group[0].0];
-        t.base.release_rows(0, t.base.n_rows());
-        if let Some(r) = t.residual {
-            r.release_rows(0, r.n_rows());
-        }
-    }
+    let measured: Vec<Vec<Option<ErrorStats>>> = jobs
+        .par_iter()
+        .map(|&(i, r)| measure_row(origin, &inputs[i], &types[i], scale, r))
+        .collect::<Result<_>>()?;
     let mut sums: Vec<Vec<Option<ErrorStats>>> = types
         .iter()
         .map(|l| vec![Some(ErrorStats::default()); l.len()])
