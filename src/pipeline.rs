@@ -998,26 +998,15 @@ mod tests {
                 permutation: RowPermutation::Identity,
                 pages: None,
             };
-            let spec = TensorSpec {
-                name: "w".into(),
-                ty: GgmlType::Q4_0,
-                ne: vec![row_len as u64, n_rows as u64],
+            let action = Action::Transcode {
+                base: Box::new(base),
+                residual: Some(Box::new(VecRows {
+                    data: residual,
+                    row_len,
+                })),
+                scale: 1.0,
+                importance: None,
             };
-            let tasks = vec![Task {
-                spec: spec.clone(),
-                input_type: GgmlType::Q4_0,
-                action: Action::Transcode {
-                    base: Box::new(base),
-                    residual: Some(Box::new(VecRows {
-                        data: residual,
-                        row_len,
-                    })),
-                    scale: 1.0,
-                    importance: None,
-                },
-            }];
-            let dir = tempfile::tempdir().unwrap();
-            let path = dir.path().join("out.gguf");
             let opts = Options {
                 chunk_elements: 2048,
                 window,
@@ -1025,19 +1014,9 @@ mod tests {
                 progress: false,
                 search: true,
             };
-            let pool = rayon::ThreadPoolBuilder::new()
-                .num_threads(threads)
-                .build()
-                .unwrap();
-            let o = pool.install(|| {
-                let mut w =
-                    GgufWriter::create(&path, &[], &[spec], &WriterOptions::default()).unwrap();
-                let o = run(&tasks, &mut w, &path, &opts).unwrap();
-                w.finish().unwrap();
-                o
-            });
-            let f = crate::gguf::GgufFile::open(&path).unwrap();
-            (f.tensor_data(0).to_vec(), o[0].search.unwrap())
+            let shape = (GgmlType::Q4_0, row_len, n_rows);
+            let (o, data) = run_one(GgmlType::Q4_0, shape, action, &opts, threads);
+            (data.unwrap(), o.unwrap()[0].search.unwrap())
         };
         let small: Vec<f32> = values(10, row_len * n_rows)
             .iter()
@@ -1082,6 +1061,50 @@ mod tests {
         assert_eq!(next, vec![37, 0, 1, 300]);
     }
 
+    /// One tensor `w` of `shape = (type, row_len, n_rows)` from `action`
+    /// (input type `input_type`) through [`run`] with `threads` workers:
+    /// the result and, when it succeeded, the tensor's bytes as written. A
+    /// failed run must leave nothing in its directory.
+    fn run_one(
+        input_type: GgmlType,
+        shape: (GgmlType, usize, usize),
+        action: Action<'_>,
+        opts: &Options,
+        threads: usize,
+    ) -> (Result<Vec<Outcome>>, Option<Vec<u8>>) {
+        let (ty, row_len, n_rows) = shape;
+        let spec = TensorSpec {
+            name: "w".into(),
+            ty,
+            ne: vec![row_len as u64, n_rows as u64],
+        };
+        let tasks = vec![Task {
+            spec: spec.clone(),
+            input_type,
+            action,
+        }];
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("out.gguf");
+        let pool = rayon::ThreadPoolBuilder::new()
+            .num_threads(threads)
+            .build()
+            .unwrap();
+        let res = pool.install(|| {
+            let mut w = GgufWriter::create(&path, &[], &[spec], &WriterOptions::default()).unwrap();
+            let o = run(&tasks, &mut w, &path, opts)?;
+            w.finish()?;
+            Ok(o)
+        });
+        if res.is_err() {
+            let left = std::fs::read_dir(dir.path()).unwrap().count();
+            assert_eq!(left, 0, "a failed run left files behind");
+            return (res, None);
+        }
+        let f = crate::gguf::GgufFile::open(&path).unwrap();
+        let data = f.tensor_data(0).to_vec();
+        (res, Some(data))
+    }
+
     /// Rows that fail to decode at chosen rows, and record how far ahead of
     /// the writer (which hands rows back in order) any decode started.
     struct Watched {
@@ -1092,7 +1115,7 @@ mod tests {
         max_lead: std::sync::atomic::AtomicUsize,
     }
 
-    impl RowSource for Watched {
+    impl RowSource for &Watched {
         fn row_len(&self) -> usize {
             self.row_len
         }
@@ -1131,45 +1154,19 @@ mod tests {
     ) -> std::result::Result<usize, String> {
         let row_len = 256;
         let n_rows = data.len() / row_len;
-        let src = std::sync::Arc::new(Watched {
+        let src = Watched {
             data,
             row_len,
             bad_rows,
             released: 0.into(),
             max_lead: 0.into(),
-        });
-        struct Shared(std::sync::Arc<Watched>);
-        impl RowSource for Shared {
-            fn row_len(&self) -> usize {
-                self.0.row_len()
-            }
-            fn n_rows(&self) -> usize {
-                self.0.n_rows()
-            }
-            fn decode(&self, start: usize, out: &mut [f32]) -> Result<()> {
-                self.0.decode(start, out)
-            }
-            fn release_rows(&self, start: usize, end: usize) {
-                self.0.release_rows(start, end)
-            }
-        }
-        let spec = TensorSpec {
-            name: "w".into(),
-            ty: GgmlType::Q8_0,
-            ne: vec![row_len as u64, n_rows as u64],
         };
-        let tasks = vec![Task {
-            spec: spec.clone(),
-            input_type: GgmlType::F32,
-            action: Action::Transcode {
-                base: Box::new(Shared(src.clone())),
-                residual: None,
-                scale: 1.0,
-                importance: None,
-            },
-        }];
-        let dir = tempfile::tempdir().unwrap();
-        let path = dir.path().join("out.gguf");
+        let action = Action::Transcode {
+            base: Box::new(&src),
+            residual: None,
+            scale: 1.0,
+            importance: None,
+        };
         let opts = Options {
             chunk_elements: 8 * row_len,
             window,
@@ -1177,22 +1174,15 @@ mod tests {
             progress: false,
             search: false,
         };
-        let pool = rayon::ThreadPoolBuilder::new()
-            .num_threads(threads)
-            .build()
-            .unwrap();
-        let res = pool.install(|| {
-            let mut w = GgufWriter::create(&path, &[], &[spec], &WriterOptions::default()).unwrap();
-            run(&tasks, &mut w, &path, &opts).and_then(|_| w.finish())
-        });
-        let leftovers = std::fs::read_dir(dir.path()).unwrap().count();
-        match res {
-            Ok(_) => Ok(src.max_lead.load(std::sync::atomic::Ordering::SeqCst)),
-            Err(e) => {
-                assert_eq!(leftovers, 0, "a failed run left files behind");
-                Err(e.to_string())
-            }
-        }
+        let (res, _) = run_one(
+            GgmlType::F32,
+            (GgmlType::Q8_0, row_len, n_rows),
+            action,
+            &opts,
+            threads,
+        );
+        res.map(|_| src.max_lead.load(std::sync::atomic::Ordering::SeqCst))
+            .map_err(|e| e.to_string())
     }
 
     #[test]
