@@ -3,15 +3,18 @@
 //! Each output tensor is either copied as raw bytes or *transcoded*: rows of
 //! f32 are decoded from a source, a scaled residual is optionally added, and
 //! the sum is encoded into the output type. All tensors are cut into row
-//! chunks that form one ordered stream; the rayon workers encode a window of
-//! chunks (crossing tensor boundaries, so small tensors do not serialise the
-//! run) while a writer thread writes the previous window in order, behind a
-//! bounded channel. The next window's input pages are requested ahead
-//! (`MADV_WILLNEED`) and consumed ones handed back. Each worker reuses its
-//! f32 buffers and output buffers are recycled, so nothing is allocated per
-//! row. Memory is bounded by the chunk size, window and thread count, never
-//! by the tensor or model size, and the bytes do not depend on the thread
-//! count (chunk boundaries depend only on the row length).
+//! chunks that form one ordered stream. Each rayon worker claims the next
+//! chunk as soon as it is free (chunks of all tensors alike, so small or
+//! slow tensors leave no core idle) and runs it in passes of a few rows
+//! that stay in cache; a writer thread puts the encoded chunks back in
+//! order and writes them, and workers are never more than a window of
+//! chunks ahead of it. Input pages are requested ahead (`MADV_WILLNEED`)
+//! and consumed ones handed back; the output's writeback starts as it is
+//! written. Each worker reuses its f32 buffers and output buffers are
+//! recycled, so nothing is allocated per row. Memory is bounded by the
+//! chunk size, window and thread count, never by the tensor or model size,
+//! and the bytes do not depend on the thread count (chunk boundaries depend
+//! only on the row length).
 
 use std::path::{Path, PathBuf};
 
@@ -356,8 +359,8 @@ fn search_source(base: &dyn RowSource, out_ty: GgmlType, search: bool) -> Option
 
 /// Elements handled per pass inside a chunk: every stage (decode, add,
 /// encode, decode again, measure) runs over these rows before the next
-/// ones are read, so its four f32 buffers stay in the core's L2 cache
-/// instead of streaming each stage through memory.
+/// ones are read, so its four f32 buffers (16 KiB each) stay in the core's
+/// L1/L2 caches instead of streaming each stage through memory.
 const PASS_ELEMENTS: usize = 1 << 12;
 
 fn encode_chunk_with(
