@@ -102,6 +102,9 @@ pub fn quantize_fn(isa: Isa, ty: GgmlType) -> Option<QuantizeFn> {
         (Isa::Avx2, GgmlType::F16) => super::rows_avx2::quantize_row_f16,
         #[cfg(target_arch = "x86_64")]
         (Isa::Avx2, GgmlType::BF16) => super::rows_avx2::quantize_row_bf16,
+        (Isa::Scalar, GgmlType::MXFP4) => super::mxfp4::quantize_mxfp4,
+        #[cfg(target_arch = "x86_64")]
+        (Isa::Avx2, GgmlType::MXFP4) => super::rows_avx2::quantize_row_mxfp4,
         (Isa::Avx2, GgmlType::Q2_K) => k::quantize_row_q2_k_avx2,
         (Isa::Avx2, GgmlType::Q3_K) => k::quantize_row_q3_k_avx2,
         (Isa::Avx2, GgmlType::Q4_K) => k::quantize_row_q4_k_avx2,

@@ -12,7 +12,7 @@ pub(crate) fn codec(ty: GgmlType) -> Option<Codec> {
     match ty {
         GgmlType::MXFP4 => Some(Codec {
             dequantize: dequantize_mxfp4,
-            quantize: Some(quantize_mxfp4),
+            quantize: Some(quantize_mxfp4_best),
         }),
         GgmlType::NVFP4 => Some(Codec {
             dequantize: dequantize_nvfp4,
@@ -141,6 +141,16 @@ pub fn quantize_mxfp4(src: &[f32], dst: &mut [u8]) {
             b[1 + j] = x0 | (x1 << 4);
         }
     }
+}
+
+/// `quantize_row_mxfp4_ref` with the best variant this CPU runs.
+fn quantize_mxfp4_best(src: &[f32], dst: &mut [u8]) {
+    #[cfg(target_arch = "x86_64")]
+    {
+        super::rows_avx2::quantize_row_mxfp4(src, dst)
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    quantize_mxfp4(src, dst)
 }
 
 /// `dequantize_row_mxfp4`

@@ -558,6 +558,54 @@ unsafe fn pack_q5(q: __m256i, out: *mut u8) {
 }
 
 entry!(
+    "`quantize_row_mxfp4_ref`, AVX2 variant: the shared exponent per block as \
+     the scalar port computes it, the nearest of the sixteen E2M1 values for \
+     eight elements at a time (first index on ties, as the scalar scan).",
+    quantize_row_mxfp4,
+    q_mxfp4,
+    super::mxfp4::quantize_mxfp4,
+    &[f32],
+    &mut [u8]
+);
+
+#[target_feature(enable = "avx2,f16c")]
+unsafe fn q_mxfp4(src: &[f32], dst: &mut [u8]) {
+    use super::iquants::tables::KVALUES_MXFP4;
+    use super::mxfp4::{e8m0_to_fp32_half, mxfp4_exponent};
+    for (x, y) in src.chunks_exact(32).zip(dst.chunks_exact_mut(17)) {
+        // `amax < fabsf(v)` over the block: the maximum, whatever the order.
+        let e = mxfp4_exponent(block_absmax(x));
+        let d = e8m0_to_fp32_half(e);
+        y[0] = e;
+        // `kvalues[i] * e` is the same product for every element.
+        let kd: [__m256; 16] = std::array::from_fn(|i| _mm256_set1_ps(KVALUES_MXFP4[i] as f32 * d));
+        let mut q = [_mm256_setzero_si256(); 4];
+        for (k, qk) in q.iter_mut().enumerate() {
+            let v = _mm256_loadu_ps(x.as_ptr().add(8 * k));
+            let mut best_err = abs_ps(_mm256_sub_ps(kd[0], v));
+            let mut best = _mm256_setzero_si256();
+            for (i, kdi) in kd.iter().enumerate().skip(1) {
+                let err = abs_ps(_mm256_sub_ps(*kdi, v));
+                let lt = _mm256_cmp_ps::<_CMP_LT_OQ>(err, best_err);
+                best_err = _mm256_blendv_ps(best_err, err, lt);
+                best =
+                    _mm256_blendv_epi8(best, _mm256_set1_epi32(i as i32), _mm256_castps_si256(lt));
+            }
+            *qk = best;
+        }
+        _mm_storeu_si128(
+            y.as_mut_ptr().add(1) as *mut __m128i,
+            nibbles(pack_bytes(q)),
+        );
+    }
+}
+
+#[inline(always)]
+unsafe fn abs_ps(v: __m256) -> __m256 {
+    _mm256_andnot_ps(_mm256_set1_ps(-0.0), v)
+}
+
+entry!(
     "`quantize_row_q4_1_ref`, AVX2 variant.",
     quantize_row_q4_1,
     q_q4_1,
