@@ -2,12 +2,14 @@
 //! the LoRA file layout llama.cpp checks, and the command's errors.
 
 use std::path::{Path, PathBuf};
-use std::process::Command;
 
 use qresidual::adapter::{low_rank, Options};
 use qresidual::gguf::{GgufFile, GgufWriter, MetaValue, TensorSpec, WriterOptions};
 use qresidual::pipeline::RowSource;
 use qresidual::quant::GgmlType;
+
+mod common;
+use common::{run as qresidual, s, tiny as fixture};
 
 /// A dense row-major matrix as a row source.
 struct Dense {
@@ -268,28 +270,11 @@ fn bad_ranks_are_errors() {
 
 // ---- the command ----
 
-fn fixture(name: &str) -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR"))
-        .join("fixtures/tiny")
-        .join(name)
-}
-
-fn qresidual(args: &[&str]) -> std::process::Output {
-    Command::new(env!("CARGO_BIN_EXE_qresidual"))
-        .args(args)
-        .output()
-        .expect("run qresidual")
-}
-
 fn ok(args: &[&str]) -> String {
     let out = qresidual(args);
     let err = String::from_utf8_lossy(&out.stderr).into_owned();
     assert!(out.status.success(), "qresidual {args:?} failed: {err}");
     err
-}
-
-fn s(p: &Path) -> &str {
-    p.to_str().unwrap()
 }
 
 fn f32s(bytes: &[u8]) -> Vec<f32> {

@@ -3,31 +3,16 @@
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
-use std::process::Command;
 
 use qresidual::gguf::GgufFile;
-use qresidual::quant::{dequantize_row, quantize_row, GgmlType};
+use qresidual::quant::{quantize_row, GgmlType};
 use safetensors::{Dtype, SafeTensors};
 
-fn fixture(name: &str) -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR"))
-        .join("fixtures/tiny")
-        .join(name)
-}
-
-fn base() -> PathBuf {
-    fixture("base-q4_k_m.gguf")
-}
+mod common;
+use common::{dequant, run as qresidual, tiny as fixture, tiny_base as base};
 
 fn residual() -> PathBuf {
     fixture("residual-f16.safetensors")
-}
-
-fn qresidual(args: &[&str]) -> std::process::Output {
-    Command::new(env!("CARGO_BIN_EXE_qresidual"))
-        .args(args)
-        .output()
-        .expect("run qresidual")
 }
 
 fn ok(args: &[&str]) {
@@ -100,12 +85,6 @@ fn permute_rows(w: &[f32], rows: usize, cols: usize, n_head: usize) -> Vec<f32> 
         }
     }
     out
-}
-
-fn dequant(ty: GgmlType, bytes: &[u8], n: usize) -> Vec<f32> {
-    let mut v = vec![0f32; n];
-    dequantize_row(ty, bytes, &mut v).unwrap();
-    v
 }
 
 /// {gguf name: exact f32 sum dequant(base) + permute(Δ)}.

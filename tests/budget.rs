@@ -4,37 +4,18 @@
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
-use std::process::Command;
 
 use qresidual::gguf::GgufFile;
-use qresidual::quant::{dequantize_row, quantize_row, GgmlType};
+use qresidual::quant::quantize_row;
 use safetensors::{tensor::TensorView, Dtype, SafeTensors};
 use serde_json::Value;
 
-fn fixture(name: &str) -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR"))
-        .join("fixtures/tiny")
-        .join(name)
-}
-
-fn base() -> PathBuf {
-    fixture("base-q4_k_m.gguf")
-}
+mod common;
+use common::{dequant, run as qresidual, s, tiny as fixture, tiny_base as base};
 
 /// The residual under the base's own tensor names (no permutation).
 fn residual() -> PathBuf {
     fixture("residual-gguf-names.safetensors")
-}
-
-fn s(p: &Path) -> &str {
-    p.to_str().unwrap()
-}
-
-fn qresidual(args: &[&str]) -> std::process::Output {
-    Command::new(env!("CARGO_BIN_EXE_qresidual"))
-        .args(args)
-        .output()
-        .expect("run qresidual")
 }
 
 /// Run `apply --strategy fresh` with `extra` flags into `out` (+ report);
@@ -89,12 +70,6 @@ fn fails(extra: &[&str], code: i32, needle: &str, dir: &Path) {
             "temporary file {n:?} left behind"
         );
     }
-}
-
-fn dequant(ty: GgmlType, bytes: &[u8], n: usize) -> Vec<f32> {
-    let mut v = vec![0f32; n];
-    dequantize_row(ty, bytes, &mut v).unwrap();
-    v
 }
 
 /// {name: Δ} of a residual file.

@@ -5,7 +5,6 @@
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
-use std::process::Command;
 
 use qresidual::gguf::GgufFile;
 use qresidual::guard::{FINGERPRINT_KEY, PROVENANCE_KEY};
@@ -14,21 +13,13 @@ use qresidual::st::SafetensorsModel;
 use safetensors::Dtype;
 use serde_json::Value;
 
+mod common;
+use common::{run as qresidual, s};
+
 fn fixture(name: &str) -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR"))
         .join("fixtures/pair")
         .join(name)
-}
-
-fn s(p: &Path) -> &str {
-    p.to_str().unwrap()
-}
-
-fn qresidual(args: &[&str]) -> std::process::Output {
-    Command::new(env!("CARGO_BIN_EXE_qresidual"))
-        .args(args)
-        .output()
-        .expect("run qresidual")
 }
 
 /// Runs and succeeds; returns stderr.

@@ -10,19 +10,12 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 
 use qresidual::gguf::GgufFile;
-use qresidual::quant::{dequantize_row, GgmlType};
+use qresidual::quant::GgmlType;
 use safetensors::{Dtype, SafeTensors};
 use serde_json::Value;
 
-fn fixture(name: &str) -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR"))
-        .join("fixtures/tiny")
-        .join(name)
-}
-
-fn base() -> PathBuf {
-    fixture("base-q4_k_m.gguf")
-}
+mod common;
+use common::{dequant as decode, tiny as fixture, tiny_base as base};
 
 /// Run `apply` with `extra` arguments into `dir/name.gguf` (+ `.json`
 /// report); returns the output path and the report.
@@ -62,12 +55,6 @@ fn by_name(report: &Value) -> HashMap<String, Value> {
         .iter()
         .map(|t| (t["name"].as_str().unwrap().to_string(), t.clone()))
         .collect()
-}
-
-fn decode(ty: GgmlType, bytes: &[u8], n: usize) -> Vec<f32> {
-    let mut v = vec![0f32; n];
-    dequantize_row(ty, bytes, &mut v).unwrap();
-    v
 }
 
 /// {tensor: Δ} from the residual with GGUF names, in the base's row order.

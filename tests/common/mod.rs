@@ -6,7 +6,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 
 use qresidual::gguf::{GgufWriter, MetaValue, TensorSpec, WriterOptions};
-use qresidual::quant::{quantize_row, GgmlType};
+use qresidual::quant::{dequantize_row, quantize_row, GgmlType};
 use qresidual::st::SafetensorsWriter;
 use safetensors::Dtype;
 
@@ -172,4 +172,29 @@ impl Dir {
 
 pub fn s(p: &Path) -> &str {
     p.to_str().unwrap()
+}
+
+/// A shipped fixture: `fixtures/<dir>/<name>`.
+pub fn fixture_in(dir: &str, name: &str) -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("fixtures")
+        .join(dir)
+        .join(name)
+}
+
+/// A file of the shipped tiny llama (`fixtures/tiny`).
+pub fn tiny(name: &str) -> PathBuf {
+    fixture_in("tiny", name)
+}
+
+/// The tiny llama's Q4_K_M base.
+pub fn tiny_base() -> PathBuf {
+    tiny("base-q4_k_m.gguf")
+}
+
+/// `n` floats decoded from `bytes` of type `ty`.
+pub fn dequant(ty: GgmlType, bytes: &[u8], n: usize) -> Vec<f32> {
+    let mut v = vec![0f32; n];
+    dequantize_row(ty, bytes, &mut v).unwrap();
+    v
 }
