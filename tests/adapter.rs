@@ -9,7 +9,7 @@ use qresidual::pipeline::RowSource;
 use qresidual::quant::GgmlType;
 
 mod common;
-use common::{run as qresidual, s, tiny as fixture};
+use common::{ok, run as qresidual, s, tiny as fixture};
 
 /// A dense row-major matrix as a row source.
 struct Dense {
@@ -269,13 +269,6 @@ fn bad_ranks_are_errors() {
 }
 
 // ---- the command ----
-
-fn ok(args: &[&str]) -> String {
-    let out = qresidual(args);
-    let err = String::from_utf8_lossy(&out.stderr).into_owned();
-    assert!(out.status.success(), "qresidual {args:?} failed: {err}");
-    err
-}
 
 fn f32s(bytes: &[u8]) -> Vec<f32> {
     bytes

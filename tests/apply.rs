@@ -9,19 +9,10 @@ use qresidual::quant::{quantize_row, GgmlType};
 use safetensors::{Dtype, SafeTensors};
 
 mod common;
-use common::{dequant, run as qresidual, tiny as fixture, tiny_base as base};
+use common::{dequant, ok, run as qresidual, tiny as fixture, tiny_base as base};
 
 fn residual() -> PathBuf {
     fixture("residual-f16.safetensors")
-}
-
-fn ok(args: &[&str]) {
-    let out = qresidual(args);
-    assert!(
-        out.status.success(),
-        "qresidual {args:?} failed: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
 }
 
 /// Fails with exit code `code` and a message containing `needle`, leaving no output.

@@ -7,7 +7,6 @@
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
-use std::process::Command;
 
 use half::f16;
 use qresidual::bnb_model::{python_float_repr, quant_state_json, BnbModel, Storage};
@@ -18,17 +17,11 @@ use qresidual::st::{SafetensorsModel, SafetensorsWriter};
 use safetensors::Dtype;
 use serde_json::Value;
 
-fn fixture(variant: &str) -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR"))
-        .join("fixtures/tiny_bnb")
-        .join(variant)
-}
+mod common;
+use common::{run as qresidual, s};
 
-fn qresidual(args: &[&str]) -> std::process::Output {
-    Command::new(env!("CARGO_BIN_EXE_qresidual"))
-        .args(args)
-        .output()
-        .expect("run qresidual")
+fn fixture(variant: &str) -> PathBuf {
+    common::fixture_in("tiny_bnb", variant)
 }
 
 fn ok(args: &[&str]) -> String {
@@ -60,10 +53,6 @@ fn fails(args: &[&str], code: i32, needle: &str, output: &Path) {
             "temporary folder {n:?} left behind"
         );
     }
-}
-
-fn s(p: &Path) -> &str {
-    p.to_str().unwrap()
 }
 
 fn f32s(b: &[u8]) -> Vec<f32> {

@@ -9,49 +9,25 @@
 //! name the file and the entry.
 
 use std::path::{Path, PathBuf};
-use std::process::{Command, Output};
 
 use qresidual::gguf::GgufFile;
 use qresidual::imatrix::{Imatrix, Lookup};
 use qresidual::quant::{dequantize_row, quantize_row, quantize_row_weighted, GgmlType};
 
-fn root() -> &'static Path {
-    Path::new(env!("CARGO_MANIFEST_DIR"))
-}
-
-fn base() -> PathBuf {
-    root().join("fixtures/tiny/base-q4_k_m.gguf")
-}
+mod common;
+use common::{ok, run, s, tiny_base as base};
 
 fn imatrix_gguf() -> PathBuf {
-    root().join("fixtures/imatrix/tiny.gguf")
+    common::fixture_in("imatrix", "tiny.gguf")
 }
 
 fn imatrix_dat() -> PathBuf {
-    root().join("fixtures/imatrix/tiny.dat")
+    common::fixture_in("imatrix", "tiny.dat")
 }
 
 /// The tensor the fixture leaves out, and the one with count 0 (GGUF).
 const SKIPPED: &str = "blk.1.ffn_up.weight";
 const ZERO_COUNT: &str = "blk.0.attn_k.weight";
-
-fn run(args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_qresidual"))
-        .args(args)
-        .output()
-        .expect("run qresidual")
-}
-
-fn ok(args: &[&str]) -> String {
-    let out = run(args);
-    let err = String::from_utf8_lossy(&out.stderr).into_owned();
-    assert!(out.status.success(), "qresidual {args:?} failed: {err}");
-    err
-}
-
-fn s(p: &Path) -> &str {
-    p.to_str().unwrap()
-}
 
 #[test]
 fn both_formats_decode_to_the_same_weights() {
@@ -151,7 +127,7 @@ fn check_weighted(
 
 /// An F32 model off any quantization grid: the tiny base plus its residual.
 fn f32_model(path: &Path) {
-    let res = root().join("fixtures/tiny/residual-gguf-names.safetensors");
+    let res = common::tiny("residual-gguf-names.safetensors");
     ok(&[
         "apply",
         "--base",
@@ -274,7 +250,7 @@ fn quantize_with_imatrix_encodes_every_tensor_with_its_weights() {
 fn apply_with_imatrix_encodes_base_plus_residual_weighted() {
     let dir = tempfile::tempdir().unwrap();
     let out = dir.path().join("out.gguf");
-    let res = root().join("fixtures/tiny/residual-gguf-names.safetensors");
+    let res = common::tiny("residual-gguf-names.safetensors");
     ok(&[
         "apply",
         "--base",

@@ -122,6 +122,14 @@ pub fn run(args: &[&str]) -> Output {
         .expect("run qresidual")
 }
 
+/// Run qresidual, which must succeed; returns its stderr (the report).
+pub fn ok(args: &[&str]) -> String {
+    let out = run(args);
+    let err = String::from_utf8_lossy(&out.stderr).into_owned();
+    assert!(out.status.success(), "qresidual {args:?} failed: {err}");
+    err
+}
+
 /// No file named like one of ours is left in `dir` apart from `keep`.
 pub fn no_temp_files(dir: &Path) {
     for e in std::fs::read_dir(dir).unwrap() {
