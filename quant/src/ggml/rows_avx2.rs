@@ -43,6 +43,17 @@ unsafe fn le_f16c(b: &[u8], i: usize) -> f32 {
     _mm_cvtss_f32(_mm_cvtph_ps(_mm_cvtsi32_si128(h as i32)))
 }
 
+/// The little-endian half at `b[i..]` as f32 in all eight lanes. Built by
+/// broadcasting the half first: converting one lane and then broadcasting
+/// lets the compiler merge the load into the previous block's register,
+/// which chains every block to the one before it.
+#[target_feature(enable = "avx2,f16c")]
+#[inline]
+unsafe fn f16_splat(b: &[u8], i: usize) -> __m256 {
+    let h = u16::from_le_bytes([b[i], b[i + 1]]);
+    _mm256_cvtph_ps(_mm_set1_epi16(h as i16))
+}
+
 /// `GGML_FP32_TO_FP16` (round to nearest even) by the F16C instruction,
 /// stored little-endian at `b[i..]`.
 #[target_feature(enable = "f16c")]
@@ -202,7 +213,7 @@ entry!(
 #[target_feature(enable = "avx2,f16c")]
 unsafe fn deq_q8_0(src: &[u8], dst: &mut [f32]) {
     for (b, y) in src.chunks_exact(34).zip(dst.chunks_exact_mut(32)) {
-        let d = _mm256_set1_ps(le_f16c(b, 0));
+        let d = f16_splat(b, 0);
         for k in 0..4 {
             let q =
                 _mm256_cvtepi8_epi32(_mm_loadl_epi64(b.as_ptr().add(2 + 8 * k) as *const __m128i));
