@@ -520,10 +520,28 @@ fn quantize_block_qkx_k<const S: usize, const AVX: bool>(
         ls[j] = (nearest_int(inv_scale * scales[j]) as u8).min(63);
         lm[j] = (nearest_int(inv_min * mins[j]) as u8).min(63);
     }
-    let sc = pack_k4_scales(&ls, &lm);
-    let d_bits = f32_to_f16(max_scale / 63.0);
-    let dmin_bits = f32_to_f16(max_min / 63.0);
+    finish_k4_block::<AVX>(x, &ls, &lm, max_scale / 63.0, max_min / 63.0, nmax, head, l);
+}
 
+/// The end of a Q4_K / Q5_K block (plain and importance-weighted) once its
+/// 6-bit scales `ls`, mins `lm` and the super-block scales `d`, `dmin` are
+/// chosen: the scales packed, every sub-block's codes re-rounded with its
+/// final scale and min, and the 16-byte head written.
+#[inline(always)]
+#[allow(clippy::too_many_arguments)]
+pub(super) fn finish_k4_block<const AVX: bool>(
+    x: &[f32],
+    ls: &[u8; QK_K / 32],
+    lm: &[u8; QK_K / 32],
+    d: f32,
+    dmin: f32,
+    nmax: i32,
+    head: &mut [u8],
+    l: &mut [u8; QK_K],
+) {
+    let sc = pack_k4_scales(ls, lm);
+    let d_bits = f32_to_f16(d);
+    let dmin_bits = f32_to_f16(dmin);
     let dall = f16_to_f32(d_bits);
     let dmin = f16_to_f32(dmin_bits);
     for j in 0..QK_K / 32 {

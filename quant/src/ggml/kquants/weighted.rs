@@ -13,9 +13,9 @@
 
 use super::search::{make_qkx2_quants_batched, make_qp_quants, make_qx_quants_weighted};
 use super::{
-    get_scale_min_k4, pack_2bit, pack_k4_scales, pack_q3_k_codes, pack_q4_k_codes, pack_q5_k_codes,
-    q3_k_scale, requant_affine, requant_sym, sub, sub_mut, Q2_K_BYTES, Q3_K_BYTES, Q4_K_BYTES,
-    Q5_K_BYTES, Q6_K_BYTES, QK_K,
+    finish_k4_block, pack_2bit, pack_q3_k_codes, pack_q4_k_codes, pack_q5_k_codes, q3_k_scale,
+    requant_affine, requant_sym, sub, sub_mut, Q2_K_BYTES, Q3_K_BYTES, Q4_K_BYTES, Q5_K_BYTES,
+    Q6_K_BYTES, QK_K,
 };
 use crate::ggml::common::{f16_to_f32, f32_to_f16};
 
@@ -195,23 +195,7 @@ fn quantize_block_qkx3_k(
             .chain(lm.iter_mut())
             .for_each(|v| *v = (*v).min(63));
     }
-    let sc = pack_k4_scales(&ls, &lm);
-    let d_bits = f32_to_f16(d_block);
-    let dmin_bits = f32_to_f16(m_block);
-    let dall = f16_to_f32(d_bits);
-    let dmin = f16_to_f32(dmin_bits);
-    for j in 0..QK_K / 32 {
-        let (s, m) = get_scale_min_k4(j, &sc);
-        let d = dall * s as f32;
-        if d == 0.0 {
-            continue;
-        }
-        let dm = dmin * m as f32;
-        requant_affine::<32, false>(sub::<32>(x, j), dm, d, nmax, sub_mut::<32, _>(l, j));
-    }
-    head[0..2].copy_from_slice(&d_bits.to_le_bytes());
-    head[2..4].copy_from_slice(&dmin_bits.to_le_bytes());
-    head[4..16].copy_from_slice(&sc);
+    finish_k4_block::<false>(x, &ls, &lm, d_block, m_block, nmax, head, l);
 }
 
 /// `quantize_row_q4_K_impl` (nmax 15).
