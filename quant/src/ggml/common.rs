@@ -10,6 +10,23 @@ pub fn nearest_int(fval: f32) -> i32 {
     (i & 0x007f_ffff) - 0x0040_0000
 }
 
+/// The scan that opens many ggml encoders: `if (ax > amax) { amax = ax;
+/// max = x[i]; }` over the block. Returns `(max, amax)`: the first element
+/// of largest magnitude and that magnitude, `(0, 0)` for a block of zeros.
+#[inline(always)]
+pub fn first_absmax(x: &[f32]) -> (f32, f32) {
+    let mut max = 0f32;
+    let mut amax = 0f32;
+    for &v in x {
+        let ax = v.abs();
+        if ax > amax {
+            amax = ax;
+            max = v;
+        }
+    }
+    (max, amax)
+}
+
 /// `GGML_FP32_TO_FP16`: IEEE binary16, round to nearest even.
 #[inline(always)]
 pub fn f32_to_f16(x: f32) -> u16 {

@@ -6,7 +6,7 @@
 //! `ggml_quantize_chunk` with no importance matrix (`quantize_iq4_nl`,
 //! `quantize_iq4_xs`, `ntry = 7`), not like `quantize_row_iq4_nl_ref`.
 
-use crate::ggml::common::{le_f16, le_u16, nearest_int, put_f16};
+use crate::ggml::common::{first_absmax, le_f16, le_u16, nearest_int, put_f16};
 use crate::{Codec, GgmlType};
 
 #[rustfmt::skip]
@@ -336,14 +336,7 @@ fn iq4_block_scale(xb: &[f32], ntry: i32, lb: &mut [u8]) -> f32 {
 /// `qw·√(σ² + x²)` with one).
 fn iq4_block_scale_weighted(xb: &[f32], weight: &[f32; 32], ntry: i32, lb: &mut [u8]) -> f32 {
     let values = &KVALUES_IQ4NL;
-    let (mut amax, mut max) = (0f32, 0f32);
-    for &x in xb {
-        let ax = x.abs();
-        if ax > amax {
-            amax = ax;
-            max = x;
-        }
-    }
+    let (max, amax) = first_absmax(xb);
     if amax < GROUP_MAX_EPS {
         return 0.0;
     }

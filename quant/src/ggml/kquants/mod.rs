@@ -17,7 +17,7 @@ mod avx2;
 mod search;
 pub mod weighted;
 
-use super::common::{f16_to_f32, f32_to_f16, le_f16, nearest_int};
+use super::common::{f16_to_f32, f32_to_f16, first_absmax, le_f16, nearest_int};
 use super::isa::avx2 as has_avx2;
 use crate::{Codec, GgmlType};
 pub(crate) use search::get_scale_min_k4;
@@ -873,15 +873,7 @@ pub fn dequantize_row_q6_k(src: &[u8], dst: &mut [f32]) {
 /// unwritten; here they are zero, which is also their true value.
 pub fn quantize_row_q8_k(src: &[f32], dst: &mut [u8]) {
     for (x, y) in src.chunks_exact(QK_K).zip(dst.chunks_exact_mut(Q8_K_BYTES)) {
-        let mut max = 0f32;
-        let mut amax = 0f32;
-        for &v in x {
-            let ax = v.abs();
-            if ax > amax {
-                amax = ax;
-                max = v;
-            }
-        }
+        let (max, amax) = first_absmax(x);
         if amax == 0.0 {
             y.fill(0);
             continue;

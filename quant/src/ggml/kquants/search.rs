@@ -9,7 +9,7 @@
 // easy to check against it.
 #![allow(clippy::needless_range_loop)]
 
-use crate::ggml::common::nearest_int;
+use crate::ggml::common::{first_absmax, nearest_int};
 
 /// `GROUP_MAX_EPS`: below this max-abs a group counts as all zero.
 pub(crate) const GROUP_MAX_EPS: f32 = 1e-15;
@@ -30,15 +30,7 @@ pub(crate) fn make_qx_quants<const N: usize>(
     qw: Option<&[f32; N]>,
 ) -> f32 {
     let n = N;
-    let mut max = 0f32;
-    let mut amax = 0f32;
-    for &v in x {
-        let ax = v.abs();
-        if ax > amax {
-            amax = ax;
-            max = v;
-        }
-    }
+    let (max, amax) = first_absmax(x);
     if amax < GROUP_MAX_EPS {
         out.fill(0);
         return 0.0;
@@ -124,15 +116,7 @@ pub(crate) fn make_q3_quants<const N: usize>(
     do_rmse: bool,
 ) -> f32 {
     let n = N;
-    let mut max = 0f32;
-    let mut amax = 0f32;
-    for &v in x {
-        let ax = v.abs();
-        if ax > amax {
-            amax = ax;
-            max = v;
-        }
-    }
+    let (max, amax) = first_absmax(x);
     if amax < GROUP_MAX_EPS {
         out.fill(0);
         return 0.0;
@@ -561,15 +545,7 @@ pub(crate) fn make_qx_quants_weighted<const N: usize>(
     out: &mut [i8; N],
 ) -> f32 {
     const C: usize = 18;
-    let mut max = 0f32;
-    let mut amax = 0f32;
-    for &v in x {
-        let ax = v.abs();
-        if ax > amax {
-            amax = ax;
-            max = v;
-        }
-    }
+    let (max, amax) = first_absmax(x);
     if amax < GROUP_MAX_EPS {
         out.fill(0);
         return 0.0;
