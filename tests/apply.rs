@@ -544,7 +544,7 @@ fn warns_when_most_of_the_residual_is_rounded_away() {
     let (b, r) = (base(), residual());
     let run = |ty: &str| {
         let out = dir.path().join(format!("{ty}.gguf"));
-        let o = qresidual(&[
+        ok(&[
             "apply",
             "--base",
             b.to_str().unwrap(),
@@ -556,9 +556,7 @@ fn warns_when_most_of_the_residual_is_rounded_away() {
             ty,
             "--strategy",
             "fresh",
-        ]);
-        assert!(o.status.success());
-        String::from_utf8_lossy(&o.stderr).into_owned()
+        ])
     };
     // The fixture's Δ is 5 % of each tensor's RMS: far below a Q4_K step,
     // well above a Q8_0 step.
@@ -586,9 +584,8 @@ fn default_auto_is_the_equal_size_budget_searched_and_names_the_remedy() {
             out.to_str().unwrap(),
         ];
         args.extend_from_slice(extra);
-        let o = qresidual(&args);
-        assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
-        (out, String::from_utf8_lossy(&o.stderr).into_owned())
+        let said = ok(&args);
+        (out, said)
     };
     let (auto, said) = run("auto", &[]);
     let (budget, _) = run("budget", &["--max-size", "+0%", "--strategy", "search"]);
