@@ -258,13 +258,7 @@ pub fn quantize_iq2_xxs_weighted(src: &[f32], qw: &[f32], dst: &mut [u8]) {
                         &mut laux[8 * k..8 * k + 8],
                     );
                 }
-                let (mut sumqx, mut sumq2) = (0f32, 0f32);
-                for i in 0..32 {
-                    let w = weight[i];
-                    let q = (2 * laux[i] as i32 + 1) as f32;
-                    sumqx += w * xval[i] * q;
-                    sumq2 += w * q * q;
-                }
+                let (sumqx, sumq2) = fit(&weight, &xval, &laux);
                 if sumq2 > 0.0 && sumqx * sumqx > best * sumq2 {
                     scale = sumqx / sumq2;
                     best = scale * sumqx;
@@ -292,13 +286,7 @@ pub fn quantize_iq2_xxs_weighted(src: &[f32], qw: &[f32], dst: &mut [u8]) {
                         l[8 * k + i] = (pg[i] - 1) / 2;
                     }
                 }
-                let (mut sumqx, mut sumq2) = (0f32, 0f32);
-                for i in 0..32 {
-                    let w = weight[i];
-                    let q = (2 * l[i] as i32 + 1) as f32;
-                    sumqx += w * xval[i] * q;
-                    sumq2 += w * q * q;
-                }
+                let (sumqx, sumq2) = fit(&weight, &xval, &l);
                 if sumq2 > 0.0 {
                     scale = sumqx / sumq2;
                 }
@@ -340,6 +328,21 @@ pub fn quantize_iq2_xxs_weighted(src: &[f32], qw: &[f32], dst: &mut [u8]) {
             b.copy_from_slice(&v.to_le_bytes());
         }
     }
+}
+
+/// `Σ w·x·q` and `Σ w·q²` over a 32-value group with grid values
+/// `q = 2·l + 1`: the weighted least-squares sums ggml's search accepts a
+/// scale by.
+#[inline(always)]
+fn fit(weight: &[f32; 32], xval: &[f32; 32], l: &[i8; 32]) -> (f32, f32) {
+    let (mut sumqx, mut sumq2) = (0f32, 0f32);
+    for i in 0..32 {
+        let w = weight[i];
+        let q = (2 * l[i] as i32 + 1) as f32;
+        sumqx += w * xval[i] * q;
+        sumq2 += w * q * q;
+    }
+    (sumqx, sumq2)
 }
 
 #[cfg(test)]
