@@ -311,91 +311,84 @@ fn block_weights(qw: &[f32], xb: &[f32; QK], sigma2: f32) -> [f32; QK] {
     w
 }
 
+/// Every block of `src` with its importance weights `qw·√(σ² + x²)` (σ²
+/// over the whole row, as the `_impl` encoders compute it) and its
+/// `block_bytes` of `dst`.
+fn for_weighted_blocks(
+    src: &[f32],
+    qw: &[f32],
+    dst: &mut [u8],
+    block_bytes: usize,
+    mut f: impl FnMut(&[f32; QK], &[f32; QK], &mut [u8]),
+) {
+    let sigma2 = row_sigma2(src);
+    for ((x, q), y) in src
+        .chunks_exact(QK)
+        .zip(qw.chunks_exact(QK))
+        .zip(dst.chunks_exact_mut(block_bytes))
+    {
+        let x = block(x);
+        f(x, &block_weights(q, x, sigma2), y);
+    }
+}
+
 /// `quantize_row_q4_0_impl` with importance weights `qw` (one per column):
 /// per block `make_qx_quants(32, 8, xb, L, 1, qw·√(σ² + x²))`, the scale
 /// stored as is (no requantization).
 pub fn quantize_row_q4_0_weighted(src: &[f32], qw: &[f32], dst: &mut [u8]) {
-    let sigma2 = row_sigma2(src);
     let mut l = [0i8; QK];
-    for ((x, q), y) in src
-        .chunks_exact(QK)
-        .zip(qw.chunks_exact(QK))
-        .zip(dst.chunks_exact_mut(18))
-    {
-        let x = block(x);
-        let w = block_weights(q, x, sigma2);
-        let d = make_qx_quants_weighted::<QK>(8, x, &w, &mut l);
+    for_weighted_blocks(src, qw, dst, 18, |x, w, y| {
+        let d = make_qx_quants_weighted::<QK>(8, x, w, &mut l);
         put_f16(y, 0, d);
         for j in 0..QK / 2 {
             y[2 + j] = (l[j] as u8) | ((l[j + QK / 2] as u8) << 4);
         }
-    }
+    });
+}
+
+/// `make_qkx3_quants(32, nmax, …, -0.9f, 0.05f, 36, false)` of the
+/// `q4_1`/`q5_1` `_impl` encoders into `l`; the scale and `-min` stored at
+/// the head of `y`.
+fn affine_weighted_block(nmax: i32, x: &[f32; QK], w: &[f32; QK], l: &mut [u8; QK], y: &mut [u8]) {
+    let (d, min) = make_qkx2_quants_batched::<QK, 37>(nmax, x, w, l, -0.9, 0.05, false);
+    put_f16(y, 0, d);
+    put_f16(y, 2, -min);
 }
 
 /// `quantize_row_q4_1_impl` with importance weights `qw`: per block
 /// `make_qkx3_quants(32, 15, …, -0.9f, 0.05f, 36, false)`.
 pub fn quantize_row_q4_1_weighted(src: &[f32], qw: &[f32], dst: &mut [u8]) {
-    let sigma2 = row_sigma2(src);
     let mut l = [0u8; QK];
-    for ((x, q), y) in src
-        .chunks_exact(QK)
-        .zip(qw.chunks_exact(QK))
-        .zip(dst.chunks_exact_mut(20))
-    {
-        let x = block(x);
-        let w = block_weights(q, x, sigma2);
-        // make_qkx3_quants(32, 15, …, -0.9f, 0.05f, 36, false)
-        let (d, min) = make_qkx2_quants_batched::<QK, 37>(15, x, &w, &mut l, -0.9, 0.05, false);
-        put_f16(y, 0, d);
-        put_f16(y, 2, -min);
+    for_weighted_blocks(src, qw, dst, 20, |x, w, y| {
+        affine_weighted_block(15, x, w, &mut l, y);
         for j in 0..QK / 2 {
             y[4 + j] = l[j] | (l[j + QK / 2] << 4);
         }
-    }
+    });
 }
 
 /// `quantize_row_q5_0_impl` with importance weights `qw`: per block
 /// `make_qx_quants(32, 16, xb, L, 1, qw·√(σ² + x²))`.
 pub fn quantize_row_q5_0_weighted(src: &[f32], qw: &[f32], dst: &mut [u8]) {
-    let sigma2 = row_sigma2(src);
     let mut l = [0i8; QK];
-    for ((x, q), y) in src
-        .chunks_exact(QK)
-        .zip(qw.chunks_exact(QK))
-        .zip(dst.chunks_exact_mut(22))
-    {
-        let x = block(x);
-        let w = block_weights(q, x, sigma2);
-        let d = make_qx_quants_weighted::<QK>(16, x, &w, &mut l);
+    for_weighted_blocks(src, qw, dst, 22, |x, w, y| {
+        let d = make_qx_quants_weighted::<QK>(16, x, w, &mut l);
         put_f16(y, 0, d);
-        let mut lq = [0u8; QK];
-        for (o, &v) in lq.iter_mut().zip(&l) {
-            *o = v as u8;
-        }
+        let lq = l.map(|v| v as u8);
         let (qh, qs) = y[2..].split_at_mut(4);
         pack_q5(&lq, qh, qs);
-    }
+    });
 }
 
 /// `quantize_row_q5_1_impl` with importance weights `qw`: per block
 /// `make_qkx3_quants(32, 31, …, -0.9f, 0.05f, 36, false)`.
 pub fn quantize_row_q5_1_weighted(src: &[f32], qw: &[f32], dst: &mut [u8]) {
-    let sigma2 = row_sigma2(src);
     let mut l = [0u8; QK];
-    for ((x, q), y) in src
-        .chunks_exact(QK)
-        .zip(qw.chunks_exact(QK))
-        .zip(dst.chunks_exact_mut(24))
-    {
-        let x = block(x);
-        let w = block_weights(q, x, sigma2);
-        // make_qkx3_quants(32, 31, …, -0.9f, 0.05f, 36, false)
-        let (d, min) = make_qkx2_quants_batched::<QK, 37>(31, x, &w, &mut l, -0.9, 0.05, false);
-        put_f16(y, 0, d);
-        put_f16(y, 2, -min);
+    for_weighted_blocks(src, qw, dst, 24, |x, w, y| {
+        affine_weighted_block(31, x, w, &mut l, y);
         let (qh, qs) = y[4..].split_at_mut(4);
         pack_q5(&l, qh, qs);
-    }
+    });
 }
 
 /// `dequantize_row_q8_0`.
