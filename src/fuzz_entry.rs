@@ -14,16 +14,16 @@ const MAX_ELEMENTS: usize = 1 << 14;
 /// then every tensor's bytes are sliced (bounds must hold), metadata is
 /// rendered as `inspect` does and the first row of small tensors decoded.
 pub fn gguf(data: &[u8]) {
-    let Ok(crate::gguf::ParsedGguf {
+    let Ok(crate::format::gguf::ParsedGguf {
         metadata,
         tensors,
         data_offset,
-    }) = crate::gguf::parse_bytes(data)
+    }) = crate::format::gguf::parse_bytes(data)
     else {
         return;
     };
     for (_, v) in &metadata {
-        let _ = crate::gguf::value_json(v);
+        let _ = crate::format::gguf::value_json(v);
     }
     for t in &tensors {
         let start = (data_offset + t.offset) as usize;
@@ -42,7 +42,7 @@ pub fn gguf(data: &[u8]) {
 
 /// The safetensors header parser on a whole file image.
 pub fn st_header(data: &[u8]) {
-    let Ok(tensors) = crate::st::parse_header_bytes(data) else {
+    let Ok(tensors) = crate::format::st::parse_header_bytes(data) else {
         return;
     };
     for t in &tensors {
@@ -54,7 +54,7 @@ pub fn st_header(data: &[u8]) {
 
 /// The `model.safetensors.index.json` parser.
 pub fn st_index(data: &[u8]) {
-    if let Ok(shards) = crate::st::parse_index_bytes(data) {
+    if let Ok(shards) = crate::format::st::parse_index_bytes(data) {
         for s in shards {
             // Subfolders are fine; leaving the folder is not.
             let p = std::path::Path::new(&s);
@@ -166,7 +166,7 @@ pub fn bnb_quant_state(data: &[u8]) {
         return;
     };
     let suffix = ["nf4", "fp4", "int8"][sel as usize % 3];
-    if let Ok(q) = crate::bnb_model::parse_quant_state(suffix, blob) {
+    if let Ok(q) = crate::model::bnb::parse_quant_state(suffix, blob) {
         let n = q.shape.iter().try_fold(1usize, |a, &d| a.checked_mul(d));
         assert_eq!(n, Some(q.n));
         assert!(q.blocksize > 0);

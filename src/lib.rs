@@ -6,29 +6,16 @@
 //! (`pipeline`) serves every command (`cli`).
 #![deny(missing_docs)]
 
-pub mod adapter;
-pub mod bnb_model;
-pub mod budget;
+pub mod apply;
 pub mod cli;
-pub mod compare;
+pub mod engine;
 pub mod error;
-pub mod extract;
+pub mod format;
 #[doc(hidden)]
 pub mod fuzz_entry;
-pub mod gguf;
-pub mod guard;
-pub mod imatrix;
-pub mod instruct;
-pub mod mix;
-pub mod naming;
-pub mod pages;
-pub mod pipeline;
-pub mod plan;
-pub mod progress;
+pub mod model;
+pub mod ops;
 pub mod report;
-pub mod source;
-pub mod st;
-pub mod transform;
 
 pub use error::{Error, Result};
 pub use qresidual_quant as quant;

@@ -3,9 +3,9 @@
 
 use std::path::{Path, PathBuf};
 
-use qresidual::adapter::{low_rank, Options};
-use qresidual::gguf::{GgufFile, GgufWriter, MetaValue, TensorSpec, WriterOptions};
-use qresidual::pipeline::RowSource;
+use qresidual::apply::adapter::{low_rank, Options};
+use qresidual::format::gguf::{GgufFile, GgufWriter, MetaValue, TensorSpec, WriterOptions};
+use qresidual::model::rows::RowSource;
 use qresidual::quant::GgmlType;
 
 mod common;

@@ -5,7 +5,7 @@
 use std::path::Path;
 use std::process::Command;
 
-use qresidual::gguf::GgufFile;
+use qresidual::format::gguf::GgufFile;
 use qresidual::quant::GgmlType;
 
 #[test]

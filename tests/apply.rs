@@ -4,7 +4,7 @@
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 
-use qresidual::gguf::GgufFile;
+use qresidual::format::gguf::GgufFile;
 use qresidual::quant::{quantize_row, GgmlType};
 use safetensors::{Dtype, SafeTensors};
 
@@ -450,7 +450,7 @@ fn bad_residuals_fail_before_anything_is_written() {
 
 /// The tiny base without `output.weight`: its output is tied to the embedding.
 fn tied_base(dir: &Path) -> PathBuf {
-    use qresidual::gguf::{GgufWriter, TensorSpec, WriterOptions};
+    use qresidual::format::gguf::{GgufWriter, TensorSpec, WriterOptions};
     let b = GgufFile::open(&base()).unwrap();
     let keep: Vec<usize> = (0..b.tensors().len())
         .filter(|&i| b.tensors()[i].name != "output.weight")

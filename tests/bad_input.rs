@@ -620,7 +620,7 @@ fn report_path_equal_to_the_output() {
 
 #[test]
 fn split_outputs_that_would_overwrite_split_inputs() {
-    use qresidual::gguf::{GgufWriter, MetaValue, TensorSpec, WriterOptions};
+    use qresidual::format::gguf::{GgufWriter, MetaValue, TensorSpec, WriterOptions};
     let d = Dir::new();
     let t = base_tensors();
     let specs: Vec<TensorSpec> = t

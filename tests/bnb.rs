@@ -9,11 +9,11 @@ use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
 use half::f16;
-use qresidual::bnb_model::{python_float_repr, quant_state_json, BnbModel, Storage};
+use qresidual::format::st::{SafetensorsModel, SafetensorsWriter};
+use qresidual::model::bnb::{python_float_repr, quant_state_json, BnbModel, Storage};
 use qresidual::quant::bnb::{
     dequantize_4bit, dequantize_int8_rows, quantize_4bit, quantize_int8_rows, FourBit, NestedAbsmax,
 };
-use qresidual::st::{SafetensorsModel, SafetensorsWriter};
 use safetensors::Dtype;
 use serde_json::Value;
 
@@ -536,7 +536,7 @@ fn apply_changes_type_and_config() {
             serde_json::from_slice(&std::fs::read(out.join("config.json")).unwrap()).unwrap();
         assert!(cfg.get("quantization_config").is_none());
         assert_eq!(cfg["dtype"], name);
-        assert!(!qresidual::bnb_model::is_bnb_dir(&out));
+        assert!(!qresidual::model::bnb::is_bnb_dir(&out));
         if dtype == Dtype::F16 {
             assert_eq!(f16s(tensor(&st, K_PROJ)), target);
         }
@@ -906,7 +906,7 @@ fn sharded_folders_keep_their_shards() {
 /// blocksize 32, and → int8, so every weight is re-encoded.
 #[test]
 fn output_does_not_depend_on_chunking() {
-    use qresidual::bnb_model::{write_model, OutStorage, WeightJob, WriteOptions};
+    use qresidual::model::bnb::{write_model, OutStorage, WeightJob, WriteOptions};
     let dir = tempfile::tempdir().unwrap();
     let base = BnbModel::open(&fixture("fp4")).unwrap();
     let targets = [
@@ -935,7 +935,7 @@ fn output_does_not_depend_on_chunking() {
                 })
                 .collect()
         };
-        let cfg = qresidual::bnb_model::output_config(base.config(), Some(target), None);
+        let cfg = qresidual::model::bnb::output_config(base.config(), Some(target), None);
         let mut outputs = Vec::new();
         for (chunk, window) in [(1usize << 22, 1usize), (300, 1), (1000, 3)] {
             let out = dir.path().join(format!("{ti}-{chunk}-{window}"));

@@ -5,7 +5,7 @@
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 
-use qresidual::gguf::GgufFile;
+use qresidual::format::gguf::GgufFile;
 use qresidual::quant::quantize_row;
 use safetensors::{tensor::TensorView, Dtype, SafeTensors};
 use serde_json::Value;

@@ -9,7 +9,7 @@ use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use common::*;
-use qresidual::gguf::{GgufFile, GgufWriter, MetaValue, TensorSpec, WriterOptions};
+use qresidual::format::gguf::{GgufFile, GgufWriter, MetaValue, TensorSpec, WriterOptions};
 use qresidual::quant::GgmlType;
 use safetensors::Dtype;
 

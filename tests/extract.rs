@@ -6,10 +6,10 @@
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 
-use qresidual::gguf::GgufFile;
-use qresidual::guard::{FINGERPRINT_KEY, PROVENANCE_KEY};
+use qresidual::apply::guard::{FINGERPRINT_KEY, PROVENANCE_KEY};
+use qresidual::format::gguf::GgufFile;
+use qresidual::format::st::SafetensorsModel;
 use qresidual::quant::{dequantize_row, GgmlType};
-use qresidual::st::SafetensorsModel;
 use safetensors::Dtype;
 use serde_json::Value;
 
@@ -224,7 +224,8 @@ fn write_f32(path: &Path, tensors: &[(String, Vec<usize>, Vec<f32>)]) {
         .iter()
         .map(|(n, s, _)| (n.clone(), Dtype::F32, s.clone()))
         .collect();
-    let mut w = qresidual::st::SafetensorsWriter::create(path, &specs, Default::default()).unwrap();
+    let mut w =
+        qresidual::format::st::SafetensorsWriter::create(path, &specs, Default::default()).unwrap();
     for (_, _, v) in tensors {
         let b: Vec<u8> = v.iter().flat_map(|x| x.to_le_bytes()).collect();
         w.write(&b).unwrap();
@@ -694,7 +695,7 @@ fn tokenizer_config_sets_chat_template_eos_and_eot() {
 
 #[test]
 fn hf_instruct_against_gguf_base_gives_gguf_names_in_gguf_row_order() {
-    use qresidual::naming::{row_permutation, RowPermutation};
+    use qresidual::model::naming::{row_permutation, RowPermutation};
     let dir = tempfile::tempdir().unwrap();
     let out = dir.path().join("mixed.safetensors");
     ok(&[

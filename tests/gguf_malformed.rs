@@ -5,7 +5,7 @@
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
-use qresidual::gguf::{
+use qresidual::format::gguf::{
     GgufFile, GgufWriter, MetaArray, MetaValue, TensorSpec, ValueType, WriterOptions,
 };
 use qresidual::quant::GgmlType;
@@ -187,7 +187,7 @@ fn valid_corpus_files_rewrite_byte_for_byte() {
         }
         let src = corpus_dir().join(&file);
         let out = dir.path().join(&file);
-        qresidual::gguf::edit_metadata(&src, &out, &[]).unwrap();
+        qresidual::format::gguf::edit_metadata(&src, &out, &[]).unwrap();
         let (a, b) = (std::fs::read(&src).unwrap(), std::fs::read(&out).unwrap());
         if file == "valid_v2.gguf" {
             // the writer produces v3; nothing else changes

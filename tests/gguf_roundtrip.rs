@@ -4,7 +4,7 @@
 
 use std::path::{Path, PathBuf};
 
-use qresidual::gguf::{
+use qresidual::format::gguf::{
     edit_metadata, inspect_gguf, inspect_json, split, GgufFile, GgufWriter, MetaArray, MetaEdit,
     MetaValue, TensorSpec, ValueType, WriterOptions,
 };

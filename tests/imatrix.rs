@@ -10,8 +10,8 @@
 
 use std::path::{Path, PathBuf};
 
-use qresidual::gguf::GgufFile;
-use qresidual::imatrix::{Imatrix, Lookup};
+use qresidual::format::gguf::GgufFile;
+use qresidual::format::imatrix::{Imatrix, Lookup};
 use qresidual::quant::{dequantize_row, quantize_row, quantize_row_weighted, GgmlType};
 
 mod common;
@@ -192,7 +192,7 @@ fn quantize_with_imatrix_encodes_every_tensor_with_its_weights() {
     // The keys llama-quantize --imatrix writes.
     let og = GgufFile::open(&wg).unwrap();
     let key = |k: &str| og.get(k).cloned();
-    use qresidual::gguf::MetaValue;
+    use qresidual::format::gguf::MetaValue;
     assert_eq!(
         key("quantize.imatrix.file"),
         Some(MetaValue::String(s(&imatrix_gguf()).to_string()))
@@ -386,7 +386,7 @@ fn bad_imatrix_files_are_errors_naming_file_and_entry() {
 
 #[test]
 fn expert_tensors_use_one_importance_slice_per_expert() {
-    use qresidual::gguf::{GgufWriter, MetaValue, TensorSpec, WriterOptions};
+    use qresidual::format::gguf::{GgufWriter, MetaValue, TensorSpec, WriterOptions};
     let dir = tempfile::tempdir().unwrap();
     let (fin, out, im) = (
         dir.path().join("moe.gguf"),
@@ -470,8 +470,8 @@ fn expert_tensors_use_one_importance_slice_per_expert() {
 /// without an imatrix, or without an entry for it, nothing is written.
 #[test]
 fn iq2_xxs_base_is_requantized_with_imatrix() {
-    use qresidual::gguf::{GgufWriter, MetaValue, TensorSpec, WriterOptions};
-    use qresidual::st::SafetensorsWriter;
+    use qresidual::format::gguf::{GgufWriter, MetaValue, TensorSpec, WriterOptions};
+    use qresidual::format::st::SafetensorsWriter;
     let dir = tempfile::tempdir().unwrap();
     let (fin, res, out, im, other) = (
         dir.path().join("iq2.gguf"),

@@ -5,7 +5,9 @@
 use std::collections::BTreeMap;
 use std::path::PathBuf;
 
-use qresidual::mix::{file_type, llama_order, plan_types, Mix, ModelFacts, Target, TensorDesc};
+use qresidual::model::mix::{
+    file_type, llama_order, plan_types, Mix, ModelFacts, Target, TensorDesc,
+};
 use qresidual::quant::GgmlType;
 use serde::Deserialize;
 

@@ -5,10 +5,10 @@
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
-use qresidual::naming::{
+use qresidual::format::st::SafetensorsModel;
+use qresidual::model::naming::{
     hf_to_gguf, is_gguf_name, row_permutation, supported_architectures, RowPermutation,
 };
-use qresidual::st::SafetensorsModel;
 use serde::Deserialize;
 
 fn fixtures() -> PathBuf {

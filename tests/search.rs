@@ -9,7 +9,7 @@ use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
-use qresidual::gguf::GgufFile;
+use qresidual::format::gguf::GgufFile;
 use qresidual::quant::GgmlType;
 use safetensors::{Dtype, SafeTensors};
 use serde_json::Value;

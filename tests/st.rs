@@ -4,8 +4,8 @@
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
+use qresidual::format::st::{SafetensorsModel, SafetensorsWriter, StTensor};
 use qresidual::quant::GgmlType;
-use qresidual::st::{SafetensorsModel, SafetensorsWriter, StTensor};
 use qresidual::Error;
 use safetensors::tensor::TensorView;
 use safetensors::{Dtype, SafeTensors};

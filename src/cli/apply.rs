@@ -5,10 +5,11 @@ use std::path::PathBuf;
 use clap::{Args, ValueEnum};
 use serde_json::json;
 
-use crate::budget::{self, SizeLimit};
-use crate::pipeline::{self, EncodedRows, RowSource};
-use crate::plan::{match_residual, residual_tensors, scan_residuals, Residual};
-use crate::transform::{self, Output};
+use crate::apply::budget::{self, SizeLimit};
+use crate::apply::matching::{match_residual, residual_tensors, scan_residuals, Residual};
+use crate::engine::pipeline;
+use crate::engine::tasks::{self, Output};
+use crate::model::rows::{EncodedRows, RowSource};
 use crate::{report, Error, Result};
 
 /// Long help of the command.
@@ -155,13 +156,13 @@ pub enum Strategy {
 /// Run `apply`.
 pub fn run(a: &ApplyArgs) -> Result<()> {
     let budgeted = a.max_size.is_some() || a.bpw.is_some() || a.min_retention.is_some();
-    if budgeted && crate::bnb_model::is_bnb_dir(&a.base) {
+    if budgeted && crate::model::bnb::is_bnb_dir(&a.base) {
         return Err(Error::Usage(
             "--max-size, --bpw and --min-retention choose GGUF types: they do not apply to bitsandbytes bases".into(),
         ));
     }
     check_strategy(a, budgeted)?;
-    if crate::bnb_model::is_bnb_dir(&a.base) {
+    if crate::model::bnb::is_bnb_dir(&a.base) {
         if a.imatrix.is_some() {
             return Err(Error::Usage(
                 "--imatrix applies to GGUF bases; bitsandbytes formats take no importance matrix"
@@ -188,15 +189,15 @@ pub fn run(a: &ApplyArgs) -> Result<()> {
             a.scale
         )));
     }
-    let target = transform::parse_target(&a.ty)?;
-    let keep = matches!(target, crate::mix::Target::Keep);
+    let target = tasks::parse_target(&a.ty)?;
+    let keep = matches!(target, crate::model::mix::Target::Keep);
     if budgeted && !keep {
         return Err(Error::Usage(format!(
             "--type {} cannot be combined with --max-size, --bpw or --min-retention, which choose the types themselves",
             a.ty
         )));
     }
-    let base = crate::gguf::GgufFile::open(&a.base)?;
+    let base = crate::format::gguf::GgufFile::open(&a.base)?;
     let residual = Residual::open(&a.residual)?;
     let mut inputs = base.paths();
     inputs.extend(residual.paths());
@@ -217,7 +218,7 @@ pub fn run(a: &ApplyArgs) -> Result<()> {
         ));
     }
     let matching = match_residual(&base, residual.path(), &rtensors, a.allow_missing)?;
-    crate::guard::guard_apply(
+    crate::apply::guard::guard_apply(
         &base,
         &residual,
         &rtensors,
@@ -270,12 +271,12 @@ pub fn run(a: &ApplyArgs) -> Result<()> {
     }
 
     if a.imatrix.is_some() {
-        transform::check_imatrix_target(&target)?;
+        tasks::check_imatrix_target(&target)?;
     }
     let imatrix = a
         .imatrix
         .as_deref()
-        .map(crate::imatrix::Imatrix::open)
+        .map(crate::format::imatrix::Imatrix::open)
         .transpose()?;
     // auto: the base's own size, spent where it removes the most error.
     let auto = a.strategy == Strategy::Auto && keep && !budgeted;
@@ -298,12 +299,12 @@ pub fn run(a: &ApplyArgs) -> Result<()> {
     };
     let out_types = match &plan {
         Some(p) => p.types(),
-        None => transform::output_types(&base, &target)?,
+        None => tasks::output_types(&base, &target)?,
     };
     let tasks = match &imatrix {
         Some(m) => {
             let (tasks, used) =
-                transform::tasks_with_imatrix(&base, &out_types, residual_rows, a.scale, m)?;
+                tasks::tasks_with_imatrix(&base, &out_types, residual_rows, a.scale, m)?;
             if !a.quiet {
                 for n in used.notes(m.path()) {
                     eprintln!("{n}");
@@ -311,17 +312,14 @@ pub fn run(a: &ApplyArgs) -> Result<()> {
             }
             tasks
         }
-        None => transform::tasks(&base, &out_types, residual_rows, a.scale)?,
+        None => tasks::tasks(&base, &out_types, residual_rows, a.scale)?,
     };
-    let mut metadata = transform::output_metadata(
-        &base,
-        transform::file_type(&base, &target),
-        a.name.as_deref(),
-    );
+    let mut metadata =
+        tasks::output_metadata(&base, tasks::file_type(&base, &target), a.name.as_deref());
     if let (Some(m), Some(p)) = (&imatrix, &a.imatrix) {
-        transform::add_imatrix_metadata(&mut metadata, m, p);
+        tasks::add_imatrix_metadata(&mut metadata, m, p);
     }
-    crate::instruct::apply(
+    crate::apply::instruct::apply(
         &mut metadata,
         &base,
         a.tokenizer_config.as_deref(),
@@ -345,7 +343,7 @@ pub fn run(a: &ApplyArgs) -> Result<()> {
             ..Default::default()
         },
     };
-    let (outcomes, paths) = transform::write(&tasks, &metadata, &out)?;
+    let (outcomes, paths) = tasks::write(&tasks, &metadata, &out)?;
     let outcomes = report::rows(&outcomes);
 
     if let Some(path) = &a.report {
@@ -448,12 +446,12 @@ fn check_strategy(a: &ApplyArgs, budgeted: bool) -> Result<()> {
 /// `--strategy adapter`: α·Δ as a LoRA adapter GGUF; the base is only read.
 fn write_adapter(
     a: &ApplyArgs,
-    base: &crate::gguf::GgufFile,
+    base: &crate::format::gguf::GgufFile,
     residual_rows: &[Option<Box<dyn RowSource + '_>>],
     rank: usize,
 ) -> Result<()> {
-    let opts = crate::adapter::Options::new(rank);
-    let (outcomes, paths) = crate::adapter::write(
+    let opts = crate::apply::adapter::Options::new(rank);
+    let (outcomes, paths) = crate::apply::adapter::write(
         base,
         residual_rows,
         a.scale,
@@ -468,10 +466,13 @@ fn write_adapter(
             "residual": a.residual.display().to_string(),
             "scale": a.scale,
         });
-        report::write_value(path, &crate::adapter::to_json(inputs, &opts, &outcomes))?;
+        report::write_value(
+            path,
+            &crate::apply::adapter::to_json(inputs, &opts, &outcomes),
+        )?;
     }
     if !a.quiet {
-        eprint!("{}", crate::adapter::to_text(&outcomes, 10));
+        eprint!("{}", crate::apply::adapter::to_text(&outcomes, 10));
         eprintln!("wrote {}", pipeline::display_paths(&paths));
     }
     Ok(())
@@ -480,13 +481,13 @@ fn write_adapter(
 /// Choose every tensor's type under the budget flags.
 fn plan_budget(
     a: &ApplyArgs,
-    base: &crate::gguf::GgufFile,
+    base: &crate::format::gguf::GgufFile,
     residual_rows: &[Option<Box<dyn RowSource + '_>>],
     default_limit: Option<SizeLimit>,
 ) -> Result<budget::Plan> {
     let started = std::time::Instant::now();
     let base_rows: Vec<EncodedRows<'_>> = (0..base.tensors().len())
-        .map(|i| transform::base_rows(base, i))
+        .map(|i| tasks::base_rows(base, i))
         .collect();
     let inputs: Vec<budget::TensorInput<'_>> = base
         .tensors()

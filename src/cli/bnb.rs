@@ -10,13 +10,13 @@ use serde_json::{json, Value};
 use super::apply::ApplyArgs;
 use super::convert::DequantizeArgs;
 use super::inspect::{inspect_safetensors, InspectArgs};
-use crate::bnb_model::{
+use crate::apply::matching::{residual_tensors, scan_residuals, Pairing, Residual};
+use crate::model::bnb::{
     check_output_dir, dtype_from_torch, output_config, write_model, BnbModel, OutStorage, Storage,
     WeightJob, WriteOptions,
 };
-use crate::naming::RowPermutation;
-use crate::pipeline::{EncodedRows, RowSource};
-use crate::plan::{residual_tensors, scan_residuals, Pairing, Residual};
+use crate::model::naming::RowPermutation;
+use crate::model::rows::{EncodedRows, RowSource};
 use crate::quant::bnb::FourBit;
 use crate::{report, Error, Result};
 
@@ -338,7 +338,7 @@ fn weight_json(model: &BnbModel, i: usize) -> Value {
     } = &w.storage
     {
         v["blocksize"] = json!(blocksize);
-        v["dtype"] = json!(crate::bnb_model::torch_name(*dtype));
+        v["dtype"] = json!(crate::model::bnb::torch_name(*dtype));
         v["double_quant"] = json!(nested_offset.is_some());
         if let Some(o) = nested_offset {
             v["nested_offset"] = json!(o);
@@ -398,7 +398,7 @@ pub fn inspect(args: &InspectArgs) -> Result<String> {
                 ..
             } => (
                 blocksize.to_string(),
-                crate::bnb_model::torch_name(*dtype).to_string(),
+                crate::model::bnb::torch_name(*dtype).to_string(),
                 if nested_offset.is_some() { "yes" } else { "no" }.to_string(),
             ),
             Storage::Int8 => ("row".into(), "float16".into(), "-".into()),

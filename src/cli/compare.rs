@@ -4,8 +4,9 @@ use std::path::PathBuf;
 
 use clap::Args;
 
-use crate::source::Model;
-use crate::{compare, Result};
+use crate::model::Model;
+use crate::ops::compare;
+use crate::Result;
 
 /// Compare two models.
 #[derive(Args, Debug)]

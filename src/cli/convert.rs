@@ -4,11 +4,11 @@ use std::path::PathBuf;
 
 use clap::Args;
 
-use crate::gguf::GgufFile;
-use crate::imatrix::Imatrix;
-use crate::pipeline::{self, Action};
+use crate::engine::pipeline::{self, Action};
+use crate::engine::tasks::{self, Output};
+use crate::format::gguf::GgufFile;
+use crate::format::imatrix::Imatrix;
 use crate::quant::GgmlType;
-use crate::transform::{self, Output};
 use crate::{report, Error, Result};
 
 /// Long help of the command.
@@ -99,7 +99,7 @@ fn dequantized_type(input: GgmlType, target: GgmlType) -> GgmlType {
 
 /// Run `dequantize`.
 pub fn run_dequantize(a: &DequantizeArgs) -> Result<()> {
-    if crate::bnb_model::is_bnb_dir(&a.input) {
+    if crate::model::bnb::is_bnb_dir(&a.input) {
         return super::bnb::dequantize(a);
     }
     super::set_threads(a.threads)?;
@@ -123,13 +123,13 @@ pub fn run_dequantize(a: &DequantizeArgs) -> Result<()> {
         .iter()
         .map(|t| dequantized_type(t.ty, target))
         .collect();
-    let tasks = transform::tasks(&model, &types, Vec::new(), 1.0)?;
+    let tasks = tasks::tasks(&model, &types, Vec::new(), 1.0)?;
     let file_type = match target {
         GgmlType::F32 => 0,
         GgmlType::F16 => 1,
         _ => 32,
     };
-    let metadata = transform::output_metadata(&model, Some(file_type), None);
+    let metadata = tasks::output_metadata(&model, Some(file_type), None);
     let out = Output {
         path: &a.output,
         split_max_size: a.split_max_size,
@@ -139,7 +139,7 @@ pub fn run_dequantize(a: &DequantizeArgs) -> Result<()> {
             ..Default::default()
         },
     };
-    let (_, paths) = transform::write(&tasks, &metadata, &out)?;
+    let (_, paths) = tasks::write(&tasks, &metadata, &out)?;
     if !a.quiet {
         eprintln!("wrote {}", pipeline::display_paths(&paths));
     }
@@ -149,7 +149,7 @@ pub fn run_dequantize(a: &DequantizeArgs) -> Result<()> {
 /// Run `quantize`.
 pub fn run_quantize(a: &QuantizeArgs) -> Result<()> {
     super::set_threads(a.threads)?;
-    let target = transform::parse_target(&a.ty)?;
+    let target = tasks::parse_target(&a.ty)?;
     let model = GgufFile::open(&a.input)?;
     super::require_tensors(&model)?;
     super::check_output(&a.output, &model.paths())?;
@@ -160,13 +160,13 @@ pub fn run_quantize(a: &QuantizeArgs) -> Result<()> {
         super::check_report(r, &a.output, &model.paths())?;
     }
     if a.imatrix.is_some() {
-        transform::check_imatrix_target(&target)?;
+        tasks::check_imatrix_target(&target)?;
     }
     let imatrix = a.imatrix.as_deref().map(Imatrix::open).transpose()?;
-    let types = transform::output_types(&model, &target)?;
+    let types = tasks::output_types(&model, &target)?;
     let tasks = match &imatrix {
         Some(m) => {
-            let (tasks, used) = transform::tasks_with_imatrix(&model, &types, Vec::new(), 1.0, m)?;
+            let (tasks, used) = tasks::tasks_with_imatrix(&model, &types, Vec::new(), 1.0, m)?;
             if !a.quiet {
                 for n in used.notes(m.path()) {
                     eprintln!("{n}");
@@ -174,7 +174,7 @@ pub fn run_quantize(a: &QuantizeArgs) -> Result<()> {
             }
             tasks
         }
-        None => transform::tasks(&model, &types, Vec::new(), 1.0)?,
+        None => tasks::tasks(&model, &types, Vec::new(), 1.0)?,
     };
     let requantized = tasks
         .iter()
@@ -185,10 +185,9 @@ pub fn run_quantize(a: &QuantizeArgs) -> Result<()> {
             "warning: {requantized} tensor(s) are already quantized and will be dequantized and quantized again, which loses quality; quantize from F32/F16/BF16 when you can"
         );
     }
-    let mut metadata =
-        transform::output_metadata(&model, transform::file_type(&model, &target), None);
+    let mut metadata = tasks::output_metadata(&model, tasks::file_type(&model, &target), None);
     if let (Some(m), Some(p)) = (&imatrix, &a.imatrix) {
-        transform::add_imatrix_metadata(&mut metadata, m, p);
+        tasks::add_imatrix_metadata(&mut metadata, m, p);
     }
     let out = Output {
         path: &a.output,
@@ -199,7 +198,7 @@ pub fn run_quantize(a: &QuantizeArgs) -> Result<()> {
             ..Default::default()
         },
     };
-    let (outcomes, paths) = transform::write(&tasks, &metadata, &out)?;
+    let (outcomes, paths) = tasks::write(&tasks, &metadata, &out)?;
     if let Some(path) = &a.report {
         let mut inputs = serde_json::json!({"input": a.input.display().to_string(), "type": a.ty});
         if let Some(m) = &a.imatrix {

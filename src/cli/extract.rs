@@ -4,9 +4,10 @@ use std::path::PathBuf;
 
 use clap::Args;
 
-use crate::extract::{self, ResidualFormat};
-use crate::source::Model;
-use crate::{pipeline, report, Result};
+use crate::engine::pipeline;
+use crate::model::Model;
+use crate::ops::extract::{self, ResidualFormat};
+use crate::{report, Result};
 
 /// Make a residual from an instruct model and its base.
 #[derive(Args, Debug)]
@@ -94,7 +95,7 @@ pub fn run(a: &ExtractArgs) -> Result<()> {
         eprintln!(
             "note: {} tensor(s) are identical in both models (Δ = 0): {}",
             done.zero_tensors.len(),
-            crate::source::list(&done.zero_tensors)
+            crate::model::list(&done.zero_tensors)
         );
     }
     if !done.outcomes.is_empty() {

@@ -6,9 +6,9 @@ use std::path::PathBuf;
 
 use serde_json::json;
 
-use crate::gguf::is_gguf;
-use crate::gguf::{inspect_gguf, GgufFile};
-use crate::st::SafetensorsModel;
+use crate::format::gguf::is_gguf;
+use crate::format::gguf::{inspect_gguf, GgufFile};
+use crate::format::st::SafetensorsModel;
 
 /// Long help of the command.
 pub(super) const INSPECT_HELP: &str = "\
@@ -120,7 +120,7 @@ pub fn inspect_safetensors(m: &SafetensorsModel, as_json: bool) -> String {
 
 /// The `inspect` output for `args`, as text.
 pub fn render(args: &InspectArgs) -> crate::Result<String> {
-    if crate::bnb_model::is_bnb_dir(&args.file) {
+    if crate::model::bnb::is_bnb_dir(&args.file) {
         return super::bnb::inspect(args);
     }
     if is_gguf(&args.file) {

@@ -3,7 +3,7 @@
 
 use std::path::PathBuf;
 
-use crate::gguf::{edit_metadata, parse_edits};
+use crate::format::gguf::{edit_metadata, parse_edits};
 
 /// Copy a GGUF model with metadata edits.
 #[derive(clap::Args, Debug)]

@@ -132,7 +132,7 @@ fn canonical_target(out: &Path) -> Result<PathBuf> {
 
 /// Refuse a model without tensors: there is nothing to convert, and an
 /// empty output would look like a success.
-pub(crate) fn require_tensors(model: &crate::gguf::GgufFile) -> Result<()> {
+pub(crate) fn require_tensors(model: &crate::format::gguf::GgufFile) -> Result<()> {
     if model.tensors().is_empty() {
         return Err(Error::format(model.path(), "the model holds no tensors"));
     }
@@ -167,7 +167,7 @@ fn check_target(what: &str, out: &Path, inputs: &[PathBuf]) -> Result<()> {
 /// Refuse split outputs (`PREFIX-0000k-of-0000N.gguf`, named after `out`)
 /// that could land on a split input: N is only known while writing.
 pub(crate) fn check_split_output(out: &Path, inputs: &[PathBuf]) -> Result<()> {
-    use crate::gguf::split::{output_prefix, parse_split_path};
+    use crate::format::gguf::split::{output_prefix, parse_split_path};
     let prefix = output_prefix(&canonical_target(out)?);
     for input in inputs {
         let Ok(input) = input.canonicalize() else {

@@ -5,9 +5,9 @@ use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 
-use qresidual::gguf::{GgufWriter, MetaValue, TensorSpec, WriterOptions};
+use qresidual::format::gguf::{GgufWriter, MetaValue, TensorSpec, WriterOptions};
+use qresidual::format::st::SafetensorsWriter;
 use qresidual::quant::{dequantize_row, quantize_row, GgmlType};
-use qresidual::st::SafetensorsWriter;
 use safetensors::Dtype;
 
 /// One tensor to write: GGUF name, type, ggml dims, raw bytes.

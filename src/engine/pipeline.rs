@@ -20,170 +20,14 @@ use std::path::{Path, PathBuf};
 
 use indicatif::ProgressBar;
 
-use crate::gguf::{GgufWriter, TensorSpec};
-use crate::naming::RowPermutation;
+use crate::format::gguf::{GgufWriter, TensorSpec};
+use crate::model::rows::RowSource;
 use crate::quant::stats::ErrorStats;
 use crate::quant::{
     dequantize_row, quantize_row, quantize_row_weighted, search_row, GgmlType, QuantError,
     SearchWins,
 };
 use crate::{Error, Result};
-
-/// Where the f32 rows of one tensor come from. Implementations decode rows
-/// on demand so that no tensor is ever held whole in memory.
-pub trait RowSource: Sync {
-    /// Elements per row.
-    fn row_len(&self) -> usize;
-    /// Number of rows.
-    fn n_rows(&self) -> usize;
-    /// Decode rows `start..start + out.len() / row_len()` into `out`.
-    fn decode(&self, start: usize, out: &mut [f32]) -> Result<()>;
-    /// Rows `start..end` are consumed: their storage may be released.
-    fn release_rows(&self, _start: usize, _end: usize) {}
-    /// Rows `start..end` will be decoded soon: their storage may be read
-    /// ahead.
-    fn prefetch_rows(&self, _start: usize, _end: usize) {}
-    /// The stored encoding and all bytes of the rows, in output row order,
-    /// when they are held that way: what `--strategy search` compares
-    /// against.
-    fn encoded(&self) -> Option<(GgmlType, &[u8])> {
-        None
-    }
-}
-
-/// Rows of a tensor stored in any ggml-layout encoding (a GGUF tensor, or a
-/// safetensors F16/BF16/F32 tensor, whose bytes have the same layout).
-#[derive(Clone)]
-pub struct EncodedRows<'a> {
-    /// The file the bytes come from, for error messages.
-    pub path: &'a Path,
-    /// The tensor's name in that file.
-    pub name: &'a str,
-    /// All bytes of the tensor.
-    pub data: &'a [u8],
-    /// Encoding of `data`.
-    pub ty: GgmlType,
-    /// Elements per row.
-    pub row_len: usize,
-    /// Number of rows.
-    pub n_rows: usize,
-    /// Which stored row lands in each output row.
-    pub permutation: RowPermutation,
-    /// The mapping behind `data`, to hand consumed pages back to the kernel.
-    pub pages: Option<&'a dyn ReleasePages>,
-}
-
-/// A memory-mapped container that can drop consumed pages from the
-/// resident set (see [`crate::pages`]).
-pub trait ReleasePages: Sync {
-    /// Drop the whole pages inside `bytes` if they belong to this mapping.
-    fn release(&self, bytes: &[u8]);
-}
-
-impl EncodedRows<'_> {
-    fn row_bytes(&self) -> usize {
-        self.ty
-            .row_size(self.row_len)
-            .expect("validated row length")
-    }
-}
-
-impl RowSource for EncodedRows<'_> {
-    fn row_len(&self) -> usize {
-        self.row_len
-    }
-
-    fn n_rows(&self) -> usize {
-        self.n_rows
-    }
-
-    /// Hand rows `start..end` back to the kernel once consumed (all rows at
-    /// once when the rows are read out of order).
-    fn release_rows(&self, start: usize, end: usize) {
-        let Some(pages) = self.pages else { return };
-        let rb = self.row_bytes();
-        if matches!(self.permutation, RowPermutation::Identity) {
-            pages.release(&self.data[start * rb..end * rb]);
-        } else if end == self.n_rows {
-            pages.release(self.data);
-        }
-    }
-
-    /// `MADV_WILLNEED` on the rows' bytes of a mapped file (identity order
-    /// only), so the kernel reads the next window while this one encodes.
-    fn prefetch_rows(&self, start: usize, end: usize) {
-        if self.pages.is_none() || !matches!(self.permutation, RowPermutation::Identity) {
-            return;
-        }
-        let rb = self.row_bytes();
-        let Some(bytes) = self.data.get(start * rb..end * rb) else {
-            return;
-        };
-        will_need(bytes);
-    }
-
-    fn encoded(&self) -> Option<(GgmlType, &[u8])> {
-        matches!(self.permutation, RowPermutation::Identity).then_some((self.ty, self.data))
-    }
-
-    fn decode(&self, start: usize, out: &mut [f32]) -> Result<()> {
-        let rb = self.row_bytes();
-        let n = out.len() / self.row_len;
-        let err = |row: usize, e: QuantError| Error::quant(self.path, self.name, row, e);
-        let identity = matches!(self.permutation, RowPermutation::Identity);
-        if identity {
-            let bytes = &self.data[start * rb..(start + n) * rb];
-            dequantize_row(self.ty, bytes, out).map_err(|e| err(start, e))?;
-        } else {
-            for (i, dst) in out.chunks_exact_mut(self.row_len).enumerate() {
-                let src = self.permutation.source_row(self.n_rows, start + i);
-                dequantize_row(self.ty, &self.data[src * rb..(src + 1) * rb], dst)
-                    .map_err(|e| err(src, e))?;
-            }
-        }
-        // Name the input holding NaN/Inf, not the output that cannot take it.
-        if let Some((i, v)) = qresidual_quant::find_non_finite(out) {
-            let row = start + i / self.row_len;
-            let row = if identity {
-                row
-            } else {
-                self.permutation.source_row(self.n_rows, row)
-            };
-            return Err(Error::tensor(
-                self.path,
-                self.name,
-                format!(
-                    "row {row}, column {}: holds {v}, which cannot be requantized",
-                    i % self.row_len
-                ),
-            ));
-        }
-        Ok(())
-    }
-}
-
-/// Ask the kernel to read the pages under `bytes` ahead (a hint: errors
-/// are ignored).
-fn will_need(bytes: &[u8]) {
-    #[cfg(unix)]
-    {
-        // SAFETY: sysconf has no preconditions.
-        let page = unsafe { libc::sysconf(libc::_SC_PAGESIZE) };
-        let page = if page > 0 { page as usize } else { 4096 };
-        let start = bytes.as_ptr() as usize / page * page;
-        let end = bytes.as_ptr() as usize + bytes.len();
-        if end > start {
-            // SAFETY: the range starts at the page holding `bytes[0]`, which
-            // belongs to the same mapping as `bytes`; MADV_WILLNEED only
-            // schedules reads and never changes memory contents.
-            unsafe {
-                libc::madvise(start as *mut libc::c_void, end - start, libc::MADV_WILLNEED);
-            }
-        }
-    }
-    #[cfg(not(unix))]
-    let _ = bytes;
-}
 
 /// How one output tensor is produced.
 pub enum Action<'a> {
@@ -674,7 +518,7 @@ pub fn run(
                 .unwrap_or(0)
         })
         .sum();
-    let pb = crate::progress::bytes(total, opts.progress);
+    let pb = crate::engine::progress::bytes(total, opts.progress);
     let items = plan_items(tasks, opts.chunk_elements);
     // The row chunks, the units of work, by their position in `items`.
     let work: Vec<usize> = items
@@ -848,7 +692,9 @@ pub fn display_paths(paths: &[PathBuf]) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::gguf::WriterOptions;
+    use crate::format::gguf::WriterOptions;
+    use crate::model::naming::RowPermutation;
+    use crate::model::rows::EncodedRows;
 
     /// Rows held in memory.
     struct VecRows {
@@ -1103,7 +949,7 @@ mod tests {
             assert_eq!(left, 0, "a failed run left files behind");
             return (res, None);
         }
-        let f = crate::gguf::GgufFile::open(&path).unwrap();
+        let f = crate::format::gguf::GgufFile::open(&path).unwrap();
         let data = f.tensor_data(0).to_vec();
         (res, Some(data))
     }

@@ -11,7 +11,7 @@ use std::path::Path;
 
 use serde_json::Value;
 
-use crate::gguf::{apply_edits, parse_edits, GgufFile, MetaEdit, MetaValue};
+use crate::format::gguf::{apply_edits, parse_edits, GgufFile, MetaEdit, MetaValue};
 use crate::{Error, Result};
 
 /// `tokenizer.chat_template`.
@@ -103,8 +103,8 @@ pub fn edits(
                 if !names.is_empty() {
                     edits.push(MetaEdit::Set(
                         "tokenizer.chat_templates".into(),
-                        MetaValue::Array(crate::gguf::MetaArray {
-                            elem_type: crate::gguf::ValueType::String,
+                        MetaValue::Array(crate::format::gguf::MetaArray {
+                            elem_type: crate::format::gguf::ValueType::String,
                             items: names,
                         }),
                     ));

@@ -31,19 +31,19 @@
 //!
 //! Values are compared in the fingerprint's convention: a Hugging Face-named
 //! fingerprint checked against a Gemma GGUF has the converter's `+1` on norm
-//! weights undone first ([`crate::source::gguf_value_shift`]).
+//! weights undone first ([`crate::model::gguf_value_shift`]).
 
 use std::collections::{BTreeMap, HashMap};
 use std::sync::Mutex;
 
 use serde::{Deserialize, Serialize};
 
-use crate::gguf::GgufFile;
-use crate::naming::RowPermutation;
-use crate::pipeline::RowSource;
-use crate::plan::{Pairing, Residual, ResidualTensor};
+use crate::apply::matching::{Pairing, Residual, ResidualTensor};
+use crate::format::gguf::GgufFile;
+use crate::model::naming::RowPermutation;
+use crate::model::rows::RowSource;
+use crate::model::{decode_finite, map_chunks, Model};
 use crate::quant::{dequantize_row, quantize_row, GgmlType};
-use crate::source::{decode_finite, map_chunks, Model};
 use crate::{Error, Result};
 
 /// Metadata key of the fingerprint (safetensors `__metadata__` or GGUF string).
@@ -179,7 +179,7 @@ impl Partial {
 /// Fingerprint one tensor whose rows, in the fingerprint's order, come from
 /// `rows` with row `g` of `rows` being fingerprint row `fp_row(g)`.
 fn print_rows(
-    rows: &crate::pipeline::EncodedRows<'_>,
+    rows: &crate::model::rows::EncodedRows<'_>,
     shift: f32,
     fp_row: impl Fn(usize) -> usize + Sync,
     shape: &[u64],
@@ -210,7 +210,7 @@ fn print_rows(
 /// The fingerprint of a base tensor read through `rows` (already in the
 /// residual's row order), `shift` added to its values.
 pub fn fingerprint_tensor(
-    rows: &crate::pipeline::EncodedRows<'_>,
+    rows: &crate::model::rows::EncodedRows<'_>,
     shift: f32,
     shape: &[u64],
 ) -> Result<TensorPrint> {
@@ -329,7 +329,7 @@ impl TensorVerdict {
 pub fn compare_tensor(
     name: &str,
     fp: &TensorPrint,
-    rows: &crate::pipeline::EncodedRows<'_>,
+    rows: &crate::model::rows::EncodedRows<'_>,
     shift: f32,
     fp_row: impl Fn(usize) -> usize + Sync,
 ) -> Result<TensorVerdict> {
@@ -419,7 +419,7 @@ pub fn check(
     };
     let mut report = GuardReport::default();
     let arch = base.architecture().unwrap_or("");
-    let pb = crate::progress::tensors(pairs.len(), progress, "checking the base");
+    let pb = crate::engine::progress::tensors(pairs.len(), progress, "checking the base");
     for p in pairs {
         pb.inc(1);
         let rname = rtensors[p.residual].name;
@@ -427,13 +427,13 @@ pub fn check(
             report.not_covered.push(rname.to_string());
             continue;
         };
-        let rows = crate::transform::base_rows(base, p.base);
+        let rows = crate::engine::tasks::base_rows(base, p.base);
         let n_rows = rows.n_rows();
         let perm: RowPermutation = p.permutation;
         // A fingerprint in HF convention against GGUF values: undo the
         // converter's shift (Gemma norms are stored as w + 1).
         let shift = if rname != rows.name {
-            -crate::source::gguf_value_shift(arch, rname)
+            -crate::model::gguf_value_shift(arch, rname)
         } else {
             0.0
         };
@@ -469,7 +469,7 @@ pub fn guard_apply(
         eprintln!(
             "note: the fingerprint does not cover {} matched tensor(s): {}",
             report.not_covered.len(),
-            crate::source::list(&report.not_covered)
+            crate::model::list(&report.not_covered)
         );
     }
     if bad.is_empty() {
@@ -514,7 +514,7 @@ pub fn guard_apply(
         bad.len(),
         report.verdicts.len(),
         base.path().display(),
-        crate::source::list(&described)
+        crate::model::list(&described)
     );
     if force {
         if !quiet {
@@ -538,7 +538,7 @@ pub fn fingerprint_model(
 ) -> Result<Fingerprint> {
     let tensors = model.tensors()?;
     let mut out = BTreeMap::new();
-    let pb = crate::progress::tensors(entries.len(), progress, "fingerprinting the base");
+    let pb = crate::engine::progress::tensors(entries.len(), progress, "fingerprinting the base");
     for (name, i, perm, shift) in entries {
         pb.inc(1);
         let t = &tensors[*i];

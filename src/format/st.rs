@@ -768,8 +768,8 @@ impl Drop for SafetensorsWriter {
     }
 }
 
-impl crate::pipeline::ReleasePages for SafetensorsModel {
+impl crate::format::pages::ReleasePages for SafetensorsModel {
     fn release(&self, bytes: &[u8]) {
-        crate::pages::release_within(self.maps.iter().map(|m| &m[..]), bytes);
+        crate::format::pages::release_within(self.maps.iter().map(|m| &m[..]), bytes);
     }
 }

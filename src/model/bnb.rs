@@ -36,8 +36,10 @@ use rayon::prelude::*;
 use safetensors::Dtype;
 use serde_json::{json, Value};
 
-use crate::naming::RowPermutation;
-use crate::pipeline::{EncodedRows, ReleasePages, RowSource};
+use crate::format::pages::ReleasePages;
+use crate::format::st::{SafetensorsModel, SafetensorsWriter, StTensor, INDEX_FILE};
+use crate::model::naming::RowPermutation;
+use crate::model::rows::{EncodedRows, RowSource};
 use crate::quant::bnb::{
     dequantize_4bit, dequantize_int8_rows, dynamic_map, num_blocks, quantize_4bit,
     quantize_int8_rows, torch_mean_f32_threads, BnbError, FourBit, NestedAbsmax, BLOCKSIZES_4BIT,
@@ -45,7 +47,6 @@ use crate::quant::bnb::{
 };
 use crate::quant::stats::ErrorStats;
 use crate::quant::{quantize_row, GgmlType};
-use crate::st::{SafetensorsModel, SafetensorsWriter, StTensor, INDEX_FILE};
 use crate::{Error, Result};
 
 /// The file holding a model's configuration.

@@ -22,7 +22,7 @@
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 
-use crate::gguf::{is_gguf, GgufFile, MetaValue};
+use crate::format::gguf::{is_gguf, GgufFile, MetaValue};
 use crate::quant::GgmlType;
 use crate::{Error, Result};
 

@@ -3,10 +3,11 @@
 
 use std::path::{Path, PathBuf};
 
-use crate::gguf::{GgufFile, GgufWriter, MetaValue, TensorSpec, WriterOptions};
-use crate::mix::{self, plan_types, ModelFacts, Target, TensorDesc};
-use crate::naming::RowPermutation;
-use crate::pipeline::{self, Action, EncodedRows, Outcome, RowSource, Task};
+use crate::engine::pipeline::{self, Action, Outcome, Task};
+use crate::format::gguf::{GgufFile, GgufWriter, MetaValue, TensorSpec, WriterOptions};
+use crate::model::mix::{self, plan_types, ModelFacts, Target, TensorDesc};
+use crate::model::naming::RowPermutation;
+use crate::model::rows::{EncodedRows, RowSource};
 use crate::quant::{codec, GgmlType};
 use crate::{Error, Result};
 
@@ -45,7 +46,7 @@ pub fn tasks_with_imatrix<'a>(
     out_types: &[GgmlType],
     residuals: Vec<Option<Box<dyn RowSource + 'a>>>,
     scale: f32,
-    imatrix: &'a crate::imatrix::Imatrix,
+    imatrix: &'a crate::format::imatrix::Imatrix,
 ) -> Result<(Vec<Task<'a>>, ImportanceUse)> {
     let mut tasks = build_tasks(base, out_types, residuals, scale, Some(imatrix))?;
     let used = attach_importance(&mut tasks, imatrix)?;
@@ -57,7 +58,7 @@ fn build_tasks<'a>(
     out_types: &[GgmlType],
     mut residuals: Vec<Option<Box<dyn RowSource + 'a>>>,
     scale: f32,
-    imatrix: Option<&crate::imatrix::Imatrix>,
+    imatrix: Option<&crate::format::imatrix::Imatrix>,
 ) -> Result<Vec<Task<'a>>> {
     // The tensors are read front to back: let the kernel read ahead.
     base.advise_sequential();
@@ -83,7 +84,7 @@ fn build_tasks<'a>(
         let has_weights = imatrix.is_some_and(|m| {
             matches!(
                 m.lookup(&t.name, &t.ne),
-                Ok(crate::imatrix::Lookup::Weights(_))
+                Ok(crate::format::imatrix::Lookup::Weights(_))
             )
         });
         let writable = codec(out_ty).and_then(|c| c.quantize).is_some()
@@ -189,9 +190,9 @@ impl ImportanceUse {
 /// tensor (except `token_embd.weight`, as in llama-quantize).
 pub fn attach_importance<'a>(
     tasks: &mut [Task<'a>],
-    imatrix: &'a crate::imatrix::Imatrix,
+    imatrix: &'a crate::format::imatrix::Imatrix,
 ) -> Result<ImportanceUse> {
-    use crate::imatrix::Lookup;
+    use crate::format::imatrix::Lookup;
     let mut used = ImportanceUse::default();
     for t in tasks.iter_mut() {
         let ty = t.spec.ty;
@@ -221,7 +222,7 @@ pub fn attach_importance<'a>(
 /// of entries and of chunks (when known).
 pub fn add_imatrix_metadata(
     md: &mut Vec<(String, MetaValue)>,
-    imatrix: &crate::imatrix::Imatrix,
+    imatrix: &crate::format::imatrix::Imatrix,
     file_arg: &Path,
 ) {
     let cut = |s: &str| {
@@ -255,7 +256,7 @@ pub fn add_imatrix_metadata(
 /// (`qs.has_imatrix` in `llama_tensor_get_type_impl`); `plan_types` follows
 /// the imatrix-free rules, so these are refused with `--imatrix`.
 pub fn check_imatrix_target(target: &Target) -> Result<()> {
-    use crate::mix::Mix;
+    use crate::model::mix::Mix;
     if let Target::Mix(m @ (Mix::Q4_0 | Mix::Q5_0 | Mix::IQ4_NL | Mix::IQ4_XS)) = target {
         return Err(Error::Usage(format!(
             "--imatrix with the {m} mix: llama.cpp picks other types for some tensors when it has an              imatrix, which qresidual does not follow yet; use the plain type (--type {}) or another mix",

@@ -1,10 +1,10 @@
 //! Δθ = θ_instruct − θ_base: the residual of two checkpoints, written as
 //! safetensors (F16/BF16/F32) or, compressed, as a GGUF file of any ggml
-//! type, with the base's fingerprint ([`crate::guard`]) and provenance.
+//! type, with the base's fingerprint ([`crate::apply::guard`]) and provenance.
 //!
 //! Rows of both models are decoded to f32 in chunks (any GGUF type or
 //! safetensors float dtype), subtracted, and streamed to the output; the
-//! GGUF form goes through the shared [`crate::pipeline`], the safetensors
+//! GGUF form goes through the shared [`crate::engine::pipeline`], the safetensors
 //! form through the chunked sink here.
 
 use std::collections::BTreeMap;
@@ -13,12 +13,13 @@ use std::path::Path;
 use safetensors::Dtype;
 use serde_json::json;
 
-use crate::gguf::{GgufWriter, MetaValue, TensorSpec, WriterOptions};
-use crate::guard::{self, FINGERPRINT_KEY, PROVENANCE_KEY};
-use crate::pipeline::{self, Action, EncodedRows, Outcome, RowSource, Task};
+use crate::apply::guard::{self, FINGERPRINT_KEY, PROVENANCE_KEY};
+use crate::engine::pipeline::{self, Action, Outcome, Task};
+use crate::format::gguf::{GgufWriter, MetaValue, TensorSpec, WriterOptions};
+use crate::format::st::SafetensorsWriter;
+use crate::model::rows::{EncodedRows, RowSource};
+use crate::model::{self, decode_finite, for_each_chunk, list, Model, TensorPair};
 use crate::quant::{codec, GgmlType};
-use crate::source::{self, decode_finite, for_each_chunk, list, Model, TensorPair};
-use crate::st::SafetensorsWriter;
 use crate::{Error, Result};
 
 /// What `--dtype` asks for.
@@ -139,11 +140,11 @@ pub struct Extracted {
 /// different shapes.
 pub fn pair_checked(
     instruct: &Model,
-    it: &[source::ModelTensor<'_>],
+    it: &[model::ModelTensor<'_>],
     base: &Model,
-    bt: &[source::ModelTensor<'_>],
-) -> Result<source::Pairing> {
-    let p = source::pair_models(instruct, it, base, bt);
+    bt: &[model::ModelTensor<'_>],
+) -> Result<model::Pairing> {
+    let p = model::pair_models(instruct, it, base, bt);
     let mut problems = Vec::new();
     if !p.only_a.is_empty() {
         problems.push(format!(
@@ -267,7 +268,7 @@ pub fn extract(
                 })
                 .collect();
             let mut writer = SafetensorsWriter::create(out, &specs, metadata)?;
-            let pb = crate::progress::bytes(writer.remaining(), progress);
+            let pb = crate::engine::progress::bytes(writer.remaining(), progress);
             for (k, (p, rows)) in deltas.iter().enumerate() {
                 pb.set_message(format!("[{}/{}] {}", k + 1, deltas.len(), p.name));
                 let (mut overflow, mut largest, mut nonzero) = (0u64, 0f32, false);

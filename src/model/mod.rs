@@ -2,18 +2,24 @@
 //! the pairing of two models' tensors, for the commands that read two models
 //! (`extract`, `compare`).
 
+pub mod bnb;
+pub mod mix;
+pub mod naming;
+pub mod rows;
+
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 
 use rayon::prelude::*;
 
-use crate::gguf::is_gguf;
-use crate::gguf::GgufFile;
-use crate::naming::{self, RowPermutation};
-use crate::pipeline::{EncodedRows, ReleasePages, RowSource};
+use crate::format::gguf::is_gguf;
+use crate::format::gguf::GgufFile;
+use crate::format::pages::ReleasePages;
+use crate::format::st::SafetensorsModel;
+use crate::model::rows::{EncodedRows, RowSource};
 use crate::quant::{codec, GgmlType};
-use crate::st::SafetensorsModel;
 use crate::{Error, Result};
+use naming::RowPermutation;
 
 /// A model read for its weights.
 pub enum Model {

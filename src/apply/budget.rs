@@ -20,7 +20,7 @@ use std::path::Path;
 use rayon::prelude::*;
 use serde_json::{json, Value};
 
-use crate::pipeline::RowSource;
+use crate::model::rows::RowSource;
 use crate::quant::stats::ErrorStats;
 use crate::quant::{codec, dequantize_row, quantize_row, GgmlType};
 use crate::{Error, Result};

@@ -26,8 +26,8 @@ use std::path::{Path, PathBuf};
 use rayon::prelude::*;
 use serde_json::{json, Value};
 
-use crate::gguf::{GgufFile, GgufWriter, MetaValue, TensorSpec, WriterOptions};
-use crate::pipeline::RowSource;
+use crate::format::gguf::{GgufFile, GgufWriter, MetaValue, TensorSpec, WriterOptions};
+use crate::model::rows::RowSource;
 use crate::quant::GgmlType;
 use crate::{Error, Result};
 
@@ -600,7 +600,7 @@ pub fn write(
         };
         for (suffix, ne) in [("lora_a", a_ne), ("lora_b", b_ne)] {
             let tensor_name = format!("{}.{suffix}", t.name);
-            if tensor_name.len() >= crate::gguf::MAX_NAME {
+            if tensor_name.len() >= crate::format::gguf::MAX_NAME {
                 return Err(Error::tensor(
                     base.path(),
                     &t.name,
@@ -636,7 +636,7 @@ pub fn write(
         &specs,
         &WriterOptions::default(),
     )?;
-    let bar = crate::progress::tensors(plan.len(), progress, "adapter");
+    let bar = crate::engine::progress::tensors(plan.len(), progress, "adapter");
     let mut outcomes = Vec::with_capacity(plan.len());
     let s2 = (scale as f64) * (scale as f64);
     for (i, lay) in &plan {

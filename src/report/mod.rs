@@ -5,8 +5,8 @@ use std::fmt::Write as _;
 
 use serde_json::{json, Value};
 
-use crate::bnb_model::WeightOutcome;
-use crate::pipeline::Outcome;
+use crate::engine::pipeline::Outcome;
+use crate::model::bnb::WeightOutcome;
 use crate::quant::stats::ErrorStats;
 use crate::quant::SearchWins;
 

@@ -553,8 +553,8 @@ impl GgufFile {
     }
 }
 
-impl crate::pipeline::ReleasePages for GgufFile {
+impl crate::format::pages::ReleasePages for GgufFile {
     fn release(&self, bytes: &[u8]) {
-        crate::pages::release_within(self.parts.iter().map(|p| &p.map[..]), bytes);
+        crate::format::pages::release_within(self.parts.iter().map(|p| &p.map[..]), bytes);
     }
 }

@@ -48,3 +48,33 @@ pub fn release_within<'a>(maps: impl IntoIterator<Item = &'a [u8]>, bytes: &[u8]
         }
     }
 }
+
+/// A memory-mapped container that can drop consumed pages from the
+/// resident set (see [`crate::format::pages`]).
+pub trait ReleasePages: Sync {
+    /// Drop the whole pages inside `bytes` if they belong to this mapping.
+    fn release(&self, bytes: &[u8]);
+}
+
+/// Ask the kernel to read the pages under `bytes` ahead (a hint: errors
+/// are ignored).
+pub fn will_need(bytes: &[u8]) {
+    #[cfg(unix)]
+    {
+        // SAFETY: sysconf has no preconditions.
+        let page = unsafe { libc::sysconf(libc::_SC_PAGESIZE) };
+        let page = if page > 0 { page as usize } else { 4096 };
+        let start = bytes.as_ptr() as usize / page * page;
+        let end = bytes.as_ptr() as usize + bytes.len();
+        if end > start {
+            // SAFETY: the range starts at the page holding `bytes[0]`, which
+            // belongs to the same mapping as `bytes`; MADV_WILLNEED only
+            // schedules reads and never changes memory contents.
+            unsafe {
+                libc::madvise(start as *mut libc::c_void, end - start, libc::MADV_WILLNEED);
+            }
+        }
+    }
+    #[cfg(not(unix))]
+    let _ = bytes;
+}

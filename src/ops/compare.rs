@@ -4,9 +4,9 @@ use std::fmt::Write as _;
 
 use serde_json::{json, Value};
 
+use crate::model::{decode_finite, map_chunks, pair_models, Model, Pairing};
 use crate::quant::stats::ErrorStats;
 use crate::quant::GgmlType;
-use crate::source::{decode_finite, map_chunks, pair_models, Model, Pairing};
 use crate::{Error, Result};
 
 /// One compared tensor.
@@ -69,7 +69,7 @@ pub fn compare(a: &Model, b: &Model) -> Result<Comparison> {
                 Ok(s)
             },
             |s, e| {
-                use crate::pipeline::RowSource;
+                use crate::model::rows::RowSource;
                 ra.release_rows(s, e);
                 rb.release_rows(s, e);
             },
@@ -158,12 +158,7 @@ pub fn to_text(c: &Comparison, worst: usize) -> String {
         ("shape differs", &c.pairing.shape_differs),
     ] {
         if !names.is_empty() {
-            let _ = writeln!(
-                s,
-                "{what} ({}): {}",
-                names.len(),
-                crate::source::list(names)
-            );
+            let _ = writeln!(s, "{what} ({}): {}", names.len(), crate::model::list(names));
         }
     }
     let mut ranked: Vec<&TensorComparison> = c.tensors.iter().collect();

@@ -6,22 +6,22 @@ use std::path::Path;
 
 use rayon::prelude::*;
 
-use crate::gguf::GgufFile;
-use crate::naming::{self, RowPermutation};
-use crate::pipeline::ReleasePages;
+use crate::format::gguf::GgufFile;
+use crate::format::pages::ReleasePages;
+use crate::model::naming::{self, RowPermutation};
 use crate::quant::{scan_row, GgmlType};
 use crate::{Error, Result};
 
 /// A residual is a model of either container: GGUF (any decodable type,
 /// tensors named and laid out as in the base) or safetensors (Hugging Face
 /// or GGUF names).
-pub use crate::source::{Model as Residual, ModelTensor as ResidualTensor};
+pub use crate::model::{Model as Residual, ModelTensor as ResidualTensor};
 
 /// The residual's tensors. Safetensors residuals must be F16, BF16 or F32;
 /// another dtype is an error naming the tensor.
 pub fn residual_tensors(residual: &Residual) -> Result<Vec<ResidualTensor<'_>>> {
     if let Residual::Safetensors(s) = residual {
-        let float = |t: &crate::st::StTensor| {
+        let float = |t: &crate::format::st::StTensor| {
             matches!(
                 t.ggml_type(),
                 Some(GgmlType::F16 | GgmlType::BF16 | GgmlType::F32)

@@ -1,0 +1,8 @@
+//! The one engine every command writes through: row chunks claimed by
+//! worker threads, decoded, summed, encoded and written in order
+//! ([`pipeline`]); the output tasks a model's tensors become ([`tasks`]);
+//! progress bars.
+
+pub mod pipeline;
+pub mod progress;
+pub mod tasks;

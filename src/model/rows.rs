@@ -1,0 +1,137 @@
+//! Rows of f32 decoded on demand from a tensor's stored bytes: the
+//! interface every model hands the engine ([`RowSource`]), and its form for
+//! ggml-layout bytes ([`EncodedRows`]: GGUF tensors and F16/BF16/F32
+//! safetensors, read in place from the memory map).
+
+use std::path::Path;
+
+use super::naming::RowPermutation;
+use crate::format::pages::{will_need, ReleasePages};
+use crate::quant::{dequantize_row, GgmlType, QuantError};
+use crate::{Error, Result};
+
+/// Where the f32 rows of one tensor come from. Implementations decode rows
+/// on demand so that no tensor is ever held whole in memory.
+pub trait RowSource: Sync {
+    /// Elements per row.
+    fn row_len(&self) -> usize;
+    /// Number of rows.
+    fn n_rows(&self) -> usize;
+    /// Decode rows `start..start + out.len() / row_len()` into `out`.
+    fn decode(&self, start: usize, out: &mut [f32]) -> Result<()>;
+    /// Rows `start..end` are consumed: their storage may be released.
+    fn release_rows(&self, _start: usize, _end: usize) {}
+    /// Rows `start..end` will be decoded soon: their storage may be read
+    /// ahead.
+    fn prefetch_rows(&self, _start: usize, _end: usize) {}
+    /// The stored encoding and all bytes of the rows, in output row order,
+    /// when they are held that way: what `--strategy search` compares
+    /// against.
+    fn encoded(&self) -> Option<(GgmlType, &[u8])> {
+        None
+    }
+}
+
+/// Rows of a tensor stored in any ggml-layout encoding (a GGUF tensor, or a
+/// safetensors F16/BF16/F32 tensor, whose bytes have the same layout).
+#[derive(Clone)]
+pub struct EncodedRows<'a> {
+    /// The file the bytes come from, for error messages.
+    pub path: &'a Path,
+    /// The tensor's name in that file.
+    pub name: &'a str,
+    /// All bytes of the tensor.
+    pub data: &'a [u8],
+    /// Encoding of `data`.
+    pub ty: GgmlType,
+    /// Elements per row.
+    pub row_len: usize,
+    /// Number of rows.
+    pub n_rows: usize,
+    /// Which stored row lands in each output row.
+    pub permutation: RowPermutation,
+    /// The mapping behind `data`, to hand consumed pages back to the kernel.
+    pub pages: Option<&'a dyn ReleasePages>,
+}
+
+impl EncodedRows<'_> {
+    fn row_bytes(&self) -> usize {
+        self.ty
+            .row_size(self.row_len)
+            .expect("validated row length")
+    }
+}
+
+impl RowSource for EncodedRows<'_> {
+    fn row_len(&self) -> usize {
+        self.row_len
+    }
+
+    fn n_rows(&self) -> usize {
+        self.n_rows
+    }
+
+    /// Hand rows `start..end` back to the kernel once consumed (all rows at
+    /// once when the rows are read out of order).
+    fn release_rows(&self, start: usize, end: usize) {
+        let Some(pages) = self.pages else { return };
+        let rb = self.row_bytes();
+        if matches!(self.permutation, RowPermutation::Identity) {
+            pages.release(&self.data[start * rb..end * rb]);
+        } else if end == self.n_rows {
+            pages.release(self.data);
+        }
+    }
+
+    /// `MADV_WILLNEED` on the rows' bytes of a mapped file (identity order
+    /// only), so the kernel reads the next window while this one encodes.
+    fn prefetch_rows(&self, start: usize, end: usize) {
+        if self.pages.is_none() || !matches!(self.permutation, RowPermutation::Identity) {
+            return;
+        }
+        let rb = self.row_bytes();
+        let Some(bytes) = self.data.get(start * rb..end * rb) else {
+            return;
+        };
+        will_need(bytes);
+    }
+
+    fn encoded(&self) -> Option<(GgmlType, &[u8])> {
+        matches!(self.permutation, RowPermutation::Identity).then_some((self.ty, self.data))
+    }
+
+    fn decode(&self, start: usize, out: &mut [f32]) -> Result<()> {
+        let rb = self.row_bytes();
+        let n = out.len() / self.row_len;
+        let err = |row: usize, e: QuantError| Error::quant(self.path, self.name, row, e);
+        let identity = matches!(self.permutation, RowPermutation::Identity);
+        if identity {
+            let bytes = &self.data[start * rb..(start + n) * rb];
+            dequantize_row(self.ty, bytes, out).map_err(|e| err(start, e))?;
+        } else {
+            for (i, dst) in out.chunks_exact_mut(self.row_len).enumerate() {
+                let src = self.permutation.source_row(self.n_rows, start + i);
+                dequantize_row(self.ty, &self.data[src * rb..(src + 1) * rb], dst)
+                    .map_err(|e| err(src, e))?;
+            }
+        }
+        // Name the input holding NaN/Inf, not the output that cannot take it.
+        if let Some((i, v)) = qresidual_quant::find_non_finite(out) {
+            let row = start + i / self.row_len;
+            let row = if identity {
+                row
+            } else {
+                self.permutation.source_row(self.n_rows, row)
+            };
+            return Err(Error::tensor(
+                self.path,
+                self.name,
+                format!(
+                    "row {row}, column {}: holds {v}, which cannot be requantized",
+                    i % self.row_len
+                ),
+            ));
+        }
+        Ok(())
+    }
+}

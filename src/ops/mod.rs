@@ -1,0 +1,6 @@
+//! The other operations on models: `extract` (instruct − base) and
+//! `compare` (two models, tensor by tensor). They return data; the CLI
+//! prints it.
+
+pub mod compare;
+pub mod extract;
