@@ -34,6 +34,7 @@
 //! weights undone first ([`crate::model::gguf_value_shift`]).
 
 use std::collections::{BTreeMap, HashMap};
+use std::path::Path;
 use std::sync::Mutex;
 
 use serde::{Deserialize, Serialize};
@@ -41,7 +42,7 @@ use serde::{Deserialize, Serialize};
 use crate::apply::matching::{Pairing, Residual, ResidualTensor};
 use crate::format::gguf::GgufFile;
 use crate::model::naming::RowPermutation;
-use crate::model::rows::RowSource;
+use crate::model::rows::{EncodedRows, RowSource};
 use crate::model::{decode_finite, map_chunks, Model};
 use crate::quant::{dequantize_row, quantize_row, GgmlType};
 use crate::{Error, Result};
@@ -179,7 +180,8 @@ impl Partial {
 /// Fingerprint one tensor whose rows, in the fingerprint's order, come from
 /// `rows` with row `g` of `rows` being fingerprint row `fp_row(g)`.
 fn print_rows(
-    rows: &crate::model::rows::EncodedRows<'_>,
+    rows: &dyn RowSource,
+    origin: (&Path, &str),
     shift: f32,
     fp_row: impl Fn(usize) -> usize + Sync,
     shape: &[u64],
@@ -191,7 +193,7 @@ fn print_rows(
         rows.n_rows(),
         row_len,
         |first, n| {
-            let v = decode_finite(rows, shift, first, n)?;
+            let v = decode_finite(rows, origin, shift, first, n)?;
             let mut p = Partial::new(buckets);
             for (i, row) in v.chunks_exact(row_len.max(1)).enumerate() {
                 p.add_row(fp_row(first + i), row, n_elements);
@@ -208,13 +210,16 @@ fn print_rows(
 }
 
 /// The fingerprint of a base tensor read through `rows` (already in the
-/// residual's row order), `shift` added to its values.
+/// residual's row order), `shift` added to its values; `ty` is the type
+/// whose rounding error sizes the tolerance later.
 pub fn fingerprint_tensor(
-    rows: &crate::model::rows::EncodedRows<'_>,
+    rows: &dyn RowSource,
+    origin: (&Path, &str),
+    ty: GgmlType,
     shift: f32,
     shape: &[u64],
 ) -> Result<TensorPrint> {
-    Ok(print_rows(rows, shift, |g| g, shape)?.finish(shape.to_vec(), rows.ty))
+    Ok(print_rows(rows, origin, shift, |g| g, shape)?.finish(shape.to_vec(), ty))
 }
 
 fn decode_sketch(hex: &str) -> Option<Vec<f64>> {
@@ -329,7 +334,7 @@ impl TensorVerdict {
 pub fn compare_tensor(
     name: &str,
     fp: &TensorPrint,
-    rows: &crate::model::rows::EncodedRows<'_>,
+    rows: &EncodedRows<'_>,
     shift: f32,
     fp_row: impl Fn(usize) -> usize + Sync,
 ) -> Result<TensorVerdict> {
@@ -338,7 +343,7 @@ pub fn compare_tensor(
     if sketch.len() != n_buckets(fp.shape.iter().product()) {
         return Err(bad("sketch length does not fit the shape"));
     }
-    let p = print_rows(rows, shift, fp_row, &fp.shape)?;
+    let p = print_rows(rows, (rows.path, rows.name), shift, fp_row, &fp.shape)?;
     let cand = p.finish(fp.shape.clone(), rows.ty);
     let (mut d2, mut s2) = (0f64, 0f64);
     for (a, b) in p.sketch.iter().zip(&sketch) {
@@ -376,6 +381,7 @@ pub fn residual_fingerprint(residual: &Residual) -> Result<Option<Fingerprint>> 
             .get(FINGERPRINT_KEY)
             .and_then(|v| v.as_str())
             .map(str::to_string),
+        Residual::Bitsandbytes(_) => None,
     };
     let Some(text) = text else { return Ok(None) };
     let fp: Fingerprint = serde_json::from_str(&text).map_err(|e| {
@@ -536,14 +542,16 @@ pub fn fingerprint_model(
     entries: &[(String, usize, RowPermutation, f32)],
     progress: bool,
 ) -> Result<Fingerprint> {
-    let tensors = model.tensors()?;
+    let tensors = model.weights()?;
     let mut out = BTreeMap::new();
     let pb = crate::engine::progress::tensors(entries.len(), progress, "fingerprinting the base");
     for (name, i, perm, shift) in entries {
         pb.inc(1);
         let t = &tensors[*i];
-        let rows = model.rows(t, *perm);
-        out.insert(name.clone(), fingerprint_tensor(&rows, *shift, &t.shape)?);
+        let rows = model.weight_rows(t, *perm)?;
+        let origin = (model.path(), t.name);
+        let print = fingerprint_tensor(rows.as_ref(), origin, t.error_type, *shift, &t.shape)?;
+        out.insert(name.clone(), print);
     }
     pb.finish_and_clear();
     Ok(Fingerprint {

@@ -201,16 +201,16 @@ pub fn run(a: &ApplyArgs) -> Result<()> {
     let residual = Residual::open(&a.residual)?;
     let mut inputs = base.paths();
     inputs.extend(residual.paths());
-    super::check_output(&a.output, &inputs)?;
+    crate::format::output::check_output(&a.output, &inputs)?;
     if a.split_max_size.is_some() {
-        super::check_split_output(&a.output, &inputs)?;
+        crate::format::output::check_split_output(&a.output, &inputs)?;
     }
     if let Some(r) = &a.report {
-        super::check_report(r, &a.output, &inputs)?;
+        crate::format::output::check_report(r, &a.output, &inputs)?;
     }
 
     let rtensors = residual_tensors(&residual)?;
-    super::require_tensors(&base)?;
+    tasks::require_tensors(&base)?;
     if rtensors.is_empty() {
         return Err(Error::format(
             residual.path(),

@@ -113,10 +113,10 @@ pub fn run_dequantize(a: &DequantizeArgs) -> Result<()> {
         }
     };
     let model = GgufFile::open(&a.input)?;
-    super::require_tensors(&model)?;
-    super::check_output(&a.output, &model.paths())?;
+    tasks::require_tensors(&model)?;
+    crate::format::output::check_output(&a.output, &model.paths())?;
     if a.split_max_size.is_some() {
-        super::check_split_output(&a.output, &model.paths())?;
+        crate::format::output::check_split_output(&a.output, &model.paths())?;
     }
     let types: Vec<GgmlType> = model
         .tensors()
@@ -151,13 +151,13 @@ pub fn run_quantize(a: &QuantizeArgs) -> Result<()> {
     super::set_threads(a.threads)?;
     let target = tasks::parse_target(&a.ty)?;
     let model = GgufFile::open(&a.input)?;
-    super::require_tensors(&model)?;
-    super::check_output(&a.output, &model.paths())?;
+    tasks::require_tensors(&model)?;
+    crate::format::output::check_output(&a.output, &model.paths())?;
     if a.split_max_size.is_some() {
-        super::check_split_output(&a.output, &model.paths())?;
+        crate::format::output::check_split_output(&a.output, &model.paths())?;
     }
     if let Some(r) = &a.report {
-        super::check_report(r, &a.output, &model.paths())?;
+        crate::format::output::check_report(r, &a.output, &model.paths())?;
     }
     if a.imatrix.is_some() {
         tasks::check_imatrix_target(&target)?;

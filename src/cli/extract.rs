@@ -79,7 +79,7 @@ pub fn run(a: &ExtractArgs) -> Result<()> {
     let base = Model::open(&a.base)?;
     let mut inputs = instruct.paths();
     inputs.extend(base.paths());
-    super::check_output(&a.output, &inputs)?;
+    crate::format::output::check_output(&a.output, &inputs)?;
 
     let done = extract::extract(&instruct, &base, &a.output, format, !a.quiet)?;
     for (name, n, largest) in &done.overflows {

@@ -3,6 +3,7 @@
 //! ([`pipeline`]); the output tasks a model's tensors become ([`tasks`]);
 //! progress bars.
 
+pub mod log;
 pub mod pipeline;
 pub mod progress;
 pub mod tasks;

@@ -353,3 +353,12 @@ pub fn output_types(model: &GgufFile, target: &Target) -> Result<Vec<GgmlType>> 
 pub fn file_type(_model: &GgufFile, target: &Target) -> Option<u32> {
     mix::file_type(target)
 }
+
+/// Refuse a model without tensors: there is nothing to convert, and an
+/// empty output would look like a success.
+pub fn require_tensors(model: &GgufFile) -> Result<()> {
+    if model.tensors().is_empty() {
+        return Err(Error::format(model.path(), "the model holds no tensors"));
+    }
+    Ok(())
+}

@@ -6,5 +6,6 @@
 
 pub mod gguf;
 pub mod imatrix;
+pub mod output;
 pub mod pages;
 pub mod st;

@@ -172,7 +172,8 @@ pub fn torch_name(d: Dtype) -> &'static str {
     }
 }
 
-fn float_ggml(d: Dtype) -> Option<GgmlType> {
+/// The ggml type with the same layout as a float dtype (F16, BF16, F32).
+pub fn float_ggml(d: Dtype) -> Option<GgmlType> {
     match d {
         Dtype::F16 => Some(GgmlType::F16),
         Dtype::BF16 => Some(GgmlType::BF16),

@@ -16,17 +16,21 @@ use crate::format::gguf::is_gguf;
 use crate::format::gguf::GgufFile;
 use crate::format::pages::ReleasePages;
 use crate::format::st::SafetensorsModel;
-use crate::model::rows::{EncodedRows, RowSource};
+use crate::model::rows::{EncodedRows, PermutedRows, RowSource};
 use crate::quant::{codec, GgmlType};
 use crate::{Error, Result};
+use bnb::BnbModel;
 use naming::RowPermutation;
 
-/// A model read for its weights.
+/// A model read for its weights, whatever its format: the one type every
+/// command opens its inputs as ([`Model::open`] detects the format).
 pub enum Model {
     /// A GGUF file (or split set), any type the codecs decode.
     Gguf(GgufFile),
     /// A Hugging Face safetensors checkpoint (file, folder or shards) in F16/BF16/F32.
     Safetensors(SafetensorsModel),
+    /// A Hugging Face folder quantized by bitsandbytes (NF4/FP4/LLM.int8).
+    Bitsandbytes(BnbModel),
 }
 
 impl ReleasePages for Model {
@@ -34,11 +38,13 @@ impl ReleasePages for Model {
         match self {
             Model::Gguf(g) => g.release(bytes),
             Model::Safetensors(s) => s.release(bytes),
+            Model::Bitsandbytes(b) => b.safetensors().release(bytes),
         }
     }
 }
 
-/// One tensor of a [`Model`], as ggml-layout bytes.
+/// One tensor of a [`Model`] stored as ggml-layout bytes (GGUF tensors,
+/// F16/BF16/F32 safetensors): what a residual is made of.
 pub struct ModelTensor<'a> {
     /// Name in the model.
     pub name: &'a str,
@@ -68,11 +74,86 @@ impl ModelTensor<'_> {
     }
 }
 
-/// Hook for bitsandbytes checkpoints (NF4/FP4/int8 weights stored as U8/I8
-/// with `absmax`/`quant_map`/`SCB` companions): the name of a tensor that
-/// shows the checkpoint is one, so that callers refuse it clearly. Reading
-/// such checkpoints belongs in a `Model::Bitsandbytes` variant whose tensors
-/// decode through `qresidual_quant::bnb`; it is being built separately.
+/// One weight of a [`Model`] in any encoding: what `extract`, `compare` and
+/// the base fingerprint read, through [`Model::weight_rows`].
+#[derive(Debug, Clone)]
+pub struct Weight<'a> {
+    /// Name in the model.
+    pub name: &'a str,
+    /// Row-major shape, outermost first.
+    pub shape: Vec<u64>,
+    /// The encoding's name for reports (`q4_K`, `F16`, `nf4`, `int8`…).
+    pub type_name: String,
+    /// The ggml type whose rounding error is nearest to the encoding's:
+    /// the type itself for ggml-layout tensors; Q4_0 for bitsandbytes 4-bit
+    /// (4-bit codes, one scale per 64 weights), Q8_0 for LLM.int8. Sizes the
+    /// base guard's tolerance.
+    pub error_type: GgmlType,
+    index: usize,
+}
+
+impl Weight<'_> {
+    /// Elements per row (innermost dimension).
+    pub fn row_len(&self) -> usize {
+        self.shape.last().copied().unwrap_or(1) as usize
+    }
+
+    /// Number of rows.
+    pub fn n_rows(&self) -> usize {
+        let n: u64 = self.shape.iter().product();
+        (n / self.shape.last().copied().unwrap_or(1).max(1)) as usize
+    }
+
+    /// Number of elements.
+    pub fn n_elements(&self) -> u64 {
+        self.shape.iter().product()
+    }
+}
+
+/// The one place formats are told apart: what a path holds.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Format {
+    /// A GGUF file (by its magic bytes).
+    Gguf,
+    /// A folder whose config.json declares bitsandbytes quantization.
+    Bitsandbytes,
+    /// A .safetensors file, an index, or a folder holding either.
+    Safetensors,
+}
+
+impl Format {
+    /// Detect the format of `path`, or say what was looked for.
+    pub fn detect(path: &Path) -> Result<Format> {
+        if is_gguf(path) {
+            return Ok(Format::Gguf);
+        }
+        if bnb::is_bnb_dir(path) {
+            return Ok(Format::Bitsandbytes);
+        }
+        if SafetensorsModel::is_safetensors(path) {
+            return Ok(Format::Safetensors);
+        }
+        let what = if !path.exists() {
+            return Err(Error::io(
+                path,
+                std::io::Error::from(std::io::ErrorKind::NotFound),
+            ));
+        } else if path.is_dir() {
+            "a folder without model.safetensors, model.safetensors.index.json or a bitsandbytes config.json"
+        } else {
+            "neither a GGUF file (no GGUF magic) nor a .safetensors file"
+        };
+        Err(Error::format(
+            path,
+            format!("not a model qresidual can read: {what} (it reads GGUF files, safetensors files or folders, and bitsandbytes folders)"),
+        ))
+    }
+}
+
+/// The name of a tensor that shows a bare safetensors file is a
+/// bitsandbytes checkpoint (NF4/FP4/int8 weights stored as U8/I8 with
+/// `absmax`/`quant_map`/`SCB` companions), read without its folder's
+/// config.json.
 pub fn bitsandbytes_marker(model: &SafetensorsModel) -> Option<&str> {
     model.tensors().iter().map(|t| t.name.as_str()).find(|n| {
         n.ends_with(".absmax")
@@ -83,19 +164,31 @@ pub fn bitsandbytes_marker(model: &SafetensorsModel) -> Option<&str> {
 }
 
 impl Model {
-    /// Open a GGUF file (by content) or a safetensors checkpoint.
+    /// Open a GGUF file, a safetensors checkpoint or a bitsandbytes folder.
     pub fn open(path: &Path) -> Result<Self> {
-        if is_gguf(path) {
-            return Ok(Model::Gguf(GgufFile::open(path)?));
+        match Format::detect(path)? {
+            Format::Gguf => Ok(Model::Gguf(GgufFile::open(path)?)),
+            Format::Bitsandbytes => Ok(Model::Bitsandbytes(BnbModel::open(path)?)),
+            Format::Safetensors => {
+                let st = SafetensorsModel::open(path)?;
+                if let Some(marker) = bitsandbytes_marker(&st) {
+                    return Err(Error::Usage(format!(
+                        "{}: bitsandbytes tensors ({marker}) without their folder's config.json; open the model folder instead",
+                        path.display()
+                    )));
+                }
+                Ok(Model::Safetensors(st))
+            }
         }
-        let st = SafetensorsModel::open(path)?;
-        if let Some(marker) = bitsandbytes_marker(&st) {
-            return Err(Error::Usage(format!(
-                "{}: a bitsandbytes checkpoint ({marker}); residuals and the inputs of extract and compare are GGUF or F16/BF16/F32 safetensors",
-                path.display()
-            )));
+    }
+
+    /// The format of the model.
+    pub fn format(&self) -> Format {
+        match self {
+            Model::Gguf(_) => Format::Gguf,
+            Model::Safetensors(_) => Format::Safetensors,
+            Model::Bitsandbytes(_) => Format::Bitsandbytes,
         }
-        Ok(Model::Safetensors(st))
     }
 
     /// The path given by the user.
@@ -103,6 +196,7 @@ impl Model {
         match self {
             Model::Gguf(g) => g.path(),
             Model::Safetensors(s) => s.path(),
+            Model::Bitsandbytes(b) => b.path(),
         }
     }
 
@@ -111,6 +205,7 @@ impl Model {
         match self {
             Model::Gguf(g) => g.paths(),
             Model::Safetensors(s) => s.shard_paths().to_vec(),
+            Model::Bitsandbytes(b) => b.paths(),
         }
     }
 
@@ -118,11 +213,12 @@ impl Model {
     pub fn gguf(&self) -> Option<&GgufFile> {
         match self {
             Model::Gguf(g) => Some(g),
-            Model::Safetensors(_) => None,
+            _ => None,
         }
     }
 
-    /// All tensors; one whose encoding cannot be decoded is an error naming it.
+    /// All tensors as ggml-layout bytes (what a residual must be); one whose
+    /// encoding cannot be decoded is an error naming it.
     pub fn tensors(&self) -> Result<Vec<ModelTensor<'_>>> {
         let readable = |path: &Path, name: &str, ty: Option<GgmlType>, what: String| {
             ty.filter(|&t| codec(t).is_some() && !t.is_integer())
@@ -159,6 +255,10 @@ impl Model {
                     })
                 })
                 .collect(),
+            Model::Bitsandbytes(b) => Err(Error::Usage(format!(
+                "{}: a bitsandbytes folder cannot be a residual (residuals are F16/BF16/F32 safetensors or GGUF)",
+                b.path().display()
+            ))),
         }
     }
 
@@ -174,6 +274,76 @@ impl Model {
             permutation,
             pages: Some(self),
         }
+    }
+
+    /// Every weight that holds numbers, in any encoding; one that cannot be
+    /// decoded is an error naming it.
+    pub fn weights(&self) -> Result<Vec<Weight<'_>>> {
+        let Model::Bitsandbytes(b) = self else {
+            return Ok(self
+                .tensors()?
+                .into_iter()
+                .enumerate()
+                .map(|(index, t)| Weight {
+                    name: t.name,
+                    shape: t.shape,
+                    type_name: t.ty.name().to_string(),
+                    error_type: t.ty,
+                    index,
+                })
+                .collect());
+        };
+        let mut out = Vec::new();
+        for (index, w) in b.weights().iter().enumerate() {
+            let error_type = match &w.storage {
+                bnb::Storage::Plain(d) => match bnb::float_ggml(*d) {
+                    Some(t) => t,
+                    // Integer buffers hold no weights.
+                    None => continue,
+                },
+                bnb::Storage::FourBit { .. } => GgmlType::Q4_0,
+                bnb::Storage::Int8 => GgmlType::Q8_0,
+            };
+            out.push(Weight {
+                name: &w.name,
+                shape: w.shape.iter().map(|&d| d as u64).collect(),
+                type_name: w.storage.label(),
+                error_type,
+                index,
+            });
+        }
+        Ok(out)
+    }
+
+    /// The f32 rows of weight `w`, reordered by `permutation`.
+    pub fn weight_rows<'a>(
+        &'a self,
+        w: &Weight<'a>,
+        permutation: RowPermutation,
+    ) -> Result<Box<dyn RowSource + 'a>> {
+        if let Model::Bitsandbytes(b) = self {
+            let rows = b.rows(w.index).ok_or_else(|| {
+                Error::tensor(b.path(), w.name, "holds no weights that can be decoded")
+            })?;
+            return Ok(match permutation {
+                RowPermutation::Identity => rows,
+                p => Box::new(PermutedRows {
+                    rows,
+                    permutation: p,
+                }),
+            });
+        }
+        let t = ModelTensor {
+            name: w.name,
+            ty: w.error_type,
+            shape: w.shape.clone(),
+            data: match self {
+                Model::Gguf(g) => g.tensor_data(w.index),
+                Model::Safetensors(s) => s.data(&s.tensors()[w.index]),
+                Model::Bitsandbytes(_) => unreachable!("handled above"),
+            },
+        };
+        Ok(Box::new(self.rows(&t, permutation)))
     }
 }
 
@@ -263,16 +433,13 @@ impl<'g> GgufView<'g> {
 /// Pair the tensors of `a` and `b`: by name when both have the same format,
 /// through [`naming`] (with llama's q/k row order) when one is GGUF and the
 /// other a Hugging Face checkpoint.
-pub fn pair_models(
-    a: &Model,
-    at: &[ModelTensor<'_>],
-    b: &Model,
-    bt: &[ModelTensor<'_>],
-) -> Pairing {
+pub fn pair_models(a: &Model, at: &[Weight<'_>], b: &Model, bt: &[Weight<'_>]) -> Pairing {
     // (pair name, permutation into the pair's layout) per tensor of each side.
-    let keyed = |model: &Model, other: &Model, ts: &[ModelTensor<'_>]| {
+    let keyed = |model: &Model, other: &Model, ts: &[Weight<'_>]| {
         let view = match (model, other) {
-            (Model::Safetensors(_), Model::Gguf(g)) => Some(GgufView::new(g)),
+            (Model::Safetensors(_) | Model::Bitsandbytes(_), Model::Gguf(g)) => {
+                Some(GgufView::new(g))
+            }
             _ => None,
         };
         ts.iter()
@@ -408,7 +575,8 @@ pub fn map_chunks<T: Send>(
 /// (see [`gguf_value_shift`]), and refuse NaN and infinity (naming the row
 /// and column).
 pub fn decode_finite(
-    rows: &EncodedRows<'_>,
+    rows: &dyn RowSource,
+    origin: (&Path, &str),
     shift: f32,
     first: usize,
     n: usize,
@@ -421,8 +589,8 @@ pub fn decode_finite(
     }
     if let Some(i) = out.iter().position(|v| !v.is_finite()) {
         return Err(Error::tensor(
-            rows.path,
-            rows.name,
+            origin.0,
+            origin.1,
             format!(
                 "holds {} (row {}, column {})",
                 out[i],

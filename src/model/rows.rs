@@ -135,3 +135,37 @@ impl RowSource for EncodedRows<'_> {
         Ok(())
     }
 }
+
+/// Rows of another source in a different order (a bitsandbytes weight put
+/// into a GGUF model's q/k row order): decoded one row at a time.
+pub struct PermutedRows<'a> {
+    /// The rows in their stored order.
+    pub rows: Box<dyn RowSource + 'a>,
+    /// Which stored row lands in each output row.
+    pub permutation: RowPermutation,
+}
+
+impl RowSource for PermutedRows<'_> {
+    fn row_len(&self) -> usize {
+        self.rows.row_len()
+    }
+
+    fn n_rows(&self) -> usize {
+        self.rows.n_rows()
+    }
+
+    fn decode(&self, start: usize, out: &mut [f32]) -> Result<()> {
+        let (n_rows, row_len) = (self.n_rows(), self.row_len());
+        for (i, dst) in out.chunks_exact_mut(row_len).enumerate() {
+            let src = self.permutation.source_row(n_rows, start + i);
+            self.rows.decode(src, dst)?;
+        }
+        Ok(())
+    }
+
+    fn release_rows(&self, _start: usize, end: usize) {
+        if end == self.n_rows() {
+            self.rows.release_rows(0, end);
+        }
+    }
+}

@@ -6,7 +6,6 @@ use serde_json::{json, Value};
 
 use crate::model::{decode_finite, map_chunks, pair_models, Model, Pairing};
 use crate::quant::stats::ErrorStats;
-use crate::quant::GgmlType;
 use crate::{Error, Result};
 
 /// One compared tensor.
@@ -14,10 +13,10 @@ use crate::{Error, Result};
 pub struct TensorComparison {
     /// Name (the GGUF name when either model is GGUF).
     pub name: String,
-    /// Type in the first model.
-    pub type_a: GgmlType,
-    /// Type in the second model.
-    pub type_b: GgmlType,
+    /// Encoding in the first model (`q4_K`, `F16`, `nf4`…).
+    pub type_a: String,
+    /// Encoding in the second model.
+    pub type_b: String,
     /// B measured against A as the reference.
     pub stats: ErrorStats,
 }
@@ -44,8 +43,8 @@ impl Comparison {
 
 /// Compare `b` against `a` (the reference) on every tensor both hold.
 pub fn compare(a: &Model, b: &Model) -> Result<Comparison> {
-    let at = a.tensors()?;
-    let bt = b.tensors()?;
+    let at = a.weights()?;
+    let bt = b.weights()?;
     let pairing = pair_models(a, &at, b, &bt);
     if pairing.pairs.is_empty() {
         return Err(Error::Mismatch(format!(
@@ -56,20 +55,20 @@ pub fn compare(a: &Model, b: &Model) -> Result<Comparison> {
     }
     let mut tensors = Vec::with_capacity(pairing.pairs.len());
     for p in &pairing.pairs {
-        let ra = a.rows(&at[p.a], p.perm_a);
-        let rb = b.rows(&bt[p.b], p.perm_b);
+        let ra = a.weight_rows(&at[p.a], p.perm_a)?;
+        let rb = b.weight_rows(&bt[p.b], p.perm_b)?;
+        let (oa, ob) = ((a.path(), at[p.a].name), (b.path(), bt[p.b].name));
         let parts = map_chunks(
-            ra.n_rows,
-            ra.row_len,
+            ra.n_rows(),
+            ra.row_len(),
             |first, n| {
-                let x = decode_finite(&ra, p.shift_a, first, n)?;
-                let y = decode_finite(&rb, p.shift_b, first, n)?;
+                let x = decode_finite(ra.as_ref(), oa, p.shift_a, first, n)?;
+                let y = decode_finite(rb.as_ref(), ob, p.shift_b, first, n)?;
                 let mut s = ErrorStats::default();
                 s.accumulate(&x, &y);
                 Ok(s)
             },
             |s, e| {
-                use crate::model::rows::RowSource;
                 ra.release_rows(s, e);
                 rb.release_rows(s, e);
             },
@@ -80,8 +79,8 @@ pub fn compare(a: &Model, b: &Model) -> Result<Comparison> {
         }
         tensors.push(TensorComparison {
             name: p.name.clone(),
-            type_a: at[p.a].ty,
-            type_b: bt[p.b].ty,
+            type_a: at[p.a].type_name.clone(),
+            type_b: bt[p.b].type_name.clone(),
             stats,
         });
     }
@@ -125,8 +124,8 @@ pub fn to_json(a: &str, b: &str, c: &Comparison) -> Value {
         "tensors": c.tensors.iter().map(|t| {
             let mut v = stats_json(&t.stats);
             v["name"] = json!(t.name);
-            v["type_a"] = json!(t.type_a.name());
-            v["type_b"] = json!(t.type_b.name());
+            v["type_a"] = json!(t.type_a);
+            v["type_b"] = json!(t.type_b);
             v
         }).collect::<Vec<_>>(),
     })
@@ -179,8 +178,8 @@ pub fn to_text(c: &Comparison, worst: usize) -> String {
             s,
             "{:<40} {:>6} {:>6} {:>11.3e} {:>11.3e} {:>11.3e} {:>9.6} {:>9.2}",
             r.name,
-            r.type_a.name(),
-            r.type_b.name(),
+            r.type_a,
+            r.type_b,
             st.rmse(),
             st.max_abs(),
             st.relative_rmse(),

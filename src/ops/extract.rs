@@ -17,7 +17,7 @@ use crate::apply::guard::{self, FINGERPRINT_KEY, PROVENANCE_KEY};
 use crate::engine::pipeline::{self, Action, Outcome, Task};
 use crate::format::gguf::{GgufWriter, MetaValue, TensorSpec, WriterOptions};
 use crate::format::st::SafetensorsWriter;
-use crate::model::rows::{EncodedRows, RowSource};
+use crate::model::rows::RowSource;
 use crate::model::{self, decode_finite, for_each_chunk, list, Model, TensorPair};
 use crate::quant::{codec, GgmlType};
 use crate::{Error, Result};
@@ -64,25 +64,40 @@ impl ResidualFormat {
 
 /// The difference of two tensors' rows, both already in the output's layout.
 struct DeltaRows<'a> {
-    instruct: EncodedRows<'a>,
-    base: EncodedRows<'a>,
+    instruct: Box<dyn RowSource + 'a>,
+    base: Box<dyn RowSource + 'a>,
+    /// (file, tensor) of each side, for messages.
+    origin_instruct: (&'a Path, &'a str),
+    origin_base: (&'a Path, &'a str),
     shift_instruct: f32,
     shift_base: f32,
 }
 
 impl RowSource for DeltaRows<'_> {
     fn row_len(&self) -> usize {
-        self.instruct.row_len
+        self.instruct.row_len()
     }
 
     fn n_rows(&self) -> usize {
-        self.instruct.n_rows
+        self.instruct.n_rows()
     }
 
     fn decode(&self, start: usize, out: &mut [f32]) -> Result<()> {
         let n = out.len() / self.row_len().max(1);
-        let i = decode_finite(&self.instruct, self.shift_instruct, start, n)?;
-        let b = decode_finite(&self.base, self.shift_base, start, n)?;
+        let i = decode_finite(
+            self.instruct.as_ref(),
+            self.origin_instruct,
+            self.shift_instruct,
+            start,
+            n,
+        )?;
+        let b = decode_finite(
+            self.base.as_ref(),
+            self.origin_base,
+            self.shift_base,
+            start,
+            n,
+        )?;
         for ((o, x), y) in out.iter_mut().zip(&i).zip(&b) {
             *o = x - y;
         }
@@ -140,9 +155,9 @@ pub struct Extracted {
 /// different shapes.
 pub fn pair_checked(
     instruct: &Model,
-    it: &[model::ModelTensor<'_>],
+    it: &[model::Weight<'_>],
     base: &Model,
-    bt: &[model::ModelTensor<'_>],
+    bt: &[model::Weight<'_>],
 ) -> Result<model::Pairing> {
     let p = model::pair_models(instruct, it, base, bt);
     let mut problems = Vec::new();
@@ -205,8 +220,8 @@ pub fn extract(
     format: ResidualFormat,
     progress: bool,
 ) -> Result<Extracted> {
-    let it = instruct.tensors()?;
-    let bt = base.tensors()?;
+    let it = instruct.weights()?;
+    let bt = base.weights()?;
     let pairing = pair_checked(instruct, &it, base, &bt)?;
 
     let entries: Vec<_> = pairing
@@ -232,17 +247,19 @@ pub fn extract(
         .pairs
         .iter()
         .map(|p| {
-            (
+            Ok((
                 p,
                 DeltaRows {
-                    instruct: instruct.rows(&it[p.a], p.perm_a),
-                    base: base.rows(&bt[p.b], p.perm_b),
+                    instruct: instruct.weight_rows(&it[p.a], p.perm_a)?,
+                    base: base.weight_rows(&bt[p.b], p.perm_b)?,
+                    origin_instruct: (instruct.path(), it[p.a].name),
+                    origin_base: (base.path(), bt[p.b].name),
                     shift_instruct: p.shift_a,
                     shift_base: p.shift_b,
                 },
-            )
+            ))
         })
-        .collect();
+        .collect::<Result<_>>()?;
     let mut result = Extracted {
         tensors: deltas.len(),
         n_elements: pairing.pairs.iter().map(|p| it[p.a].n_elements()).sum(),
