@@ -40,9 +40,27 @@ pub fn gguf(data: &[u8]) {
     }
 }
 
-/// The safetensors header parser on a whole file image.
+/// The safetensors header parser on a whole file image, against the
+/// `safetensors` crate's: whatever the crate accepts, ours accepts with the
+/// same tensors, except a header naming one tensor twice, which we refuse.
 pub fn st_header(data: &[u8]) {
-    let Ok(tensors) = crate::format::st::parse_header_bytes(data) else {
+    let ours = crate::format::st::parse_header_bytes(data);
+    if let Ok((n, reference)) = safetensors::SafeTensors::read_metadata(data) {
+        match &ours {
+            Ok(tensors) => {
+                let infos = reference.tensors();
+                assert_eq!(tensors.len(), infos.len());
+                for t in tensors {
+                    let r = infos.get(&t.name).expect("same names");
+                    let start = 8 + n + r.data_offsets.0;
+                    assert_eq!((t.dtype, &t.shape[..]), (r.dtype, &r.shape[..]));
+                    assert_eq!((t.start, t.end), (start, 8 + n + r.data_offsets.1));
+                }
+            }
+            Err(e) => assert!(e.to_string().contains("appears twice"), "{e}"),
+        }
+    }
+    let Ok(tensors) = ours else {
         return;
     };
     for t in &tensors {

@@ -473,7 +473,7 @@ fn tied_case(dir: &Path) -> (PathBuf, PathBuf) {
                 .unwrap(),
         ),
     ];
-    safetensors::serialize_to_file(views, &None, &residual).unwrap();
+    safetensors::serialize_to_file(views, None, &residual).unwrap();
     (base, residual)
 }
 

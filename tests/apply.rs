@@ -283,7 +283,7 @@ fn write_residual(path: &Path, tensors: &[(&str, Vec<usize>, Vec<f32>)]) {
             )
         })
         .collect();
-    safetensors::serialize_to_file(views, &None, path).unwrap();
+    safetensors::serialize_to_file(views, None, path).unwrap();
 }
 
 #[test]

@@ -101,7 +101,7 @@ fn residual_subset(dir: &Path, prefix: &str) -> PathBuf {
         .collect();
     assert!(!keep.is_empty() && keep.len() < st.len());
     let path = dir.join("subset.safetensors");
-    safetensors::tensor::serialize_to_file(keep, &None, &path).unwrap();
+    safetensors::tensor::serialize_to_file(keep, None, &path).unwrap();
     path
 }
 

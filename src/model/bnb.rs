@@ -1127,7 +1127,7 @@ fn write_weight(
                 |r0, n| {
                     let s = sum_rows(base.as_ref(), residual, job.scale, r0, n)?;
                     let t = s.target(d, out_path, &w.name, r0, row_len)?;
-                    let mut bytes = vec![0u8; t.len() * d.size()];
+                    let mut bytes = vec![0u8; t.len() * d.bitsize() / 8];
                     quantize_row(ty, &t, &mut bytes)
                         .map_err(|e| Error::quant(out_path, &w.name, r0, e))?;
                     // The rounded values are exactly what the bytes hold.
@@ -1448,7 +1448,7 @@ pub fn write_model(
             let t = out_tensors(model, w, &job.out, is_copy(w, job), *off);
             let bytes: u64 = t
                 .iter()
-                .map(|(_, d, s)| (d.size() * s.iter().product::<usize>()) as u64)
+                .map(|(_, d, s)| (d.bitsize() / 8 * s.iter().product::<usize>()) as u64)
                 .sum();
             for (name, _, _) in &t {
                 weight_map.insert(name.clone(), shard_name.clone());

@@ -387,7 +387,7 @@ struct FloatChunk {
 /// type's range are saturated to its largest finite value and counted.
 fn encode_float(d: &[f32], dtype: Dtype) -> FloatChunk {
     let mut c = FloatChunk {
-        bytes: Vec::with_capacity(d.len() * dtype.size()),
+        bytes: Vec::with_capacity(d.len() * dtype.bitsize() / 8),
         overflow: 0,
         largest: 0.0,
         nonzero: d.iter().any(|&v| v != 0.0),
