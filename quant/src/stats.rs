@@ -92,7 +92,7 @@ unsafe fn lanes_avx2<const RES: bool>(acc: &mut Lanes, r: &[f32], o: &[f32], b: 
 
 fn lanes_dispatch<const RES: bool>(acc: &mut Lanes, r: &[f32], o: &[f32], b: &[f32], d: &[f32]) {
     #[cfg(target_arch = "x86_64")]
-    if crate::ggml::isa::avx2() {
+    if crate::ggml::cpu::Isa::Avx2.is_available() {
         // SAFETY: AVX2 was detected.
         unsafe { lanes_avx2::<RES>(acc, r, o, b, d) };
         return;

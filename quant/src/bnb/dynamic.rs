@@ -1,7 +1,7 @@
 //! The signed 8-bit dynamic map and blockwise 8-bit quantization, used by
 //! bitsandbytes for double quantization ("nested" absmax) of 4-bit scales.
 
-use super::{check_finite, num_blocks, BnbError};
+use super::common::{check_finite, num_blocks, BnbError};
 
 /// Blocksize of the nested (second-level) quantization of 4-bit absmax.
 pub const NESTED_BLOCKSIZE: usize = 256;

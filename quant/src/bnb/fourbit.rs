@@ -1,6 +1,6 @@
 //! NF4 and FP4: 4-bit blockwise codes with one float32 absmax per block.
 
-use super::{check_finite, num_blocks, BnbError};
+use super::common::{check_finite, num_blocks, BnbError};
 
 /// The two 4-bit data types of bitsandbytes.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]

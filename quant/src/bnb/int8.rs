@@ -1,6 +1,6 @@
 //! LLM.int8 row-wise weights: one int8 per element, one f32 scale per row.
 
-use super::{check_finite, BnbError};
+use super::common::{check_finite, BnbError};
 
 /// `7.874015718698502e-3` (1/127) as the f32 torch multiplies by.
 pub const INT8_DEQUANT_FACTOR: f32 = 7.874015718698502e-3f64 as f32;

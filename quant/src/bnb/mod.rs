@@ -26,72 +26,15 @@
 //! - int8: `W` is I8 `[out, in]` = `CB`, the module's `SCB` is F32 `[out]`
 //!   and `W_format` a U8 scalar (0, row-major); see [`dequantize_int8_rows`].
 
+mod common;
 mod dynamic;
 mod fourbit;
 mod int8;
 
+pub use common::{num_blocks, BnbError};
 pub use dynamic::{
     dequantize_blockwise, dynamic_map, quantize_blockwise, torch_mean_f32, torch_mean_f32_threads,
     NestedAbsmax, NESTED_BLOCKSIZE,
 };
 pub use fourbit::{dequantize_4bit, quantize_4bit, FourBit, BLOCKSIZES_4BIT};
 pub use int8::{dequantize_int8_rows, quantize_int8_rows, INT8_DEQUANT_FACTOR};
-
-use std::fmt;
-
-/// What can go wrong in a bitsandbytes codec. Bad input never panics.
-#[derive(Debug, Clone, PartialEq)]
-pub enum BnbError {
-    /// The input holds NaN or ±Inf at this (flat) element index.
-    NonFinite {
-        /// Index of the first non-finite element.
-        index: usize,
-        /// The offending value.
-        value: f32,
-    },
-    /// A blocksize bitsandbytes does not accept for this codec.
-    BadBlocksize(usize),
-    /// Slice lengths disagree with the element count.
-    BadLength {
-        /// Which argument.
-        what: &'static str,
-        /// Length required.
-        expected: usize,
-        /// Length supplied.
-        got: usize,
-    },
-}
-
-impl fmt::Display for BnbError {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        match self {
-            BnbError::NonFinite { index, value } => {
-                write!(f, "non-finite value {value} at element {index}")
-            }
-            BnbError::BadBlocksize(b) => write!(f, "unsupported bitsandbytes blocksize {b}"),
-            BnbError::BadLength {
-                what,
-                expected,
-                got,
-            } => write!(f, "{what}: expected length {expected}, got {got}"),
-        }
-    }
-}
-
-impl std::error::Error for BnbError {}
-
-/// First non-finite element, as the error every quantizer returns.
-pub(crate) fn check_finite(x: &[f32]) -> Result<(), BnbError> {
-    match x.iter().position(|v| !v.is_finite()) {
-        Some(index) => Err(BnbError::NonFinite {
-            index,
-            value: x[index],
-        }),
-        None => Ok(()),
-    }
-}
-
-/// Number of blocks covering `n` elements (the last one may be partial).
-pub fn num_blocks(n: usize, blocksize: usize) -> usize {
-    n.div_ceil(blocksize)
-}

@@ -8,26 +8,6 @@
 //! `ggml_quantize_chunk` calls the `_ref` variant). Decoding is exact.
 
 use super::common::{bf16_to_f32, f16_to_f32, f32_to_bf16, f32_to_f16};
-use crate::{Codec, GgmlType};
-
-/// Codecs for F32, F16 and BF16.
-pub(crate) fn codec(ty: GgmlType) -> Option<Codec> {
-    match ty {
-        GgmlType::F32 => Some(Codec {
-            dequantize: dequantize_row_f32,
-            quantize: Some(quantize_row_f32),
-        }),
-        GgmlType::F16 => Some(Codec {
-            dequantize: dequantize_row_f16,
-            quantize: Some(quantize_row_f16),
-        }),
-        GgmlType::BF16 => Some(Codec {
-            dequantize: dequantize_row_bf16,
-            quantize: Some(quantize_row_bf16),
-        }),
-        _ => None,
-    }
-}
 
 /// F32 has no `to_float` in ggml: the bytes are the little-endian floats.
 pub fn dequantize_row_f32(src: &[u8], dst: &mut [f32]) {
@@ -69,4 +49,15 @@ pub fn quantize_row_bf16(src: &[f32], dst: &mut [u8]) {
     for (&x, b) in src.iter().zip(dst.chunks_exact_mut(2)) {
         b.copy_from_slice(&f32_to_bf16(x).to_le_bytes());
     }
+}
+
+/// [`quantize_row_bf16`] that first tells whether `src` holds a NaN or an
+/// infinity (then `true`, and nothing is written): the scalar variant of
+/// the AVX2 encoder that tests in the same pass.
+pub fn quantize_row_bf16_checked(src: &[f32], dst: &mut [u8]) -> bool {
+    if super::scan::first_special_chunk(src, 64).is_some() {
+        return true;
+    }
+    quantize_row_bf16(src, dst);
+    false
 }

@@ -11,13 +11,13 @@
 // Index loops mirror the C source line by line.
 #![allow(clippy::needless_range_loop)]
 
-use super::search::{make_qkx2_quants_batched, make_qp_quants, make_qx_quants_weighted};
-use super::{
-    finish_k4_block, pack_2bit, pack_q3_k_codes, pack_q4_k_codes, pack_q5_k_codes, q3_k_scale,
-    requant_affine, requant_sym, sub, sub_mut, Q2_K_BYTES, Q3_K_BYTES, Q4_K_BYTES, Q5_K_BYTES,
-    Q6_K_BYTES, QK_K,
+use super::common::{f16_to_f32, f32_to_f16};
+use super::kquants::{
+    finish_k4_block, finish_q6_k_block, pack_2bit, pack_q3_k_codes, pack_q4_k_codes,
+    pack_q5_k_codes, q3_k_scale, sub, sub_mut, Lanes, Portable, Q2_K_BYTES, Q3_K_BYTES, Q4_K_BYTES,
+    Q5_K_BYTES, Q6_K_BYTES, QK_K,
 };
-use crate::ggml::common::{f16_to_f32, f32_to_f16};
+use super::search::{make_qkx2_quants_batched, make_qp_quants, make_qx_quants_weighted};
 
 /// `Σ x[j]²` over a super-block, left to right.
 #[inline(always)]
@@ -92,7 +92,7 @@ pub fn quantize_row_q2_k_weighted(src: &[f32], qw: &[f32], dst: &mut [u8]) {
                 continue;
             }
             let m = mm * (sc[j] >> 4) as f32;
-            requant_affine::<16, false>(sub::<16>(x, j), m, d, 3, sub_mut::<16, _>(&mut l, j));
+            Portable::requant_affine::<16>(sub::<16>(x, j), m, d, 3, sub_mut::<16, _>(&mut l, j));
         }
         y[..16].copy_from_slice(&sc);
         pack_2bit(&l, &mut y[16..80]);
@@ -143,7 +143,7 @@ pub fn quantize_row_q3_k_weighted(src: &[f32], qw: &[f32], dst: &mut [u8]) {
             if d == 0.0 {
                 continue;
             }
-            requant_sym::<16, false>(sub::<16>(x, j), d, -4, 3, 4, sub_mut::<16, _>(&mut l, j));
+            Portable::requant_sym::<16>(sub::<16>(x, j), d, -4, 3, 4, sub_mut::<16, _>(&mut l, j));
         }
         pack_q3_k_codes(&mut l, &mut y[..96]);
         y[96..108].copy_from_slice(&sc);
@@ -195,7 +195,7 @@ fn quantize_block_qkx3_k(
             .chain(lm.iter_mut())
             .for_each(|v| *v = (*v).min(63));
     }
-    finish_k4_block::<false>(x, &ls, &lm, d_block, m_block, nmax, head, l);
+    finish_k4_block::<Portable>(x, &ls, &lm, d_block, m_block, nmax, head, l);
 }
 
 /// `quantize_row_q4_K_impl` (nmax 15).
@@ -245,6 +245,6 @@ pub fn quantize_row_q6_k_weighted(src: &[f32], qw: &[f32], dst: &mut [u8]) {
                 *o = v as u8;
             }
         }
-        super::finish_q6_k_block::<false>(x, &scales, &mut l, y);
+        finish_q6_k_block::<Portable>(x, &scales, &mut l, y);
     }
 }

@@ -10,26 +10,9 @@
 //! `*_weighted` functions here); Q8_0 ignores the importance matrix.
 
 use super::common::{le_f16, put_f16};
-use super::kquants::{make_qkx2_quants_batched, make_qx_quants_weighted};
-use crate::{Codec, GgmlType};
+use super::search::{make_qkx2_quants_batched, make_qx_quants_weighted};
 
 const QK: usize = 32;
-
-/// Codecs for Q4_0, Q4_1, Q5_0, Q5_1 and Q8_0.
-pub(crate) fn codec(ty: GgmlType) -> Option<Codec> {
-    let codec = |dequantize, quantize| Codec {
-        dequantize,
-        quantize: Some(quantize),
-    };
-    match ty {
-        GgmlType::Q4_0 => Some(codec(dequantize_row_q4_0, quantize_row_q4_0)),
-        GgmlType::Q4_1 => Some(codec(dequantize_row_q4_1, quantize_row_q4_1)),
-        GgmlType::Q5_0 => Some(codec(dequantize_row_q5_0, quantize_row_q5_0)),
-        GgmlType::Q5_1 => Some(codec(dequantize_row_q5_1, quantize_row_q5_1)),
-        GgmlType::Q8_0 => Some(codec(dequantize_row_q8_0, quantize_row_q8_0)),
-        _ => None,
-    }
-}
 
 /// A C cast of a float to a small integer type, as x86-64 performs it:
 /// `cvttss2si` truncates toward zero and yields `0x8000_0000` for NaN and

@@ -5,34 +5,15 @@
 //! gets exactly the scalar port's operations (`d1 * q - m1`, `(d·sc) * q`,
 //! IEEE round-to-nearest-even conversions), so vectorising along the row
 //! changes no bit. Each public function checks for the CPU features and
-//! otherwise runs the scalar port.
+//! otherwise runs the scalar port (`avx2_entry!`).
 
 // Index loops keep element positions explicit, like the scalar ports.
 #![allow(clippy::needless_range_loop)]
 
 use std::arch::x86_64::*;
 
-use super::kquants::get_scale_min_k4;
-
-fn f16c() -> bool {
-    std::arch::is_x86_feature_detected!("avx2") && std::arch::is_x86_feature_detected!("f16c")
-}
-
-/// Declares a safe entry point that runs `$imp` when AVX2 (+F16C) is
-/// available and `$fallback` otherwise.
-macro_rules! entry {
-    ($doc:literal, $name:ident, $imp:ident, $fallback:path, $src:ty, $dst:ty) => {
-        #[doc = $doc]
-        pub fn $name(src: $src, dst: $dst) {
-            if f16c() {
-                // SAFETY: the features were detected.
-                unsafe { $imp(src, dst) }
-            } else {
-                $fallback(src, dst)
-            }
-        }
-    };
-}
+use crate::ggml::scalar::search::get_scale_min_k4;
+use crate::ggml::scalar::{float, kquants, legacy, mxfp4, scan};
 
 /// `GGML_FP16_TO_FP32` of the little-endian half at `b[i..]` by the F16C
 /// instruction (exact, like the portable conversion).
@@ -68,11 +49,17 @@ unsafe fn bytes8_epi32(p: *const u8) -> __m256i {
     _mm256_cvtepu8_epi32(_mm_loadl_epi64(p as *const __m128i))
 }
 
-/// Index of the first `chunk`-element piece of `row` holding a NaN or an
-/// infinity: 32 elements per step, one exponent test per lane (the same
-/// answer as the portable `first_special_chunk`). `chunk` is a multiple of 32.
+avx2_entry!(
+    "Index of the first `chunk`-element piece of `row` holding a NaN or an \
+     infinity, AVX2 variant (`chunk` a multiple of 32).",
+    first_special_chunk,
+    special_chunk,
+    scan::first_special_chunk,
+    fn(row: &[f32], chunk: usize) -> Option<usize>
+);
+
 #[target_feature(enable = "avx2")]
-pub(crate) unsafe fn first_special_chunk(row: &[f32], chunk: usize) -> Option<usize> {
+unsafe fn special_chunk(row: &[f32], chunk: usize) -> Option<usize> {
     debug_assert!(chunk.is_multiple_of(32) && chunk > 0);
     let exp = _mm256_set1_epi32(0x7f80_0000);
     let p = row.as_ptr() as *const __m256i;
@@ -87,16 +74,15 @@ pub(crate) unsafe fn first_special_chunk(row: &[f32], chunk: usize) -> Option<us
             return Some(c);
         }
     }
-    crate::first_special_chunk(&row[whole * chunk..], chunk).map(|c| whole + c)
+    scan::first_special_chunk(&row[whole * chunk..], chunk).map(|c| whole + c)
 }
 
-entry!(
+avx2_entry!(
     "`ggml_fp16_to_fp32_row`, AVX2/F16C variant.",
     dequantize_row_f16,
     deq_f16,
-    super::float::dequantize_row_f16,
-    &[u8],
-    &mut [f32]
+    float::dequantize_row_f16,
+    fn(src: &[u8], dst: &mut [f32])
 );
 
 #[target_feature(enable = "avx2,f16c")]
@@ -108,16 +94,15 @@ unsafe fn deq_f16(src: &[u8], dst: &mut [f32]) {
         _mm256_storeu_ps(dst.as_mut_ptr().add(i), _mm256_cvtph_ps(h));
         i += 8;
     }
-    super::float::dequantize_row_f16(&src[2 * i..2 * n], &mut dst[i..n]);
+    float::dequantize_row_f16(&src[2 * i..2 * n], &mut dst[i..n]);
 }
 
-entry!(
+avx2_entry!(
     "`ggml_fp32_to_fp16_row`, AVX2/F16C variant (`vcvtps2ph`, round to nearest even).",
     quantize_row_f16,
     q_f16,
-    super::float::quantize_row_f16,
-    &[f32],
-    &mut [u8]
+    float::quantize_row_f16,
+    fn(src: &[f32], dst: &mut [u8])
 );
 
 #[target_feature(enable = "avx2,f16c")]
@@ -130,16 +115,15 @@ unsafe fn q_f16(src: &[f32], dst: &mut [u8]) {
         _mm_storeu_si128(dst.as_mut_ptr().add(2 * i) as *mut __m128i, h);
         i += 8;
     }
-    super::float::quantize_row_f16(&src[i..n], &mut dst[2 * i..2 * n]);
+    float::quantize_row_f16(&src[i..n], &mut dst[2 * i..2 * n]);
 }
 
-entry!(
+avx2_entry!(
     "`ggml_bf16_to_fp32_row`, AVX2 variant.",
     dequantize_row_bf16,
     deq_bf16,
-    super::float::dequantize_row_bf16,
-    &[u8],
-    &mut [f32]
+    float::dequantize_row_bf16,
+    fn(src: &[u8], dst: &mut [f32])
 );
 
 #[target_feature(enable = "avx2")]
@@ -152,25 +136,33 @@ unsafe fn deq_bf16(src: &[u8], dst: &mut [f32]) {
         _mm256_storeu_ps(dst.as_mut_ptr().add(i), _mm256_castsi256_ps(w));
         i += 8;
     }
-    super::float::dequantize_row_bf16(&src[2 * i..2 * n], &mut dst[i..n]);
+    float::dequantize_row_bf16(&src[2 * i..2 * n], &mut dst[i..n]);
 }
 
-/// `ggml_fp32_to_bf16_row_ref`, AVX2 variant (same integer rounding, NaN kept quiet).
-pub fn quantize_row_bf16(src: &[f32], dst: &mut [u8]) {
-    if std::arch::is_x86_feature_detected!("avx2") {
-        // SAFETY: the feature was detected.
-        unsafe {
-            q_bf16(src, dst);
-        }
-    } else {
-        super::float::quantize_row_bf16(src, dst)
-    }
-}
+avx2_entry!(
+    "`ggml_fp32_to_bf16_row_ref`, AVX2 variant (same integer rounding, NaN kept quiet).",
+    quantize_row_bf16,
+    q_bf16_unchecked,
+    float::quantize_row_bf16,
+    fn(src: &[f32], dst: &mut [u8])
+);
 
-/// Encodes like [`quantize_row_bf16`] and tells whether `src` held a NaN or
-/// an infinity (the test rides along in the same pass over the row).
+avx2_entry!(
+    "Encodes like [`quantize_row_bf16`] and tells whether `src` held a NaN or \
+     an infinity (the test rides along in the same pass over the row).",
+    quantize_row_bf16_checked,
+    q_bf16,
+    float::quantize_row_bf16_checked,
+    fn(src: &[f32], dst: &mut [u8]) -> bool
+);
+
 #[target_feature(enable = "avx2")]
-pub(crate) unsafe fn q_bf16(src: &[f32], dst: &mut [u8]) -> bool {
+unsafe fn q_bf16_unchecked(src: &[f32], dst: &mut [u8]) {
+    q_bf16(src, dst);
+}
+
+#[target_feature(enable = "avx2")]
+unsafe fn q_bf16(src: &[f32], dst: &mut [u8]) -> bool {
     let n = src.len().min(dst.len() / 2);
     let mut i = 0;
     let one = _mm256_set1_epi32(1);
@@ -197,17 +189,16 @@ pub(crate) unsafe fn q_bf16(src: &[f32], dst: &mut [u8]) -> bool {
         _mm_storeu_si128(dst.as_mut_ptr().add(2 * i) as *mut __m128i, packed);
         i += 8;
     }
-    super::float::quantize_row_bf16(&src[i..n], &mut dst[2 * i..2 * n]);
+    float::quantize_row_bf16(&src[i..n], &mut dst[2 * i..2 * n]);
     _mm256_testz_si256(special, special) == 0 || src[i..n].iter().any(|v| !v.is_finite())
 }
 
-entry!(
+avx2_entry!(
     "`dequantize_row_q8_0`, AVX2 variant.",
     dequantize_row_q8_0,
     deq_q8_0,
-    super::legacy::dequantize_row_q8_0,
-    &[u8],
-    &mut [f32]
+    legacy::dequantize_row_q8_0,
+    fn(src: &[u8], dst: &mut [f32])
 );
 
 #[target_feature(enable = "avx2,f16c")]
@@ -225,13 +216,12 @@ unsafe fn deq_q8_0(src: &[u8], dst: &mut [f32]) {
     }
 }
 
-entry!(
+avx2_entry!(
     "`dequantize_row_q4_K`, AVX2 variant.",
     dequantize_row_q4_k,
     deq_q4_k,
-    super::kquants::dequantize_row_q4_k,
-    &[u8],
-    &mut [f32]
+    kquants::dequantize_row_q4_k,
+    fn(src: &[u8], dst: &mut [f32])
 );
 
 #[target_feature(enable = "avx2,f16c")]
@@ -254,13 +244,12 @@ unsafe fn deq_q4_k(src: &[u8], dst: &mut [f32]) {
     }
 }
 
-entry!(
+avx2_entry!(
     "`dequantize_row_q5_K`, AVX2 variant.",
     dequantize_row_q5_k,
     deq_q5_k,
-    super::kquants::dequantize_row_q5_k,
-    &[u8],
-    &mut [f32]
+    kquants::dequantize_row_q5_k,
+    fn(src: &[u8], dst: &mut [f32])
 );
 
 #[target_feature(enable = "avx2,f16c")]
@@ -306,13 +295,12 @@ unsafe fn affine_32_bytes(q: __m256i, dl: f32, ml: f32, y: *mut f32) {
     }
 }
 
-entry!(
+avx2_entry!(
     "`dequantize_row_q6_K`, AVX2 variant.",
     dequantize_row_q6_k,
     deq_q6_k,
-    super::kquants::dequantize_row_q6_k,
-    &[u8],
-    &mut [f32]
+    kquants::dequantize_row_q6_k,
+    fn(src: &[u8], dst: &mut [f32])
 );
 
 #[target_feature(enable = "avx2,f16c")]
@@ -422,14 +410,13 @@ unsafe fn first_absmax(x: &[f32]) -> f32 {
         .unwrap_or(0.0)
 }
 
-entry!(
+avx2_entry!(
     "`quantize_row_q8_0_ref`, AVX2 variant: `roundf` as truncation plus a \
      half-away-from-zero step, exact for every float.",
     quantize_row_q8_0,
     q_q8_0,
-    super::legacy::quantize_row_q8_0,
-    &[f32],
-    &mut [u8]
+    legacy::quantize_row_q8_0,
+    fn(src: &[f32], dst: &mut [u8])
 );
 
 #[target_feature(enable = "avx2,f16c")]
@@ -459,13 +446,12 @@ unsafe fn q_q8_0(src: &[f32], dst: &mut [u8]) {
     }
 }
 
-entry!(
+avx2_entry!(
     "`quantize_row_q4_0_ref`, AVX2 variant.",
     quantize_row_q4_0,
     q_q4_0,
-    super::legacy::quantize_row_q4_0,
-    &[f32],
-    &mut [u8]
+    legacy::quantize_row_q4_0,
+    fn(src: &[f32], dst: &mut [u8])
 );
 
 #[target_feature(enable = "avx2,f16c")]
@@ -568,21 +554,20 @@ unsafe fn pack_q5(q: __m256i, out: *mut u8) {
     _mm_storeu_si128(out.add(4) as *mut __m128i, qs);
 }
 
-entry!(
+avx2_entry!(
     "`quantize_row_mxfp4_ref`, AVX2 variant: the shared exponent per block as \
      the scalar port computes it, the nearest of the sixteen E2M1 values for \
      eight elements at a time (first index on ties, as the scalar scan).",
     quantize_row_mxfp4,
     q_mxfp4,
-    super::mxfp4::quantize_mxfp4,
-    &[f32],
-    &mut [u8]
+    mxfp4::quantize_mxfp4,
+    fn(src: &[f32], dst: &mut [u8])
 );
 
 #[target_feature(enable = "avx2,f16c")]
 unsafe fn q_mxfp4(src: &[f32], dst: &mut [u8]) {
-    use super::iquants::tables::KVALUES_MXFP4;
-    use super::mxfp4::{e8m0_to_fp32_half, mxfp4_exponent};
+    use crate::ggml::scalar::tables::KVALUES_MXFP4;
+    use mxfp4::{e8m0_to_fp32_half, mxfp4_exponent};
     for (x, y) in src.chunks_exact(32).zip(dst.chunks_exact_mut(17)) {
         // `amax < fabsf(v)` over the block: the maximum, whatever the order.
         let e = mxfp4_exponent(block_absmax(x));
@@ -616,13 +601,12 @@ unsafe fn abs_ps(v: __m256) -> __m256 {
     _mm256_andnot_ps(_mm256_set1_ps(-0.0), v)
 }
 
-entry!(
+avx2_entry!(
     "`quantize_row_q4_1_ref`, AVX2 variant.",
     quantize_row_q4_1,
     q_q4_1,
-    super::legacy::quantize_row_q4_1,
-    &[f32],
-    &mut [u8]
+    legacy::quantize_row_q4_1,
+    fn(src: &[f32], dst: &mut [u8])
 );
 
 #[target_feature(enable = "avx2,f16c")]
@@ -646,13 +630,12 @@ unsafe fn q_q4_1(src: &[f32], dst: &mut [u8]) {
     }
 }
 
-entry!(
+avx2_entry!(
     "`quantize_row_q5_0_ref`, AVX2 variant.",
     quantize_row_q5_0,
     q_q5_0,
-    super::legacy::quantize_row_q5_0,
-    &[f32],
-    &mut [u8]
+    legacy::quantize_row_q5_0,
+    fn(src: &[f32], dst: &mut [u8])
 );
 
 #[target_feature(enable = "avx2,f16c")]
@@ -672,13 +655,12 @@ unsafe fn q_q5_0(src: &[f32], dst: &mut [u8]) {
     }
 }
 
-entry!(
+avx2_entry!(
     "`quantize_row_q5_1_ref`, AVX2 variant (no clamp, as ggml).",
     quantize_row_q5_1,
     q_q5_1,
-    super::legacy::quantize_row_q5_1,
-    &[f32],
-    &mut [u8]
+    legacy::quantize_row_q5_1,
+    fn(src: &[f32], dst: &mut [u8])
 );
 
 #[target_feature(enable = "avx2,f16c")]

@@ -6,48 +6,14 @@
 //! `ggml_quantize_chunk` with no importance matrix (`quantize_iq4_nl`,
 //! `quantize_iq4_xs`, `ntry = 7`), not like `quantize_row_iq4_nl_ref`.
 
-use crate::ggml::common::{first_absmax, le_f16, le_u16, nearest_int, put_f16};
-use crate::{Codec, GgmlType};
-
-#[rustfmt::skip]
-#[path = "iq_tables.rs"]
-pub(crate) mod tables;
-
-use tables::*;
-
-#[cfg(target_arch = "x86_64")]
-#[path = "iq4_avx2.rs"]
-mod avx2;
-use crate::ggml::isa::avx2 as has_avx2;
+use super::common::{f16_to_f32, le_f16, le_u16, nearest_int, put_f16};
+use super::search::{first_absmax, GROUP_MAX_EPS};
+use super::tables::*;
 
 const QK_K: usize = 256;
 const QK4_NL: usize = 32;
 /// `IQ1S_DELTA` / `IQ1M_DELTA` in `ggml-common.h`.
 const IQ1S_DELTA: f32 = 0.125;
-/// `GROUP_MAX_EPS` in `ggml-quants.c`.
-const GROUP_MAX_EPS: f32 = 1e-15;
-
-type Decode = fn(&[u8], &mut [f32]);
-type Encode = fn(&[f32], &mut [u8]);
-
-pub(crate) fn codec(ty: GgmlType) -> Option<Codec> {
-    let (dequantize, quantize): (Decode, Option<Encode>) = match ty {
-        GgmlType::IQ2_XXS => (dequantize_iq2_xxs, None),
-        GgmlType::IQ2_XS => (dequantize_iq2_xs, None),
-        GgmlType::IQ2_S => (dequantize_iq2_s, None),
-        GgmlType::IQ3_XXS => (dequantize_iq3_xxs, None),
-        GgmlType::IQ3_S => (dequantize_iq3_s, None),
-        GgmlType::IQ1_S => (dequantize_iq1_s, None),
-        GgmlType::IQ1_M => (dequantize_iq1_m, None),
-        GgmlType::IQ4_NL => (dequantize_iq4_nl, Some(quantize_iq4_nl)),
-        GgmlType::IQ4_XS => (dequantize_iq4_xs, Some(quantize_iq4_xs)),
-        _ => return None,
-    };
-    Some(Codec {
-        dequantize,
-        quantize,
-    })
-}
 
 #[inline(always)]
 fn le_u32(b: &[u8], i: usize) -> u32 {
@@ -228,7 +194,7 @@ pub fn dequantize_iq1_m(src: &[u8], dst: &mut [f32]) {
         // the four scale words (`iq1m_scale_t`).
         let scale =
             (sc[0] >> 12) | ((sc[1] >> 8) & 0x00f0) | ((sc[2] >> 4) & 0x0f00) | (sc[3] & 0xf000);
-        let d = crate::ggml::common::f16_to_f32(scale);
+        let d = f16_to_f32(scale);
         for ib in 0..QK_K / 32 {
             let s = sc[ib / 2] as i32;
             let dl1 = d * (2 * ((s >> (6 * (ib % 2))) & 0x7) + 1) as f32;
@@ -385,107 +351,42 @@ fn pack_nibbles(l: &[u8], q4: &mut [u8]) {
     }
 }
 
-/// Declares the dispatching, scalar and AVX2 entry points of one encoder
-/// whose body is `$body::<AVX>(src, dst)`.
-macro_rules! variants {
-    ($doc:literal, $best:ident, $scalar:ident, $avx2:ident, $avx2_impl:ident, $body:ident) => {
-        #[doc = concat!($doc, ", with the best variant this CPU runs.")]
-        pub fn $best(src: &[f32], dst: &mut [u8]) {
-            if has_avx2() {
-                $avx2(src, dst)
-            } else {
-                $scalar(src, dst)
-            }
+/// The steps of the IQ4 block walks that a SIMD variant may run on whole
+/// vectors. The provided methods are the scalar reference;
+/// `x86::iq4::Avx2` overrides them with lane kernels performing, per lane,
+/// exactly the scalar sequence of f32 operations.
+pub(crate) trait Iq4Lanes {
+    /// `iq4_block_scale(·, 7, ·)` for the eight 32-blocks of `x` (256 values).
+    #[inline(always)]
+    fn block_scales_x8(x: &[f32], scales: &mut [f32]) {
+        let mut lb = [0u8; 32];
+        for (xb, s) in x.chunks_exact(32).zip(scales) {
+            *s = iq4_block_scale(xb, 7, &mut lb);
         }
+    }
 
-        #[doc = concat!($doc, ", portable scalar variant.")]
-        pub fn $scalar(src: &[f32], dst: &mut [u8]) {
-            $body::<false>(src, dst)
+    /// `l[j] = best_index_int8(KVALUES_IQ4NL, id * x[j])` for one 32-block.
+    #[inline(always)]
+    fn block_indices(x: &[f32], id: f32, l: &mut [u8]) {
+        for (o, &v) in l.iter_mut().zip(x) {
+            *o = best_index_int8(&KVALUES_IQ4NL, id * v);
         }
-
-        #[doc = concat!($doc, ", AVX2 variant (the scalar one without AVX2).")]
-        pub fn $avx2(src: &[f32], dst: &mut [u8]) {
-            #[cfg(target_arch = "x86_64")]
-            if has_avx2() {
-                // SAFETY: AVX2 was detected.
-                unsafe { $avx2_impl(src, dst) };
-                return;
-            }
-            $body::<false>(src, dst)
-        }
-
-        #[cfg(target_arch = "x86_64")]
-        #[target_feature(enable = "avx2")]
-        unsafe fn $avx2_impl(src: &[f32], dst: &mut [u8]) {
-            $body::<true>(src, dst)
-        }
-    };
-}
-
-/// `dequantize_row_iq4_nl`, AVX2 variant (the scalar one without AVX2).
-pub fn dequantize_iq4_nl_avx2(src: &[u8], dst: &mut [f32]) {
-    #[cfg(target_arch = "x86_64")]
-    if has_avx2() && std::arch::is_x86_feature_detected!("f16c") {
-        // SAFETY: the features were detected.
-        unsafe { avx2::dequantize_iq4_nl(src, dst) };
-        return;
-    }
-    dequantize_iq4_nl(src, dst)
-}
-
-/// `dequantize_row_iq4_xs`, AVX2 variant (the scalar one without AVX2).
-pub fn dequantize_iq4_xs_avx2(src: &[u8], dst: &mut [f32]) {
-    #[cfg(target_arch = "x86_64")]
-    if has_avx2() && std::arch::is_x86_feature_detected!("f16c") {
-        // SAFETY: the features were detected.
-        unsafe { avx2::dequantize_iq4_xs(src, dst) };
-        return;
-    }
-    dequantize_iq4_xs(src, dst)
-}
-
-/// `iq4_block_scale(·, 7, ·)` for the eight 32-blocks of `x` (256 values).
-#[inline(always)]
-fn block_scales_x8<const AVX: bool>(x: &[f32], scales: &mut [f32]) {
-    #[cfg(target_arch = "x86_64")]
-    if AVX {
-        // SAFETY: AVX is only set inside functions compiled for AVX2 and
-        // called after detecting it.
-        unsafe { avx2::block_scale_x8(x, 7, scales) };
-        return;
-    }
-    let mut lb = [0u8; 32];
-    for (xb, s) in x.chunks_exact(32).zip(scales) {
-        *s = iq4_block_scale(xb, 7, &mut lb);
     }
 }
 
-/// `l[j] = best_index_int8(KVALUES_IQ4NL, id * x[j])` for one 32-block.
-#[inline(always)]
-fn block_indices<const AVX: bool>(x: &[f32], id: f32, l: &mut [u8]) {
-    #[cfg(target_arch = "x86_64")]
-    if AVX {
-        // SAFETY: as in `block_scales_x8`.
-        unsafe { avx2::indices(x, id, l) };
-        return;
-    }
-    for (o, &v) in l.iter_mut().zip(x) {
-        *o = best_index_int8(&KVALUES_IQ4NL, id * v);
-    }
-}
+/// The scalar reference steps.
+pub(crate) struct Portable;
 
-variants!(
-    "`quantize_iq4_nl` (no importance matrix): `quantize_row_iq4_nl_impl` \
-     with super-block = block = 32 and `ntry = 7`",
-    quantize_iq4_nl,
-    quantize_iq4_nl_scalar,
-    quantize_iq4_nl_avx2,
-    iq4_nl_rows_avx2,
-    iq4_nl_rows
-);
+impl Iq4Lanes for Portable {}
+
+#[doc = "`quantize_iq4_nl` (no importance matrix): `quantize_row_iq4_nl_impl` \
+     with super-block = block = 32 and `ntry = 7`"]
+pub fn quantize_iq4_nl(src: &[f32], dst: &mut [u8]) {
+    iq4_nl_rows::<Portable>(src, dst)
+}
 
 #[inline(always)]
-fn iq4_nl_rows<const AVX: bool>(src: &[f32], dst: &mut [u8]) {
+pub(crate) fn iq4_nl_rows<L: Iq4Lanes>(src: &[f32], dst: &mut [u8]) {
     let mut scales = [0f32; 8];
     let n = src.len() / QK4_NL;
     let mut b0 = 0;
@@ -493,7 +394,7 @@ fn iq4_nl_rows<const AVX: bool>(src: &[f32], dst: &mut [u8]) {
         let nb = (n - b0).min(8);
         let xs = &src[QK4_NL * b0..QK4_NL * (b0 + nb)];
         if nb == 8 {
-            block_scales_x8::<AVX>(xs, &mut scales);
+            L::block_scales_x8(xs, &mut scales);
         } else {
             let mut lb = [0u8; QK4_NL];
             for (xb, s) in xs.chunks_exact(QK4_NL).zip(scales.iter_mut()) {
@@ -506,30 +407,26 @@ fn iq4_nl_rows<const AVX: bool>(src: &[f32], dst: &mut [u8]) {
             put_f16(b, 0, scale);
             let id = if scale != 0.0 { 1.0f32 / scale } else { 0.0 };
             let mut l = [0u8; QK4_NL];
-            block_indices::<AVX>(x, id, &mut l);
+            L::block_indices(x, id, &mut l);
             pack_nibbles(&l, &mut b[2..18]);
         }
         b0 += nb;
     }
 }
 
-variants!(
-    "`quantize_iq4_xs` (no importance matrix): eight 32-blocks with float \
+#[doc = "`quantize_iq4_xs` (no importance matrix): eight 32-blocks with float \
      scales, requantized against the unrounded super-block scale \
-     `-max_scale/32`, 6-bit block scales",
-    quantize_iq4_xs,
-    quantize_iq4_xs_scalar,
-    quantize_iq4_xs_avx2,
-    iq4_xs_rows_avx2,
-    iq4_xs_rows
-);
+     `-max_scale/32`, 6-bit block scales"]
+pub fn quantize_iq4_xs(src: &[f32], dst: &mut [u8]) {
+    iq4_xs_rows::<Portable>(src, dst)
+}
 
 #[inline(always)]
-fn iq4_xs_rows<const AVX: bool>(src: &[f32], dst: &mut [u8]) {
+pub(crate) fn iq4_xs_rows<L: Iq4Lanes>(src: &[f32], dst: &mut [u8]) {
     for (x, b) in src.chunks_exact(QK_K).zip(dst.chunks_exact_mut(136)) {
         let mut scales = [0f32; QK_K / 32];
-        block_scales_x8::<AVX>(x, &mut scales);
-        iq4_xs_pack::<AVX>(x, &scales, b);
+        L::block_scales_x8(x, &mut scales);
+        iq4_xs_pack::<L>(x, &scales, b);
     }
 }
 
@@ -537,7 +434,7 @@ fn iq4_xs_rows<const AVX: bool>(src: &[f32], dst: &mut [u8]) {
 /// scales: the super-block scale `-max_scale/32`, the 6-bit block scales and
 /// the indices against the rounded block scales.
 #[inline(always)]
-fn iq4_xs_pack<const AVX: bool>(x: &[f32], scales: &[f32; QK_K / 32], b: &mut [u8]) {
+fn iq4_xs_pack<L: Iq4Lanes>(x: &[f32], scales: &[f32; QK_K / 32], b: &mut [u8]) {
     let mut l = [0u8; QK_K];
     let (mut max_scale, mut amax_scale) = (0f32, 0f32);
     for &d in scales {
@@ -555,7 +452,7 @@ fn iq4_xs_pack<const AVX: bool>(x: &[f32], scales: &[f32; QK_K / 32], b: &mut [u
         let mut ls = nearest_int(id * scales[ib]).clamp(-32, 31);
         let dl = d * ls as f32;
         let idl = if dl != 0.0 { 1.0f32 / dl } else { 0.0 };
-        block_indices::<AVX>(
+        L::block_indices(
             &x[32 * ib..32 * ib + 32],
             idl,
             &mut l[32 * ib..32 * ib + 32],
@@ -607,7 +504,7 @@ pub fn quantize_iq4_nl_weighted(src: &[f32], qw: &[f32], dst: &mut [u8]) {
         put_f16(b, 0, scale);
         let id = if scale != 0.0 { 1.0f32 / scale } else { 0.0 };
         let mut l = [0u8; QK4_NL];
-        block_indices::<false>(x, id, &mut l);
+        Portable::block_indices(x, id, &mut l);
         pack_nibbles(&l, &mut b[2..18]);
     }
 }
@@ -627,7 +524,7 @@ pub fn quantize_iq4_xs_weighted(src: &[f32], qw: &[f32], dst: &mut [u8]) {
             let w = iq4_weights(x, q, ib);
             *s = iq4_block_scale_weighted(&x[32 * ib..32 * ib + 32], &w, 7, &mut lb);
         }
-        iq4_xs_pack::<false>(x, &scales, b);
+        iq4_xs_pack::<Portable>(x, &scales, b);
     }
 }
 

@@ -9,8 +9,8 @@
 use std::sync::OnceLock;
 
 use super::common::{f32_to_f16, nearest_int};
-use super::iquants::tables::IQ2XXS_GRID;
-use super::kquants::make_qp_quants;
+use super::search::make_qp_quants;
+use super::tables::IQ2XXS_GRID;
 
 const QK_K: usize = 256;
 /// `kmap_size` of `iq2xs_init_impl`: indices of 8 two-bit coordinates up

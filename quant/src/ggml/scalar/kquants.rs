@@ -6,63 +6,40 @@
 //! chunk, and blocks are independent, so a row-at-a-time port of the `_ref`
 //! functions is bit-exact. Each 256-element super-block is encoded from
 //! fixed-size stack buffers; nothing is allocated per row. With an
-//! importance matrix ggml runs the `_impl` functions instead: [`weighted`].
+//! importance matrix ggml runs the `_impl` functions instead:
+//! [`super::kquants_weighted`]. The encoders are block walks generic over
+//! [`Lanes`], the steps a SIMD variant (`x86::kquants`) may batch.
 
 // Index loops mirror the C source line by line, which keeps the port
 // easy to check against it.
 #![allow(clippy::needless_range_loop)]
 
-#[cfg(target_arch = "x86_64")]
-mod avx2;
-mod search;
-pub mod weighted;
-
-use super::common::{f16_to_f32, f32_to_f16, first_absmax, le_f16, nearest_int};
-use super::isa::avx2 as has_avx2;
-use crate::{Codec, GgmlType};
-pub(crate) use search::get_scale_min_k4;
-use search::{make_q3_quants, make_qx_quants_rmse1, GROUP_MAX_EPS};
-pub(crate) use search::{make_qkx2_quants_batched, make_qp_quants, make_qx_quants_weighted};
+use super::common::{f16_to_f32, f32_to_f16, le_f16, nearest_int};
+use super::search::{
+    first_absmax, get_scale_min_k4, make_q3_quants, make_qkx2_quants_batched, make_qx_quants_rmse1,
+    GROUP_MAX_EPS,
+};
 
 /// Elements per super-block (`QK_K`).
-const QK_K: usize = 256;
+pub(crate) const QK_K: usize = 256;
 
-const Q2_K_BYTES: usize = 84;
-const Q3_K_BYTES: usize = 110;
-const Q4_K_BYTES: usize = 144;
-const Q5_K_BYTES: usize = 176;
-const Q6_K_BYTES: usize = 210;
+pub(super) const Q2_K_BYTES: usize = 84;
+pub(super) const Q3_K_BYTES: usize = 110;
+pub(super) const Q4_K_BYTES: usize = 144;
+pub(super) const Q5_K_BYTES: usize = 176;
+pub(super) const Q6_K_BYTES: usize = 210;
 const Q8_K_BYTES: usize = 292;
-
-type Dequant = fn(&[u8], &mut [f32]);
-type Quant = fn(&[f32], &mut [u8]);
-
-pub(crate) fn codec(ty: GgmlType) -> Option<Codec> {
-    let (dequantize, quantize): (Dequant, Quant) = match ty {
-        GgmlType::Q2_K => (dequantize_row_q2_k, quantize_row_q2_k),
-        GgmlType::Q3_K => (dequantize_row_q3_k, quantize_row_q3_k),
-        GgmlType::Q4_K => (dequantize_row_q4_k, quantize_row_q4_k),
-        GgmlType::Q5_K => (dequantize_row_q5_k, quantize_row_q5_k),
-        GgmlType::Q6_K => (dequantize_row_q6_k, quantize_row_q6_k),
-        GgmlType::Q8_K => (dequantize_row_q8_k, quantize_row_q8_k),
-        _ => return None,
-    };
-    Some(Codec {
-        dequantize,
-        quantize: Some(quantize),
-    })
-}
 
 /// Sub-block `j` of `N` elements as a fixed-size array, so the search
 /// loops compile without bounds checks.
 #[inline(always)]
-fn sub<const N: usize>(x: &[f32], j: usize) -> &[f32; N] {
+pub(super) fn sub<const N: usize>(x: &[f32], j: usize) -> &[f32; N] {
     x[N * j..N * j + N].try_into().unwrap()
 }
 
 /// Mutable sub-block `j` of `N` entries.
 #[inline(always)]
-fn sub_mut<const N: usize, T>(l: &mut [T], j: usize) -> &mut [T; N] {
+pub(super) fn sub_mut<const N: usize, T>(l: &mut [T], j: usize) -> &mut [T; N] {
     (&mut l[N * j..N * j + N]).try_into().unwrap()
 }
 
@@ -71,81 +48,17 @@ fn f16_bytes(x: f32) -> [u8; 2] {
     f32_to_f16(x).to_le_bytes()
 }
 
-/// Declares the dispatching, scalar and AVX2 entry points of one encoder
-/// whose body is `$body::<AVX>(src, dst)`.
-macro_rules! variants {
-    ($name:literal, $best:ident, $scalar:ident, $avx2:ident, $avx2_impl:ident, $body:ident) => {
-        #[doc = concat!("`", $name, "`, with the best variant this CPU runs.")]
-        pub fn $best(src: &[f32], dst: &mut [u8]) {
-            if has_avx2() {
-                $avx2(src, dst)
-            } else {
-                $scalar(src, dst)
-            }
-        }
-
-        #[doc = concat!("`", $name, "`, portable scalar variant.")]
-        pub fn $scalar(src: &[f32], dst: &mut [u8]) {
-            $body::<false>(src, dst)
-        }
-
-        #[doc = concat!("`", $name, "`, AVX2 variant (the scalar one without AVX2).")]
-        pub fn $avx2(src: &[f32], dst: &mut [u8]) {
-            #[cfg(target_arch = "x86_64")]
-            if has_avx2() {
-                // SAFETY: AVX2 was detected.
-                unsafe { $avx2_impl(src, dst) };
-                return;
-            }
-            $body::<false>(src, dst)
-        }
-
-        #[cfg(target_arch = "x86_64")]
-        #[target_feature(enable = "avx2")]
-        unsafe fn $avx2_impl(src: &[f32], dst: &mut [u8]) {
-            $body::<true>(src, dst)
-        }
-    };
-}
-
 // ───────────────────────────── Q2_K ─────────────────────────────
 // Layout: scales[16] (low nibble scale, high nibble min), qs[64], d, dmin.
 
-/// `quantize_row_q2_K_ref`, with the best variant this CPU runs.
+/// `quantize_row_q2_K_ref`.
 pub fn quantize_row_q2_k(src: &[f32], dst: &mut [u8]) {
-    if has_avx2() {
-        quantize_row_q2_k_avx2(src, dst)
-    } else {
-        quantize_row_q2_k_scalar(src, dst)
-    }
+    q2_k_rows::<Portable>(src, dst)
 }
 
-/// `quantize_row_q2_K_ref`, portable scalar variant.
-pub fn quantize_row_q2_k_scalar(src: &[f32], dst: &mut [u8]) {
-    q2_k_rows::<false>(src, dst)
-}
-
-/// `quantize_row_q2_K_ref`, AVX2 variant (the scalar one without AVX2).
-pub fn quantize_row_q2_k_avx2(src: &[f32], dst: &mut [u8]) {
-    #[cfg(target_arch = "x86_64")]
-    if has_avx2() {
-        // SAFETY: AVX2 was detected.
-        unsafe { q2_k_rows_avx2(src, dst) };
-        return;
-    }
-    q2_k_rows::<false>(src, dst)
-}
-
-#[cfg(target_arch = "x86_64")]
-#[target_feature(enable = "avx2")]
-unsafe fn q2_k_rows_avx2(src: &[f32], dst: &mut [u8]) {
-    q2_k_rows::<true>(src, dst)
-}
-
-/// The body of `quantize_row_q2_K_ref`; `AVX` (only instantiated behind
-/// AVX2 detection) runs the searches eight sub-blocks at a time.
+/// The body of `quantize_row_q2_K_ref`, with the searches of `L`.
 #[inline(always)]
-fn q2_k_rows<const AVX: bool>(src: &[f32], dst: &mut [u8]) {
+pub(crate) fn q2_k_rows<L: Lanes>(src: &[f32], dst: &mut [u8]) {
     const Q4SCALE: f32 = 15.0;
     let mut l = [0u8; QK_K];
     let mut weights = [0f32; QK_K];
@@ -156,7 +69,7 @@ fn q2_k_rows<const AVX: bool>(src: &[f32], dst: &mut [u8]) {
             *w = v.abs();
         }
         // make_qkx2_quants(16, 3, …, -0.5f, 0.1f, 15, true): 16 candidates.
-        if !search_qkx2::<16, 16, AVX>(x, &weights, 3, -0.5, true, &mut l, &mut scales, &mut mins) {
+        if !L::search_qkx2::<16, 16>(x, &weights, 3, -0.5, true, &mut l, &mut scales, &mut mins) {
             for j in 0..QK_K / 16 {
                 let (s, m) = make_qkx2_quants_batched::<16, 16>(
                     3,
@@ -210,7 +123,7 @@ fn q2_k_rows<const AVX: bool>(src: &[f32], dst: &mut [u8]) {
                 continue;
             }
             let dm = dmin * (sc[j] >> 4) as f32;
-            requant_affine::<16, AVX>(sub::<16>(x, j), dm, d, 3, sub_mut::<16, _>(&mut l, j));
+            L::requant_affine::<16>(sub::<16>(x, j), dm, d, 3, sub_mut::<16, _>(&mut l, j));
         }
 
         y[..16].copy_from_slice(&sc);
@@ -220,118 +133,77 @@ fn q2_k_rows<const AVX: bool>(src: &[f32], dst: &mut [u8]) {
     }
 }
 
-/// With `AVX`, `make_qkx2_quants` (`nstep + 1 = S`) on every `N`-element
-/// sub-block of the super-block `x`, eight at a time, and `true`; without,
-/// nothing and `false` (the caller runs the scalar search).
-#[allow(clippy::too_many_arguments)]
-#[inline(always)]
-fn search_qkx2<const N: usize, const S: usize, const AVX: bool>(
-    x: &[f32],
-    weights: &[f32],
-    nmax: i32,
-    rmin: f32,
-    use_mad: bool,
-    l: &mut [u8; QK_K],
-    scales: &mut [f32],
-    mins: &mut [f32],
-) -> bool {
-    #[cfg(target_arch = "x86_64")]
-    if AVX {
-        for g in 0..QK_K / (8 * N) {
-            let r = 8 * N * g..8 * N * (g + 1);
-            // SAFETY: AVX is only set inside functions compiled for AVX2
-            // and called after detecting it.
-            unsafe {
-                avx2::qkx2_x8::<N>(
-                    nmax,
-                    &x[r.clone()],
-                    &weights[r.clone()],
-                    &mut l[r],
-                    rmin,
-                    0.1,
-                    S as i32 - 1,
-                    use_mad,
-                    &mut scales[8 * g..8 * g + 8],
-                    &mut mins[8 * g..8 * g + 8],
-                )
-            };
+/// The steps of the block walks below that a SIMD variant may run eight
+/// sub-blocks at a time. The provided methods are the scalar reference: the
+/// searches answer `false` ("not done here", and the walk runs the port of
+/// the ggml search per sub-block), the requantizations loop. A variant
+/// (`x86::kquants::Avx2`) overrides them with lane kernels that perform, per
+/// lane, exactly the scalar sequence of f32 operations.
+pub(crate) trait Lanes {
+    /// `make_qkx2_quants` (`nstep + 1 = S`) on every `N`-element sub-block
+    /// of the super-block `x`, if this variant batches it.
+    #[allow(clippy::too_many_arguments)]
+    #[inline(always)]
+    fn search_qkx2<const N: usize, const S: usize>(
+        x: &[f32],
+        weights: &[f32],
+        nmax: i32,
+        rmin: f32,
+        use_mad: bool,
+        l: &mut [u8; QK_K],
+        scales: &mut [f32],
+        mins: &mut [f32],
+    ) -> bool {
+        let _ = (x, weights, nmax, rmin, use_mad, l, scales, mins);
+        false
+    }
+
+    /// `make_qx_quants(16, 32, …, 1, NULL)` on the sixteen sub-blocks of
+    /// `x` (`l` = L + 32), if this variant batches it.
+    #[inline(always)]
+    fn search_qx_rmse1(x: &[f32], l: &mut [u8; QK_K], scales: &mut [f32]) -> bool {
+        let _ = (x, l, scales);
+        false
+    }
+
+    /// `make_q3_quants(16, 4, …, true)` on the sixteen sub-blocks of `x`
+    /// (`l` = L + 4), if this variant batches it.
+    #[inline(always)]
+    fn search_q3(x: &[f32], l: &mut [u8; QK_K], scales: &mut [f32]) -> bool {
+        let _ = (x, l, scales);
+        false
+    }
+
+    /// `l[i] = clamp(nearest_int(x[i] / d), lo, hi) + off`.
+    #[inline(always)]
+    fn requant_sym<const N: usize>(
+        x: &[f32; N],
+        d: f32,
+        lo: i32,
+        hi: i32,
+        off: i32,
+        l: &mut [u8; N],
+    ) {
+        for ii in 0..N {
+            let q = nearest_int(x[ii] / d).clamp(lo, hi);
+            l[ii] = (q + off) as u8;
         }
-        return true;
     }
-    let _ = (x, weights, nmax, rmin, use_mad, l, scales, mins);
-    false
-}
 
-/// With `AVX`, `make_qx_quants(16, 32, …, 1, NULL)` on the sixteen
-/// sub-blocks of `x`, eight at a time (`l` = L + 32), and `true`.
-#[inline(always)]
-fn search_qx_rmse1<const AVX: bool>(x: &[f32], l: &mut [u8; QK_K], scales: &mut [f32]) -> bool {
-    #[cfg(target_arch = "x86_64")]
-    if AVX {
-        // SAFETY: as in `search_qkx2`.
-        unsafe { avx2::qx_rmse1_x8::<16, 2>(32, x, l, scales) };
-        return true;
-    }
-    let _ = (x, l, scales);
-    false
-}
-
-/// With `AVX`, `make_q3_quants(16, 4, …, true)` on the sixteen sub-blocks
-/// of `x`, eight at a time (`l` = L + 4), and `true`.
-#[inline(always)]
-fn search_q3<const AVX: bool>(x: &[f32], l: &mut [u8; QK_K], scales: &mut [f32]) -> bool {
-    #[cfg(target_arch = "x86_64")]
-    if AVX {
-        // SAFETY: as in `search_qkx2`.
-        unsafe { avx2::q3_x8::<16, 2>(4, x, l, scales) };
-        return true;
-    }
-    let _ = (x, l, scales);
-    false
-}
-
-/// `l[i] = clamp(nearest_int(x[i] / d), lo, hi) + off`.
-#[inline(always)]
-fn requant_sym<const N: usize, const AVX: bool>(
-    x: &[f32; N],
-    d: f32,
-    lo: i32,
-    hi: i32,
-    off: i32,
-    l: &mut [u8; N],
-) {
-    #[cfg(target_arch = "x86_64")]
-    if AVX {
-        // SAFETY: as in `search_qkx2`.
-        unsafe { avx2::requant_sym(x, d, lo, hi, off, l) };
-        return;
-    }
-    for ii in 0..N {
-        let q = nearest_int(x[ii] / d).clamp(lo, hi);
-        l[ii] = (q + off) as u8;
+    /// `l[i] = clamp(nearest_int((x[i] + dm) / d), 0, nmax)`.
+    #[inline(always)]
+    fn requant_affine<const N: usize>(x: &[f32; N], dm: f32, d: f32, nmax: i32, l: &mut [u8; N]) {
+        for ii in 0..N {
+            let q = nearest_int((x[ii] + dm) / d);
+            l[ii] = q.clamp(0, nmax) as u8;
+        }
     }
 }
 
-/// `l[i] = clamp(nearest_int((x[i] + dm) / d), 0, nmax)`.
-#[inline(always)]
-fn requant_affine<const N: usize, const AVX: bool>(
-    x: &[f32; N],
-    dm: f32,
-    d: f32,
-    nmax: i32,
-    l: &mut [u8; N],
-) {
-    #[cfg(target_arch = "x86_64")]
-    if AVX {
-        // SAFETY: as in `search_qkx2`.
-        unsafe { avx2::requant_affine(x, dm, d, nmax, l) };
-        return;
-    }
-    for ii in 0..N {
-        let q = nearest_int((x[ii] + dm) / d);
-        l[ii] = q.clamp(0, nmax) as u8;
-    }
-}
+/// The scalar reference steps.
+pub(crate) struct Portable;
+
+impl Lanes for Portable {}
 
 /// `dequantize_row_q2_K`. ggml walks the block as 2 halves × 4 bit-planes
 /// × 2 runs of 16; sub-block `s` (0..16) of the output is run `s % 2` of
@@ -359,27 +231,23 @@ pub fn dequantize_row_q2_k(src: &[u8], dst: &mut [f32]) {
 /// The 6-bit scale of sub-block `j` (0..16) from Q3_K's 12 packed bytes,
 /// minus 32; the same unpacking `quantize_row_q3_K_ref` uses.
 #[inline(always)]
-fn q3_k_scale(s: &[u8], j: usize) -> i32 {
+pub(super) fn q3_k_scale(s: &[u8], j: usize) -> i32 {
     let lo = if j < 8 { s[j] & 0xF } else { s[j - 8] >> 4 };
     let hi = (s[8 + j % 4] >> (2 * (j / 4))) & 3;
     (lo | (hi << 4)) as i32 - 32
 }
 
-variants!(
-    "quantize_row_q3_K_ref",
-    quantize_row_q3_k,
-    quantize_row_q3_k_scalar,
-    quantize_row_q3_k_avx2,
-    q3_k_rows_avx2,
-    q3_k_rows
-);
+/// `quantize_row_q3_K_ref`.
+pub fn quantize_row_q3_k(src: &[f32], dst: &mut [u8]) {
+    q3_k_rows::<Portable>(src, dst)
+}
 
 #[inline(always)]
-fn q3_k_rows<const AVX: bool>(src: &[f32], dst: &mut [u8]) {
+pub(crate) fn q3_k_rows<L: Lanes>(src: &[f32], dst: &mut [u8]) {
     let mut l = [0u8; QK_K];
     let mut scales = [0f32; QK_K / 16];
     for (x, y) in src.chunks_exact(QK_K).zip(dst.chunks_exact_mut(Q3_K_BYTES)) {
-        if !search_q3::<AVX>(x, &mut l, &mut scales) {
+        if !L::search_q3(x, &mut l, &mut scales) {
             let mut li = [0i8; 16];
             for j in 0..QK_K / 16 {
                 scales[j] = make_q3_quants(4, sub::<16>(x, j), &mut li, true);
@@ -422,7 +290,7 @@ fn q3_k_rows<const AVX: bool>(src: &[f32], dst: &mut [u8]) {
             if d == 0.0 {
                 continue;
             }
-            requant_sym::<16, AVX>(sub::<16>(x, j), d, -4, 3, 4, sub_mut::<16, _>(&mut l, j));
+            L::requant_sym::<16>(sub::<16>(x, j), d, -4, 3, 4, sub_mut::<16, _>(&mut l, j));
         }
 
         pack_q3_k_codes(&mut l, &mut y[..96]);
@@ -461,7 +329,7 @@ pub fn dequantize_row_q3_k(src: &[u8], dst: &mut [f32]) {
 /// scales. `S` is the search's `nstep + 1`. Fills `head` (d, dmin, scales:
 /// 16 bytes) and `l` (0..=nmax).
 #[inline(always)]
-fn quantize_block_qkx_k<const S: usize, const AVX: bool>(
+fn quantize_block_qkx_k<const S: usize, L: Lanes>(
     x: &[f32],
     nmax: i32,
     rmin: f32,
@@ -482,7 +350,7 @@ fn quantize_block_qkx_k<const S: usize, const AVX: bool>(
             *w = av_x + v.abs();
         }
     }
-    if !search_qkx2::<32, S, AVX>(x, &weights, nmax, rmin, false, l, &mut scales, &mut mins) {
+    if !L::search_qkx2::<32, S>(x, &weights, nmax, rmin, false, l, &mut scales, &mut mins) {
         for j in 0..QK_K / 32 {
             let (s, m) = make_qkx2_quants_batched::<32, S>(
                 nmax,
@@ -520,7 +388,7 @@ fn quantize_block_qkx_k<const S: usize, const AVX: bool>(
         ls[j] = (nearest_int(inv_scale * scales[j]) as u8).min(63);
         lm[j] = (nearest_int(inv_min * mins[j]) as u8).min(63);
     }
-    finish_k4_block::<AVX>(x, &ls, &lm, max_scale / 63.0, max_min / 63.0, nmax, head, l);
+    finish_k4_block::<L>(x, &ls, &lm, max_scale / 63.0, max_min / 63.0, nmax, head, l);
 }
 
 /// The end of a Q4_K / Q5_K block (plain and importance-weighted) once its
@@ -529,7 +397,7 @@ fn quantize_block_qkx_k<const S: usize, const AVX: bool>(
 /// final scale and min, and the 16-byte head written.
 #[inline(always)]
 #[allow(clippy::too_many_arguments)]
-pub(super) fn finish_k4_block<const AVX: bool>(
+pub(super) fn finish_k4_block<L: Lanes>(
     x: &[f32],
     ls: &[u8; QK_K / 32],
     lm: &[u8; QK_K / 32],
@@ -551,29 +419,25 @@ pub(super) fn finish_k4_block<const AVX: bool>(
             continue;
         }
         let dm = dmin * m as f32;
-        requant_affine::<32, AVX>(sub::<32>(x, j), dm, d, nmax, sub_mut::<32, _>(l, j));
+        L::requant_affine::<32>(sub::<32>(x, j), dm, d, nmax, sub_mut::<32, _>(l, j));
     }
     head[0..2].copy_from_slice(&d_bits.to_le_bytes());
     head[2..4].copy_from_slice(&dmin_bits.to_le_bytes());
     head[4..16].copy_from_slice(&sc);
 }
 
-variants!(
-    "quantize_row_q4_K_ref",
-    quantize_row_q4_k,
-    quantize_row_q4_k_scalar,
-    quantize_row_q4_k_avx2,
-    q4_k_rows_avx2,
-    q4_k_rows
-);
+/// `quantize_row_q4_K_ref`.
+pub fn quantize_row_q4_k(src: &[f32], dst: &mut [u8]) {
+    q4_k_rows::<Portable>(src, dst)
+}
 
 #[inline(always)]
-fn q4_k_rows<const AVX: bool>(src: &[f32], dst: &mut [u8]) {
+pub(crate) fn q4_k_rows<L: Lanes>(src: &[f32], dst: &mut [u8]) {
     let mut l = [0u8; QK_K];
     for (x, y) in src.chunks_exact(QK_K).zip(dst.chunks_exact_mut(Q4_K_BYTES)) {
         let (head, qs) = y.split_at_mut(16);
         // make_qkx2_quants(32, 15, …, -1.f, 0.1f, 20, false): 21 candidates.
-        quantize_block_qkx_k::<21, AVX>(x, 15, -1.0, head, &mut l);
+        quantize_block_qkx_k::<21, L>(x, 15, -1.0, head, &mut l);
         pack_q4_k_codes(&l, qs);
     }
 }
@@ -605,22 +469,18 @@ pub fn dequantize_row_q4_k(src: &[u8], dst: &mut [f32]) {
     }
 }
 
-variants!(
-    "quantize_row_q5_K_ref",
-    quantize_row_q5_k,
-    quantize_row_q5_k_scalar,
-    quantize_row_q5_k_avx2,
-    q5_k_rows_avx2,
-    q5_k_rows
-);
+/// `quantize_row_q5_K_ref`.
+pub fn quantize_row_q5_k(src: &[f32], dst: &mut [u8]) {
+    q5_k_rows::<Portable>(src, dst)
+}
 
 #[inline(always)]
-fn q5_k_rows<const AVX: bool>(src: &[f32], dst: &mut [u8]) {
+pub(crate) fn q5_k_rows<L: Lanes>(src: &[f32], dst: &mut [u8]) {
     let mut l = [0u8; QK_K];
     for (x, y) in src.chunks_exact(QK_K).zip(dst.chunks_exact_mut(Q5_K_BYTES)) {
         let (head, rest) = y.split_at_mut(16);
         // make_qkx2_quants(32, 31, …, -0.5f, 0.1f, 15, false): 16 candidates.
-        quantize_block_qkx_k::<16, AVX>(x, 31, -0.5, head, &mut l);
+        quantize_block_qkx_k::<16, L>(x, 31, -0.5, head, &mut l);
         pack_q5_k_codes(&l, rest);
     }
 }
@@ -750,21 +610,17 @@ pub(super) fn pack_q5_k_codes(l: &[u8; QK_K], rest: &mut [u8]) {
 // ───────────────────────────── Q6_K ─────────────────────────────
 // Layout: ql[128], qh[64], scales[16] (i8), d.
 
-variants!(
-    "quantize_row_q6_K_ref",
-    quantize_row_q6_k,
-    quantize_row_q6_k_scalar,
-    quantize_row_q6_k_avx2,
-    q6_k_rows_avx2,
-    q6_k_rows
-);
+/// `quantize_row_q6_K_ref`.
+pub fn quantize_row_q6_k(src: &[f32], dst: &mut [u8]) {
+    q6_k_rows::<Portable>(src, dst)
+}
 
 #[inline(always)]
-fn q6_k_rows<const AVX: bool>(src: &[f32], dst: &mut [u8]) {
+pub(crate) fn q6_k_rows<L: Lanes>(src: &[f32], dst: &mut [u8]) {
     let mut l = [0u8; QK_K];
     let mut scales = [0f32; QK_K / 16];
     for (x, y) in src.chunks_exact(QK_K).zip(dst.chunks_exact_mut(Q6_K_BYTES)) {
-        if !search_qx_rmse1::<AVX>(x, &mut l, &mut scales) {
+        if !L::search_qx_rmse1(x, &mut l, &mut scales) {
             let mut li = [0i8; 16];
             for ib in 0..QK_K / 16 {
                 scales[ib] = make_qx_quants_rmse1(32, sub::<16>(x, ib), &mut li);
@@ -773,7 +629,7 @@ fn q6_k_rows<const AVX: bool>(src: &[f32], dst: &mut [u8]) {
                 }
             }
         }
-        finish_q6_k_block::<AVX>(x, &scales, &mut l, y);
+        finish_q6_k_block::<L>(x, &scales, &mut l, y);
     }
 }
 
@@ -781,7 +637,7 @@ fn q6_k_rows<const AVX: bool>(src: &[f32], dst: &mut [u8]) {
 /// sub-block scales quantized to i8 against the largest, every sub-block's
 /// codes re-rounded with its final scale, and the block packed.
 #[inline(always)]
-pub(super) fn finish_q6_k_block<const AVX: bool>(
+pub(super) fn finish_q6_k_block<L: Lanes>(
     x: &[f32],
     scales: &[f32; QK_K / 16],
     l: &mut [u8; QK_K],
@@ -817,7 +673,7 @@ pub(super) fn finish_q6_k_block<const AVX: bool>(
         if d == 0.0 {
             continue;
         }
-        requant_sym::<16, AVX>(sub::<16>(x, j), d, -32, 31, 32, sub_mut::<16, _>(l, j));
+        L::requant_sym::<16>(sub::<16>(x, j), d, -32, 31, 32, sub_mut::<16, _>(l, j));
     }
 
     let (ql, rest) = y.split_at_mut(128);

@@ -9,8 +9,10 @@
 #![allow(clippy::needless_range_loop)]
 use std::arch::x86_64::*;
 
-use super::tables::KVALUES_IQ4NL;
-use super::GROUP_MAX_EPS;
+use crate::ggml::scalar::common::{le_f16, le_u16};
+use crate::ggml::scalar::iquants::{self as scalar, Iq4Lanes};
+use crate::ggml::scalar::search::GROUP_MAX_EPS;
+use crate::ggml::scalar::tables::KVALUES_IQ4NL;
 
 /// The two halves of the table as f32 vectors, for `permutevar8x32`.
 #[inline(always)]
@@ -167,22 +169,20 @@ unsafe fn decode_group(t: (__m256, __m256), q: *const u8, d: f32, y: *mut f32) {
     }
 }
 
-/// `dequantize_row_iq4_nl`, AVX2 variant.
 #[target_feature(enable = "avx2,f16c")]
-pub(super) unsafe fn dequantize_iq4_nl(src: &[u8], dst: &mut [f32]) {
+unsafe fn deq_iq4_nl(src: &[u8], dst: &mut [f32]) {
     let t = table();
     for (b, y) in src.chunks_exact(18).zip(dst.chunks_exact_mut(32)) {
-        decode_group(t, b.as_ptr().add(2), super::le_f16(b, 0), y.as_mut_ptr());
+        decode_group(t, b.as_ptr().add(2), le_f16(b, 0), y.as_mut_ptr());
     }
 }
 
-/// `dequantize_row_iq4_xs`, AVX2 variant.
 #[target_feature(enable = "avx2,f16c")]
-pub(super) unsafe fn dequantize_iq4_xs(src: &[u8], dst: &mut [f32]) {
+unsafe fn deq_iq4_xs(src: &[u8], dst: &mut [f32]) {
     let t = table();
     for (b, y) in src.chunks_exact(136).zip(dst.chunks_exact_mut(256)) {
-        let d = super::le_f16(b, 0);
-        let scales_h = super::le_u16(b, 2) as i32;
+        let d = le_f16(b, 0);
+        let scales_h = le_u16(b, 2) as i32;
         for ib in 0..8 {
             let ls = ((b[4 + ib / 2] as i32 >> (4 * (ib % 2))) & 0xf)
                 | (((scales_h >> (2 * ib)) & 3) << 4);
@@ -196,3 +196,66 @@ pub(super) unsafe fn dequantize_iq4_xs(src: &[u8], dst: &mut [f32]) {
         }
     }
 }
+
+avx2_entry!(
+    "`dequantize_row_iq4_nl`, AVX2/F16C variant.",
+    dequantize_iq4_nl,
+    deq_iq4_nl,
+    scalar::dequantize_iq4_nl,
+    fn(src: &[u8], dst: &mut [f32])
+);
+
+avx2_entry!(
+    "`dequantize_row_iq4_xs`, AVX2/F16C variant.",
+    dequantize_iq4_xs,
+    deq_iq4_xs,
+    scalar::dequantize_iq4_xs,
+    fn(src: &[u8], dst: &mut [f32])
+);
+
+/// The IQ4 walks' steps on AVX2 lanes.
+///
+/// Only instantiated inside the `#[target_feature(enable = "avx2")]` row
+/// functions below, which run after the CPU check of their entry points.
+pub(crate) struct Avx2;
+
+impl Iq4Lanes for Avx2 {
+    #[inline(always)]
+    fn block_scales_x8(x: &[f32], scales: &mut [f32]) {
+        // SAFETY: `Avx2` is only used inside functions compiled for AVX2
+        // and called after detecting it.
+        unsafe { block_scale_x8(x, 7, scales) };
+    }
+
+    #[inline(always)]
+    fn block_indices(x: &[f32], id: f32, l: &mut [u8]) {
+        // SAFETY: as in `block_scales_x8`.
+        unsafe { indices(x, id, l) };
+    }
+}
+
+#[target_feature(enable = "avx2")]
+unsafe fn iq4_nl_rows(src: &[f32], dst: &mut [u8]) {
+    scalar::iq4_nl_rows::<Avx2>(src, dst)
+}
+
+#[target_feature(enable = "avx2")]
+unsafe fn iq4_xs_rows(src: &[f32], dst: &mut [u8]) {
+    scalar::iq4_xs_rows::<Avx2>(src, dst)
+}
+
+avx2_entry!(
+    "`quantize_iq4_nl` (no importance matrix), AVX2 variant.",
+    quantize_iq4_nl,
+    iq4_nl_rows,
+    scalar::quantize_iq4_nl,
+    fn(src: &[f32], dst: &mut [u8])
+);
+
+avx2_entry!(
+    "`quantize_iq4_xs` (no importance matrix), AVX2 variant.",
+    quantize_iq4_xs,
+    iq4_xs_rows,
+    scalar::quantize_iq4_xs,
+    fn(src: &[f32], dst: &mut [u8])
+);

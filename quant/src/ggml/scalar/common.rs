@@ -1,5 +1,6 @@
-//! Helpers shared by the ggml ports: the rounding rules and half-precision
-//! conversions exactly as ggml performs them.
+//! Helpers shared by the ggml ports: the rounding rules, half-precision
+//! conversions and little-endian field access exactly as ggml performs them.
+//! (The scale searches the encoders share are in `search`.)
 
 /// `nearest_int` from `ggml-quants.c`: round half to even through the
 /// 1.5·2^23 trick. Valid for |fval| ≤ 4194303, which ggml asserts.
@@ -8,23 +9,6 @@ pub fn nearest_int(fval: f32) -> i32 {
     let val = fval + 12582912.0f32;
     let i = val.to_bits() as i32;
     (i & 0x007f_ffff) - 0x0040_0000
-}
-
-/// The scan that opens many ggml encoders: `if (ax > amax) { amax = ax;
-/// max = x[i]; }` over the block. Returns `(max, amax)`: the first element
-/// of largest magnitude and that magnitude, `(0, 0)` for a block of zeros.
-#[inline(always)]
-pub fn first_absmax(x: &[f32]) -> (f32, f32) {
-    let mut max = 0f32;
-    let mut amax = 0f32;
-    for &v in x {
-        let ax = v.abs();
-        if ax > amax {
-            amax = ax;
-            max = v;
-        }
-    }
-    (max, amax)
 }
 
 /// `GGML_FP32_TO_FP16`: IEEE binary16, round to nearest even.

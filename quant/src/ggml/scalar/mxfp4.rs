@@ -1,26 +1,11 @@
 //! The FP4 (E2M1) microscaling formats of `ggml-quants.c`: MXFP4 (32 values,
 //! one E8M0 power-of-two scale) and NVFP4 (64 values, four UE4M3 scales).
 
-use crate::ggml::iquants::tables::KVALUES_MXFP4;
-use crate::{Codec, GgmlType};
+use super::tables::KVALUES_MXFP4;
 
 const QK_MXFP4: usize = 32;
 const QK_NVFP4: usize = 64;
 const QK_NVFP4_SUB: usize = 16;
-
-pub(crate) fn codec(ty: GgmlType) -> Option<Codec> {
-    match ty {
-        GgmlType::MXFP4 => Some(Codec {
-            dequantize: dequantize_mxfp4,
-            quantize: Some(quantize_mxfp4_best),
-        }),
-        GgmlType::NVFP4 => Some(Codec {
-            dequantize: dequantize_nvfp4,
-            quantize: Some(quantize_nvfp4),
-        }),
-        _ => None,
-    }
-}
 
 /// `ggml_e8m0_to_fp32_half`: 2^(e-128), with the two subnormal patterns
 /// for e < 2 (the E2M1 table holds doubled values, hence the half).
@@ -141,16 +126,6 @@ pub fn quantize_mxfp4(src: &[f32], dst: &mut [u8]) {
             b[1 + j] = x0 | (x1 << 4);
         }
     }
-}
-
-/// `quantize_row_mxfp4_ref` with the best variant this CPU runs.
-fn quantize_mxfp4_best(src: &[f32], dst: &mut [u8]) {
-    #[cfg(target_arch = "x86_64")]
-    {
-        super::rows_avx2::quantize_row_mxfp4(src, dst)
-    }
-    #[cfg(not(target_arch = "x86_64"))]
-    quantize_mxfp4(src, dst)
 }
 
 /// `dequantize_row_mxfp4`

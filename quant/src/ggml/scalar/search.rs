@@ -1,5 +1,8 @@
-//! The scale searches the K-quant encoders share, ported from the helper
-//! section of `ggml-quants.c` ("2-6 bit quantization in super-blocks").
+//! The scale searches the encoders share (K-quants, the importance-weighted
+//! legacy types, IQ4, IQ2_XXS), ported from the helper section of
+//! `ggml-quants.c` ("2-6 bit quantization in super-blocks"): `first_absmax`,
+//! `make_qx_quants`, `make_q3_quants`, `make_qkx2_quants`, `make_qkx3_quants`,
+//! `make_qp_quants`, `get_scale_min_k4` and their batched forms.
 //!
 //! Every float expression keeps ggml's operand order (C evaluates `a*b*c` as
 //! `(a*b)*c`, and `w*l` with an `int l` converts `l` first); the reference
@@ -9,7 +12,24 @@
 // easy to check against it.
 #![allow(clippy::needless_range_loop)]
 
-use crate::ggml::common::{first_absmax, nearest_int};
+use super::common::nearest_int;
+
+/// The scan that opens many ggml encoders: `if (ax > amax) { amax = ax;
+/// max = x[i]; }` over the block. Returns `(max, amax)`: the first element
+/// of largest magnitude and that magnitude, `(0, 0)` for a block of zeros.
+#[inline(always)]
+pub(crate) fn first_absmax(x: &[f32]) -> (f32, f32) {
+    let mut max = 0f32;
+    let mut amax = 0f32;
+    for &v in x {
+        let ax = v.abs();
+        if ax > amax {
+            amax = ax;
+            max = v;
+        }
+    }
+    (max, amax)
+}
 
 /// `GROUP_MAX_EPS`: below this max-abs a group counts as all zero.
 pub(crate) const GROUP_MAX_EPS: f32 = 1e-15;

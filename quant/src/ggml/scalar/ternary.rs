@@ -2,8 +2,7 @@
 //! b1.58 / TriLM weights in {-1, 0, 1}·d), and the newer Q1_0 ({-1, 1}·d)
 //! and Q2_0 ({-1, 0, 1, 2}·d).
 
-use crate::ggml::common::{f32_to_f16, le_f16, put_f16};
-use crate::{Codec, GgmlType};
+use super::common::{f32_to_f16, le_f16, put_f16};
 
 const QK_K: usize = 256;
 const QK1_0: usize = 128;
@@ -11,23 +10,6 @@ const QK2_0: usize = 64;
 /// Layout of `block_tq1_0`: 48 bytes of five trits, 4 of four trits, fp16 d.
 const TQ1_QS: usize = 48;
 const TQ1_QH: usize = 4;
-
-type Decode = fn(&[u8], &mut [f32]);
-type Encode = fn(&[f32], &mut [u8]);
-
-pub(crate) fn codec(ty: GgmlType) -> Option<Codec> {
-    let (dequantize, quantize): (Decode, Encode) = match ty {
-        GgmlType::TQ1_0 => (dequantize_tq1_0, quantize_tq1_0),
-        GgmlType::TQ2_0 => (dequantize_tq2_0, quantize_tq2_0),
-        GgmlType::Q1_0 => (dequantize_q1_0, quantize_q1_0),
-        GgmlType::Q2_0 => (dequantize_q2_0, quantize_q2_0),
-        _ => return None,
-    };
-    Some(Codec {
-        dequantize,
-        quantize: Some(quantize),
-    })
-}
 
 /// `lroundf(v) + 1` stored in an `int`: a trit in 0..=2 (round half away
 /// from zero) for |v| ≤ 1.

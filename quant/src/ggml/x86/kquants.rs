@@ -4,10 +4,16 @@
 //! `min`/`max`/blends reproduce the scalar comparisons, including signed
 //! zeros), so every lane's result is bit-identical to the scalar search.
 //! Data-dependent branches become per-lane masks.
+//!
+//! [`Avx2`] hands these kernels to the scalar block walks of
+//! `scalar::kquants`; the encoders below are those walks compiled for AVX2.
 
 // Index loops keep lane/element positions explicit, like the scalar ports.
 #![allow(clippy::needless_range_loop)]
 use std::arch::x86_64::*;
+
+use crate::ggml::scalar::kquants::{self as scalar, Lanes, QK_K};
+use crate::ggml::scalar::search::GROUP_MAX_EPS;
 
 /// `nearest_int` on 8 lanes: the same 1.5·2^23 trick.
 #[inline(always)]
@@ -226,7 +232,7 @@ pub(super) unsafe fn qx_rmse1_x8<const N: usize, const G: usize>(
             wv[g][i] = _mm256_mul_ps(xv[g][i], xv[g][i]);
             wx[g][i] = _mm256_mul_ps(wv[g][i], xv[g][i]);
         }
-        live[g] = _mm256_cmp_ps::<_CMP_NLT_UQ>(amax, _mm256_set1_ps(super::GROUP_MAX_EPS));
+        live[g] = _mm256_cmp_ps::<_CMP_NLT_UQ>(amax, _mm256_set1_ps(GROUP_MAX_EPS));
     }
     let mut l = [[_mm256_setzero_si256(); N]; G];
     let mut scale = [zero; G];
@@ -368,7 +374,7 @@ pub(super) unsafe fn q3_x8<const N: usize, const G: usize>(
             wv[g][i] = _mm256_mul_ps(xv[g][i], xv[g][i]);
             wx[g][i] = _mm256_mul_ps(wv[g][i], xv[g][i]);
         }
-        live[g] = _mm256_cmp_ps::<_CMP_NLT_UQ>(amax, _mm256_set1_ps(super::GROUP_MAX_EPS));
+        live[g] = _mm256_cmp_ps::<_CMP_NLT_UQ>(amax, _mm256_set1_ps(GROUP_MAX_EPS));
     }
     let mut l = [[zero; N]; G];
     let mut sumlx = [zero; G];
@@ -439,3 +445,133 @@ pub(super) unsafe fn q3_x8<const N: usize, const G: usize>(
         _mm256_storeu_ps(scales.as_mut_ptr().add(8 * g), sel(live[g], scale, zero));
     }
 }
+
+/// The block walks' steps on AVX2 lanes: eight sub-blocks at a time.
+///
+/// Only instantiated inside the `#[target_feature(enable = "avx2")]` row
+/// functions below, which run after the CPU check of their entry points.
+pub(crate) struct Avx2;
+
+impl Lanes for Avx2 {
+    #[allow(clippy::too_many_arguments)]
+    #[inline(always)]
+    fn search_qkx2<const N: usize, const S: usize>(
+        x: &[f32],
+        weights: &[f32],
+        nmax: i32,
+        rmin: f32,
+        use_mad: bool,
+        l: &mut [u8; QK_K],
+        scales: &mut [f32],
+        mins: &mut [f32],
+    ) -> bool {
+        for g in 0..QK_K / (8 * N) {
+            let r = 8 * N * g..8 * N * (g + 1);
+            // SAFETY: `Avx2` is only used inside functions compiled for AVX2
+            // and called after detecting it.
+            unsafe {
+                qkx2_x8::<N>(
+                    nmax,
+                    &x[r.clone()],
+                    &weights[r.clone()],
+                    &mut l[r],
+                    rmin,
+                    0.1,
+                    S as i32 - 1,
+                    use_mad,
+                    &mut scales[8 * g..8 * g + 8],
+                    &mut mins[8 * g..8 * g + 8],
+                )
+            };
+        }
+        true
+    }
+
+    #[inline(always)]
+    fn search_qx_rmse1(x: &[f32], l: &mut [u8; QK_K], scales: &mut [f32]) -> bool {
+        // SAFETY: as in `search_qkx2`.
+        unsafe { qx_rmse1_x8::<16, 2>(32, x, l, scales) };
+        true
+    }
+
+    #[inline(always)]
+    fn search_q3(x: &[f32], l: &mut [u8; QK_K], scales: &mut [f32]) -> bool {
+        // SAFETY: as in `search_qkx2`.
+        unsafe { q3_x8::<16, 2>(4, x, l, scales) };
+        true
+    }
+
+    #[inline(always)]
+    fn requant_sym<const N: usize>(
+        x: &[f32; N],
+        d: f32,
+        lo: i32,
+        hi: i32,
+        off: i32,
+        l: &mut [u8; N],
+    ) {
+        // SAFETY: as in `search_qkx2`.
+        unsafe { requant_sym(x, d, lo, hi, off, l) };
+    }
+
+    #[inline(always)]
+    fn requant_affine<const N: usize>(x: &[f32; N], dm: f32, d: f32, nmax: i32, l: &mut [u8; N]) {
+        // SAFETY: as in `search_qkx2`.
+        unsafe { requant_affine(x, dm, d, nmax, l) };
+    }
+}
+
+/// Declares the AVX2 encoder `$name` of a K-quant: the scalar walk
+/// `scalar::$walk` with the [`Avx2`] steps, compiled for AVX2 in `$imp`.
+macro_rules! kquant_encoder {
+    ($doc:literal, $name:ident, $imp:ident, $walk:ident, $fallback:ident) => {
+        #[target_feature(enable = "avx2")]
+        unsafe fn $imp(src: &[f32], dst: &mut [u8]) {
+            scalar::$walk::<Avx2>(src, dst)
+        }
+
+        avx2_entry!(
+            $doc,
+            $name,
+            $imp,
+            scalar::$fallback,
+            fn(src: &[f32], dst: &mut [u8])
+        );
+    };
+}
+
+kquant_encoder!(
+    "`quantize_row_q2_K_ref`, AVX2 variant.",
+    quantize_row_q2_k,
+    q2_k_rows,
+    q2_k_rows,
+    quantize_row_q2_k
+);
+kquant_encoder!(
+    "`quantize_row_q3_K_ref`, AVX2 variant.",
+    quantize_row_q3_k,
+    q3_k_rows,
+    q3_k_rows,
+    quantize_row_q3_k
+);
+kquant_encoder!(
+    "`quantize_row_q4_K_ref`, AVX2 variant.",
+    quantize_row_q4_k,
+    q4_k_rows,
+    q4_k_rows,
+    quantize_row_q4_k
+);
+kquant_encoder!(
+    "`quantize_row_q5_K_ref`, AVX2 variant.",
+    quantize_row_q5_k,
+    q5_k_rows,
+    q5_k_rows,
+    quantize_row_q5_k
+);
+kquant_encoder!(
+    "`quantize_row_q6_K_ref`, AVX2 variant.",
+    quantize_row_q6_k,
+    q6_k_rows,
+    q6_k_rows,
+    quantize_row_q6_k
+);

@@ -1,0 +1,250 @@
+//! The re-rounded candidate of the search (`crate::requant`): a base
+//! block's scales and minimums kept (fp16 `d`, `m`/`dmin`, the packed
+//! sub-block scales of the K-quants), every code moved to the grid value
+//! nearest to its target. One function per type, each following the layout
+//! its ggml decoder (`dequantize_row_*`) reads: `(base block, target
+//! values, output block)`, the output starting as a copy of the base.
+
+use super::common::{le_f16, nearest_int};
+use super::search::get_scale_min_k4;
+
+/// The code `k` in `lo..=hi` whose decoded value `k·s + o` (f32, as the
+/// decoders compute it: `k as f32 * s + o`, `o = 0` or `−m`) is nearest to
+/// `t`; `None` when the grid is degenerate (`s = 0`: every code decodes to
+/// `o`) or not finite, in which case the base's code is kept.
+///
+/// `nearest_int` of the clamped ratio is the nearest code up to the f32
+/// rounding of `(t − o)/s`; its two neighbours are checked on the decoded
+/// values, so the result is exact, ties keeping the rounded one.
+#[inline(always)]
+fn nearest_code(t: f32, s: f32, o: f32, lo: i32, hi: i32) -> Option<i32> {
+    grid_ok(s, o).then(|| nearest_code_unchecked(t, s, o, lo, hi))
+}
+
+/// Whether the grid `k·s + o` has distinct finite values.
+#[inline(always)]
+fn grid_ok(s: f32, o: f32) -> bool {
+    s != 0.0 && s.is_finite() && o.is_finite()
+}
+
+/// [`nearest_code`] for a grid that passed [`grid_ok`], branch-free so
+/// that block loops vectorise.
+#[inline(always)]
+fn nearest_code_unchecked(t: f32, s: f32, o: f32, lo: i32, hi: i32) -> i32 {
+    let x = ((t - o) / s).clamp(lo as f32, hi as f32);
+    let k0 = nearest_int(x);
+    let err = |k: i32| (t - (k as f32 * s + o)).abs();
+    let (km, kp) = ((k0 - 1).max(lo), (k0 + 1).min(hi));
+    let (e0, em, ep) = (err(k0), err(km), err(kp));
+    // Strictly nearer only, lower neighbour first: ties keep `k0`.
+    let (k, e) = if em < e0 { (km, em) } else { (k0, e0) };
+    if ep < e {
+        kp
+    } else {
+        k
+    }
+}
+
+/// Store a 4-bit code in the low (`high = false`) or high nibble.
+#[inline(always)]
+fn set_nibble(byte: &mut u8, high: bool, q: u8) {
+    *byte = if high {
+        (*byte & 0x0F) | (q << 4)
+    } else {
+        (*byte & 0xF0) | (q & 0x0F)
+    };
+}
+
+/// Store a 2-bit code at bit `shift`.
+#[inline(always)]
+fn set_bits2(byte: &mut u8, shift: u32, q: u8) {
+    *byte = (*byte & !(3 << shift)) | ((q & 3) << shift);
+}
+
+/// Store one bit.
+#[inline(always)]
+fn set_bit(byte: &mut u8, bit: u32, on: bool) {
+    *byte = (*byte & !(1 << bit)) | (u8::from(on) << bit);
+}
+
+/// Legacy 32-element blocks (`dequantize_row_q4_0/_q4_1/_q5_0/_q5_1`):
+/// element `e` is code `k = q − off` on the grid `k·d + m`; its low nibble
+/// sits in `qs[e % 16]` (high nibble for `e ≥ 16`), a fifth bit in bit `e`
+/// of `qh` when `qh_at` is given.
+#[allow(clippy::too_many_arguments)]
+#[inline(always)]
+fn reround_legacy(
+    b: &[u8],
+    t: &[f32],
+    o: &mut [u8],
+    m_at: Option<usize>,
+    qh_at: Option<usize>,
+    qs_at: usize,
+    lo: i32,
+    hi: i32,
+) {
+    let d = le_f16(b, 0);
+    let m = m_at.map_or(0.0, |i| le_f16(b, i));
+    if !grid_ok(d, m) {
+        return;
+    }
+    let t: &[f32; 32] = t.try_into().expect("32-element block");
+    let mut q = [0u8; 32];
+    for (qi, &x) in q.iter_mut().zip(t) {
+        *qi = (nearest_code_unchecked(x, d, m, lo, hi) - lo) as u8;
+    }
+    let qs: &mut [u8; 16] = (&mut o[qs_at..qs_at + 16]).try_into().expect("16 bytes");
+    for j in 0..16 {
+        qs[j] = (q[j] & 0x0F) | ((q[j + 16] & 0x0F) << 4);
+    }
+    if let Some(h) = qh_at {
+        let mut qh = 0u32;
+        for (e, &qi) in q.iter().enumerate() {
+            qh |= (((qi >> 4) & 1) as u32) << e;
+        }
+        o[h..h + 4].copy_from_slice(&qh.to_le_bytes());
+    }
+}
+
+/// Re-rounded candidate for Q4_0: codes `−8..=7` on `k·d`.
+pub fn reround_q4_0(b: &[u8], t: &[f32], o: &mut [u8]) {
+    reround_legacy(b, t, o, None, None, 2, -8, 7);
+}
+
+/// Re-rounded candidate for Q4_1: codes `0..=15` on `k·d + m`.
+pub fn reround_q4_1(b: &[u8], t: &[f32], o: &mut [u8]) {
+    reround_legacy(b, t, o, Some(2), None, 4, 0, 15);
+}
+
+/// Re-rounded candidate for Q5_0: codes `−16..=15` on `k·d`.
+pub fn reround_q5_0(b: &[u8], t: &[f32], o: &mut [u8]) {
+    reround_legacy(b, t, o, None, Some(2), 6, -16, 15);
+}
+
+/// Re-rounded candidate for Q5_1: codes `0..=31` on `k·d + m`.
+pub fn reround_q5_1(b: &[u8], t: &[f32], o: &mut [u8]) {
+    reround_legacy(b, t, o, Some(2), Some(4), 8, 0, 31);
+}
+
+/// Re-rounded candidate for Q8_0 (`dequantize_row_q8_0`): any `i8` code
+/// on `k·d`.
+pub fn reround_q8_0(b: &[u8], t: &[f32], o: &mut [u8]) {
+    let d = le_f16(b, 0);
+    if !grid_ok(d, 0.0) {
+        return;
+    }
+    for (q, &x) in o[2..34].iter_mut().zip(t) {
+        *q = nearest_code_unchecked(x, d, 0.0, -128, 127) as i8 as u8;
+    }
+}
+
+/// Re-rounded candidate for Q2_K (`dequantize_row_q2_K`): sub-block
+/// `s = e / 16` on `k·(d·sc) − dmin·m`, `k` in `0..=3`, 2-bit code in bit
+/// plane `(s % 8) / 2` of `qs[32·(s / 8) + 16·(s % 2) + e % 16]`.
+pub fn reround_q2_k(b: &[u8], t: &[f32], o: &mut [u8]) {
+    let d = le_f16(b, 80);
+    let min = le_f16(b, 82);
+    for (e, &x) in t.iter().enumerate().take(256) {
+        let s = e / 16;
+        let sc = b[s];
+        let dl = d * (sc & 0xF) as f32;
+        let ml = min * (sc >> 4) as f32;
+        if let Some(k) = nearest_code(x, dl, -ml, 0, 3) {
+            let shift = 2 * ((s % 8) / 2) as u32;
+            set_bits2(
+                &mut o[16 + 32 * (s / 8) + 16 * (s % 2) + e % 16],
+                shift,
+                k as u8,
+            );
+        }
+    }
+}
+
+/// Q3_K's 6-bit scale of sub-block `j`, minus 32, as `dequantize_row_q3_K`
+/// unpacks it.
+#[inline(always)]
+fn q3_k_scale(s: &[u8], j: usize) -> i32 {
+    let lo = if j < 8 { s[j] & 0xF } else { s[j - 8] >> 4 };
+    let hi = (s[8 + j % 4] >> (2 * (j / 4))) & 3;
+    (lo | (hi << 4)) as i32 - 32
+}
+
+/// Re-rounded candidate for Q3_K (`dequantize_row_q3_K`): `k·(d·scale)`,
+/// `k` in `−4..=3`, stored as `k + 4`: low two bits like Q2_K (at offset
+/// 32), the third in bit `e / 32` of `hmask[e % 32]`.
+pub fn reround_q3_k(b: &[u8], t: &[f32], o: &mut [u8]) {
+    let d_all = le_f16(b, 108);
+    for (e, &x) in t.iter().enumerate().take(256) {
+        let s = e / 16;
+        let dl = d_all * q3_k_scale(&b[96..108], s) as f32;
+        if let Some(k) = nearest_code(x, dl, 0.0, -4, 3) {
+            let u = (k + 4) as u8;
+            let shift = 2 * ((s % 8) / 2) as u32;
+            set_bits2(&mut o[32 + 32 * (s / 8) + 16 * (s % 2) + e % 16], shift, u);
+            set_bit(&mut o[e % 32], (e / 32) as u32, u & 4 != 0);
+        }
+    }
+}
+
+/// Re-rounded candidate for Q4_K and Q5_K (`dequantize_row_q4_K/_q5_K`):
+/// sub-block `j = e / 32` on `k·(d·sc_j) − dmin·m_j`, codes `0..=nmax`; the
+/// low nibble in `qs[32·(j / 2) + e % 32]` (high nibble for odd `j`) at
+/// `qs_at`, for Q5_K the fifth bit in bit `j` of `qh[e % 32]`.
+#[inline(always)]
+fn reround_qkx_k(b: &[u8], t: &[f32], o: &mut [u8], qh_at: Option<usize>, qs_at: usize, nmax: i32) {
+    let d = le_f16(b, 0);
+    let dmin = le_f16(b, 2);
+    for (j, xs) in t.chunks_exact(32).enumerate().take(8) {
+        let (sc, m) = get_scale_min_k4(j, &b[4..16]);
+        let d1 = d * sc as f32;
+        let m1 = dmin * m as f32;
+        if !grid_ok(d1, -m1) {
+            continue;
+        }
+        let mut codes = [0u8; 32];
+        for (c, &x) in codes.iter_mut().zip(xs) {
+            *c = nearest_code_unchecked(x, d1, -m1, 0, nmax) as u8;
+        }
+        for (i, &q) in codes.iter().enumerate() {
+            set_nibble(&mut o[qs_at + 32 * (j / 2) + i], j % 2 == 1, q);
+            if let Some(h) = qh_at {
+                set_bit(&mut o[h + i], j as u32, q & 0x10 != 0);
+            }
+        }
+    }
+}
+
+/// Re-rounded candidate for Q4_K.
+pub fn reround_q4_k(b: &[u8], t: &[f32], o: &mut [u8]) {
+    reround_qkx_k(b, t, o, None, 16, 15);
+}
+
+/// Re-rounded candidate for Q5_K.
+pub fn reround_q5_k(b: &[u8], t: &[f32], o: &mut [u8]) {
+    reround_qkx_k(b, t, o, Some(16), 48, 31);
+}
+
+/// Re-rounded candidate for Q6_K (`dequantize_row_q6_K`): `k·(d·sc)` with
+/// the signed 8-bit scale of sub-block `e / 16`, `k` in `−32..=31` stored as
+/// `k + 32`. In half `n = e / 128`, quarter `m`, index `i`: the low nibble
+/// in `ql[64n + i + 32·(m % 2)]` (high nibble for `m ≥ 2`), the top two
+/// bits at bit `2m` of `qh[32n + i]`.
+pub fn reround_q6_k(b: &[u8], t: &[f32], o: &mut [u8]) {
+    let d = le_f16(b, 208);
+    for (j, xs) in t.chunks_exact(16).enumerate().take(16) {
+        let s = d * b[192 + j] as i8 as f32;
+        if !grid_ok(s, 0.0) {
+            continue;
+        }
+        let mut codes = [0u8; 16];
+        for (c, &x) in codes.iter_mut().zip(xs) {
+            *c = (nearest_code_unchecked(x, s, 0.0, -32, 31) + 32) as u8;
+        }
+        for (r, &q) in codes.iter().enumerate() {
+            let e = 16 * j + r;
+            let (n, m, i) = (e / 128, (e % 128) / 32, e % 32);
+            set_nibble(&mut o[64 * n + i + 32 * (m % 2)], m >= 2, q);
+            set_bits2(&mut o[128 + 32 * n + i], 2 * m as u32, q >> 4);
+        }
+    }
+}
