@@ -4,9 +4,11 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
+python3 tests/check_layers.py
 cargo test --workspace --all-targets
 
 python3 -m pip install --quiet --disable-pip-version-check -r tests/interop/requirements.txt
 cargo build --release --bin qresidual
 export QRESIDUAL_BIN="$PWD/target/release/qresidual"
+bash tests/output_digests.sh
 python3 -m pytest tests/interop -q -p no:cacheprovider

@@ -437,16 +437,35 @@ fn fmt_bytes(b: u64) -> String {
     format!("{:.2} MiB ({b} bytes)", b as f64 / (1u64 << 20) as f64)
 }
 
-/// Choose one candidate per tensor under `c`. Errors (usage) when the
-/// budget cannot be met by any choice.
-pub fn choose(tensors: Vec<TensorCandidates>, c: Constraints) -> Result<Plan> {
+/// No choice of types meets a budget: why, for the user.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Infeasible(pub String);
+
+impl std::fmt::Display for Infeasible {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl From<Infeasible> for Error {
+    /// An explicit budget that cannot be met is a usage error.
+    fn from(e: Infeasible) -> Error {
+        Error::Usage(e.0)
+    }
+}
+
+/// Choose one candidate per tensor under `c`, or say why no choice meets it.
+pub fn choose(
+    tensors: Vec<TensorCandidates>,
+    c: Constraints,
+) -> std::result::Result<Plan, Infeasible> {
     let mut warnings = Vec::new();
     let mut hulls: Vec<Vec<usize>> = Vec::with_capacity(tensors.len());
     let mut floor_free = 0u64; // smallest size without --min-retention
     for t in &tensors {
         let all: Vec<usize> = (0..t.candidates.len()).collect();
         if t.candidates.is_empty() {
-            return Err(Error::Usage(format!(
+            return Err(Infeasible(format!(
                 "tensor '{}' ({}) has no type it can be written as",
                 t.name, t.base_ty
             )));
@@ -530,7 +549,7 @@ pub fn choose(tensors: Vec<TensorCandidates>, c: Constraints) -> Result<Plan> {
             } else {
                 String::new()
             };
-            return Err(Error::Usage(format!(
+            return Err(Infeasible(format!(
                 "the budget of {} is too small: the smallest output these types allow holds {} of tensor data{why}",
                 fmt_bytes(max),
                 fmt_bytes(start)
@@ -639,7 +658,7 @@ fn greedy(
 
 /// Estimate and choose in one call.
 pub fn plan(origin: &Path, inputs: &[TensorInput<'_>], scale: f32, c: Constraints) -> Result<Plan> {
-    choose(estimate(origin, inputs, scale)?, c)
+    Ok(choose(estimate(origin, inputs, scale)?, c)?)
 }
 
 impl Plan {
@@ -1020,7 +1039,6 @@ mod tests {
             },
         )
         .unwrap_err();
-        assert!(matches!(e, Error::Usage(_)));
         assert!(e.to_string().contains(&format!("({base} bytes)")), "{e}");
     }
 

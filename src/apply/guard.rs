@@ -40,6 +40,7 @@ use std::sync::Mutex;
 use serde::{Deserialize, Serialize};
 
 use crate::apply::matching::{Pairing, Residual, ResidualTensor};
+use crate::engine::log::Log;
 use crate::format::gguf::GgufFile;
 use crate::model::naming::RowPermutation;
 use crate::model::rows::{EncodedRows, RowSource};
@@ -458,28 +459,26 @@ pub fn guard_apply(
     rtensors: &[ResidualTensor<'_>],
     pairs: &[Pairing],
     force: bool,
-    quiet: bool,
+    log: &Log,
 ) -> Result<()> {
-    let Some(report) = check(base, residual, rtensors, pairs, !quiet)? else {
-        if !quiet {
-            eprintln!(
-                "note: {} carries no base fingerprint; only tensor names and shapes could be checked against {}",
-                residual.path().display(),
-                base.path().display()
-            );
-        }
+    let Some(report) = check(base, residual, rtensors, pairs, log.progress())? else {
+        log.note(&format!(
+            "{} carries no base fingerprint; only tensor names and shapes could be checked against {}",
+            residual.path().display(),
+            base.path().display()
+        ));
         return Ok(());
     };
     let bad: Vec<&TensorVerdict> = report.verdicts.iter().filter(|v| !v.agrees()).collect();
-    if !quiet && !report.not_covered.is_empty() {
-        eprintln!(
-            "note: the fingerprint does not cover {} matched tensor(s): {}",
+    if !report.not_covered.is_empty() {
+        log.note(&format!(
+            "the fingerprint does not cover {} matched tensor(s): {}",
             report.not_covered.len(),
             crate::model::list(&report.not_covered)
-        );
+        ));
     }
     if bad.is_empty() {
-        if !quiet {
+        if log.enabled() {
             let identical = report.verdicts.iter().filter(|v| v.identical).count();
             let closest = report.verdicts.iter().max_by(|a, b| {
                 a.margin()
@@ -498,10 +497,10 @@ pub fn guard_apply(
                     )
                 })
                 .unwrap_or_default();
-            eprintln!(
-                "base check: {} tensor(s) match the residual's base fingerprint ({identical} identical at f16){closest}",
+            log.info(&format!(
+                "base check: {} tensor(s) match the residual's base fingerprint ({identical} identical at f16){closest}\n",
                 report.verdicts.len()
-            );
+            ));
         }
         return Ok(());
     }
@@ -523,9 +522,7 @@ pub fn guard_apply(
         crate::model::list(&described)
     );
     if force {
-        if !quiet {
-            eprintln!("warning: {msg}; applying anyway (--force)");
-        }
+        log.warn(&format!("{msg}; applying anyway (--force)"));
         Ok(())
     } else {
         Err(Error::Mismatch(format!(

@@ -11,6 +11,7 @@ use std::path::Path;
 
 use serde_json::Value;
 
+use crate::engine::log::Log;
 use crate::format::gguf::{apply_edits, parse_edits, GgufFile, MetaEdit, MetaValue};
 use crate::{Error, Result};
 
@@ -182,21 +183,19 @@ pub fn edits(
 }
 
 /// Apply the instruct metadata and then the `--set KEY=TYPE:VALUE` edits to
-/// `metadata`, printing notes unless `quiet`.
+/// `metadata`, telling `log` what was taken from where.
 pub fn apply(
     metadata: &mut Vec<(String, MetaValue)>,
     base: &GgufFile,
     tokenizer_config: Option<&Path>,
     generation_config: Option<&Path>,
     set: &[String],
-    quiet: bool,
+    log: &Log,
 ) -> Result<()> {
     let (mut all, notes) = edits(base, tokenizer_config, generation_config)?;
     all.extend(parse_edits(set, &[], &[])?);
-    if !quiet {
-        for n in notes {
-            eprintln!("note: {n}");
-        }
+    for n in notes {
+        log.note(&n);
     }
     apply_edits(metadata, &all)
 }

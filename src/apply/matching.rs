@@ -81,6 +81,36 @@ fn meta_u64(base: &GgufFile, key: &str) -> Option<u64> {
     base.get(key).and_then(|v| v.as_u64())
 }
 
+/// A residual for the output projection of a base that ties it to the
+/// embedding (`names`: the base's output and embedding names): accepted,
+/// once, when it equals the embedding's residual (`embed`); refused when it
+/// differs, as one tensor cannot take two residuals. Returns the note.
+pub fn tied_output(
+    residual_path: &Path,
+    residual: &[ResidualTensor<'_>],
+    output: usize,
+    embed: Option<usize>,
+    names: (&str, &str),
+) -> Result<String> {
+    let (o, e) = names;
+    let same = embed.is_some_and(|ei| {
+        let (l, e) = (&residual[output], &residual[ei]);
+        l.ty == e.ty && l.shape == e.shape && l.data == e.data
+    });
+    if same {
+        Ok(format!(
+            "the base ties its output ({o}) to {e}; the residual's {} equals its embedding residual and is applied once",
+            residual[output].name
+        ))
+    } else {
+        Err(Error::Mismatch(format!(
+            "{}: the base ties its output ({o}) to {e}, but the residual's {} differs from its embedding residual; a tied model cannot take two different residuals",
+            residual_path.display(),
+            residual[output].name
+        )))
+    }
+}
+
 /// Match every residual tensor to exactly one base tensor of the same shape.
 pub fn match_residual(
     base: &GgufFile,
@@ -165,22 +195,14 @@ pub fn match_residual(
     }
 
     if let Some(li) = tied_lm_head {
-        let same = embed_residual.is_some_and(|ei| {
-            let (l, e) = (&residual[li], &residual[ei]);
-            l.ty == e.ty && l.shape == e.shape && l.data == e.data
-        });
-        if same {
-            m.notes.push(format!(
-                "the base ties its output to token_embd; the residual's {} equals its embedding residual and is applied once",
-                residual[li].name
-            ));
-        } else {
-            return Err(Error::Mismatch(format!(
-                "{}: the base has no output.weight (its output is tied to token_embd.weight), but the residual's {} differs from its embedding residual; a tied model cannot take two different residuals",
-                residual_path.display(),
-                residual[li].name
-            )));
-        }
+        let note = tied_output(
+            residual_path,
+            residual,
+            li,
+            embed_residual,
+            ("output.weight", "token_embd.weight"),
+        )?;
+        m.notes.push(note);
     }
     if !bad_shape.is_empty() {
         return Err(Error::Mismatch(format!(

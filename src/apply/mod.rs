@@ -1,9 +1,571 @@
-//! `apply`: base ⊕ α·residual. Matching the residual's tensors to the
-//! base's, the base guard, and the strategies that decide how the sum is
-//! written (fresh, search, budgets and auto, adapter).
+//! `apply`: out = base + α·residual, as a library call.
+//!
+//! [`apply`] takes an [`ApplyRequest`] (plain Rust values, no command-line
+//! types) and returns an [`ApplyResult`] with every tensor's statistics.
+//! It matches the residual's tensors to the base's ([`matching`]), checks
+//! the base against the residual's fingerprint ([`guard`]), chooses how
+//! the sum is written ([`Strategy`]; [`budget`] for auto and size limits,
+//! [`adapter`] for LoRA output) and runs the one engine
+//! ([`crate::engine::pipeline`]).
+//!
+//! ```no_run
+//! use qresidual::apply::{apply, ApplyRequest, Strategy};
+//! use qresidual::engine::log::Log;
+//!
+//! let mut req = ApplyRequest::new("base-Q4_K_M.gguf", "residual/", "instruct-Q4_K_M.gguf");
+//! req.strategy = Strategy::Fresh;
+//! let result = apply(&req, &Log::silent())?;
+//! for t in result.tensors.iter().filter(|t| t.has_residual) {
+//!     println!("{}: retention {:?}", t.name, t.stats.and_then(|s| s.retention()));
+//! }
+//! # Ok::<(), qresidual::Error>(())
+//! ```
 
 pub mod adapter;
+pub mod bnb;
 pub mod budget;
 pub mod guard;
 pub mod instruct;
 pub mod matching;
+
+use std::path::PathBuf;
+
+use serde_json::{json, Value};
+
+use crate::engine::log::Log;
+use crate::engine::pipeline;
+use crate::engine::tasks::{self, Output};
+use crate::format::gguf::GgufFile;
+use crate::model::mix::Target;
+use crate::model::rows::{EncodedRows, RowSource};
+use crate::model::Model;
+use crate::report::{self, Row};
+use crate::{Error, Result};
+use budget::SizeLimit;
+use matching::{match_residual, residual_tensors, scan_residuals, Residual};
+
+/// How the sum is written.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Strategy {
+    /// With `target` keep: the tensor types that fit the base's size with
+    /// the least estimated error (as a `+0%` size limit), each encoded by
+    /// search; otherwise as [`Strategy::Fresh`].
+    #[default]
+    Auto,
+    /// Requantize dequant(base) + α·Δ as llama.cpp would (bit-exact).
+    Fresh,
+    /// Per block, the candidate nearest to the sum (base block, fresh
+    /// encoding, base scales with re-rounded codes).
+    Search,
+    /// Leave the base untouched; write α·Δ as a rank-`rank` LoRA adapter.
+    Adapter {
+        /// Rank of every adapter pair.
+        rank: usize,
+    },
+}
+
+impl Strategy {
+    /// The name used on the command line and in reports.
+    pub fn name(&self) -> &'static str {
+        match self {
+            Strategy::Auto => "auto",
+            Strategy::Fresh => "fresh",
+            Strategy::Search => "search",
+            Strategy::Adapter { .. } => "adapter",
+        }
+    }
+}
+
+/// Size budgets that choose every tensor's type (GGUF bases, target keep).
+#[derive(Debug, Clone, Copy, Default, PartialEq)]
+pub struct Budget {
+    /// Byte budget for the tensor data.
+    pub max_size: Option<SizeLimit>,
+    /// Budget as average bits per weight.
+    pub bpw: Option<f64>,
+    /// Every tensor with a residual keeps at least this retention when some type can.
+    pub min_retention: Option<f64>,
+}
+
+impl Budget {
+    /// Whether any budget is set.
+    pub fn is_set(&self) -> bool {
+        self.max_size.is_some() || self.bpw.is_some() || self.min_retention.is_some()
+    }
+}
+
+/// Metadata written into a GGUF output besides the base's.
+#[derive(Debug, Clone, Default)]
+pub struct MetadataEdits {
+    /// `general.name`.
+    pub name: Option<String>,
+    /// The instruct model's tokenizer_config.json (chat template, EOS/EOT ids).
+    pub tokenizer_config: Option<PathBuf>,
+    /// The instruct model's generation_config.json (EOS id fallback).
+    pub generation_config: Option<PathBuf>,
+    /// `KEY=TYPE:VALUE` edits, as the `metadata` command takes them.
+    pub set: Vec<String>,
+}
+
+/// Everything `apply` needs to know.
+#[derive(Debug, Clone)]
+pub struct ApplyRequest {
+    /// Base model: GGUF file (or first split) or bitsandbytes folder.
+    pub base: PathBuf,
+    /// Residual: safetensors file or folder of shards, or GGUF.
+    pub residual: PathBuf,
+    /// Output file (GGUF) or folder (bitsandbytes).
+    pub output: PathBuf,
+    /// Output types: `keep`, a type, or a llama.cpp mix (GGUF); `keep`,
+    /// `nf4`, `fp4`, `int8`, `f16`, `bf16`, `f32` (bitsandbytes).
+    pub target: String,
+    /// α in out = base + α·Δ.
+    pub scale: f32,
+    /// How the sum is written.
+    pub strategy: Strategy,
+    /// Size budgets (choose the types).
+    pub budget: Budget,
+    /// llama-imatrix output: encode with importance weights.
+    pub imatrix: Option<PathBuf>,
+    /// Split the GGUF output into files of at most this many bytes.
+    pub split_max_size: Option<u64>,
+    /// Metadata edits of the GGUF output.
+    pub metadata: MetadataEdits,
+    /// Apply even when the base disagrees with the residual's fingerprint.
+    pub force: bool,
+    /// Skip residual tensors without a partner in the base.
+    pub allow_missing: bool,
+    /// Write the JSON report here.
+    pub report: Option<PathBuf>,
+}
+
+impl ApplyRequest {
+    /// A request with the defaults of the command line: target keep,
+    /// α = 1, strategy auto, no budget.
+    pub fn new(
+        base: impl Into<PathBuf>,
+        residual: impl Into<PathBuf>,
+        output: impl Into<PathBuf>,
+    ) -> Self {
+        ApplyRequest {
+            base: base.into(),
+            residual: residual.into(),
+            output: output.into(),
+            target: "keep".into(),
+            scale: 1.0,
+            strategy: Strategy::Auto,
+            budget: Budget::default(),
+            imatrix: None,
+            split_max_size: None,
+            metadata: MetadataEdits::default(),
+            force: false,
+            allow_missing: false,
+            report: None,
+        }
+    }
+}
+
+/// What `apply` wrote and measured.
+#[derive(Debug)]
+pub struct ApplyResult {
+    /// Files (or the folder) written.
+    pub outputs: Vec<PathBuf>,
+    /// Every output tensor with its statistics against the exact sum
+    /// (empty for an adapter).
+    pub tensors: Vec<Row>,
+    /// Per tensor share of ‖αΔ‖² an adapter holds (`Strategy::Adapter`).
+    pub adapter: Option<Vec<adapter::Outcome>>,
+    /// The type plan, when a budget (or auto) chose the types.
+    pub plan: Option<budget::Plan>,
+    /// Whether blocks were encoded by search (the report has win counts).
+    pub searched: bool,
+    /// When most of the residual was rounded away: what happened and what
+    /// would keep it.
+    pub retention_warning: Option<String>,
+    /// The JSON report (also written to the request's `report` path).
+    pub report: Value,
+}
+
+/// Run `apply`: validate the request, read the inputs, write the output
+/// atomically and measure it.
+pub fn apply(req: &ApplyRequest, log: &Log) -> Result<ApplyResult> {
+    check_request(req)?;
+    match Model::open(&req.base)? {
+        Model::Gguf(base) => apply_gguf(req, &base, log),
+        Model::Bitsandbytes(base) => bnb::apply(req, &base, log),
+        Model::Safetensors(_) => Err(Error::Usage(format!(
+            "{}: a plain safetensors checkpoint is not a quantized base; add the residual to its GGUF or bitsandbytes form",
+            req.base.display()
+        ))),
+    }
+}
+
+/// Options that only one strategy (or one base format) takes.
+fn check_request(req: &ApplyRequest) -> Result<()> {
+    let usage = |m: &str| Err(Error::Usage(m.into()));
+    if !req.scale.is_finite() {
+        return Err(Error::Usage(format!(
+            "--scale {} is not a finite number",
+            req.scale
+        )));
+    }
+    match req.strategy {
+        Strategy::Adapter { rank } => {
+            if req.budget.is_set() {
+                return usage("--max-size, --bpw and --min-retention choose output types: they do not apply to --strategy adapter");
+            }
+            if rank == 0 {
+                return usage("--rank must be at least 1");
+            }
+            if req.target != "keep" {
+                return usage(
+                    "--type does not apply to --strategy adapter: the base is left as it is",
+                );
+            }
+            if req.imatrix.is_some() {
+                return usage("--imatrix does not apply to --strategy adapter: nothing is quantized");
+            }
+            if req.split_max_size.is_some() {
+                return usage("--split-max-size does not apply to --strategy adapter");
+            }
+            let m = &req.metadata;
+            if m.tokenizer_config.is_some() || m.generation_config.is_some() || !m.set.is_empty()
+            {
+                return usage("--tokenizer-config, --generation-config and --set do not apply to --strategy adapter");
+            }
+            Ok(())
+        }
+        Strategy::Search if req.imatrix.is_some() => usage(
+            "--strategy search measures plain distances: it does not take --imatrix (use --strategy fresh)",
+        ),
+        _ => Ok(()),
+    }
+}
+
+/// The residual opened, matched to a GGUF base and checked.
+struct Matched<'a> {
+    /// One residual row source per base tensor (None: no residual or all zero).
+    rows: Vec<Option<Box<dyn RowSource + 'a>>>,
+}
+
+fn match_gguf<'a>(
+    req: &ApplyRequest,
+    base: &'a GgufFile,
+    residual: &'a Residual,
+    log: &Log,
+) -> Result<Matched<'a>> {
+    let rtensors = residual_tensors(residual)?;
+    tasks::require_tensors(base)?;
+    if rtensors.is_empty() {
+        return Err(Error::format(
+            residual.path(),
+            "the residual holds no tensors",
+        ));
+    }
+    let matching = match_residual(base, residual.path(), &rtensors, req.allow_missing)?;
+    guard::guard_apply(base, residual, &rtensors, &matching.pairs, req.force, log)?;
+    let all_zero = scan_residuals(residual.path(), &rtensors, &matching.pairs, residual)?;
+    for note in &matching.notes {
+        log.note(note);
+    }
+    if !matching.unmatched.is_empty() {
+        log.warn(&format!(
+            "{} residual tensor(s) skipped (--allow-missing): {}",
+            matching.unmatched.len(),
+            matching.unmatched.join(", ")
+        ));
+    }
+    let mut rows: Vec<Option<Box<dyn RowSource + 'a>>> =
+        (0..base.tensors().len()).map(|_| None).collect();
+    let mut zero = 0;
+    for (p, &is_zero) in matching.pairs.iter().zip(&all_zero) {
+        if is_zero || req.scale == 0.0 {
+            zero += 1;
+            continue;
+        }
+        rows[p.base] = Some(Box::new(
+            residual.rows(&rtensors[p.residual], p.permutation),
+        ));
+    }
+    if zero > 0 {
+        log.note(&format!(
+            "{zero} residual tensor(s) are all zero; their base tensors are copied unchanged"
+        ));
+    }
+    Ok(Matched { rows })
+}
+
+/// Which types the tensors are written in, and why.
+enum TypeChoice {
+    /// A size budget (or auto) chose them.
+    Planned(budget::Plan),
+    /// The target gives them (or auto found no plan that fits: every
+    /// tensor keeps its own type).
+    Given,
+}
+
+fn choose_types(
+    req: &ApplyRequest,
+    base: &GgufFile,
+    residual_rows: &[Option<Box<dyn RowSource + '_>>],
+    keep: bool,
+    log: &Log,
+) -> Result<TypeChoice> {
+    let auto = req.strategy == Strategy::Auto && keep && !req.budget.is_set();
+    if !(auto || req.budget.is_set()) {
+        return Ok(TypeChoice::Given);
+    }
+    let default_limit = auto.then_some(SizeLimit::Relative(0.0));
+    match plan_budget(req, base, residual_rows, default_limit, log)? {
+        Ok(plan) => Ok(TypeChoice::Planned(plan)),
+        // No type choice fits the base's size (e.g. 2-bit IQ bases): auto
+        // falls back to every tensor's own type.
+        Err(budget::Infeasible(why)) if auto => {
+            log.note(&format!("--strategy auto keeps every tensor's type: {why}"));
+            Ok(TypeChoice::Given)
+        }
+        Err(infeasible) => Err(infeasible.into()),
+    }
+}
+
+fn apply_gguf(req: &ApplyRequest, base: &GgufFile, log: &Log) -> Result<ApplyResult> {
+    let target = tasks::parse_target(&req.target)?;
+    let keep = matches!(target, Target::Keep);
+    if req.budget.is_set() && !keep {
+        return Err(Error::Usage(format!(
+            "--type {} cannot be combined with --max-size, --bpw or --min-retention, which choose the types themselves",
+            req.target
+        )));
+    }
+    let residual = Residual::open(&req.residual)?;
+    let mut inputs = base.paths();
+    inputs.extend(residual.paths());
+    check_outputs(req, &inputs)?;
+
+    let Matched {
+        rows: residual_rows,
+    } = match_gguf(req, base, &residual, log)?;
+    if let Strategy::Adapter { rank } = req.strategy {
+        return write_adapter(req, base, &residual_rows, rank, log);
+    }
+    if req.imatrix.is_some() {
+        tasks::check_imatrix_target(&target)?;
+    }
+    let imatrix = req
+        .imatrix
+        .as_deref()
+        .map(crate::format::imatrix::Imatrix::open)
+        .transpose()?;
+    let plan = match choose_types(req, base, &residual_rows, keep, log)? {
+        TypeChoice::Planned(p) => Some(p),
+        TypeChoice::Given => None,
+    };
+    let out_types = match &plan {
+        Some(p) => p.types(),
+        None => tasks::output_types(base, &target)?,
+    };
+    let tasks = match &imatrix {
+        Some(m) => {
+            let (tasks, used) =
+                tasks::tasks_with_imatrix(base, &out_types, residual_rows, req.scale, m)?;
+            for n in used.notes(m.path()) {
+                log.info(&format!("{n}\n"));
+            }
+            tasks
+        }
+        None => tasks::tasks(base, &out_types, residual_rows, req.scale)?,
+    };
+    let mut metadata = tasks::output_metadata(
+        base,
+        tasks::file_type(base, &target),
+        req.metadata.name.as_deref(),
+    );
+    if let (Some(m), Some(p)) = (&imatrix, &req.imatrix) {
+        tasks::add_imatrix_metadata(&mut metadata, m, p);
+    }
+    instruct::apply(
+        &mut metadata,
+        base,
+        req.metadata.tokenizer_config.as_deref(),
+        req.metadata.generation_config.as_deref(),
+        &req.metadata.set,
+        log,
+    )?;
+    // auto encodes by search (never further from the sum than fresh, block
+    // by block; measured a little better) unless importance weights rule.
+    let search = match req.strategy {
+        Strategy::Search => true,
+        Strategy::Auto => req.imatrix.is_none(),
+        _ => false,
+    };
+    let out = Output {
+        path: &req.output,
+        split_max_size: req.split_max_size,
+        options: pipeline::Options {
+            progress: log.progress(),
+            search,
+            ..Default::default()
+        },
+    };
+    let (outcomes, paths) = tasks::write(&tasks, &metadata, &out)?;
+    let rows = report::rows(&outcomes);
+    let inputs = json!({
+        "base": req.base.display().to_string(),
+        "residual": req.residual.display().to_string(),
+        "scale": req.scale,
+        "type": req.target,
+        "strategy": req.strategy.name(),
+    });
+    let mut json = report::to_json("apply", inputs, &rows);
+    if let Some(p) = &plan {
+        json["budget"] = p.to_json();
+    }
+    if let Some(path) = &req.report {
+        report::write_value(path, &json)?;
+    }
+    let remedy = plan.as_ref().map(remedy);
+    Ok(ApplyResult {
+        outputs: paths,
+        retention_warning: report::retention_warning(&rows, remedy.as_deref()),
+        tensors: rows,
+        adapter: None,
+        plan,
+        searched: search,
+        report: json,
+    })
+}
+
+/// Refuse outputs (and the report) that would overwrite an input.
+fn check_outputs(req: &ApplyRequest, inputs: &[PathBuf]) -> Result<()> {
+    use crate::format::output::{check_output, check_report, check_split_output};
+    check_output(&req.output, inputs)?;
+    if req.split_max_size.is_some() {
+        check_split_output(&req.output, inputs)?;
+    }
+    if let Some(r) = &req.report {
+        check_report(r, &req.output, inputs)?;
+    }
+    Ok(())
+}
+
+/// What keeps a residual that requantization rounded away, priced from
+/// the plan's own estimates.
+fn remedy(plan: &budget::Plan) -> String {
+    let base = plan.base_bytes();
+    let wider = budget::choose(
+        plan.tensors.clone(),
+        budget::Constraints {
+            max_bytes: Some(base + base / 10),
+            min_retention: None,
+        },
+    );
+    let more = match wider {
+        Ok(p) if p.mean_error() < plan.mean_error() => format!(
+            "--max-size +10% lowers the estimated mean relative error from {:.3e} to {:.3e}; ",
+            plan.mean_error(),
+            p.mean_error()
+        ),
+        _ => String::new(),
+    };
+    format!(
+        "Keep it with {more}--strategy adapter --rank 16 leaves the base untouched and adds Δ at run \
+         time as a LoRA adapter (on gemma-3-270m's pure Q4_0 this beat every requantized output; see the README)"
+    )
+}
+
+/// `Strategy::Adapter`: α·Δ as a LoRA adapter GGUF; the base is only read.
+fn write_adapter(
+    req: &ApplyRequest,
+    base: &GgufFile,
+    residual_rows: &[Option<Box<dyn RowSource + '_>>],
+    rank: usize,
+    log: &Log,
+) -> Result<ApplyResult> {
+    let opts = adapter::Options::new(rank);
+    let (outcomes, paths) = adapter::write(
+        base,
+        residual_rows,
+        req.scale,
+        &opts,
+        &req.output,
+        req.metadata.name.as_deref(),
+        log.progress(),
+    )?;
+    let inputs = json!({
+        "base": req.base.display().to_string(),
+        "residual": req.residual.display().to_string(),
+        "scale": req.scale,
+    });
+    let json = adapter::to_json(inputs, &opts, &outcomes);
+    if let Some(path) = &req.report {
+        report::write_value(path, &json)?;
+    }
+    Ok(ApplyResult {
+        outputs: paths,
+        tensors: Vec::new(),
+        adapter: Some(outcomes),
+        plan: None,
+        searched: false,
+        retention_warning: None,
+        report: json,
+    })
+}
+
+/// Choose every tensor's type under the budget (or `default_limit`):
+/// `Ok(Err(Infeasible))` when no choice of types meets it.
+fn plan_budget(
+    req: &ApplyRequest,
+    base: &GgufFile,
+    residual_rows: &[Option<Box<dyn RowSource + '_>>],
+    default_limit: Option<SizeLimit>,
+    log: &Log,
+) -> Result<std::result::Result<budget::Plan, budget::Infeasible>> {
+    let started = std::time::Instant::now();
+    let base_rows: Vec<EncodedRows<'_>> = (0..base.tensors().len())
+        .map(|i| tasks::base_rows(base, i))
+        .collect();
+    let inputs: Vec<budget::TensorInput<'_>> = base
+        .tensors()
+        .iter()
+        .zip(&base_rows)
+        .enumerate()
+        .map(|(i, (t, rows))| budget::TensorInput {
+            name: &t.name,
+            ty: t.ty,
+            ne: &t.ne,
+            base: rows,
+            residual: residual_rows.get(i).and_then(|r| r.as_deref()),
+        })
+        .collect();
+    let base_bytes: u64 = base.tensors().iter().map(|t| t.size).sum();
+    let n_elements: u64 = base
+        .tensors()
+        .iter()
+        .map(|t| t.ne.iter().product::<u64>())
+        .sum();
+    let limit = req
+        .budget
+        .max_size
+        .or(req.budget.bpw.map(SizeLimit::BitsPerWeight))
+        .or(default_limit);
+    let max_bytes = limit.map(|l| l.bytes(base_bytes, n_elements)).transpose()?;
+    let estimates = budget::estimate(base.path(), &inputs, req.scale)?;
+    let plan = budget::choose(
+        estimates,
+        budget::Constraints {
+            max_bytes,
+            min_retention: req.budget.min_retention,
+        },
+    );
+    if let Ok(plan) = &plan {
+        for w in &plan.warnings {
+            log.warn(w);
+        }
+        log.info(&plan.summary());
+        log.info(&format!(
+            "  planned in {:.2} s\n",
+            started.elapsed().as_secs_f64()
+        ));
+    }
+    Ok(plan)
+}

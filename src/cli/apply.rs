@@ -3,13 +3,11 @@
 use std::path::PathBuf;
 
 use clap::{Args, ValueEnum};
-use serde_json::json;
 
-use crate::apply::budget::{self, SizeLimit};
-use crate::apply::matching::{match_residual, residual_tensors, scan_residuals, Residual};
-use crate::engine::pipeline;
-use crate::engine::tasks::{self, Output};
-use crate::model::rows::{EncodedRows, RowSource};
+use crate::apply::budget::SizeLimit;
+use crate::apply::{self, adapter, ApplyRequest, Budget, MetadataEdits};
+use crate::engine::log::Log;
+use crate::engine::pipeline::display_paths;
 use crate::{report, Error, Result};
 
 /// Long help of the command.
@@ -155,381 +153,56 @@ pub enum Strategy {
 
 /// Run `apply`.
 pub fn run(a: &ApplyArgs) -> Result<()> {
-    let budgeted = a.max_size.is_some() || a.bpw.is_some() || a.min_retention.is_some();
-    if budgeted && crate::model::bnb::is_bnb_dir(&a.base) {
-        return Err(Error::Usage(
-            "--max-size, --bpw and --min-retention choose GGUF types: they do not apply to bitsandbytes bases".into(),
-        ));
-    }
-    check_strategy(a, budgeted)?;
-    if crate::model::bnb::is_bnb_dir(&a.base) {
-        if a.imatrix.is_some() {
-            return Err(Error::Usage(
-                "--imatrix applies to GGUF bases; bitsandbytes formats take no importance matrix"
-                    .into(),
-            ));
-        }
-        if a.strategy == Strategy::Adapter {
-            return Err(Error::Usage(
-                "--strategy adapter needs a GGUF base (llama.cpp adapters)".into(),
-            ));
-        }
-        if a.strategy == Strategy::Search {
-            return Err(Error::Usage(
-                "--strategy search needs a GGUF base (bitsandbytes bases are requantized fresh)"
-                    .into(),
-            ));
-        }
-        return super::bnb::apply(a);
-    }
     super::set_threads(a.threads)?;
-    if !a.scale.is_finite() {
-        return Err(Error::Usage(format!(
-            "--scale {} is not a finite number",
-            a.scale
-        )));
-    }
-    let target = tasks::parse_target(&a.ty)?;
-    let keep = matches!(target, crate::model::mix::Target::Keep);
-    if budgeted && !keep {
-        return Err(Error::Usage(format!(
-            "--type {} cannot be combined with --max-size, --bpw or --min-retention, which choose the types themselves",
-            a.ty
-        )));
-    }
-    let base = crate::format::gguf::GgufFile::open(&a.base)?;
-    let residual = Residual::open(&a.residual)?;
-    let mut inputs = base.paths();
-    inputs.extend(residual.paths());
-    crate::format::output::check_output(&a.output, &inputs)?;
-    if a.split_max_size.is_some() {
-        crate::format::output::check_split_output(&a.output, &inputs)?;
-    }
-    if let Some(r) = &a.report {
-        crate::format::output::check_report(r, &a.output, &inputs)?;
-    }
-
-    let rtensors = residual_tensors(&residual)?;
-    tasks::require_tensors(&base)?;
-    if rtensors.is_empty() {
-        return Err(Error::format(
-            residual.path(),
-            "the residual holds no tensors",
-        ));
-    }
-    let matching = match_residual(&base, residual.path(), &rtensors, a.allow_missing)?;
-    crate::apply::guard::guard_apply(
-        &base,
-        &residual,
-        &rtensors,
-        &matching.pairs,
-        a.force,
-        a.quiet,
-    )?;
-    let all_zero = scan_residuals(residual.path(), &rtensors, &matching.pairs, &residual)?;
-    if !a.quiet {
-        for note in &matching.notes {
-            eprintln!("note: {note}");
+    let strategy = match (a.strategy, a.rank) {
+        (Strategy::Adapter, Some(rank)) => apply::Strategy::Adapter { rank },
+        (Strategy::Adapter, None) => {
+            return Err(Error::Usage("--strategy adapter needs --rank R".into()))
         }
-        if !matching.unmatched.is_empty() {
-            eprintln!(
-                "warning: {} residual tensor(s) skipped (--allow-missing): {}",
-                matching.unmatched.len(),
-                matching.unmatched.join(", ")
-            );
-        }
-    }
-
-    let mut residual_rows: Vec<Option<Box<dyn RowSource + '_>>> =
-        (0..base.tensors().len()).map(|_| None).collect();
-    let mut zero = 0;
-    for (p, &is_zero) in matching.pairs.iter().zip(&all_zero) {
-        if is_zero || a.scale == 0.0 {
-            zero += 1;
-            continue;
-        }
-        let rt = &rtensors[p.residual];
-        residual_rows[p.base] = Some(Box::new(EncodedRows {
-            path: residual.path(),
-            name: rt.name,
-            data: rt.data,
-            ty: rt.ty,
-            row_len: rt.row_len(),
-            n_rows: rt.n_rows(),
-            permutation: p.permutation,
-            pages: Some(&residual),
-        }));
-    }
-    if zero > 0 && !a.quiet {
-        eprintln!(
-            "note: {zero} residual tensor(s) are all zero; their base tensors are copied unchanged"
-        );
-    }
-
-    if let (Strategy::Adapter, Some(rank)) = (a.strategy, a.rank) {
-        return write_adapter(a, &base, &residual_rows, rank);
-    }
-
-    if a.imatrix.is_some() {
-        tasks::check_imatrix_target(&target)?;
-    }
-    let imatrix = a
-        .imatrix
-        .as_deref()
-        .map(crate::format::imatrix::Imatrix::open)
-        .transpose()?;
-    // auto: the base's own size, spent where it removes the most error.
-    let auto = a.strategy == Strategy::Auto && keep && !budgeted;
-    let plan = if budgeted || auto {
-        let default_limit = auto.then_some(SizeLimit::Relative(0.0));
-        match plan_budget(a, &base, &residual_rows, default_limit) {
-            Ok(p) => Some(p),
-            // No type choice fits the base's size (e.g. 2-bit IQ bases):
-            // auto falls back to every tensor's own type.
-            Err(Error::Usage(why)) if auto => {
-                if !a.quiet {
-                    eprintln!("note: --strategy auto keeps every tensor's type: {why}");
-                }
-                None
-            }
-            Err(e) => return Err(e),
-        }
-    } else {
-        None
+        (_, Some(_)) => return Err(Error::Usage("--rank needs --strategy adapter".into())),
+        (Strategy::Auto, None) => apply::Strategy::Auto,
+        (Strategy::Fresh, None) => apply::Strategy::Fresh,
+        (Strategy::Search, None) => apply::Strategy::Search,
     };
-    let out_types = match &plan {
-        Some(p) => p.types(),
-        None => tasks::output_types(&base, &target)?,
-    };
-    let tasks = match &imatrix {
-        Some(m) => {
-            let (tasks, used) =
-                tasks::tasks_with_imatrix(&base, &out_types, residual_rows, a.scale, m)?;
-            if !a.quiet {
-                for n in used.notes(m.path()) {
-                    eprintln!("{n}");
-                }
-            }
-            tasks
-        }
-        None => tasks::tasks(&base, &out_types, residual_rows, a.scale)?,
-    };
-    let mut metadata =
-        tasks::output_metadata(&base, tasks::file_type(&base, &target), a.name.as_deref());
-    if let (Some(m), Some(p)) = (&imatrix, &a.imatrix) {
-        tasks::add_imatrix_metadata(&mut metadata, m, p);
-    }
-    crate::apply::instruct::apply(
-        &mut metadata,
-        &base,
-        a.tokenizer_config.as_deref(),
-        a.generation_config.as_deref(),
-        &a.set,
-        a.quiet,
-    )?;
-    // auto encodes by search (never further from the sum than fresh, block
-    // by block; measured a little better) unless importance weights rule.
-    let search = match a.strategy {
-        Strategy::Search => true,
-        Strategy::Auto => a.imatrix.is_none(),
-        _ => false,
-    };
-    let out = Output {
-        path: &a.output,
-        split_max_size: a.split_max_size,
-        options: pipeline::Options {
-            progress: !a.quiet,
-            search,
-            ..Default::default()
-        },
-    };
-    let (outcomes, paths) = tasks::write(&tasks, &metadata, &out)?;
-    let outcomes = report::rows(&outcomes);
-
-    if let Some(path) = &a.report {
-        let inputs = json!({
-            "base": a.base.display().to_string(),
-            "residual": a.residual.display().to_string(),
-            "scale": a.scale,
-            "type": a.ty,
-            "strategy": match a.strategy {
-                Strategy::Auto => "auto",
-                Strategy::Fresh => "fresh",
-                Strategy::Search => "search",
-                Strategy::Adapter => "adapter",
-            },
-        });
-        match &plan {
-            Some(p) => {
-                let mut j = report::to_json("apply", inputs, &outcomes);
-                j["budget"] = p.to_json();
-                report::write_value(path, &j)?;
-            }
-            None => report::write_json(path, "apply", inputs, &outcomes)?,
-        }
-    }
-    if !a.quiet {
-        eprint!("{}", report::to_text(&outcomes, 10));
-        if search {
-            eprint!("{}", report::search_text(&outcomes));
-        }
-        let remedy = plan.as_ref().map(remedy);
-        if let Some(warning) = report::retention_warning(&outcomes, remedy.as_deref()) {
-            eprintln!("warning: {warning}");
-        }
-        eprintln!("wrote {}", pipeline::display_paths(&paths));
-    }
-    Ok(())
-}
-
-/// What keeps a residual that requantization rounded away, priced from
-/// the plan's own estimates.
-fn remedy(plan: &budget::Plan) -> String {
-    let base = plan.base_bytes();
-    let wider = budget::choose(
-        plan.tensors.clone(),
-        budget::Constraints {
-            max_bytes: Some(base + base / 10),
-            min_retention: None,
-        },
-    );
-    let more = match wider {
-        Ok(p) if p.mean_error() < plan.mean_error() => format!(
-            "--max-size +10% lowers the estimated mean relative error from {:.3e} to {:.3e}; ",
-            plan.mean_error(),
-            p.mean_error()
-        ),
-        _ => String::new(),
-    };
-    format!(
-        "Keep it with {more}--strategy adapter --rank 16 leaves the base untouched and adds Δ at run \
-         time as a LoRA adapter (on gemma-3-270m's pure Q4_0 this beat every requantized output; see the README)"
-    )
-}
-
-/// Options that only one strategy takes.
-fn check_strategy(a: &ApplyArgs, budgeted: bool) -> Result<()> {
-    let usage = |m: &str| Err(Error::Usage(m.into()));
-    match a.strategy {
-        Strategy::Adapter => match a.rank {
-            None => usage("--strategy adapter needs --rank R"),
-            Some(_) if budgeted => usage(
-                "--max-size, --bpw and --min-retention choose output types: they do not apply to --strategy adapter",
-            ),
-            Some(0) => usage("--rank must be at least 1"),
-            Some(_) if a.ty != "keep" => {
-                usage("--type does not apply to --strategy adapter: the base is left as it is")
-            }
-            Some(_) if a.imatrix.is_some() => {
-                usage("--imatrix does not apply to --strategy adapter: nothing is quantized")
-            }
-            Some(_) if a.split_max_size.is_some() => {
-                usage("--split-max-size does not apply to --strategy adapter")
-            }
-            Some(_)
-                if a.tokenizer_config.is_some()
-                    || a.generation_config.is_some()
-                    || !a.set.is_empty() =>
-            {
-                usage("--tokenizer-config, --generation-config and --set do not apply to --strategy adapter")
-            }
-            Some(_) => Ok(()),
-        },
-        Strategy::Search if a.imatrix.is_some() => usage(
-            "--strategy search measures plain distances: it does not take --imatrix (use --strategy fresh)",
-        ),
-        _ if a.rank.is_some() => usage("--rank needs --strategy adapter"),
-        _ => Ok(()),
-    }
-}
-
-/// `--strategy adapter`: α·Δ as a LoRA adapter GGUF; the base is only read.
-fn write_adapter(
-    a: &ApplyArgs,
-    base: &crate::format::gguf::GgufFile,
-    residual_rows: &[Option<Box<dyn RowSource + '_>>],
-    rank: usize,
-) -> Result<()> {
-    let opts = crate::apply::adapter::Options::new(rank);
-    let (outcomes, paths) = crate::apply::adapter::write(
-        base,
-        residual_rows,
-        a.scale,
-        &opts,
-        &a.output,
-        a.name.as_deref(),
-        !a.quiet,
-    )?;
-    if let Some(path) = &a.report {
-        let inputs = json!({
-            "base": a.base.display().to_string(),
-            "residual": a.residual.display().to_string(),
-            "scale": a.scale,
-        });
-        report::write_value(
-            path,
-            &crate::apply::adapter::to_json(inputs, &opts, &outcomes),
-        )?;
-    }
-    if !a.quiet {
-        eprint!("{}", crate::apply::adapter::to_text(&outcomes, 10));
-        eprintln!("wrote {}", pipeline::display_paths(&paths));
-    }
-    Ok(())
-}
-
-/// Choose every tensor's type under the budget flags.
-fn plan_budget(
-    a: &ApplyArgs,
-    base: &crate::format::gguf::GgufFile,
-    residual_rows: &[Option<Box<dyn RowSource + '_>>],
-    default_limit: Option<SizeLimit>,
-) -> Result<budget::Plan> {
-    let started = std::time::Instant::now();
-    let base_rows: Vec<EncodedRows<'_>> = (0..base.tensors().len())
-        .map(|i| tasks::base_rows(base, i))
-        .collect();
-    let inputs: Vec<budget::TensorInput<'_>> = base
-        .tensors()
-        .iter()
-        .zip(&base_rows)
-        .enumerate()
-        .map(|(i, (t, rows))| budget::TensorInput {
-            name: &t.name,
-            ty: t.ty,
-            ne: &t.ne,
-            base: rows,
-            residual: residual_rows.get(i).and_then(|r| r.as_deref()),
-        })
-        .collect();
-    let base_bytes: u64 = base.tensors().iter().map(|t| t.size).sum();
-    let n_elements: u64 = base
-        .tensors()
-        .iter()
-        .map(|t| t.ne.iter().product::<u64>())
-        .sum();
-    let limit = a
-        .max_size
-        .or(a.bpw.map(SizeLimit::BitsPerWeight))
-        .or(default_limit);
-    let max_bytes = limit.map(|l| l.bytes(base_bytes, n_elements)).transpose()?;
-    let plan = budget::plan(
-        base.path(),
-        &inputs,
-        a.scale,
-        budget::Constraints {
-            max_bytes,
+    let req = ApplyRequest {
+        base: a.base.clone(),
+        residual: a.residual.clone(),
+        output: a.output.clone(),
+        target: a.ty.clone(),
+        scale: a.scale,
+        strategy,
+        budget: Budget {
+            max_size: a.max_size,
+            bpw: a.bpw,
             min_retention: a.min_retention,
         },
-    )?;
+        imatrix: a.imatrix.clone(),
+        split_max_size: a.split_max_size,
+        metadata: MetadataEdits {
+            name: a.name.clone(),
+            tokenizer_config: a.tokenizer_config.clone(),
+            generation_config: a.generation_config.clone(),
+            set: a.set.clone(),
+        },
+        force: a.force,
+        allow_missing: a.allow_missing,
+        report: a.report.clone(),
+    };
+    let result = apply::apply(&req, &Log::stderr(a.quiet))?;
     if !a.quiet {
-        for w in &plan.warnings {
-            eprintln!("warning: {w}");
+        match &result.adapter {
+            Some(outcomes) => eprint!("{}", adapter::to_text(outcomes, 10)),
+            None => eprint!("{}", report::to_text(&result.tensors, 10)),
         }
-        eprint!("{}", plan.summary());
-        eprintln!("  planned in {:.2} s", started.elapsed().as_secs_f64());
+        if result.searched {
+            eprint!("{}", report::search_text(&result.tensors));
+        }
+        if let Some(warning) = &result.retention_warning {
+            eprintln!("warning: {warning}");
+        }
+        eprintln!("wrote {}", display_paths(&result.outputs));
     }
-    Ok(plan)
+    Ok(())
 }
 
 /// `--max-size`: an absolute size, or `+N%` / `-N%` of the base's tensor data.

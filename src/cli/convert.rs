@@ -4,12 +4,10 @@ use std::path::PathBuf;
 
 use clap::Args;
 
-use crate::engine::pipeline::{self, Action};
-use crate::engine::tasks::{self, Output};
-use crate::format::gguf::GgufFile;
-use crate::format::imatrix::Imatrix;
-use crate::quant::GgmlType;
-use crate::{report, Error, Result};
+use crate::engine::log::Log;
+use crate::engine::pipeline::display_paths;
+use crate::ops::convert::{self, DequantizeRequest, QuantizeRequest};
+use crate::Result;
 
 /// Long help of the command.
 pub(super) const DEQUANTIZE_HELP: &str = "\
@@ -89,59 +87,18 @@ pub struct QuantizeArgs {
     pub quiet: bool,
 }
 
-fn dequantized_type(input: GgmlType, target: GgmlType) -> GgmlType {
-    if input.is_integer() || (input == GgmlType::F32 && target != GgmlType::F32) {
-        input
-    } else {
-        target
-    }
-}
-
 /// Run `dequantize`.
 pub fn run_dequantize(a: &DequantizeArgs) -> Result<()> {
-    if crate::model::bnb::is_bnb_dir(&a.input) {
-        return super::bnb::dequantize(a);
-    }
     super::set_threads(a.threads)?;
-    let target = match GgmlType::from_name(&a.ty) {
-        Some(t @ (GgmlType::F32 | GgmlType::F16 | GgmlType::BF16)) => t,
-        _ => {
-            return Err(Error::Usage(format!(
-                "--type {}: dequantize writes f32, f16 or bf16",
-                a.ty
-            )))
-        }
-    };
-    let model = GgufFile::open(&a.input)?;
-    tasks::require_tensors(&model)?;
-    crate::format::output::check_output(&a.output, &model.paths())?;
-    if a.split_max_size.is_some() {
-        crate::format::output::check_split_output(&a.output, &model.paths())?;
-    }
-    let types: Vec<GgmlType> = model
-        .tensors()
-        .iter()
-        .map(|t| dequantized_type(t.ty, target))
-        .collect();
-    let tasks = tasks::tasks(&model, &types, Vec::new(), 1.0)?;
-    let file_type = match target {
-        GgmlType::F32 => 0,
-        GgmlType::F16 => 1,
-        _ => 32,
-    };
-    let metadata = tasks::output_metadata(&model, Some(file_type), None);
-    let out = Output {
-        path: &a.output,
+    let req = DequantizeRequest {
+        input: a.input.clone(),
+        output: a.output.clone(),
+        target: a.ty.clone(),
         split_max_size: a.split_max_size,
-        options: pipeline::Options {
-            progress: !a.quiet,
-            measure: false,
-            ..Default::default()
-        },
     };
-    let (_, paths) = tasks::write(&tasks, &metadata, &out)?;
+    let done = convert::dequantize(&req, &Log::stderr(a.quiet))?;
     if !a.quiet {
-        eprintln!("wrote {}", pipeline::display_paths(&paths));
+        eprintln!("wrote {}", display_paths(&done.outputs));
     }
     Ok(())
 }
@@ -149,65 +106,17 @@ pub fn run_dequantize(a: &DequantizeArgs) -> Result<()> {
 /// Run `quantize`.
 pub fn run_quantize(a: &QuantizeArgs) -> Result<()> {
     super::set_threads(a.threads)?;
-    let target = tasks::parse_target(&a.ty)?;
-    let model = GgufFile::open(&a.input)?;
-    tasks::require_tensors(&model)?;
-    crate::format::output::check_output(&a.output, &model.paths())?;
-    if a.split_max_size.is_some() {
-        crate::format::output::check_split_output(&a.output, &model.paths())?;
-    }
-    if let Some(r) = &a.report {
-        crate::format::output::check_report(r, &a.output, &model.paths())?;
-    }
-    if a.imatrix.is_some() {
-        tasks::check_imatrix_target(&target)?;
-    }
-    let imatrix = a.imatrix.as_deref().map(Imatrix::open).transpose()?;
-    let types = tasks::output_types(&model, &target)?;
-    let tasks = match &imatrix {
-        Some(m) => {
-            let (tasks, used) = tasks::tasks_with_imatrix(&model, &types, Vec::new(), 1.0, m)?;
-            if !a.quiet {
-                for n in used.notes(m.path()) {
-                    eprintln!("{n}");
-                }
-            }
-            tasks
-        }
-        None => tasks::tasks(&model, &types, Vec::new(), 1.0)?,
-    };
-    let requantized = tasks
-        .iter()
-        .filter(|t| t.input_type.is_quantized() && matches!(t.action, Action::Transcode { .. }))
-        .count();
-    if requantized > 0 && !a.quiet {
-        eprintln!(
-            "warning: {requantized} tensor(s) are already quantized and will be dequantized and quantized again, which loses quality; quantize from F32/F16/BF16 when you can"
-        );
-    }
-    let mut metadata = tasks::output_metadata(&model, tasks::file_type(&model, &target), None);
-    if let (Some(m), Some(p)) = (&imatrix, &a.imatrix) {
-        tasks::add_imatrix_metadata(&mut metadata, m, p);
-    }
-    let out = Output {
-        path: &a.output,
+    let req = QuantizeRequest {
+        input: a.input.clone(),
+        output: a.output.clone(),
+        target: a.ty.clone(),
+        report: a.report.clone(),
+        imatrix: a.imatrix.clone(),
         split_max_size: a.split_max_size,
-        options: pipeline::Options {
-            progress: !a.quiet,
-            measure: a.report.is_some(),
-            ..Default::default()
-        },
     };
-    let (outcomes, paths) = tasks::write(&tasks, &metadata, &out)?;
-    if let Some(path) = &a.report {
-        let mut inputs = serde_json::json!({"input": a.input.display().to_string(), "type": a.ty});
-        if let Some(m) = &a.imatrix {
-            inputs["imatrix"] = serde_json::json!(m.display().to_string());
-        }
-        report::write_json(path, "quantize", inputs, &report::rows(&outcomes))?;
-    }
+    let done = convert::quantize(&req, &Log::stderr(a.quiet))?;
     if !a.quiet {
-        eprintln!("wrote {}", pipeline::display_paths(&paths));
+        eprintln!("wrote {}", display_paths(&done.outputs));
     }
     Ok(())
 }

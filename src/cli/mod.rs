@@ -1,7 +1,6 @@
 //! The command line: one function per subcommand, all over one pipeline.
 
 mod apply;
-mod bnb;
 mod compare;
 mod convert;
 mod extract;

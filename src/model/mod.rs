@@ -3,6 +3,7 @@
 //! (`extract`, `compare`).
 
 pub mod bnb;
+pub mod bnb_target;
 pub mod mix;
 pub mod naming;
 pub mod rows;

@@ -3,4 +3,6 @@
 //! prints it.
 
 pub mod compare;
+pub mod convert;
 pub mod extract;
+pub mod inspect;

@@ -1,0 +1,202 @@
+//! `apply` with a bitsandbytes base folder: the residual's Hugging Face
+//! names are the base's own, and the output is a folder in the same layout.
+
+use std::collections::BTreeMap;
+use std::path::Path;
+
+use serde_json::json;
+
+use super::matching::{
+    residual_tensors, scan_residuals, tied_output, Matching, Pairing, Residual, ResidualTensor,
+};
+use super::{ApplyRequest, ApplyResult, Strategy};
+use crate::engine::log::Log;
+use crate::model::bnb::{check_output_dir, write_model, BnbModel, WeightJob, WriteOptions};
+use crate::model::bnb_target::{config_for, out_storage, parse_target};
+use crate::model::naming::RowPermutation;
+use crate::model::rows::RowSource;
+use crate::report;
+use crate::{Error, Result};
+
+/// Options that do not apply to a bitsandbytes base.
+fn check_request(req: &ApplyRequest) -> Result<()> {
+    let usage = |m: &str| Err(Error::Usage(m.into()));
+    if req.budget.is_set() {
+        return usage("--max-size, --bpw and --min-retention choose GGUF types: they do not apply to bitsandbytes bases");
+    }
+    if req.imatrix.is_some() {
+        return usage(
+            "--imatrix applies to GGUF bases; bitsandbytes formats take no importance matrix",
+        );
+    }
+    match req.strategy {
+        Strategy::Adapter { .. } => {
+            return usage("--strategy adapter needs a GGUF base (llama.cpp adapters)")
+        }
+        Strategy::Search => {
+            return usage(
+                "--strategy search needs a GGUF base (bitsandbytes bases are requantized fresh)",
+            )
+        }
+        Strategy::Auto | Strategy::Fresh => {}
+    }
+    if req.split_max_size.is_some() || req.metadata.name.is_some() {
+        return usage("--split-max-size and --name apply to GGUF outputs; a bitsandbytes folder keeps its shards and config");
+    }
+    Ok(())
+}
+
+/// Match every residual tensor to the base weight of the same name and shape.
+pub fn match_residual(
+    model: &BnbModel,
+    rpath: &Path,
+    rtensors: &[ResidualTensor<'_>],
+    allow_missing: bool,
+) -> Result<Matching> {
+    let mut m = Matching::default();
+    let (mut no_partner, mut bad_shape) = (Vec::new(), Vec::new());
+    let by_name: BTreeMap<&str, usize> = model
+        .weights()
+        .iter()
+        .enumerate()
+        .map(|(i, w)| (w.name.as_str(), i))
+        .collect();
+    let tied = model.config()["tie_word_embeddings"].as_bool() == Some(true);
+    let embed = rtensors
+        .iter()
+        .position(|e| e.name == "model.embed_tokens.weight");
+    for (ri, rt) in rtensors.iter().enumerate() {
+        let Some(&wi) = by_name.get(rt.name) else {
+            if rt.name == "lm_head.weight" && tied {
+                let names = ("lm_head.weight", "model.embed_tokens.weight");
+                m.notes
+                    .push(tied_output(rpath, rtensors, ri, embed, names)?);
+                continue;
+            }
+            no_partner.push(rt.name.to_string());
+            continue;
+        };
+        let w = &model.weights()[wi];
+        let shape: Vec<u64> = w.shape.iter().map(|&d| d as u64).collect();
+        if shape != rt.shape {
+            bad_shape.push(format!("{} {:?} vs base {:?}", rt.name, rt.shape, w.shape));
+            continue;
+        }
+        if model.rows(wi).is_none() {
+            return Err(Error::Mismatch(format!(
+                "{}: {} is a {:?} tensor in the base and cannot take a residual",
+                rpath.display(),
+                rt.name,
+                w.storage
+            )));
+        }
+        m.pairs.push(Pairing {
+            base: wi,
+            residual: ri,
+            permutation: RowPermutation::Identity,
+        });
+    }
+    if !bad_shape.is_empty() {
+        return Err(Error::Mismatch(format!(
+            "{}: {} residual tensor(s) differ in shape from the base: {}",
+            rpath.display(),
+            bad_shape.len(),
+            bad_shape.join(", ")
+        )));
+    }
+    if !no_partner.is_empty() && !allow_missing {
+        return Err(Error::Mismatch(format!(
+            "{}: {} residual tensor(s) have no partner in the base (names must be the base's Hugging Face names): {} (--allow-missing skips them)",
+            rpath.display(),
+            no_partner.len(),
+            no_partner.join(", ")
+        )));
+    }
+    if m.pairs.is_empty() {
+        return Err(Error::Mismatch(format!(
+            "{}: no residual tensor matches a weight of {}",
+            rpath.display(),
+            model.path().display()
+        )));
+    }
+    m.unmatched = no_partner;
+    Ok(m)
+}
+
+/// `apply` on a bitsandbytes folder.
+pub fn apply(req: &ApplyRequest, model: &BnbModel, log: &Log) -> Result<ApplyResult> {
+    check_request(req)?;
+    let target = parse_target(&req.target, true)?;
+    let residual = Residual::open(&req.residual)?;
+    let mut inputs = model.paths();
+    inputs.push(model.path().to_path_buf());
+    inputs.extend(residual.paths());
+    check_output_dir(&req.output, &inputs)?;
+
+    let rtensors = residual_tensors(&residual)?;
+    let rpath = residual.path();
+    let matching = match_residual(model, rpath, &rtensors, req.allow_missing)?;
+    let all_zero = scan_residuals(rpath, &rtensors, &matching.pairs, &residual)?;
+    for n in &matching.notes {
+        log.note(n);
+    }
+    if !matching.unmatched.is_empty() {
+        log.warn(&format!(
+            "{} residual tensor(s) skipped (--allow-missing): {}",
+            matching.unmatched.len(),
+            matching.unmatched.join(", ")
+        ));
+    }
+
+    let mut residual_rows: Vec<Option<Box<dyn RowSource + '_>>> =
+        model.weights().iter().map(|_| None).collect();
+    let mut zero = 0;
+    for (p, &is_zero) in matching.pairs.iter().zip(&all_zero) {
+        if is_zero || req.scale == 0.0 {
+            zero += 1;
+            continue;
+        }
+        residual_rows[p.base] = Some(Box::new(
+            residual.rows(&rtensors[p.residual], p.permutation),
+        ));
+    }
+    if zero > 0 {
+        log.note(&format!(
+            "{zero} residual tensor(s) are all zero; their base weights are copied unchanged"
+        ));
+    }
+    let jobs: Vec<WeightJob<'_>> = model
+        .weights()
+        .iter()
+        .zip(residual_rows)
+        .enumerate()
+        .map(|(i, (w, residual))| WeightJob {
+            weight: i,
+            out: out_storage(model, &w.storage, target),
+            residual,
+            scale: req.scale,
+        })
+        .collect();
+    let config = config_for(model, &jobs, target);
+    let outcomes = write_model(model, &jobs, &config, &req.output, &WriteOptions::default())?;
+    let rows = report::rows(&outcomes);
+    let inputs = json!({
+        "base": req.base.display().to_string(),
+        "residual": req.residual.display().to_string(),
+        "scale": req.scale,
+        "type": req.target,
+    });
+    let json = report::to_json("apply", inputs, &rows);
+    if let Some(path) = &req.report {
+        report::write_value(path, &json)?;
+    }
+    Ok(ApplyResult {
+        outputs: vec![req.output.clone()],
+        retention_warning: report::retention_warning(&rows, None),
+        tensors: rows,
+        adapter: None,
+        plan: None,
+        searched: false,
+        report: json,
+    })
+}
