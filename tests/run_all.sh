@@ -6,6 +6,7 @@ cd "$(dirname "$0")/.."
 
 python3 tests/check_layers.py
 cargo test --workspace --all-targets
+cargo test --workspace --doc
 
 python3 -m pip install --quiet --disable-pip-version-check -r tests/interop/requirements.txt
 cargo build --release --bin qresidual

@@ -22,7 +22,7 @@ in only one model, or with different shapes, are listed and skipped.
 Example:
   qresidual compare Llama-3.1-8B-Instruct/ Llama-3.1-8B-Instruct-Q4_K_M.gguf --json cmp.json")]
 pub struct CompareArgs {
-    /// The reference model.
+    /// The reference model (GGUF, safetensors file or folder, bitsandbytes folder).
     #[arg(value_name = "A")]
     pub a: PathBuf,
     /// The model measured against A.

@@ -16,17 +16,22 @@ llama.cpp's own dequantization. Metadata is kept; general.file_type is updated. 
 (norms) stay F32 when the target is f16 or bf16, as llama.cpp's converter keeps them; integer \
 tensors are copied.
 
-Example:
-  qresidual dequantize model-Q4_K_M.gguf -o model-F32.gguf";
+A Hugging Face bitsandbytes folder (NF4/FP4/LLM.int8) is written as a folder of plain f32, f16 \
+or bf16 safetensors with its config.json (quantization_config removed), bit-exact with \
+bitsandbytes' own dequantization.
+
+Examples:
+  qresidual dequantize model-Q4_K_M.gguf -o model-F32.gguf
+  qresidual dequantize Llama-3.1-8B-bnb-4bit/ -o Llama-3.1-8B-F16/ --type f16";
 
 /// Expand a quantized model.
 #[derive(Args, Debug)]
 pub struct DequantizeArgs {
-    /// Input GGUF.
-    #[arg(value_name = "IN.gguf")]
+    /// Input: GGUF file or bitsandbytes folder.
+    #[arg(value_name = "IN")]
     pub input: PathBuf,
-    /// Output GGUF.
-    #[arg(short, long, value_name = "OUT.gguf")]
+    /// Output: GGUF file, or a folder for a bitsandbytes input.
+    #[arg(short, long, value_name = "OUT")]
     pub output: PathBuf,
     /// f32, f16 or bf16.
     #[arg(long = "type", default_value = "f32", value_name = "TYPE")]

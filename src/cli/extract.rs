@@ -32,10 +32,10 @@ RMS and a random-sign sketch that survives quantization), which `apply` checks.
 Example:
   qresidual extract --instruct Llama-3.1-8B-Instruct/ --base Llama-3.1-8B/ -o residual.safetensors")]
 pub struct ExtractArgs {
-    /// The fine-tuned model.
+    /// The fine-tuned model (GGUF, safetensors file or folder, bitsandbytes folder).
     #[arg(long, value_name = "INSTRUCT")]
     pub instruct: PathBuf,
-    /// The model it was fine-tuned from.
+    /// The model it was fine-tuned from (any of the same formats).
     #[arg(long, value_name = "BASE")]
     pub base: PathBuf,
     /// Output: .safetensors, or .gguf with a ggml --dtype.

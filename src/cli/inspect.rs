@@ -11,12 +11,16 @@ GGUF: metadata (arrays summarized; --json gives every value with its exact type)
 weight. The first file of a split set opens the whole set.
 
 Safetensors: a .safetensors file, a folder of shards with model.safetensors.index.json, or the \
-index itself: __metadata__, every tensor's dtype, shape and shard, totals per dtype.";
+index itself: __metadata__, every tensor's dtype, shape and shard, totals per dtype.
+
+Bitsandbytes folder (config.json with quant_method bitsandbytes): every logical weight with its \
+storage (nf4, fp4, int8 or a float dtype), blocksize, dtype and double quantization, then the \
+stored tensors as for safetensors.";
 
 /// Show metadata, tensors and per-type totals of a model file.
 #[derive(clap::Args, Debug)]
 pub struct InspectArgs {
-    /// The model: GGUF file, .safetensors file, or folder of safetensors shards.
+    /// The model: GGUF file, .safetensors file, folder of safetensors shards, or bitsandbytes folder.
     pub file: PathBuf,
     /// Print everything as JSON, with exact value types.
     #[arg(long)]
