@@ -14,7 +14,6 @@ use crate::engine::log::Log;
 use crate::model::bnb::{check_output_dir, write_model, BnbModel, WeightJob, WriteOptions};
 use crate::model::bnb_target::{config_for, out_storage, parse_target};
 use crate::model::naming::RowPermutation;
-use crate::model::rows::RowSource;
 use crate::report;
 use crate::{Error, Result};
 
@@ -137,34 +136,13 @@ pub fn apply(req: &ApplyRequest, model: &BnbModel, log: &Log) -> Result<ApplyRes
     let rpath = residual.path();
     let matching = match_residual(model, rpath, &rtensors, req.allow_missing)?;
     let all_zero = scan_residuals(rpath, &rtensors, &matching.pairs, &residual)?;
-    for n in &matching.notes {
-        log.note(n);
-    }
-    if !matching.unmatched.is_empty() {
-        log.warn(&format!(
-            "{} residual tensor(s) skipped (--allow-missing): {}",
-            matching.unmatched.len(),
-            matching.unmatched.join(", ")
-        ));
-    }
-
-    let mut residual_rows: Vec<Option<Box<dyn RowSource + '_>>> =
-        model.weights().iter().map(|_| None).collect();
-    let mut zero = 0;
-    for (p, &is_zero) in matching.pairs.iter().zip(&all_zero) {
-        if is_zero || req.scale == 0.0 {
-            zero += 1;
-            continue;
-        }
-        residual_rows[p.base] = Some(Box::new(
-            residual.rows(&rtensors[p.residual], p.permutation),
-        ));
-    }
-    if zero > 0 {
-        log.note(&format!(
-            "{zero} residual tensor(s) are all zero; their base weights are copied unchanged"
-        ));
-    }
+    let residual_rows = matching.residual_rows(
+        &residual,
+        &rtensors,
+        &all_zero,
+        (model.weights().len(), req.scale),
+        log,
+    );
     let jobs: Vec<WeightJob<'_>> = model
         .weights()
         .iter()

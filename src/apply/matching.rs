@@ -6,9 +6,12 @@ use std::path::Path;
 
 use rayon::prelude::*;
 
+use crate::engine::log::Log;
 use crate::format::gguf::GgufFile;
 use crate::format::pages::ReleasePages;
 use crate::model::naming::{self, RowPermutation};
+use crate::model::rows::RowSource;
+use crate::model::{list, Shaped};
 use crate::quant::{scan_row, GgmlType};
 use crate::{Error, Result};
 
@@ -61,20 +64,6 @@ pub struct Matching {
     pub unmatched: Vec<String>,
     /// Things the user should know (tied embeddings…).
     pub notes: Vec<String>,
-}
-
-fn list(names: &[String]) -> String {
-    const SHOWN: usize = 12;
-    let mut s = names
-        .iter()
-        .take(SHOWN)
-        .cloned()
-        .collect::<Vec<_>>()
-        .join(", ");
-    if names.len() > SHOWN {
-        s.push_str(&format!(" … and {} more", names.len() - SHOWN));
-    }
-    s
 }
 
 fn meta_u64(base: &GgufFile, key: &str) -> Option<u64> {
@@ -303,4 +292,47 @@ pub fn scan_residuals(
             Ok(all_zero)
         })
         .collect()
+}
+
+impl Matching {
+    /// One residual row source per base tensor (`n_base` of them): the
+    /// matched residual's rows, or `None` where there is none, it is all
+    /// zero (`all_zero`, from [`scan_residuals`]) or α is 0. Tells `log`
+    /// the notes, the skipped tensors and how many were all zero.
+    pub fn residual_rows<'a>(
+        &self,
+        residual: &'a Residual,
+        rtensors: &[ResidualTensor<'a>],
+        all_zero: &[bool],
+        (n_base, scale): (usize, f32),
+        log: &Log,
+    ) -> Vec<Option<Box<dyn RowSource + 'a>>> {
+        for note in &self.notes {
+            log.note(note);
+        }
+        if !self.unmatched.is_empty() {
+            log.warn(&format!(
+                "{} residual tensor(s) skipped (--allow-missing): {}",
+                self.unmatched.len(),
+                self.unmatched.join(", ")
+            ));
+        }
+        let mut rows: Vec<Option<Box<dyn RowSource + 'a>>> = (0..n_base).map(|_| None).collect();
+        let mut zero = 0;
+        for (p, &is_zero) in self.pairs.iter().zip(all_zero) {
+            if is_zero || scale == 0.0 {
+                zero += 1;
+                continue;
+            }
+            rows[p.base] = Some(Box::new(
+                residual.rows(&rtensors[p.residual], p.permutation),
+            ));
+        }
+        if zero > 0 {
+            log.note(&format!(
+                "{zero} residual tensor(s) are all zero; their base tensors are copied unchanged"
+            ));
+        }
+        rows
+    }
 }

@@ -265,33 +265,13 @@ fn match_gguf<'a>(
     let matching = match_residual(base, residual.path(), &rtensors, req.allow_missing)?;
     guard::guard_apply(base, residual, &rtensors, &matching.pairs, req.force, log)?;
     let all_zero = scan_residuals(residual.path(), &rtensors, &matching.pairs, residual)?;
-    for note in &matching.notes {
-        log.note(note);
-    }
-    if !matching.unmatched.is_empty() {
-        log.warn(&format!(
-            "{} residual tensor(s) skipped (--allow-missing): {}",
-            matching.unmatched.len(),
-            matching.unmatched.join(", ")
-        ));
-    }
-    let mut rows: Vec<Option<Box<dyn RowSource + 'a>>> =
-        (0..base.tensors().len()).map(|_| None).collect();
-    let mut zero = 0;
-    for (p, &is_zero) in matching.pairs.iter().zip(&all_zero) {
-        if is_zero || req.scale == 0.0 {
-            zero += 1;
-            continue;
-        }
-        rows[p.base] = Some(Box::new(
-            residual.rows(&rtensors[p.residual], p.permutation),
-        ));
-    }
-    if zero > 0 {
-        log.note(&format!(
-            "{zero} residual tensor(s) are all zero; their base tensors are copied unchanged"
-        ));
-    }
+    let rows = matching.residual_rows(
+        residual,
+        &rtensors,
+        &all_zero,
+        (base.tensors().len(), req.scale),
+        log,
+    );
     Ok(Matched { rows })
 }
 

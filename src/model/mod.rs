@@ -57,21 +57,30 @@ pub struct ModelTensor<'a> {
     pub data: &'a [u8],
 }
 
-impl ModelTensor<'_> {
+/// Row geometry of a row-major shape (outermost first).
+pub trait Shaped {
+    /// The shape, outermost first.
+    fn shape(&self) -> &[u64];
+
     /// Elements per row (innermost dimension).
-    pub fn row_len(&self) -> usize {
-        self.shape.last().copied().unwrap_or(1) as usize
+    fn row_len(&self) -> usize {
+        self.shape().last().copied().unwrap_or(1) as usize
     }
 
     /// Number of rows.
-    pub fn n_rows(&self) -> usize {
-        let n: u64 = self.shape.iter().product();
-        (n / self.shape.last().copied().unwrap_or(1).max(1)) as usize
+    fn n_rows(&self) -> usize {
+        (self.n_elements() / self.shape().last().copied().unwrap_or(1).max(1)) as usize
     }
 
     /// Number of elements.
-    pub fn n_elements(&self) -> u64 {
-        self.shape.iter().product()
+    fn n_elements(&self) -> u64 {
+        self.shape().iter().product()
+    }
+}
+
+impl Shaped for ModelTensor<'_> {
+    fn shape(&self) -> &[u64] {
+        &self.shape
     }
 }
 
@@ -93,21 +102,9 @@ pub struct Weight<'a> {
     index: usize,
 }
 
-impl Weight<'_> {
-    /// Elements per row (innermost dimension).
-    pub fn row_len(&self) -> usize {
-        self.shape.last().copied().unwrap_or(1) as usize
-    }
-
-    /// Number of rows.
-    pub fn n_rows(&self) -> usize {
-        let n: u64 = self.shape.iter().product();
-        (n / self.shape.last().copied().unwrap_or(1).max(1)) as usize
-    }
-
-    /// Number of elements.
-    pub fn n_elements(&self) -> u64 {
-        self.shape.iter().product()
+impl Shaped for Weight<'_> {
+    fn shape(&self) -> &[u64] {
+        &self.shape
     }
 }
 

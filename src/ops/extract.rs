@@ -18,6 +18,7 @@ use crate::engine::pipeline::{self, Action, Outcome, Task};
 use crate::format::gguf::{GgufWriter, MetaValue, TensorSpec, WriterOptions};
 use crate::format::st::SafetensorsWriter;
 use crate::model::rows::RowSource;
+use crate::model::Shaped;
 use crate::model::{self, decode_finite, for_each_chunk, list, Model, TensorPair};
 use crate::quant::{codec, GgmlType};
 use crate::{Error, Result};
