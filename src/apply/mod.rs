@@ -363,14 +363,23 @@ fn apply_gguf(req: &ApplyRequest, base: &GgufFile, log: &Log) -> Result<ApplyRes
     if let (Some(m), Some(p)) = (&imatrix, &req.imatrix) {
         tasks::add_imatrix_metadata(&mut metadata, m, p);
     }
-    instruct::apply(
-        &mut metadata,
-        base,
-        req.metadata.tokenizer_config.as_deref(),
-        req.metadata.generation_config.as_deref(),
-        &req.metadata.set,
-        log,
-    )?;
+    let m = &req.metadata;
+    let (tokenizer, generation) = (
+        m.tokenizer_config.as_deref(),
+        m.generation_config.as_deref(),
+    );
+    instruct::apply(&mut metadata, base, tokenizer, generation, &m.set, log)?;
+    write_sum(req, &tasks, &metadata, plan, log)
+}
+
+/// Write the requantized sum and measure it: the GGUF output, its report.
+fn write_sum(
+    req: &ApplyRequest,
+    tasks: &[pipeline::Task<'_>],
+    metadata: &[(String, crate::format::gguf::MetaValue)],
+    plan: Option<budget::Plan>,
+    log: &Log,
+) -> Result<ApplyResult> {
     // auto encodes by search (never further from the sum than fresh, block
     // by block; measured a little better) unless importance weights rule.
     let search = match req.strategy {
@@ -387,7 +396,7 @@ fn apply_gguf(req: &ApplyRequest, base: &GgufFile, log: &Log) -> Result<ApplyRes
             ..Default::default()
         },
     };
-    let (outcomes, paths) = tasks::write(&tasks, &metadata, &out)?;
+    let (outcomes, paths) = tasks::write(tasks, metadata, &out)?;
     let rows = report::rows(&outcomes);
     let inputs = json!({
         "base": req.base.display().to_string(),
