@@ -6,6 +6,7 @@ use serde_json::{json, Value};
 
 use crate::model::{decode_finite, map_chunks, pair_models, Model, Pairing};
 use crate::quant::stats::ErrorStats;
+use crate::report::stats_json;
 use crate::{Error, Result};
 
 /// One compared tensor.
@@ -85,27 +86,6 @@ pub fn compare(a: &Model, b: &Model) -> Result<Comparison> {
         });
     }
     Ok(Comparison { tensors, pairing })
-}
-
-fn num(x: f64) -> Value {
-    if x.is_finite() {
-        json!(x)
-    } else if x > 0.0 {
-        json!("inf")
-    } else {
-        Value::Null
-    }
-}
-
-fn stats_json(s: &ErrorStats) -> Value {
-    json!({
-        "n_elements": s.n,
-        "rmse": num(s.rmse()),
-        "max_abs": num(s.max_abs()),
-        "relative_rmse": num(s.relative_rmse()),
-        "cosine": num(s.cosine()),
-        "snr_db": num(s.snr_db()),
-    })
 }
 
 /// The comparison as JSON.

@@ -89,8 +89,12 @@ fn finite_or_null(x: f64) -> Value {
     }
 }
 
-fn stats_json(s: &ErrorStats) -> Value {
+/// The one statistics schema of every report (apply, quantize, extract,
+/// compare, bitsandbytes): the measured values against the reference, and
+/// the residual's norm and retention (`null` where no residual was added).
+pub fn stats_json(s: &ErrorStats) -> Value {
     json!({
+        "n_elements": s.n,
         "rmse": finite_or_null(s.rmse()),
         "max_abs": finite_or_null(s.max_abs()),
         "relative_rmse": finite_or_null(s.relative_rmse()),
