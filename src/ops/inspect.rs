@@ -26,9 +26,12 @@ fn dtype_name(d: safetensors::Dtype) -> String {
     format!("{d:?}")
 }
 
+/// Per dtype: (tensors, elements, bytes).
+type DtypeTotals = BTreeMap<String, (usize, u64, u64)>;
+
 /// The `inspect` output for a safetensors model.
 pub fn inspect_safetensors(m: &SafetensorsModel, as_json: bool) -> String {
-    let mut per_dtype: BTreeMap<String, (usize, u64, u64)> = BTreeMap::new();
+    let mut per_dtype = DtypeTotals::new();
     for t in m.tensors() {
         let e = per_dtype.entry(dtype_name(t.dtype)).or_default();
         e.0 += 1;
@@ -36,33 +39,42 @@ pub fn inspect_safetensors(m: &SafetensorsModel, as_json: bool) -> String {
         e.2 += (t.end - t.start) as u64;
     }
     if as_json {
-        let tensors: Vec<_> = m
-            .tensors()
-            .iter()
-            .map(|t| {
-                json!({
-                    "name": t.name,
-                    "dtype": dtype_name(t.dtype),
-                    "shape": t.shape,
-                    "bytes": t.end - t.start,
-                    "shard": m.shard_paths()[t.shard].display().to_string(),
-                })
-            })
-            .collect();
-        let totals: serde_json::Map<_, _> = per_dtype
-            .iter()
-            .map(|(k, (n, e, b))| (k.clone(), json!({"tensors": n, "elements": e, "bytes": b})))
-            .collect();
-        let v = json!({
-            "format": "safetensors",
-            "path": m.path().display().to_string(),
-            "shards": m.shard_paths().iter().map(|p| p.display().to_string()).collect::<Vec<_>>(),
-            "metadata": m.metadata(),
-            "tensors": tensors,
-            "totals": totals,
-        });
-        return serde_json::to_string_pretty(&v).expect("json") + "\n";
+        safetensors_json(m, &per_dtype)
+    } else {
+        safetensors_text(m, &per_dtype)
     }
+}
+
+fn safetensors_json(m: &SafetensorsModel, per_dtype: &DtypeTotals) -> String {
+    let tensors: Vec<_> = m
+        .tensors()
+        .iter()
+        .map(|t| {
+            json!({
+                "name": t.name,
+                "dtype": dtype_name(t.dtype),
+                "shape": t.shape,
+                "bytes": t.end - t.start,
+                "shard": m.shard_paths()[t.shard].display().to_string(),
+            })
+        })
+        .collect();
+    let totals: serde_json::Map<_, _> = per_dtype
+        .iter()
+        .map(|(k, (n, e, b))| (k.clone(), json!({"tensors": n, "elements": e, "bytes": b})))
+        .collect();
+    let v = json!({
+        "format": "safetensors",
+        "path": m.path().display().to_string(),
+        "shards": m.shard_paths().iter().map(|p| p.display().to_string()).collect::<Vec<_>>(),
+        "metadata": m.metadata(),
+        "tensors": tensors,
+        "totals": totals,
+    });
+    serde_json::to_string_pretty(&v).expect("json") + "\n"
+}
+
+fn safetensors_text(m: &SafetensorsModel, per_dtype: &DtypeTotals) -> String {
     let mut s = String::new();
     let _ = writeln!(
         s,
@@ -103,7 +115,7 @@ pub fn inspect_safetensors(m: &SafetensorsModel, as_json: bool) -> String {
         "\n{:<6} {:>8} {:>15} {:>15}",
         "dtype", "tensors", "elements", "bytes"
     );
-    for (k, (n, e, b)) in &per_dtype {
+    for (k, (n, e, b)) in per_dtype {
         let _ = writeln!(s, "{k:<6} {n:>8} {e:>15} {b:>15}");
     }
     s
