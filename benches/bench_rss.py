@@ -6,6 +6,8 @@ The synthetic files are generated into target/bench-rss/ (not committed). Prints
 output type; the target is well under 2 GiB whatever the model size.
 
 Usage: python3 benches/bench_rss.py [--rows 128256] [--cols 4096]
+QRESIDUAL_BIN=path runs that binary instead of building target/release/qresidual (e.g. to
+compare two versions on the same inputs).
 """
 import argparse
 import os
@@ -65,8 +67,11 @@ def main():
     a = ap.parse_args()
     d = ROOT / "target" / "bench-rss"
     d.mkdir(parents=True, exist_ok=True)
-    subprocess.run(["cargo", "build", "--release", "-q", "--bin", "qresidual"], cwd=ROOT, check=True)
-    exe = ROOT / "target" / "release" / "qresidual"
+    if os.environ.get("QRESIDUAL_BIN"):
+        exe = pathlib.Path(os.environ["QRESIDUAL_BIN"])
+    else:
+        subprocess.run(["cargo", "build", "--release", "-q", "--bin", "qresidual"], cwd=ROOT, check=True)
+        exe = ROOT / "target" / "release" / "qresidual"
     base, res = make_inputs(d, a.rows, a.cols)
     size = (base.stat().st_size + res.stat().st_size) / 2**30
     print(f"inputs: {base.name} + {res.name} = {size:.2f} GiB")
