@@ -158,12 +158,8 @@ pub fn apply(req: &ApplyRequest, model: &BnbModel, log: &Log) -> Result<ApplyRes
     let config = config_for(model, &jobs, target);
     let outcomes = write_model(model, &jobs, &config, &req.output, &WriteOptions::default())?;
     let rows = report::rows(&outcomes);
-    let inputs = json!({
-        "base": req.base.display().to_string(),
-        "residual": req.residual.display().to_string(),
-        "scale": req.scale,
-        "type": req.target,
-    });
+    let mut inputs = super::report_inputs(req);
+    inputs["type"] = json!(req.target);
     let json = report::to_json("apply", inputs, &rows);
     if let Some(path) = &req.report {
         report::write_value(path, &json)?;

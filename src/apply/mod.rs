@@ -398,13 +398,9 @@ fn write_sum(
     };
     let (outcomes, paths) = tasks::write(tasks, metadata, &out)?;
     let rows = report::rows(&outcomes);
-    let inputs = json!({
-        "base": req.base.display().to_string(),
-        "residual": req.residual.display().to_string(),
-        "scale": req.scale,
-        "type": req.target,
-        "strategy": req.strategy.name(),
-    });
+    let mut inputs = report_inputs(req);
+    inputs["type"] = json!(req.target);
+    inputs["strategy"] = json!(req.strategy.name());
     let mut json = report::to_json("apply", inputs, &rows);
     if let Some(p) = &plan {
         json["budget"] = p.to_json();
@@ -421,6 +417,16 @@ fn write_sum(
         plan,
         searched: search,
         report: json,
+    })
+}
+
+/// The report's `inputs`: what every apply report names (output-specific
+/// keys are added by the caller).
+fn report_inputs(req: &ApplyRequest) -> Value {
+    json!({
+        "base": req.base.display().to_string(),
+        "residual": req.residual.display().to_string(),
+        "scale": req.scale,
     })
 }
 
@@ -480,12 +486,7 @@ fn write_adapter(
         req.metadata.name.as_deref(),
         log.progress(),
     )?;
-    let inputs = json!({
-        "base": req.base.display().to_string(),
-        "residual": req.residual.display().to_string(),
-        "scale": req.scale,
-    });
-    let json = adapter::to_json(inputs, &opts, &outcomes);
+    let json = adapter::to_json(report_inputs(req), &opts, &outcomes);
     if let Some(path) = &req.report {
         report::write_value(path, &json)?;
     }
