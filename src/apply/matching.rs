@@ -107,48 +107,130 @@ pub fn match_residual(
     residual: &[ResidualTensor<'_>],
     allow_missing: bool,
 ) -> Result<Matching> {
-    let arch = base.architecture().unwrap_or("").to_string();
-    let n_head = meta_u64(base, &format!("{arch}.attention.head_count")).unwrap_or(0) as usize;
-    let n_head_kv = meta_u64(base, &format!("{arch}.attention.head_count_kv"))
-        .map(|v| v as usize)
-        .unwrap_or(n_head);
-    let by_name: HashMap<&str, usize> = base
-        .tensors()
-        .iter()
-        .enumerate()
-        .map(|(i, t)| (t.name.as_str(), i))
+    let index = BaseIndex::new(base);
+    let found = pair_tensors(&index, residual_path, residual)?;
+    let mut m = Matching {
+        pairs: found.pairs,
+        ..Matching::default()
+    };
+    if let Some(li) = found.tied_lm_head {
+        let note = tied_output(
+            residual_path,
+            residual,
+            li,
+            found.embed_residual,
+            ("output.weight", "token_embd.weight"),
+        )?;
+        m.notes.push(note);
+    }
+    refuse_mismatches(&found.problems, residual_path, &index.arch, allow_missing)?;
+    m.unmatched = found
+        .problems
+        .unmapped
+        .into_iter()
+        .chain(found.problems.no_partner)
         .collect();
+    if m.pairs.is_empty() {
+        return Err(Error::Mismatch(format!(
+            "{}: no residual tensor matches a tensor of {}",
+            residual_path.display(),
+            base.path().display()
+        )));
+    }
+    Ok(m)
+}
 
-    let mut m = Matching::default();
-    let (mut unmapped, mut no_partner, mut bad_shape) = (Vec::new(), Vec::new(), Vec::new());
-    let mut claimed: HashMap<usize, &str> = HashMap::new();
-    let mut duplicates = Vec::new();
-    let mut tied_lm_head: Option<usize> = None;
-    let mut embed_residual: Option<usize> = None;
+/// The base's tensors by name, with what Hugging Face names and the rotary
+/// permutation need to know of its architecture.
+struct BaseIndex<'b> {
+    base: &'b GgufFile,
+    arch: String,
+    n_head: usize,
+    n_head_kv: usize,
+    by_name: HashMap<&'b str, usize>,
+}
 
-    for (ri, rt) in residual.iter().enumerate() {
-        let (gguf_name, from_hf) = if by_name.contains_key(rt.name) {
-            (rt.name.to_string(), false)
-        } else if let Some(n) = naming::hf_to_gguf(&arch, rt.name) {
-            (n, true)
+impl<'b> BaseIndex<'b> {
+    fn new(base: &'b GgufFile) -> Self {
+        let arch = base.architecture().unwrap_or("").to_string();
+        let n_head = meta_u64(base, &format!("{arch}.attention.head_count")).unwrap_or(0) as usize;
+        let n_head_kv = meta_u64(base, &format!("{arch}.attention.head_count_kv"))
+            .map(|v| v as usize)
+            .unwrap_or(n_head);
+        let by_name = base
+            .tensors()
+            .iter()
+            .enumerate()
+            .map(|(i, t)| (t.name.as_str(), i))
+            .collect();
+        BaseIndex {
+            base,
+            arch,
+            n_head,
+            n_head_kv,
+            by_name,
+        }
+    }
+
+    /// The GGUF name a residual tensor stands for (its own when the base has
+    /// it, else its Hugging Face mapping) and whether it was mapped.
+    fn gguf_name(&self, residual_name: &str) -> Option<(String, bool)> {
+        if self.by_name.contains_key(residual_name) {
+            Some((residual_name.to_string(), false))
         } else {
-            unmapped.push(rt.name.to_string());
+            naming::hf_to_gguf(&self.arch, residual_name).map(|n| (n, true))
+        }
+    }
+}
+
+/// Residual tensors the base cannot take, collected so that one error lists
+/// them all.
+#[derive(Default)]
+struct Problems {
+    unmapped: Vec<String>,
+    no_partner: Vec<String>,
+    bad_shape: Vec<String>,
+    duplicates: Vec<String>,
+}
+
+/// What one pass over the residual's tensors found.
+#[derive(Default)]
+struct Found {
+    pairs: Vec<Pairing>,
+    problems: Problems,
+    tied_lm_head: Option<usize>,
+    embed_residual: Option<usize>,
+}
+
+fn pair_tensors(
+    index: &BaseIndex,
+    residual_path: &Path,
+    residual: &[ResidualTensor<'_>],
+) -> Result<Found> {
+    let mut found = Found::default();
+    let problems = &mut found.problems;
+    let mut claimed: HashMap<usize, &str> = HashMap::new();
+    for (ri, rt) in residual.iter().enumerate() {
+        let Some((gguf_name, from_hf)) = index.gguf_name(rt.name) else {
+            problems.unmapped.push(rt.name.to_string());
             continue;
         };
         if gguf_name == "token_embd.weight" {
-            embed_residual = Some(ri);
+            found.embed_residual = Some(ri);
         }
-        let Some(&bi) = by_name.get(gguf_name.as_str()) else {
-            if gguf_name == "output.weight" && by_name.contains_key("token_embd.weight") {
-                tied_lm_head = Some(ri);
+        let Some(&bi) = index.by_name.get(gguf_name.as_str()) else {
+            if gguf_name == "output.weight" && index.by_name.contains_key("token_embd.weight") {
+                found.tied_lm_head = Some(ri);
             } else {
-                no_partner.push(format!("{} (→ {gguf_name})", rt.name));
+                problems
+                    .no_partner
+                    .push(format!("{} (→ {gguf_name})", rt.name));
             }
             continue;
         };
-        let bt = &base.tensors()[bi];
+        let bt = &index.base.tensors()[bi];
         if bt.shape() != rt.shape {
-            bad_shape.push(format!(
+            problems.bad_shape.push(format!(
                 "{} {:?} vs base {} {:?}",
                 rt.name,
                 rt.shape,
@@ -158,11 +240,13 @@ pub fn match_residual(
             continue;
         }
         if let Some(prev) = claimed.insert(bi, rt.name) {
-            duplicates.push(format!("{prev} and {} both map to {}", rt.name, bt.name));
+            problems
+                .duplicates
+                .push(format!("{prev} and {} both map to {}", rt.name, bt.name));
             continue;
         }
         let permutation = if from_hf {
-            naming::row_permutation(&arch, &gguf_name, n_head, n_head_kv)
+            naming::row_permutation(&index.arch, &gguf_name, index.n_head, index.n_head_kv)
         } else {
             RowPermutation::Identity
         };
@@ -170,46 +254,53 @@ pub fn match_residual(
             let rows = bt.shape()[0] as usize;
             if !permutation.fits(rows) {
                 return Err(Error::Mismatch(format!(
-                    "{}: cannot permute {} for rotary embeddings: {rows} rows do not split into {h} heads (check {arch}.attention.head_count in the base)",
+                    "{}: cannot permute {} for rotary embeddings: {rows} rows do not split into {h} heads (check {}.attention.head_count in the base)",
                     residual_path.display(),
-                    rt.name
+                    rt.name,
+                    index.arch
                 )));
             }
         }
-        m.pairs.push(Pairing {
+        found.pairs.push(Pairing {
             base: bi,
             residual: ri,
             permutation,
         });
     }
+    Ok(found)
+}
 
-    if let Some(li) = tied_lm_head {
-        let note = tied_output(
-            residual_path,
-            residual,
-            li,
-            embed_residual,
-            ("output.weight", "token_embd.weight"),
-        )?;
-        m.notes.push(note);
-    }
+/// Shape mismatches and duplicates are always errors; unmapped and
+/// partnerless tensors unless `allow_missing`.
+fn refuse_mismatches(
+    problems: &Problems,
+    residual_path: &Path,
+    arch: &str,
+    allow_missing: bool,
+) -> Result<()> {
+    let Problems {
+        unmapped,
+        no_partner,
+        bad_shape,
+        duplicates,
+    } = problems;
     if !bad_shape.is_empty() {
         return Err(Error::Mismatch(format!(
             "{}: {} residual tensor(s) differ in shape from the base: {}",
             residual_path.display(),
             bad_shape.len(),
-            list(&bad_shape)
+            list(bad_shape)
         )));
     }
     if !duplicates.is_empty() {
         return Err(Error::Mismatch(format!(
             "{}: {}",
             residual_path.display(),
-            list(&duplicates)
+            list(duplicates)
         )));
     }
     if !unmapped.is_empty() && !allow_missing {
-        let why = if naming::supported_architectures().contains(&arch.as_str()) {
+        let why = if naming::supported_architectures().contains(&arch) {
             format!("these names are neither base tensor names nor known Hugging Face names for '{arch}'")
         } else {
             format!(
@@ -221,7 +312,7 @@ pub fn match_residual(
             "{}: {} residual tensor(s) could not be mapped: {why}: {} (--allow-missing skips them)",
             residual_path.display(),
             unmapped.len(),
-            list(&unmapped)
+            list(unmapped)
         )));
     }
     if !no_partner.is_empty() && !allow_missing {
@@ -229,18 +320,10 @@ pub fn match_residual(
             "{}: {} residual tensor(s) have no partner in the base: {} (--allow-missing skips them)",
             residual_path.display(),
             no_partner.len(),
-            list(&no_partner)
+            list(no_partner)
         )));
     }
-    m.unmatched = unmapped.into_iter().chain(no_partner).collect();
-    if m.pairs.is_empty() {
-        return Err(Error::Mismatch(format!(
-            "{}: no residual tensor matches a tensor of {}",
-            residual_path.display(),
-            base.path().display()
-        )));
-    }
-    Ok(m)
+    Ok(())
 }
 
 /// Scan the matched residual tensors for NaN/Inf (an error naming tensor,

@@ -65,6 +65,189 @@ fn f32s(bytes: &[u8]) -> Vec<f32> {
         .collect()
 }
 
+fn le_i32(c: &[u8]) -> i32 {
+    i32::from_le_bytes([c[0], c[1], c[2], c[3]])
+}
+
+/// llama-quantize refuses a GGUF imatrix without these keys; so do we.
+fn check_required_keys(f: &GgufFile, path: &Path) -> Result<()> {
+    let missing: Vec<&str> = [KEY_DATASETS, KEY_CHUNK_COUNT, KEY_CHUNK_SIZE]
+        .into_iter()
+        .filter(|k| f.get(k).is_none())
+        .collect();
+    if !missing.is_empty() {
+        return Err(Error::format(
+            path,
+            format!(
+                "missing imatrix metadata ({}): not an imatrix file from llama-imatrix",
+                missing.join(", ")
+            ),
+        ));
+    }
+    Ok(())
+}
+
+/// Per weight tensor name, the indices of its `.in_sum2` and `.counts`
+/// tensors (either may be missing).
+type SumCountPairs = HashMap<String, (Option<usize>, Option<usize>)>;
+
+fn sum_count_pairs(f: &GgufFile, path: &Path) -> Result<SumCountPairs> {
+    let mut pairs: SumCountPairs = HashMap::new();
+    for (i, t) in f.tensors().iter().enumerate() {
+        if let Some(n) = t.name.strip_suffix(".in_sum2") {
+            pairs.entry(n.to_string()).or_default().0 = Some(i);
+        } else if let Some(n) = t.name.strip_suffix(".counts") {
+            pairs.entry(n.to_string()).or_default().1 = Some(i);
+        }
+    }
+    if pairs.is_empty() {
+        return Err(Error::format(
+            path,
+            "no '<tensor>.in_sum2' / '<tensor>.counts' pairs: not an imatrix file",
+        ));
+    }
+    Ok(pairs)
+}
+
+/// The weights of entry `name`: its sums (tensor `si`) over its lround-ed
+/// count (tensor `ci`) per expert slice, 1 where the count is 0.
+fn gguf_entry_weights(
+    f: &GgufFile,
+    path: &Path,
+    name: &str,
+    si: usize,
+    ci: usize,
+) -> Result<Vec<f32>> {
+    let (st, ct) = (&f.tensors()[si], &f.tensors()[ci]);
+    if st.ty != GgmlType::F32 || ct.ty != GgmlType::F32 {
+        return Err(Error::format(
+            path,
+            format!("imatrix entry '{name}': sums and counts must be F32"),
+        ));
+    }
+    let sums = f32s(f.tensor_data(si));
+    let counts = f32s(f.tensor_data(ci));
+    if counts.is_empty() || sums.is_empty() || !sums.len().is_multiple_of(counts.len()) {
+        return Err(Error::format(
+            path,
+            format!(
+                "imatrix entry '{name}': {} sums do not split into {} per-expert counts",
+                sums.len(),
+                counts.len()
+            ),
+        ));
+    }
+    let ne0 = sums.len() / counts.len();
+    let mut e = vec![0f32; sums.len()];
+    for (j, &c) in counts.iter().enumerate() {
+        if !c.is_finite() {
+            return Err(Error::format(
+                path,
+                format!("imatrix entry '{name}': count {c} is not finite"),
+            ));
+        }
+        // std::lround, then back to float.
+        let count = c.round() as i64 as f32;
+        for i in 0..ne0 {
+            e[j * ne0 + i] = if count > 0.0 {
+                sums[j * ne0 + i] / count
+            } else {
+                1.0
+            };
+        }
+    }
+    Ok(e)
+}
+
+/// A position in a legacy `.dat` file, past the entry count.
+struct LegacyReader<'a> {
+    path: &'a Path,
+    b: &'a [u8],
+    p: usize,
+}
+
+impl LegacyReader<'_> {
+    fn i32(&mut self, what: &str, entry: i32) -> Result<i32> {
+        let v = self.b.get(self.p..self.p + 4).map(le_i32).ok_or_else(|| {
+            Error::format(
+                self.path,
+                format!("legacy imatrix entry {entry}: truncated, no {what}"),
+            )
+        })?;
+        self.p += 4;
+        Ok(v)
+    }
+
+    /// Entry `k` (1-based): its name and weights (`value / ncall`, the value
+    /// itself when `ncall ≤ 0`).
+    fn entry(&mut self, k: i32) -> Result<(String, Vec<f32>)> {
+        let (path, b) = (self.path, self.b);
+        let len = self.i32("name length", k)?;
+        let name_bytes = usize::try_from(len)
+            .ok()
+            .and_then(|l| b.get(self.p..self.p + l))
+            .ok_or_else(|| {
+                Error::format(
+                    path,
+                    format!("legacy imatrix entry {k}: failed reading name (length {len})"),
+                )
+            })?;
+        self.p += name_bytes.len();
+        // std::string{ data() } stops at the first NUL.
+        let end = name_bytes
+            .iter()
+            .position(|&c| c == 0)
+            .unwrap_or(name_bytes.len());
+        let name = String::from_utf8_lossy(&name_bytes[..end]).into_owned();
+        let ncall = self.i32("call count", k)?;
+        let nval = self.i32("value count", k)?;
+        if nval < 1 {
+            return Err(Error::format(
+                path,
+                format!("legacy imatrix entry {k} ('{name}'): {nval} values"),
+            ));
+        }
+        let n = nval as usize;
+        let vals = b.get(self.p..self.p + 4 * n).ok_or_else(|| {
+            Error::format(
+                path,
+                format!("legacy imatrix entry {k} ('{name}'): truncated, {n} values announced"),
+            )
+        })?;
+        self.p += 4 * n;
+        let sums = f32s(vals);
+        let e: Vec<f32> = if ncall > 0 {
+            let nc = ncall as f32;
+            sums.iter().map(|s| s / nc).collect()
+        } else {
+            sums
+        };
+        Ok((name, e))
+    }
+
+    /// The optional trailer: chunk count and dataset name.
+    fn trailer(&mut self) -> (u32, Vec<String>) {
+        let b = self.b;
+        let mut chunk_count = 0u32;
+        let mut datasets = Vec::new();
+        if let Some(c) = b.get(self.p..self.p + 4) {
+            chunk_count = le_i32(c).max(0) as u32;
+            self.p += 4;
+            if let Some(c) = b.get(self.p..self.p + 4) {
+                let len = le_i32(c);
+                self.p += 4;
+                if len > 0 {
+                    if let Some(d) = b.get(self.p..self.p + len as usize) {
+                        let end = d.iter().position(|&c| c == 0).unwrap_or(d.len());
+                        datasets.push(String::from_utf8_lossy(&d[..end]).into_owned());
+                    }
+                }
+            }
+        }
+        (chunk_count, datasets)
+    }
+}
+
 impl Imatrix {
     /// Read an importance matrix in either format (GGUF if the file starts
     /// with the GGUF magic, legacy `.dat` otherwise). Non-finite or negative
@@ -95,19 +278,7 @@ impl Imatrix {
         if f.tensors().is_empty() {
             return Err(Error::format(path, "imatrix file holds no tensors"));
         }
-        let missing: Vec<&str> = [KEY_DATASETS, KEY_CHUNK_COUNT, KEY_CHUNK_SIZE]
-            .into_iter()
-            .filter(|k| f.get(k).is_none())
-            .collect();
-        if !missing.is_empty() {
-            return Err(Error::format(
-                path,
-                format!(
-                    "missing imatrix metadata ({}): not an imatrix file from llama-imatrix",
-                    missing.join(", ")
-                ),
-            ));
-        }
+        check_required_keys(&f, path)?;
         let datasets = match f.get(KEY_DATASETS) {
             Some(MetaValue::Array(a)) => a
                 .items
@@ -120,22 +291,7 @@ impl Imatrix {
             .get(KEY_CHUNK_COUNT)
             .and_then(MetaValue::as_u64)
             .unwrap_or(0) as u32;
-
-        // name → (in_sum2 index, counts index)
-        let mut pairs: HashMap<String, (Option<usize>, Option<usize>)> = HashMap::new();
-        for (i, t) in f.tensors().iter().enumerate() {
-            if let Some(n) = t.name.strip_suffix(".in_sum2") {
-                pairs.entry(n.to_string()).or_default().0 = Some(i);
-            } else if let Some(n) = t.name.strip_suffix(".counts") {
-                pairs.entry(n.to_string()).or_default().1 = Some(i);
-            }
-        }
-        if pairs.is_empty() {
-            return Err(Error::format(
-                path,
-                "no '<tensor>.in_sum2' / '<tensor>.counts' pairs: not an imatrix file",
-            ));
-        }
+        let pairs = sum_count_pairs(&f, path)?;
         let mut entries = HashMap::with_capacity(pairs.len());
         for (name, pair) in pairs {
             let (Some(si), Some(ci)) = pair else {
@@ -144,44 +300,7 @@ impl Imatrix {
                     format!("imatrix entry '{name}': mismatched sums and counts (one of .in_sum2 / .counts is missing)"),
                 ));
             };
-            let (st, ct) = (&f.tensors()[si], &f.tensors()[ci]);
-            if st.ty != GgmlType::F32 || ct.ty != GgmlType::F32 {
-                return Err(Error::format(
-                    path,
-                    format!("imatrix entry '{name}': sums and counts must be F32"),
-                ));
-            }
-            let sums = f32s(f.tensor_data(si));
-            let counts = f32s(f.tensor_data(ci));
-            if counts.is_empty() || sums.is_empty() || !sums.len().is_multiple_of(counts.len()) {
-                return Err(Error::format(
-                    path,
-                    format!(
-                        "imatrix entry '{name}': {} sums do not split into {} per-expert counts",
-                        sums.len(),
-                        counts.len()
-                    ),
-                ));
-            }
-            let ne0 = sums.len() / counts.len();
-            let mut e = vec![0f32; sums.len()];
-            for (j, &c) in counts.iter().enumerate() {
-                if !c.is_finite() {
-                    return Err(Error::format(
-                        path,
-                        format!("imatrix entry '{name}': count {c} is not finite"),
-                    ));
-                }
-                // std::lround, then back to float.
-                let count = c.round() as i64 as f32;
-                for i in 0..ne0 {
-                    e[j * ne0 + i] = if count > 0.0 {
-                        sums[j * ne0 + i] / count
-                    } else {
-                        1.0
-                    };
-                }
-            }
+            let e = gguf_entry_weights(&f, path, &name, si, ci)?;
             entries.insert(name, e);
         }
         Ok(Imatrix {
@@ -195,92 +314,20 @@ impl Imatrix {
 
     /// Parse the legacy `.dat` format (`common_imatrix_load_legacy`).
     pub fn parse_legacy(path: &Path, b: &[u8]) -> Result<Imatrix> {
-        let mut entries = HashMap::new();
-        let mut p = 0usize;
-        let rd_i32 = |p: &mut usize, what: &str, entry: i32| -> Result<i32> {
-            let v = b
-                .get(*p..*p + 4)
-                .map(|c| i32::from_le_bytes([c[0], c[1], c[2], c[3]]))
-                .ok_or_else(|| {
-                    Error::format(
-                        path,
-                        format!("legacy imatrix entry {entry}: truncated, no {what}"),
-                    )
-                })?;
-            *p += 4;
-            Ok(v)
-        };
-        let n_entries = b
-            .get(0..4)
-            .map(|c| i32::from_le_bytes([c[0], c[1], c[2], c[3]]))
-            .unwrap_or(0);
-        p += 4;
+        let n_entries = b.get(0..4).map(le_i32).unwrap_or(0);
         if n_entries < 1 {
             return Err(Error::format(
                 path,
                 "no data in file (neither a GGUF imatrix nor a legacy .dat with entries)",
             ));
         }
+        let mut r = LegacyReader { path, b, p: 4 };
+        let mut entries = HashMap::new();
         for k in 1..=n_entries {
-            let len = rd_i32(&mut p, "name length", k)?;
-            let name_bytes = usize::try_from(len)
-                .ok()
-                .and_then(|l| b.get(p..p + l))
-                .ok_or_else(|| {
-                    Error::format(
-                        path,
-                        format!("legacy imatrix entry {k}: failed reading name (length {len})"),
-                    )
-                })?;
-            p += name_bytes.len();
-            // std::string{ data() } stops at the first NUL.
-            let end = name_bytes
-                .iter()
-                .position(|&c| c == 0)
-                .unwrap_or(name_bytes.len());
-            let name = String::from_utf8_lossy(&name_bytes[..end]).into_owned();
-            let ncall = rd_i32(&mut p, "call count", k)?;
-            let nval = rd_i32(&mut p, "value count", k)?;
-            if nval < 1 {
-                return Err(Error::format(
-                    path,
-                    format!("legacy imatrix entry {k} ('{name}'): {nval} values"),
-                ));
-            }
-            let n = nval as usize;
-            let vals = b.get(p..p + 4 * n).ok_or_else(|| {
-                Error::format(
-                    path,
-                    format!("legacy imatrix entry {k} ('{name}'): truncated, {n} values announced"),
-                )
-            })?;
-            p += 4 * n;
-            let sums = f32s(vals);
-            let e: Vec<f32> = if ncall > 0 {
-                let nc = ncall as f32;
-                sums.iter().map(|s| s / nc).collect()
-            } else {
-                sums
-            };
+            let (name, e) = r.entry(k)?;
             entries.insert(name, e);
         }
-        // Optional trailer: chunk count and dataset name.
-        let mut chunk_count = 0u32;
-        let mut datasets = Vec::new();
-        if let Some(c) = b.get(p..p + 4) {
-            chunk_count = i32::from_le_bytes([c[0], c[1], c[2], c[3]]).max(0) as u32;
-            p += 4;
-            if let Some(c) = b.get(p..p + 4) {
-                let len = i32::from_le_bytes([c[0], c[1], c[2], c[3]]);
-                p += 4;
-                if len > 0 {
-                    if let Some(d) = b.get(p..p + len as usize) {
-                        let end = d.iter().position(|&c| c == 0).unwrap_or(d.len());
-                        datasets.push(String::from_utf8_lossy(&d[..end]).into_owned());
-                    }
-                }
-            }
-        }
+        let (chunk_count, datasets) = r.trailer();
         Ok(Imatrix {
             path: path.to_path_buf(),
             entries,

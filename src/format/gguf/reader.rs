@@ -72,26 +72,49 @@ const MIN_TENSOR_INFO: u64 = 8 + 4 + 4 + 8;
 const MIN_KV: u64 = 8 + 1 + 4 + 1;
 
 /// Parse and validate a whole GGUF file held in `data`. `path` only names the
-/// file in errors.
+/// file in errors. The checks run in gguf.cpp's order, so a file with several
+/// faults is reported by the same first fault.
 pub(crate) fn parse_header(path: &Path, data: &[u8]) -> Result<Header> {
-    let fmt = |msg: String| Error::format(path, msg);
     let mut c = Cursor::new(data);
+    read_magic(&mut c, path, data.len())?;
+    let version = read_version(&mut c, path)?;
+    let (n_tensors, n_kv) = read_counts(&mut c, path)?;
+    let metadata = read_metadata(&mut c, path, n_kv)?;
+    let alignment = alignment_of(&metadata, path)?;
+    let tensors = read_tensor_infos(&mut c, path, n_tensors)?;
+    let data_offset = data_section_offset(c.pos() as u64, n_tensors, alignment, path, data.len())?;
+    check_tensor_offsets(&tensors, alignment, data_offset, path, data.len() as u64)?;
+    Ok(Header {
+        version,
+        alignment,
+        metadata,
+        tensors,
+        data_offset,
+    })
+}
 
+fn read_magic(c: &mut Cursor, path: &Path, file_len: usize) -> Result<()> {
     let magic = c.bytes(4, "magic").map_err(|_| {
-        fmt(format!(
-            "not a GGUF file: {} bytes, too short for the magic",
-            data.len()
-        ))
+        Error::format(
+            path,
+            format!("not a GGUF file: {file_len} bytes, too short for the magic"),
+        )
     })?;
     if magic != GGUF_MAGIC {
         let shown: String = magic
             .iter()
             .map(|&b| if b.is_ascii_graphic() { b as char } else { '?' })
             .collect();
-        return Err(fmt(format!(
-            "not a GGUF file: bad magic '{shown}' ({magic:02x?}), expected 'GGUF'"
-        )));
+        return Err(Error::format(
+            path,
+            format!("not a GGUF file: bad magic '{shown}' ({magic:02x?}), expected 'GGUF'"),
+        ));
     }
+    Ok(())
+}
+
+fn read_version(c: &mut Cursor, path: &Path) -> Result<u32> {
+    let fmt = |msg: String| Error::format(path, msg);
     let version = c.u32("version").map_err(fmt)?;
     if version & 0xFFFF == 0 && version != 0 {
         return Err(fmt(format!(
@@ -100,18 +123,20 @@ pub(crate) fn parse_header(path: &Path, data: &[u8]) -> Result<Header> {
         )));
     }
     match version {
-        2 | 3 => {}
-        1 => {
-            return Err(fmt(
-                "GGUF version 1 is no longer supported (only versions 2 and 3)".to_string(),
-            ))
-        }
-        v => {
-            return Err(fmt(format!(
-                "unsupported GGUF version {v} (only versions 2 and 3 are supported)"
-            )))
-        }
+        2 | 3 => Ok(version),
+        1 => Err(fmt(
+            "GGUF version 1 is no longer supported (only versions 2 and 3)".to_string(),
+        )),
+        v => Err(fmt(format!(
+            "unsupported GGUF version {v} (only versions 2 and 3 are supported)"
+        ))),
     }
+}
+
+/// The tensor and key-value counts, rejected before any allocation when the
+/// bytes left cannot hold that many entries.
+fn read_counts(c: &mut Cursor, path: &Path) -> Result<(u64, u64)> {
+    let fmt = |msg: String| Error::format(path, msg);
     let n_tensors = c.u64("tensor count").map_err(fmt)?;
     let n_kv = c.u64("metadata count").map_err(fmt)?;
     if n_tensors > i64::MAX as u64 {
@@ -128,7 +153,6 @@ pub(crate) fn parse_header(path: &Path, data: &[u8]) -> Result<Header> {
             i64::MAX
         )));
     }
-    // Fail fast on counts the file cannot hold, before any allocation.
     let left = c.remaining();
     if n_kv.saturating_mul(MIN_KV) > left {
         return Err(fmt(format!(
@@ -140,8 +164,11 @@ pub(crate) fn parse_header(path: &Path, data: &[u8]) -> Result<Header> {
             "header declares {n_tensors} tensors but only {left} bytes follow (each tensor info needs at least {MIN_TENSOR_INFO})"
         )));
     }
+    Ok((n_tensors, n_kv))
+}
 
-    // Key-value pairs.
+fn read_metadata(c: &mut Cursor, path: &Path, n_kv: u64) -> Result<Vec<(String, MetaValue)>> {
+    let fmt = |msg: String| Error::format(path, msg);
     let mut metadata: Vec<(String, MetaValue)> = Vec::with_capacity(n_kv as usize);
     let mut seen_keys: HashSet<String> = HashSet::with_capacity(n_kv as usize);
     for i in 0..n_kv {
@@ -161,26 +188,33 @@ pub(crate) fn parse_header(path: &Path, data: &[u8]) -> Result<Header> {
         let value = c.value(ty, &what, 0).map_err(fmt)?;
         metadata.push((key, value));
     }
+    Ok(metadata)
+}
 
-    let alignment = match metadata.iter().find(|(k, _)| k == KEY_ALIGNMENT) {
-        None => DEFAULT_ALIGNMENT,
+fn alignment_of(metadata: &[(String, MetaValue)], path: &Path) -> Result<u64> {
+    match metadata.iter().find(|(k, _)| k == KEY_ALIGNMENT) {
+        None => Ok(DEFAULT_ALIGNMENT),
         Some((_, MetaValue::U32(a))) => {
             if *a == 0 || !a.is_power_of_two() {
-                return Err(fmt(format!(
-                    "{KEY_ALIGNMENT} is {a}: alignment must be a nonzero power of 2"
-                )));
+                return Err(Error::format(
+                    path,
+                    format!("{KEY_ALIGNMENT} is {a}: alignment must be a nonzero power of 2"),
+                ));
             }
-            u64::from(*a)
+            Ok(u64::from(*a))
         }
-        Some((_, v)) => {
-            return Err(fmt(format!(
+        Some((_, v)) => Err(Error::format(
+            path,
+            format!(
                 "key '{KEY_ALIGNMENT}' must be of type u32 but is {}",
                 v.value_type()
-            )))
-        }
-    };
+            ),
+        )),
+    }
+}
 
-    // Tensor infos.
+fn read_tensor_infos(c: &mut Cursor, path: &Path, n_tensors: u64) -> Result<Vec<TensorInfo>> {
+    let fmt = |msg: String| Error::format(path, msg);
     let mut tensors: Vec<TensorInfo> = Vec::with_capacity(n_tensors as usize);
     let mut seen_names: HashSet<String> = HashSet::with_capacity(n_tensors as usize);
     for i in 0..n_tensors {
@@ -196,76 +230,112 @@ pub(crate) fn parse_header(path: &Path, data: &[u8]) -> Result<Header> {
                 "duplicate tensor name '{name}' for tensor {i}"
             )));
         }
-        let terr = |msg: String| Error::tensor(path, name.clone(), msg);
-        let n_dims = c.u32("number of dimensions").map_err(terr)?;
-        if n_dims as usize > MAX_DIMS {
-            return Err(terr(format!(
-                "invalid number of dimensions: {n_dims} > {MAX_DIMS}"
-            )));
-        }
-        let mut ne = Vec::with_capacity(n_dims as usize);
-        for j in 0..n_dims {
-            let v = c.u64("dimension").map_err(terr)?;
-            if v > i64::MAX as u64 {
-                return Err(terr(format!(
-                    "dimension {j} has invalid number of elements: {} < 0",
-                    v as i64
-                )));
-            }
-            ne.push(v);
-        }
-        let mut n_elements: u64 = 1;
-        for &d in &ne {
-            n_elements = n_elements
-                .checked_mul(d)
-                .filter(|&n| n <= i64::MAX as u64)
-                .ok_or_else(|| {
-                    terr(format!(
-                        "shape {ne:?} overflows: the number of elements is >= 2^63"
-                    ))
-                })?;
-        }
-        let type_id = c.u32("type").map_err(terr)?;
-        let ty = GgmlType::from_id(type_id)
-            .ok_or_else(|| terr(format!("unknown ggml type id {type_id}")))?;
-        let row = ne.first().copied().unwrap_or(1);
-        if row % ty.block_size() as u64 != 0 {
-            return Err(terr(format!(
-                "type {} has {row} elements per row, not a multiple of block size {}",
-                ty.name(),
-                ty.block_size()
-            )));
-        }
-        let size = ty
-            .row_size_u64(n_elements)
-            .filter(|&s| s <= i64::MAX as u64)
-            .ok_or_else(|| terr(format!("size in bytes of shape {ne:?} overflows")))?;
-        let offset = c.u64("offset").map_err(terr)?;
+        let layout = read_tensor_layout(c).map_err(|msg| Error::tensor(path, name.clone(), msg))?;
         tensors.push(TensorInfo {
             name,
-            ty,
-            ne,
-            offset,
-            size,
+            ty: layout.ty,
+            ne: layout.ne,
+            offset: layout.offset,
+            size: layout.size,
             file: 0,
         });
     }
+    Ok(tensors)
+}
 
-    // The data section starts aligned when there are tensors (gguf.cpp).
-    let mut data_offset = c.pos() as u64;
-    if n_tensors > 0 {
-        data_offset = data_offset.div_ceil(alignment) * alignment;
-        if data_offset > data.len() as u64 {
-            return Err(fmt(format!(
-                "file truncated: data section would start at {data_offset} but the file has {} bytes",
-                data.len()
-            )));
-        }
+/// What a tensor info holds after its name.
+struct TensorLayout {
+    ne: Vec<u64>,
+    ty: GgmlType,
+    size: u64,
+    offset: u64,
+}
+
+/// Reads the dimensions, type and offset of one tensor info; errors are
+/// about that tensor, so the caller names it.
+fn read_tensor_layout(c: &mut Cursor) -> std::result::Result<TensorLayout, String> {
+    let n_dims = c.u32("number of dimensions")?;
+    if n_dims as usize > MAX_DIMS {
+        return Err(format!(
+            "invalid number of dimensions: {n_dims} > {MAX_DIMS}"
+        ));
     }
+    let mut ne = Vec::with_capacity(n_dims as usize);
+    for j in 0..n_dims {
+        let v = c.u64("dimension")?;
+        if v > i64::MAX as u64 {
+            return Err(format!(
+                "dimension {j} has invalid number of elements: {} < 0",
+                v as i64
+            ));
+        }
+        ne.push(v);
+    }
+    let mut n_elements: u64 = 1;
+    for &d in &ne {
+        n_elements = n_elements
+            .checked_mul(d)
+            .filter(|&n| n <= i64::MAX as u64)
+            .ok_or_else(|| format!("shape {ne:?} overflows: the number of elements is >= 2^63"))?;
+    }
+    let type_id = c.u32("type")?;
+    let ty = GgmlType::from_id(type_id).ok_or_else(|| format!("unknown ggml type id {type_id}"))?;
+    let row = ne.first().copied().unwrap_or(1);
+    if row % ty.block_size() as u64 != 0 {
+        return Err(format!(
+            "type {} has {row} elements per row, not a multiple of block size {}",
+            ty.name(),
+            ty.block_size()
+        ));
+    }
+    let size = ty
+        .row_size_u64(n_elements)
+        .filter(|&s| s <= i64::MAX as u64)
+        .ok_or_else(|| format!("size in bytes of shape {ne:?} overflows"))?;
+    let offset = c.u64("offset")?;
+    Ok(TensorLayout {
+        ne,
+        ty,
+        size,
+        offset,
+    })
+}
 
-    let file_len = data.len() as u64;
+/// The data section starts aligned when there are tensors (gguf.cpp), right
+/// after the header otherwise.
+fn data_section_offset(
+    header_end: u64,
+    n_tensors: u64,
+    alignment: u64,
+    path: &Path,
+    file_len: usize,
+) -> Result<u64> {
+    if n_tensors == 0 {
+        return Ok(header_end);
+    }
+    let data_offset = header_end.div_ceil(alignment) * alignment;
+    if data_offset > file_len as u64 {
+        return Err(Error::format(
+            path,
+            format!(
+                "file truncated: data section would start at {data_offset} but the file has {file_len} bytes"
+            ),
+        ));
+    }
+    Ok(data_offset)
+}
+
+/// Offsets must be aligned, the running sum of padded sizes in tensor-info
+/// order, and every tensor's bytes must lie within the file.
+fn check_tensor_offsets(
+    tensors: &[TensorInfo],
+    alignment: u64,
+    data_offset: u64,
+    path: &Path,
+    file_len: u64,
+) -> Result<()> {
     let mut expected: u64 = 0;
-    for t in &tensors {
+    for t in tensors {
         let terr = |msg: String| Error::tensor(path, t.name.clone(), msg);
         if t.offset % alignment != 0 {
             return Err(terr(format!(
@@ -298,14 +368,7 @@ pub(crate) fn parse_header(path: &Path, data: &[u8]) -> Result<Header> {
         }
         expected = padded;
     }
-
-    Ok(Header {
-        version,
-        alignment,
-        metadata,
-        tensors,
-        data_offset,
-    })
+    Ok(())
 }
 
 /// One GGUF file parsed from memory by [`parse_bytes`].
@@ -366,6 +429,54 @@ fn map_file(path: &Path) -> Result<Mmap> {
     unsafe { Mmap::map(&file) }.map_err(|e| Error::io(path, e))
 }
 
+/// `split.count` of a file's metadata; 1 when absent.
+fn split_count(metadata: &[(String, MetaValue)], path: &Path) -> Result<u64> {
+    match metadata.iter().find(|(k, _)| k == KEY_SPLIT_COUNT) {
+        None => Ok(1),
+        Some((_, v)) => v
+            .as_u64()
+            .filter(|&n| n <= u64::from(u16::MAX))
+            .ok_or_else(|| {
+                Error::format(path, format!("{KEY_SPLIT_COUNT} is not a u16 count: {v:?}"))
+            }),
+    }
+}
+
+/// Split `idx` (0-based) must say it is that split, and of as many as the
+/// first one says.
+fn check_split_keys(
+    metadata: &[(String, MetaValue)],
+    path: &Path,
+    idx: u32,
+    n_split: u64,
+) -> Result<()> {
+    let no = metadata.iter().find(|(k, _)| k == KEY_SPLIT_NO);
+    match no.and_then(|(_, v)| v.as_u64()) {
+        Some(n) if n == u64::from(idx) => {}
+        Some(n) => {
+            return Err(Error::format(
+                path,
+                format!("invalid split file: {KEY_SPLIT_NO} is {n}, expected {idx}"),
+            ))
+        }
+        None => {
+            return Err(Error::format(
+                path,
+                format!("missing key {KEY_SPLIT_NO} in GGUF split"),
+            ))
+        }
+    }
+    if let Some((_, v)) = metadata.iter().find(|(k, _)| k == KEY_SPLIT_COUNT) {
+        if v.as_u64() != Some(n_split) {
+            return Err(Error::format(
+                path,
+                format!("{KEY_SPLIT_COUNT} is {v:?} but the first split says {n_split}"),
+            ));
+        }
+    }
+    Ok(())
+}
+
 impl GgufFile {
     /// Open a GGUF file. When its metadata says it is the first of a split
     /// set (`split.count` > 1, file named `PREFIX-00001-of-0000N.gguf`), all
@@ -373,15 +484,7 @@ impl GgufFile {
     pub fn open(path: &Path) -> Result<GgufFile> {
         let map = map_file(path)?;
         let header = parse_header(path, &map)?;
-        let n_split = match header.metadata.iter().find(|(k, _)| k == KEY_SPLIT_COUNT) {
-            None => 1,
-            Some((_, v)) => v
-                .as_u64()
-                .filter(|&n| n <= u64::from(u16::MAX))
-                .ok_or_else(|| {
-                    Error::format(path, format!("{KEY_SPLIT_COUNT} is not a u16 count: {v:?}"))
-                })?,
-        };
+        let n_split = split_count(&header.metadata, path)?;
         let mut file = GgufFile {
             version: header.version,
             alignment: header.alignment,
@@ -394,7 +497,22 @@ impl GgufFile {
         if n_split <= 1 {
             return Ok(file);
         }
-        let split_no = file.get(KEY_SPLIT_NO).and_then(MetaValue::as_u64);
+        let prefix = file.first_split_prefix(path, n_split)?;
+        for idx in 1..n_split as u32 {
+            let p = split::split_path(&prefix, idx, n_split as u32);
+            let map = map_file(&p)?;
+            let h = parse_header(&p, &map)?;
+            check_split_keys(&h.metadata, &p, idx, n_split)?;
+            file.add_part(p, map, h.tensors, h.data_offset)?;
+        }
+        file.check_split_tensor_count(path, n_split)?;
+        Ok(file)
+    }
+
+    /// The shared file-name prefix of the splits, once the first file's
+    /// metadata and name agree that it is split 1 of `n_split`.
+    fn first_split_prefix(&self, path: &Path, n_split: u64) -> Result<PathBuf> {
+        let split_no = self.get(KEY_SPLIT_NO).and_then(MetaValue::as_u64);
         if split_no != Some(0) {
             return Err(Error::format(
                 path,
@@ -404,58 +522,30 @@ impl GgufFile {
                 ),
             ));
         }
-        let prefix = split::split_prefix(path, 0, n_split as u32).ok_or_else(|| {
+        split::split_prefix(path, 0, n_split as u32).ok_or_else(|| {
             Error::format(
                 path,
                 format!(
                     "metadata says split 1 of {n_split} but the file name does not end in -00001-of-{n_split:05}.gguf"
                 ),
             )
-        })?;
-        for idx in 1..n_split as u32 {
-            let p = split::split_path(&prefix, idx, n_split as u32);
-            let map = map_file(&p)?;
-            let h = parse_header(&p, &map)?;
-            let no = h.metadata.iter().find(|(k, _)| k == KEY_SPLIT_NO);
-            match no.and_then(|(_, v)| v.as_u64()) {
-                Some(n) if n == u64::from(idx) => {}
-                Some(n) => {
-                    return Err(Error::format(
-                        &p,
-                        format!("invalid split file: {KEY_SPLIT_NO} is {n}, expected {idx}"),
-                    ))
-                }
-                None => {
-                    return Err(Error::format(
-                        &p,
-                        format!("missing key {KEY_SPLIT_NO} in GGUF split"),
-                    ))
-                }
-            }
-            if let Some((_, v)) = h.metadata.iter().find(|(k, _)| k == KEY_SPLIT_COUNT) {
-                if v.as_u64() != Some(n_split) {
-                    return Err(Error::format(
-                        &p,
-                        format!("{KEY_SPLIT_COUNT} is {v:?} but the first split says {n_split}"),
-                    ));
-                }
-            }
-            file.add_part(p, map, h.tensors, h.data_offset)?;
-        }
-        if let Some(v) = file.get(KEY_SPLIT_TENSORS_COUNT) {
-            if v.as_u64() != Some(file.tensors.len() as u64) {
+        })
+    }
+
+    fn check_split_tensor_count(&self, path: &Path, n_split: u64) -> Result<()> {
+        if let Some(v) = self.get(KEY_SPLIT_TENSORS_COUNT) {
+            if v.as_u64() != Some(self.tensors.len() as u64) {
                 return Err(Error::format(
                     path,
                     format!(
                         "corrupted split model: {KEY_SPLIT_TENSORS_COUNT} is {v:?} but the {n_split} splits hold {} tensors",
-                        file.tensors.len()
+                        self.tensors.len()
                     ),
                 ));
             }
         }
-        Ok(file)
+        Ok(())
     }
-
     fn add_part(
         &mut self,
         path: PathBuf,

@@ -246,92 +246,30 @@ impl GgufWriter {
         alignment: u64,
     ) -> Result<GgufWriter> {
         validate_metadata(path, metadata)?;
-        let mut seen = HashSet::with_capacity(tensors.len());
-        for t in tensors {
-            if !seen.insert(t.name.as_str()) {
-                return Err(Error::tensor(path, &t.name, "duplicate tensor name"));
-            }
-        }
-
-        // Metadata of every file: the caller's in the first, with the split
-        // keys (which the writer manages) fresh. Split keys the caller passes
-        // keep their positions and order, so a split set copies byte for byte
-        // whichever tool wrote it; otherwise they go last in the order
-        // gguf-split leaves them (split.no, split.tensors.count, split.count).
-        let split_order: Vec<&str> = metadata
-            .iter()
-            .map(|(k, _)| k.as_str())
-            .filter(|k| is_split_key(k))
-            .collect();
-        let keep_split_positions = split_order.len() == 3;
-        let split_order: Vec<&str> = if keep_split_positions {
-            split_order
-        } else {
-            vec![KEY_SPLIT_NO, KEY_SPLIT_TENSORS_COUNT, KEY_SPLIT_COUNT]
-        };
-        let declares_alignment = metadata.iter().any(|(k, _)| k == KEY_ALIGNMENT);
-        let extra_alignment = (!declares_alignment && alignment != DEFAULT_ALIGNMENT)
-            .then(|| (KEY_ALIGNMENT.to_string(), MetaValue::U32(alignment as u32)));
-
-        let (split_of, n_split) = match &layout {
-            Some(l) => (l.clone(), l.last().map_or(1, |&s| s + 1)),
-            None => (vec![0; tensors.len()], 1),
-        };
-        if n_split > u16::MAX as usize {
-            return Err(Error::Usage(format!(
-                "{n_split} split files needed, at most {} are possible; raise the split size",
-                u16::MAX
-            )));
-        }
-        if layout.is_some() && tensors.len() > i32::MAX as usize {
-            return Err(Error::Usage(
-                "too many tensors for split.tensors.count".into(),
-            ));
-        }
-
+        check_unique_names(path, tensors)?;
+        let is_split = layout.is_some();
+        let (split_of, n_split) = split_assignment(layout, tensors.len())?;
+        let file_metadata =
+            FileMetadata::new(metadata, alignment, is_split, n_split, tensors.len());
         let prefix = output_prefix(path);
-        let mut splits = Vec::with_capacity(n_split);
-        for k in 0..n_split {
-            let final_path = match layout {
-                Some(_) => split_path(&prefix, k as u32, n_split as u32),
-                None => path.to_path_buf(),
-            };
-            let split_value = |key: &str| -> MetaValue {
-                match key {
-                    KEY_SPLIT_NO => MetaValue::U16(k as u16),
-                    KEY_SPLIT_COUNT => MetaValue::U16(n_split as u16),
-                    _ => MetaValue::I32(tensors.len() as i32),
+        let splits = (0..n_split)
+            .map(|k| {
+                let final_path = if is_split {
+                    split_path(&prefix, k as u32, n_split as u32)
+                } else {
+                    path.to_path_buf()
+                };
+                let members: Vec<usize> =
+                    (0..tensors.len()).filter(|&i| split_of[i] == k).collect();
+                let kvs = file_metadata.of_file(k);
+                SplitOut {
+                    tmp_path: tmp_path_for(&final_path),
+                    final_path,
+                    header: encode_header(&kvs, tensors, sizes, &members, alignment),
+                    created: false,
                 }
-            };
-            let mut kvs: Vec<(String, MetaValue)> = Vec::new();
-            if k == 0 {
-                for (key, v) in metadata {
-                    if !is_split_key(key) {
-                        kvs.push((key.clone(), v.clone()));
-                    } else if layout.is_some() && keep_split_positions {
-                        kvs.push((key.clone(), split_value(key)));
-                    }
-                }
-                kvs.extend(extra_alignment.clone());
-            } else if alignment != DEFAULT_ALIGNMENT {
-                // gguf-split writes only split keys after the first file, which
-                // silently assumes alignment 32; declare any other alignment.
-                kvs.push((KEY_ALIGNMENT.to_string(), MetaValue::U32(alignment as u32)));
-            }
-            if layout.is_some() && (k > 0 || !keep_split_positions) {
-                for key in &split_order {
-                    kvs.push((key.to_string(), split_value(key)));
-                }
-            }
-            let members: Vec<usize> = (0..tensors.len()).filter(|&i| split_of[i] == k).collect();
-            let header = encode_header(&kvs, tensors, sizes, &members, alignment);
-            splits.push(SplitOut {
-                tmp_path: tmp_path_for(&final_path),
-                final_path,
-                header,
-                created: false,
-            });
-        }
+            })
+            .collect();
 
         let mut w = GgufWriter {
             alignment,
@@ -619,6 +557,127 @@ fn validate_metadata(path: &Path, metadata: &[(String, MetaValue)]) -> Result<()
         }
     }
     Ok(())
+}
+
+fn check_unique_names(path: &Path, tensors: &[TensorSpec]) -> Result<()> {
+    let mut seen = HashSet::with_capacity(tensors.len());
+    for t in tensors {
+        if !seen.insert(t.name.as_str()) {
+            return Err(Error::tensor(path, &t.name, "duplicate tensor name"));
+        }
+    }
+    Ok(())
+}
+
+/// The file of each tensor and the number of files; one file without a layout.
+fn split_assignment(layout: Option<Vec<usize>>, n_tensors: usize) -> Result<(Vec<usize>, usize)> {
+    let is_split = layout.is_some();
+    let (split_of, n_split) = match layout {
+        Some(l) => {
+            let n = l.last().map_or(1, |&s| s + 1);
+            (l, n)
+        }
+        None => (vec![0; n_tensors], 1),
+    };
+    if n_split > u16::MAX as usize {
+        return Err(Error::Usage(format!(
+            "{n_split} split files needed, at most {} are possible; raise the split size",
+            u16::MAX
+        )));
+    }
+    if is_split && n_tensors > i32::MAX as usize {
+        return Err(Error::Usage(
+            "too many tensors for split.tensors.count".into(),
+        ));
+    }
+    Ok((split_of, n_split))
+}
+
+/// The key-value pairs of every output file: the caller's in the first, with
+/// the split keys (which the writer manages) fresh. Split keys the caller
+/// passes keep their positions and order, so a split set copies byte for byte
+/// whichever tool wrote it; otherwise they go last in the order gguf-split
+/// leaves them (split.no, split.tensors.count, split.count).
+struct FileMetadata<'a> {
+    metadata: &'a [(String, MetaValue)],
+    split_order: Vec<&'a str>,
+    keep_split_positions: bool,
+    extra_alignment: Option<(String, MetaValue)>,
+    alignment: u64,
+    is_split: bool,
+    n_split: usize,
+    n_tensors: usize,
+}
+
+impl<'a> FileMetadata<'a> {
+    fn new(
+        metadata: &'a [(String, MetaValue)],
+        alignment: u64,
+        is_split: bool,
+        n_split: usize,
+        n_tensors: usize,
+    ) -> Self {
+        let split_order: Vec<&str> = metadata
+            .iter()
+            .map(|(k, _)| k.as_str())
+            .filter(|k| is_split_key(k))
+            .collect();
+        let keep_split_positions = split_order.len() == 3;
+        let split_order = if keep_split_positions {
+            split_order
+        } else {
+            vec![KEY_SPLIT_NO, KEY_SPLIT_TENSORS_COUNT, KEY_SPLIT_COUNT]
+        };
+        let declares_alignment = metadata.iter().any(|(k, _)| k == KEY_ALIGNMENT);
+        let extra_alignment = (!declares_alignment && alignment != DEFAULT_ALIGNMENT)
+            .then(|| (KEY_ALIGNMENT.to_string(), MetaValue::U32(alignment as u32)));
+        FileMetadata {
+            metadata,
+            split_order,
+            keep_split_positions,
+            extra_alignment,
+            alignment,
+            is_split,
+            n_split,
+            n_tensors,
+        }
+    }
+
+    fn split_value(&self, key: &str, k: usize) -> MetaValue {
+        match key {
+            KEY_SPLIT_NO => MetaValue::U16(k as u16),
+            KEY_SPLIT_COUNT => MetaValue::U16(self.n_split as u16),
+            _ => MetaValue::I32(self.n_tensors as i32),
+        }
+    }
+
+    /// The key-value pairs of file `k`.
+    fn of_file(&self, k: usize) -> Vec<(String, MetaValue)> {
+        let mut kvs: Vec<(String, MetaValue)> = Vec::new();
+        if k == 0 {
+            for (key, v) in self.metadata {
+                if !is_split_key(key) {
+                    kvs.push((key.clone(), v.clone()));
+                } else if self.is_split && self.keep_split_positions {
+                    kvs.push((key.clone(), self.split_value(key, k)));
+                }
+            }
+            kvs.extend(self.extra_alignment.clone());
+        } else if self.alignment != DEFAULT_ALIGNMENT {
+            // gguf-split writes only split keys after the first file, which
+            // silently assumes alignment 32; declare any other alignment.
+            kvs.push((
+                KEY_ALIGNMENT.to_string(),
+                MetaValue::U32(self.alignment as u32),
+            ));
+        }
+        if self.is_split && (k > 0 || !self.keep_split_positions) {
+            for key in &self.split_order {
+                kvs.push((key.to_string(), self.split_value(key, k)));
+            }
+        }
+        kvs
+    }
 }
 
 fn encode_header(
