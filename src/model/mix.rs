@@ -595,6 +595,10 @@ impl State<'_> {
     }
 
     /// `llama_tensor_get_type_impl`, for the imatrix-free ftypes.
+    // Long because it mirrors llama.cpp's `llama_tensor_get_type_impl`
+    // (src/llama-quant.cpp) branch for branch, so that mixes match
+    // llama-quantize; kept in one piece so it can be compared with the
+    // reference line by line.
     fn mix_type(
         &mut self,
         mut new_type: GgmlType,

@@ -73,6 +73,8 @@ struct Arch {
     hf: &'static [&'static [(&'static str, &'static str)]],
 }
 
+// Long because it is a data table (Hugging Face names per architecture),
+// not logic; it is to be replaced by generated data.
 fn arch(name: &str) -> Option<Arch> {
     let spec = |globals, blocks, drops_lm_head| ArchSpec {
         globals,

@@ -156,6 +156,9 @@ fn grid_point(t: &Tables, u: usize, xval: &[f32], w: &[f32], scale: f32, l: &mut
 /// points (neighbour search off the grid), 4-bit block scales under an
 /// fp16 super-block scale. Where ggml would abort ("point not on grid",
 /// unreachable for finite input) the nearest neighbour is used.
+// Long because it follows ggml-quants.c `quantize_row_iq2_xxs_impl`
+// statement for statement (bit-exactness); kept in one piece so it can be
+// compared with the reference line by line.
 pub fn quantize_iq2_xxs_weighted(src: &[f32], qw: &[f32], dst: &mut [u8]) {
     const KMAX_Q: i32 = 3;
     let t = tables();

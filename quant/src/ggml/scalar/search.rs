@@ -39,6 +39,9 @@ pub(crate) const GROUP_MAX_EPS: f32 = 1e-15;
 /// scale around `-nmax/max`; returns the scale. Weights are `qw`, or chosen by
 /// `rmse_type` (1: x², 2: 1, 3: |x|, other: √|x|); a negative `rmse_type`
 /// returns after the first least-squares fit, 0 skips the fit.
+// Long because it follows ggml-quants.c `make_qx_quants` statement for
+// statement (bit-exactness); kept in one piece so it can be compared with
+// the reference line by line.
 // The scalar port stays as the reference the batched versions are tested
 // against.
 #[cfg_attr(not(test), allow(dead_code))]
@@ -193,6 +196,9 @@ pub(crate) fn make_q3_quants<const N: usize>(
 /// `L ∈ [0, nmax]`, searching `nstep + 1` inverse scales
 /// `(rmin + rdelta·is + nmax)/(max − min)` with a weighted least-squares fit
 /// of scale and min at each. Returns `(scale, the_min)`; `laux` is scratch.
+// Long because it follows ggml-quants.c `make_qkx2_quants` statement for
+// statement (bit-exactness); kept in one piece so it can be compared with
+// the reference line by line.
 #[allow(clippy::too_many_arguments)]
 // The scalar ports stay as the reference the batched versions are tested
 // against (and for callers that need other `rmse_type`s or weights).
@@ -317,6 +323,9 @@ pub(crate) fn make_qkx3_quants<const N: usize>(
 /// trial scales around `nmax/max`, then up to five rounds of coordinate
 /// descent. `L` is `uint8_t` in ggml, so a negative level wraps as it does
 /// there. Returns the scale.
+// Long because it follows ggml-quants.c `make_qp_quants` statement for
+// statement (bit-exactness); kept in one piece so it can be compared with
+// the reference line by line.
 pub(crate) fn make_qp_quants<const N: usize>(
     nmax: i32,
     x: &[f32; N],
@@ -425,6 +434,9 @@ pub(crate) fn get_scale_min_k4(j: usize, q: &[u8]) -> (u8, u8) {
 /// winner changes `min` the rest of the window is discarded and the next
 /// window starts after the winner. The `W` independent sums hide the float
 /// add latency that bounds the scalar loop.
+// Long because, windowing aside, it runs ggml-quants.c `make_qkx2_quants`
+// step for step (bit-exactness); kept in one piece so it can be compared
+// with the reference line by line.
 #[allow(clippy::too_many_arguments)]
 pub(crate) fn make_qkx2_quants_batched<const N: usize, const S: usize>(
     nmax: i32,

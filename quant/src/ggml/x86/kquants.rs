@@ -81,6 +81,9 @@ unsafe fn untranspose_i32<const N: usize>(v: &[__m256i; N], add: i32, out: &mut 
 /// `search::make_qkx2_quants`, the scalar reference): `x` and `w` hold the
 /// sub-blocks one after the other, `out` receives their `L`, `scales` and
 /// `mins` their `(scale, -min)` results.
+// Long because each lane runs ggml-quants.c `make_qkx2_quants` (and its
+// scalar port) step for step (bit-exactness); kept in one piece so it can
+// be compared with the reference line by line.
 #[target_feature(enable = "avx2")]
 #[allow(clippy::too_many_arguments)]
 pub(super) unsafe fn qkx2_x8<const N: usize>(
@@ -208,6 +211,9 @@ pub(super) unsafe fn qkx2_x8<const N: usize>(
 /// `search::make_qx_quants`); `out` gets `L + nmax`, `scales` the scales.
 /// Each candidate's sums are serial chains per lane, so `G` groups of eight
 /// lanes are interleaved to hide the add latency.
+// Long because each lane runs ggml-quants.c `make_qx_quants` (and its
+// scalar port) step for step (bit-exactness); kept in one piece so it can
+// be compared with the reference line by line.
 #[target_feature(enable = "avx2")]
 pub(super) unsafe fn qx_rmse1_x8<const N: usize, const G: usize>(
     nmax: i32,
@@ -348,6 +354,9 @@ pub(super) unsafe fn requant_sym(x: &[f32], d: f32, lo: i32, hi: i32, off: i32, 
 /// the previous one left), so `G` independent groups of eight lanes are
 /// interleaved to hide its latency. `out` gets `L + nmax`, `scales` the
 /// scales.
+// Long because each lane runs ggml-quants.c `make_q3_quants` (and its
+// scalar port) step for step (bit-exactness); kept in one piece so it can
+// be compared with the reference line by line.
 #[target_feature(enable = "avx2")]
 pub(super) unsafe fn q3_x8<const N: usize, const G: usize>(
     nmax: i32,
