@@ -20,7 +20,8 @@ use std::path::{Path, PathBuf};
 
 use indicatif::ProgressBar;
 
-use crate::format::gguf::{GgufWriter, TensorSpec};
+use crate::engine::sink::TensorSink;
+use crate::format::gguf::TensorSpec;
 use crate::model::rows::RowSource;
 use crate::quant::stats::ErrorStats;
 use crate::quant::{
@@ -495,7 +496,7 @@ impl Schedule {
     }
 }
 
-/// Run every task in order into `writer`, returning one outcome per task.
+/// Run every task in order into `sink`, returning one outcome per task.
 /// `out_path` names the output in error messages.
 ///
 /// Every rayon worker loops: claim the next row chunk, decode, add and
@@ -505,7 +506,7 @@ impl Schedule {
 /// the workers (`MADV_WILLNEED`) and consumed ones handed back.
 pub fn run(
     tasks: &[Task<'_>],
-    writer: &mut GgufWriter,
+    sink: &mut dyn TensorSink,
     out_path: &Path,
     opts: &Options,
 ) -> Result<Vec<Outcome>> {
@@ -534,7 +535,7 @@ pub fn run(
     let outcomes = std::thread::scope(|scope| -> Result<Vec<Outcome>> {
         let (items, work, pool, sched, pb) = (&items, &work, &pool, &sched, &pb);
         let writer_thread = scope.spawn(move || -> Result<Vec<Outcome>> {
-            let result = write_in_order(tasks, items, work, rx, writer, pool, sched, opts, pb);
+            let result = write_in_order(tasks, items, work, rx, sink, pool, sched, opts, pb);
             // Whatever happened, no worker starts another chunk.
             sched.cut(0);
             result
@@ -584,7 +585,7 @@ fn write_in_order(
     items: &[Item],
     work: &[usize],
     rx: std::sync::mpsc::Receiver<(usize, Result<Chunk>)>,
-    writer: &mut GgufWriter,
+    sink: &mut dyn TensorSink,
     pool: &BytePool,
     sched: &Schedule,
     opts: &Options,
@@ -606,7 +607,9 @@ fn write_in_order(
         match (*it, &task.action) {
             (Item::Copy { .. }, Action::Copy(bytes)) => {
                 pb.set_message(task.spec.name.clone());
-                writer.write(bytes)?;
+                sink.begin_tensor(&task.spec.name)?;
+                sink.write(bytes)?;
+                sink.end_tensor()?;
                 pb.inc(bytes.len() as u64);
                 outcomes.push(Outcome {
                     name: task.spec.name.clone(),
@@ -622,6 +625,7 @@ fn write_in_order(
             (Item::Rows { first, n, last, .. }, Action::Transcode { base, residual, .. }) => {
                 if first == 0 {
                     pb.set_message(task.spec.name.clone());
+                    sink.begin_tensor(&task.spec.name)?;
                     stats = ErrorStats::default();
                     searched = None;
                 }
@@ -647,7 +651,7 @@ fn write_in_order(
                         }
                     }
                 }?;
-                writer.write(&chunk.bytes)?;
+                sink.write(&chunk.bytes)?;
                 pb.inc(chunk.bytes.len() as u64);
                 stats.merge(&chunk.stats);
                 if let Some(w) = &chunk.wins {
@@ -662,6 +666,7 @@ fn write_in_order(
                 sched.advance(k);
                 prefetch(tasks, items, work, k + 2 * sched.ahead - 1);
                 if last {
+                    sink.end_tensor()?;
                     outcomes.push(Outcome {
                         name: task.spec.name.clone(),
                         type_in: task.input_type,
@@ -692,7 +697,7 @@ pub fn display_paths(paths: &[PathBuf]) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::format::gguf::WriterOptions;
+    use crate::format::gguf::{GgufWriter, WriterOptions};
     use crate::model::naming::RowPermutation;
     use crate::model::rows::EncodedRows;
 
