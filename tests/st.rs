@@ -4,8 +4,8 @@
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
-use qresidual::quant::GgmlType;
 use qresidual::format::st::{byte_len, SafetensorsModel, SafetensorsWriter, StTensor};
+use qresidual::quant::GgmlType;
 use qresidual::Error;
 use safetensors::tensor::TensorView;
 use safetensors::{Dtype, SafeTensors};
