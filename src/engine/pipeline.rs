@@ -3,11 +3,12 @@
 //! Each output tensor is either copied as raw bytes or *transcoded*: rows of
 //! f32 are decoded from a source, a scaled residual is optionally added, and
 //! the sum is encoded into the output type. All tensors are cut into row
-//! chunks that form one ordered stream. Each rayon worker claims the next
+//! chunks that form one ordered stream on the claimed-chunk
+//! [`schedule`](crate::engine::schedule): each worker claims the next
 //! chunk as soon as it is free (chunks of all tensors alike, so small or
 //! slow tensors leave no core idle) and runs it in passes of a few rows
-//! that stay in cache; a writer thread puts the encoded chunks back in
-//! order and writes them, and workers are never more than a window of
+//! that stay in cache; the writer puts the encoded chunks back in order
+//! into a [`TensorSink`], and workers are never more than a window of
 //! chunks ahead of it. Input pages are requested ahead (`MADV_WILLNEED`)
 //! and consumed ones handed back; the output's writeback starts as it is
 //! written. Each worker reuses its f32 buffers and output buffers are
@@ -435,75 +436,15 @@ fn plan_items(tasks: &[Task<'_>], chunk_elements: usize) -> Vec<Item> {
     items
 }
 
-/// The shared state of [`run`]'s workers and writer.
-///
-/// Row chunks are numbered in output order. Workers claim the next number
-/// (dynamic scheduling: whichever worker is free takes the next chunk, so a
-/// slow tensor does not leave the others idle at a barrier) but never more
-/// than `ahead` chunks past the writer, which bounds memory. `limit` is the
-/// first chunk not to start: it drops to a failed chunk's number (chunks
-/// before it still complete, so the error reported is always the first one
-/// in output order, whatever the thread count) or to zero when the writer
-/// stops.
-struct Schedule {
-    next: std::sync::atomic::AtomicUsize,
-    limit: std::sync::atomic::AtomicUsize,
-    written: std::sync::Mutex<usize>,
-    moved: std::sync::Condvar,
-    ahead: usize,
-}
-
-impl Schedule {
-    fn new(n: usize, ahead: usize) -> Self {
-        Schedule {
-            next: 0.into(),
-            limit: n.into(),
-            written: std::sync::Mutex::new(0),
-            moved: std::sync::Condvar::new(),
-            ahead: ahead.max(1),
-        }
-    }
-
-    /// The next chunk this worker may encode, waiting while it is too far
-    /// ahead of the writer; `None` when there is nothing left to start.
-    fn claim(&self) -> Option<usize> {
-        use std::sync::atomic::Ordering::SeqCst;
-        let k = self.next.fetch_add(1, SeqCst);
-        let mut w = self.written.lock().unwrap_or_else(|p| p.into_inner());
-        loop {
-            if k >= self.limit.load(SeqCst) {
-                return None;
-            }
-            if k < *w + self.ahead {
-                return Some(k);
-            }
-            w = self.moved.wait(w).unwrap_or_else(|p| p.into_inner());
-        }
-    }
-
-    /// Start nothing at or after chunk `k`.
-    fn cut(&self, k: usize) {
-        self.limit.fetch_min(k, std::sync::atomic::Ordering::SeqCst);
-        let _w = self.written.lock().unwrap_or_else(|p| p.into_inner());
-        self.moved.notify_all();
-    }
-
-    /// The writer has consumed `k` chunks.
-    fn advance(&self, k: usize) {
-        let mut w = self.written.lock().unwrap_or_else(|p| p.into_inner());
-        *w = k;
-        self.moved.notify_all();
-    }
-}
-
 /// Run every task in order into `sink`, returning one outcome per task.
 /// `out_path` names the output in error messages.
 ///
-/// Every rayon worker loops: claim the next row chunk, decode, add and
-/// encode it, hand it to the writer. A writer thread puts the chunks back
-/// in output order and writes them, while workers are at most
-/// `opts.window` chunks ahead of it; input pages are requested ahead of
-/// the workers (`MADV_WILLNEED`) and consumed ones handed back.
+/// The tensors' row chunks go through the claimed-chunk
+/// [`schedule`](crate::engine::schedule): workers decode, add and encode
+/// them at most `opts.window` chunks ahead of the writer, which puts them
+/// back in output order (with the copied tensors between them); input
+/// pages are requested ahead of the workers (`MADV_WILLNEED`) and consumed
+/// ones handed back.
 pub fn run(
     tasks: &[Task<'_>],
     sink: &mut dyn TensorSink,
@@ -528,39 +469,42 @@ pub fn run(
         .filter(|(_, it)| matches!(it, Item::Rows { .. }))
         .map(|(i, _)| i)
         .collect();
-    let sched = Schedule::new(work.len(), opts.window);
+    let ahead = opts.window.max(1);
     let pool = BytePool::default();
-    let (tx, rx) = std::sync::mpsc::channel::<(usize, Result<Chunk>)>();
-
-    let outcomes = std::thread::scope(|scope| -> Result<Vec<Outcome>> {
-        let (items, work, pool, sched, pb) = (&items, &work, &pool, &sched, &pb);
-        let writer_thread = scope.spawn(move || -> Result<Vec<Outcome>> {
-            let result = write_in_order(tasks, items, work, rx, sink, pool, sched, opts, pb);
-            // Whatever happened, no worker starts another chunk.
-            sched.cut(0);
-            result
-        });
-        rayon::broadcast(|_| {
-            while let Some(k) = sched.claim() {
-                let Item::Rows { task, first, n, .. } = items[work[k]] else {
-                    unreachable!("work holds row chunks only")
-                };
-                let res = encode_chunk(&tasks[task], out_path, first, n, opts, pool);
-                if res.is_err() {
-                    sched.cut(k + 1);
-                }
-                if tx.send((k, res)).is_err() {
-                    break;
-                }
-            }
-        });
-        drop(tx);
-        writer_thread
-            .join()
-            .unwrap_or_else(|p| std::panic::resume_unwind(p))
-    })?;
+    // Keep the kernel reading one window ahead of what workers may claim.
+    for k in 0..2 * ahead {
+        prefetch(tasks, &items, &work, k);
+    }
+    let mut out = InOrder {
+        tasks,
+        items: &items,
+        sink,
+        pb: &pb,
+        measure: opts.measure,
+        next: 0,
+        stats: ErrorStats::default(),
+        searched: None,
+        outcomes: Vec::with_capacity(tasks.len()),
+    };
+    crate::engine::schedule::in_order(
+        work.len(),
+        ahead,
+        |k| {
+            let Item::Rows { task, first, n, .. } = items[work[k]] else {
+                unreachable!("work holds row chunks only")
+            };
+            encode_chunk(&tasks[task], out_path, first, n, opts, &pool)
+        },
+        |k, chunk| {
+            out.rows(work[k], &chunk)?;
+            pool.give(chunk.bytes);
+            prefetch(tasks, &items, &work, k + 2 * ahead);
+            Ok(())
+        },
+    )?;
+    out.copies_until(items.len())?;
     pb.finish_and_clear();
-    Ok(outcomes)
+    Ok(out.outcomes)
 }
 
 /// Ask the kernel for the input pages of row chunk `k` (if there is one).
@@ -576,113 +520,99 @@ fn prefetch(tasks: &[Task<'_>], items: &[Item], work: &[usize], k: usize) {
     }
 }
 
-/// The writer side of [`run`]: receives encoded chunks in any order, writes
-/// them (and the copied tensors) in output order, merges statistics per
-/// tensor, hands consumed input pages back and lets the workers move on.
-#[allow(clippy::too_many_arguments)]
-fn write_in_order(
-    tasks: &[Task<'_>],
-    items: &[Item],
-    work: &[usize],
-    rx: std::sync::mpsc::Receiver<(usize, Result<Chunk>)>,
-    sink: &mut dyn TensorSink,
-    pool: &BytePool,
-    sched: &Schedule,
-    opts: &Options,
-    pb: &ProgressBar,
-) -> Result<Vec<Outcome>> {
-    let mut outcomes = Vec::with_capacity(tasks.len());
-    let mut stats = ErrorStats::default();
-    let mut searched: Option<SearchWins> = None;
-    // Chunks that arrived before their turn.
-    let mut early: std::collections::BTreeMap<usize, Result<Chunk>> = Default::default();
-    // Keep the kernel reading one window ahead of what workers may claim.
-    for k in 0..2 * sched.ahead {
-        prefetch(tasks, items, work, k);
-    }
-    let mut k = 0; // row chunks written so far
-    for it in items {
-        let task = &tasks[it.task()];
-        let n_elements: u64 = task.spec.ne.iter().product();
-        match (*it, &task.action) {
-            (Item::Copy { .. }, Action::Copy(bytes)) => {
-                pb.set_message(task.spec.name.clone());
-                sink.begin_tensor(&task.spec.name)?;
-                sink.write(bytes)?;
-                sink.end_tensor()?;
-                pb.inc(bytes.len() as u64);
-                outcomes.push(Outcome {
-                    name: task.spec.name.clone(),
-                    type_in: task.input_type,
-                    type_out: task.spec.ty,
-                    n_elements,
-                    copied: true,
-                    has_residual: false,
-                    stats: None,
-                    search: None,
-                });
-            }
-            (Item::Rows { first, n, last, .. }, Action::Transcode { base, residual, .. }) => {
-                if first == 0 {
-                    pb.set_message(task.spec.name.clone());
-                    sink.begin_tensor(&task.spec.name)?;
-                    stats = ErrorStats::default();
-                    searched = None;
-                }
-                let chunk = loop {
-                    if let Some(c) = early.remove(&k) {
-                        break c;
-                    }
-                    match rx.recv() {
-                        Ok((j, c)) => {
-                            early.insert(j, c);
-                        }
-                        // Every worker has stopped without chunk `k`: they
-                        // only do so after a failed chunk, which is here.
-                        Err(_) => {
-                            let first_err = early.into_values().find_map(|c| c.err());
-                            return Err(first_err.unwrap_or_else(|| {
-                                Error::tensor(
-                                    Path::new(""),
-                                    "",
-                                    "the encoders stopped unexpectedly".to_string(),
-                                )
-                            }));
-                        }
-                    }
-                }?;
-                sink.write(&chunk.bytes)?;
-                pb.inc(chunk.bytes.len() as u64);
-                stats.merge(&chunk.stats);
-                if let Some(w) = &chunk.wins {
-                    searched.get_or_insert_with(SearchWins::default).merge(w);
-                }
-                pool.give(chunk.bytes);
-                base.release_rows(first, first + n);
-                if let Some(r) = residual {
-                    r.release_rows(first, first + n);
-                }
-                k += 1;
-                sched.advance(k);
-                prefetch(tasks, items, work, k + 2 * sched.ahead - 1);
-                if last {
-                    sink.end_tensor()?;
-                    outcomes.push(Outcome {
-                        name: task.spec.name.clone(),
-                        type_in: task.input_type,
-                        type_out: task.spec.ty,
-                        n_elements,
-                        copied: false,
-                        has_residual: residual.is_some(),
-                        stats: opts.measure.then(|| std::mem::take(&mut stats)),
-                        search: searched.take(),
-                    });
-                }
-            }
-            _ => unreachable!("items follow their task's action"),
+/// The writer side of [`run`]: writes the copied tensors and the encoded
+/// chunks in output order, merges statistics per tensor and hands consumed
+/// input pages back.
+struct InOrder<'a, 't> {
+    tasks: &'a [Task<'t>],
+    items: &'a [Item],
+    sink: &'a mut dyn TensorSink,
+    pb: &'a ProgressBar,
+    measure: bool,
+    /// The first item not written yet.
+    next: usize,
+    /// The current tensor's statistics and search wins so far.
+    stats: ErrorStats,
+    searched: Option<SearchWins>,
+    outcomes: Vec<Outcome>,
+}
+
+impl InOrder<'_, '_> {
+    /// Write the copied tensors before item `end`.
+    fn copies_until(&mut self, end: usize) -> Result<()> {
+        while self.next < end {
+            let (Item::Copy { task }, Action::Copy(bytes)) = (
+                self.items[self.next],
+                &self.tasks[self.items[self.next].task()].action,
+            ) else {
+                unreachable!("row chunks come through the scheduler")
+            };
+            let task = &self.tasks[task];
+            self.pb.set_message(task.spec.name.clone());
+            self.sink.begin_tensor(&task.spec.name)?;
+            self.sink.write(bytes)?;
+            self.sink.end_tensor()?;
+            self.pb.inc(bytes.len() as u64);
+            self.outcomes.push(Outcome {
+                name: task.spec.name.clone(),
+                type_in: task.input_type,
+                type_out: task.spec.ty,
+                n_elements: task.spec.ne.iter().product(),
+                copied: true,
+                has_residual: false,
+                stats: None,
+                search: None,
+            });
+            self.next += 1;
         }
+        Ok(())
     }
-    Ok(outcomes)
+
+    /// Write item `i`, a chunk of rows, after the copies before it.
+    fn rows(&mut self, i: usize, chunk: &Chunk) -> Result<()> {
+        self.copies_until(i)?;
+        let (Item::Rows { first, n, last, .. }, task) =
+            (self.items[i], &self.tasks[self.items[i].task()])
+        else {
+            unreachable!("work holds row chunks only")
+        };
+        let Action::Transcode { base, residual, .. } = &task.action else {
+            unreachable!("items follow their task's action")
+        };
+        if first == 0 {
+            self.pb.set_message(task.spec.name.clone());
+            self.sink.begin_tensor(&task.spec.name)?;
+            self.stats = ErrorStats::default();
+            self.searched = None;
+        }
+        self.sink.write(&chunk.bytes)?;
+        self.pb.inc(chunk.bytes.len() as u64);
+        self.stats.merge(&chunk.stats);
+        if let Some(w) = &chunk.wins {
+            self.searched
+                .get_or_insert_with(SearchWins::default)
+                .merge(w);
+        }
+        base.release_rows(first, first + n);
+        if let Some(r) = residual {
+            r.release_rows(first, first + n);
+        }
+        if last {
+            self.sink.end_tensor()?;
+            self.outcomes.push(Outcome {
+                name: task.spec.name.clone(),
+                type_in: task.input_type,
+                type_out: task.spec.ty,
+                n_elements: task.spec.ne.iter().product(),
+                copied: false,
+                has_residual: residual.is_some(),
+                stats: self.measure.then(|| std::mem::take(&mut self.stats)),
+                search: self.searched.take(),
+            });
+        }
+        self.next = i + 1;
+        Ok(())
+    }
 }
 
 /// A path for messages when a command writes several files.

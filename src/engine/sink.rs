@@ -10,7 +10,7 @@ use crate::Result;
 /// begun, its bytes written in any number of pieces, then ended. Closing the
 /// file (fsync, rename into place) belongs to the writer itself, once the
 /// scheduler is done.
-pub trait TensorSink: Send {
+pub trait TensorSink {
     /// The bytes of the tensor `name` follow.
     fn begin_tensor(&mut self, _name: &str) -> Result<()> {
         Ok(())

@@ -14,11 +14,12 @@ use safetensors::Dtype;
 use serde_json::json;
 
 use crate::apply::guard::{self, FINGERPRINT_KEY, PROVENANCE_KEY};
+use crate::engine::chunks::{for_each_chunk, Pages, CHUNK_ELEMENTS};
 use crate::engine::pipeline::{self, Action, Outcome, Task};
 use crate::format::gguf::{GgufWriter, MetaValue, TensorSpec, WriterOptions};
 use crate::format::st::SafetensorsWriter;
 use crate::model::rows::RowSource;
-use crate::model::{self, decode_finite, for_each_chunk, list, Model, TensorPair};
+use crate::model::{self, decode_finite, list, Model, TensorPair};
 use crate::quant::{codec, GgmlType};
 use crate::{Error, Result};
 
@@ -290,21 +291,21 @@ pub fn extract(
                 pb.set_message(format!("[{}/{}] {}", k + 1, deltas.len(), p.name));
                 let (mut overflow, mut largest, mut nonzero) = (0u64, 0f32, false);
                 for_each_chunk(
-                    rows.n_rows(),
-                    rows.row_len(),
+                    &[rows],
+                    CHUNK_ELEMENTS,
+                    Pages::Release,
                     |first, n| {
                         let mut d = vec![0f32; n * rows.row_len()];
                         rows.decode(first, &mut d)?;
                         Ok(encode_float(&d, dtype))
                     },
-                    |c| {
+                    |_, _, c| {
                         overflow += c.overflow;
                         largest = largest.max(c.largest);
                         nonzero |= c.nonzero;
                         pb.inc(c.bytes.len() as u64);
                         writer.write(&c.bytes)
                     },
-                    |a, b| rows.release_rows(a, b),
                 )?;
                 if overflow > 0 {
                     result.overflows.push((p.name.clone(), overflow, largest));
