@@ -80,6 +80,26 @@ pub struct Outcome {
     /// Blocks won by each candidate when the tensor was searched
     /// (`Options::search` and the output type equal to the base's).
     pub search: Option<SearchWins>,
+    /// Values stored as the float output type's largest finite value
+    /// (`Options::saturate`).
+    pub saturated: Saturated,
+}
+
+/// Values beyond a float output type's range, stored as its largest finite
+/// value of the same sign.
+#[derive(Debug, Clone, Copy, Default, PartialEq)]
+pub struct Saturated {
+    /// How many.
+    pub count: u64,
+    /// The largest magnitude among them.
+    pub largest: f32,
+}
+
+impl Saturated {
+    fn merge(&mut self, other: &Saturated) {
+        self.count += other.count;
+        self.largest = self.largest.max(other.largest);
+    }
 }
 
 /// Knobs of a run.
@@ -99,6 +119,10 @@ pub struct Options {
     /// (tensors whose output type is the base's own block type; others are
     /// encoded fresh).
     pub search: bool,
+    /// F16/BF16 outputs: store values beyond the type's range as its
+    /// largest finite value and count them ([`Outcome::saturated`]) instead
+    /// of failing.
+    pub saturate: bool,
 }
 
 impl Default for Options {
@@ -109,6 +133,7 @@ impl Default for Options {
             measure: true,
             progress: true,
             search: false,
+            saturate: false,
         }
     }
 }
@@ -126,6 +151,7 @@ struct Chunk {
     bytes: Vec<u8>,
     stats: ErrorStats,
     wins: Option<SearchWins>,
+    saturated: Saturated,
 }
 
 /// The f32 buffers one worker reuses from chunk to chunk: nothing is
@@ -233,6 +259,7 @@ fn encode_chunk_with(
         stats: ErrorStats::default(),
         wins: search_source(base.as_ref(), task.spec.ty, opts.search)
             .map(|_| SearchWins::default()),
+        saturated: Saturated::default(),
     };
     let mut r = 0;
     while r < n_rows {
@@ -333,6 +360,9 @@ fn encode_rows(
     if let Some(w) = chunk.wins.as_mut() {
         w.merge(&wins);
     }
+    if opts.saturate {
+        saturate(out_ty, exact, bytes, &mut chunk.saturated);
+    }
 
     let decoded: &[f32] = if out_ty == GgmlType::F32 {
         exact
@@ -375,6 +405,25 @@ fn encode_rows(
         ));
     }
     Ok(())
+}
+
+/// Replace the infinities that F16/BF16 `bytes` got for the finite values
+/// `exact` by the type's largest finite value of the same sign, counting
+/// them.
+fn saturate(ty: GgmlType, exact: &[f32], bytes: &mut [u8], seen: &mut Saturated) {
+    let (inf, max) = match ty {
+        GgmlType::F16 => (0x7c00u16, half::f16::MAX.to_bits()),
+        GgmlType::BF16 => (0x7f80u16, half::bf16::MAX.to_bits()),
+        _ => return,
+    };
+    for (b, &v) in bytes.chunks_exact_mut(2).zip(exact) {
+        let h = u16::from_le_bytes([b[0], b[1]]);
+        if h & 0x7fff == inf && v.is_finite() {
+            seen.count += 1;
+            seen.largest = seen.largest.max(v.abs());
+            b.copy_from_slice(&(max | (h & 0x8000)).to_le_bytes());
+        }
+    }
 }
 
 /// One unit of output, in file order: a whole copied tensor or one chunk
@@ -484,6 +533,7 @@ pub fn run(
         next: 0,
         stats: ErrorStats::default(),
         searched: None,
+        saturated: Saturated::default(),
         outcomes: Vec::with_capacity(tasks.len()),
     };
     crate::engine::schedule::in_order(
@@ -534,6 +584,7 @@ struct InOrder<'a, 't> {
     /// The current tensor's statistics and search wins so far.
     stats: ErrorStats,
     searched: Option<SearchWins>,
+    saturated: Saturated,
     outcomes: Vec<Outcome>,
 }
 
@@ -562,6 +613,7 @@ impl InOrder<'_, '_> {
                 has_residual: false,
                 stats: None,
                 search: None,
+                saturated: Saturated::default(),
             });
             self.next += 1;
         }
@@ -584,10 +636,12 @@ impl InOrder<'_, '_> {
             self.sink.begin_tensor(&task.spec.name)?;
             self.stats = ErrorStats::default();
             self.searched = None;
+            self.saturated = Saturated::default();
         }
         self.sink.write(&chunk.bytes)?;
         self.pb.inc(chunk.bytes.len() as u64);
         self.stats.merge(&chunk.stats);
+        self.saturated.merge(&chunk.saturated);
         if let Some(w) = &chunk.wins {
             self.searched
                 .get_or_insert_with(SearchWins::default)
@@ -608,6 +662,7 @@ impl InOrder<'_, '_> {
                 has_residual: residual.is_some(),
                 stats: self.measure.then(|| std::mem::take(&mut self.stats)),
                 search: self.searched.take(),
+                saturated: std::mem::take(&mut self.saturated),
             });
         }
         self.next = i + 1;
@@ -727,6 +782,7 @@ mod tests {
             measure: true,
             progress: false,
             search: false,
+            saturate: false,
         };
         let pool = rayon::ThreadPoolBuilder::new()
             .num_threads(threads)
@@ -797,6 +853,7 @@ mod tests {
                 measure: true,
                 progress: false,
                 search: true,
+                saturate: false,
             };
             let shape = (GgmlType::Q4_0, row_len, n_rows);
             let (o, data) = run_one(GgmlType::Q4_0, shape, action, &opts, threads);
@@ -889,6 +946,53 @@ mod tests {
         (res, Some(data))
     }
 
+    /// `Options::saturate`: F16/BF16 values beyond the range are stored as
+    /// the largest finite value of their sign and counted; without it they
+    /// are an error.
+    #[test]
+    fn saturation_keeps_the_sign_and_counts_what_overflowed() {
+        let data = vec![1.0, 70000.0, -1e6, 0.5, 3.4e38, -2.0, 0.0, 1e-3];
+        for (ty, max) in [
+            (GgmlType::F16, half::f16::MAX.to_f32()),
+            (GgmlType::BF16, half::bf16::MAX.to_f32()),
+        ] {
+            let action = || Action::Transcode {
+                base: Box::new(VecRows {
+                    data: data.clone(),
+                    row_len: 4,
+                }),
+                residual: None,
+                scale: 1.0,
+                importance: None,
+            };
+            let mut opts = Options {
+                chunk_elements: 4,
+                window: 2,
+                measure: true,
+                progress: false,
+                search: false,
+                saturate: true,
+            };
+            let (o, bytes) = run_one(GgmlType::F32, (ty, 4, 2), action(), &opts, 2);
+            let mut back = vec![0f32; 8];
+            dequantize_row(ty, &bytes.unwrap(), &mut back).unwrap();
+            let o = &o.unwrap()[0];
+            if ty == GgmlType::F16 {
+                assert_eq!(back[..4], [1.0, max, -max, 0.5]);
+                assert_eq!(back[4], max);
+                assert_eq!(o.saturated.count, 3);
+            } else {
+                // 70000 and -1e6 fit bf16; 3.4e38 rounds past its largest value.
+                assert_eq!(back[4], max);
+                assert_eq!(o.saturated.count, 1);
+            }
+            assert_eq!(o.saturated.largest, 3.4e38);
+            opts.saturate = false;
+            let (o, _) = run_one(GgmlType::F32, (ty, 4, 2), action(), &opts, 2);
+            assert!(o.is_err(), "{ty}: an overflow without saturation must fail");
+        }
+    }
+
     /// Rows that fail to decode at chosen rows, and record how far ahead of
     /// the writer (which hands rows back in order) any decode started.
     struct Watched {
@@ -957,6 +1061,7 @@ mod tests {
             measure,
             progress: false,
             search: false,
+            saturate: false,
         };
         let (res, _) = run_one(
             GgmlType::F32,
