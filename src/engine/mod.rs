@@ -2,8 +2,10 @@
 //! claimed by worker threads and consumed in order ([`schedule`]); decoded,
 //! summed, encoded and written ([`pipeline`]) into a [`sink::TensorSink`]
 //! per output format; the output tasks a model's tensors become
-//! ([`tasks`]); rows read as a parallel map ([`chunks`]); progress bars.
+//! ([`tasks`]); bitsandbytes folders on the same scheduler ([`bnb`]); rows
+//! read as a parallel map ([`chunks`]); progress bars.
 
+pub mod bnb;
 pub mod chunks;
 pub mod log;
 pub mod pipeline;
