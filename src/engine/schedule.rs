@@ -90,6 +90,9 @@ pub fn in_order<T: Send>(
         for _ in 0..threads {
             let (tx, sched, work) = (tx.clone(), &sched, &work);
             scope.spawn(move || {
+                // A panicking chunk stops every worker (the consumer then
+                // sees the channel close, and the panic resumes at the join).
+                let _stop = StopOnDrop(sched);
                 while let Some(k) = sched.claim() {
                     let res = work(k);
                     if res.is_err() {
@@ -102,11 +105,25 @@ pub fn in_order<T: Send>(
             });
         }
         drop(tx);
+        let _stop = StopOnDrop(&sched);
         let result = consume_in_order(n, rx, &sched, &mut consume);
-        // Whatever happened, no worker starts another chunk.
+        // Whatever happened (an error, or a panic through `_stop`), no
+        // worker starts another chunk or waits for one to be consumed.
         sched.cut(0);
         result
     })
+}
+
+/// Stops the schedule when a panic unwinds a worker or the consumer, so
+/// that nobody waits for the other at the join.
+struct StopOnDrop<'a>(&'a Schedule);
+
+impl Drop for StopOnDrop<'_> {
+    fn drop(&mut self) {
+        if std::thread::panicking() {
+            self.0.cut(0);
+        }
+    }
 }
 
 fn consume_in_order<T>(
@@ -204,6 +221,29 @@ mod tests {
             .unwrap_err();
             assert!(e.to_string().contains("chunk 17"), "{threads}: {e}");
             assert_eq!(sum, 4950 * (0..17u64).sum::<u64>());
+        }
+    }
+
+    #[test]
+    fn a_panic_in_a_worker_or_the_consumer_is_resumed_not_a_hang() {
+        for (bad_work, bad_consumer) in [(Some(7), None), (None, Some(7)), (Some(0), None)] {
+            let r = std::panic::catch_unwind(|| {
+                on_threads(2, || {
+                    in_order(
+                        100,
+                        2,
+                        |k| {
+                            assert_ne!(Some(k), bad_work, "boom");
+                            Ok(k)
+                        },
+                        |k, _| {
+                            assert_ne!(Some(k), bad_consumer, "boom");
+                            Ok(())
+                        },
+                    )
+                })
+            });
+            assert!(r.is_err(), "{bad_work:?} {bad_consumer:?}");
         }
     }
 
