@@ -900,13 +900,16 @@ fn sharded_folders_keep_their_shards() {
     assert_eq!(idx["weight_map"]["model.norm.weight"], names[1]);
 }
 
-/// The bytes do not depend on chunking: chunks of a few rows (4-bit blocks
-/// and double-quant groups still whole), computed a window at a time, write
-/// the same file as one chunk per weight. fp4 → nf4 with double quant,
-/// blocksize 32, and → int8, so every weight is re-encoded.
+/// The bytes do not depend on chunking or threads: chunks of a few rows
+/// (4-bit blocks and double-quant groups still whole), claimed by 1 or 3
+/// workers within a lead of 1 or 3 chunks, write the same file as one chunk
+/// per weight, and the same as the window loop `model::bnb::write_model`
+/// still runs for the CLI. fp4 → nf4 with double quant, blocksize 32, → int8,
+/// → fp4 (bf16, blocksize 64) and → f16, so every weight is re-encoded.
 #[test]
 fn output_does_not_depend_on_chunking() {
-    use qresidual::model::bnb::{write_model, OutStorage, WeightJob, WriteOptions};
+    use qresidual::engine::bnb::write_model;
+    use qresidual::model::bnb::{OutStorage, WeightJob, WriteOptions};
     let dir = tempfile::tempdir().unwrap();
     let base = BnbModel::open(&fixture("fp4")).unwrap();
     let targets = [
@@ -917,6 +920,13 @@ fn output_does_not_depend_on_chunking() {
             double_quant: true,
         },
         OutStorage::Int8,
+        OutStorage::FourBit {
+            kind: FourBit::Fp4,
+            blocksize: 64,
+            dtype: Dtype::BF16,
+            double_quant: false,
+        },
+        OutStorage::Plain(Dtype::F16),
     ];
     for (ti, target) in targets.iter().enumerate() {
         let jobs = || -> Vec<WeightJob<'_>> {
@@ -937,7 +947,7 @@ fn output_does_not_depend_on_chunking() {
         };
         let cfg = qresidual::model::bnb::output_config(base.config(), Some(target), None);
         let mut outputs = Vec::new();
-        for (chunk, window) in [(1usize << 22, 1usize), (300, 1), (1000, 3)] {
+        for (chunk, window, threads) in [(1usize << 22, 1usize, 1), (300, 1, 3), (1000, 3, 3)] {
             let out = dir.path().join(format!("{ti}-{chunk}-{window}"));
             let opts = WriteOptions {
                 chunk_elements: chunk,
@@ -945,12 +955,26 @@ fn output_does_not_depend_on_chunking() {
                 measure: true,
                 torch_threads: 1,
             };
-            let outcomes = write_model(&base, &jobs(), &cfg, &out, &opts).unwrap();
+            let pool = rayon::ThreadPoolBuilder::new()
+                .num_threads(threads)
+                .build()
+                .unwrap();
+            let outcomes = pool
+                .install(|| write_model(&base, &jobs(), &cfg, &out, &opts, false))
+                .unwrap();
             assert_eq!(outcomes.iter().filter(|o| !o.copied).count(), 14);
             outputs.push(std::fs::read(out.join("model.safetensors")).unwrap());
         }
-        assert_eq!(outputs[0], outputs[1], "{target:?}");
-        assert_eq!(outputs[0], outputs[2], "{target:?}");
+        let legacy = dir.path().join(format!("{ti}-legacy"));
+        let opts = WriteOptions {
+            chunk_elements: 300,
+            ..Default::default()
+        };
+        qresidual::model::bnb::write_model(&base, &jobs(), &cfg, &legacy, &opts).unwrap();
+        outputs.push(std::fs::read(legacy.join("model.safetensors")).unwrap());
+        for (i, o) in outputs.iter().enumerate().skip(1) {
+            assert!(*o == outputs[0], "{target:?}: output {i} differs");
+        }
         // And the one-chunk output is the codec applied to the whole tensor.
         let m = BnbModel::open(&dir.path().join(format!("{ti}-{}-1", 1usize << 22))).unwrap();
         let b = dequant_4bit_parts(base.safetensors(), K_PROJ, FourBit::Fp4);
@@ -966,7 +990,7 @@ fn output_does_not_depend_on_chunking() {
                 m.config()["quantization_config"]["bnb_4bit_use_double_quant"],
                 true
             );
-        } else {
+        } else if ti == 1 {
             let (cb, _) = quantize_int8_rows(&round_f16(&b), 256).unwrap();
             let cb_u8: Vec<u8> = cb.iter().map(|&c| c as u8).collect();
             assert_eq!(tensor(m.safetensors(), K_PROJ), cb_u8);

@@ -26,6 +26,7 @@ use std::path::{Path, PathBuf};
 use rayon::prelude::*;
 use serde_json::{json, Value};
 
+use crate::engine::chunks::{for_each_chunk, Pages};
 use crate::format::gguf::{GgufFile, GgufWriter, MetaValue, TensorSpec, WriterOptions};
 use crate::model::rows::RowSource;
 use crate::quant::GgmlType;
@@ -133,28 +134,21 @@ fn name_hash(name: &str) -> u64 {
 /// About this many f32 per decoded chunk of rows.
 const CHUNK_ELEMS: usize = 1 << 20;
 
-/// Call `f(start_row, rows)` on consecutive chunks of decoded rows (decoded
-/// in parallel).
+/// Call `f(start_row, rows)` on consecutive chunks of decoded rows, in
+/// row order (decoded in parallel on the engine's scheduler; `f` may use
+/// rayon). The adapter reads each residual several times: its pages stay.
 fn for_chunks(src: &dyn RowSource, mut f: impl FnMut(usize, &[f32]) -> Result<()>) -> Result<()> {
-    let (n_rows, n_in) = (src.n_rows(), src.row_len());
-    let per_chunk = (CHUNK_ELEMS / n_in.max(1)).clamp(1, n_rows.max(1));
-    let per_part = per_chunk
-        .div_ceil(rayon::current_num_threads().max(1))
-        .max(1);
-    let mut buf = vec![0f32; per_chunk * n_in];
-    let mut start = 0;
-    while start < n_rows {
-        let rows = per_chunk.min(n_rows - start);
-        let chunk = &mut buf[..rows * n_in];
-        src.prefetch_rows(start, start + rows);
-        chunk
-            .par_chunks_mut(per_part * n_in)
-            .enumerate()
-            .try_for_each(|(p, part)| src.decode(start + p * per_part, part))?;
-        f(start, chunk)?;
-        start += rows;
-    }
-    Ok(())
+    for_each_chunk(
+        &[src],
+        CHUNK_ELEMS,
+        Pages::Keep,
+        |start, rows| {
+            let mut buf = vec![0f32; rows * src.row_len()];
+            src.decode(start, &mut buf)?;
+            Ok(buf)
+        },
+        |start, _, rows| f(start, &rows),
+    )
 }
 
 /// y += d·M (M row-major, d.len() rows of y.len() columns); returns ‖d‖².

@@ -40,11 +40,12 @@ use std::sync::Mutex;
 use serde::{Deserialize, Serialize};
 
 use crate::apply::matching::{Pairing, Residual, ResidualTensor};
+use crate::engine::chunks::map_chunks;
 use crate::engine::log::Log;
 use crate::format::gguf::GgufFile;
 use crate::model::naming::RowPermutation;
 use crate::model::rows::{EncodedRows, RowSource};
-use crate::model::{decode_finite, map_chunks, Model};
+use crate::model::{decode_finite, Model};
 use crate::quant::{dequantize_row, quantize_row, GgmlType};
 use crate::{Error, Result};
 
@@ -190,19 +191,14 @@ fn print_rows(
     let n_elements: u64 = shape.iter().product();
     let buckets = n_buckets(n_elements);
     let row_len = rows.row_len();
-    let parts = map_chunks(
-        rows.n_rows(),
-        row_len,
-        |first, n| {
-            let v = decode_finite(rows, origin, shift, first, n)?;
-            let mut p = Partial::new(buckets);
-            for (i, row) in v.chunks_exact(row_len.max(1)).enumerate() {
-                p.add_row(fp_row(first + i), row, n_elements);
-            }
-            Ok(p)
-        },
-        |a, b| rows.release_rows(a, b),
-    )?;
+    let parts = map_chunks(&[rows], |first, n| {
+        let v = decode_finite(rows, origin, shift, first, n)?;
+        let mut p = Partial::new(buckets);
+        for (i, row) in v.chunks_exact(row_len.max(1)).enumerate() {
+            p.add_row(fp_row(first + i), row, n_elements);
+        }
+        Ok(p)
+    })?;
     let mut total = Partial::new(buckets);
     for p in &parts {
         total.merge(p);

@@ -3,11 +3,12 @@
 //! Each output tensor is either copied as raw bytes or *transcoded*: rows of
 //! f32 are decoded from a source, a scaled residual is optionally added, and
 //! the sum is encoded into the output type. All tensors are cut into row
-//! chunks that form one ordered stream. Each rayon worker claims the next
+//! chunks that form one ordered stream on the claimed-chunk
+//! [`schedule`](crate::engine::schedule): each worker claims the next
 //! chunk as soon as it is free (chunks of all tensors alike, so small or
 //! slow tensors leave no core idle) and runs it in passes of a few rows
-//! that stay in cache; a writer thread puts the encoded chunks back in
-//! order and writes them, and workers are never more than a window of
+//! that stay in cache; the writer puts the encoded chunks back in order
+//! into a [`TensorSink`], and workers are never more than a window of
 //! chunks ahead of it. Input pages are requested ahead (`MADV_WILLNEED`)
 //! and consumed ones handed back; the output's writeback starts as it is
 //! written. Each worker reuses its f32 buffers and output buffers are
@@ -20,7 +21,8 @@ use std::path::{Path, PathBuf};
 
 use indicatif::ProgressBar;
 
-use crate::format::gguf::{GgufWriter, TensorSpec};
+use crate::engine::sink::TensorSink;
+use crate::format::gguf::TensorSpec;
 use crate::model::rows::RowSource;
 use crate::quant::stats::ErrorStats;
 use crate::quant::{
@@ -78,6 +80,26 @@ pub struct Outcome {
     /// Blocks won by each candidate when the tensor was searched
     /// (`Options::search` and the output type equal to the base's).
     pub search: Option<SearchWins>,
+    /// Values stored as the float output type's largest finite value
+    /// (`Options::saturate`).
+    pub saturated: Saturated,
+}
+
+/// Values beyond a float output type's range, stored as its largest finite
+/// value of the same sign.
+#[derive(Debug, Clone, Copy, Default, PartialEq)]
+pub struct Saturated {
+    /// How many.
+    pub count: u64,
+    /// The largest magnitude among them.
+    pub largest: f32,
+}
+
+impl Saturated {
+    fn merge(&mut self, other: &Saturated) {
+        self.count += other.count;
+        self.largest = self.largest.max(other.largest);
+    }
 }
 
 /// Knobs of a run.
@@ -97,6 +119,10 @@ pub struct Options {
     /// (tensors whose output type is the base's own block type; others are
     /// encoded fresh).
     pub search: bool,
+    /// F16/BF16 outputs: store values beyond the type's range as its
+    /// largest finite value and count them ([`Outcome::saturated`]) instead
+    /// of failing.
+    pub saturate: bool,
 }
 
 impl Default for Options {
@@ -107,6 +133,7 @@ impl Default for Options {
             measure: true,
             progress: true,
             search: false,
+            saturate: false,
         }
     }
 }
@@ -124,6 +151,7 @@ struct Chunk {
     bytes: Vec<u8>,
     stats: ErrorStats,
     wins: Option<SearchWins>,
+    saturated: Saturated,
 }
 
 /// The f32 buffers one worker reuses from chunk to chunk: nothing is
@@ -231,6 +259,7 @@ fn encode_chunk_with(
         stats: ErrorStats::default(),
         wins: search_source(base.as_ref(), task.spec.ty, opts.search)
             .map(|_| SearchWins::default()),
+        saturated: Saturated::default(),
     };
     let mut r = 0;
     while r < n_rows {
@@ -331,6 +360,9 @@ fn encode_rows(
     if let Some(w) = chunk.wins.as_mut() {
         w.merge(&wins);
     }
+    if opts.saturate {
+        saturate(out_ty, exact, bytes, &mut chunk.saturated);
+    }
 
     let decoded: &[f32] = if out_ty == GgmlType::F32 {
         exact
@@ -373,6 +405,25 @@ fn encode_rows(
         ));
     }
     Ok(())
+}
+
+/// Replace the infinities that F16/BF16 `bytes` got for the finite values
+/// `exact` by the type's largest finite value of the same sign, counting
+/// them.
+fn saturate(ty: GgmlType, exact: &[f32], bytes: &mut [u8], seen: &mut Saturated) {
+    let (inf, max) = match ty {
+        GgmlType::F16 => (0x7c00u16, half::f16::MAX.to_bits()),
+        GgmlType::BF16 => (0x7f80u16, half::bf16::MAX.to_bits()),
+        _ => return,
+    };
+    for (b, &v) in bytes.chunks_exact_mut(2).zip(exact) {
+        let h = u16::from_le_bytes([b[0], b[1]]);
+        if h & 0x7fff == inf && v.is_finite() {
+            seen.count += 1;
+            seen.largest = seen.largest.max(v.abs());
+            b.copy_from_slice(&(max | (h & 0x8000)).to_le_bytes());
+        }
+    }
 }
 
 /// One unit of output, in file order: a whole copied tensor or one chunk
@@ -434,78 +485,18 @@ fn plan_items(tasks: &[Task<'_>], chunk_elements: usize) -> Vec<Item> {
     items
 }
 
-/// The shared state of [`run`]'s workers and writer.
-///
-/// Row chunks are numbered in output order. Workers claim the next number
-/// (dynamic scheduling: whichever worker is free takes the next chunk, so a
-/// slow tensor does not leave the others idle at a barrier) but never more
-/// than `ahead` chunks past the writer, which bounds memory. `limit` is the
-/// first chunk not to start: it drops to a failed chunk's number (chunks
-/// before it still complete, so the error reported is always the first one
-/// in output order, whatever the thread count) or to zero when the writer
-/// stops.
-struct Schedule {
-    next: std::sync::atomic::AtomicUsize,
-    limit: std::sync::atomic::AtomicUsize,
-    written: std::sync::Mutex<usize>,
-    moved: std::sync::Condvar,
-    ahead: usize,
-}
-
-impl Schedule {
-    fn new(n: usize, ahead: usize) -> Self {
-        Schedule {
-            next: 0.into(),
-            limit: n.into(),
-            written: std::sync::Mutex::new(0),
-            moved: std::sync::Condvar::new(),
-            ahead: ahead.max(1),
-        }
-    }
-
-    /// The next chunk this worker may encode, waiting while it is too far
-    /// ahead of the writer; `None` when there is nothing left to start.
-    fn claim(&self) -> Option<usize> {
-        use std::sync::atomic::Ordering::SeqCst;
-        let k = self.next.fetch_add(1, SeqCst);
-        let mut w = self.written.lock().unwrap_or_else(|p| p.into_inner());
-        loop {
-            if k >= self.limit.load(SeqCst) {
-                return None;
-            }
-            if k < *w + self.ahead {
-                return Some(k);
-            }
-            w = self.moved.wait(w).unwrap_or_else(|p| p.into_inner());
-        }
-    }
-
-    /// Start nothing at or after chunk `k`.
-    fn cut(&self, k: usize) {
-        self.limit.fetch_min(k, std::sync::atomic::Ordering::SeqCst);
-        let _w = self.written.lock().unwrap_or_else(|p| p.into_inner());
-        self.moved.notify_all();
-    }
-
-    /// The writer has consumed `k` chunks.
-    fn advance(&self, k: usize) {
-        let mut w = self.written.lock().unwrap_or_else(|p| p.into_inner());
-        *w = k;
-        self.moved.notify_all();
-    }
-}
-
-/// Run every task in order into `writer`, returning one outcome per task.
+/// Run every task in order into `sink`, returning one outcome per task.
 /// `out_path` names the output in error messages.
 ///
-/// Every rayon worker loops: claim the next row chunk, decode, add and
-/// encode it, hand it to the writer. A writer thread puts the chunks back
-/// in output order and writes them, while workers are at most
-/// `opts.window` chunks ahead of it; input pages are requested ahead of
-/// the workers (`MADV_WILLNEED`) and consumed ones handed back.
+/// The tensors' row chunks go through the claimed-chunk
+/// [`schedule`](crate::engine::schedule): workers decode, add and encode
+/// them at most `opts.window` chunks ahead of the writer, which puts them
+/// back in output order (with the copied tensors between them); input
+/// pages are requested ahead of the workers (`MADV_WILLNEED`) and consumed
+/// ones handed back.
 pub fn run(
     tasks: &[Task<'_>],
-    writer: &mut GgufWriter,
+    sink: &mut dyn TensorSink,
     out_path: &Path,
     opts: &Options,
 ) -> Result<Vec<Outcome>> {
@@ -527,39 +518,43 @@ pub fn run(
         .filter(|(_, it)| matches!(it, Item::Rows { .. }))
         .map(|(i, _)| i)
         .collect();
-    let sched = Schedule::new(work.len(), opts.window);
+    let ahead = opts.window.max(1);
     let pool = BytePool::default();
-    let (tx, rx) = std::sync::mpsc::channel::<(usize, Result<Chunk>)>();
-
-    let outcomes = std::thread::scope(|scope| -> Result<Vec<Outcome>> {
-        let (items, work, pool, sched, pb) = (&items, &work, &pool, &sched, &pb);
-        let writer_thread = scope.spawn(move || -> Result<Vec<Outcome>> {
-            let result = write_in_order(tasks, items, work, rx, writer, pool, sched, opts, pb);
-            // Whatever happened, no worker starts another chunk.
-            sched.cut(0);
-            result
-        });
-        rayon::broadcast(|_| {
-            while let Some(k) = sched.claim() {
-                let Item::Rows { task, first, n, .. } = items[work[k]] else {
-                    unreachable!("work holds row chunks only")
-                };
-                let res = encode_chunk(&tasks[task], out_path, first, n, opts, pool);
-                if res.is_err() {
-                    sched.cut(k + 1);
-                }
-                if tx.send((k, res)).is_err() {
-                    break;
-                }
-            }
-        });
-        drop(tx);
-        writer_thread
-            .join()
-            .unwrap_or_else(|p| std::panic::resume_unwind(p))
-    })?;
+    // Keep the kernel reading one window ahead of what workers may claim.
+    for k in 0..2 * ahead {
+        prefetch(tasks, &items, &work, k);
+    }
+    let mut out = InOrder {
+        tasks,
+        items: &items,
+        sink,
+        pb: &pb,
+        measure: opts.measure,
+        next: 0,
+        stats: ErrorStats::default(),
+        searched: None,
+        saturated: Saturated::default(),
+        outcomes: Vec::with_capacity(tasks.len()),
+    };
+    crate::engine::schedule::in_order(
+        work.len(),
+        ahead,
+        |k| {
+            let Item::Rows { task, first, n, .. } = items[work[k]] else {
+                unreachable!("work holds row chunks only")
+            };
+            encode_chunk(&tasks[task], out_path, first, n, opts, &pool)
+        },
+        |k, chunk| {
+            out.rows(work[k], &chunk)?;
+            pool.give(chunk.bytes);
+            prefetch(tasks, &items, &work, k + 2 * ahead);
+            Ok(())
+        },
+    )?;
+    out.copies_until(items.len())?;
     pb.finish_and_clear();
-    Ok(outcomes)
+    Ok(out.outcomes)
 }
 
 /// Ask the kernel for the input pages of row chunk `k` (if there is one).
@@ -575,109 +570,104 @@ fn prefetch(tasks: &[Task<'_>], items: &[Item], work: &[usize], k: usize) {
     }
 }
 
-/// The writer side of [`run`]: receives encoded chunks in any order, writes
-/// them (and the copied tensors) in output order, merges statistics per
-/// tensor, hands consumed input pages back and lets the workers move on.
-#[allow(clippy::too_many_arguments)]
-fn write_in_order(
-    tasks: &[Task<'_>],
-    items: &[Item],
-    work: &[usize],
-    rx: std::sync::mpsc::Receiver<(usize, Result<Chunk>)>,
-    writer: &mut GgufWriter,
-    pool: &BytePool,
-    sched: &Schedule,
-    opts: &Options,
-    pb: &ProgressBar,
-) -> Result<Vec<Outcome>> {
-    let mut outcomes = Vec::with_capacity(tasks.len());
-    let mut stats = ErrorStats::default();
-    let mut searched: Option<SearchWins> = None;
-    // Chunks that arrived before their turn.
-    let mut early: std::collections::BTreeMap<usize, Result<Chunk>> = Default::default();
-    // Keep the kernel reading one window ahead of what workers may claim.
-    for k in 0..2 * sched.ahead {
-        prefetch(tasks, items, work, k);
-    }
-    let mut k = 0; // row chunks written so far
-    for it in items {
-        let task = &tasks[it.task()];
-        let n_elements: u64 = task.spec.ne.iter().product();
-        match (*it, &task.action) {
-            (Item::Copy { .. }, Action::Copy(bytes)) => {
-                pb.set_message(task.spec.name.clone());
-                writer.write(bytes)?;
-                pb.inc(bytes.len() as u64);
-                outcomes.push(Outcome {
-                    name: task.spec.name.clone(),
-                    type_in: task.input_type,
-                    type_out: task.spec.ty,
-                    n_elements,
-                    copied: true,
-                    has_residual: false,
-                    stats: None,
-                    search: None,
-                });
-            }
-            (Item::Rows { first, n, last, .. }, Action::Transcode { base, residual, .. }) => {
-                if first == 0 {
-                    pb.set_message(task.spec.name.clone());
-                    stats = ErrorStats::default();
-                    searched = None;
-                }
-                let chunk = loop {
-                    if let Some(c) = early.remove(&k) {
-                        break c;
-                    }
-                    match rx.recv() {
-                        Ok((j, c)) => {
-                            early.insert(j, c);
-                        }
-                        // Every worker has stopped without chunk `k`: they
-                        // only do so after a failed chunk, which is here.
-                        Err(_) => {
-                            let first_err = early.into_values().find_map(|c| c.err());
-                            return Err(first_err.unwrap_or_else(|| {
-                                Error::tensor(
-                                    Path::new(""),
-                                    "",
-                                    "the encoders stopped unexpectedly".to_string(),
-                                )
-                            }));
-                        }
-                    }
-                }?;
-                writer.write(&chunk.bytes)?;
-                pb.inc(chunk.bytes.len() as u64);
-                stats.merge(&chunk.stats);
-                if let Some(w) = &chunk.wins {
-                    searched.get_or_insert_with(SearchWins::default).merge(w);
-                }
-                pool.give(chunk.bytes);
-                base.release_rows(first, first + n);
-                if let Some(r) = residual {
-                    r.release_rows(first, first + n);
-                }
-                k += 1;
-                sched.advance(k);
-                prefetch(tasks, items, work, k + 2 * sched.ahead - 1);
-                if last {
-                    outcomes.push(Outcome {
-                        name: task.spec.name.clone(),
-                        type_in: task.input_type,
-                        type_out: task.spec.ty,
-                        n_elements,
-                        copied: false,
-                        has_residual: residual.is_some(),
-                        stats: opts.measure.then(|| std::mem::take(&mut stats)),
-                        search: searched.take(),
-                    });
-                }
-            }
-            _ => unreachable!("items follow their task's action"),
+/// The writer side of [`run`]: writes the copied tensors and the encoded
+/// chunks in output order, merges statistics per tensor and hands consumed
+/// input pages back.
+struct InOrder<'a, 't> {
+    tasks: &'a [Task<'t>],
+    items: &'a [Item],
+    sink: &'a mut dyn TensorSink,
+    pb: &'a ProgressBar,
+    measure: bool,
+    /// The first item not written yet.
+    next: usize,
+    /// The current tensor's statistics and search wins so far.
+    stats: ErrorStats,
+    searched: Option<SearchWins>,
+    saturated: Saturated,
+    outcomes: Vec<Outcome>,
+}
+
+impl InOrder<'_, '_> {
+    /// Write the copied tensors before item `end`.
+    fn copies_until(&mut self, end: usize) -> Result<()> {
+        while self.next < end {
+            let (Item::Copy { task }, Action::Copy(bytes)) = (
+                self.items[self.next],
+                &self.tasks[self.items[self.next].task()].action,
+            ) else {
+                unreachable!("row chunks come through the scheduler")
+            };
+            let task = &self.tasks[task];
+            self.pb.set_message(task.spec.name.clone());
+            self.sink.begin_tensor(&task.spec.name)?;
+            self.sink.write(bytes)?;
+            self.sink.end_tensor()?;
+            self.pb.inc(bytes.len() as u64);
+            self.outcomes.push(Outcome {
+                name: task.spec.name.clone(),
+                type_in: task.input_type,
+                type_out: task.spec.ty,
+                n_elements: task.spec.ne.iter().product(),
+                copied: true,
+                has_residual: false,
+                stats: None,
+                search: None,
+                saturated: Saturated::default(),
+            });
+            self.next += 1;
         }
+        Ok(())
     }
-    Ok(outcomes)
+
+    /// Write item `i`, a chunk of rows, after the copies before it.
+    fn rows(&mut self, i: usize, chunk: &Chunk) -> Result<()> {
+        self.copies_until(i)?;
+        let (Item::Rows { first, n, last, .. }, task) =
+            (self.items[i], &self.tasks[self.items[i].task()])
+        else {
+            unreachable!("work holds row chunks only")
+        };
+        let Action::Transcode { base, residual, .. } = &task.action else {
+            unreachable!("items follow their task's action")
+        };
+        if first == 0 {
+            self.pb.set_message(task.spec.name.clone());
+            self.sink.begin_tensor(&task.spec.name)?;
+            self.stats = ErrorStats::default();
+            self.searched = None;
+            self.saturated = Saturated::default();
+        }
+        self.sink.write(&chunk.bytes)?;
+        self.pb.inc(chunk.bytes.len() as u64);
+        self.stats.merge(&chunk.stats);
+        self.saturated.merge(&chunk.saturated);
+        if let Some(w) = &chunk.wins {
+            self.searched
+                .get_or_insert_with(SearchWins::default)
+                .merge(w);
+        }
+        base.release_rows(first, first + n);
+        if let Some(r) = residual {
+            r.release_rows(first, first + n);
+        }
+        if last {
+            self.sink.end_tensor()?;
+            self.outcomes.push(Outcome {
+                name: task.spec.name.clone(),
+                type_in: task.input_type,
+                type_out: task.spec.ty,
+                n_elements: task.spec.ne.iter().product(),
+                copied: false,
+                has_residual: residual.is_some(),
+                stats: self.measure.then(|| std::mem::take(&mut self.stats)),
+                search: self.searched.take(),
+                saturated: std::mem::take(&mut self.saturated),
+            });
+        }
+        self.next = i + 1;
+        Ok(())
+    }
 }
 
 /// A path for messages when a command writes several files.
@@ -692,7 +682,7 @@ pub fn display_paths(paths: &[PathBuf]) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::format::gguf::WriterOptions;
+    use crate::format::gguf::{GgufWriter, WriterOptions};
     use crate::model::naming::RowPermutation;
     use crate::model::rows::EncodedRows;
 
@@ -792,6 +782,7 @@ mod tests {
             measure: true,
             progress: false,
             search: false,
+            saturate: false,
         };
         let pool = rayon::ThreadPoolBuilder::new()
             .num_threads(threads)
@@ -862,6 +853,7 @@ mod tests {
                 measure: true,
                 progress: false,
                 search: true,
+                saturate: false,
             };
             let shape = (GgmlType::Q4_0, row_len, n_rows);
             let (o, data) = run_one(GgmlType::Q4_0, shape, action, &opts, threads);
@@ -954,6 +946,53 @@ mod tests {
         (res, Some(data))
     }
 
+    /// `Options::saturate`: F16/BF16 values beyond the range are stored as
+    /// the largest finite value of their sign and counted; without it they
+    /// are an error.
+    #[test]
+    fn saturation_keeps_the_sign_and_counts_what_overflowed() {
+        let data = vec![1.0, 70000.0, -1e6, 0.5, 3.4e38, -2.0, 0.0, 1e-3];
+        for (ty, max) in [
+            (GgmlType::F16, half::f16::MAX.to_f32()),
+            (GgmlType::BF16, half::bf16::MAX.to_f32()),
+        ] {
+            let action = || Action::Transcode {
+                base: Box::new(VecRows {
+                    data: data.clone(),
+                    row_len: 4,
+                }),
+                residual: None,
+                scale: 1.0,
+                importance: None,
+            };
+            let mut opts = Options {
+                chunk_elements: 4,
+                window: 2,
+                measure: true,
+                progress: false,
+                search: false,
+                saturate: true,
+            };
+            let (o, bytes) = run_one(GgmlType::F32, (ty, 4, 2), action(), &opts, 2);
+            let mut back = vec![0f32; 8];
+            dequantize_row(ty, &bytes.unwrap(), &mut back).unwrap();
+            let o = &o.unwrap()[0];
+            if ty == GgmlType::F16 {
+                assert_eq!(back[..4], [1.0, max, -max, 0.5]);
+                assert_eq!(back[4], max);
+                assert_eq!(o.saturated.count, 3);
+            } else {
+                // 70000 and -1e6 fit bf16; 3.4e38 rounds past its largest value.
+                assert_eq!(back[4], max);
+                assert_eq!(o.saturated.count, 1);
+            }
+            assert_eq!(o.saturated.largest, 3.4e38);
+            opts.saturate = false;
+            let (o, _) = run_one(GgmlType::F32, (ty, 4, 2), action(), &opts, 2);
+            assert!(o.is_err(), "{ty}: an overflow without saturation must fail");
+        }
+    }
+
     /// Rows that fail to decode at chosen rows, and record how far ahead of
     /// the writer (which hands rows back in order) any decode started.
     struct Watched {
@@ -1022,6 +1061,7 @@ mod tests {
             measure,
             progress: false,
             search: false,
+            saturate: false,
         };
         let (res, _) = run_one(
             GgmlType::F32,

@@ -725,7 +725,7 @@ pub struct WeightOutcome {
 pub struct WriteOptions {
     /// Target number of f32 elements per chunk.
     pub chunk_elements: usize,
-    /// Chunks computed in parallel before they are written.
+    /// How many chunks may be computed ahead of the writer.
     pub window: usize,
     /// Whether to measure the output against the exact sum.
     pub measure: bool,
@@ -918,12 +918,57 @@ impl Sum {
     }
 }
 
-/// Run `f` over the chunks `(first_row, rows)` of `n_rows`, a window at a
-/// time in parallel, handing results to `sink` in order.
+/// How a write runs a weight's row chunks: `work(k)` for every chunk
+/// `k < n`, each result handed to `consume` in order of `k`; and where its
+/// progress goes. The engine's claimed-chunk scheduler is the one to use
+/// (`engine::bnb::write_model`); [`write_model`] keeps a window loop only
+/// until its callers have moved there.
+pub trait ChunkRunner {
+    /// Run the chunks; the first error in order of `k` ends the run.
+    fn run<T: Send>(
+        &self,
+        n: usize,
+        work: impl Fn(usize) -> Result<T> + Sync,
+        consume: impl FnMut(usize, T) -> Result<()>,
+    ) -> Result<()>;
+    /// `bytes` more bytes of output will be written.
+    fn expect(&self, _bytes: u64) {}
+    /// The weight `name` is being written.
+    fn weight(&self, _name: &str) {}
+    /// `bytes` bytes were written.
+    fn wrote(&self, _bytes: u64) {}
+}
+
+/// Chunks a window at a time in parallel (a barrier after each window):
+/// what [`write_model`] ran on before the engine's scheduler.
+struct Windowed {
+    window: usize,
+}
+
+impl ChunkRunner for Windowed {
+    fn run<T: Send>(
+        &self,
+        n: usize,
+        work: impl Fn(usize) -> Result<T> + Sync,
+        mut consume: impl FnMut(usize, T) -> Result<()>,
+    ) -> Result<()> {
+        let all: Vec<usize> = (0..n).collect();
+        for w in all.chunks(self.window.max(1)) {
+            let results: Vec<Result<T>> = w.par_iter().map(|&k| work(k)).collect();
+            for (&k, res) in w.iter().zip(results) {
+                consume(k, res?)?;
+            }
+        }
+        Ok(())
+    }
+}
+
+/// Run `f` over the chunks `(first_row, rows)` of `n_rows` on `runner`,
+/// handing results to `sink` in order.
 fn for_chunks<T: Send>(
+    runner: &impl ChunkRunner,
     n_rows: usize,
     rows_per_chunk: usize,
-    window: usize,
     f: impl Fn(usize, usize) -> Result<T> + Sync,
     mut sink: impl FnMut(usize, usize, T) -> Result<()>,
 ) -> Result<()> {
@@ -931,13 +976,11 @@ fn for_chunks<T: Send>(
         .step_by(rows_per_chunk.max(1))
         .map(|r| (r, rows_per_chunk.min(n_rows - r)))
         .collect();
-    for w in chunks.chunks(window.max(1)) {
-        let results: Vec<Result<T>> = w.par_iter().map(|&(r, n)| f(r, n)).collect();
-        for (&(r, n), res) in w.iter().zip(results) {
-            sink(r, n, res?)?;
-        }
-    }
-    Ok(())
+    runner.run(
+        chunks.len(),
+        |k| f(chunks[k].0, chunks[k].1),
+        |k, t| sink(chunks[k].0, chunks[k].1, t),
+    )
 }
 
 /// The tensors written for one weight: (name, dtype, shape).
@@ -1055,6 +1098,7 @@ fn nested_offset_of(
     job: &WeightJob<'_>,
     out_path: &Path,
     opts: &WriteOptions,
+    runner: &impl ChunkRunner,
 ) -> Result<f32> {
     let OutStorage::FourBit {
         kind,
@@ -1071,9 +1115,9 @@ fn nested_offset_of(
     let rpc = rows_per_chunk(row_len, blocksize, opts.chunk_elements);
     let mut absmax = Vec::with_capacity(num_blocks(w.n_elements(), blocksize));
     for_chunks(
+        runner,
         w.n_rows(),
         rpc,
-        opts.window,
         |r0, n| {
             let s = sum_rows(base.as_ref(), job.residual.as_deref(), job.scale, r0, n)?;
             let t = s.target(dtype, out_path, &w.name, r0, row_len)?;
@@ -1103,11 +1147,18 @@ fn write_weight(
     writer: &mut SafetensorsWriter,
     out_path: &Path,
     opts: &WriteOptions,
+    runner: &impl ChunkRunner,
 ) -> Result<Option<ErrorStats>> {
     let w = &model.weights[job.weight];
+    runner.weight(&w.name);
+    let mut write = |bytes: &[u8]| -> Result<()> {
+        writer.write(bytes)?;
+        runner.wrote(bytes.len() as u64);
+        Ok(())
+    };
     if is_copy(w, job) {
         for &i in &w.parts {
-            writer.write(model.st.data(&model.st.tensors()[i]))?;
+            write(model.st.data(&model.st.tensors()[i]))?;
         }
         return Ok(None);
     }
@@ -1121,9 +1172,9 @@ fn write_weight(
             let ty = float_ggml(d).expect("validated");
             let rpc = rows_per_chunk(row_len, 1, opts.chunk_elements);
             for_chunks(
+                runner,
                 w.n_rows(),
                 rpc,
-                opts.window,
                 |r0, n| {
                     let s = sum_rows(base.as_ref(), residual, job.scale, r0, n)?;
                     let t = s.target(d, out_path, &w.name, r0, row_len)?;
@@ -1134,7 +1185,7 @@ fn write_weight(
                     Ok((bytes, s.stats(&t, measure)))
                 },
                 |r0, n, (bytes, st)| {
-                    writer.write(&bytes)?;
+                    write(&bytes)?;
                     stats.merge(&st);
                     base.release_rows(r0, r0 + n);
                     if let Some(r) = residual {
@@ -1159,9 +1210,9 @@ fn write_weight(
             let mut absmax2: Vec<f32> = Vec::new();
             let err = |e: BnbError| bnb_err(out_path, &w.name, e);
             for_chunks(
+                runner,
                 w.n_rows(),
                 rpc,
-                opts.window,
                 |r0, n| {
                     let s = sum_rows(base.as_ref(), residual, job.scale, r0, n)?;
                     let t = s.target(dtype, out_path, &w.name, r0, row_len)?;
@@ -1191,7 +1242,7 @@ fn write_weight(
                     Ok((packed, stored, nested2, s.stats(&decoded, measure)))
                 },
                 |r0, n, (packed, stored, nested2, st)| {
-                    writer.write(&packed)?;
+                    write(&packed)?;
                     absmax_out.extend(stored);
                     absmax2.extend(nested2);
                     stats.merge(&st);
@@ -1202,22 +1253,22 @@ fn write_weight(
                     Ok(())
                 },
             )?;
-            writer.write(&absmax_out)?;
-            writer.write(&f32_bytes(&kind.code()))?;
+            write(&absmax_out)?;
+            write(&f32_bytes(&kind.code()))?;
             if nested_offset.is_some() {
-                writer.write(&f32_bytes(&absmax2))?;
-                writer.write(&f32_bytes(&dynamic_map()))?;
+                write(&f32_bytes(&absmax2))?;
+                write(&f32_bytes(&dynamic_map()))?;
             }
             let js = quant_state_json(kind, blocksize, dtype, &w.shape, nested_offset);
-            writer.write(js.as_bytes())?;
+            write(js.as_bytes())?;
         }
         OutStorage::Int8 => {
             let rpc = rows_per_chunk(row_len, 1, opts.chunk_elements);
             let mut scb_all: Vec<f32> = Vec::with_capacity(w.n_rows());
             for_chunks(
+                runner,
                 w.n_rows(),
                 rpc,
-                opts.window,
                 |r0, n| {
                     let s = sum_rows(base.as_ref(), residual, job.scale, r0, n)?;
                     let t = s.target(Dtype::F16, out_path, &w.name, r0, row_len)?;
@@ -1233,7 +1284,7 @@ fn write_weight(
                     Ok((bytes, scb, s.stats(&decoded, measure)))
                 },
                 |r0, n, (bytes, scb, st)| {
-                    writer.write(&bytes)?;
+                    write(&bytes)?;
                     scb_all.extend(scb);
                     stats.merge(&st);
                     base.release_rows(r0, r0 + n);
@@ -1243,8 +1294,8 @@ fn write_weight(
                     Ok(())
                 },
             )?;
-            writer.write(&f32_bytes(&scb_all))?;
-            writer.write(&[0u8])?;
+            write(&f32_bytes(&scb_all))?;
+            write(&[0u8])?;
         }
     }
     Ok(measure.then_some(stats))
@@ -1408,6 +1459,21 @@ pub fn write_model(
     out_dir: &Path,
     opts: &WriteOptions,
 ) -> Result<Vec<WeightOutcome>> {
+    let runner = Windowed {
+        window: opts.window,
+    };
+    write_model_with(model, jobs, config, out_dir, opts, &runner)
+}
+
+/// [`write_model`] with the weights' row chunks run by `runner`.
+pub fn write_model_with(
+    model: &BnbModel,
+    jobs: &[WeightJob<'_>],
+    config: &Value,
+    out_dir: &Path,
+    opts: &WriteOptions,
+    runner: &impl ChunkRunner,
+) -> Result<Vec<WeightOutcome>> {
     validate(model, jobs)?;
     let tmp = TempDir::create(out_dir)?;
     let shard_names: Vec<String> = model
@@ -1435,7 +1501,7 @@ pub fn write_model(
             let off = match job.out {
                 OutStorage::FourBit {
                     double_quant: true, ..
-                } if !is_copy(w, job) => Some(nested_offset_of(model, job, out_dir, opts)?),
+                } if !is_copy(w, job) => Some(nested_offset_of(model, job, out_dir, opts, runner)?),
                 _ => None,
             };
             offsets.push(off);
@@ -1459,10 +1525,11 @@ pub fn write_model(
         }
         let path = tmp.tmp.join(shard_name);
         let mut writer = SafetensorsWriter::create(&path, &specs, model.st.metadata().clone())?;
+        runner.expect(writer.remaining());
         for ((&j, off), bytes_out) in mine.iter().zip(&offsets).zip(per_job) {
             let job = &jobs[j];
             let w = &model.weights[job.weight];
-            let stats = write_weight(model, job, *off, &mut writer, out_dir, opts)?;
+            let stats = write_weight(model, job, *off, &mut writer, out_dir, opts, runner)?;
             outcomes[j] = Some(WeightOutcome {
                 name: w.name.clone(),
                 type_in: w.storage.label(),

@@ -11,8 +11,6 @@ pub mod rows;
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 
-use rayon::prelude::*;
-
 use crate::format::gguf::is_gguf;
 use crate::format::gguf::GgufFile;
 use crate::format::pages::ReleasePages;
@@ -515,60 +513,6 @@ pub fn list(names: &[String]) -> String {
     s
 }
 
-/// Row chunks `(first_row, n_rows)` of about `chunk_elements` elements.
-pub fn chunks(n_rows: usize, row_len: usize, chunk_elements: usize) -> Vec<(usize, usize)> {
-    let per = (chunk_elements / row_len.max(1)).max(1);
-    (0..n_rows)
-        .step_by(per)
-        .map(|r| (r, per.min(n_rows - r)))
-        .collect()
-}
-
-/// Run `f` over row chunks of a tensor in parallel, a window at a time, and
-/// hand the results to `consume` in row order; `release` is called after
-/// each window, so memory stays bounded by the window.
-pub fn for_each_chunk<T: Send>(
-    n_rows: usize,
-    row_len: usize,
-    f: impl Fn(usize, usize) -> Result<T> + Sync,
-    mut consume: impl FnMut(T) -> Result<()>,
-    release: impl Fn(usize, usize),
-) -> Result<()> {
-    let all = chunks(n_rows, row_len, 1 << 18);
-    let window = 2 * rayon::current_num_threads().max(1);
-    for w in all.chunks(window) {
-        let done: Vec<Result<T>> = w.par_iter().map(|&(r, n)| f(r, n)).collect();
-        for d in done {
-            consume(d?)?;
-        }
-        let (first, _) = w[0];
-        let (last, n) = w[w.len() - 1];
-        release(first, last + n);
-    }
-    Ok(())
-}
-
-/// [`for_each_chunk`] collecting the results in row order.
-pub fn map_chunks<T: Send>(
-    n_rows: usize,
-    row_len: usize,
-    f: impl Fn(usize, usize) -> Result<T> + Sync,
-    release: impl Fn(usize, usize),
-) -> Result<Vec<T>> {
-    let mut out = Vec::new();
-    for_each_chunk(
-        n_rows,
-        row_len,
-        f,
-        |t| {
-            out.push(t);
-            Ok(())
-        },
-        release,
-    )?;
-    Ok(out)
-}
-
 /// Decode rows `first..first + n` of `rows` into a new buffer, add `shift`
 /// (see [`gguf_value_shift`]), and refuse NaN and infinity (naming the row
 /// and column).
@@ -616,13 +560,5 @@ mod tests {
             0.0
         );
         assert_eq!(gguf_value_shift("llama", "model.norm.weight"), 0.0);
-    }
-
-    #[test]
-    fn chunks_cover_every_row_once() {
-        let c = chunks(10, 3, 7);
-        assert_eq!(c, vec![(0, 2), (2, 2), (4, 2), (6, 2), (8, 2)]);
-        assert_eq!(chunks(0, 4, 16), vec![]);
-        assert_eq!(chunks(3, 1 << 20, 16), vec![(0, 1), (1, 1), (2, 1)]);
     }
 }

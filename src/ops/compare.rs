@@ -4,7 +4,8 @@ use std::fmt::Write as _;
 
 use serde_json::{json, Value};
 
-use crate::model::{decode_finite, map_chunks, pair_models, Model, Pairing};
+use crate::engine::chunks::map_chunks;
+use crate::model::{decode_finite, pair_models, Model, Pairing};
 use crate::quant::stats::ErrorStats;
 use crate::report::stats_json;
 use crate::{Error, Result};
@@ -59,21 +60,13 @@ pub fn compare(a: &Model, b: &Model) -> Result<Comparison> {
         let ra = a.weight_rows(&at[p.a], p.perm_a)?;
         let rb = b.weight_rows(&bt[p.b], p.perm_b)?;
         let (oa, ob) = ((a.path(), at[p.a].name), (b.path(), bt[p.b].name));
-        let parts = map_chunks(
-            ra.n_rows(),
-            ra.row_len(),
-            |first, n| {
-                let x = decode_finite(ra.as_ref(), oa, p.shift_a, first, n)?;
-                let y = decode_finite(rb.as_ref(), ob, p.shift_b, first, n)?;
-                let mut s = ErrorStats::default();
-                s.accumulate(&x, &y);
-                Ok(s)
-            },
-            |s, e| {
-                ra.release_rows(s, e);
-                rb.release_rows(s, e);
-            },
-        )?;
+        let parts = map_chunks(&[ra.as_ref(), rb.as_ref()], |first, n| {
+            let x = decode_finite(ra.as_ref(), oa, p.shift_a, first, n)?;
+            let y = decode_finite(rb.as_ref(), ob, p.shift_b, first, n)?;
+            let mut s = ErrorStats::default();
+            s.accumulate(&x, &y);
+            Ok(s)
+        })?;
         let mut stats = ErrorStats::default();
         for s in &parts {
             stats.merge(s);

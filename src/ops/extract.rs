@@ -4,8 +4,8 @@
 //!
 //! Rows of both models are decoded to f32 in chunks (any GGUF type or
 //! safetensors float dtype), subtracted, and streamed to the output; the
-//! GGUF form goes through the shared [`crate::engine::pipeline`], the safetensors
-//! form through the chunked sink here.
+//! GGUF and safetensors forms both go through the shared
+//! [`crate::engine::pipeline`], into their writers' [`crate::engine::sink::TensorSink`].
 
 use std::collections::BTreeMap;
 use std::path::Path;
@@ -19,7 +19,7 @@ use crate::format::gguf::{GgufWriter, MetaValue, TensorSpec, WriterOptions};
 use crate::format::st::SafetensorsWriter;
 use crate::model::rows::RowSource;
 use crate::model::Shaped;
-use crate::model::{self, decode_finite, for_each_chunk, list, Model, TensorPair};
+use crate::model::{self, decode_finite, list, Model, TensorPair};
 use crate::quant::{codec, GgmlType};
 use crate::{Error, Result};
 
@@ -285,37 +285,46 @@ pub fn extract(
                     )
                 })
                 .collect();
+            let ty = match dtype {
+                Dtype::F16 => GgmlType::F16,
+                Dtype::BF16 => GgmlType::BF16,
+                _ => GgmlType::F32,
+            };
+            let tasks: Vec<Task<'_>> = deltas
+                .into_iter()
+                .map(|(p, rows)| Task {
+                    spec: TensorSpec {
+                        name: p.name.clone(),
+                        ty,
+                        ne: it[p.a].shape.iter().rev().copied().collect(),
+                    },
+                    input_type: GgmlType::F32,
+                    action: Action::Transcode {
+                        base: Box::new(rows),
+                        residual: None,
+                        scale: 1.0,
+                        importance: None,
+                    },
+                })
+                .collect();
             let mut writer = SafetensorsWriter::create(out, &specs, metadata)?;
-            let pb = crate::engine::progress::bytes(writer.remaining(), progress);
-            for (k, (p, rows)) in deltas.iter().enumerate() {
-                pb.set_message(format!("[{}/{}] {}", k + 1, deltas.len(), p.name));
-                let (mut overflow, mut largest, mut nonzero) = (0u64, 0f32, false);
-                for_each_chunk(
-                    rows.n_rows(),
-                    rows.row_len(),
-                    |first, n| {
-                        let mut d = vec![0f32; n * rows.row_len()];
-                        rows.decode(first, &mut d)?;
-                        Ok(encode_float(&d, dtype))
-                    },
-                    |c| {
-                        overflow += c.overflow;
-                        largest = largest.max(c.largest);
-                        nonzero |= c.nonzero;
-                        pb.inc(c.bytes.len() as u64);
-                        writer.write(&c.bytes)
-                    },
-                    |a, b| rows.release_rows(a, b),
-                )?;
-                if overflow > 0 {
-                    result.overflows.push((p.name.clone(), overflow, largest));
+            let opts = pipeline::Options {
+                progress,
+                saturate: true,
+                ..Default::default()
+            };
+            let outcomes = pipeline::run(&tasks, &mut writer, out, &opts)?;
+            writer.finish()?;
+            for o in &outcomes {
+                if o.saturated.count > 0 {
+                    result
+                        .overflows
+                        .push((o.name.clone(), o.saturated.count, o.saturated.largest));
                 }
-                if !nonzero {
-                    result.zero_tensors.push(p.name.clone());
+                if o.stats.is_some_and(|s| s.reference_rms() == 0.0) {
+                    result.zero_tensors.push(o.name.clone());
                 }
             }
-            pb.finish_and_clear();
-            writer.finish()?;
             result.paths = vec![out.to_path_buf()];
         }
         ResidualFormat::Gguf(want) => {
@@ -377,72 +386,9 @@ pub fn extract(
     Ok(result)
 }
 
-struct FloatChunk {
-    bytes: Vec<u8>,
-    overflow: u64,
-    largest: f32,
-    nonzero: bool,
-}
-
-/// f32 → F16/BF16/F32 bytes, rounding to nearest even; values beyond the
-/// type's range are saturated to its largest finite value and counted.
-fn encode_float(d: &[f32], dtype: Dtype) -> FloatChunk {
-    let mut c = FloatChunk {
-        bytes: Vec::with_capacity(d.len() * dtype.bitsize() / 8),
-        overflow: 0,
-        largest: 0.0,
-        nonzero: d.iter().any(|&v| v != 0.0),
-    };
-    for &v in d {
-        match dtype {
-            Dtype::F16 => {
-                let mut h = half::f16::from_f32(v);
-                if h.is_infinite() {
-                    c.overflow += 1;
-                    c.largest = c.largest.max(v.abs());
-                    h = if v > 0.0 {
-                        half::f16::MAX
-                    } else {
-                        half::f16::MIN
-                    };
-                }
-                c.bytes.extend_from_slice(&h.to_le_bytes());
-            }
-            Dtype::BF16 => {
-                let mut h = half::bf16::from_f32(v);
-                if h.is_infinite() {
-                    c.overflow += 1;
-                    c.largest = c.largest.max(v.abs());
-                    h = if v > 0.0 {
-                        half::bf16::MAX
-                    } else {
-                        half::bf16::MIN
-                    };
-                }
-                c.bytes.extend_from_slice(&h.to_le_bytes());
-            }
-            _ => c.bytes.extend_from_slice(&v.to_le_bytes()),
-        }
-    }
-    c
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn f16_overflow_saturates_and_is_counted() {
-        let c = encode_float(&[1.0, 70000.0, -1e6, 0.5], Dtype::F16);
-        assert_eq!(c.overflow, 2);
-        assert_eq!(c.largest, 1e6);
-        let back: Vec<f32> = c
-            .bytes
-            .chunks_exact(2)
-            .map(|b| half::f16::from_le_bytes([b[0], b[1]]).to_f32())
-            .collect();
-        assert_eq!(back, vec![1.0, 65504.0, -65504.0, 0.5]);
-    }
 
     #[test]
     fn dtype_names_parse() {
