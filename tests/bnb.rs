@@ -903,8 +903,7 @@ fn sharded_folders_keep_their_shards() {
 /// The bytes do not depend on chunking or threads: chunks of a few rows
 /// (4-bit blocks and double-quant groups still whole), claimed by 1 or 3
 /// workers within a lead of 1 or 3 chunks, write the same file as one chunk
-/// per weight, and the same as the window loop `model::bnb::write_model`
-/// still runs for the CLI. fp4 → nf4 with double quant, blocksize 32, → int8,
+/// per weight. fp4 → nf4 with double quant, blocksize 32, → int8,
 /// → fp4 (bf16, blocksize 64) and → f16, so every weight is re-encoded.
 #[test]
 fn output_does_not_depend_on_chunking() {
@@ -965,13 +964,6 @@ fn output_does_not_depend_on_chunking() {
             assert_eq!(outcomes.iter().filter(|o| !o.copied).count(), 14);
             outputs.push(std::fs::read(out.join("model.safetensors")).unwrap());
         }
-        let legacy = dir.path().join(format!("{ti}-legacy"));
-        let opts = WriteOptions {
-            chunk_elements: 300,
-            ..Default::default()
-        };
-        qresidual::model::bnb::write_model(&base, &jobs(), &cfg, &legacy, &opts).unwrap();
-        outputs.push(std::fs::read(legacy.join("model.safetensors")).unwrap());
         for (i, o) in outputs.iter().enumerate().skip(1) {
             assert!(*o == outputs[0], "{target:?}: output {i} differs");
         }

@@ -10,8 +10,9 @@ use super::matching::{
     residual_tensors, scan_residuals, tied_output, Matching, Pairing, Residual, ResidualTensor,
 };
 use super::{ApplyRequest, ApplyResult, Strategy};
+use crate::engine::bnb::write_model;
 use crate::engine::log::Log;
-use crate::model::bnb::{check_output_dir, write_model, BnbModel, WeightJob, WriteOptions};
+use crate::model::bnb::{check_output_dir, BnbModel, WeightJob, WriteOptions};
 use crate::model::bnb_target::{config_for, out_storage, parse_target};
 use crate::model::naming::RowPermutation;
 use crate::report;
@@ -156,7 +157,14 @@ pub fn apply(req: &ApplyRequest, model: &BnbModel, log: &Log) -> Result<ApplyRes
         })
         .collect();
     let config = config_for(model, &jobs, target);
-    let outcomes = write_model(model, &jobs, &config, &req.output, &WriteOptions::default())?;
+    let outcomes = write_model(
+        model,
+        &jobs,
+        &config,
+        &req.output,
+        &WriteOptions::default(),
+        log.progress(),
+    )?;
     let rows = report::rows(&outcomes);
     let mut inputs = super::report_inputs(req);
     inputs["type"] = json!(req.target);

@@ -16,7 +16,7 @@ use crate::model::bnb::{
 };
 use crate::Result;
 
-/// Write the model as [`crate::model::bnb::write_model`] describes (one
+/// Write the model as [`crate::model::bnb::write_model_with`] describes (one
 /// output shard per input shard, index, config, other files), its weights'
 /// row chunks claimed by the engine's workers at most `opts.window` chunks
 /// ahead of the writer.

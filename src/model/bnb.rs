@@ -32,7 +32,6 @@ use std::fmt::Write as _;
 use std::path::{Path, PathBuf};
 
 use half::{bf16, f16};
-use rayon::prelude::*;
 use safetensors::Dtype;
 use serde_json::{json, Value};
 
@@ -920,9 +919,9 @@ impl Sum {
 
 /// How a write runs a weight's row chunks: `work(k)` for every chunk
 /// `k < n`, each result handed to `consume` in order of `k`; and where its
-/// progress goes. The engine's claimed-chunk scheduler is the one to use
-/// (`engine::bnb::write_model`); [`write_model`] keeps a window loop only
-/// until its callers have moved there.
+/// progress goes: the engine's claimed-chunk scheduler
+/// (`engine::bnb::write_model`), so that this container module holds no
+/// scheduler of its own.
 pub trait ChunkRunner {
     /// Run the chunks; the first error in order of `k` ends the run.
     fn run<T: Send>(
@@ -937,30 +936,6 @@ pub trait ChunkRunner {
     fn weight(&self, _name: &str) {}
     /// `bytes` bytes were written.
     fn wrote(&self, _bytes: u64) {}
-}
-
-/// Chunks a window at a time in parallel (a barrier after each window):
-/// what [`write_model`] ran on before the engine's scheduler.
-struct Windowed {
-    window: usize,
-}
-
-impl ChunkRunner for Windowed {
-    fn run<T: Send>(
-        &self,
-        n: usize,
-        work: impl Fn(usize) -> Result<T> + Sync,
-        mut consume: impl FnMut(usize, T) -> Result<()>,
-    ) -> Result<()> {
-        let all: Vec<usize> = (0..n).collect();
-        for w in all.chunks(self.window.max(1)) {
-            let results: Vec<Result<T>> = w.par_iter().map(|&k| work(k)).collect();
-            for (&k, res) in w.iter().zip(results) {
-                consume(k, res?)?;
-            }
-        }
-        Ok(())
-    }
 }
 
 /// Run `f` over the chunks `(first_row, rows)` of `n_rows` on `runner`,
@@ -1448,24 +1423,11 @@ pub fn output_config(base: &Value, out: Option<&OutStorage>, plain: Option<Dtype
     c
 }
 
-/// Write the model: one output shard per input shard (same file names, an
-/// index when the input had one), `config`, and every other regular file of
-/// the input folder copied. The folder appears at `out_dir` only when
-/// complete.
-pub fn write_model(
-    model: &BnbModel,
-    jobs: &[WeightJob<'_>],
-    config: &Value,
-    out_dir: &Path,
-    opts: &WriteOptions,
-) -> Result<Vec<WeightOutcome>> {
-    let runner = Windowed {
-        window: opts.window,
-    };
-    write_model_with(model, jobs, config, out_dir, opts, &runner)
-}
-
-/// [`write_model`] with the weights' row chunks run by `runner`.
+/// Write the model, its weights' row chunks run by `runner` (the engine's
+/// scheduler, `engine::bnb::write_model`): one output shard per input shard
+/// (same file names, an index when the input had one), `config`, and every
+/// other regular file of the input folder copied. The folder appears at
+/// `out_dir` only when complete.
 pub fn write_model_with(
     model: &BnbModel,
     jobs: &[WeightJob<'_>],

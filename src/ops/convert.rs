@@ -6,13 +6,14 @@ use std::path::PathBuf;
 
 use serde_json::json;
 
+use crate::engine::bnb::write_model;
 use crate::engine::log::Log;
 use crate::engine::pipeline::{self, Action};
 use crate::engine::tasks::{self, Output};
 use crate::format::gguf::GgufFile;
 use crate::format::imatrix::Imatrix;
 use crate::format::output::{check_output, check_report, check_split_output};
-use crate::model::bnb::{check_output_dir, write_model, BnbModel, WeightJob, WriteOptions};
+use crate::model::bnb::{check_output_dir, BnbModel, WeightJob, WriteOptions};
 use crate::model::bnb_target::{config_for, out_storage, parse_target};
 use crate::model::Model;
 use crate::quant::GgmlType;
@@ -185,7 +186,7 @@ pub fn quantize(a: &QuantizeRequest, log: &Log) -> Result<Converted> {
 }
 
 /// `dequantize` of a bitsandbytes folder into plain F16/BF16/F32 safetensors.
-fn dequantize_bnb(a: &DequantizeRequest, model: &BnbModel, _log: &Log) -> Result<Converted> {
+fn dequantize_bnb(a: &DequantizeRequest, model: &BnbModel, log: &Log) -> Result<Converted> {
     if a.split_max_size.is_some() {
         return Err(Error::Usage(
             "--split-max-size applies to GGUF outputs; a bitsandbytes folder keeps its shards"
@@ -212,7 +213,7 @@ fn dequantize_bnb(a: &DequantizeRequest, model: &BnbModel, _log: &Log) -> Result
         measure: false,
         ..Default::default()
     };
-    write_model(model, &jobs, &config, &a.output, &opts)?;
+    write_model(model, &jobs, &config, &a.output, &opts, log.progress())?;
     Ok(Converted {
         outputs: vec![a.output.clone()],
         tensors: Vec::new(),
