@@ -14,7 +14,7 @@
 //!
 //! Layers, each using only those before it (ARCHITECTURE.md; checked by
 //! `tests/check_layers.py`): the codecs (`qresidual-quant`, re-exported as
-//! [`quant`]) → [`format`] (containers) → [`model`] (one `Model` over every
+//! [`quant`]) → [`format`](mod@format) (containers) → [`model`] (one `Model` over every
 //! format) → [`engine`] (the one chunk scheduler) → [`report`] → [`apply`]
 //! and [`ops`] → [`cli`].
 //!
