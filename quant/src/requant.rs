@@ -72,6 +72,38 @@ pub fn search_row(
     out: &mut [u8],
     wins: &mut SearchWins,
 ) -> Result<(), QuantError> {
+    search(ty, base_row_bytes, target, out, None, wins)
+}
+
+/// [`search_row`] that also writes what `dequantize_row` makes of `out`
+/// into `decoded` (`target.len()` values): the search decodes every
+/// candidate anyway, so the caller need not decode the row again.
+pub fn search_row_decoded(
+    ty: GgmlType,
+    base_row_bytes: &[u8],
+    target: &[f32],
+    out: &mut [u8],
+    decoded: &mut [f32],
+    wins: &mut SearchWins,
+) -> Result<(), QuantError> {
+    if decoded.len() != target.len() {
+        return Err(QuantError::BadLength {
+            ty,
+            elements: decoded.len(),
+            bytes: out.len(),
+        });
+    }
+    search(ty, base_row_bytes, target, out, Some(decoded), wins)
+}
+
+fn search(
+    ty: GgmlType,
+    base_row_bytes: &[u8],
+    target: &[f32],
+    out: &mut [u8],
+    mut decoded: Option<&mut [f32]>,
+    wins: &mut SearchWins,
+) -> Result<(), QuantError> {
     let bad = || QuantError::BadLength {
         ty,
         elements: target.len(),
@@ -101,10 +133,11 @@ pub fn search_row(
     let mut v_fresh = [0f32; MAX_BLOCK];
     let mut v_base = [0f32; MAX_BLOCK];
     let mut v_cand = [0f32; MAX_BLOCK];
-    for ((t, base), dst) in target
+    for (blk, ((t, base), dst)) in target
         .chunks_exact(bs)
         .zip(base_row_bytes.chunks_exact(ts))
         .zip(out.chunks_exact_mut(ts))
+        .enumerate()
     {
         let fresh = &mut fresh_copy[..ts];
         fresh.copy_from_slice(dst);
@@ -133,12 +166,19 @@ pub fn search_row(
         if e_base < best || e_base == 0.0 {
             dst.copy_from_slice(base);
         }
-        if *dst == *fresh {
+        // Equal bytes decode to equal values.
+        let values = if *dst == *fresh {
             wins.fresh += 1;
+            &v_fresh
         } else if dst == base {
             wins.base += 1;
+            &v_base
         } else {
             wins.rerounded += 1;
+            &v_cand
+        };
+        if let Some(d) = decoded.as_deref_mut() {
+            d[blk * bs..(blk + 1) * bs].copy_from_slice(&values[..bs]);
         }
     }
     Ok(())
@@ -336,8 +376,13 @@ mod tests {
                 let (mut want, mut got) = (vec![0u8; rb], vec![0u8; rb]);
                 let (mut w1, mut w2) = (SearchWins::default(), SearchWins::default());
                 search_row_reference(ty, &base, &t, &mut want, &mut w1);
-                search_row(ty, &base, &t, &mut got, &mut w2).unwrap();
+                let mut decoded = vec![0f32; n];
+                search_row_decoded(ty, &base, &t, &mut got, &mut decoded, &mut w2).unwrap();
                 assert_eq!(got, want, "{ty} case {case}");
+                let mut again = vec![0f32; n];
+                dequantize_row(ty, &got, &mut again).unwrap();
+                let bits = |v: &[f32]| v.iter().map(|x| x.to_bits()).collect::<Vec<_>>();
+                assert_eq!(bits(&decoded), bits(&again), "{ty} case {case}: decoded");
                 assert_eq!(w2, w1, "{ty} case {case}");
             }
         }
