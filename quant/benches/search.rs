@@ -57,6 +57,11 @@ fn gaussian(seed: u64, n: usize, scale: f32) -> Vec<f32> {
 }
 
 fn main() {
+    // As in `codecs.rs`: measuring is for `cargo bench` (which passes
+    // `--bench`); under `cargo test --all-targets` return at once.
+    if !std::env::args().any(|a| a == "--bench") {
+        return;
+    }
     let wanted: Vec<String> = std::env::args()
         .skip(1)
         .filter(|a| !a.starts_with('-'))
