@@ -12,6 +12,8 @@
       the search) is timed too; it writes other bytes by design.
   (c) `qresidual apply` with 1 and 2 threads.
   (d) peak RSS of every command (ru_maxrss of the child).
+  (e) the default `qresidual apply` against `--strategy fresh`, alternating, --repeat pairs:
+      the ratio of every pair, their median and spread (`--default-only` runs (e) alone).
 
 The model is generated into target/bench-pipeline/ (not committed). The real model has 16
 layers; the default here is --layers 4 to keep the whole run under 10 minutes on 2 cores
@@ -21,8 +23,11 @@ Times: wall seconds and CPU seconds (user+sys of the child). On a shared machine
 depends on other load; the CPU time does not, and for single-threaded runs the CPU ratio is the
 speed ratio. Thread scaling is reported on wall time (it is only meaningful on an idle machine).
 
+The binary is target/release/qresidual, or $QRESIDUAL_BIN.
+
 Usage: python3 benches/bench_pipeline.py [--layers 4] [--threads 2] [--skip-today]
        python3 benches/bench_pipeline.py --scaling-only [--repeat 3]
+       python3 benches/bench_pipeline.py --default-only [--repeat 3]
 """
 import argparse
 import json
@@ -36,7 +41,7 @@ import numpy as np
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 OUT = ROOT / "target" / "bench-pipeline"
-BIN = ROOT / "target" / "release" / "qresidual"
+BIN = pathlib.Path(os.environ.get("QRESIDUAL_BIN", ROOT / "target" / "release" / "qresidual"))
 
 HIDDEN, FFN, N_HEAD, N_HEAD_KV, VOCAB = 2048, 8192, 32, 8, 128256
 HEAD_DIM = HIDDEN // N_HEAD
@@ -224,10 +229,13 @@ def main():
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--skip-today", action="store_true", help="skip (b)'s slow reference pipeline")
     ap.add_argument("--scaling-only", action="store_true", help="only (c), --repeat times")
+    ap.add_argument("--default-only", action="store_true", help="only (e), --repeat pairs")
     ap.add_argument("--repeat", type=int, default=3)
     a = ap.parse_args()
     if a.scaling_only:
         return scaling_only(a)
+    if a.default_only:
+        return default_vs_fresh(a)
     if not BIN.exists():
         subprocess.run(["cargo", "build", "--release", "--bin", "qresidual"], cwd=ROOT, check=True)
     t = time.perf_counter()
@@ -275,6 +283,7 @@ def main():
           f"outputs {same_tensors(out1, outn)}")
     print(f"(d) peak RSS: quantize {orss:.0f} MiB, apply {ar:.0f} MiB (threads {T}), {r1:.0f} MiB (1 thread), "
           f"{dr:.0f} MiB (default strategy)")
+    default_vs_fresh(a)
 
 
 def scaling_only(a):
@@ -295,6 +304,28 @@ def scaling_only(a):
         print(f"  run {rep + 1}: 1 -> {T} threads: wall {r['1'][0] / r[T][0]:.2f}x", flush=True)
     print(f"  fastest of {a.repeat}: {best['1'][0]:.2f} s -> {best[T][0]:.2f} s, 1 -> {T} threads: "
           f"{best['1'][0] / best[T][0]:.2f}x (cpu {best['1'][1]:.1f} s vs {best[T][1]:.1f} s)", flush=True)
+
+
+def default_vs_fresh(a):
+    """(e): the default strategy (size plan, then search) against --strategy fresh on the same
+    base, alternating fresh/default in pairs so that load from other jobs falls on both alike;
+    the ratio of each pair (wall and CPU), their median and range."""
+    d = OUT / f"l{a.layers}"
+    ref_q, res = d / "llama-q4_k_m.gguf", d / "residual-f16.safetensors"
+    T = str(a.threads)
+    common = ["apply", "--base", ref_q, "--residual", res, "--threads", T, "-q"]
+    print(f"(e) default apply / --strategy fresh, {a.repeat} alternating pairs, threads {T}")
+    walls, cpus = [], []
+    for rep in range(a.repeat):
+        f = measured([BIN, *common, "--strategy", "fresh", "--type", "q4_k_m", "-o", d / "ratio-fresh.gguf"])
+        g = measured([BIN, *common, "-o", d / "ratio-default.gguf"])
+        walls.append(g[0] / f[0])
+        cpus.append(g[1] / f[1])
+        print(f"  pair {rep + 1}: fresh wall {f[0]:6.2f} s cpu {f[1]:6.2f} s | default wall {g[0]:6.2f} s "
+              f"cpu {g[1]:6.2f} s | ratio wall {walls[-1]:.3f}x cpu {cpus[-1]:.3f}x", flush=True)
+    med = lambda v: sorted(v)[len(v) // 2] if len(v) % 2 else sum(sorted(v)[len(v) // 2 - 1:][:2]) / 2
+    print(f"  default / fresh: wall median {med(walls):.3f}x (range {min(walls):.3f}-{max(walls):.3f}), "
+          f"cpu median {med(cpus):.3f}x (range {min(cpus):.3f}-{max(cpus):.3f})", flush=True)
 
 
 if __name__ == "__main__":

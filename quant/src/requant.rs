@@ -72,6 +72,38 @@ pub fn search_row(
     out: &mut [u8],
     wins: &mut SearchWins,
 ) -> Result<(), QuantError> {
+    search(ty, base_row_bytes, target, out, None, wins)
+}
+
+/// [`search_row`] that also writes what `dequantize_row` makes of `out`
+/// into `decoded` (`target.len()` values): the search decodes every
+/// candidate anyway, so the caller need not decode the row again.
+pub fn search_row_decoded(
+    ty: GgmlType,
+    base_row_bytes: &[u8],
+    target: &[f32],
+    out: &mut [u8],
+    decoded: &mut [f32],
+    wins: &mut SearchWins,
+) -> Result<(), QuantError> {
+    if decoded.len() != target.len() {
+        return Err(QuantError::BadLength {
+            ty,
+            elements: decoded.len(),
+            bytes: out.len(),
+        });
+    }
+    search(ty, base_row_bytes, target, out, Some(decoded), wins)
+}
+
+fn search(
+    ty: GgmlType,
+    base_row_bytes: &[u8],
+    target: &[f32],
+    out: &mut [u8],
+    mut decoded: Option<&mut [f32]>,
+    wins: &mut SearchWins,
+) -> Result<(), QuantError> {
     let bad = || QuantError::BadLength {
         ty,
         elements: target.len(),
@@ -96,39 +128,57 @@ pub fn search_row(
     if bs > MAX_BLOCK || ts > MAX_BYTES {
         return Err(bad());
     }
-    let mut values = [0f32; MAX_BLOCK];
     let mut fresh_copy = [0u8; MAX_BYTES];
     let mut cand = [0u8; MAX_BYTES];
-    let values = &mut values[..bs];
-    for ((t, base), dst) in target
+    let mut v_fresh = [0f32; MAX_BLOCK];
+    let mut v_base = [0f32; MAX_BLOCK];
+    let mut v_cand = [0f32; MAX_BLOCK];
+    for (blk, ((t, base), dst)) in target
         .chunks_exact(bs)
         .zip(base_row_bytes.chunks_exact(ts))
         .zip(out.chunks_exact_mut(ts))
+        .enumerate()
     {
         let fresh = &mut fresh_copy[..ts];
         fresh.copy_from_slice(dst);
-        let e_fresh = block_error(decode, fresh, t, values);
-        let e_base = block_error(decode, base, t, values);
-        let mut best = e_fresh;
+        decode(fresh, &mut v_fresh[..bs]);
+        decode(base, &mut v_base[..bs]);
+        let mut best;
+        let e_base;
         if let Some(rr) = reround {
             let c = &mut cand[..ts];
             c.copy_from_slice(base);
             rr(base, t, c);
-            let e_c = block_error(decode, c, t, values);
+            decode(c, &mut v_cand[..bs]);
+            let [e_fresh, e_b, e_c] =
+                block_errors(t, [&v_fresh[..bs], &v_base[..bs], &v_cand[..bs]]);
+            best = e_fresh;
+            e_base = e_b;
             if e_c < best {
                 best = e_c;
                 dst.copy_from_slice(c);
             }
+        } else {
+            let [e_fresh, e_b] = block_errors(t, [&v_fresh[..bs], &v_base[..bs]]);
+            best = e_fresh;
+            e_base = e_b;
         }
         if e_base < best || e_base == 0.0 {
             dst.copy_from_slice(base);
         }
-        if *dst == *fresh {
+        // Equal bytes decode to equal values.
+        let values = if *dst == *fresh {
             wins.fresh += 1;
+            &v_fresh
         } else if dst == base {
             wins.base += 1;
+            &v_base
         } else {
             wins.rerounded += 1;
+            &v_cand
+        };
+        if let Some(d) = decoded.as_deref_mut() {
+            d[blk * bs..(blk + 1) * bs].copy_from_slice(&values[..bs]);
         }
     }
     Ok(())
@@ -176,26 +226,167 @@ pub fn reround_row(
 const MAX_BLOCK: usize = 256;
 const MAX_BYTES: usize = 292;
 
-/// Σ (t − decode(bytes))² in f64; +∞ when the block does not decode to
-/// finite values, so such a block never wins against a finite one.
-fn block_error(decode: registry::DecodeFn, bytes: &[u8], t: &[f32], values: &mut [f32]) -> f64 {
-    decode(bytes, values);
-    let mut e = 0f64;
-    for (&x, &v) in t.iter().zip(values.iter()) {
-        let d = x as f64 - v as f64;
-        e += d * d;
+/// Σ (t − v)² in f64 of each candidate's decoded block `v`, every sum
+/// left to right; +∞ for a block that does not decode to finite values, so
+/// such a block never wins against a finite one. The candidates share one
+/// pass: their sums are independent chains of additions that the core
+/// overlaps, where one pass per candidate would wait on each addition in
+/// turn (the sums, and so the choice, are the same).
+#[inline(always)]
+fn block_errors<const N: usize>(t: &[f32], v: [&[f32]; N]) -> [f64; N] {
+    let v = v.map(|v| &v[..t.len()]);
+    let mut e = [0f64; N];
+    for (i, &x) in t.iter().enumerate() {
+        let x = x as f64;
+        for (e, v) in e.iter_mut().zip(&v) {
+            let d = x - v[i] as f64;
+            *e += d * d;
+        }
     }
-    if e.is_finite() {
-        e
-    } else {
-        f64::INFINITY
-    }
+    e.map(|e| if e.is_finite() { e } else { f64::INFINITY })
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
     use crate::dequantize_row;
+
+    /// The search as first written (one decode and one error pass per
+    /// candidate and block): the faster [`search_row`] must choose exactly
+    /// as it did.
+    fn search_row_reference(
+        ty: GgmlType,
+        base_row_bytes: &[u8],
+        target: &[f32],
+        out: &mut [u8],
+        wins: &mut SearchWins,
+    ) {
+        fn block_error(decode: registry::DecodeFn, b: &[u8], t: &[f32], v: &mut [f32]) -> f64 {
+            decode(b, v);
+            let mut e = 0f64;
+            for (&x, &v) in t.iter().zip(v.iter()) {
+                let d = x as f64 - v as f64;
+                e += d * d;
+            }
+            if e.is_finite() {
+                e
+            } else {
+                f64::INFINITY
+            }
+        }
+        quantize_row(ty, target, out).unwrap();
+        let decode = codec(ty).unwrap().dequantize;
+        let row = registry::row(ty);
+        let (bs, ts) = (row.info.block_size, row.info.type_size);
+        let mut values = vec![0f32; bs];
+        for ((t, base), dst) in target
+            .chunks_exact(bs)
+            .zip(base_row_bytes.chunks_exact(ts))
+            .zip(out.chunks_exact_mut(ts))
+        {
+            let fresh = dst.to_vec();
+            let e_fresh = block_error(decode, &fresh, t, &mut values);
+            let e_base = block_error(decode, base, t, &mut values);
+            let mut best = e_fresh;
+            if let Some(rr) = row.reround {
+                let mut c = base.to_vec();
+                rr(base, t, &mut c);
+                let e_c = block_error(decode, &c, t, &mut values);
+                if e_c < best {
+                    best = e_c;
+                    dst.copy_from_slice(&c);
+                }
+            }
+            if e_base < best || e_base == 0.0 {
+                dst.copy_from_slice(base);
+            }
+            if *dst == *fresh {
+                wins.fresh += 1;
+            } else if dst == base {
+                wins.base += 1;
+            } else {
+                wins.rerounded += 1;
+            }
+        }
+    }
+
+    /// A small deterministic generator (xorshift64*).
+    struct Rng(u64);
+
+    impl Rng {
+        fn next(&mut self) -> u64 {
+            self.0 ^= self.0 >> 12;
+            self.0 ^= self.0 << 25;
+            self.0 ^= self.0 >> 27;
+            self.0.wrapping_mul(0x2545_f491_4f6c_dd1d)
+        }
+
+        /// Roughly Gaussian (sum of four uniforms), unit variance.
+        fn normal(&mut self) -> f32 {
+            let u: f64 = (0..4)
+                .map(|_| (self.next() >> 11) as f64 / (1u64 << 53) as f64)
+                .sum();
+            ((u - 2.0) * 3f64.sqrt()) as f32
+        }
+    }
+
+    /// The search chooses block by block exactly as the reference does, on
+    /// encoded bases with residuals of several sizes and on random bytes as
+    /// bases (non-finite and degenerate scales), for every encodable type.
+    #[test]
+    fn search_matches_the_reference_choice() {
+        let mut rng = Rng(0x9e37_79b9_7f4a_7c15);
+        let n: usize = 1024;
+        for &ty in crate::ALL_TYPES {
+            let Some(c) = codec(ty) else { continue };
+            if c.quantize.is_none() || ty.block_size() == 1 || !n.is_multiple_of(ty.block_size()) {
+                continue;
+            }
+            let rb = ty.row_size(n).unwrap();
+            for case in 0..12 {
+                let scale = [0.02f32, 1.0, 1e-3, 300.0][case % 4];
+                let x: Vec<f32> = (0..n).map(|_| rng.normal() * scale).collect();
+                let mut base = vec![0u8; rb];
+                if case < 8 {
+                    quantize_row(ty, &x, &mut base).unwrap();
+                } else {
+                    base.iter_mut().for_each(|b| *b = rng.next() as u8);
+                }
+                let mut bhat = vec![0f32; n];
+                dequantize_row(ty, &base, &mut bhat).unwrap();
+                let level = [0.0f32, 0.01, 0.1, 0.5][(case / 2) % 4];
+                let t: Vec<f32> = x
+                    .iter()
+                    .zip(&bhat)
+                    .map(|(&x, &b)| {
+                        let b = if b.is_finite() { b } else { x };
+                        let v = b + level * scale * rng.normal();
+                        if case % 3 == 2 {
+                            // Values on the base's grid: exact ties.
+                            if rng.next().is_multiple_of(2) {
+                                b
+                            } else {
+                                v
+                            }
+                        } else {
+                            v
+                        }
+                    })
+                    .collect();
+                let (mut want, mut got) = (vec![0u8; rb], vec![0u8; rb]);
+                let (mut w1, mut w2) = (SearchWins::default(), SearchWins::default());
+                search_row_reference(ty, &base, &t, &mut want, &mut w1);
+                let mut decoded = vec![0f32; n];
+                search_row_decoded(ty, &base, &t, &mut got, &mut decoded, &mut w2).unwrap();
+                assert_eq!(got, want, "{ty} case {case}");
+                let mut again = vec![0f32; n];
+                dequantize_row(ty, &got, &mut again).unwrap();
+                let bits = |v: &[f32]| v.iter().map(|x| x.to_bits()).collect::<Vec<_>>();
+                assert_eq!(bits(&decoded), bits(&again), "{ty} case {case}: decoded");
+                assert_eq!(w2, w1, "{ty} case {case}");
+            }
+        }
+    }
 
     /// The re-rounded candidate with the base's own decoded values as target
     /// reproduces the base block's decoded values (every type's layout is

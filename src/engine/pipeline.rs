@@ -26,7 +26,7 @@ use crate::format::gguf::TensorSpec;
 use crate::model::rows::RowSource;
 use crate::quant::stats::ErrorStats;
 use crate::quant::{
-    dequantize_row, quantize_row, quantize_row_weighted, search_row, GgmlType, QuantError,
+    dequantize_row, quantize_row, quantize_row_weighted, search_row_decoded, GgmlType, QuantError,
     SearchWins,
 };
 use crate::{Error, Result};
@@ -335,16 +335,19 @@ fn encode_rows(
     let bytes = &mut chunk.bytes[offset..offset + n_rows * out_rb];
     let searched = search_source(base.as_ref(), out_ty, opts.search);
     let mut wins = SearchWins::default();
-    for (i, (src, dst)) in exact
+    // The search decodes what it writes as it goes.
+    let decoded_buf = sized(decoded_buf, n);
+    for (i, ((src, dst), dec)) in exact
         .chunks_exact(row_len)
         .zip(bytes.chunks_exact_mut(out_rb))
+        .zip(decoded_buf.chunks_exact_mut(row_len))
         .enumerate()
     {
         // `apply` refuses --strategy search together with --imatrix.
         match (searched, importance) {
             (Some(b), _) => {
                 let row = &b[(first_row + i) * out_rb..][..out_rb];
-                search_row(out_ty, row, src, dst, &mut wins)
+                search_row_decoded(out_ty, row, src, dst, dec, &mut wins)
             }
             (None, Some(w)) => {
                 // One slice per expert: rows are expert-major.
@@ -367,10 +370,11 @@ fn encode_rows(
     let decoded: &[f32] = if out_ty == GgmlType::F32 {
         exact
     } else {
-        let d = sized(decoded_buf, n);
-        dequantize_row(out_ty, bytes, d)
-            .map_err(|e| output_error(out_path, &task.spec.name, first_row, e))?;
-        d
+        if searched.is_none() {
+            dequantize_row(out_ty, bytes, decoded_buf)
+                .map_err(|e| output_error(out_path, &task.spec.name, first_row, e))?;
+        }
+        decoded_buf
     };
     let mut stats = ErrorStats::default();
     if measure {

@@ -189,9 +189,61 @@ pub fn reround_q3_k(b: &[u8], t: &[f32], o: &mut [u8]) {
 /// Re-rounded candidate for Q4_K and Q5_K (`dequantize_row_q4_K/_q5_K`):
 /// sub-block `j = e / 32` on `k·(d·sc_j) − dmin·m_j`, codes `0..=nmax`; the
 /// low nibble in `qs[32·(j / 2) + e % 32]` (high nibble for odd `j`) at
-/// `qs_at`, for Q5_K the fifth bit in bit `j` of `qh[e % 32]`.
+/// `qs_at`, for Q5_K the fifth bit in bit `j` of `qh[e % 32]`. Every code
+/// is computed first and the bytes are written whole, as the encoder packs
+/// them; a block with a degenerate sub-block grid (whose codes stay the
+/// base's) takes [`reround_qkx_k_by_element`].
 #[inline(always)]
 fn reround_qkx_k(b: &[u8], t: &[f32], o: &mut [u8], qh_at: Option<usize>, qs_at: usize, nmax: i32) {
+    let d = le_f16(b, 0);
+    let dmin = le_f16(b, 2);
+    let mut codes = [0u8; 256];
+    for (j, (xs, cs)) in t
+        .chunks_exact(32)
+        .zip(codes.chunks_exact_mut(32))
+        .enumerate()
+        .take(8)
+    {
+        let (sc, m) = get_scale_min_k4(j, &b[4..16]);
+        let d1 = d * sc as f32;
+        let m1 = dmin * m as f32;
+        if !grid_ok(d1, -m1) {
+            return reround_qkx_k_by_element(b, t, o, qh_at, qs_at, nmax);
+        }
+        for (c, &x) in cs.iter_mut().zip(xs) {
+            *c = nearest_code_unchecked(x, d1, -m1, 0, nmax) as u8;
+        }
+    }
+    for (pair, qs) in codes
+        .chunks_exact(64)
+        .zip(o[qs_at..qs_at + 128].chunks_exact_mut(32))
+    {
+        for (i, q) in qs.iter_mut().enumerate() {
+            *q = (pair[i] & 0x0F) | (pair[32 + i] << 4);
+        }
+    }
+    if let Some(h) = qh_at {
+        for (i, qh) in o[h..h + 32].iter_mut().enumerate() {
+            let mut bits = 0u8;
+            for j in 0..8 {
+                bits |= ((codes[32 * j + i] >> 4) & 1) << j;
+            }
+            *qh = bits;
+        }
+    }
+}
+
+/// [`reround_qkx_k`] one element at a time, leaving the codes of a
+/// sub-block with a degenerate grid as the base's.
+#[cold]
+fn reround_qkx_k_by_element(
+    b: &[u8],
+    t: &[f32],
+    o: &mut [u8],
+    qh_at: Option<usize>,
+    qs_at: usize,
+    nmax: i32,
+) {
     let d = le_f16(b, 0);
     let dmin = le_f16(b, 2);
     for (j, xs) in t.chunks_exact(32).enumerate().take(8) {
@@ -228,8 +280,45 @@ pub fn reround_q5_k(b: &[u8], t: &[f32], o: &mut [u8]) {
 /// the signed 8-bit scale of sub-block `e / 16`, `k` in `−32..=31` stored as
 /// `k + 32`. In half `n = e / 128`, quarter `m`, index `i`: the low nibble
 /// in `ql[64n + i + 32·(m % 2)]` (high nibble for `m ≥ 2`), the top two
-/// bits at bit `2m` of `qh[32n + i]`.
+/// bits at bit `2m` of `qh[32n + i]`. Every code is computed first and the
+/// bytes are written whole, as `quantize_row_q6_K` packs them; a block with
+/// a degenerate sub-block grid (whose codes stay the base's) takes
+/// [`reround_q6_k_by_element`].
 pub fn reround_q6_k(b: &[u8], t: &[f32], o: &mut [u8]) {
+    let d = le_f16(b, 208);
+    let mut codes = [0u8; 256];
+    for (j, (xs, cs)) in t
+        .chunks_exact(16)
+        .zip(codes.chunks_exact_mut(16))
+        .enumerate()
+        .take(16)
+    {
+        let s = d * b[192 + j] as i8 as f32;
+        if !grid_ok(s, 0.0) {
+            return reround_q6_k_by_element(b, t, o);
+        }
+        for (c, &x) in cs.iter_mut().zip(xs) {
+            *c = (nearest_code_unchecked(x, s, 0.0, -32, 31) + 32) as u8;
+        }
+    }
+    let (ql, qh) = o[..192].split_at_mut(128);
+    for (l, (ql, qh)) in codes
+        .chunks_exact(128)
+        .zip(ql.chunks_exact_mut(64).zip(qh.chunks_exact_mut(32)))
+    {
+        for i in 0..32 {
+            let (q1, q2, q3, q4) = (l[i], l[i + 32], l[i + 64], l[i + 96]);
+            ql[i] = (q1 & 0x0F) | (q3 << 4);
+            ql[i + 32] = (q2 & 0x0F) | (q4 << 4);
+            qh[i] = (q1 >> 4) | ((q2 >> 4) << 2) | ((q3 >> 4) << 4) | ((q4 >> 4) << 6);
+        }
+    }
+}
+
+/// [`reround_q6_k`] one element at a time, leaving the codes of a
+/// sub-block with a degenerate grid as the base's.
+#[cold]
+fn reround_q6_k_by_element(b: &[u8], t: &[f32], o: &mut [u8]) {
     let d = le_f16(b, 208);
     for (j, xs) in t.chunks_exact(16).enumerate().take(16) {
         let s = d * b[192 + j] as i8 as f32;
@@ -245,6 +334,70 @@ pub fn reround_q6_k(b: &[u8], t: &[f32], o: &mut [u8]) {
             let (n, m, i) = (e / 128, (e % 128) / 32, e % 32);
             set_nibble(&mut o[64 * n + i + 32 * (m % 2)], m >= 2, q);
             set_bits2(&mut o[128 + 32 * n + i], 2 * m as u32, q >> 4);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A small deterministic generator (xorshift64*).
+    fn next(s: &mut u64) -> u64 {
+        *s ^= *s >> 12;
+        *s ^= *s << 25;
+        *s ^= *s >> 27;
+        s.wrapping_mul(0x2545_f491_4f6c_dd1d)
+    }
+
+    /// The whole-byte packing writes exactly what the element-by-element
+    /// writer does, on random blocks (degenerate and non-finite scales
+    /// included) and targets of every magnitude.
+    #[test]
+    fn packed_rerounding_matches_element_by_element() {
+        type Pair = (
+            fn(&[u8], &[f32], &mut [u8]),
+            fn(&[u8], &[f32], &mut [u8]),
+            usize,
+        );
+        let kernels: [(&str, Pair); 3] = [
+            (
+                "q4_K",
+                (
+                    reround_q4_k,
+                    |b, t, o| reround_qkx_k_by_element(b, t, o, None, 16, 15),
+                    144,
+                ),
+            ),
+            (
+                "q5_K",
+                (
+                    reround_q5_k,
+                    |b, t, o| reround_qkx_k_by_element(b, t, o, Some(16), 48, 31),
+                    176,
+                ),
+            ),
+            ("q6_K", (reround_q6_k, reround_q6_k_by_element, 210)),
+        ];
+        let mut s = 0x9e37_79b9_7f4a_7c15u64;
+        for (name, (fast, slow, ts)) in kernels {
+            for case in 0..2000 {
+                let mut b: Vec<u8> = (0..ts).map(|_| next(&mut s) as u8).collect();
+                if case % 2 == 0 {
+                    // Small, finite fp16 scales (exponent below 0x78): the common case.
+                    for i in [0, 1, 2, 3, ts - 1] {
+                        b[i] &= 0x3b;
+                    }
+                }
+                let mag = [1e-4f32, 0.05, 1.0, 1e4][case % 4];
+                let t: Vec<f32> = (0..256)
+                    .map(|_| ((next(&mut s) >> 40) as f32 / (1u64 << 24) as f32 - 0.5) * mag)
+                    .collect();
+                let (mut want, mut got) = (b.clone(), b.clone());
+                slow(&b, &t, &mut want);
+                fast(&b, &t, &mut got);
+                assert_eq!(got, want, "{name} case {case}");
+            }
         }
     }
 }
