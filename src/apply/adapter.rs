@@ -374,6 +374,35 @@ pub fn low_rank(src: &dyn RowSource, scale: f32, opts: &Options, name: &str) -> 
     }
     let k = (r + opts.oversampling).min(n_in.min(n_out));
 
+    let (q, norm_sq) = range_basis(src, opts, name, k)?;
+    // Bᵀ = ΔᵀQ, n_in × k.
+    let bt = mul_left_t(src, &q, k)?;
+    src.release_rows(0, n_out);
+
+    let (lambda, u) = symmetric_eigen(&gram(&bt, k), k);
+    let sigma = significant_sigma(&lambda[..r], lambda[0]);
+    let a = right_factor(&bt, &u, &sigma, k, n_in);
+    let b = left_factor(&q, &u, &sigma, k, scale as f64);
+    Ok(LowRank {
+        n_out,
+        n_in,
+        rank: r,
+        b,
+        a,
+        sigma,
+        norm_sq,
+    })
+}
+
+/// Q (n_out × k, orthonormal columns) spanning Δ's leading range, by a
+/// seeded Gaussian test matrix and `opts.power_iterations`; and ‖Δ‖².
+fn range_basis(
+    src: &dyn RowSource,
+    opts: &Options,
+    name: &str,
+    k: usize,
+) -> Result<(Vec<f64>, f64)> {
+    let (n_out, n_in) = (src.n_rows(), src.row_len());
     let mut omega = vec![0f64; n_in * k];
     SplitMix(opts.seed ^ name_hash(name)).fill_gaussian(&mut omega);
     let (mut q, norm_sq) = mul_right(src, &omega, k)?;
@@ -385,11 +414,11 @@ pub fn low_rank(src: &dyn RowSource, scale: f32, opts: &Options, name: &str) -> 
         q = mul_right(src, &z, k)?.0;
         orthonormalize(&mut q, n_out, k);
     }
-    // Bᵀ = ΔᵀQ, n_in × k.
-    let bt = mul_left_t(src, &q, k)?;
-    src.release_rows(0, n_out);
+    Ok((q, norm_sq))
+}
 
-    // B·Bᵀ = (Bᵀ)ᵀBᵀ, k × k.
+/// B·Bᵀ = (Bᵀ)ᵀBᵀ, k × k, from Bᵀ (rows of k).
+fn gram(bt: &[f64], k: usize) -> Vec<f64> {
     let mut gram = vec![0f64; k * k];
     for row in bt.chunks_exact(k) {
         for i in 0..k {
@@ -401,11 +430,15 @@ pub fn low_rank(src: &dyn RowSource, scale: f32, opts: &Options, name: &str) -> 
             }
         }
     }
-    let (lambda, u) = symmetric_eigen(&gram, k);
-    let smax = lambda[0].max(0.0).sqrt();
+    gram
+}
+
+/// σ = √λ of the kept eigenvalues `lambda`, the largest being `largest`.
+fn significant_sigma(lambda: &[f64], largest: f64) -> Vec<f64> {
+    let smax = largest.max(0.0).sqrt();
     // Components far below the largest (or zero) are numerically noise in
     // the Gram matrix: they are dropped (zero rows of A, zero columns of B).
-    let sigma: Vec<f64> = lambda[..r]
+    lambda
         .iter()
         .map(|&l| {
             let s = l.max(0.0).sqrt();
@@ -415,9 +448,12 @@ pub fn low_rank(src: &dyn RowSource, scale: f32, opts: &Options, name: &str) -> 
                 0.0
             }
         })
-        .collect();
+        .collect()
+}
 
-    // A = V_rᵀ with V_r = Bᵀ U_r / σ.
+/// A = V_rᵀ with V_r = Bᵀ U_r / σ, r × n_in.
+fn right_factor(bt: &[f64], u: &[f64], sigma: &[f64], k: usize, n_in: usize) -> Vec<f32> {
+    let r = sigma.len();
     let mut a = vec![0f32; r * n_in];
     for (c, row) in bt.chunks_exact(k).enumerate() {
         for t in 0..r {
@@ -427,9 +463,13 @@ pub fn low_rank(src: &dyn RowSource, scale: f32, opts: &Options, name: &str) -> 
             }
         }
     }
-    // B = scale · Q U_r diag(σ).
-    let mut b = vec![0f32; n_out * r];
-    let scale = scale as f64;
+    a
+}
+
+/// B = scale · Q U_r diag(σ), n_out × r.
+fn left_factor(q: &[f64], u: &[f64], sigma: &[f64], k: usize, scale: f64) -> Vec<f32> {
+    let r = sigma.len();
+    let mut b = vec![0f32; q.len() / k * r];
     b.par_chunks_mut(r)
         .zip(q.par_chunks(k))
         .for_each(|(br, qr)| {
@@ -440,15 +480,7 @@ pub fn low_rank(src: &dyn RowSource, scale: f32, opts: &Options, name: &str) -> 
                 }
             }
         });
-    Ok(LowRank {
-        n_out,
-        n_in,
-        rank: r,
-        b,
-        a,
-        sigma,
-        norm_sq,
-    })
+    b
 }
 
 /// ‖Δ‖² of a source, in one pass.
@@ -567,6 +599,61 @@ pub fn write(
         return Err(Error::Usage("--rank must be at least 1".into()));
     }
     // Decide every tensor's fate before anything is written.
+    let plan = plan_layouts(base, residuals, r)?;
+    let specs = pair_specs(base, &plan, r)?;
+    let mut writer = GgufWriter::create(
+        path,
+        &metadata(base, r, name),
+        &specs,
+        &WriterOptions::default(),
+    )?;
+    let bar = crate::engine::progress::tensors(plan.len(), progress, "adapter");
+    let mut outcomes = Vec::with_capacity(plan.len());
+    let s2 = (scale as f64) * (scale as f64);
+    for (i, lay) in &plan {
+        let t = &base.tensors()[*i];
+        let src = residuals[*i]
+            .as_deref()
+            .expect("planned tensors have residuals");
+        bar.set_message(t.name.clone());
+        match lay {
+            Err(why) => {
+                outcomes.push(Outcome {
+                    name: t.name.clone(),
+                    ne: t.ne.clone(),
+                    norm_sq: s2 * norm_sq(src)?,
+                    captured_sq: 0.0,
+                    skipped: Some(why.clone()),
+                });
+            }
+            Ok(lay) => {
+                let lr = low_rank(src, scale, opts, &t.name)?;
+                write_pair(&mut writer, lay, &lr)?;
+                outcomes.push(Outcome {
+                    name: t.name.clone(),
+                    ne: t.ne.clone(),
+                    norm_sq: s2 * lr.norm_sq,
+                    captured_sq: s2 * lr.captured_sq().min(lr.norm_sq),
+                    skipped: None,
+                });
+            }
+        }
+        bar.inc(1);
+    }
+    bar.finish_and_clear();
+    let paths = writer.finish()?;
+    Ok((outcomes, paths))
+}
+
+/// Every base tensor with a residual and its layout (or why it has none),
+/// in base order; refuses a rank some residual is too small for.
+type LayoutPlan = Vec<(usize, std::result::Result<Layout, String>)>;
+
+fn plan_layouts(
+    base: &GgufFile,
+    residuals: &[Option<Box<dyn RowSource + '_>>],
+    r: usize,
+) -> Result<LayoutPlan> {
     let mut plan = Vec::new();
     let mut too_small = Vec::new();
     for (i, res) in residuals.iter().enumerate() {
@@ -584,8 +671,14 @@ pub fn write(
             too_small.join(", ")
         )));
     }
+    Ok(plan)
+}
+
+/// The `lora_a`/`lora_b` tensors of every planned pair, or why there is
+/// nothing to write.
+fn pair_specs(base: &GgufFile, plan: &LayoutPlan, r: usize) -> Result<Vec<TensorSpec>> {
     let mut specs = Vec::new();
-    for (i, lay) in &plan {
+    for (i, lay) in plan {
         let t = &base.tensors()[*i];
         let (a_ne, b_ne) = match lay {
             Ok(Layout::Matmul) => (vec![t.ne[0], r as u64], vec![r as u64, t.ne[1]]),
@@ -624,65 +717,31 @@ pub fn write(
             )
         }));
     }
-    let mut writer = GgufWriter::create(
-        path,
-        &metadata(base, r, name),
-        &specs,
-        &WriterOptions::default(),
-    )?;
-    let bar = crate::engine::progress::tensors(plan.len(), progress, "adapter");
-    let mut outcomes = Vec::with_capacity(plan.len());
-    let s2 = (scale as f64) * (scale as f64);
-    for (i, lay) in &plan {
-        let t = &base.tensors()[*i];
-        let src = residuals[*i]
-            .as_deref()
-            .expect("planned tensors have residuals");
-        bar.set_message(t.name.clone());
-        match lay {
-            Err(why) => {
-                outcomes.push(Outcome {
-                    name: t.name.clone(),
-                    ne: t.ne.clone(),
-                    norm_sq: s2 * norm_sq(src)?,
-                    captured_sq: 0.0,
-                    skipped: Some(why.clone()),
-                });
-            }
-            Ok(lay) => {
-                let lr = low_rank(src, scale, opts, &t.name)?;
-                match lay {
-                    Layout::Matmul => {
-                        writer.write(f32_bytes(&lr.a))?;
-                        writer.write(f32_bytes(&lr.b))?;
-                    }
-                    Layout::Embedding => {
-                        // lora_a: rows by token = B (n_vocab × r);
-                        // lora_b: n_embd rows of r = Aᵀ.
-                        writer.write(f32_bytes(&lr.b))?;
-                        let mut at = vec![0f32; lr.n_in * r];
-                        for t in 0..r {
-                            for c in 0..lr.n_in {
-                                at[c * r + t] = lr.a[t * lr.n_in + c];
-                            }
-                        }
-                        writer.write(f32_bytes(&at))?;
-                    }
-                }
-                outcomes.push(Outcome {
-                    name: t.name.clone(),
-                    ne: t.ne.clone(),
-                    norm_sq: s2 * lr.norm_sq,
-                    captured_sq: s2 * lr.captured_sq().min(lr.norm_sq),
-                    skipped: None,
-                });
-            }
+    Ok(specs)
+}
+
+/// `lr` as the pair llama.cpp reads for `lay`.
+fn write_pair(writer: &mut GgufWriter, lay: &Layout, lr: &LowRank) -> Result<()> {
+    let r = lr.rank;
+    match lay {
+        Layout::Matmul => {
+            writer.write(f32_bytes(&lr.a))?;
+            writer.write(f32_bytes(&lr.b))?;
         }
-        bar.inc(1);
+        Layout::Embedding => {
+            // lora_a: rows by token = B (n_vocab × r);
+            // lora_b: n_embd rows of r = Aᵀ.
+            writer.write(f32_bytes(&lr.b))?;
+            let mut at = vec![0f32; lr.n_in * r];
+            for t in 0..r {
+                for c in 0..lr.n_in {
+                    at[c * r + t] = lr.a[t * lr.n_in + c];
+                }
+            }
+            writer.write(f32_bytes(&at))?;
+        }
     }
-    bar.finish_and_clear();
-    let paths = writer.finish()?;
-    Ok((outcomes, paths))
+    Ok(())
 }
 
 /// Totals: (‖αΔ‖², captured).

@@ -269,21 +269,7 @@ pub fn estimate(
     inputs: &[TensorInput<'_>],
     scale: f32,
 ) -> Result<Vec<TensorCandidates>> {
-    let types: Vec<Vec<GgmlType>> = inputs
-        .iter()
-        .map(|t| {
-            let mut l = ladder(t.ty, t.ne);
-            let readable = codec(t.ty).is_some();
-            // With a residual the base type must be written afresh; an
-            // unreadable base can only be kept (the pipeline names it).
-            if !readable {
-                l = vec![t.ty];
-            } else if t.residual.is_some() && !writable(t.ty) && l.len() > 1 {
-                l.retain(|&c| c != t.ty);
-            }
-            l
-        })
-        .collect();
+    let types: Vec<Vec<GgmlType>> = inputs.iter().map(candidate_types).collect();
     // Which tensors need measuring, and their sampled rows.
     let jobs: Vec<(usize, usize)> = inputs
         .iter()
@@ -299,18 +285,55 @@ pub fn estimate(
         .par_iter()
         .map(|&(i, r)| measure_row(origin, &inputs[i], &types[i], scale, r))
         .collect::<Result<_>>()?;
-    let mut sums: Vec<Vec<Option<ErrorStats>>> = types
+    let sampled = sum_samples(&types, &jobs, measured);
+    Ok(inputs
         .iter()
-        .map(|l| vec![Some(ErrorStats::default()); l.len()])
-        .collect();
-    let mut spread: Vec<Vec<RatioSpread>> = types
+        .zip(types)
+        .zip(sampled)
+        .map(|((t, types), sampled)| tensor_candidates(t, &types, sampled))
+        .collect())
+}
+
+/// The types tensor `t` may be written as.
+fn candidate_types(t: &TensorInput<'_>) -> Vec<GgmlType> {
+    let mut l = ladder(t.ty, t.ne);
+    let readable = codec(t.ty).is_some();
+    // With a residual the base type must be written afresh; an
+    // unreadable base can only be kept (the pipeline names it).
+    if !readable {
+        l = vec![t.ty];
+    } else if t.residual.is_some() && !writable(t.ty) && l.len() > 1 {
+        l.retain(|&c| c != t.ty);
+    }
+    l
+}
+
+/// One tensor's sampled rows summed: per candidate type, the statistics
+/// (`None` once a row could not be encoded) and the retention's spread;
+/// and how many rows were sampled.
+struct SampleSums {
+    stats: Vec<Option<ErrorStats>>,
+    spread: Vec<RatioSpread>,
+    n_sampled: usize,
+}
+
+fn sum_samples(
+    types: &[Vec<GgmlType>],
+    jobs: &[(usize, usize)],
+    measured: Vec<Vec<Option<ErrorStats>>>,
+) -> Vec<SampleSums> {
+    let mut sums: Vec<SampleSums> = types
         .iter()
-        .map(|l| vec![RatioSpread::default(); l.len()])
+        .map(|l| SampleSums {
+            stats: vec![Some(ErrorStats::default()); l.len()],
+            spread: vec![RatioSpread::default(); l.len()],
+            n_sampled: 0,
+        })
         .collect();
-    let mut sampled = vec![0usize; inputs.len()];
     for (&(i, _), row) in jobs.iter().zip(measured) {
-        sampled[i] += 1;
-        for ((acc, sp), s) in sums[i].iter_mut().zip(&mut spread[i]).zip(row) {
+        let sum = &mut sums[i];
+        sum.n_sampled += 1;
+        for ((acc, sp), s) in sum.stats.iter_mut().zip(&mut sum.spread).zip(row) {
             if let Some(s) = &s {
                 let d = s.delta_norm() * s.delta_norm();
                 sp.add(s.retention().map_or(0.0, |r| r * d), d);
@@ -324,51 +347,53 @@ pub fn estimate(
             };
         }
     }
-    Ok(inputs
+    sums
+}
+
+/// The candidates of tensor `t` from its sampled sums, cheapest first.
+fn tensor_candidates(
+    t: &TensorInput<'_>,
+    types: &[GgmlType],
+    sampled: SampleSums,
+) -> TensorCandidates {
+    let n_elements: u64 = t.ne.iter().product();
+    let n_rows = t.base.n_rows();
+    let n_sampled = sampled.n_sampled;
+    let mut candidates: Vec<Candidate> = types
         .iter()
-        .zip(types)
-        .zip(sums.into_iter().zip(spread))
-        .zip(sampled)
-        .map(|(((t, types), (sums, spread)), n_sampled)| {
-            let n_elements: u64 = t.ne.iter().product();
-            let n_rows = t.base.n_rows();
-            let mut candidates: Vec<Candidate> = types
-                .iter()
-                .zip(sums.into_iter().zip(spread))
-                .filter_map(|(&ty, (s, sp))| {
-                    let s = s?;
-                    let rel = s.relative_rmse();
-                    let retention = if t.residual.is_some() {
-                        s.retention()
-                    } else {
-                        None
-                    };
-                    Some(Candidate {
-                        ty,
-                        bytes: ty.row_size_u64(n_elements)?,
-                        rel_error: rel * rel,
-                        retention,
-                        retention_low: retention
-                            .map(|r| r - RETENTION_Z * sp.std_error(r, n_sampled, n_rows)),
-                    })
-                })
-                .filter(|c| c.rel_error.is_finite())
-                .collect();
-            candidates.sort_by(|a, b| {
-                a.bytes
-                    .cmp(&b.bytes)
-                    .then(a.rel_error.total_cmp(&b.rel_error))
-            });
-            TensorCandidates {
-                name: t.name.to_string(),
-                base_ty: t.ty,
-                n_elements,
-                has_residual: t.residual.is_some(),
-                weight: tensor_weight(t.name, n_elements),
-                candidates,
-            }
+        .zip(sampled.stats.into_iter().zip(sampled.spread))
+        .filter_map(|(&ty, (s, sp))| {
+            let s = s?;
+            let rel = s.relative_rmse();
+            let retention = if t.residual.is_some() {
+                s.retention()
+            } else {
+                None
+            };
+            Some(Candidate {
+                ty,
+                bytes: ty.row_size_u64(n_elements)?,
+                rel_error: rel * rel,
+                retention,
+                retention_low: retention
+                    .map(|r| r - RETENTION_Z * sp.std_error(r, n_sampled, n_rows)),
+            })
         })
-        .collect())
+        .filter(|c| c.rel_error.is_finite())
+        .collect();
+    candidates.sort_by(|a, b| {
+        a.bytes
+            .cmp(&b.bytes)
+            .then(a.rel_error.total_cmp(&b.rel_error))
+    });
+    TensorCandidates {
+        name: t.name.to_string(),
+        base_ty: t.ty,
+        n_elements,
+        has_residual: t.residual.is_some(),
+        weight: tensor_weight(t.name, n_elements),
+        candidates,
+    }
 }
 
 /// What the choice must respect.
@@ -473,69 +498,96 @@ pub fn choose(
         floor_free += hull(&t.candidates, t.weight, &all)
             .first()
             .map_or(0, |&i| t.candidates[i].bytes);
-        let mut allowed = all.clone();
-        if let (Some(r), true) = (c.min_retention, t.has_residual) {
-            // Retention only raises: a type smaller than the base's moves
-            // the weights by its own rounding noise, whose projection on Δ
-            // says nothing about keeping Δ.
-            // A raise is a type that costs at least the base's and is no
-            // further from the sum than the base's own type: a different
-            // grid of the same size (Q4_0 → IQ4_NL) adds a whole rounding
-            // of its own, which the retention estimate does not see.
-            let keep = t.keep();
-            let floor = keep.map_or(0, |k| k.bytes);
-            let ceiling = keep.map_or(f64::INFINITY, |k| k.rel_error);
-            let raised: Vec<usize> = all
-                .iter()
-                .copied()
-                .filter(|&i| {
-                    let c = &t.candidates[i];
-                    keep == Some(c) || (c.bytes >= floor && c.rel_error <= ceiling)
-                })
-                .collect();
-            let meets: Vec<usize> = raised
-                .iter()
-                .copied()
-                .filter(|&i| t.candidates[i].retention_low.is_some_and(|x| x >= r))
-                .collect();
-            if meets.is_empty() {
-                let best = raised
-                    .iter()
-                    .filter_map(|&i| t.candidates[i].retention)
-                    .fold(f64::NEG_INFINITY, f64::max);
-                let top = *all.last().expect("non-empty");
-                warnings.push(format!(
-                    "tensor '{}': no type keeps retention {r} (best {best:.4}); written as {}",
-                    t.name, t.candidates[top].ty
-                ));
-                allowed = vec![top];
-            } else {
-                allowed = meets;
-            }
-        }
+        let allowed = match (c.min_retention, t.has_residual) {
+            (Some(r), true) => retention_allowed(t, r, &all, &mut warnings),
+            _ => all,
+        };
         hulls.push(hull(&t.candidates, t.weight, &allowed));
     }
-    if c.max_bytes.is_none() && c.min_retention.is_some() {
-        // Retention alone only raises: tensors without a residual keep
-        // their type, the others take the cheapest type that keeps R.
-        let chosen = tensors
-            .iter()
-            .zip(&hulls)
-            .map(|(t, h)| match (t.has_residual, t.keep()) {
-                (false, Some(k)) => t.candidates.iter().position(|x| x == k).expect("found"),
-                _ => h[0],
-            })
-            .collect();
-        return Ok(Plan {
-            tensors,
-            chosen,
-            warnings,
-            constraints: c,
-        });
+    let chosen = if c.max_bytes.is_none() && c.min_retention.is_some() {
+        retention_only(&tensors, &hulls)
+    } else {
+        check_budget(&tensors, &hulls, c, floor_free)?;
+        best_under_budget(&tensors, &hulls, c)
+    };
+    Ok(Plan {
+        tensors,
+        chosen,
+        warnings,
+        constraints: c,
+    })
+}
+
+/// The candidates of `t` that keep retention `r`; when none does, its
+/// most precise one, with a warning.
+fn retention_allowed(
+    t: &TensorCandidates,
+    r: f64,
+    all: &[usize],
+    warnings: &mut Vec<String>,
+) -> Vec<usize> {
+    // Retention only raises: a type smaller than the base's moves
+    // the weights by its own rounding noise, whose projection on Δ
+    // says nothing about keeping Δ.
+    // A raise is a type that costs at least the base's and is no
+    // further from the sum than the base's own type: a different
+    // grid of the same size (Q4_0 → IQ4_NL) adds a whole rounding
+    // of its own, which the retention estimate does not see.
+    let keep = t.keep();
+    let floor = keep.map_or(0, |k| k.bytes);
+    let ceiling = keep.map_or(f64::INFINITY, |k| k.rel_error);
+    let raised: Vec<usize> = all
+        .iter()
+        .copied()
+        .filter(|&i| {
+            let c = &t.candidates[i];
+            keep == Some(c) || (c.bytes >= floor && c.rel_error <= ceiling)
+        })
+        .collect();
+    let meets: Vec<usize> = raised
+        .iter()
+        .copied()
+        .filter(|&i| t.candidates[i].retention_low.is_some_and(|x| x >= r))
+        .collect();
+    if !meets.is_empty() {
+        return meets;
     }
+    let best = raised
+        .iter()
+        .filter_map(|&i| t.candidates[i].retention)
+        .fold(f64::NEG_INFINITY, f64::max);
+    let top = *all.last().expect("non-empty");
+    warnings.push(format!(
+        "tensor '{}': no type keeps retention {r} (best {best:.4}); written as {}",
+        t.name, t.candidates[top].ty
+    ));
+    vec![top]
+}
+
+/// Retention alone only raises: tensors without a residual keep
+/// their type, the others take the cheapest type that keeps R.
+fn retention_only(tensors: &[TensorCandidates], hulls: &[Vec<usize>]) -> Vec<usize> {
+    tensors
+        .iter()
+        .zip(hulls)
+        .map(|(t, h)| match (t.has_residual, t.keep()) {
+            (false, Some(k)) => t.candidates.iter().position(|x| x == k).expect("found"),
+            _ => h[0],
+        })
+        .collect()
+}
+
+/// Refuses a budget below the cheapest point of every hull, saying whether
+/// `--min-retention` is what raised it above `floor_free`.
+fn check_budget(
+    tensors: &[TensorCandidates],
+    hulls: &[Vec<usize>],
+    c: Constraints,
+    floor_free: u64,
+) -> std::result::Result<(), Infeasible> {
     let start: u64 = tensors
         .iter()
-        .zip(&hulls)
+        .zip(hulls)
         .map(|(t, h)| t.candidates[h[0]].bytes)
         .sum();
     if let Some(max) = c.max_bytes {
@@ -556,9 +608,14 @@ pub fn choose(
             )));
         }
     }
-    // Every hull step, best error reduction per byte first.
+    Ok(())
+}
+
+/// Every hull step as (error reduction per byte, tensor, hull index),
+/// best first.
+fn hull_steps(tensors: &[TensorCandidates], hulls: &[Vec<usize>]) -> Vec<(f64, usize, usize)> {
     let mut steps: Vec<(f64, usize, usize)> = Vec::new();
-    for (ti, (t, h)) in tensors.iter().zip(&hulls).enumerate() {
+    for (ti, (t, h)) in tensors.iter().zip(hulls).enumerate() {
         for k in 1..h.len() {
             let (a, b) = (&t.candidates[h[k - 1]], &t.candidates[h[k]]);
             let gain = t.weight * (a.rel_error - b.rel_error);
@@ -567,6 +624,17 @@ pub fn choose(
         }
     }
     steps.sort_by(|x, y| y.0.total_cmp(&x.0).then(x.1.cmp(&y.1)).then(x.2.cmp(&y.2)));
+    steps
+}
+
+/// The least-error choice the greedy runs (and `--type keep`) find within
+/// the budget, which [`check_budget`] has found feasible.
+fn best_under_budget(
+    tensors: &[TensorCandidates],
+    hulls: &[Vec<usize>],
+    c: Constraints,
+) -> Vec<usize> {
+    let steps = hull_steps(tensors, hulls);
     let cost = |chosen: &[usize]| -> f64 {
         tensors
             .iter()
@@ -592,17 +660,13 @@ pub fn choose(
         }
     }
     for fixed in starts {
-        if let Some(at) = greedy(&tensors, &hulls, &steps, c.max_bytes, fixed) {
-            consider(at.iter().zip(&hulls).map(|(&k, h)| h[k]).collect());
+        if let Some(at) = greedy(tensors, hulls, &steps, c.max_bytes, fixed) {
+            consider(at.iter().zip(hulls).map(|(&k, h)| h[k]).collect());
         }
     }
     // `--type keep` itself, when it fits and no retention is asked.
     if c.min_retention.is_none() {
-        let keep: Option<Vec<usize>> = tensors
-            .iter()
-            .map(|t| t.candidates.iter().position(|x| x.ty == t.base_ty))
-            .collect();
-        if let Some(keep) = keep {
+        if let Some(keep) = keep_choice(tensors) {
             let bytes: u64 = tensors
                 .iter()
                 .zip(&keep)
@@ -614,12 +678,15 @@ pub fn choose(
         }
     }
     let (_, chosen) = best.expect("the plain greedy run fits");
-    Ok(Plan {
-        tensors,
-        chosen,
-        warnings,
-        constraints: c,
-    })
+    chosen
+}
+
+/// Every tensor at its base type, if each can be written so.
+fn keep_choice(tensors: &[TensorCandidates]) -> Option<Vec<usize>> {
+    tensors
+        .iter()
+        .map(|t| t.candidates.iter().position(|x| x.ty == t.base_ty))
+        .collect()
 }
 
 /// One greedy run over the hull steps (sorted, best first): every tensor

@@ -281,6 +281,11 @@ fn encode_chunk_with(
 
 /// Rows `first_row..first_row + n_rows` of the task into `chunk.bytes` at
 /// byte `offset`, their statistics and search wins into `chunk`.
+///
+/// Long on purpose: this is the hot path, and its stages (decode, encode,
+/// measure, check) share the split borrows of one `Scratch`; helpers would
+/// have to thread those borrows through and could cost the row loop its
+/// inlining. Change it only with `cargo bench` numbers before and after.
 #[allow(clippy::too_many_arguments)]
 fn encode_rows(
     s: &mut Scratch,

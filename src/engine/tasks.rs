@@ -4,7 +4,7 @@
 use std::path::{Path, PathBuf};
 
 use crate::engine::pipeline::{self, Action, Outcome, Task};
-use crate::format::gguf::{GgufFile, GgufWriter, MetaValue, TensorSpec, WriterOptions};
+use crate::format::gguf::{GgufFile, GgufWriter, MetaValue, TensorInfo, TensorSpec, WriterOptions};
 use crate::model::mix::{self, plan_types, ModelFacts, Target, TensorDesc};
 use crate::model::naming::RowPermutation;
 use crate::model::rows::{EncodedRows, RowSource};
@@ -80,46 +80,8 @@ fn build_tasks<'a>(
             });
             continue;
         }
-        let readable = codec(t.ty).is_some();
-        let has_weights = imatrix.is_some_and(|m| {
-            matches!(
-                m.lookup(&t.name, &t.ne),
-                Ok(crate::format::imatrix::Lookup::Weights(_))
-            )
-        });
-        let writable = codec(out_ty).and_then(|c| c.quantize).is_some()
-            || (crate::quant::uses_importance(out_ty) && has_weights);
-        if !readable {
-            impossible.push(format!("{} ({} cannot be decoded)", t.name, t.ty));
-        } else if !writable {
-            let hint = if out_ty.requires_imatrix() && crate::quant::uses_importance(out_ty) {
-                if imatrix.is_some() {
-                    format!("{out_ty} needs importance weights and the imatrix has no entry for this tensor")
-                } else {
-                    format!(
-                        "{} needs an importance matrix (--imatrix FILE); or try --type {} or iq4_xs",
-                        out_ty,
-                        out_ty.nearest_writable().name().to_lowercase()
-                    )
-                }
-            } else if out_ty.requires_imatrix() {
-                format!(
-                    "{} needs an importance matrix; try --type {} or iq4_xs",
-                    out_ty,
-                    out_ty.nearest_writable().name().to_lowercase()
-                )
-            } else {
-                format!("{out_ty} cannot be written")
-            };
-            impossible.push(format!("{}: {hint}", t.name));
-        } else if out_ty.row_size(t.row_len() as usize).is_none() {
-            impossible.push(format!(
-                "{}: rows of {} elements are not whole {} blocks of {}",
-                t.name,
-                t.row_len(),
-                out_ty,
-                out_ty.block_size()
-            ));
+        if let Some(why) = why_not_transcodable(t, out_ty, imatrix) {
+            impossible.push(why);
         }
         tasks.push(Task {
             spec,
@@ -143,6 +105,65 @@ fn build_tasks<'a>(
         )));
     }
     Ok(tasks)
+}
+
+/// Why tensor `t` cannot be re-encoded as `out_ty`, with a hint, if so.
+fn why_not_transcodable(
+    t: &TensorInfo,
+    out_ty: GgmlType,
+    imatrix: Option<&crate::format::imatrix::Imatrix>,
+) -> Option<String> {
+    let readable = codec(t.ty).is_some();
+    let has_weights = imatrix.is_some_and(|m| {
+        matches!(
+            m.lookup(&t.name, &t.ne),
+            Ok(crate::format::imatrix::Lookup::Weights(_))
+        )
+    });
+    let writable = codec(out_ty).and_then(|c| c.quantize).is_some()
+        || (crate::quant::uses_importance(out_ty) && has_weights);
+    if !readable {
+        Some(format!("{} ({} cannot be decoded)", t.name, t.ty))
+    } else if !writable {
+        let hint = unwritable_hint(out_ty, imatrix.is_some());
+        Some(format!("{}: {hint}", t.name))
+    } else if out_ty.row_size(t.row_len() as usize).is_none() {
+        Some(format!(
+            "{}: rows of {} elements are not whole {} blocks of {}",
+            t.name,
+            t.row_len(),
+            out_ty,
+            out_ty.block_size()
+        ))
+    } else {
+        None
+    }
+}
+
+/// What to do about a type that cannot be written, given whether an
+/// importance matrix was given.
+fn unwritable_hint(out_ty: GgmlType, has_imatrix: bool) -> String {
+    if out_ty.requires_imatrix() && crate::quant::uses_importance(out_ty) {
+        if has_imatrix {
+            format!(
+                "{out_ty} needs importance weights and the imatrix has no entry for this tensor"
+            )
+        } else {
+            format!(
+                "{} needs an importance matrix (--imatrix FILE); or try --type {} or iq4_xs",
+                out_ty,
+                out_ty.nearest_writable().name().to_lowercase()
+            )
+        }
+    } else if out_ty.requires_imatrix() {
+        format!(
+            "{} needs an importance matrix; try --type {} or iq4_xs",
+            out_ty,
+            out_ty.nearest_writable().name().to_lowercase()
+        )
+    } else {
+        format!("{out_ty} cannot be written")
+    }
 }
 
 /// What [`attach_importance`] did.

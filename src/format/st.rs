@@ -141,77 +141,18 @@ impl SafetensorsModel {
     fn open_index(user_path: &Path, index_path: &Path) -> Result<Self> {
         let text = std::fs::read(index_path).map_err(|e| Error::io(index_path, e))?;
         let index = parse_index(index_path, &text)?;
-        let folder = index_path.parent().unwrap_or(Path::new("."));
-        let ParsedIndex {
-            shard_names,
-            wanted,
-            metadata: index_metadata,
-        } = index;
-        if shard_names.is_empty() {
+        if index.shard_names.is_empty() {
             return Err(Error::format(index_path, "the index lists no tensors"));
         }
-
-        let mut shard_paths = Vec::with_capacity(shard_names.len());
-        let mut maps = Vec::with_capacity(shard_names.len());
-        let mut tensors = Vec::with_capacity(wanted.len());
-        let mut metadata = BTreeMap::new();
-        for (shard, name) in shard_names.iter().enumerate() {
-            let shard_path = folder.join(name);
-            if !shard_path.is_file() {
-                return Err(Error::format(
-                    index_path,
-                    format!("shard '{name}' listed in the index does not exist"),
-                ));
-            }
-            let (map, header) = open_shard(&shard_path)?;
-            for mut t in header.tensors {
-                match wanted.get(&t.name) {
-                    Some(&s) if s == shard => {
-                        t.shard = shard;
-                        tensors.push(t);
-                    }
-                    Some(&s) => {
-                        return Err(Error::tensor(
-                            &shard_path,
-                            &t.name,
-                            format!(
-                                "also stored here, but {} assigns it to shard '{}'",
-                                index_path.display(),
-                                shard_names[s]
-                            ),
-                        ))
-                    }
-                    None => {
-                        return Err(Error::tensor(
-                            &shard_path,
-                            &t.name,
-                            format!("not listed in {}", index_path.display()),
-                        ))
-                    }
-                }
-            }
-            for (k, v) in header.metadata {
-                metadata.entry(k).or_insert(v);
-            }
-            shard_paths.push(shard_path);
-            maps.push(map);
-        }
+        let OpenShards {
+            shard_paths,
+            maps,
+            mut tensors,
+            mut metadata,
+        } = open_shards(index_path, &index)?;
         let by_name = index_names(&tensors);
-        // Deterministic order for the error: the first missing name sorted.
-        let mut missing: Vec<&String> = wanted
-            .keys()
-            .filter(|n| !by_name.contains_key(*n))
-            .collect();
-        missing.sort();
-        if let Some(name) = missing.first() {
-            let shard = &shard_names[wanted[*name]];
-            return Err(Error::tensor(
-                index_path,
-                name.as_str(),
-                format!("listed in the index for shard '{shard}' but not stored there"),
-            ));
-        }
-        for (k, v) in index_metadata {
+        check_all_stored(index_path, &index, &by_name)?;
+        for (k, v) in index.metadata {
             let v = match v {
                 Value::String(s) => s,
                 other => other.to_string(),
@@ -360,6 +301,98 @@ fn resolve(path: &Path) -> Result<Layout> {
             ),
         )),
     }
+}
+
+/// The shards of an index, opened, with their tensors and their merged
+/// metadata (the first shard's value wins).
+struct OpenShards {
+    shard_paths: Vec<PathBuf>,
+    maps: Vec<Mmap>,
+    tensors: Vec<StTensor>,
+    metadata: BTreeMap<String, String>,
+}
+
+/// Open every shard `index` lists, refusing a missing shard and a tensor
+/// stored in a shard the index does not assign it to.
+fn open_shards(index_path: &Path, index: &ParsedIndex) -> Result<OpenShards> {
+    let folder = index_path.parent().unwrap_or(Path::new("."));
+    let shard_names = &index.shard_names;
+    let mut shard_paths = Vec::with_capacity(shard_names.len());
+    let mut maps = Vec::with_capacity(shard_names.len());
+    let mut tensors = Vec::with_capacity(index.wanted.len());
+    let mut metadata = BTreeMap::new();
+    for (shard, name) in shard_names.iter().enumerate() {
+        let shard_path = folder.join(name);
+        if !shard_path.is_file() {
+            return Err(Error::format(
+                index_path,
+                format!("shard '{name}' listed in the index does not exist"),
+            ));
+        }
+        let (map, header) = open_shard(&shard_path)?;
+        for mut t in header.tensors {
+            match index.wanted.get(&t.name) {
+                Some(&s) if s == shard => {
+                    t.shard = shard;
+                    tensors.push(t);
+                }
+                Some(&s) => {
+                    return Err(Error::tensor(
+                        &shard_path,
+                        &t.name,
+                        format!(
+                            "also stored here, but {} assigns it to shard '{}'",
+                            index_path.display(),
+                            shard_names[s]
+                        ),
+                    ))
+                }
+                None => {
+                    return Err(Error::tensor(
+                        &shard_path,
+                        &t.name,
+                        format!("not listed in {}", index_path.display()),
+                    ))
+                }
+            }
+        }
+        for (k, v) in header.metadata {
+            metadata.entry(k).or_insert(v);
+        }
+        shard_paths.push(shard_path);
+        maps.push(map);
+    }
+    Ok(OpenShards {
+        shard_paths,
+        maps,
+        tensors,
+        metadata,
+    })
+}
+
+/// Refuses an index naming a tensor its shard does not hold (`by_name`:
+/// what the shards hold).
+fn check_all_stored(
+    index_path: &Path,
+    index: &ParsedIndex,
+    by_name: &HashMap<String, usize>,
+) -> Result<()> {
+    // Deterministic order for the error: the first missing name sorted.
+    let mut missing: Vec<&String> = index
+        .wanted
+        .keys()
+        .filter(|n| !by_name.contains_key(*n))
+        .collect();
+    missing.sort();
+    if let Some(name) = missing.first() {
+        let shard = &index.shard_names[index.wanted[*name]];
+        return Err(Error::tensor(
+            index_path,
+            name.as_str(),
+            format!("listed in the index for shard '{shard}' but not stored there"),
+        ));
+    }
+    Ok(())
 }
 
 fn sniff_header(path: &Path) -> bool {

@@ -342,150 +342,17 @@ fn collect_weights(st: &SafetensorsModel) -> Result<Vec<BnbWeight>> {
         .enumerate()
         .map(|(i, t)| (t.name.as_str(), i))
         .collect();
-    let mut used: HashSet<usize> = HashSet::new();
     let mut weights: Vec<BnbWeight> = Vec::new();
-
     for t in st.tensors() {
-        let Some((w, q)) = t
-            .name
-            .rsplit_once(".quant_state.bitsandbytes__")
-            .map(|(w, q)| (w.to_string(), q.to_string()))
-        else {
-            continue;
-        };
-        let path = st.shard_path(t);
-        let bad = |msg: String| Error::tensor(path, &w, msg);
-        let QuantStateInfo {
-            kind,
-            blocksize,
-            dtype,
-            shape,
-            n,
-            nested_offset: parsed_offset,
-        } = parse_quant_state(&q, st.data(t)).map_err(bad)?;
-        let get = |suffix: &str| -> Result<usize> {
-            index
-                .get(format!("{w}{suffix}").as_str())
-                .copied()
-                .ok_or_else(|| bad(format!("the part '{w}{suffix}' is missing")))
-        };
-        let expect = |i: usize, dtype: Dtype, len: usize| -> Result<()> {
-            let p = &st.tensors()[i];
-            if p.dtype != dtype || p.n_elements() != len {
-                return Err(Error::tensor(
-                    st.shard_path(p),
-                    &p.name,
-                    format!(
-                        "expected {dtype:?} with {len} elements, found {:?} {:?}",
-                        p.dtype, p.shape
-                    ),
-                ));
-            }
-            Ok(())
-        };
-        let main = get("")?;
-        if st.tensors()[main].dtype != Dtype::U8 {
-            return Err(bad(format!(
-                "packed weight is {:?}; only bnb_4bit_quant_storage uint8 is supported",
-                st.tensors()[main].dtype
-            )));
-        }
-        expect(main, Dtype::U8, n.div_ceil(2))?;
-        let quant_map = get(".quant_map")?;
-        expect(quant_map, Dtype::F32, 16)?;
-        if f32s(st.data(&st.tensors()[quant_map]))
-            .iter()
-            .zip(kind.code())
-            .any(|(a, b)| a.to_bits() != b.to_bits())
-        {
-            return Err(bad(format!(
-                "quant_map differs from bitsandbytes' {} table",
-                kind.name()
-            )));
-        }
-        let absmax = get(".absmax")?;
-        let nb = num_blocks(n, blocksize);
-        let mut parts = vec![main, absmax, quant_map];
-        let nested_offset = if let Some(offset) = parsed_offset {
-            expect(absmax, Dtype::U8, nb)?;
-            let na = get(".nested_absmax")?;
-            expect(na, Dtype::F32, num_blocks(nb, NESTED_BLOCKSIZE))?;
-            let nq = get(".nested_quant_map")?;
-            expect(nq, Dtype::F32, 256)?;
-            parts.extend([na, nq]);
-            Some(offset)
-        } else {
-            expect(absmax, Dtype::F32, nb)?;
-            None
-        };
-        parts.push(index[t.name.as_str()]);
-        used.extend(parts.iter().copied());
-        weights.push(BnbWeight {
-            name: w.clone(),
-            shape,
-            storage: Storage::FourBit {
-                kind,
-                blocksize,
-                dtype,
-                nested_offset,
-            },
-            shard: st.tensors()[main].shard,
-            parts,
-        });
+        weights.extend(four_bit_weight(st, &index, t)?);
     }
-
     for t in st.tensors() {
-        let Some(module) = t.name.strip_suffix(".SCB") else {
-            continue;
-        };
-        let path = st.shard_path(t);
-        let name = format!("{module}.weight");
-        let Some(&main) = index.get(name.as_str()) else {
-            return Err(Error::tensor(path, &t.name, format!("'{name}' is missing")));
-        };
-        let cb = &st.tensors()[main];
-        if cb.dtype != Dtype::I8 || cb.shape.len() != 2 {
-            return Err(Error::tensor(
-                path,
-                &name,
-                format!(
-                    "an LLM.int8 weight must be I8 [out, in], found {:?} {:?}",
-                    cb.dtype, cb.shape
-                ),
-            ));
-        }
-        if t.dtype != Dtype::F32 || t.n_elements() != cb.shape[0] {
-            return Err(Error::tensor(
-                path,
-                &t.name,
-                format!(
-                    "expected F32 [{}], found {:?} {:?}",
-                    cb.shape[0], t.dtype, t.shape
-                ),
-            ));
-        }
-        let mut parts = vec![main, index[t.name.as_str()]];
-        if let Some(&f) = index.get(format!("{name}_format").as_str()) {
-            let ft = &st.tensors()[f];
-            if st.data(ft).iter().any(|&b| b != 0) {
-                return Err(Error::tensor(
-                    st.shard_path(ft),
-                    &ft.name,
-                    "only weight_format 0 (row-major) is supported",
-                ));
-            }
-            parts.push(f);
-        }
-        used.extend(parts.iter().copied());
-        weights.push(BnbWeight {
-            name,
-            shape: cb.shape.clone(),
-            storage: Storage::Int8,
-            shard: cb.shard,
-            parts,
-        });
+        weights.extend(int8_weight(st, &index, t)?);
     }
-
+    let used: HashSet<usize> = weights
+        .iter()
+        .flat_map(|w| w.parts.iter().copied())
+        .collect();
     for (i, t) in st.tensors().iter().enumerate() {
         if used.contains(&i) {
             continue;
@@ -503,6 +370,176 @@ fn collect_weights(st: &SafetensorsModel) -> Result<Vec<BnbWeight>> {
         (t.shard, t.start)
     });
     Ok(weights)
+}
+
+/// The stored parts of one quantized weight, found by suffix and checked.
+struct WeightParts<'a> {
+    st: &'a SafetensorsModel,
+    index: &'a HashMap<&'a str, usize>,
+    /// The weight's name, the prefix of every part.
+    weight: &'a str,
+    /// The shard errors about the weight as a whole name.
+    path: &'a Path,
+}
+
+impl WeightParts<'_> {
+    fn bad(&self, msg: String) -> Error {
+        Error::tensor(self.path, self.weight, msg)
+    }
+
+    fn get(&self, suffix: &str) -> Result<usize> {
+        let w = self.weight;
+        self.index
+            .get(format!("{w}{suffix}").as_str())
+            .copied()
+            .ok_or_else(|| self.bad(format!("the part '{w}{suffix}' is missing")))
+    }
+
+    fn expect(&self, i: usize, dtype: Dtype, len: usize) -> Result<()> {
+        let p = &self.st.tensors()[i];
+        if p.dtype != dtype || p.n_elements() != len {
+            return Err(Error::tensor(
+                self.st.shard_path(p),
+                &p.name,
+                format!(
+                    "expected {dtype:?} with {len} elements, found {:?} {:?}",
+                    p.dtype, p.shape
+                ),
+            ));
+        }
+        Ok(())
+    }
+}
+
+/// The 4-bit weight whose quant state `t` is, checked; `None` when `t` is
+/// no quant state.
+fn four_bit_weight(
+    st: &SafetensorsModel,
+    index: &HashMap<&str, usize>,
+    t: &StTensor,
+) -> Result<Option<BnbWeight>> {
+    let Some((w, q)) = t.name.rsplit_once(".quant_state.bitsandbytes__") else {
+        return Ok(None);
+    };
+    let parts_of = WeightParts {
+        st,
+        index,
+        weight: w,
+        path: st.shard_path(t),
+    };
+    let QuantStateInfo {
+        kind,
+        blocksize,
+        dtype,
+        shape,
+        n,
+        nested_offset: parsed_offset,
+    } = parse_quant_state(q, st.data(t)).map_err(|m| parts_of.bad(m))?;
+    let main = parts_of.get("")?;
+    if st.tensors()[main].dtype != Dtype::U8 {
+        return Err(parts_of.bad(format!(
+            "packed weight is {:?}; only bnb_4bit_quant_storage uint8 is supported",
+            st.tensors()[main].dtype
+        )));
+    }
+    parts_of.expect(main, Dtype::U8, n.div_ceil(2))?;
+    let quant_map = parts_of.get(".quant_map")?;
+    parts_of.expect(quant_map, Dtype::F32, 16)?;
+    if f32s(st.data(&st.tensors()[quant_map]))
+        .iter()
+        .zip(kind.code())
+        .any(|(a, b)| a.to_bits() != b.to_bits())
+    {
+        return Err(parts_of.bad(format!(
+            "quant_map differs from bitsandbytes' {} table",
+            kind.name()
+        )));
+    }
+    let absmax = parts_of.get(".absmax")?;
+    let nb = num_blocks(n, blocksize);
+    let mut parts = vec![main, absmax, quant_map];
+    let nested_offset = if let Some(offset) = parsed_offset {
+        parts_of.expect(absmax, Dtype::U8, nb)?;
+        let na = parts_of.get(".nested_absmax")?;
+        parts_of.expect(na, Dtype::F32, num_blocks(nb, NESTED_BLOCKSIZE))?;
+        let nq = parts_of.get(".nested_quant_map")?;
+        parts_of.expect(nq, Dtype::F32, 256)?;
+        parts.extend([na, nq]);
+        Some(offset)
+    } else {
+        parts_of.expect(absmax, Dtype::F32, nb)?;
+        None
+    };
+    parts.push(index[t.name.as_str()]);
+    Ok(Some(BnbWeight {
+        name: w.to_string(),
+        shape,
+        storage: Storage::FourBit {
+            kind,
+            blocksize,
+            dtype,
+            nested_offset,
+        },
+        shard: st.tensors()[main].shard,
+        parts,
+    }))
+}
+
+/// The LLM.int8 weight whose row scales `t` are, checked; `None` when `t`
+/// is no `.SCB`.
+fn int8_weight(
+    st: &SafetensorsModel,
+    index: &HashMap<&str, usize>,
+    t: &StTensor,
+) -> Result<Option<BnbWeight>> {
+    let Some(module) = t.name.strip_suffix(".SCB") else {
+        return Ok(None);
+    };
+    let path = st.shard_path(t);
+    let name = format!("{module}.weight");
+    let Some(&main) = index.get(name.as_str()) else {
+        return Err(Error::tensor(path, &t.name, format!("'{name}' is missing")));
+    };
+    let cb = &st.tensors()[main];
+    if cb.dtype != Dtype::I8 || cb.shape.len() != 2 {
+        return Err(Error::tensor(
+            path,
+            &name,
+            format!(
+                "an LLM.int8 weight must be I8 [out, in], found {:?} {:?}",
+                cb.dtype, cb.shape
+            ),
+        ));
+    }
+    if t.dtype != Dtype::F32 || t.n_elements() != cb.shape[0] {
+        return Err(Error::tensor(
+            path,
+            &t.name,
+            format!(
+                "expected F32 [{}], found {:?} {:?}",
+                cb.shape[0], t.dtype, t.shape
+            ),
+        ));
+    }
+    let mut parts = vec![main, index[t.name.as_str()]];
+    if let Some(&f) = index.get(format!("{name}_format").as_str()) {
+        let ft = &st.tensors()[f];
+        if st.data(ft).iter().any(|&b| b != 0) {
+            return Err(Error::tensor(
+                st.shard_path(ft),
+                &ft.name,
+                "only weight_format 0 (row-major) is supported",
+            ));
+        }
+        parts.push(f);
+    }
+    Ok(Some(BnbWeight {
+        name,
+        shape: cb.shape.clone(),
+        storage: Storage::Int8,
+        shard: cb.shard,
+        parts,
+    }))
 }
 
 enum Absmax<'a> {

@@ -224,7 +224,49 @@ pub fn extract(
     let it = instruct.weights()?;
     let bt = base.weights()?;
     let pairing = pair_checked(instruct, &it, base, &bt)?;
+    let stamps = stamps(instruct, base, &pairing, format, progress)?;
+    let deltas = delta_rows(instruct, &it, base, &bt, &pairing)?;
+    let mut result = Extracted {
+        tensors: deltas.len(),
+        n_elements: pairing.pairs.iter().map(|p| it[p.a].n_elements()).sum(),
+        gguf_names: pairing.gguf_names,
+        ..Default::default()
+    };
+    match format {
+        ResidualFormat::Safetensors(dtype) => {
+            write_safetensors(deltas, &it, dtype, stamps, out, progress, &mut result)?
+        }
+        ResidualFormat::Gguf(want) => {
+            let models = [instruct, base];
+            write_gguf(
+                deltas,
+                &it,
+                want,
+                &models,
+                stamps,
+                out,
+                progress,
+                &mut result,
+            )?
+        }
+    }
+    Ok(result)
+}
 
+/// What the residual carries about where it came from: the base's
+/// fingerprint and the provenance, both as JSON text.
+struct Stamps {
+    fingerprint: String,
+    provenance: String,
+}
+
+fn stamps(
+    instruct: &Model,
+    base: &Model,
+    pairing: &model::Pairing,
+    format: ResidualFormat,
+    progress: bool,
+) -> Result<Stamps> {
     let entries: Vec<_> = pairing
         .pairs
         .iter()
@@ -241,10 +283,23 @@ pub fn extract(
         "names": if pairing.gguf_names { "gguf" } else { "model" },
         "delta": "instruct - base, in f32",
     });
-    let fp_text = serde_json::to_string(&fingerprint).expect("fingerprint serializes");
-    let prov_text = provenance.to_string();
+    Ok(Stamps {
+        fingerprint: serde_json::to_string(&fingerprint).expect("fingerprint serializes"),
+        provenance: provenance.to_string(),
+    })
+}
 
-    let deltas: Vec<(&TensorPair, DeltaRows<'_>)> = pairing
+/// Every pair with the rows of its Δ.
+type Deltas<'a> = Vec<(&'a TensorPair, DeltaRows<'a>)>;
+
+fn delta_rows<'a>(
+    instruct: &'a Model,
+    it: &'a [model::Weight<'a>],
+    base: &'a Model,
+    bt: &'a [model::Weight<'a>],
+    pairing: &'a model::Pairing,
+) -> Result<Deltas<'a>> {
+    pairing
         .pairs
         .iter()
         .map(|p| {
@@ -260,130 +315,152 @@ pub fn extract(
                 },
             ))
         })
-        .collect::<Result<_>>()?;
-    let mut result = Extracted {
-        tensors: deltas.len(),
-        n_elements: pairing.pairs.iter().map(|p| it[p.a].n_elements()).sum(),
-        gguf_names: pairing.gguf_names,
+        .collect()
+}
+
+/// The safetensors form: Δ saturated to `dtype`, overflows and all-zero
+/// tensors noted in `result`.
+fn write_safetensors(
+    deltas: Deltas<'_>,
+    it: &[model::Weight<'_>],
+    dtype: Dtype,
+    stamps: Stamps,
+    out: &Path,
+    progress: bool,
+    result: &mut Extracted,
+) -> Result<()> {
+    let mut metadata = BTreeMap::new();
+    metadata.insert("format".to_string(), "pt".to_string());
+    metadata.insert(FINGERPRINT_KEY.to_string(), stamps.fingerprint);
+    metadata.insert(PROVENANCE_KEY.to_string(), stamps.provenance);
+    let specs: Vec<(String, Dtype, Vec<usize>)> = deltas
+        .iter()
+        .map(|(p, _)| {
+            (
+                p.name.clone(),
+                dtype,
+                it[p.a].shape.iter().map(|&d| d as usize).collect(),
+            )
+        })
+        .collect();
+    let ty = match dtype {
+        Dtype::F16 => GgmlType::F16,
+        Dtype::BF16 => GgmlType::BF16,
+        _ => GgmlType::F32,
+    };
+    let tasks: Vec<Task<'_>> = deltas
+        .into_iter()
+        .map(|(p, rows)| Task {
+            spec: TensorSpec {
+                name: p.name.clone(),
+                ty,
+                ne: it[p.a].shape.iter().rev().copied().collect(),
+            },
+            input_type: GgmlType::F32,
+            action: Action::Transcode {
+                base: Box::new(rows),
+                residual: None,
+                scale: 1.0,
+                importance: None,
+            },
+        })
+        .collect();
+    let mut writer = SafetensorsWriter::create(out, &specs, metadata)?;
+    let opts = pipeline::Options {
+        progress,
+        saturate: true,
         ..Default::default()
     };
-
-    match format {
-        ResidualFormat::Safetensors(dtype) => {
-            let mut metadata = BTreeMap::new();
-            metadata.insert("format".to_string(), "pt".to_string());
-            metadata.insert(FINGERPRINT_KEY.to_string(), fp_text);
-            metadata.insert(PROVENANCE_KEY.to_string(), prov_text);
-            let specs: Vec<(String, Dtype, Vec<usize>)> = pairing
-                .pairs
-                .iter()
-                .map(|p| {
-                    (
-                        p.name.clone(),
-                        dtype,
-                        it[p.a].shape.iter().map(|&d| d as usize).collect(),
-                    )
-                })
-                .collect();
-            let ty = match dtype {
-                Dtype::F16 => GgmlType::F16,
-                Dtype::BF16 => GgmlType::BF16,
-                _ => GgmlType::F32,
-            };
-            let tasks: Vec<Task<'_>> = deltas
-                .into_iter()
-                .map(|(p, rows)| Task {
-                    spec: TensorSpec {
-                        name: p.name.clone(),
-                        ty,
-                        ne: it[p.a].shape.iter().rev().copied().collect(),
-                    },
-                    input_type: GgmlType::F32,
-                    action: Action::Transcode {
-                        base: Box::new(rows),
-                        residual: None,
-                        scale: 1.0,
-                        importance: None,
-                    },
-                })
-                .collect();
-            let mut writer = SafetensorsWriter::create(out, &specs, metadata)?;
-            let opts = pipeline::Options {
-                progress,
-                saturate: true,
-                ..Default::default()
-            };
-            let outcomes = pipeline::run(&tasks, &mut writer, out, &opts)?;
-            writer.finish()?;
-            for o in &outcomes {
-                if o.saturated.count > 0 {
-                    result
-                        .overflows
-                        .push((o.name.clone(), o.saturated.count, o.saturated.largest));
-                }
-                if o.stats.is_some_and(|s| s.reference_rms() == 0.0) {
-                    result.zero_tensors.push(o.name.clone());
-                }
-            }
-            result.paths = vec![out.to_path_buf()];
+    let outcomes = pipeline::run(&tasks, &mut writer, out, &opts)?;
+    writer.finish()?;
+    for o in &outcomes {
+        if o.saturated.count > 0 {
+            result
+                .overflows
+                .push((o.name.clone(), o.saturated.count, o.saturated.largest));
         }
-        ResidualFormat::Gguf(want) => {
-            let mut metadata = Vec::new();
-            if let Some(arch) = [instruct, base]
-                .iter()
-                .find_map(|m| m.gguf().and_then(|g| g.architecture()))
-            {
-                metadata.push((
-                    "general.architecture".to_string(),
-                    MetaValue::String(arch.to_string()),
-                ));
-            }
-            metadata.push((
-                "general.name".to_string(),
-                MetaValue::String("residual".to_string()),
-            ));
-            metadata.push((FINGERPRINT_KEY.to_string(), MetaValue::String(fp_text)));
-            metadata.push((PROVENANCE_KEY.to_string(), MetaValue::String(prov_text)));
-            let tasks: Vec<Task<'_>> = deltas
-                .into_iter()
-                .map(|(p, rows)| {
-                    let shape = &it[p.a].shape;
-                    Task {
-                        spec: TensorSpec {
-                            name: p.name.clone(),
-                            ty: gguf_tensor_type(want, shape),
-                            ne: shape.iter().rev().copied().collect(),
-                        },
-                        input_type: GgmlType::F32,
-                        action: Action::Transcode {
-                            base: Box::new(ZeroRows {
-                                row_len: rows.row_len(),
-                                n_rows: rows.n_rows(),
-                            }),
-                            residual: Some(Box::new(rows)),
-                            scale: 1.0,
-                            importance: None,
-                        },
-                    }
-                })
-                .collect();
-            let specs: Vec<TensorSpec> = tasks.iter().map(|t| t.spec.clone()).collect();
-            let mut writer = GgufWriter::create(out, &metadata, &specs, &WriterOptions::default())?;
-            let opts = pipeline::Options {
-                progress,
-                ..Default::default()
-            };
-            let outcomes = pipeline::run(&tasks, &mut writer, out, &opts)?;
-            result.paths = writer.finish()?;
-            result.zero_tensors = outcomes
-                .iter()
-                .filter(|o| o.stats.is_some_and(|s| s.delta_norm() == 0.0))
-                .map(|o| o.name.clone())
-                .collect();
-            result.outcomes = outcomes;
+        if o.stats.is_some_and(|s| s.reference_rms() == 0.0) {
+            result.zero_tensors.push(o.name.clone());
         }
     }
-    Ok(result)
+    result.paths = vec![out.to_path_buf()];
+    Ok(())
+}
+
+/// The GGUF form: Δ encoded as `want` where rows allow it, written as the
+/// residual over zeros so that the outcomes measure what the encoding kept.
+/// `models` (instruct, base) lend the architecture.
+#[allow(clippy::too_many_arguments)]
+fn write_gguf(
+    deltas: Deltas<'_>,
+    it: &[model::Weight<'_>],
+    want: GgmlType,
+    models: &[&Model; 2],
+    stamps: Stamps,
+    out: &Path,
+    progress: bool,
+    result: &mut Extracted,
+) -> Result<()> {
+    let mut metadata = Vec::new();
+    if let Some(arch) = models
+        .iter()
+        .find_map(|m| m.gguf().and_then(|g| g.architecture()))
+    {
+        metadata.push((
+            "general.architecture".to_string(),
+            MetaValue::String(arch.to_string()),
+        ));
+    }
+    metadata.push((
+        "general.name".to_string(),
+        MetaValue::String("residual".to_string()),
+    ));
+    metadata.push((
+        FINGERPRINT_KEY.to_string(),
+        MetaValue::String(stamps.fingerprint),
+    ));
+    metadata.push((
+        PROVENANCE_KEY.to_string(),
+        MetaValue::String(stamps.provenance),
+    ));
+    let tasks: Vec<Task<'_>> = deltas
+        .into_iter()
+        .map(|(p, rows)| {
+            let shape = &it[p.a].shape;
+            Task {
+                spec: TensorSpec {
+                    name: p.name.clone(),
+                    ty: gguf_tensor_type(want, shape),
+                    ne: shape.iter().rev().copied().collect(),
+                },
+                input_type: GgmlType::F32,
+                action: Action::Transcode {
+                    base: Box::new(ZeroRows {
+                        row_len: rows.row_len(),
+                        n_rows: rows.n_rows(),
+                    }),
+                    residual: Some(Box::new(rows)),
+                    scale: 1.0,
+                    importance: None,
+                },
+            }
+        })
+        .collect();
+    let specs: Vec<TensorSpec> = tasks.iter().map(|t| t.spec.clone()).collect();
+    let mut writer = GgufWriter::create(out, &metadata, &specs, &WriterOptions::default())?;
+    let opts = pipeline::Options {
+        progress,
+        ..Default::default()
+    };
+    let outcomes = pipeline::run(&tasks, &mut writer, out, &opts)?;
+    result.paths = writer.finish()?;
+    result.zero_tensors = outcomes
+        .iter()
+        .filter(|o| o.stats.is_some_and(|s| s.delta_norm() == 0.0))
+        .map(|o| o.name.clone())
+        .collect();
+    result.outcomes = outcomes;
+    Ok(())
 }
 
 #[cfg(test)]
