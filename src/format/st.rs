@@ -569,40 +569,58 @@ fn parse_header(path: &Path, bytes: &[u8]) -> Result<ShardHeader> {
             })?;
             continue;
         }
-        let info: TensorInfo = serde_json::from_value(value)
-            .map_err(|e| Error::tensor(path, &name, format!("bad header entry: {e}")))?;
-        let (begin, end) = info.data_offsets;
-        if begin > end || end > data_len {
-            return Err(Error::tensor(
-                path,
-                &name,
-                format!("data offsets [{begin}, {end}) lie outside the data section of {data_len} bytes"),
-            ));
-        }
-        let n_bytes =
-            byte_len(info.dtype, &info.shape).map_err(|e| Error::tensor(path, &name, e))?;
-        if n_bytes != end - begin {
-            return Err(Error::tensor(
-                path,
-                &name,
-                format!(
-                    "{:?} {:?} needs {n_bytes} bytes but its offsets span {}",
-                    info.dtype,
-                    info.shape,
-                    end - begin
-                ),
-            ));
-        }
-        tensors.push(StTensor {
-            name,
-            dtype: info.dtype,
-            shape: info.shape,
-            shard: 0,
-            start: data_start + begin,
-            end: data_start + end,
-        });
+        tensors.push(tensor_entry(path, name, value, data_start, data_len)?);
     }
-    // Overlapping tensors would alias bytes; gaps are harmless for reading.
+    check_no_overlap(path, &tensors)?;
+    Ok(ShardHeader { tensors, metadata })
+}
+
+/// The header entry `name: value`, its bytes checked to lie in the data
+/// section (`data_len` bytes from `data_start`) and to fit its dtype and shape.
+fn tensor_entry(
+    path: &Path,
+    name: String,
+    value: Value,
+    data_start: usize,
+    data_len: usize,
+) -> Result<StTensor> {
+    let info: TensorInfo = serde_json::from_value(value)
+        .map_err(|e| Error::tensor(path, &name, format!("bad header entry: {e}")))?;
+    let (begin, end) = info.data_offsets;
+    if begin > end || end > data_len {
+        return Err(Error::tensor(
+            path,
+            &name,
+            format!(
+                "data offsets [{begin}, {end}) lie outside the data section of {data_len} bytes"
+            ),
+        ));
+    }
+    let n_bytes = byte_len(info.dtype, &info.shape).map_err(|e| Error::tensor(path, &name, e))?;
+    if n_bytes != end - begin {
+        return Err(Error::tensor(
+            path,
+            &name,
+            format!(
+                "{:?} {:?} needs {n_bytes} bytes but its offsets span {}",
+                info.dtype,
+                info.shape,
+                end - begin
+            ),
+        ));
+    }
+    Ok(StTensor {
+        name,
+        dtype: info.dtype,
+        shape: info.shape,
+        shard: 0,
+        start: data_start + begin,
+        end: data_start + end,
+    })
+}
+
+/// Overlapping tensors would alias bytes; gaps are harmless for reading.
+fn check_no_overlap(path: &Path, tensors: &[StTensor]) -> Result<()> {
     let mut order: Vec<&StTensor> = tensors.iter().collect();
     order.sort_by_key(|t| (t.start, t.end));
     for w in order.windows(2) {
@@ -614,7 +632,7 @@ fn parse_header(path: &Path, bytes: &[u8]) -> Result<ShardHeader> {
             ));
         }
     }
-    Ok(ShardHeader { tensors, metadata })
+    Ok(())
 }
 
 /// Bytes held by a tensor of `dtype` and `shape`, by the `safetensors`

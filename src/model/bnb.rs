@@ -1175,142 +1175,204 @@ fn write_weight(
         return Ok(None);
     }
     let base = model.rows(job.weight).expect("validated");
-    let row_len = w.row_len();
-    let residual = job.residual.as_deref();
+    let re = Reencode {
+        w,
+        base: base.as_ref(),
+        residual: job.residual.as_deref(),
+        scale: job.scale,
+        out_path,
+        opts,
+        runner,
+    };
     let mut stats = ErrorStats::default();
-    let measure = opts.measure;
     match job.out {
-        OutStorage::Plain(d) => {
-            let ty = float_ggml(d).expect("validated");
-            let rpc = rows_per_chunk(row_len, 1, opts.chunk_elements);
-            for_chunks(
-                runner,
-                w.n_rows(),
-                rpc,
-                |r0, n| {
-                    let s = sum_rows(base.as_ref(), residual, job.scale, r0, n)?;
-                    let t = s.target(d, out_path, &w.name, r0, row_len)?;
-                    let mut bytes = vec![0u8; t.len() * d.bitsize() / 8];
-                    quantize_row(ty, &t, &mut bytes)
-                        .map_err(|e| Error::quant(out_path, &w.name, r0, e))?;
-                    // The rounded values are exactly what the bytes hold.
-                    Ok((bytes, s.stats(&t, measure)))
-                },
-                |r0, n, (bytes, st)| {
-                    write(&bytes)?;
-                    stats.merge(&st);
-                    base.release_rows(r0, r0 + n);
-                    if let Some(r) = residual {
-                        r.release_rows(r0, r0 + n);
-                    }
-                    Ok(())
-                },
-            )?;
-        }
+        OutStorage::Plain(d) => re.plain(d, &mut write, &mut stats)?,
         OutStorage::FourBit {
             kind,
             blocksize,
             dtype,
             ..
-        } => {
-            let align = match nested_offset {
-                Some(_) => blocksize * NESTED_BLOCKSIZE,
-                None => blocksize,
-            };
-            let rpc = rows_per_chunk(row_len, align, opts.chunk_elements);
-            let mut absmax_out: Vec<u8> = Vec::new();
-            let mut absmax2: Vec<f32> = Vec::new();
-            let err = |e: BnbError| bnb_err(out_path, &w.name, e);
-            for_chunks(
-                runner,
-                w.n_rows(),
-                rpc,
-                |r0, n| {
-                    let s = sum_rows(base.as_ref(), residual, job.scale, r0, n)?;
-                    let t = s.target(dtype, out_path, &w.name, r0, row_len)?;
-                    let (packed, raw) = quantize_4bit(kind, &t, blocksize).map_err(err)?;
-                    let (stored, decoded_absmax, nested2) = match nested_offset {
-                        None => (f32_bytes(&raw), raw, Vec::new()),
-                        Some(off) => {
-                            let nested =
-                                NestedAbsmax::quantize_with_offset(&raw, off).map_err(err)?;
-                            let dq = nested.dequantize().map_err(err)?;
-                            (nested.codes, dq, nested.absmax2)
-                        }
-                    };
-                    let mut decoded = Vec::new();
-                    if measure {
-                        decoded = vec![0f32; t.len()];
-                        dequantize_4bit(
-                            kind,
-                            &packed,
-                            &decoded_absmax,
-                            blocksize,
-                            t.len(),
-                            &mut decoded,
-                        )
-                        .map_err(err)?;
-                    }
-                    Ok((packed, stored, nested2, s.stats(&decoded, measure)))
-                },
-                |r0, n, (packed, stored, nested2, st)| {
-                    write(&packed)?;
-                    absmax_out.extend(stored);
-                    absmax2.extend(nested2);
-                    stats.merge(&st);
-                    base.release_rows(r0, r0 + n);
-                    if let Some(r) = residual {
-                        r.release_rows(r0, r0 + n);
-                    }
-                    Ok(())
-                },
-            )?;
-            write(&absmax_out)?;
-            write(&f32_bytes(&kind.code()))?;
-            if nested_offset.is_some() {
-                write(&f32_bytes(&absmax2))?;
-                write(&f32_bytes(&dynamic_map()))?;
-            }
-            let js = quant_state_json(kind, blocksize, dtype, &w.shape, nested_offset);
-            write(js.as_bytes())?;
-        }
-        OutStorage::Int8 => {
-            let rpc = rows_per_chunk(row_len, 1, opts.chunk_elements);
-            let mut scb_all: Vec<f32> = Vec::with_capacity(w.n_rows());
-            for_chunks(
-                runner,
-                w.n_rows(),
-                rpc,
-                |r0, n| {
-                    let s = sum_rows(base.as_ref(), residual, job.scale, r0, n)?;
-                    let t = s.target(Dtype::F16, out_path, &w.name, r0, row_len)?;
-                    let (cb, scb) = quantize_int8_rows(&t, row_len)
-                        .map_err(|e| bnb_err(out_path, &w.name, e))?;
-                    let mut decoded = Vec::new();
-                    if measure {
-                        decoded = vec![0f32; t.len()];
-                        dequantize_int8_rows(&cb, &scb, row_len, &mut decoded)
-                            .map_err(|e| bnb_err(out_path, &w.name, e))?;
-                    }
-                    let bytes: Vec<u8> = bytemuck::cast_slice(&cb).to_vec();
-                    Ok((bytes, scb, s.stats(&decoded, measure)))
-                },
-                |r0, n, (bytes, scb, st)| {
-                    write(&bytes)?;
-                    scb_all.extend(scb);
-                    stats.merge(&st);
-                    base.release_rows(r0, r0 + n);
-                    if let Some(r) = residual {
-                        r.release_rows(r0, r0 + n);
-                    }
-                    Ok(())
-                },
-            )?;
-            write(&f32_bytes(&scb_all))?;
-            write(&[0u8])?;
+        } => re.four_bit(
+            kind,
+            blocksize,
+            dtype,
+            nested_offset,
+            &mut write,
+            &mut stats,
+        )?,
+        OutStorage::Int8 => re.int8(&mut write, &mut stats)?,
+    }
+    Ok(opts.measure.then_some(stats))
+}
+
+/// One weight re-encoded chunk by chunk: base (+ scale · residual) into
+/// each output storage, the output bytes handed to `write` in order.
+struct Reencode<'a, R> {
+    w: &'a BnbWeight,
+    base: &'a dyn RowSource,
+    residual: Option<&'a dyn RowSource>,
+    scale: f32,
+    out_path: &'a Path,
+    opts: &'a WriteOptions,
+    runner: &'a R,
+}
+
+impl<R: ChunkRunner> Reencode<'_, R> {
+    /// Rows `r0..r0 + n` are written: hand their input pages back so a
+    /// large model is not held resident.
+    fn release(&self, r0: usize, n: usize) {
+        self.base.release_rows(r0, r0 + n);
+        if let Some(r) = self.residual {
+            r.release_rows(r0, r0 + n);
         }
     }
-    Ok(measure.then_some(stats))
+
+    /// As the float dtype `d`.
+    fn plain(
+        &self,
+        d: Dtype,
+        write: &mut impl FnMut(&[u8]) -> Result<()>,
+        stats: &mut ErrorStats,
+    ) -> Result<()> {
+        let (base, residual, scale) = (self.base, self.residual, self.scale);
+        let (out_path, name, measure) = (self.out_path, &self.w.name, self.opts.measure);
+        let row_len = self.w.row_len();
+        let ty = float_ggml(d).expect("validated");
+        let rpc = rows_per_chunk(row_len, 1, self.opts.chunk_elements);
+        for_chunks(
+            self.runner,
+            self.w.n_rows(),
+            rpc,
+            |r0, n| {
+                let s = sum_rows(base, residual, scale, r0, n)?;
+                let t = s.target(d, out_path, name, r0, row_len)?;
+                let mut bytes = vec![0u8; t.len() * d.bitsize() / 8];
+                quantize_row(ty, &t, &mut bytes)
+                    .map_err(|e| Error::quant(out_path, name, r0, e))?;
+                // The rounded values are exactly what the bytes hold.
+                Ok((bytes, s.stats(&t, measure)))
+            },
+            |r0, n, (bytes, st)| {
+                write(&bytes)?;
+                stats.merge(&st);
+                self.release(r0, n);
+                Ok(())
+            },
+        )
+    }
+
+    /// As NF4/FP4 with blocks of `blocksize` (absmax double-quantized when
+    /// `nested_offset` is given), then the quant state's tensors.
+    fn four_bit(
+        &self,
+        kind: FourBit,
+        blocksize: usize,
+        dtype: Dtype,
+        nested_offset: Option<f32>,
+        write: &mut impl FnMut(&[u8]) -> Result<()>,
+        stats: &mut ErrorStats,
+    ) -> Result<()> {
+        let (base, residual, scale) = (self.base, self.residual, self.scale);
+        let (out_path, name, measure) = (self.out_path, &self.w.name, self.opts.measure);
+        let row_len = self.w.row_len();
+        let align = match nested_offset {
+            Some(_) => blocksize * NESTED_BLOCKSIZE,
+            None => blocksize,
+        };
+        let rpc = rows_per_chunk(row_len, align, self.opts.chunk_elements);
+        let mut absmax_out: Vec<u8> = Vec::new();
+        let mut absmax2: Vec<f32> = Vec::new();
+        let err = |e: BnbError| bnb_err(out_path, name, e);
+        for_chunks(
+            self.runner,
+            self.w.n_rows(),
+            rpc,
+            |r0, n| {
+                let s = sum_rows(base, residual, scale, r0, n)?;
+                let t = s.target(dtype, out_path, name, r0, row_len)?;
+                let (packed, raw) = quantize_4bit(kind, &t, blocksize).map_err(err)?;
+                let (stored, decoded_absmax, nested2) = match nested_offset {
+                    None => (f32_bytes(&raw), raw, Vec::new()),
+                    Some(off) => {
+                        let nested = NestedAbsmax::quantize_with_offset(&raw, off).map_err(err)?;
+                        let dq = nested.dequantize().map_err(err)?;
+                        (nested.codes, dq, nested.absmax2)
+                    }
+                };
+                let mut decoded = Vec::new();
+                if measure {
+                    decoded = vec![0f32; t.len()];
+                    dequantize_4bit(
+                        kind,
+                        &packed,
+                        &decoded_absmax,
+                        blocksize,
+                        t.len(),
+                        &mut decoded,
+                    )
+                    .map_err(err)?;
+                }
+                Ok((packed, stored, nested2, s.stats(&decoded, measure)))
+            },
+            |r0, n, (packed, stored, nested2, st)| {
+                write(&packed)?;
+                absmax_out.extend(stored);
+                absmax2.extend(nested2);
+                stats.merge(&st);
+                self.release(r0, n);
+                Ok(())
+            },
+        )?;
+        write(&absmax_out)?;
+        write(&f32_bytes(&kind.code()))?;
+        if nested_offset.is_some() {
+            write(&f32_bytes(&absmax2))?;
+            write(&f32_bytes(&dynamic_map()))?;
+        }
+        let js = quant_state_json(kind, blocksize, dtype, &self.w.shape, nested_offset);
+        write(js.as_bytes())
+    }
+
+    /// As LLM.int8 (row-wise absmax), then the row scales and the format.
+    fn int8(
+        &self,
+        write: &mut impl FnMut(&[u8]) -> Result<()>,
+        stats: &mut ErrorStats,
+    ) -> Result<()> {
+        let (base, residual, scale) = (self.base, self.residual, self.scale);
+        let (out_path, name, measure) = (self.out_path, &self.w.name, self.opts.measure);
+        let row_len = self.w.row_len();
+        let rpc = rows_per_chunk(row_len, 1, self.opts.chunk_elements);
+        let mut scb_all: Vec<f32> = Vec::with_capacity(self.w.n_rows());
+        for_chunks(
+            self.runner,
+            self.w.n_rows(),
+            rpc,
+            |r0, n| {
+                let s = sum_rows(base, residual, scale, r0, n)?;
+                let t = s.target(Dtype::F16, out_path, name, r0, row_len)?;
+                let (cb, scb) =
+                    quantize_int8_rows(&t, row_len).map_err(|e| bnb_err(out_path, name, e))?;
+                let mut decoded = Vec::new();
+                if measure {
+                    decoded = vec![0f32; t.len()];
+                    dequantize_int8_rows(&cb, &scb, row_len, &mut decoded)
+                        .map_err(|e| bnb_err(out_path, name, e))?;
+                }
+                let bytes: Vec<u8> = bytemuck::cast_slice(&cb).to_vec();
+                Ok((bytes, scb, s.stats(&decoded, measure)))
+            },
+            |r0, n, (bytes, scb, st)| {
+                write(&bytes)?;
+                scb_all.extend(scb);
+                stats.merge(&st);
+                self.release(r0, n);
+                Ok(())
+            },
+        )?;
+        write(&f32_bytes(&scb_all))?;
+        write(&[0u8])
+    }
 }
 
 /// A folder being written: removed on drop unless [`TempDir::commit`]ted.
@@ -1493,18 +1555,7 @@ pub fn write_model_with(
             .filter(|&j| model.weights[jobs[j].weight].shard == shard)
             .collect();
         // Pass 1: the nested offsets, which the header (quant state) needs.
-        let mut offsets: Vec<Option<f32>> = Vec::with_capacity(mine.len());
-        for &j in &mine {
-            let job = &jobs[j];
-            let w = &model.weights[job.weight];
-            let off = match job.out {
-                OutStorage::FourBit {
-                    double_quant: true, ..
-                } if !is_copy(w, job) => Some(nested_offset_of(model, job, out_dir, opts, runner)?),
-                _ => None,
-            };
-            offsets.push(off);
-        }
+        let offsets = nested_offsets(model, jobs, &mine, out_dir, opts, runner)?;
         let mut specs = Vec::new();
         let mut per_job = Vec::with_capacity(mine.len());
         for (&j, off) in mine.iter().zip(&offsets) {
@@ -1527,23 +1578,8 @@ pub fn write_model_with(
         runner.expect(writer.remaining());
         for ((&j, off), bytes_out) in mine.iter().zip(&offsets).zip(per_job) {
             let job = &jobs[j];
-            let w = &model.weights[job.weight];
             let stats = write_weight(model, job, *off, &mut writer, out_dir, opts, runner)?;
-            outcomes[j] = Some(WeightOutcome {
-                name: w.name.clone(),
-                type_in: w.storage.label(),
-                type_out: if is_copy(w, job) {
-                    w.storage.label()
-                } else {
-                    job.out.label()
-                },
-                n_elements: w.n_elements() as u64,
-                bytes_in: model.stored_bytes(job.weight),
-                bytes_out,
-                copied: is_copy(w, job),
-                has_residual: job.residual.is_some(),
-                stats: if is_copy(w, job) { None } else { stats },
-            });
+            outcomes[j] = Some(weight_outcome(model, job, bytes_out, stats));
         }
         writer.finish()?;
     }
@@ -1553,19 +1589,75 @@ pub fn write_model_with(
         let text = serde_json::to_string_pretty(&index).expect("json") + "\n";
         std::fs::write(&p, text).map_err(|e| Error::io(&p, e))?;
     }
-    let cfg_path = tmp.tmp.join(CONFIG_FILE);
-    let text = if config == &model.config {
-        std::fs::read(model.dir.join(CONFIG_FILE)).map_err(|e| Error::io(&model.dir, e))?
-    } else {
-        (serde_json::to_string_pretty(config).expect("json") + "\n").into_bytes()
-    };
-    std::fs::write(&cfg_path, text).map_err(|e| Error::io(&cfg_path, e))?;
+    write_config(model, config, &tmp.tmp)?;
     copy_other_files(model, &tmp.tmp)?;
     tmp.commit()?;
     Ok(outcomes
         .into_iter()
         .map(|o| o.expect("every job written"))
         .collect())
+}
+
+/// The nested (double-quant) absmax offset of every job in `mine` that
+/// needs one, by a pass over its rows.
+fn nested_offsets(
+    model: &BnbModel,
+    jobs: &[WeightJob<'_>],
+    mine: &[usize],
+    out_dir: &Path,
+    opts: &WriteOptions,
+    runner: &impl ChunkRunner,
+) -> Result<Vec<Option<f32>>> {
+    let mut offsets: Vec<Option<f32>> = Vec::with_capacity(mine.len());
+    for &j in mine {
+        let job = &jobs[j];
+        let w = &model.weights[job.weight];
+        let off = match job.out {
+            OutStorage::FourBit {
+                double_quant: true, ..
+            } if !is_copy(w, job) => Some(nested_offset_of(model, job, out_dir, opts, runner)?),
+            _ => None,
+        };
+        offsets.push(off);
+    }
+    Ok(offsets)
+}
+
+/// What writing `job` did (`stats`: from [`write_weight`]).
+fn weight_outcome(
+    model: &BnbModel,
+    job: &WeightJob<'_>,
+    bytes_out: u64,
+    stats: Option<ErrorStats>,
+) -> WeightOutcome {
+    let w = &model.weights[job.weight];
+    WeightOutcome {
+        name: w.name.clone(),
+        type_in: w.storage.label(),
+        type_out: if is_copy(w, job) {
+            w.storage.label()
+        } else {
+            job.out.label()
+        },
+        n_elements: w.n_elements() as u64,
+        bytes_in: model.stored_bytes(job.weight),
+        bytes_out,
+        copied: is_copy(w, job),
+        has_residual: job.residual.is_some(),
+        stats: if is_copy(w, job) { None } else { stats },
+    }
+}
+
+/// `config` into `dir`: the input's own bytes when unchanged, so that an
+/// untouched config stays byte-identical.
+fn write_config(model: &BnbModel, config: &Value, dir: &Path) -> Result<()> {
+    let cfg_path = dir.join(CONFIG_FILE);
+    let text = if config == &model.config {
+        std::fs::read(model.dir.join(CONFIG_FILE)).map_err(|e| Error::io(&model.dir, e))?
+    } else {
+        (serde_json::to_string_pretty(config).expect("json") + "\n").into_bytes()
+    };
+    std::fs::write(&cfg_path, text).map_err(|e| Error::io(&cfg_path, e))
 }
 
 /// Copy the folder's regular files that are not weights, index or config
