@@ -85,13 +85,10 @@ pub enum Storage {
 }
 
 impl Storage {
-    /// A short name for reports: `nf4`, `fp4`, `int8`, or the dtype (`F16`…).
+    /// A short name for reports: `nf4`, `fp4`, `int8`, or the dtype (`F16`…),
+    /// as its output form says.
     pub fn label(&self) -> String {
-        match self {
-            Storage::Plain(d) => format!("{d:?}"),
-            Storage::FourBit { kind, .. } => kind.name().to_string(),
-            Storage::Int8 => "int8".to_string(),
-        }
+        OutStorage::same_as(self).label()
     }
 
     /// Whether bitsandbytes quantized this weight.
@@ -692,7 +689,7 @@ pub enum OutStorage {
 }
 
 impl OutStorage {
-    /// A short name for reports, as [`Storage::label`].
+    /// A short name for reports: `nf4`, `fp4`, `int8`, or the dtype (`F16`…).
     pub fn label(&self) -> String {
         match self {
             OutStorage::Plain(d) => format!("{d:?}"),
