@@ -300,12 +300,14 @@ fn refuse_mismatches(
         )));
     }
     if !unmapped.is_empty() && !allow_missing {
-        let why = if naming::supported_architectures().contains(&arch) {
+        let why = if naming::mapped_architectures().any(|a| a == arch) {
             format!("these names are neither base tensor names nor known Hugging Face names for '{arch}'")
+        } else if crate::model::hf_names::knows(arch) {
+            format!("llama.cpp's converter transforms tensors of '{arch}' beyond renaming them, which qresidual does not restate; name the residual's tensors as in the GGUF file (and in its layout) instead")
         } else {
             format!(
                 "the base's architecture '{arch}' has no Hugging Face name table (known: {}); name the residual's tensors as in the GGUF file instead",
-                naming::supported_architectures().join(", ")
+                naming::mapped_architectures().collect::<Vec<_>>().join(", ")
             )
         };
         return Err(Error::Mismatch(format!(

@@ -14,6 +14,11 @@
 //! - Gemma 3 drops `embed_tokens` rows past the tokenizer's vocabulary; a
 //!   residual for `token_embd` must be cut to the base's row count by the
 //!   caller, which sees both shapes.
+//!
+//! Other architectures whose converter only renames tensors map through
+//! gguf-py's own tables ([`hf_names`], generated), with the same filters.
+
+use super::hf_names::{self, Converter};
 
 /// The architectures [`hf_to_gguf`] knows, by their GGUF `general.architecture`
 /// name. Llama 2 / 3.x and Mistral all convert to `llama`.
@@ -334,23 +339,12 @@ fn is_multimodal(name: &str) -> bool {
 /// `arch` is not supported. A name already in GGUF form maps to itself (so
 /// `Some(n) == hf_name` means the tensor is already in GGUF layout).
 pub fn hf_to_gguf(arch_name: &str, hf_name: &str) -> Option<String> {
-    let arch = arch(arch_name)?;
-    if is_multimodal(hf_name) {
-        return None;
-    }
-    // `prepare_tensors` skips these buffers.
-    if hf_name.ends_with(".attention.masked_bias")
-        || hf_name.ends_with(".attention.bias")
-        || hf_name.ends_with(".rotary_emb.inv_freq")
-    {
-        return None;
-    }
-    let mut name = hf_name.to_string();
-    // LlamaModel.filter_tensors (SmolVLM), then ModelBase.filter_tensors (VLM wrappers).
-    if arch_name == "llama" {
-        name = name.replace("text_model.", "");
-    }
-    name = name.replace("language_model.", "");
+    let Some(arch) = arch(arch_name) else {
+        return renames_only(arch_name)
+            .then(|| hf_to_gguf_generated(arch_name, hf_name))
+            .flatten();
+    };
+    let name = filtered_name(arch_name, hf_name)?;
     if arch.spec.drops_lm_head && name == "lm_head.weight" {
         return None;
     }
@@ -368,17 +362,66 @@ pub fn hf_to_gguf(arch_name: &str, hf_name: &str) -> Option<String> {
     None
 }
 
+/// The name the converter's shared filters hand to `TensorNameMap`, or `None`
+/// when they drop the tensor.
+fn filtered_name(arch_name: &str, hf_name: &str) -> Option<String> {
+    if is_multimodal(hf_name) {
+        return None;
+    }
+    // `prepare_tensors` skips these buffers.
+    if hf_name.ends_with(".attention.masked_bias")
+        || hf_name.ends_with(".attention.bias")
+        || hf_name.ends_with(".rotary_emb.inv_freq")
+    {
+        return None;
+    }
+    let mut name = hf_name.to_string();
+    // LlamaModel.filter_tensors (SmolVLM), then ModelBase.filter_tensors
+    // (router bias spelling; VLM wrappers). The hand tables map no router
+    // bias either way.
+    if arch_name == "llama" {
+        name = name.replace("text_model.", "");
+    }
+    if name.ends_with("e_score_correction_bias") {
+        name = name.replace("e_score_correction_bias", "e_score_correction.bias");
+    }
+    Some(name.replace("language_model.", ""))
+}
+
+/// [`hf_to_gguf`] from gguf-py's tables alone ([`hf_names`]), for any
+/// architecture gguf-py knows, whatever else its converter does: the
+/// converter's shared filters, then `TensorNameMap.get_name`. For the
+/// hand-mapped families this is a cross-check of the hand tables.
+pub fn hf_to_gguf_generated(arch_name: &str, hf_name: &str) -> Option<String> {
+    let name = filtered_name(arch_name, hf_name)?;
+    hf_names::lookup(arch_name, &name)
+}
+
 /// True when `name` is already a GGUF tensor name of `arch` (with or without
 /// `.weight`/`.bias`), i.e. the tensor needs no renaming and no permutation.
 pub fn is_gguf_name(arch_name: &str, name: &str) -> bool {
-    let Some(arch) = arch(arch_name) else {
-        return false;
-    };
     let stem = name
         .strip_suffix(".weight")
         .or_else(|| name.strip_suffix(".bias"))
         .unwrap_or(name);
+    let Some(arch) = arch(arch_name) else {
+        return renames_only(arch_name) && hf_names::holds(arch_name, stem);
+    };
     arch.has_global(stem) || split_block(stem, "blk.").is_some_and(|(_, part)| arch.has_block(part))
+}
+
+/// Architectures outside the hand table that [`hf_to_gguf`] maps from
+/// gguf-py's tables ([`hf_names`]): those whose converter only renames, so
+/// that a residual in HF layout needs no transform.
+fn renames_only(arch_name: &str) -> bool {
+    arch(arch_name).is_none() && hf_names::converter(arch_name) == Some(Converter::Rename)
+}
+
+/// Every architecture [`hf_to_gguf`] maps: [`supported_architectures`] (hand
+/// tables) and then, from gguf-py's tables, those whose converter only renames.
+pub fn mapped_architectures() -> impl Iterator<Item = &'static str> {
+    let generated = hf_names::architectures().filter(|a| renames_only(a));
+    supported_architectures().iter().copied().chain(generated)
 }
 
 /// How the rows of a GGUF tensor relate to the rows of its HF original.
