@@ -10,33 +10,8 @@ use std::time::Duration;
 use qresidual_quant::ggml::isa::{quantize_fn, Isa};
 use qresidual_quant::{codec, dequantize_row, quantize_row, GgmlType, ALL_TYPES};
 
-/// CPU time of the calling thread: the machine may be shared, and other
-/// processes' load must not count against the codec (the ggml side of
-/// `bench_codecs.py` measures the same way).
-#[cfg(target_os = "linux")]
-fn cpu_seconds() -> f64 {
-    #[repr(C)]
-    struct Timespec {
-        sec: i64,
-        nsec: i64,
-    }
-    extern "C" {
-        fn clock_gettime(clock: i32, tp: *mut Timespec) -> i32;
-    }
-    const CLOCK_THREAD_CPUTIME_ID: i32 = 3;
-    let mut t = Timespec { sec: 0, nsec: 0 };
-    // SAFETY: `t` is a valid timespec; the clock id exists on Linux.
-    unsafe { clock_gettime(CLOCK_THREAD_CPUTIME_ID, &mut t) };
-    t.sec as f64 + t.nsec as f64 * 1e-9
-}
-
-#[cfg(not(target_os = "linux"))]
-fn cpu_seconds() -> f64 {
-    use std::sync::OnceLock;
-    use std::time::Instant;
-    static T0: OnceLock<Instant> = OnceLock::new();
-    T0.get_or_init(Instant::now).elapsed().as_secs_f64()
-}
+mod common;
+use common::cpu_seconds;
 
 const ROW: usize = 4096;
 const ROWS: usize = 256;
@@ -77,17 +52,9 @@ fn rate(n: usize, mut f: impl FnMut()) -> f64 {
 }
 
 fn main() {
-    // `cargo bench` passes `--bench`; `cargo test --workspace --all-targets`
-    // also runs this `harness = false` target, without it. Measuring is for
-    // `cargo bench` only: under `cargo test` return at once, so the CI log
-    // gets no codec timings (the codecs are tested in `tests/`).
-    if !std::env::args().any(|a| a == "--bench") {
+    let Some(wanted) = common::wanted_types() else {
         return;
-    }
-    let wanted: Vec<String> = std::env::args()
-        .skip(1)
-        .filter(|a| !a.starts_with('-'))
-        .collect();
+    };
     let x = data();
     for &ty in ALL_TYPES {
         if !wanted.is_empty() && !wanted.iter().any(|w| w.eq_ignore_ascii_case(ty.name())) {

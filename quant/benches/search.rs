@@ -10,30 +10,8 @@
 
 use qresidual_quant::{dequantize_row, quantize_row, search_row, GgmlType, SearchWins};
 
-#[cfg(target_os = "linux")]
-fn cpu_seconds() -> f64 {
-    #[repr(C)]
-    struct Timespec {
-        sec: i64,
-        nsec: i64,
-    }
-    extern "C" {
-        fn clock_gettime(clock: i32, tp: *mut Timespec) -> i32;
-    }
-    const CLOCK_THREAD_CPUTIME_ID: i32 = 3;
-    let mut t = Timespec { sec: 0, nsec: 0 };
-    // SAFETY: `t` is a valid timespec; the clock id exists on Linux.
-    unsafe { clock_gettime(CLOCK_THREAD_CPUTIME_ID, &mut t) };
-    t.sec as f64 + t.nsec as f64 * 1e-9
-}
-
-#[cfg(not(target_os = "linux"))]
-fn cpu_seconds() -> f64 {
-    use std::sync::OnceLock;
-    use std::time::Instant;
-    static T0: OnceLock<Instant> = OnceLock::new();
-    T0.get_or_init(Instant::now).elapsed().as_secs_f64()
-}
+mod common;
+use common::cpu_seconds;
 
 const ROW: usize = 4096;
 const ROWS: usize = 1024;
@@ -57,15 +35,9 @@ fn gaussian(seed: u64, n: usize, scale: f32) -> Vec<f32> {
 }
 
 fn main() {
-    // As in `codecs.rs`: measuring is for `cargo bench` (which passes
-    // `--bench`); under `cargo test --all-targets` return at once.
-    if !std::env::args().any(|a| a == "--bench") {
+    let Some(wanted) = common::wanted_types() else {
         return;
-    }
-    let wanted: Vec<String> = std::env::args()
-        .skip(1)
-        .filter(|a| !a.starts_with('-'))
-        .collect();
+    };
     let types = [
         GgmlType::Q4_0,
         GgmlType::Q8_0,
