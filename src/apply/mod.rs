@@ -242,18 +242,14 @@ fn check_request(req: &ApplyRequest) -> Result<()> {
     }
 }
 
-/// The residual opened, matched to a GGUF base and checked.
-struct Matched<'a> {
-    /// One residual row source per base tensor (None: no residual or all zero).
-    rows: Vec<Option<Box<dyn RowSource + 'a>>>,
-}
-
+/// The residual matched to a GGUF base and checked: one residual row
+/// source per base tensor (`None`: no residual, or an all-zero one).
 fn match_gguf<'a>(
     req: &ApplyRequest,
     base: &'a GgufFile,
     residual: &'a Residual,
     log: &Log,
-) -> Result<Matched<'a>> {
+) -> Result<Vec<Option<Box<dyn RowSource + 'a>>>> {
     let rtensors = residual_tensors(residual)?;
     tasks::require_tensors(base)?;
     if rtensors.is_empty() {
@@ -265,44 +261,37 @@ fn match_gguf<'a>(
     let matching = match_residual(base, residual.path(), &rtensors, req.allow_missing)?;
     guard::guard_apply(base, residual, &rtensors, &matching.pairs, req.force, log)?;
     let all_zero = scan_residuals(residual.path(), &rtensors, &matching.pairs, residual)?;
-    let rows = matching.residual_rows(
+    Ok(matching.residual_rows(
         residual,
         &rtensors,
         &all_zero,
         (base.tensors().len(), req.scale),
         log,
-    );
-    Ok(Matched { rows })
+    ))
 }
 
-/// Which types the tensors are written in, and why.
-enum TypeChoice {
-    /// A size budget (or auto) chose them.
-    Planned(budget::Plan),
-    /// The target gives them (or auto found no plan that fits: every
-    /// tensor keeps its own type).
-    Given,
-}
-
+/// The plan that chooses the output types when a size budget (or auto)
+/// does; `None` when the target gives them, or when auto finds no plan that
+/// fits and every tensor keeps its own type.
 fn choose_types(
     req: &ApplyRequest,
     base: &GgufFile,
     residual_rows: &[Option<Box<dyn RowSource + '_>>],
     keep: bool,
     log: &Log,
-) -> Result<TypeChoice> {
+) -> Result<Option<budget::Plan>> {
     let auto = req.strategy == Strategy::Auto && keep && !req.budget.is_set();
     if !(auto || req.budget.is_set()) {
-        return Ok(TypeChoice::Given);
+        return Ok(None);
     }
     let default_limit = auto.then_some(SizeLimit::Relative(0.0));
     match plan_budget(req, base, residual_rows, default_limit, log)? {
-        Ok(plan) => Ok(TypeChoice::Planned(plan)),
+        Ok(plan) => Ok(Some(plan)),
         // No type choice fits the base's size (e.g. 2-bit IQ bases): auto
         // falls back to every tensor's own type.
         Err(budget::Infeasible(why)) if auto => {
             log.note(&format!("--strategy auto keeps every tensor's type: {why}"));
-            Ok(TypeChoice::Given)
+            Ok(None)
         }
         Err(infeasible) => Err(infeasible.into()),
     }
@@ -322,9 +311,7 @@ fn apply_gguf(req: &ApplyRequest, base: &GgufFile, log: &Log) -> Result<ApplyRes
     inputs.extend(residual.paths());
     check_outputs(req, &inputs)?;
 
-    let Matched {
-        rows: residual_rows,
-    } = match_gguf(req, base, &residual, log)?;
+    let residual_rows = match_gguf(req, base, &residual, log)?;
     if let Strategy::Adapter { rank } = req.strategy {
         return write_adapter(req, base, &residual_rows, rank, log);
     }
@@ -336,10 +323,7 @@ fn apply_gguf(req: &ApplyRequest, base: &GgufFile, log: &Log) -> Result<ApplyRes
         .as_deref()
         .map(crate::format::imatrix::Imatrix::open)
         .transpose()?;
-    let plan = match choose_types(req, base, &residual_rows, keep, log)? {
-        TypeChoice::Planned(p) => Some(p),
-        TypeChoice::Given => None,
-    };
+    let plan = choose_types(req, base, &residual_rows, keep, log)?;
     let out_types = match &plan {
         Some(p) => p.types(),
         None => tasks::output_types(base, &target)?,
