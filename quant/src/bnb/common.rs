@@ -54,6 +54,18 @@ pub(crate) fn check_finite(x: &[f32]) -> Result<(), BnbError> {
     }
 }
 
+/// The first `(what, expected, got)` whose lengths differ, as the error.
+pub(crate) fn check_lengths(want: &[(&'static str, usize, usize)]) -> Result<(), BnbError> {
+    match want.iter().find(|(_, expected, got)| expected != got) {
+        Some(&(what, expected, got)) => Err(BnbError::BadLength {
+            what,
+            expected,
+            got,
+        }),
+        None => Ok(()),
+    }
+}
+
 /// Number of blocks covering `n` elements (the last one may be partial).
 pub fn num_blocks(n: usize, blocksize: usize) -> usize {
     n.div_ceil(blocksize)

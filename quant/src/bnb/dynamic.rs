@@ -1,7 +1,7 @@
 //! The signed 8-bit dynamic map and blockwise 8-bit quantization, used by
 //! bitsandbytes for double quantization ("nested" absmax) of 4-bit scales.
 
-use super::common::{check_finite, num_blocks, BnbError};
+use super::common::{check_finite, check_lengths, num_blocks, BnbError};
 
 /// Blocksize of the nested (second-level) quantization of 4-bit absmax.
 pub const NESTED_BLOCKSIZE: usize = 256;
@@ -73,13 +73,17 @@ pub fn quantize_blockwise(
             continue;
         }
         let inv = 1.0f32 / am;
-        for &v in blk {
-            let s = (v * inv).clamp(-1.0, 1.0);
-            let t = ((s + 1.0f32) * 0.5f32) * (LUT_SIZE - 1) as f32 + 0.5f32;
-            out.push(lut[t as usize]);
-        }
+        out.extend(blk.iter().map(|&v| bin(&lut, v, inv)));
     }
     Ok((out, absmax))
+}
+
+/// The code `quantize_cpu` gives `v` in a block whose absmax has the
+/// reciprocal `inv`: `v * inv` clamped to [-1, 1], binned into `lut`.
+fn bin(lut: &[u8], v: f32, inv: f32) -> u8 {
+    let s = (v * inv).clamp(-1.0, 1.0);
+    let t = ((s + 1.0f32) * 0.5f32) * (LUT_SIZE - 1) as f32 + 0.5f32;
+    lut[t as usize]
 }
 
 /// `code[q] * absmax[i / blocksize]` in f32: the native
@@ -94,20 +98,10 @@ pub fn dequantize_blockwise(
     if blocksize == 0 {
         return Err(BnbError::BadBlocksize(0));
     }
-    if absmax.len() != num_blocks(q.len(), blocksize) {
-        return Err(BnbError::BadLength {
-            what: "absmax",
-            expected: num_blocks(q.len(), blocksize),
-            got: absmax.len(),
-        });
-    }
-    if out.len() != q.len() {
-        return Err(BnbError::BadLength {
-            what: "out",
-            expected: q.len(),
-            got: out.len(),
-        });
-    }
+    check_lengths(&[
+        ("absmax", num_blocks(q.len(), blocksize), absmax.len()),
+        ("out", q.len(), out.len()),
+    ])?;
     for (i, (o, &c)) in out.iter_mut().zip(q).enumerate() {
         *o = code[c as usize] * absmax[i / blocksize];
     }
@@ -152,6 +146,37 @@ impl NestedAbsmax {
             offset,
             code,
         })
+    }
+
+    /// Codes for other absmax values of the same blocks under this state's
+    /// `offset` and group scales `absmax2`: what `quantize_cpu` gives
+    /// `absmax[i] - offset` in group `i / 256` with the group's absmax fixed
+    /// (a value beyond the group's range takes the end code; a group of
+    /// scale 0 gives codes 0, as a zero block does). Decoded with this
+    /// state, a code of the state's own absmax is the state's own code, and
+    /// the codes of the other blocks do not change: `--strategy search`
+    /// swaps single blocks this way without moving any other block's value.
+    pub fn codes_for(&self, absmax: &[f32]) -> Result<Vec<u8>, BnbError> {
+        check_lengths(&[
+            ("absmax", self.codes.len(), absmax.len()),
+            (
+                "absmax2",
+                num_blocks(absmax.len(), NESTED_BLOCKSIZE),
+                self.absmax2.len(),
+            ),
+        ])?;
+        check_finite(absmax)?;
+        let lut = build_quantize_lut(&self.code);
+        let mut out = Vec::with_capacity(absmax.len());
+        for (grp, &am) in absmax.chunks(NESTED_BLOCKSIZE).zip(&self.absmax2) {
+            if am == 0.0 {
+                out.extend(std::iter::repeat_n(0u8, grp.len()));
+                continue;
+            }
+            let inv = 1.0f32 / am;
+            out.extend(grp.iter().map(|&a| bin(&lut, a - self.offset, inv)));
+        }
+        Ok(out)
     }
 
     /// The 4-bit absmax back: `code[c] * absmax2[i / 256] + offset` in f32
@@ -288,4 +313,26 @@ fn multi_row_sum<'a>(
         }
     }
     acc.swap_remove(0)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn codes_for_own_absmax_are_the_states_codes() {
+        let absmax: Vec<f32> = (0..600)
+            .map(|i| 0.01 + (i * 37 % 101) as f32 * 1e-4)
+            .collect();
+        let nested = NestedAbsmax::quantize(&absmax).unwrap();
+        assert_eq!(nested.codes_for(&absmax).unwrap(), nested.codes);
+        // Beyond a group's range: the end codes; a decoded value stays in range.
+        let mut other = absmax.clone();
+        other[3] = 10.0;
+        other[300] = -10.0;
+        let codes = nested.codes_for(&other).unwrap();
+        assert_eq!((codes[3], codes[300]), (255, 0));
+        assert!(nested.codes_for(&absmax[1..]).is_err());
+        assert!(nested.codes_for(&[f32::NAN; 600]).is_err());
+    }
 }

@@ -1,6 +1,6 @@
 //! NF4 and FP4: 4-bit blockwise codes with one float32 absmax per block.
 
-use super::common::{check_finite, num_blocks, BnbError};
+use super::common::{check_finite, check_lengths, num_blocks, BnbError};
 
 /// The two 4-bit data types of bitsandbytes.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -167,31 +167,27 @@ pub fn dequantize_4bit(
     out: &mut [f32],
 ) -> Result<(), BnbError> {
     check_blocksize(blocksize)?;
-    let want = [
+    check_lengths(&[
         ("packed", n.div_ceil(2), packed.len()),
         ("absmax", num_blocks(n, blocksize), absmax.len()),
         ("out", n, out.len()),
-    ];
-    for (what, expected, got) in want {
-        if expected != got {
-            return Err(BnbError::BadLength {
-                what,
-                expected,
-                got,
-            });
-        }
-    }
+    ])?;
     let table = kind.code();
     for (i, o) in out.iter_mut().enumerate() {
-        let byte = packed[i / 2];
-        let nib = if i.is_multiple_of(2) {
-            byte >> 4
-        } else {
-            byte & 0xF
-        };
-        *o = table[nib as usize] * absmax[i / blocksize];
+        *o = table[nibble(packed, i) as usize] * absmax[i / blocksize];
     }
     Ok(())
+}
+
+/// The code of element `i`: element `2j` is the high nibble of byte `j`.
+#[inline]
+pub(super) fn nibble(packed: &[u8], i: usize) -> u8 {
+    let b = packed[i / 2];
+    if i.is_multiple_of(2) {
+        b >> 4
+    } else {
+        b & 0xF
+    }
 }
 
 #[cfg(test)]

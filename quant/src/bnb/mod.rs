@@ -10,6 +10,9 @@
 //!   `quantize_cpu` (csrc/cpu_ops.cpp), and `torch.mean` for its offset;
 //! - `int8_vectorwise_quant` / `int8_vectorwise_dequant`: the default torch kernels.
 //!
+//! [`search_4bit`] is `--strategy search` for NF4/FP4: per block, the base's
+//! own block or the fresh one, whichever decodes nearer to the sum.
+//!
 //! Tensors are handled *flattened*: a 4-bit block runs over consecutive
 //! elements of the whole tensor and does not restart at row boundaries.
 //! Inputs are `f32`; callers holding f16/bf16 weights convert exactly first.
@@ -30,6 +33,7 @@ mod common;
 mod dynamic;
 mod fourbit;
 mod int8;
+mod search;
 
 pub use common::{num_blocks, BnbError};
 pub use dynamic::{
@@ -38,3 +42,4 @@ pub use dynamic::{
 };
 pub use fourbit::{dequantize_4bit, quantize_4bit, FourBit, BLOCKSIZES_4BIT};
 pub use int8::{dequantize_int8_rows, quantize_int8_rows, INT8_DEQUANT_FACTOR};
+pub use search::{search_4bit, Blocks4};
