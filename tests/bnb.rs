@@ -84,30 +84,7 @@ fn quant_state(m: &SafetensorsModel, w: &str, kind: FourBit) -> Value {
 
 /// f32 dequantization of a 4-bit weight straight from its stored parts.
 fn dequant_4bit_parts(m: &SafetensorsModel, w: &str, kind: FourBit) -> Vec<f32> {
-    let qs = quant_state(m, w, kind);
-    let n: usize = qs["shape"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|d| d.as_u64().unwrap() as usize)
-        .product();
-    let bs = qs["blocksize"].as_u64().unwrap() as usize;
-    let absmax = match qs.get("nested_offset") {
-        Some(off) => NestedAbsmax {
-            codes: tensor(m, &format!("{w}.absmax")).to_vec(),
-            absmax2: f32s(tensor(m, &format!("{w}.nested_absmax"))),
-            offset: off.as_f64().unwrap() as f32,
-            code: f32s(tensor(m, &format!("{w}.nested_quant_map")))
-                .try_into()
-                .unwrap(),
-        }
-        .dequantize()
-        .unwrap(),
-        None => f32s(tensor(m, &format!("{w}.absmax"))),
-    };
-    let mut out = vec![0f32; n];
-    dequantize_4bit(kind, tensor(m, w), &absmax, bs, n, &mut out).unwrap();
-    out
+    common::bnb::stored(m, w, kind).decode(kind)
 }
 
 fn dequant_int8_parts(m: &SafetensorsModel, w: &str) -> Vec<f32> {
@@ -323,13 +300,7 @@ fn dequantize_fixtures() {
 /// A deterministic float16 residual for every quantized weight and the final
 /// norm, in HF names, written with the crate's writer.
 fn write_residual(m: &BnbModel, path: &Path, amplitude: f32) -> BTreeMap<String, Vec<f32>> {
-    let mut state = 0x9e3779b97f4a7c15u64;
-    let mut next = || {
-        state ^= state << 13;
-        state ^= state >> 7;
-        state ^= state << 17;
-        ((state >> 40) as f32 / (1u64 << 24) as f32) * 2.0 - 1.0
-    };
+    let mut next = common::uniform(0x9e3779b97f4a7c15);
     let mut res = BTreeMap::new();
     for w in m.weights() {
         if w.storage.is_quantized() || w.name == "model.norm.weight" {
@@ -953,6 +924,7 @@ fn output_does_not_depend_on_chunking() {
                 window,
                 measure: true,
                 torch_threads: 1,
+                search: false,
             };
             let pool = rayon::ThreadPoolBuilder::new()
                 .num_threads(threads)

@@ -80,6 +80,9 @@ q extract --instruct bnb-int8-f16 --base bnb-nf4-f16 -o bnb-res.safetensors
 for v in nf4 fp4 int8; do
     q apply --base "$F/tiny_bnb/$v" --residual bnb-res.safetensors -o "bnb-$v-keep" --report "bnb-$v-keep.json"
 done
+for v in nf4 fp4; do
+    q apply --base "$F/tiny_bnb/$v" --residual bnb-res.safetensors -o "bnb-$v-search" --strategy search --report "bnb-$v-search.json"
+done
 for t in nf4 fp4 int8 f16 bf16 f32; do
     q apply --base "$F/tiny_bnb/nf4" --residual bnb-res.safetensors -o "bnb-nf4-to-$t" --type "$t"
 done

@@ -33,12 +33,7 @@ fn check_request(req: &ApplyRequest) -> Result<()> {
         Strategy::Adapter { .. } => {
             return usage("--strategy adapter needs a GGUF base (llama.cpp adapters)")
         }
-        Strategy::Search => {
-            return usage(
-                "--strategy search needs a GGUF base (bitsandbytes bases are requantized fresh)",
-            )
-        }
-        Strategy::Auto | Strategy::Fresh => {}
+        Strategy::Auto | Strategy::Fresh | Strategy::Search => {}
     }
     if req.split_max_size.is_some() || req.metadata.name.is_some() {
         return usage("--split-max-size and --name apply to GGUF outputs; a bitsandbytes folder keeps its shards and config");
@@ -157,17 +152,20 @@ pub fn apply(req: &ApplyRequest, model: &BnbModel, log: &Log) -> Result<ApplyRes
         })
         .collect();
     let config = config_for(model, &jobs, target);
-    let outcomes = write_model(
-        model,
-        &jobs,
-        &config,
-        &req.output,
-        &WriteOptions::default(),
-        log.progress(),
-    )?;
+    // auto is fresh here: bitsandbytes' own bytes for the sum.
+    let search = req.strategy == Strategy::Search;
+    let opts = WriteOptions {
+        search,
+        ..Default::default()
+    };
+    let outcomes = write_model(model, &jobs, &config, &req.output, &opts, log.progress())?;
     let rows = report::rows(&outcomes);
     let mut inputs = super::report_inputs(req);
     inputs["type"] = json!(req.target);
+    if search {
+        // Named only here, so that fresh reports keep their bytes.
+        inputs["strategy"] = json!(req.strategy.name());
+    }
     let json = report::to_json("apply", inputs, &rows);
     if let Some(path) = &req.report {
         report::write_value(path, &json)?;
@@ -178,7 +176,7 @@ pub fn apply(req: &ApplyRequest, model: &BnbModel, log: &Log) -> Result<ApplyRes
         tensors: rows,
         adapter: None,
         plan: None,
-        searched: false,
+        searched: search,
         report: json,
     })
 }

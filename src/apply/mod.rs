@@ -55,7 +55,8 @@ pub enum Strategy {
     /// Requantize dequant(base) + α·Δ as llama.cpp would (bit-exact).
     Fresh,
     /// Per block, the candidate nearest to the sum (base block, fresh
-    /// encoding, base scales with re-rounded codes).
+    /// encoding, base scales with re-rounded codes; on NF4/FP4
+    /// bitsandbytes bases the first two).
     Search,
     /// Leave the base untouched; write α·Δ as a rank-`rank` LoRA adapter.
     Adapter {

@@ -31,14 +31,18 @@ within the base's size (as --max-size +0%) with the least estimated error — sa
 tensor are encoded in every candidate type and bytes go where they remove the most relative \
 error (a large embedding may drop a step so that every layer tensor rises). Every tensor is the \
 fresh, bit-exact llama.cpp encoding at its chosen type. On a Q4_K_M base this halved the KL \
-divergence that plain requantization leaves, at equal size. With another --type: as fresh.
+divergence that plain requantization leaves, at equal size. With another --type, and on \
+bitsandbytes bases: as fresh.
   fresh           Every tensor in its own type (--type keep) or the one --type gives, \
 requantized bit-exactly as llama.cpp's quantizer would from the same f32 sum (what \
 --allow-requantize and PEFT's 4-bit merge do).
   search          As fresh, but per block the nearest (L2) of three encodings of the sum: the \
 base's own block, the fresh one, and the base block's scales with every code re-rounded (legacy \
 types, Q2_K…Q6_K). Never further from the sum than fresh, block by block; the report says how \
-often each won.
+often each won. On NF4/FP4 bitsandbytes bases: the base's block (codes and absmax) or the fresh \
+one, never further from the sum than fresh's block as bitsandbytes dequantizes it (float32 and \
+the module's float16); with double quantization the nested absmax state stays fresh's. LLM.int8 \
+and float weights are written fresh.
   adapter         Leave the base untouched and write α·Δ as a llama.cpp LoRA adapter GGUF \
 (-o adapter.gguf, needs --rank R) for `llama-cli -m BASE --lora adapter.gguf`: each 2-D tensor's \
 best rank-R approximation (randomized streaming SVD); the report gives the share of ‖αΔ‖² held. \
@@ -132,7 +136,7 @@ pub struct ApplyArgs {
     /// No progress bar and no report table.
     #[arg(long, short)]
     pub quiet: bool,
-    /// fresh: requantize the sum (llama.cpp's bytes); search: per block the nearest of base block, fresh encoding and base scales with re-rounded codes; adapter: leave the base, write α·Δ as a LoRA adapter (needs --rank).
+    /// fresh: requantize the sum (llama.cpp's or bitsandbytes' bytes); search: per block the nearest of base block, fresh encoding and (GGUF) base scales with re-rounded codes; adapter: leave the base, write α·Δ as a LoRA adapter (needs --rank).
     #[arg(long, value_enum, default_value_t = Strategy::Auto)]
     pub strategy: Strategy,
 }
@@ -145,7 +149,7 @@ pub enum Strategy {
     Auto,
     /// Requantize dequant(base) + α·Δ as llama.cpp would (bit-exact), every tensor in the type --type gives.
     Fresh,
-    /// Per block, the candidate nearest to the sum.
+    /// Per block, the candidate nearest to the sum (GGUF and NF4/FP4 bases).
     Search,
     /// Leave the base untouched; write α·Δ as a rank-R LoRA adapter GGUF.
     Adapter,

@@ -41,11 +41,11 @@ use crate::model::naming::RowPermutation;
 use crate::model::rows::{EncodedRows, RowSource};
 use crate::quant::bnb::{
     dequantize_4bit, dequantize_int8_rows, dynamic_map, num_blocks, quantize_4bit,
-    quantize_int8_rows, torch_mean_f32_threads, BnbError, FourBit, NestedAbsmax, BLOCKSIZES_4BIT,
-    NESTED_BLOCKSIZE,
+    quantize_int8_rows, search_4bit, torch_mean_f32_threads, Blocks4, BnbError, FourBit,
+    NestedAbsmax, BLOCKSIZES_4BIT, NESTED_BLOCKSIZE,
 };
 use crate::quant::stats::ErrorStats;
-use crate::quant::{quantize_row, GgmlType};
+use crate::quant::{quantize_row, GgmlType, SearchWins};
 use crate::{Error, Result};
 
 /// The file holding a model's configuration.
@@ -273,36 +273,7 @@ impl BnbModel {
                 permutation: RowPermutation::Identity,
                 pages: Some(&self.st),
             })),
-            Storage::FourBit {
-                kind,
-                blocksize,
-                nested_offset,
-                ..
-            } => {
-                let absmax_t = self.part_named(w, ".absmax")?;
-                let absmax = match nested_offset {
-                    None => Absmax::Plain(self.st.data(absmax_t)),
-                    Some(offset) => Absmax::Nested {
-                        codes: self.st.data(absmax_t),
-                        absmax2: f32s(self.st.data(self.part_named(w, ".nested_absmax")?)),
-                        code: Box::new(nested_code(
-                            self.st.data(self.part_named(w, ".nested_quant_map")?),
-                        )),
-                        offset: *offset,
-                    },
-                };
-                Some(Box::new(FourBitRows {
-                    path,
-                    name: &w.name,
-                    packed: self.st.data(main),
-                    absmax,
-                    kind: *kind,
-                    blocksize: *blocksize,
-                    n: w.n_elements(),
-                    row_len: w.row_len(),
-                    pages: &self.st,
-                }))
-            }
+            Storage::FourBit { .. } => Some(Box::new(self.four_bit_rows(index)?)),
             Storage::Int8 => Some(Box::new(Int8Rows {
                 path,
                 name: &w.name,
@@ -313,6 +284,45 @@ impl BnbModel {
                 pages: &self.st,
             })),
         }
+    }
+
+    /// The rows of 4-bit weight `index` with access to its blocks; `None`
+    /// for any other storage.
+    fn four_bit_rows(&self, index: usize) -> Option<FourBitRows<'_>> {
+        let w = &self.weights[index];
+        let Storage::FourBit {
+            kind,
+            blocksize,
+            nested_offset,
+            ..
+        } = &w.storage
+        else {
+            return None;
+        };
+        let main = self.part(w, 0);
+        let absmax_t = self.part_named(w, ".absmax")?;
+        let absmax = match nested_offset {
+            None => Absmax::Plain(self.st.data(absmax_t)),
+            Some(offset) => Absmax::Nested {
+                codes: self.st.data(absmax_t),
+                absmax2: f32s(self.st.data(self.part_named(w, ".nested_absmax")?)),
+                code: Box::new(nested_code(
+                    self.st.data(self.part_named(w, ".nested_quant_map")?),
+                )),
+                offset: *offset,
+            },
+        };
+        Some(FourBitRows {
+            path: self.st.shard_path(main),
+            name: &w.name,
+            packed: self.st.data(main),
+            absmax,
+            kind: *kind,
+            blocksize: *blocksize,
+            n: w.n_elements(),
+            row_len: w.row_len(),
+            pages: &self.st,
+        })
     }
 
     /// Bytes stored for weight `index`, all parts together.
@@ -596,6 +606,16 @@ impl FourBitRows<'_> {
     }
 }
 
+impl FourBitRows<'_> {
+    /// The packed codes and decoded absmax of the whole blocks covering
+    /// elements `e0..e0 + len` (`e0` at a block start).
+    fn blocks(&self, e0: usize, len: usize) -> Result<(&[u8], Vec<f32>)> {
+        let bs = self.blocksize;
+        let absmax = self.absmax(e0 / bs, (e0 + len).div_ceil(bs))?;
+        Ok((&self.packed[e0 / 2..(e0 + len).div_ceil(2)], absmax))
+    }
+}
+
 impl RowSource for FourBitRows<'_> {
     fn row_len(&self) -> usize {
         self.row_len
@@ -751,6 +771,9 @@ pub struct WeightOutcome {
     pub has_residual: bool,
     /// Output against the exact f32 `dequant(base) + α·Δ`.
     pub stats: Option<ErrorStats>,
+    /// Blocks won by the base's block and the fresh one, when the weight
+    /// was searched ([`WriteOptions::search`]).
+    pub search: Option<SearchWins>,
 }
 
 /// Knobs of a write.
@@ -765,6 +788,13 @@ pub struct WriteOptions {
     /// torch's thread count whose `absmax.mean()` the nested offset
     /// reproduces (it differs in the last bit above 32768 blocks).
     pub torch_threads: usize,
+    /// `--strategy search`: a 4-bit weight written in its base's kind and
+    /// blocksize takes, block by block, the base's own block where it
+    /// decodes nearer to the sum than the fresh one (see
+    /// [`crate::quant::bnb::search_4bit`]; with double quantization the
+    /// nested state stays the fresh one's, so that every block left fresh
+    /// decodes exactly as in the fresh output).
+    pub search: bool,
 }
 
 impl Default for WriteOptions {
@@ -774,6 +804,7 @@ impl Default for WriteOptions {
             window: 2 * rayon::current_num_threads().max(1),
             measure: true,
             torch_threads: 1,
+            search: false,
         }
     }
 }
@@ -847,13 +878,19 @@ pub fn quant_state_json(
     s
 }
 
-/// `x` rounded to `dtype` (round to nearest even, as torch's casts).
-fn round_to(dtype: Dtype, x: &mut [f32]) {
+/// One value rounded to `dtype` (round to nearest even, as torch's casts).
+fn rounding(dtype: Dtype) -> fn(f32) -> f32 {
     match dtype {
-        Dtype::F16 => x.iter_mut().for_each(|v| *v = f16::from_f32(*v).to_f32()),
-        Dtype::BF16 => x.iter_mut().for_each(|v| *v = bf16::from_f32(*v).to_f32()),
-        _ => {}
+        Dtype::F16 => |v| f16::from_f32(v).to_f32(),
+        Dtype::BF16 => |v| bf16::from_f32(v).to_f32(),
+        _ => |v| v,
     }
+}
+
+/// `x` rounded to `dtype`.
+fn round_to(dtype: Dtype, x: &mut [f32]) {
+    let round = rounding(dtype);
+    x.iter_mut().for_each(|v| *v = round(*v));
 }
 
 /// Rows per chunk: close to `target` elements and a multiple of `align`
@@ -1157,7 +1194,7 @@ fn write_weight(
     out_path: &Path,
     opts: &WriteOptions,
     runner: &impl ChunkRunner,
-) -> Result<Option<ErrorStats>> {
+) -> Result<Written> {
     let w = &model.weights[job.weight];
     runner.weight(&w.name);
     let mut write = |bytes: &[u8]| -> Result<()> {
@@ -1169,12 +1206,13 @@ fn write_weight(
         for &i in &w.parts {
             write(model.st.data(&model.st.tensors()[i]))?;
         }
-        return Ok(None);
+        return Ok(Written::default());
     }
     let base = model.rows(job.weight).expect("validated");
     let re = Reencode {
         w,
         base: base.as_ref(),
+        search_base: search_candidates(model, job, opts),
         residual: job.residual.as_deref(),
         scale: job.scale,
         out_path,
@@ -1182,6 +1220,7 @@ fn write_weight(
         runner,
     };
     let mut stats = ErrorStats::default();
+    let mut search = None;
     match job.out {
         OutStorage::Plain(d) => re.plain(d, &mut write, &mut stats)?,
         OutStorage::FourBit {
@@ -1189,17 +1228,54 @@ fn write_weight(
             blocksize,
             dtype,
             ..
-        } => re.four_bit(
-            kind,
-            blocksize,
-            dtype,
-            nested_offset,
-            &mut write,
-            &mut stats,
-        )?,
+        } => {
+            search = re.four_bit(
+                kind,
+                blocksize,
+                dtype,
+                nested_offset,
+                &mut write,
+                &mut stats,
+            )?
+        }
         OutStorage::Int8 => re.int8(&mut write, &mut stats)?,
     }
-    Ok(opts.measure.then_some(stats))
+    Ok(Written {
+        stats: opts.measure.then_some(stats),
+        search,
+    })
+}
+
+/// What [`write_weight`] measured: the statistics (when measuring) and the
+/// search wins (when searched).
+#[derive(Default)]
+struct Written {
+    stats: Option<ErrorStats>,
+    search: Option<SearchWins>,
+}
+
+/// The base's blocks as search candidates for `job`: when searching, and
+/// the output keeps the base's 4-bit kind and blocksize (a block of another
+/// kind or size is no candidate).
+fn search_candidates<'a>(
+    model: &'a BnbModel,
+    job: &WeightJob<'_>,
+    opts: &WriteOptions,
+) -> Option<FourBitRows<'a>> {
+    let w = &model.weights[job.weight];
+    match (&w.storage, job.out) {
+        (
+            Storage::FourBit {
+                kind, blocksize, ..
+            },
+            OutStorage::FourBit {
+                kind: k,
+                blocksize: b,
+                ..
+            },
+        ) if opts.search && *kind == k && *blocksize == b => model.four_bit_rows(job.weight),
+        _ => None,
+    }
 }
 
 /// One weight re-encoded chunk by chunk: base (+ scale · residual) into
@@ -1207,6 +1283,8 @@ fn write_weight(
 struct Reencode<'a, R> {
     w: &'a BnbWeight,
     base: &'a dyn RowSource,
+    /// The base's 4-bit blocks, when they are search candidates.
+    search_base: Option<FourBitRows<'a>>,
     residual: Option<&'a dyn RowSource>,
     scale: f32,
     out_path: &'a Path,
@@ -1259,7 +1337,9 @@ impl<R: ChunkRunner> Reencode<'_, R> {
     }
 
     /// As NF4/FP4 with blocks of `blocksize` (absmax double-quantized when
-    /// `nested_offset` is given), then the quant state's tensors.
+    /// `nested_offset` is given), then the quant state's tensors. With
+    /// `self.search_base`, blocks are chosen between the base's and the
+    /// fresh ones; the wins are returned.
     fn four_bit(
         &self,
         kind: FourBit,
@@ -1268,7 +1348,7 @@ impl<R: ChunkRunner> Reencode<'_, R> {
         nested_offset: Option<f32>,
         write: &mut impl FnMut(&[u8]) -> Result<()>,
         stats: &mut ErrorStats,
-    ) -> Result<()> {
+    ) -> Result<Option<SearchWins>> {
         let (base, residual, scale) = (self.base, self.residual, self.scale);
         let (out_path, name, measure) = (self.out_path, &self.w.name, self.opts.measure);
         let row_len = self.w.row_len();
@@ -1279,6 +1359,8 @@ impl<R: ChunkRunner> Reencode<'_, R> {
         let rpc = rows_per_chunk(row_len, align, self.opts.chunk_elements);
         let mut absmax_out: Vec<u8> = Vec::new();
         let mut absmax2: Vec<f32> = Vec::new();
+        let searched = self.search_base.as_ref();
+        let mut wins = searched.map(|_| SearchWins::default());
         let err = |e: BnbError| bnb_err(out_path, name, e);
         for_chunks(
             self.runner,
@@ -1288,34 +1370,56 @@ impl<R: ChunkRunner> Reencode<'_, R> {
                 let s = sum_rows(base, residual, scale, r0, n)?;
                 let t = s.target(dtype, out_path, name, r0, row_len)?;
                 let (packed, raw) = quantize_4bit(kind, &t, blocksize).map_err(err)?;
-                let (stored, decoded_absmax, nested2) = match nested_offset {
-                    None => (f32_bytes(&raw), raw, Vec::new()),
-                    Some(off) => {
-                        let nested = NestedAbsmax::quantize_with_offset(&raw, off).map_err(err)?;
-                        let dq = nested.dequantize().map_err(err)?;
-                        (nested.codes, dq, nested.absmax2)
-                    }
+                let nested = nested_offset
+                    .map(|off| NestedAbsmax::quantize_with_offset(&raw, off))
+                    .transpose()
+                    .map_err(err)?;
+                let absmax = match &nested {
+                    None => raw,
+                    Some(nested) => nested.dequantize().map_err(err)?,
+                };
+                let mut chunk = Chunk4 {
+                    packed,
+                    absmax,
+                    nested,
                 };
                 let mut decoded = Vec::new();
-                if measure {
+                let mut won = None;
+                if let Some(b) = searched {
+                    let (w, d) = keep_base_blocks(b, r0 * row_len, &s.exact, dtype, &mut chunk)?;
+                    (won, decoded) = (Some(w), d);
+                } else if measure {
                     decoded = vec![0f32; t.len()];
                     dequantize_4bit(
                         kind,
-                        &packed,
-                        &decoded_absmax,
+                        &chunk.packed,
+                        &chunk.absmax,
                         blocksize,
                         t.len(),
                         &mut decoded,
                     )
                     .map_err(err)?;
                 }
-                Ok((packed, stored, nested2, s.stats(&decoded, measure)))
+                let (stored, nested2) = match chunk.nested {
+                    None => (f32_bytes(&chunk.absmax), Vec::new()),
+                    Some(nested) => (nested.codes, nested.absmax2),
+                };
+                Ok((
+                    chunk.packed,
+                    stored,
+                    nested2,
+                    s.stats(&decoded, measure),
+                    won,
+                ))
             },
-            |r0, n, (packed, stored, nested2, st)| {
+            |r0, n, (packed, stored, nested2, st, won)| {
                 write(&packed)?;
                 absmax_out.extend(stored);
                 absmax2.extend(nested2);
                 stats.merge(&st);
+                if let (Some(w), Some(won)) = (wins.as_mut(), won) {
+                    w.merge(&won);
+                }
                 self.release(r0, n);
                 Ok(())
             },
@@ -1327,7 +1431,8 @@ impl<R: ChunkRunner> Reencode<'_, R> {
             write(&f32_bytes(&dynamic_map()))?;
         }
         let js = quant_state_json(kind, blocksize, dtype, &self.w.shape, nested_offset);
-        write(js.as_bytes())
+        write(js.as_bytes())?;
+        Ok(wins)
     }
 
     /// As LLM.int8 (row-wise absmax), then the row scales and the format.
@@ -1370,6 +1475,79 @@ impl<R: ChunkRunner> Reencode<'_, R> {
         write(&f32_bytes(&scb_all))?;
         write(&[0u8])
     }
+}
+
+/// One chunk of a 4-bit weight as it will be written: packed codes, every
+/// block's absmax as it decodes, and with double quantization the nested
+/// state that stores it.
+struct Chunk4 {
+    packed: Vec<u8>,
+    absmax: Vec<f32>,
+    nested: Option<NestedAbsmax>,
+}
+
+/// `--strategy search` on one chunk (elements `e0..` of the weight, whole
+/// blocks and nested groups): every block of `chunk` (the fresh encoding)
+/// is replaced by the base's own block where that decodes nearer to `exact`
+/// ([`search_4bit`], in f32 and after rounding to the module `dtype`).
+///
+/// With double quantization the offset and each group's `absmax2` stay the
+/// fresh ones; a base block's absmax is stored as the code bitsandbytes'
+/// quantizer gives it under them ([`NestedAbsmax::codes_for`]) and is
+/// judged by what that code decodes to. Blocks left fresh keep their code,
+/// so they decode exactly as in the fresh output, and a block that takes
+/// the base's is, as decoded, strictly nearer: the output is never further
+/// from the sum than the fresh output, block by block. (Letting the chosen
+/// absmax set the nested state, as bitsandbytes would for them, could move
+/// every block of a group and break that guarantee.)
+///
+/// Returns the wins and the chunk's decoded values.
+fn keep_base_blocks(
+    base: &FourBitRows<'_>,
+    e0: usize,
+    exact: &[f32],
+    dtype: Dtype,
+    chunk: &mut Chunk4,
+) -> Result<(SearchWins, Vec<f32>)> {
+    let err = |e: BnbError| bnb_err(base.path, base.name, e);
+    let (packed, absmax) = base.blocks(e0, exact.len())?;
+    let (codes, absmax) = match &chunk.nested {
+        None => (Vec::new(), absmax),
+        Some(nested) => {
+            let codes = nested.codes_for(&absmax).map_err(err)?;
+            let held = NestedAbsmax {
+                codes: codes.clone(),
+                ..nested.clone()
+            };
+            (codes, held.dequantize().map_err(err)?)
+        }
+    };
+    let (took, decoded) = search_4bit(
+        base.kind,
+        base.blocksize,
+        exact,
+        rounding(dtype),
+        &mut chunk.packed,
+        &chunk.absmax,
+        Blocks4 {
+            packed,
+            absmax: &absmax,
+        },
+    )
+    .map_err(err)?;
+    let mut wins = SearchWins::default();
+    for (b, &took) in took.iter().enumerate() {
+        if !took {
+            wins.fresh += 1;
+            continue;
+        }
+        wins.base += 1;
+        chunk.absmax[b] = absmax[b];
+        if let Some(nested) = chunk.nested.as_mut() {
+            nested.codes[b] = codes[b];
+        }
+    }
+    Ok((wins, decoded))
 }
 
 /// A folder being written: removed on drop unless [`TempDir::commit`]ted.
@@ -1575,8 +1753,8 @@ pub fn write_model_with(
         runner.expect(writer.remaining());
         for ((&j, off), bytes_out) in mine.iter().zip(&offsets).zip(per_job) {
             let job = &jobs[j];
-            let stats = write_weight(model, job, *off, &mut writer, out_dir, opts, runner)?;
-            outcomes[j] = Some(weight_outcome(model, job, bytes_out, stats));
+            let written = write_weight(model, job, *off, &mut writer, out_dir, opts, runner)?;
+            outcomes[j] = Some(weight_outcome(model, job, bytes_out, written));
         }
         writer.finish()?;
     }
@@ -1620,12 +1798,12 @@ fn nested_offsets(
     Ok(offsets)
 }
 
-/// What writing `job` did (`stats`: from [`write_weight`]).
+/// What writing `job` did (`written`: from [`write_weight`]).
 fn weight_outcome(
     model: &BnbModel,
     job: &WeightJob<'_>,
     bytes_out: u64,
-    stats: Option<ErrorStats>,
+    written: Written,
 ) -> WeightOutcome {
     let w = &model.weights[job.weight];
     WeightOutcome {
@@ -1641,7 +1819,8 @@ fn weight_outcome(
         bytes_out,
         copied: is_copy(w, job),
         has_residual: job.residual.is_some(),
-        stats: if is_copy(w, job) { None } else { stats },
+        stats: if is_copy(w, job) { None } else { written.stats },
+        search: written.search,
     }
 }
 

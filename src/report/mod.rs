@@ -66,7 +66,7 @@ impl From<&WeightOutcome> for Row {
             copied: o.copied,
             has_residual: o.has_residual,
             stats: o.stats,
-            search: None,
+            search: o.search,
         }
     }
 }
@@ -249,6 +249,8 @@ pub fn search_fallbacks(outcomes: &[Row]) -> Vec<(String, &'static str)> {
         .map(|o| {
             let why = if o.type_in != o.type_out {
                 "output type differs from the base's: only fresh encoding is possible"
+            } else if o.type_out == "int8" {
+                "LLM.int8 rows are requantized fresh: only NF4/FP4 blocks are searched"
             } else {
                 "float type: the fresh encoding is already the nearest value"
             };

@@ -1,6 +1,8 @@
 //! Small models written in the test, and the checks every failing run shares.
 #![allow(dead_code)]
 
+pub mod bnb;
+
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
@@ -26,6 +28,17 @@ pub fn f16_bytes(v: &[f32]) -> Vec<u8> {
     v.iter()
         .flat_map(|x| half::f16::from_f32(*x).to_le_bytes())
         .collect()
+}
+
+/// Deterministic values in [-1, 1) from a xorshift generator seeded with `seed`.
+pub fn uniform(seed: u64) -> impl FnMut() -> f32 {
+    let mut state = seed;
+    move || {
+        state ^= state << 13;
+        state ^= state >> 7;
+        state ^= state << 17;
+        ((state >> 40) as f32 / (1u64 << 24) as f32) * 2.0 - 1.0
+    }
 }
 
 pub fn ramp(n: usize, k: f32) -> Vec<f32> {

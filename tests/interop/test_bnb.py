@@ -196,3 +196,110 @@ def test_apply_other_types_load_in_transformers(run, tmp_path, variant, ty, para
     with torch.no_grad():
         logits = model(torch.tensor([[1, 5, 9, 42]])).logits
     assert torch.isfinite(logits).all()
+
+
+def make_row_residual(states, path, seed=7):
+    """A float16 residual for every 4-bit weight whose rows take four amplitudes
+    in turn (none, below, near and above the 4-bit step of these weights), so
+    that both the base's blocks and the fresh ones win somewhere."""
+    g = torch.Generator().manual_seed(seed)
+    res = {}
+    for w, qs in states.items():
+        amp = torch.tensor([0.0, 3e-4, 3e-3, 1e-2]).repeat(qs.shape[0] // 4 + 1)[: qs.shape[0]]
+        res[w] = (torch.randn(*qs.shape, generator=g) * amp[:, None]).half()
+    save_file(res, str(path))
+    return res
+
+
+def block_codes(tensors, w, blocksize):
+    """The 4-bit codes of weight `w`, one row per block."""
+    p = tensors[w].reshape(-1)
+    return torch.stack([p >> 4, p & 15], 1).reshape(-1, blocksize)
+
+
+def rewrite_4bit(src_dir, out_dir, double_quant):
+    """The fixture with every 4-bit weight requantized by bitsandbytes itself
+    from its float16 dequantization, with or without double quantization."""
+    import shutil
+    src = read_all(src_dir)
+    states = quantized_4bit(src)
+    out = {k: v for k, v in src.items() if not any(k == w or k.startswith(w + ".") for w in states)}
+    for w, qs in states.items():
+        packed, qs2 = F.quantize_4bit(F.dequantize_4bit(src[w], qs), blocksize=qs.blocksize,
+                                      compress_statistics=double_quant, quant_type=qs.quant_type,
+                                      quant_storage=torch.uint8)
+        out[w] = packed
+        for k, v in qs2.as_dict(packed=True).items():
+            out[f"{w}.{k}"] = v
+    out_dir.mkdir()
+    save_file(out, str(out_dir / "model.safetensors"), metadata={"format": "pt"})
+    cfg = json.loads((src_dir / "config.json").read_text())
+    cfg["quantization_config"]["bnb_4bit_use_double_quant"] = double_quant
+    (out_dir / "config.json").write_text(json.dumps(cfg, indent=2))
+    shutil.copy(src_dir / "generation_config.json", out_dir / "generation_config.json")
+    return out_dir
+
+
+@pytest.mark.parametrize("variant,double_quant", [
+    ("nf4", True), ("nf4", False), ("fp4", False), ("fp4", True)])
+def test_apply_search_is_never_further_than_fresh(run, tmp_path, variant, double_quant):
+    """`--strategy search` on NF4/FP4 bases, with and without double quantization:
+    dequantized by bitsandbytes (in float32 and in the module's float16), every
+    block is no further from dequant(base) + Δ than in the fresh output; the
+    report's base wins are the blocks that differ; transformers loads it."""
+    base = TINY / variant
+    if (variant == "nf4") != double_quant:  # the fixtures: nf4 nested, fp4 plain
+        base = rewrite_4bit(base, tmp_path / "base", double_quant)
+    src = read_all(base)
+    states = quantized_4bit(src)
+    assert all(qs.nested == double_quant for qs in states.values())
+    res = make_row_residual(states, tmp_path / "residual.safetensors")
+    outs = {}
+    for strategy in ["fresh", "search"]:
+        outs[strategy] = tmp_path / strategy
+        run("apply", "--base", base, "--residual", tmp_path / "residual.safetensors",
+            "-o", outs[strategy], "--strategy", strategy,
+            "--report", tmp_path / f"{strategy}.json", "--quiet")
+    fresh, got = read_all(outs["fresh"]), read_all(outs["search"])
+    fresh_states, got_states = quantized_4bit(fresh), quantized_4bit(got)
+    report = json.loads((tmp_path / "search.json").read_text())
+    wins = {t["name"]: t["search"] for t in report["tensors"] if "search" in t}
+    assert set(wins) == set(states)
+    kept = 0
+    for w, qs in states.items():
+        exact = (dequant_f32(src[w], qs) + res[w].float()).double().reshape(-1, qs.blocksize)
+        errs = {}
+        for name, tensors, st in [("fresh", fresh, fresh_states), ("search", got, got_states)]:
+            f32 = dequant_f32(tensors[w], st[w]).double().reshape(-1, qs.blocksize)
+            f16 = F.dequantize_4bit(tensors[w], st[w])
+            assert f16.dtype == torch.float16
+            f16 = f16.double().reshape(-1, qs.blocksize)
+            errs[name] = (((exact - f32) ** 2).sum(1), ((exact - f16) ** 2).sum(1), f32)
+        for k in (0, 1):
+            assert (errs["search"][k] <= errs["fresh"][k]).all(), (w, k)
+        # Wins count stored blocks: codes or absmax differ from fresh's.
+        differs = (block_codes(got, w, qs.blocksize) != block_codes(fresh, w, qs.blocksize)).any(1)
+        differs |= got[f"{w}.absmax"] != fresh[f"{w}.absmax"]
+        assert not (errs["search"][2] != errs["fresh"][2]).any(1)[~differs].any()
+        differs = differs.sum().item()
+        assert wins[w]["base"] == differs, w
+        assert wins[w]["blocks"] == exact.shape[0]
+        kept += differs
+        if double_quant:
+            # The nested state is the fresh output's.
+            for part in ("nested_absmax", "nested_quant_map"):
+                assert torch.equal(got[f"{w}.{part}"], fresh[f"{w}.{part}"])
+            assert torch.equal(got_states[w].offset, fresh_states[w].offset)
+    assert kept > 0
+    assert report["summary"]["search"]["total"]["base"] == kept
+
+    from transformers import AutoModelForCausalLM
+    model = AutoModelForCausalLM.from_pretrained(outs["search"], device_map="cpu")
+    lin = model.model.layers[1].mlp.down_proj
+    assert type(lin.weight).__name__ == "Params4bit"
+    name = "model.layers.1.mlp.down_proj.weight"
+    assert torch.equal(F.dequantize_4bit(lin.weight.data, lin.weight.quant_state),
+                       F.dequantize_4bit(got[name], got_states[name]))
+    with torch.no_grad():
+        logits = model(torch.tensor([[1, 5, 9, 42]])).logits
+    assert torch.isfinite(logits).all()
