@@ -1369,48 +1369,16 @@ impl<R: ChunkRunner> Reencode<'_, R> {
             |r0, n| {
                 let s = sum_rows(base, residual, scale, r0, n)?;
                 let t = s.target(dtype, out_path, name, r0, row_len)?;
-                let (packed, raw) = quantize_4bit(kind, &t, blocksize).map_err(err)?;
-                let nested = nested_offset
-                    .map(|off| NestedAbsmax::quantize_with_offset(&raw, off))
-                    .transpose()
-                    .map_err(err)?;
-                let absmax = match &nested {
-                    None => raw,
-                    Some(nested) => nested.dequantize().map_err(err)?,
-                };
-                let mut chunk = Chunk4 {
-                    packed,
-                    absmax,
-                    nested,
-                };
-                let mut decoded = Vec::new();
-                let mut won = None;
+                let mut chunk = Chunk4::fresh(kind, blocksize, &t, nested_offset).map_err(err)?;
+                let (mut decoded, mut won) = (Vec::new(), None);
                 if let Some(b) = searched {
                     let (w, d) = keep_base_blocks(b, r0 * row_len, &s.exact, dtype, &mut chunk)?;
                     (won, decoded) = (Some(w), d);
                 } else if measure {
-                    decoded = vec![0f32; t.len()];
-                    dequantize_4bit(
-                        kind,
-                        &chunk.packed,
-                        &chunk.absmax,
-                        blocksize,
-                        t.len(),
-                        &mut decoded,
-                    )
-                    .map_err(err)?;
+                    decoded = chunk.decode(kind, blocksize, t.len()).map_err(err)?;
                 }
-                let (stored, nested2) = match chunk.nested {
-                    None => (f32_bytes(&chunk.absmax), Vec::new()),
-                    Some(nested) => (nested.codes, nested.absmax2),
-                };
-                Ok((
-                    chunk.packed,
-                    stored,
-                    nested2,
-                    s.stats(&decoded, measure),
-                    won,
-                ))
+                let (packed, stored, nested2) = chunk.into_parts();
+                Ok((packed, stored, nested2, s.stats(&decoded, measure), won))
             },
             |r0, n, (packed, stored, nested2, st, won)| {
                 write(&packed)?;
@@ -1484,6 +1452,52 @@ struct Chunk4 {
     packed: Vec<u8>,
     absmax: Vec<f32>,
     nested: Option<NestedAbsmax>,
+}
+
+impl Chunk4 {
+    /// bitsandbytes' encoding of `t` (whole blocks, and whole nested
+    /// groups when `nested_offset` is given).
+    fn fresh(
+        kind: FourBit,
+        blocksize: usize,
+        t: &[f32],
+        nested_offset: Option<f32>,
+    ) -> std::result::Result<Chunk4, BnbError> {
+        let (packed, raw) = quantize_4bit(kind, t, blocksize)?;
+        let nested = nested_offset
+            .map(|off| NestedAbsmax::quantize_with_offset(&raw, off))
+            .transpose()?;
+        let absmax = match &nested {
+            None => raw,
+            Some(nested) => nested.dequantize()?,
+        };
+        Ok(Chunk4 {
+            packed,
+            absmax,
+            nested,
+        })
+    }
+
+    /// What the chunk's `n` elements decode to.
+    fn decode(
+        &self,
+        kind: FourBit,
+        blocksize: usize,
+        n: usize,
+    ) -> std::result::Result<Vec<f32>, BnbError> {
+        let mut out = vec![0f32; n];
+        dequantize_4bit(kind, &self.packed, &self.absmax, blocksize, n, &mut out)?;
+        Ok(out)
+    }
+
+    /// The stored parts: packed codes, the absmax as stored (f32 bytes or
+    /// nested codes) and the nested group scales (empty without nesting).
+    fn into_parts(self) -> (Vec<u8>, Vec<u8>, Vec<f32>) {
+        match self.nested {
+            None => (self.packed, f32_bytes(&self.absmax), Vec::new()),
+            Some(nested) => (self.packed, nested.codes, nested.absmax2),
+        }
+    }
 }
 
 /// `--strategy search` on one chunk (elements `e0..` of the weight, whole
