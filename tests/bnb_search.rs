@@ -11,6 +11,7 @@ use std::path::{Path, PathBuf};
 
 use half::f16;
 use qresidual::engine::bnb::write_model;
+use qresidual::engine::progress::Progress;
 use qresidual::format::st::SafetensorsModel;
 use qresidual::model::bnb::{
     output_config, BnbModel, OutStorage, Storage, WeightJob, WeightOutcome, WriteOptions,
@@ -119,7 +120,7 @@ fn write(
             scale: 1.0,
         })
         .collect();
-    write_model(base, &jobs, config, out, &opts, false).unwrap()
+    write_model(base, &jobs, config, out, &opts, &Progress::off()).unwrap()
 }
 
 /// `base` + residual with every weight kept, fresh or searched, in chunks

@@ -156,7 +156,7 @@ pub enum Strategy {
 }
 
 /// Run `apply`.
-pub fn run(a: &ApplyArgs) -> Result<()> {
+pub fn run(a: &ApplyArgs, console: &Log) -> Result<super::Done> {
     super::set_threads(a.threads)?;
     let strategy = match (a.strategy, a.rank) {
         (Strategy::Adapter, Some(rank)) => apply::Strategy::Adapter { rank },
@@ -192,21 +192,23 @@ pub fn run(a: &ApplyArgs) -> Result<()> {
         allow_missing: a.allow_missing,
         report: a.report.clone(),
     };
-    let result = apply::apply(&req, &Log::stderr(a.quiet))?;
-    if !a.quiet {
-        match &result.adapter {
-            Some(outcomes) => eprint!("{}", adapter::to_text(outcomes, 10)),
-            None => eprint!("{}", report::to_text(&result.tensors, 10)),
-        }
-        if result.searched {
-            eprint!("{}", report::search_text(&result.tensors));
-        }
-        if let Some(warning) = &result.retention_warning {
-            eprintln!("warning: {warning}");
-        }
-        eprintln!("wrote {}", display_paths(&result.outputs));
+    let log = super::unless_quiet(console, a.quiet);
+    let result = apply::apply(&req, &log)?;
+    match &result.adapter {
+        Some(outcomes) => log.info(&adapter::to_text(outcomes, 10)),
+        None => log.info(&report::to_text(&result.tensors, 10)),
     }
-    Ok(())
+    if result.searched {
+        log.info(&report::search_text(&result.tensors));
+    }
+    if let Some(warning) = &result.retention_warning {
+        log.warn(warning);
+    }
+    log.info(&format!("wrote {}\n", display_paths(&result.outputs)));
+    Ok(super::Done {
+        stdout: String::new(),
+        outputs: result.outputs,
+    })
 }
 
 /// `--max-size`: an absolute size, or `+N%` / `-N%` of the base's tensor data.

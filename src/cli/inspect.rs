@@ -27,8 +27,10 @@ pub struct InspectArgs {
     pub json: bool,
 }
 
-/// Run `inspect`, printing to stdout.
-pub fn run(args: &InspectArgs) -> crate::Result<()> {
-    print!("{}", crate::ops::inspect::inspect(&args.file, args.json)?);
-    Ok(())
+/// Run `inspect`: its text (or JSON) is the command's stdout.
+pub fn run(args: &InspectArgs) -> crate::Result<super::Done> {
+    Ok(super::Done {
+        stdout: crate::ops::inspect::inspect(&args.file, args.json)?,
+        outputs: Vec::new(),
+    })
 }
