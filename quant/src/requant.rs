@@ -96,6 +96,9 @@ pub fn search_row_decoded(
     search(ty, base_row_bytes, target, out, Some(decoded), wins)
 }
 
+// Longer than most functions here: the per-block loop keeps the three
+// candidates' buffers on the stack (no allocation per row), and the choice
+// and the win count belong with them.
 fn search(
     ty: GgmlType,
     base_row_bytes: &[u8],
