@@ -1,6 +1,6 @@
 //! `qresidual apply`: base ⊕ α·residual → requantized model + precision report.
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 
 use clap::{Args, ValueEnum};
 
@@ -70,10 +70,10 @@ Example:
 /// Add a residual to a base model.
 #[derive(Args, Debug)]
 pub struct ApplyArgs {
-    /// Base model (GGUF).
+    /// Base model: GGUF file or bitsandbytes folder, or a reference (user/repo:QUANT, user/repo/FILE.gguf, ollama:NAME[:TAG], lmstudio:…).
     #[arg(long, value_name = "BASE.gguf")]
     pub base: PathBuf,
-    /// Residual: .safetensors file, folder of shards, or GGUF.
+    /// Residual: .safetensors file, folder of shards, GGUF, or a Hub reference (user/repo).
     #[arg(long, value_name = "RESIDUAL")]
     pub residual: PathBuf,
     /// Output GGUF file.
@@ -88,8 +88,8 @@ pub struct ApplyArgs {
     /// Worker threads (default: all cores).
     #[arg(long)]
     pub threads: Option<usize>,
-    /// Write the full precision report as JSON here.
-    #[arg(long, value_name = "REPORT.json")]
+    /// Write the full precision report here: JSON, or a self-contained HTML page when the name ends in .html.
+    #[arg(long, value_name = "REPORT.json|.html")]
     pub report: Option<PathBuf>,
     /// Set general.name of the output.
     #[arg(long)]
@@ -135,6 +135,11 @@ pub struct ApplyArgs {
     /// fresh: requantize the sum (llama.cpp's bytes); search: per block the nearest of base block, fresh encoding and base scales with re-rounded codes; adapter: leave the base, write α·Δ as a LoRA adapter (needs --rank).
     #[arg(long, value_enum, default_value_t = Strategy::Auto)]
     pub strategy: Strategy,
+    /// Also write an Ollama Modelfile beside the output (OUT.Modelfile, FROM the output) for `ollama create NAME -f OUT.Modelfile`.
+    #[arg(long)]
+    pub ollama_modelfile: bool,
+    #[command(flatten)]
+    pub refs: super::ModelRefArgs,
 }
 
 /// How `apply` turns base + α·Δ into its output.
@@ -164,9 +169,16 @@ pub fn run(a: &ApplyArgs) -> Result<()> {
         (Strategy::Fresh, None) => apply::Strategy::Fresh,
         (Strategy::Search, None) => apply::Strategy::Search,
     };
+    if a.ollama_modelfile
+        && (a.split_max_size.is_some() || matches!(strategy, apply::Strategy::Adapter { .. }))
+    {
+        return Err(Error::Usage(
+            "--ollama-modelfile needs one merged GGUF file: Ollama loads neither split files nor (reliably) adapters".into(),
+        ));
+    }
     let req = ApplyRequest {
-        base: a.base.clone(),
-        residual: a.residual.clone(),
+        base: a.refs.locate(&a.base, a.quiet)?,
+        residual: a.refs.locate(&a.residual, a.quiet)?,
         output: a.output.clone(),
         target: a.ty.clone(),
         scale: a.scale,
@@ -188,7 +200,23 @@ pub fn run(a: &ApplyArgs) -> Result<()> {
         allow_missing: a.allow_missing,
         report: a.report.clone(),
     };
+    let modelfile = a.ollama_modelfile.then(|| modelfile_path(&a.output));
+    if let Some(m) = &modelfile {
+        crate::format::output::check_output(
+            m,
+            &[req.base.clone(), req.residual.clone(), a.output.clone()],
+        )?;
+    }
     let result = apply::apply(&req, &Log::stderr(a.quiet))?;
+    if let Some(m) = &modelfile {
+        if !a.output.is_file() {
+            return Err(Error::Usage(format!(
+                "{}: --ollama-modelfile needs a GGUF output; this base writes a folder",
+                a.output.display()
+            )));
+        }
+        crate::format::output::write_atomic(m, modelfile_text(&a.output).as_bytes())?;
+    }
     if !a.quiet {
         match &result.adapter {
             Some(outcomes) => eprint!("{}", adapter::to_text(outcomes, 10)),
@@ -201,8 +229,72 @@ pub fn run(a: &ApplyArgs) -> Result<()> {
             eprintln!("warning: {warning}");
         }
         eprintln!("wrote {}", display_paths(&result.outputs));
+        eprint!(
+            "{}",
+            how_to_run(
+                &req,
+                &result.outputs,
+                result.adapter.is_some(),
+                modelfile.as_deref()
+            )
+        );
     }
     Ok(())
+}
+
+/// `OUT.Modelfile` beside `OUT.gguf`.
+fn modelfile_path(output: &Path) -> PathBuf {
+    output.with_extension("Modelfile")
+}
+
+/// An Ollama Modelfile that builds a model from the output (the chat
+/// template is the one carried in the GGUF's metadata).
+fn modelfile_text(output: &Path) -> String {
+    let name = output
+        .file_name()
+        .map(|n| n.to_string_lossy())
+        .unwrap_or_default();
+    format!("FROM ./{name}\n")
+}
+
+/// How to run what apply wrote in llama.cpp, Ollama and LM Studio.
+fn how_to_run(
+    req: &ApplyRequest,
+    outputs: &[PathBuf],
+    adapter: bool,
+    modelfile: Option<&Path>,
+) -> String {
+    let Some(first) = outputs.first().filter(|p| p.is_file()) else {
+        return String::new();
+    };
+    let shown = |p: &Path| p.display().to_string();
+    if adapter {
+        return format!(
+            "run it: llama-cli -m {} --lora {}\n",
+            shown(&req.base),
+            shown(first)
+        );
+    }
+    let mut s = format!("run it:\n  llama.cpp  llama-cli -m {}\n", shown(first));
+    let stem = first
+        .file_stem()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_default();
+    match modelfile {
+        Some(m) => s += &format!("  Ollama     ollama create {} -f {}\n", stem.to_ascii_lowercase(), shown(m)),
+        None => s += "  Ollama     apply again with --ollama-modelfile, then ollama create NAME -f OUT.Modelfile\n",
+    }
+    if outputs.len() == 1 {
+        let dir = crate::model::locate::lmstudio_models_dir()
+            .join("local")
+            .join(&stem);
+        s += &format!(
+            "  LM Studio  mkdir -p {d} && cp {} {d}/\n",
+            shown(first),
+            d = dir.display()
+        );
+    }
+    s
 }
 
 /// `--max-size`: an absolute size, or `+N%` / `-N%` of the base's tensor data.
