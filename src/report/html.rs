@@ -24,7 +24,7 @@ struct Measure {
     log: bool,
 }
 
-const MEASURES: [Measure; 4] = [
+const MEASURES: [Measure; 3] = [
     Measure {
         key: "retention",
         title: "Retention of the residual (1: kept, 0: rounded away)",
@@ -36,12 +36,6 @@ const MEASURES: [Measure; 4] = [
         title: "Relative RMSE against the reference",
         higher_is_better: false,
         log: true,
-    },
-    Measure {
-        key: "cosine",
-        title: "Cosine similarity against the reference",
-        higher_is_better: true,
-        log: false,
     },
     Measure {
         key: "share",
@@ -178,7 +172,7 @@ pub fn viridis(t: f64) -> (u8, u8, u8) {
 fn goodness(m: &Measure, x: f64, lo: f64, hi: f64) -> f64 {
     let f = |v: f64| {
         if m.log {
-            v.max(f64::MIN_POSITIVE).log10()
+            v.max(lo).max(f64::MIN_POSITIVE).log10()
         } else {
             v
         }
@@ -201,26 +195,33 @@ fn heat_map(m: &Measure, es: &[Entry]) -> Option<String> {
     if cells.is_empty() {
         return None;
     }
+    // On a log scale the range is that of the positive values (an exact
+    // zero takes the best colour).
     let (lo, hi) = cells
         .iter()
-        .fold((f64::INFINITY, f64::NEG_INFINITY), |(l, h), (_, x)| {
-            (l.min(*x), h.max(*x))
+        .map(|(_, x)| *x)
+        .filter(|x| !m.log || *x > 0.0)
+        .fold((f64::INFINITY, f64::NEG_INFINITY), |(l, h), x| {
+            (l.min(x), h.max(x))
         });
-    let mut classes: Vec<String> = Vec::new();
+    let (lo, hi) = if lo.is_finite() { (lo, hi) } else { (0.0, 0.0) };
     let mut rows: BTreeMap<(u8, u64), Vec<(String, &Entry, f64)>> = BTreeMap::new();
     for (e, x) in &cells {
         let (layer, class) = layer_and_class(e.name);
-        if !classes.contains(&class) {
-            classes.push(class.clone());
-        }
         let key = layer.map_or((1, 0), |l| (0, l));
         rows.entry(key).or_default().push((class, e, *x));
     }
+    // Layer tensor classes first, in the order they appear, then the others.
+    let mut classes: Vec<String> = Vec::new();
+    for (class, _, _) in rows.values().flatten() {
+        if !classes.contains(class) {
+            classes.push(class.clone());
+        }
+    }
     let (cell, label_w, head_h) = (18usize, 70usize, 110usize);
-    let (w, h) = (
-        label_w + cell * classes.len() + 10,
-        head_h + cell * rows.len() + 40,
-    );
+    let legend_w = 20 * 8;
+    let w = (label_w + cell * classes.len()).max(label_w + legend_w + 150) + 10;
+    let h = head_h + cell * rows.len() + 40;
     let mut s = String::new();
     let _ = write!(
         s,

@@ -281,7 +281,13 @@ impl Files for Remote {
     }
 
     fn get(&self, file: &str) -> Result<PathBuf> {
-        self.api.get(file).map_err(|e| self.error(file, e))
+        let path = self.api.get(file).map_err(|e| self.error(file, e))?;
+        // hf-hub leaves the download's lock file beside the finished blob;
+        // huggingface_hub keeps no such file there.
+        if let Ok(blob) = path.canonicalize() {
+            let _ = std::fs::remove_file(blob.with_extension("lock"));
+        }
+        Ok(path)
     }
 }
 
