@@ -186,6 +186,9 @@ fn goodness(m: &Measure, x: f64, lo: f64, hi: f64) -> f64 {
     }
 }
 
+/// One heat-map cell: tensor class, tensor, value.
+type Cell<'e, 'a> = (String, &'e Entry<'a>, f64);
+
 /// The heat map of one measure: layers down, tensor classes across.
 fn heat_map(m: &Measure, es: &[Entry]) -> Option<String> {
     let cells: Vec<(&Entry, f64)> = es
@@ -205,7 +208,8 @@ fn heat_map(m: &Measure, es: &[Entry]) -> Option<String> {
             (l.min(x), h.max(x))
         });
     let (lo, hi) = if lo.is_finite() { (lo, hi) } else { (0.0, 0.0) };
-    let mut rows: BTreeMap<(u8, u64), Vec<(String, &Entry, f64)>> = BTreeMap::new();
+    // Keyed (0, layer) for layers, (1, 0) for the tensors outside them.
+    let mut rows: BTreeMap<(u8, u64), Vec<Cell>> = BTreeMap::new();
     for (e, x) in &cells {
         let (layer, class) = layer_and_class(e.name);
         let key = layer.map_or((1, 0), |l| (0, l));
