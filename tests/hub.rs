@@ -696,3 +696,51 @@ fn lmstudio_models_resolve_by_path_or_search() {
         &["lmstudio:nothing", s(&root)],
     );
 }
+
+#[test]
+fn a_modelfile_needs_one_merged_gguf_file() {
+    let d = Dir::new();
+    let residual = tiny("residual-f16.safetensors");
+    let base = tiny_base();
+    let out = d.p("out.gguf");
+    for extra in [
+        &["--split-max-size", "1M"][..],
+        &["--strategy", "adapter", "--rank", "2"][..],
+    ] {
+        let mut args = vec![
+            "apply",
+            "--base",
+            s(&base),
+            "--residual",
+            s(&residual),
+            "-o",
+            s(&out),
+            "--ollama-modelfile",
+        ];
+        args.extend_from_slice(extra);
+        let o = run_env(&args, &[], None);
+        common::assert_fails(&o, 2, &["--ollama-modelfile", "Ollama"], &out);
+    }
+    let bnb = common::fixture_in("tiny_bnb", "nf4");
+    let o = run_env(
+        &[
+            "apply",
+            "--base",
+            s(&bnb),
+            "--residual",
+            s(&residual),
+            "-o",
+            s(&d.p("folder")),
+            "--ollama-modelfile",
+        ],
+        &[],
+        None,
+    );
+    common::assert_fails(
+        &o,
+        2,
+        &["--ollama-modelfile", "bitsandbytes"],
+        &d.p("folder"),
+    );
+    assert!(!d.p("out.Modelfile").exists() && !d.p("folder.Modelfile").exists());
+}

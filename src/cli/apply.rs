@@ -202,19 +202,17 @@ pub fn run(a: &ApplyArgs) -> Result<()> {
     };
     let modelfile = a.ollama_modelfile.then(|| modelfile_path(&a.output));
     if let Some(m) = &modelfile {
-        crate::format::output::check_output(
-            m,
-            &[req.base.clone(), req.residual.clone(), a.output.clone()],
-        )?;
+        if req.base.is_dir() {
+            return Err(Error::Usage(format!(
+                "{}: --ollama-modelfile needs a GGUF output; a bitsandbytes base writes a folder",
+                req.base.display()
+            )));
+        }
+        let inputs = [req.base.clone(), req.residual.clone(), a.output.clone()];
+        crate::format::output::check_output(m, &inputs)?;
     }
     let result = apply::apply(&req, &Log::stderr(a.quiet))?;
     if let Some(m) = &modelfile {
-        if !a.output.is_file() {
-            return Err(Error::Usage(format!(
-                "{}: --ollama-modelfile needs a GGUF output; this base writes a folder",
-                a.output.display()
-            )));
-        }
         crate::format::output::write_atomic(m, modelfile_text(&a.output).as_bytes())?;
     }
     if !a.quiet {

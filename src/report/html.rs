@@ -552,6 +552,25 @@ mod tests {
     }
 
     #[test]
+    fn adapter_reports_map_the_share_held() {
+        let r = serde_json::json!({
+            "command": "apply", "strategy": "adapter",
+            "summary": {"tensors": 2, "share": 0.5},
+            "tensors": [
+                {"name": "blk.0.attn_q.weight", "share": 0.25},
+                {"name": "blk.1.attn_q.weight", "share": 0.75},
+            ],
+        });
+        let page = to_html(&r);
+        assert!(page.contains("<svg class=\"heat\" data-metric=\"share\""));
+        assert_eq!(page.matches("class=\"cell\"").count(), 2);
+        assert!(page.contains(
+            "data-tensor=\"blk.1.attn_q.weight\" data-metric=\"share\" data-value=\"0.75\""
+        ));
+        assert!(!page.contains("data-metric=\"retention\""));
+    }
+
+    #[test]
     fn text_is_escaped() {
         let r = serde_json::json!({"command": "apply", "inputs": {"base": "<a&b>"}, "tensors": []});
         let page = to_html(&r);
