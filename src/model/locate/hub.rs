@@ -262,7 +262,7 @@ impl Remote {
                 status.unwrap_or(0)
             ),
             Some(code @ (401 | 403)) => format!(
-                "{what}: {at} needs authentication (HTTP {code}): set HF_TOKEN to a token with access (or run `hf auth login`); a gated repository must be accepted on its page first"
+                "{what}: {at} needs authentication (HTTP {code}): the repository is private or gated (or does not exist: the Hub answers 401 for unknown repositories too); set HF_TOKEN to a token with access (or run `hf auth login`), and accept a gated repository on its page first"
             ),
             Some(code) => format!("{what}: {at} answered HTTP {code}"),
             None => format!("{what}: download from {at} failed: {e} (a partial download is kept in the cache and resumed next time)"),
