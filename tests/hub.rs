@@ -503,8 +503,14 @@ fn an_interrupted_download_resumes_where_it_stopped() {
 fn a_sharded_residual_downloads_only_its_shards_and_applies_as_the_local_one() {
     let d = Dir::new();
     let hub = FakeHub::start(&hub_root(&d));
-    let cache = d.p("cache");
-    let env = hub_env(&hub, &cache);
+    // HF_HOME instead of HF_HUB_CACHE: the cache is HF_HOME/hub.
+    let home = d.p("hf-home");
+    let env = vec![
+        ("HF_ENDPOINT", hub.url.as_str()),
+        ("HF_HOME", s(&home)),
+        ("HOME", s(&home)),
+    ];
+    let cache = home.join("hub");
     let (from_hub, local) = (d.p("hub.gguf"), d.p("local.gguf"));
     let err = ok_env(
         &[
@@ -743,4 +749,42 @@ fn a_modelfile_needs_one_merged_gguf_file() {
         &d.p("folder"),
     );
     assert!(!d.p("out.Modelfile").exists() && !d.p("folder.Modelfile").exists());
+}
+
+#[test]
+fn a_revision_is_its_own_ref() {
+    let d = Dir::new();
+    let hub = FakeHub::start(&hub_root(&d));
+    let cache = d.p("cache");
+    let env = hub_env(&hub, &cache);
+    ok_env(
+        &["inspect", "tiny/llama-gguf:Q4_K_M", "--revision", "v1.0"],
+        &env,
+    );
+    assert!(
+        hub.requests()
+            .iter()
+            .all(|r| r.contains("/v1.0/") || r.contains("/revision/v1.0")),
+        "{:?}",
+        hub.requests()
+    );
+    let refs = cache.join("models--tiny--llama-gguf/refs");
+    assert_eq!(std::fs::read_to_string(refs.join("v1.0")).unwrap(), COMMIT);
+    assert!(!refs.join("main").exists());
+    let mut offline = env.clone();
+    offline.push(("HF_HUB_OFFLINE", "1"));
+    ok_env(
+        &["inspect", "tiny/llama-gguf:Q4_K_M", "--revision", "v1.0"],
+        &offline,
+    );
+    ok_env(
+        &["inspect", "tiny/llama-gguf:Q4_K_M", "--revision", COMMIT],
+        &offline,
+    );
+    fails_env(
+        &["inspect", "tiny/llama-gguf:Q4_K_M"],
+        &offline,
+        2,
+        &["revision main", "HF_HUB_OFFLINE"],
+    );
 }
