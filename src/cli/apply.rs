@@ -21,6 +21,15 @@ with model.safetensors.index.json, or a GGUF file; F16, BF16 or F32; tensor name
 Hugging Face checkpoints (mapped by the base's general.architecture, with llama's q/k rotary \
 permutation applied) or as in the base GGUF file (used as they are).
 
+Base and residual may also be references, resolved before anything is read: user/repo:Q4_K_M \
+(the GGUF file of that quantization in a Hugging Face repository), user/repo/FILE, user/repo (its \
+safetensors checkpoint, only the files it needs), taken from the Hugging Face cache or downloaded \
+into it (HF_HUB_CACHE/HF_HOME, HF_ENDPOINT, HF_TOKEN, HF_HUB_OFFLINE, --revision); \
+ollama:NAME[:TAG] (the model blob of a pulled Ollama model, OLLAMA_MODELS); lmstudio:PUBLISHER/REPO/FILE \
+or lmstudio:TEXT (LM Studio's models folder, LMSTUDIO_MODELS). A path that exists always wins. \
+After writing, apply prints how to run the output in llama.cpp, Ollama (--ollama-modelfile writes \
+OUT.Modelfile) and LM Studio.
+
 Before anything is written, every residual tensor must match exactly one base tensor of the same \
 shape and hold no NaN or infinity. Base tensors without a residual, or with an all-zero one, are \
 copied byte for byte.
@@ -61,7 +70,9 @@ ids into the output; --set edits any other key.
 The report compares the written weights with the exact f32 sum dequant(base) + α·Δ: RMSE, max \
 abs, relative RMSE, cosine, SNR and retention ⟨out − base, αΔ⟩/‖αΔ‖² (1: the residual survived, \
 0: it was rounded away). When most of the residual was rounded away, apply warns and prices the \
-option that would keep it.
+option that would keep it. --report R.json writes the report as JSON, --report R.html as one \
+self-contained HTML page (heat maps per layer × tensor class, per-type aggregates, worst tensors, \
+budget plan).
 
 Example:
   qresidual apply --base Llama-3.1-8B-Q4_K_M.gguf --residual instruct-residual/ \\
