@@ -11,6 +11,7 @@ use std::path::Path;
 
 use common::{fixture_in, ok, run, s, Dir};
 use qresidual::engine::log::Log;
+use qresidual::engine::progress::Progress;
 use qresidual::model::Model;
 use qresidual::ops::convert::{dequantize, DequantizeRequest};
 use qresidual::ops::{compare, extract};
@@ -108,7 +109,7 @@ fn extract_from_bitsandbytes_folders_equals_extract_from_their_f32_copies() {
             Model::open(&bnb("nf4")).unwrap(),
         );
         let format = extract::ResidualFormat::parse(dtype).unwrap();
-        let done = extract::extract(&i, &b, &direct, format, false).unwrap();
+        let done = extract::extract(&i, &b, &direct, format, &Progress::off()).unwrap();
         assert_eq!(done.tensors, 20);
         ok(&[
             "extract",

@@ -9,6 +9,7 @@ use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
 use half::f16;
+use qresidual::engine::progress::Progress;
 use qresidual::format::st::{SafetensorsModel, SafetensorsWriter};
 use qresidual::model::bnb::{python_float_repr, quant_state_json, BnbModel, Storage};
 use qresidual::quant::bnb::{
@@ -959,7 +960,7 @@ fn output_does_not_depend_on_chunking() {
                 .build()
                 .unwrap();
             let outcomes = pool
-                .install(|| write_model(&base, &jobs(), &cfg, &out, &opts, false))
+                .install(|| write_model(&base, &jobs(), &cfg, &out, &opts, &Progress::off()))
                 .unwrap();
             assert_eq!(outcomes.iter().filter(|o| !o.copied).count(), 14);
             outputs.push(std::fs::read(out.join("model.safetensors")).unwrap());

@@ -592,7 +592,7 @@ pub fn write(
     opts: &Options,
     path: &Path,
     name: Option<&str>,
-    progress: bool,
+    progress: &crate::engine::progress::Progress,
 ) -> Result<(Vec<Outcome>, Vec<PathBuf>)> {
     let r = opts.rank;
     if r == 0 {
@@ -607,7 +607,7 @@ pub fn write(
         &specs,
         &WriterOptions::default(),
     )?;
-    let bar = crate::engine::progress::tensors(plan.len(), progress, "adapter");
+    let bar = progress.tensors(plan.len(), "adapter");
     let mut outcomes = Vec::with_capacity(plan.len());
     let s2 = (scale as f64) * (scale as f64);
     for (i, lay) in &plan {
@@ -615,7 +615,7 @@ pub fn write(
         let src = residuals[*i]
             .as_deref()
             .expect("planned tensors have residuals");
-        bar.set_message(t.name.clone());
+        bar.set_message(&t.name);
         match lay {
             Err(why) => {
                 outcomes.push(Outcome {

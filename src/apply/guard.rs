@@ -415,14 +415,14 @@ pub fn check(
     residual: &Residual,
     rtensors: &[ResidualTensor<'_>],
     pairs: &[Pairing],
-    progress: bool,
+    progress: &crate::engine::progress::Progress,
 ) -> Result<Option<GuardReport>> {
     let Some(fp) = residual_fingerprint(residual)? else {
         return Ok(None);
     };
     let mut report = GuardReport::default();
     let arch = base.architecture().unwrap_or("");
-    let pb = crate::engine::progress::tensors(pairs.len(), progress, "checking the base");
+    let pb = progress.tensors(pairs.len(), "checking the base");
     for p in pairs {
         pb.inc(1);
         let rname = rtensors[p.residual].name;
@@ -533,11 +533,11 @@ pub fn guard_apply(
 pub fn fingerprint_model(
     model: &Model,
     entries: &[(String, usize, RowPermutation, f32)],
-    progress: bool,
+    progress: &crate::engine::progress::Progress,
 ) -> Result<Fingerprint> {
     let tensors = model.weights()?;
     let mut out = BTreeMap::new();
-    let pb = crate::engine::progress::tensors(entries.len(), progress, "fingerprinting the base");
+    let pb = progress.tensors(entries.len(), "fingerprinting the base");
     for (name, i, perm, shift) in entries {
         pb.inc(1);
         let t = &tensors[*i];

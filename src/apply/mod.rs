@@ -375,7 +375,7 @@ fn write_sum(
         path: &req.output,
         split_max_size: req.split_max_size,
         options: pipeline::Options {
-            progress: log.progress(),
+            progress: log.progress().clone(),
             search,
             ..Default::default()
         },

@@ -168,7 +168,7 @@ pub enum Strategy {
 }
 
 /// Run `apply`.
-pub fn run(a: &ApplyArgs) -> Result<()> {
+pub fn run(a: &ApplyArgs, console: &Log) -> Result<super::Done> {
     super::set_threads(a.threads)?;
     let strategy = match (a.strategy, a.rank) {
         (Strategy::Adapter, Some(rank)) => apply::Strategy::Adapter { rank },
@@ -222,33 +222,32 @@ pub fn run(a: &ApplyArgs) -> Result<()> {
         let inputs = [req.base.clone(), req.residual.clone(), a.output.clone()];
         crate::format::output::check_output(m, &inputs)?;
     }
-    let result = apply::apply(&req, &Log::stderr(a.quiet))?;
+    let log = super::unless_quiet(console, a.quiet);
+    let result = apply::apply(&req, &log)?;
     if let Some(m) = &modelfile {
         crate::format::output::write_atomic(m, modelfile_text(&a.output).as_bytes())?;
     }
-    if !a.quiet {
-        match &result.adapter {
-            Some(outcomes) => eprint!("{}", adapter::to_text(outcomes, 10)),
-            None => eprint!("{}", report::to_text(&result.tensors, 10)),
-        }
-        if result.searched {
-            eprint!("{}", report::search_text(&result.tensors));
-        }
-        if let Some(warning) = &result.retention_warning {
-            eprintln!("warning: {warning}");
-        }
-        eprintln!("wrote {}", display_paths(&result.outputs));
-        eprint!(
-            "{}",
-            how_to_run(
-                &req,
-                &result.outputs,
-                result.adapter.is_some(),
-                modelfile.as_deref()
-            )
-        );
+    match &result.adapter {
+        Some(outcomes) => log.info(&adapter::to_text(outcomes, 10)),
+        None => log.info(&report::to_text(&result.tensors, 10)),
     }
-    Ok(())
+    if result.searched {
+        log.info(&report::search_text(&result.tensors));
+    }
+    if let Some(warning) = &result.retention_warning {
+        log.warn(warning);
+    }
+    log.info(&format!("wrote {}\n", display_paths(&result.outputs)));
+    log.info(&how_to_run(
+        &req,
+        &result.outputs,
+        result.adapter.is_some(),
+        modelfile.as_deref(),
+    ));
+    Ok(super::Done {
+        stdout: String::new(),
+        outputs: result.outputs,
+    })
 }
 
 /// `OUT.Modelfile` beside `OUT.gguf`.

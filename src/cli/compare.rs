@@ -4,6 +4,7 @@ use std::path::PathBuf;
 
 use clap::Args;
 
+use crate::engine::log::Log;
 use crate::model::Model;
 use crate::ops::compare;
 use crate::Result;
@@ -48,7 +49,7 @@ pub struct CompareArgs {
 }
 
 /// Run `compare`.
-pub fn run(a: &CompareArgs) -> Result<()> {
+pub fn run(a: &CompareArgs, console: &Log) -> Result<super::Done> {
     super::set_threads(a.threads)?;
     let ma = Model::open(&a.refs.locate(&a.a, a.quiet)?)?;
     let mb = Model::open(&a.refs.locate(&a.b, a.quiet)?)?;
@@ -58,16 +59,18 @@ pub fn run(a: &CompareArgs) -> Result<()> {
         crate::format::output::check_output(path, &[a.a.clone(), a.b.clone()])?;
         crate::report::write_report(path, &j)?;
     }
+    let mut stdout = String::new();
     if let Some(path) = &a.json {
         let text = serde_json::to_string_pretty(&j).expect("comparison serializes") + "\n";
         if path.as_os_str() == "-" {
-            print!("{text}");
+            stdout = text;
         } else {
             std::fs::write(path, text).map_err(|e| crate::Error::io(path, e))?;
         }
     }
-    if !a.quiet {
-        eprint!("{}", compare::to_text(&c, a.worst));
-    }
-    Ok(())
+    super::unless_quiet(console, a.quiet).info(&compare::to_text(&c, a.worst));
+    Ok(super::Done {
+        stdout,
+        outputs: Vec::new(),
+    })
 }

@@ -97,7 +97,7 @@ pub struct QuantizeArgs {
 }
 
 /// Run `dequantize`.
-pub fn run_dequantize(a: &DequantizeArgs) -> Result<()> {
+pub fn run_dequantize(a: &DequantizeArgs, console: &Log) -> Result<super::Done> {
     super::set_threads(a.threads)?;
     let req = DequantizeRequest {
         input: a.refs.locate(&a.input, a.quiet)?,
@@ -105,15 +105,17 @@ pub fn run_dequantize(a: &DequantizeArgs) -> Result<()> {
         target: a.ty.clone(),
         split_max_size: a.split_max_size,
     };
-    let done = convert::dequantize(&req, &Log::stderr(a.quiet))?;
-    if !a.quiet {
-        eprintln!("wrote {}", display_paths(&done.outputs));
-    }
-    Ok(())
+    let log = super::unless_quiet(console, a.quiet);
+    let done = convert::dequantize(&req, &log)?;
+    log.info(&format!("wrote {}\n", display_paths(&done.outputs)));
+    Ok(super::Done {
+        stdout: String::new(),
+        outputs: done.outputs,
+    })
 }
 
 /// Run `quantize`.
-pub fn run_quantize(a: &QuantizeArgs) -> Result<()> {
+pub fn run_quantize(a: &QuantizeArgs, console: &Log) -> Result<super::Done> {
     super::set_threads(a.threads)?;
     let req = QuantizeRequest {
         input: a.refs.locate(&a.input, a.quiet)?,
@@ -123,9 +125,11 @@ pub fn run_quantize(a: &QuantizeArgs) -> Result<()> {
         imatrix: a.imatrix.clone(),
         split_max_size: a.split_max_size,
     };
-    let done = convert::quantize(&req, &Log::stderr(a.quiet))?;
-    if !a.quiet {
-        eprintln!("wrote {}", display_paths(&done.outputs));
-    }
-    Ok(())
+    let log = super::unless_quiet(console, a.quiet);
+    let done = convert::quantize(&req, &log)?;
+    log.info(&format!("wrote {}\n", display_paths(&done.outputs)));
+    Ok(super::Done {
+        stdout: String::new(),
+        outputs: done.outputs,
+    })
 }

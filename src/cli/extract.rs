@@ -4,6 +4,7 @@ use std::path::PathBuf;
 
 use clap::Args;
 
+use crate::engine::log::Log;
 use crate::engine::pipeline;
 use crate::model::Model;
 use crate::ops::extract::{self, ResidualFormat};
@@ -55,7 +56,7 @@ pub struct ExtractArgs {
 }
 
 /// Run `extract`.
-pub fn run(a: &ExtractArgs) -> Result<()> {
+pub fn run(a: &ExtractArgs, console: &Log) -> Result<super::Done> {
     super::set_threads(a.threads)?;
     let format = ResidualFormat::parse(&a.dtype)?;
     let ext = a
@@ -83,25 +84,29 @@ pub fn run(a: &ExtractArgs) -> Result<()> {
     inputs.extend(base.paths());
     crate::format::output::check_output(&a.output, &inputs)?;
 
-    let done = extract::extract(&instruct, &base, &a.output, format, !a.quiet)?;
+    let done = extract::extract(
+        &instruct,
+        &base,
+        &a.output,
+        format,
+        super::unless_quiet(console, a.quiet).progress(),
+    )?;
     for (name, n, largest) in &done.overflows {
-        eprintln!(
-            "warning: {name}: {n} value(s) of Δ exceed the {} range (largest |Δ| = {largest}) and were saturated; use --dtype bf16 or f32",
+        console.warn(&format!(
+            "{name}: {n} value(s) of Δ exceed the {} range (largest |Δ| = {largest}) and were saturated; use --dtype bf16 or f32",
             format.name()
-        );
+        ));
     }
-    if a.quiet {
-        return Ok(());
-    }
+    let log = super::unless_quiet(console, a.quiet);
     if !done.zero_tensors.is_empty() {
-        eprintln!(
-            "note: {} tensor(s) are identical in both models (Δ = 0): {}",
+        log.note(&format!(
+            "{} tensor(s) are identical in both models (Δ = 0): {}",
             done.zero_tensors.len(),
             crate::model::list(&done.zero_tensors)
-        );
+        ));
     }
     if !done.outcomes.is_empty() {
-        eprint!("{}", report::to_text(&report::rows(&done.outcomes), 10));
+        log.info(&report::to_text(&report::rows(&done.outcomes), 10));
     }
     let size: u64 = done
         .paths
@@ -109,14 +114,17 @@ pub fn run(a: &ExtractArgs) -> Result<()> {
         .filter_map(|p| std::fs::metadata(p).ok())
         .map(|m| m.len())
         .sum();
-    eprintln!(
-        "{} tensors, {} weights, {} names, {:.2} MiB ({:.3} bits per weight)",
+    log.info(&format!(
+        "{} tensors, {} weights, {} names, {:.2} MiB ({:.3} bits per weight)\n",
         done.tensors,
         done.n_elements,
         if done.gguf_names { "GGUF" } else { "original" },
         size as f64 / (1u64 << 20) as f64,
         size as f64 * 8.0 / done.n_elements.max(1) as f64
-    );
-    eprintln!("wrote {}", pipeline::display_paths(&done.paths));
-    Ok(())
+    ));
+    log.info(&format!("wrote {}\n", pipeline::display_paths(&done.paths)));
+    Ok(super::Done {
+        stdout: String::new(),
+        outputs: done.paths,
+    })
 }

@@ -29,9 +29,11 @@ pub struct InspectArgs {
     pub refs: super::ModelRefArgs,
 }
 
-/// Run `inspect`, printing to stdout.
-pub fn run(args: &InspectArgs) -> crate::Result<()> {
+/// Run `inspect`: its text (or JSON) is the command's stdout.
+pub fn run(args: &InspectArgs) -> crate::Result<super::Done> {
     let file = args.refs.locate(&args.file, false)?;
-    print!("{}", crate::ops::inspect::inspect(&file, args.json)?);
-    Ok(())
+    Ok(super::Done {
+        stdout: crate::ops::inspect::inspect(&file, args.json)?,
+        outputs: Vec::new(),
+    })
 }

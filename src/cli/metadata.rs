@@ -25,11 +25,13 @@ pub struct MetadataArgs {
     pub remove: Vec<String>,
 }
 
-/// Run `metadata`, printing the written paths to stdout.
-pub fn run(args: &MetadataArgs) -> crate::Result<()> {
+/// Run `metadata`: the written paths, one a line, are the command's stdout.
+pub fn run(args: &MetadataArgs) -> crate::Result<super::Done> {
     let edits = parse_edits(&args.set, &args.set_file, &args.remove)?;
-    for p in edit_metadata(&args.input, &args.output, &edits)? {
-        println!("{}", p.display());
-    }
-    Ok(())
+    let outputs = edit_metadata(&args.input, &args.output, &edits)?;
+    let stdout = outputs
+        .iter()
+        .map(|p| format!("{}\n", p.display()))
+        .collect();
+    Ok(super::Done { stdout, outputs })
 }

@@ -8,8 +8,12 @@ mod inspect;
 mod metadata;
 mod report;
 
+use std::ffi::OsString;
+use std::path::PathBuf;
+
 use clap::{Parser, Subcommand};
 
+use crate::engine::log::Log;
 use crate::{Error, Result};
 
 const ABOUT: &str =
@@ -72,25 +76,28 @@ pub fn main() -> i32 {
     unsafe {
         libc::signal(libc::SIGXFSZ, libc::SIG_IGN);
     }
-    let cli = match Cli::try_parse() {
+    main_from(std::env::args_os())
+}
+
+/// [`main`] for a given command line (`args[0]` is the program's name):
+/// the command's output printed, errors on stderr, the exit code returned.
+pub fn main_from<I, T>(args: I) -> i32
+where
+    I: IntoIterator<Item = T>,
+    T: Into<OsString> + Clone,
+{
+    let cli = match Cli::try_parse_from(args) {
         Ok(cli) => cli,
         Err(e) => {
             let _ = e.print();
             return if e.use_stderr() { 2 } else { 0 };
         }
     };
-    let result = match &cli.command {
-        Command::Apply(a) => apply::run(a),
-        Command::Extract(a) => extract::run(a),
-        Command::Compare(a) => compare::run(a),
-        Command::Dequantize(a) => convert::run_dequantize(a),
-        Command::Quantize(a) => convert::run_quantize(a),
-        Command::Inspect(a) => inspect::run(a),
-        Command::Metadata(a) => metadata::run(a),
-        Command::Report(a) => report::run(a),
-    };
-    match result {
-        Ok(()) => 0,
+    match dispatch(&cli.command, &Log::stderr(false)) {
+        Ok(done) => {
+            print!("{}", done.stdout);
+            0
+        }
         Err(e) => {
             eprintln!("error: {e}");
             e.exit_code()
@@ -116,6 +123,57 @@ impl ModelRefArgs {
             progress: !quiet,
         };
         crate::model::locate::resolve(arg, &opts)
+    }
+}
+
+/// What a command line produced, for a caller that runs it in its own
+/// process (the Python package).
+#[derive(Debug, Clone, Default)]
+pub struct Done {
+    /// What the command prints on stdout (`inspect`, `compare --json -`).
+    pub stdout: String,
+    /// The files written, in order (every part of a split output).
+    pub outputs: Vec<PathBuf>,
+}
+
+/// Run a command line (`args[0]` is the program's name) with `console` as
+/// the place its messages, tables and progress go (`--quiet` silences it).
+/// `--help` and `--version` put their text in [`Done::stdout`]; a command
+/// line that does not parse is an [`Error::Usage`] carrying clap's message.
+pub fn run_from<I, T>(args: I, console: &Log) -> Result<Done>
+where
+    I: IntoIterator<Item = T>,
+    T: Into<OsString> + Clone,
+{
+    match Cli::try_parse_from(args) {
+        Ok(cli) => dispatch(&cli.command, console),
+        Err(e) if e.use_stderr() => Err(Error::Usage(e.render().to_string())),
+        Err(e) => Ok(Done {
+            stdout: e.render().to_string(),
+            outputs: Vec::new(),
+        }),
+    }
+}
+
+fn dispatch(command: &Command, console: &Log) -> Result<Done> {
+    match command {
+        Command::Apply(a) => apply::run(a, console),
+        Command::Extract(a) => extract::run(a, console),
+        Command::Compare(a) => compare::run(a, console),
+        Command::Dequantize(a) => convert::run_dequantize(a, console),
+        Command::Quantize(a) => convert::run_quantize(a, console),
+        Command::Inspect(a) => inspect::run(a),
+        Command::Metadata(a) => metadata::run(a),
+        Command::Report(a) => report::run(a),
+    }
+}
+
+/// The console, or nothing at all under `--quiet`.
+pub(crate) fn unless_quiet(console: &Log, quiet: bool) -> Log {
+    if quiet {
+        Log::silent()
+    } else {
+        console.clone()
     }
 }
 

@@ -24,7 +24,7 @@ pub struct ReportArgs {
 }
 
 /// Run `report`.
-pub fn run(a: &ReportArgs) -> Result<()> {
+pub fn run(a: &ReportArgs) -> Result<super::Done> {
     let text = std::fs::read_to_string(&a.input).map_err(|e| Error::io(&a.input, e))?;
     let value: serde_json::Value = serde_json::from_str(&text)
         .map_err(|e| Error::format(&a.input, format!("not JSON: {e}")))?;
@@ -35,5 +35,9 @@ pub fn run(a: &ReportArgs) -> Result<()> {
         ));
     }
     crate::format::output::check_output(&a.output, std::slice::from_ref(&a.input))?;
-    crate::format::output::write_atomic(&a.output, report::html::to_html(&value).as_bytes())
+    crate::format::output::write_atomic(&a.output, report::html::to_html(&value).as_bytes())?;
+    Ok(super::Done {
+        stdout: String::new(),
+        outputs: vec![a.output.clone()],
+    })
 }

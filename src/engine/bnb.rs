@@ -8,7 +8,6 @@
 
 use std::path::Path;
 
-use indicatif::ProgressBar;
 use serde_json::Value;
 
 use crate::model::bnb::{
@@ -26,11 +25,11 @@ pub fn write_model(
     config: &Value,
     out_dir: &Path,
     opts: &WriteOptions,
-    progress: bool,
+    progress: &crate::engine::progress::Progress,
 ) -> Result<Vec<WeightOutcome>> {
     let runner = Scheduled {
         ahead: opts.window,
-        pb: crate::engine::progress::bytes(0, progress),
+        pb: progress.bytes(0),
     };
     let outcomes = write_model_with(model, jobs, config, out_dir, opts, &runner)?;
     runner.pb.finish_and_clear();
@@ -39,7 +38,7 @@ pub fn write_model(
 
 struct Scheduled {
     ahead: usize,
-    pb: ProgressBar,
+    pb: crate::engine::progress::Bar,
 }
 
 impl ChunkRunner for Scheduled {
@@ -57,7 +56,7 @@ impl ChunkRunner for Scheduled {
     }
 
     fn weight(&self, name: &str) {
-        self.pb.set_message(name.to_string());
+        self.pb.set_message(name);
     }
 
     fn wrote(&self, bytes: u64) {

@@ -6,6 +6,8 @@
 use std::fmt;
 use std::sync::Arc;
 
+use super::progress::{Observer, Progress};
+
 /// How much a message matters.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Level {
@@ -23,14 +25,14 @@ type Sink = Arc<dyn Fn(Level, &str) + Send + Sync>;
 #[derive(Clone, Default)]
 pub struct Log {
     sink: Option<Sink>,
-    progress: bool,
+    progress: Progress,
 }
 
 impl fmt::Debug for Log {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("Log")
             .field("sink", &self.sink.is_some())
-            .field("progress", &self.progress)
+            .field("progress", &self.progress.enabled())
             .finish()
     }
 }
@@ -59,19 +61,26 @@ impl Log {
     pub fn to(sink: impl Fn(Level, &str) + Send + Sync + 'static) -> Self {
         Log {
             sink: Some(Arc::new(sink)),
-            progress: false,
+            progress: Progress::off(),
         }
     }
 
-    /// The same log, drawing progress bars or not.
-    pub fn with_progress(mut self, progress: bool) -> Self {
-        self.progress = progress;
+    /// The same log, drawing progress bars on stderr or not.
+    pub fn with_progress(mut self, draw: bool) -> Self {
+        self.progress = self.progress.with_draw(draw);
         self
     }
 
-    /// Whether progress bars are drawn.
-    pub fn progress(&self) -> bool {
-        self.progress
+    /// The same log, also telling `observer` how far each long step has come
+    /// (`what`, `done`, `total`).
+    pub fn with_progress_observer(mut self, observer: Observer) -> Self {
+        self.progress = self.progress.with_observer(observer);
+        self
+    }
+
+    /// Where progress goes.
+    pub fn progress(&self) -> &Progress {
+        &self.progress
     }
 
     /// Whether anything is listening (work done only to be told can be skipped).

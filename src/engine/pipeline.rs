@@ -19,8 +19,6 @@
 
 use std::path::{Path, PathBuf};
 
-use indicatif::ProgressBar;
-
 use crate::engine::sink::TensorSink;
 use crate::format::gguf::TensorSpec;
 use crate::model::rows::RowSource;
@@ -112,8 +110,8 @@ pub struct Options {
     pub window: usize,
     /// Whether to decode the output again and measure its error.
     pub measure: bool,
-    /// Whether to draw a progress bar on stderr.
-    pub progress: bool,
+    /// Where progress goes.
+    pub progress: crate::engine::progress::Progress,
     /// `--strategy search`: per block, write the nearest of the base's own
     /// block, the fresh encoding and the base's scales with re-rounded codes
     /// (tensors whose output type is the base's own block type; others are
@@ -131,7 +129,7 @@ impl Default for Options {
             chunk_elements: 1 << 18,
             window: 4 * rayon::current_num_threads().max(1),
             measure: true,
-            progress: true,
+            progress: crate::engine::progress::Progress::stderr(true),
             search: false,
             saturate: false,
         }
@@ -518,7 +516,7 @@ pub fn run(
                 .unwrap_or(0)
         })
         .sum();
-    let pb = crate::engine::progress::bytes(total, opts.progress);
+    let pb = opts.progress.bytes(total);
     let items = plan_items(tasks, opts.chunk_elements);
     // The row chunks, the units of work, by their position in `items`.
     let work: Vec<usize> = items
@@ -586,7 +584,7 @@ struct InOrder<'a, 't> {
     tasks: &'a [Task<'t>],
     items: &'a [Item],
     sink: &'a mut dyn TensorSink,
-    pb: &'a ProgressBar,
+    pb: &'a crate::engine::progress::Bar,
     measure: bool,
     /// The first item not written yet.
     next: usize,
@@ -608,7 +606,7 @@ impl InOrder<'_, '_> {
                 unreachable!("row chunks come through the scheduler")
             };
             let task = &self.tasks[task];
-            self.pb.set_message(task.spec.name.clone());
+            self.pb.set_message(&task.spec.name);
             self.sink.begin_tensor(&task.spec.name)?;
             self.sink.write(bytes)?;
             self.sink.end_tensor()?;
@@ -641,7 +639,7 @@ impl InOrder<'_, '_> {
             unreachable!("items follow their task's action")
         };
         if first == 0 {
-            self.pb.set_message(task.spec.name.clone());
+            self.pb.set_message(&task.spec.name);
             self.sink.begin_tensor(&task.spec.name)?;
             self.stats = ErrorStats::default();
             self.searched = None;
@@ -789,7 +787,7 @@ mod tests {
             chunk_elements: 2048,
             window,
             measure: true,
-            progress: false,
+            progress: crate::engine::progress::Progress::off(),
             search: false,
             saturate: false,
         };
@@ -860,7 +858,7 @@ mod tests {
                 chunk_elements: 2048,
                 window,
                 measure: true,
-                progress: false,
+                progress: crate::engine::progress::Progress::off(),
                 search: true,
                 saturate: false,
             };
@@ -978,7 +976,7 @@ mod tests {
                 chunk_elements: 4,
                 window: 2,
                 measure: true,
-                progress: false,
+                progress: crate::engine::progress::Progress::off(),
                 search: false,
                 saturate: true,
             };
@@ -1068,7 +1066,7 @@ mod tests {
             chunk_elements: 8 * row_len,
             window,
             measure,
-            progress: false,
+            progress: crate::engine::progress::Progress::off(),
             search: false,
             saturate: false,
         };

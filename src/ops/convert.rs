@@ -109,7 +109,7 @@ pub fn dequantize(a: &DequantizeRequest, log: &Log) -> Result<Converted> {
         path: &a.output,
         split_max_size: a.split_max_size,
         options: pipeline::Options {
-            progress: log.progress(),
+            progress: log.progress().clone(),
             measure: false,
             ..Default::default()
         },
@@ -165,7 +165,7 @@ pub fn quantize(a: &QuantizeRequest, log: &Log) -> Result<Converted> {
         path: &a.output,
         split_max_size: a.split_max_size,
         options: pipeline::Options {
-            progress: log.progress(),
+            progress: log.progress().clone(),
             measure: a.report.is_some(),
             ..Default::default()
         },

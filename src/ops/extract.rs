@@ -219,7 +219,7 @@ pub fn extract(
     base: &Model,
     out: &Path,
     format: ResidualFormat,
-    progress: bool,
+    progress: &crate::engine::progress::Progress,
 ) -> Result<Extracted> {
     let it = instruct.weights()?;
     let bt = base.weights()?;
@@ -265,7 +265,7 @@ fn stamps(
     base: &Model,
     pairing: &model::Pairing,
     format: ResidualFormat,
-    progress: bool,
+    progress: &crate::engine::progress::Progress,
 ) -> Result<Stamps> {
     let entries: Vec<_> = pairing
         .pairs
@@ -326,7 +326,7 @@ fn write_safetensors(
     dtype: Dtype,
     stamps: Stamps,
     out: &Path,
-    progress: bool,
+    progress: &crate::engine::progress::Progress,
     result: &mut Extracted,
 ) -> Result<()> {
     let mut metadata = BTreeMap::new();
@@ -367,7 +367,7 @@ fn write_safetensors(
         .collect();
     let mut writer = SafetensorsWriter::create(out, &specs, metadata)?;
     let opts = pipeline::Options {
-        progress,
+        progress: progress.clone(),
         saturate: true,
         ..Default::default()
     };
@@ -398,7 +398,7 @@ fn write_gguf(
     models: &[&Model; 2],
     stamps: Stamps,
     out: &Path,
-    progress: bool,
+    progress: &crate::engine::progress::Progress,
     result: &mut Extracted,
 ) -> Result<()> {
     let mut metadata = Vec::new();
@@ -449,7 +449,7 @@ fn write_gguf(
     let specs: Vec<TensorSpec> = tasks.iter().map(|t| t.spec.clone()).collect();
     let mut writer = GgufWriter::create(out, &metadata, &specs, &WriterOptions::default())?;
     let opts = pipeline::Options {
-        progress,
+        progress: progress.clone(),
         ..Default::default()
     };
     let outcomes = pipeline::run(&tasks, &mut writer, out, &opts)?;
