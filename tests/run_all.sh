@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Every test: the Rust suites (no Python needed), then the interoperability
-# tests against llama.cpp, gguf-py and the real gemma-3-270m model, then the
-# Python package.
+# tests against llama.cpp, gguf-py, the real gemma-3-270m model, huggingface_hub's
+# cache and headless Chromium, then the Python package.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -10,6 +10,11 @@ cargo test --workspace --all-targets
 cargo test --workspace --doc
 
 python3 -m pip install --quiet --disable-pip-version-check -r tests/interop/requirements.txt
+# The HTML report is looked at in a real browser (test_html_report.py): Debian's Chromium.
+if ! command -v chromium >/dev/null 2>&1; then
+    export DEBIAN_FRONTEND=noninteractive
+    apt-get install -y chromium || { apt-get update && apt-get install -y chromium; }
+fi
 cargo build --release --bin qresidual
 export QRESIDUAL_BIN="$PWD/target/release/qresidual"
 bash tests/output_digests.sh

@@ -168,7 +168,7 @@ pub fn apply(req: &ApplyRequest, model: &BnbModel, log: &Log) -> Result<ApplyRes
     }
     let json = report::to_json("apply", inputs, &rows);
     if let Some(path) = &req.report {
-        report::write_value(path, &json)?;
+        report::write_report(path, &json)?;
     }
     Ok(ApplyResult {
         outputs: vec![req.output.clone()],

@@ -391,7 +391,7 @@ fn write_sum(
         json["budget"] = p.to_json();
     }
     if let Some(path) = &req.report {
-        report::write_value(path, &json)?;
+        report::write_report(path, &json)?;
     }
     let remedy = plan.as_ref().map(remedy);
     Ok(ApplyResult {
@@ -473,7 +473,7 @@ fn write_adapter(
     )?;
     let json = adapter::to_json(report_inputs(req), &opts, &outcomes);
     if let Some(path) = &req.report {
-        report::write_value(path, &json)?;
+        report::write_report(path, &json)?;
     }
     Ok(ApplyResult {
         outputs: paths,

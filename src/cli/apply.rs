@@ -1,6 +1,6 @@
 //! `qresidual apply`: base ⊕ α·residual → requantized model + precision report.
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 
 use clap::{Args, ValueEnum};
 
@@ -20,6 +20,15 @@ output is then a folder and --type takes keep, nf4, fp4, int8, f16, bf16 or f32)
 with model.safetensors.index.json, or a GGUF file; F16, BF16 or F32; tensor names either as in \
 Hugging Face checkpoints (mapped by the base's general.architecture, with llama's q/k rotary \
 permutation applied) or as in the base GGUF file (used as they are).
+
+Base and residual may also be references, resolved before anything is read: user/repo:Q4_K_M \
+(the GGUF file of that quantization in a Hugging Face repository), user/repo/FILE, user/repo (its \
+safetensors checkpoint, only the files it needs), taken from the Hugging Face cache or downloaded \
+into it (HF_HUB_CACHE/HF_HOME, HF_ENDPOINT, HF_TOKEN, HF_HUB_OFFLINE, --revision); \
+ollama:NAME[:TAG] (the model blob of a pulled Ollama model, OLLAMA_MODELS); lmstudio:PUBLISHER/REPO/FILE \
+or lmstudio:TEXT (LM Studio's models folder, LMSTUDIO_MODELS). A path that exists always wins. \
+After writing, apply prints how to run the output in llama.cpp, Ollama (--ollama-modelfile writes \
+OUT.Modelfile) and LM Studio.
 
 Before anything is written, every residual tensor must match exactly one base tensor of the same \
 shape and hold no NaN or infinity. Base tensors without a residual, or with an all-zero one, are \
@@ -65,7 +74,9 @@ ids into the output; --set edits any other key.
 The report compares the written weights with the exact f32 sum dequant(base) + α·Δ: RMSE, max \
 abs, relative RMSE, cosine, SNR and retention ⟨out − base, αΔ⟩/‖αΔ‖² (1: the residual survived, \
 0: it was rounded away). When most of the residual was rounded away, apply warns and prices the \
-option that would keep it.
+option that would keep it. --report R.json writes the report as JSON, --report R.html as one \
+self-contained HTML page (heat maps per layer × tensor class, per-type aggregates, worst tensors, \
+budget plan).
 
 Example:
   qresidual apply --base Llama-3.1-8B-Q4_K_M.gguf --residual instruct-residual/ \\
@@ -74,10 +85,10 @@ Example:
 /// Add a residual to a base model.
 #[derive(Args, Debug)]
 pub struct ApplyArgs {
-    /// Base model (GGUF).
+    /// Base model: GGUF file or bitsandbytes folder, or a reference (user/repo:QUANT, user/repo/FILE.gguf, ollama:NAME[:TAG], lmstudio:…).
     #[arg(long, value_name = "BASE.gguf")]
     pub base: PathBuf,
-    /// Residual: .safetensors file, folder of shards, or GGUF.
+    /// Residual: .safetensors file, folder of shards, GGUF, or a Hub reference (user/repo).
     #[arg(long, value_name = "RESIDUAL")]
     pub residual: PathBuf,
     /// Output GGUF file.
@@ -92,8 +103,8 @@ pub struct ApplyArgs {
     /// Worker threads (default: all cores).
     #[arg(long)]
     pub threads: Option<usize>,
-    /// Write the full precision report as JSON here.
-    #[arg(long, value_name = "REPORT.json")]
+    /// Write the full precision report here: JSON, or a self-contained HTML page when the name ends in .html.
+    #[arg(long, value_name = "REPORT.json|.html")]
     pub report: Option<PathBuf>,
     /// Set general.name of the output.
     #[arg(long)]
@@ -139,6 +150,11 @@ pub struct ApplyArgs {
     /// fresh: requantize the sum (llama.cpp's or bitsandbytes' bytes); search: per block the nearest of base block, fresh encoding and (GGUF) base scales with re-rounded codes; adapter: leave the base, write α·Δ as a LoRA adapter (needs --rank).
     #[arg(long, value_enum, default_value_t = Strategy::Auto)]
     pub strategy: Strategy,
+    /// Also write an Ollama Modelfile beside the output (OUT.Modelfile, FROM the output) for `ollama create NAME -f OUT.Modelfile`.
+    #[arg(long)]
+    pub ollama_modelfile: bool,
+    #[command(flatten)]
+    pub refs: super::ModelRefArgs,
 }
 
 /// How `apply` turns base + α·Δ into its output.
@@ -168,9 +184,16 @@ pub fn run(a: &ApplyArgs, console: &Log) -> Result<super::Done> {
         (Strategy::Fresh, None) => apply::Strategy::Fresh,
         (Strategy::Search, None) => apply::Strategy::Search,
     };
+    if a.ollama_modelfile
+        && (a.split_max_size.is_some() || matches!(strategy, apply::Strategy::Adapter { .. }))
+    {
+        return Err(Error::Usage(
+            "--ollama-modelfile needs one merged GGUF file: Ollama loads neither split files nor (reliably) adapters".into(),
+        ));
+    }
     let req = ApplyRequest {
-        base: a.base.clone(),
-        residual: a.residual.clone(),
+        base: a.refs.locate(&a.base, a.quiet)?,
+        residual: a.refs.locate(&a.residual, a.quiet)?,
         output: a.output.clone(),
         target: a.ty.clone(),
         scale: a.scale,
@@ -192,8 +215,22 @@ pub fn run(a: &ApplyArgs, console: &Log) -> Result<super::Done> {
         allow_missing: a.allow_missing,
         report: a.report.clone(),
     };
+    let modelfile = a.ollama_modelfile.then(|| modelfile_path(&a.output));
+    if let Some(m) = &modelfile {
+        if req.base.is_dir() {
+            return Err(Error::Usage(format!(
+                "{}: --ollama-modelfile needs a GGUF output; a bitsandbytes base writes a folder",
+                req.base.display()
+            )));
+        }
+        let inputs = [req.base.clone(), req.residual.clone(), a.output.clone()];
+        crate::format::output::check_output(m, &inputs)?;
+    }
     let log = super::unless_quiet(console, a.quiet);
     let result = apply::apply(&req, &log)?;
+    if let Some(m) = &modelfile {
+        crate::format::output::write_atomic(m, modelfile_text(&a.output).as_bytes())?;
+    }
     match &result.adapter {
         Some(outcomes) => log.info(&adapter::to_text(outcomes, 10)),
         None => log.info(&report::to_text(&result.tensors, 10)),
@@ -205,10 +242,71 @@ pub fn run(a: &ApplyArgs, console: &Log) -> Result<super::Done> {
         log.warn(warning);
     }
     log.info(&format!("wrote {}\n", display_paths(&result.outputs)));
+    log.info(&how_to_run(
+        &req,
+        &result.outputs,
+        result.adapter.is_some(),
+        modelfile.as_deref(),
+    ));
     Ok(super::Done {
         stdout: String::new(),
         outputs: result.outputs,
     })
+}
+
+/// `OUT.Modelfile` beside `OUT.gguf`.
+fn modelfile_path(output: &Path) -> PathBuf {
+    output.with_extension("Modelfile")
+}
+
+/// An Ollama Modelfile that builds a model from the output (the chat
+/// template is the one carried in the GGUF's metadata).
+fn modelfile_text(output: &Path) -> String {
+    let name = output
+        .file_name()
+        .map(|n| n.to_string_lossy())
+        .unwrap_or_default();
+    format!("FROM ./{name}\n")
+}
+
+/// How to run what apply wrote in llama.cpp, Ollama and LM Studio.
+fn how_to_run(
+    req: &ApplyRequest,
+    outputs: &[PathBuf],
+    adapter: bool,
+    modelfile: Option<&Path>,
+) -> String {
+    let Some(first) = outputs.first().filter(|p| p.is_file()) else {
+        return String::new();
+    };
+    let shown = |p: &Path| p.display().to_string();
+    if adapter {
+        return format!(
+            "run it: llama-cli -m {} --lora {}\n",
+            shown(&req.base),
+            shown(first)
+        );
+    }
+    let mut s = format!("run it:\n  llama.cpp  llama-cli -m {}\n", shown(first));
+    let stem = first
+        .file_stem()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_default();
+    match modelfile {
+        Some(m) => s += &format!("  Ollama     ollama create {} -f {}\n", stem.to_ascii_lowercase(), shown(m)),
+        None => s += "  Ollama     apply again with --ollama-modelfile, then ollama create NAME -f OUT.Modelfile\n",
+    }
+    if outputs.len() == 1 {
+        let dir = crate::model::locate::lmstudio_models_dir()
+            .join("local")
+            .join(&stem);
+        s += &format!(
+            "  LM Studio  mkdir -p {d} && cp {} {d}/\n",
+            shown(first),
+            d = dir.display()
+        );
+    }
+    s
 }
 
 /// `--max-size`: an absolute size, or `+N%` / `-N%` of the base's tensor data.

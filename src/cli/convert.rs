@@ -45,6 +45,8 @@ pub struct DequantizeArgs {
     /// No progress bar.
     #[arg(long, short)]
     pub quiet: bool,
+    #[command(flatten)]
+    pub refs: super::ModelRefArgs,
 }
 
 /// Long help of the command.
@@ -90,13 +92,15 @@ pub struct QuantizeArgs {
     /// No progress bar.
     #[arg(long, short)]
     pub quiet: bool,
+    #[command(flatten)]
+    pub refs: super::ModelRefArgs,
 }
 
 /// Run `dequantize`.
 pub fn run_dequantize(a: &DequantizeArgs, console: &Log) -> Result<super::Done> {
     super::set_threads(a.threads)?;
     let req = DequantizeRequest {
-        input: a.input.clone(),
+        input: a.refs.locate(&a.input, a.quiet)?,
         output: a.output.clone(),
         target: a.ty.clone(),
         split_max_size: a.split_max_size,
@@ -114,7 +118,7 @@ pub fn run_dequantize(a: &DequantizeArgs, console: &Log) -> Result<super::Done> 
 pub fn run_quantize(a: &QuantizeArgs, console: &Log) -> Result<super::Done> {
     super::set_threads(a.threads)?;
     let req = QuantizeRequest {
-        input: a.input.clone(),
+        input: a.refs.locate(&a.input, a.quiet)?,
         output: a.output.clone(),
         target: a.ty.clone(),
         report: a.report.clone(),

@@ -33,7 +33,7 @@ RMS and a random-sign sketch that survives quantization), which `apply` checks.
 Example:
   qresidual extract --instruct Llama-3.1-8B-Instruct/ --base Llama-3.1-8B/ -o residual.safetensors")]
 pub struct ExtractArgs {
-    /// The fine-tuned model (GGUF, safetensors file or folder, bitsandbytes folder).
+    /// The fine-tuned model (GGUF, safetensors file or folder, bitsandbytes folder, or a reference: user/repo, ollama:NAME, lmstudio:…).
     #[arg(long, value_name = "INSTRUCT")]
     pub instruct: PathBuf,
     /// The model it was fine-tuned from (any of the same formats).
@@ -51,6 +51,8 @@ pub struct ExtractArgs {
     /// No progress bar and no summary.
     #[arg(long, short)]
     pub quiet: bool,
+    #[command(flatten)]
+    pub refs: super::ModelRefArgs,
 }
 
 /// Run `extract`.
@@ -76,8 +78,8 @@ pub fn run(a: &ExtractArgs, console: &Log) -> Result<super::Done> {
             }
         )));
     }
-    let instruct = Model::open(&a.instruct)?;
-    let base = Model::open(&a.base)?;
+    let instruct = Model::open(&a.refs.locate(&a.instruct, a.quiet)?)?;
+    let base = Model::open(&a.refs.locate(&a.base, a.quiet)?)?;
     let mut inputs = instruct.paths();
     inputs.extend(base.paths());
     crate::format::output::check_output(&a.output, &inputs)?;

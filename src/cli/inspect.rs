@@ -20,17 +20,20 @@ stored tensors as for safetensors.";
 /// Show metadata, tensors and per-type totals of a model file.
 #[derive(clap::Args, Debug)]
 pub struct InspectArgs {
-    /// The model: GGUF file, .safetensors file, folder of safetensors shards, or bitsandbytes folder.
+    /// The model: GGUF file, .safetensors file, folder of safetensors shards, bitsandbytes folder, or a reference (user/repo[:QUANT], user/repo/FILE, ollama:NAME[:TAG], lmstudio:…).
     pub file: PathBuf,
     /// Print everything as JSON, with exact value types.
     #[arg(long)]
     pub json: bool,
+    #[command(flatten)]
+    pub refs: super::ModelRefArgs,
 }
 
 /// Run `inspect`: its text (or JSON) is the command's stdout.
 pub fn run(args: &InspectArgs) -> crate::Result<super::Done> {
+    let file = args.refs.locate(&args.file, false)?;
     Ok(super::Done {
-        stdout: crate::ops::inspect::inspect(&args.file, args.json)?,
+        stdout: crate::ops::inspect::inspect(&file, args.json)?,
         outputs: Vec::new(),
     })
 }

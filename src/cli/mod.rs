@@ -6,6 +6,7 @@ mod convert;
 mod extract;
 mod inspect;
 mod metadata;
+mod report;
 
 use std::ffi::OsString;
 use std::path::PathBuf;
@@ -61,6 +62,8 @@ enum Command {
     Inspect(inspect::InspectArgs),
     /// Copy a GGUF file with metadata keys set or removed.
     Metadata(metadata::MetadataArgs),
+    /// Render a JSON report as a self-contained HTML page.
+    Report(report::ReportArgs),
 }
 
 /// Parse the command line, run, and return the process exit code.
@@ -102,6 +105,27 @@ where
     }
 }
 
+/// Where a model named on the command line comes from: Hub references'
+/// revision (shared by every command that reads models).
+#[derive(clap::Args, Debug, Clone, Default)]
+pub(crate) struct ModelRefArgs {
+    /// Revision (branch, tag or commit) of Hugging Face references (user/repo…); default main.
+    #[arg(long, value_name = "REV")]
+    pub revision: Option<String>,
+}
+
+impl ModelRefArgs {
+    /// The local path of a model argument: a path, or a Hub, Ollama or LM
+    /// Studio reference (model::locate).
+    pub(crate) fn locate(&self, arg: &std::path::Path, quiet: bool) -> Result<std::path::PathBuf> {
+        let opts = crate::model::locate::LocateOptions {
+            revision: self.revision.clone(),
+            progress: !quiet,
+        };
+        crate::model::locate::resolve(arg, &opts)
+    }
+}
+
 /// What a command line produced, for a caller that runs it in its own
 /// process (the Python package).
 #[derive(Debug, Clone, Default)]
@@ -140,6 +164,7 @@ fn dispatch(command: &Command, console: &Log) -> Result<Done> {
         Command::Quantize(a) => convert::run_quantize(a, console),
         Command::Inspect(a) => inspect::run(a),
         Command::Metadata(a) => metadata::run(a),
+        Command::Report(a) => report::run(a),
     }
 }
 

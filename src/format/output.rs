@@ -71,6 +71,24 @@ pub fn check_split_output(out: &Path, inputs: &[PathBuf]) -> Result<()> {
     Ok(())
 }
 
+/// Write a small file (a report, a Modelfile) whole: into a temporary file
+/// beside `path`, renamed over it once complete.
+pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
+    let name = path
+        .file_name()
+        .ok_or_else(|| Error::Usage(format!("{}: not a file name", path.display())))?;
+    let mut tmp_name = std::ffi::OsString::from(".");
+    tmp_name.push(name);
+    tmp_name.push(format!(".{}.qresidual-tmp", std::process::id()));
+    let tmp = path.with_file_name(tmp_name);
+    let written = std::fs::write(&tmp, bytes).and_then(|()| std::fs::rename(&tmp, path));
+    if let Err(e) = written {
+        let _ = std::fs::remove_file(&tmp);
+        return Err(Error::io(path, e));
+    }
+    Ok(())
+}
+
 /// Refuse a report path that is an input or the output.
 pub fn check_report(report: &Path, out: &Path, inputs: &[PathBuf]) -> Result<()> {
     check_target("report", report, inputs)?;

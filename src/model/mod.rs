@@ -5,6 +5,7 @@
 pub mod bnb;
 pub mod bnb_target;
 pub mod hf_names;
+pub mod locate;
 pub mod mix;
 pub mod naming;
 pub mod rows;

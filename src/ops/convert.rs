@@ -177,7 +177,7 @@ pub fn quantize(a: &QuantizeRequest, log: &Log) -> Result<Converted> {
         if let Some(m) = &a.imatrix {
             inputs["imatrix"] = json!(m.display().to_string());
         }
-        report::write_json(path, "quantize", inputs, &rows)?;
+        report::write_report(path, &report::to_json("quantize", inputs, &rows))?;
     }
     Ok(Converted {
         outputs,

@@ -1,4 +1,7 @@
-//! The precision report: a table on stderr and the full JSON.
+//! The precision report: a table on stderr, the full JSON, and the JSON
+//! as an HTML page (`html`).
+
+pub mod html;
 
 use std::collections::BTreeMap;
 use std::fmt::Write as _;
@@ -423,18 +426,25 @@ pub fn retention_warning(outcomes: &[Row], remedy: Option<&str>) -> Option<Strin
     ))
 }
 
-/// Write the full report as pretty JSON to `path`.
-pub fn write_json(
-    path: &std::path::Path,
-    command: &str,
-    inputs: Value,
-    rows: &[Row],
-) -> crate::Result<()> {
-    write_value(path, &to_json(command, inputs, rows))
-}
-
 /// Write any JSON report, pretty-printed.
 pub fn write_value(path: &std::path::Path, value: &Value) -> crate::Result<()> {
     let text = serde_json::to_string_pretty(value).expect("report serializes");
-    std::fs::write(path, text + "\n").map_err(|e| crate::Error::io(path, e))
+    crate::format::output::write_atomic(path, (text + "\n").as_bytes())
+}
+
+/// Whether `path` names an HTML page (`.html`, `.htm`) rather than JSON.
+pub fn is_html(path: &std::path::Path) -> bool {
+    path.extension()
+        .and_then(|e| e.to_str())
+        .is_some_and(|e| e.eq_ignore_ascii_case("html") || e.eq_ignore_ascii_case("htm"))
+}
+
+/// Write a report as its path's extension asks: an HTML page for `.html`,
+/// pretty JSON otherwise.
+pub fn write_report(path: &std::path::Path, value: &Value) -> crate::Result<()> {
+    if is_html(path) {
+        crate::format::output::write_atomic(path, html::to_html(value).as_bytes())
+    } else {
+        write_value(path, value)
+    }
 }
