@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import sys
 import tempfile
 from pathlib import Path
@@ -40,6 +41,7 @@ __all__ = [
     "inspect",
     "dequantize",
     "quantize",
+    "report",
     "run",
     "QresidualError",
     "UsageError",
@@ -151,17 +153,23 @@ def run(
 
 
 def _with_report(command: str, positional: list, options: dict, flag: str, progress, on_message):
-    """Run with a JSON report written to `options[flag]`, or to a temporary
-    file when the caller gave none; return the report with "outputs" added."""
+    """Run with the JSON report in a temporary file and return it, with
+    "outputs" added; a report path the caller gave is written too (an
+    .html path as the page `qresidual report` renders from that JSON)."""
     given = options.get(flag)
     with tempfile.TemporaryDirectory(prefix="qresidual-") as tmp:
-        path = Path(given) if given else Path(tmp) / "report.json"
+        path = Path(tmp) / "report.json"
         _, outputs = run(
             _argv(command, positional, {**options, flag: path}),
             progress=progress,
             on_message=on_message,
         )
         report = json.loads(path.read_text()) if path.exists() else {}
+        if given and path.exists():
+            if Path(given).suffix.lower() in (".html", ".htm"):
+                run(["qresidual", "report", path, "-o", given], on_message=None)
+            else:
+                shutil.copyfile(path, given)
     report["outputs"] = [str(p) for p in outputs]
     return report
 
@@ -204,6 +212,13 @@ def compare(a, b, *, on_message=None, **options) -> dict:
         _argv("compare", [a, b], {**options, "json": "-"}), on_message=on_message
     )
     return json.loads(stdout)
+
+
+def report(report_json, output) -> dict:
+    """``qresidual report REPORT.json -o OUTPUT.html``: the report as one
+    self-contained HTML page. Returns {"outputs": [...]}."""
+    _, outputs = run(_argv("report", [report_json], {"output": output}), on_message=None)
+    return {"outputs": [str(p) for p in outputs]}
 
 
 def inspect(file) -> dict:

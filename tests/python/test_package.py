@@ -54,6 +54,20 @@ def test_apply_keeps_a_report_path_the_caller_gave(tmp_path):
         k: v for k, v in report.items() if k != "outputs"}
 
 
+def test_an_html_report_path_gets_the_page(tmp_path):
+    report = qresidual.apply(BASE, RESIDUAL, tmp_path / "o.gguf", strategy="fresh",
+                             report=tmp_path / "r.html", quiet=True)
+    cli("apply", "--base", BASE, "--residual", RESIDUAL, "-o", tmp_path / "c.gguf",
+        "--strategy", "fresh", "--report", tmp_path / "c.html", "--quiet")
+    same_bytes(tmp_path / "r.html", tmp_path / "c.html")
+    assert report["tensors"]
+    (tmp_path / "r.json").write_text(json.dumps({k: v for k, v in report.items() if k != "outputs"}))
+    done = qresidual.report(tmp_path / "r.json", tmp_path / "again.html")
+    assert done["outputs"] == [str(tmp_path / "again.html")]
+    cli("report", tmp_path / "r.json", "-o", tmp_path / "cli-again.html")
+    same_bytes(tmp_path / "again.html", tmp_path / "cli-again.html")
+
+
 def test_extract_quantize_dequantize_equal_the_command(tmp_path):
     pair = ROOT / "fixtures" / "pair"
     done = qresidual.extract(pair / "hf-instruct", pair / "hf-base", tmp_path / "py.safetensors",
