@@ -20,16 +20,23 @@ from conftest import FIXTURES, run_qresidual
 # Families `apply` must reproduce exactly, and the transforms each one's converter applies
 # (the README's support matrix lists the same).
 VERIFIED = ["llama", "mistral", "qwen2", "qwen3", "phi3", "gemma", "gemma2", "olmo2",
-            "starcoder2"]
-# The pinned llama.cpp cannot decode the converter's own tiny starcoder2 (llama_decode
-# returns 1, "failed to find a memory slot"), whatever the weights.
-RUNS_IN_LLAMA_CPP = [f for f in VERIFIED if f != "starcoder2"]
+            "starcoder2", "gemma3", "granite", "smollm3", "mixtral", "qwen2moe", "qwen3moe",
+            "olmoe", "granitemoe"]
+# Where the pinned llama.cpp cannot use the converter's own output, whatever the weights:
+# it cannot decode the tiny starcoder2 (llama_decode returns 1, "failed to find a memory
+# slot"); it refuses the tiny gemma3, whose token list the converter pads to vocab_size
+# (272) while it trims token_embd to the tokenizer's 259 tokens.
+RUNS_IN_LLAMA_CPP = [f for f in VERIFIED if f not in ("starcoder2", "gemma3")]
 # Families whose converter adds 1 to RMSNorm weights (Gemma 1-3 scale by 1 + w): the
 # converter rounds (w + Δ) + 1, apply (w + 1) + Δ; in those tensors only, the two may differ
 # by one unit in the last place of the largest operand of those additions (1, w + 1, and
 # the instruct's HF value w + Δ = result − 1): where w ≈ −1 the result is tiny and the
 # difference many of its own ulps, but never more than one ulp of 1 or w.
 NORM_SHIFT = {"gemma", "gemma2", "gemma3"}
+# Families the converter handles but `apply` refuses (its converter transforms tensors in
+# ways qresidual does not restate), naming the architecture and the way out.
+REFUSED = [f for f in gen_families.FAMILIES if f not in VERIFIED]
+
 
 @pytest.fixture(scope="session")
 def family_dir():
@@ -82,7 +89,7 @@ def test_apply_equals_converter(family, family_dir, tmp_path):
           "shifted norms within", max(shifted, default=0.0), "ulp")
 
 
-@pytest.mark.parametrize("family", VERIFIED)
+@pytest.mark.parametrize("family", list(gen_families.FAMILIES))
 def test_extract_hf_pair(family, family_dir, tmp_path):
     d = family_dir(family)
     out = tmp_path / "delta.safetensors"
@@ -107,3 +114,15 @@ def test_llama_cpp_runs_q4_k_m_output(family, family_dir, tmp_path):
     llm = Llama(model_path=str(out), n_ctx=64, verbose=False, seed=1)
     res = llm("ab", max_tokens=4, temperature=0.0)
     assert res["usage"]["completion_tokens"] > 0
+
+
+@pytest.mark.parametrize("family", REFUSED)
+def test_unsupported_family_is_refused_before_writing(family, family_dir, tmp_path):
+    d = family_dir(family)
+    out = tmp_path / "out.gguf"
+    p = run_qresidual("apply", "--base", d / "base-f32.gguf", "--residual", d / "delta.safetensors",
+                      "--type", "f32", "-o", out, check=False)
+    assert p.returncode != 0
+    arch = gen_families.FAMILIES[family][2]
+    assert f"'{arch}'" in p.stderr and "qresidual extract" in p.stderr, p.stderr
+    assert not out.exists() and not list(tmp_path.iterdir())
