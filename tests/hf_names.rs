@@ -8,7 +8,7 @@ use std::path::Path;
 
 use qresidual::model::hf_names::{self, Converter};
 use qresidual::model::naming::{
-    embedding_rows, expert_part, hf_to_gguf, hf_to_gguf_generated, is_gguf_name,
+    embedding_rows, expert_part, hf_to_gguf, hf_to_gguf_generated, is_gguf_name, kv_b_split,
     mapped_architectures, row_permutation, supported_architectures, transforms, RowPermutation,
 };
 use serde::Deserialize;
@@ -240,18 +240,30 @@ fn families_whose_transforms_are_restated_are_mapped() {
         embedding_rows("gemma3", "token_embd.weight", 250, 259),
         None
     );
-    // A converter qresidual does not restate: named, not mapped.
-    assert_eq!(hf_names::converter("deepseek2"), Some(Converter::Custom));
-    assert_eq!(transforms("deepseek2"), None);
+    // DeepSeek's kv_b_proj splits into k_b and v_b.
     assert_eq!(
-        hf_to_gguf("deepseek2", "model.layers.0.self_attn.o_proj.weight"),
+        kv_b_split("deepseek2", "model.layers.3.self_attn.kv_b_proj.weight"),
+        Some([
+            "blk.3.attn_k_b.weight".to_string(),
+            "blk.3.attn_v_b.weight".to_string()
+        ])
+    );
+    assert_eq!(
+        kv_b_split("qwen2moe", "model.layers.3.self_attn.kv_b_proj.weight"),
         None
     );
-    assert!(!mapped_architectures().any(|a| a == "deepseek2"));
-    // The README's count: 7 hand-mapped, 18 more rename-only, 9 whose
+    // A converter qresidual does not restate: named, not mapped.
+    assert_eq!(hf_names::converter("gpt-oss"), Some(Converter::Custom));
+    assert_eq!(transforms("gpt-oss"), None);
+    assert_eq!(
+        hf_to_gguf("gpt-oss", "model.layers.0.self_attn.o_proj.weight"),
+        None
+    );
+    assert!(!mapped_architectures().any(|a| a == "gpt-oss"));
+    // The README's count: 7 hand-mapped, 18 more rename-only, 12 whose
     // transforms are restated.
     let mapped: Vec<_> = mapped_architectures().collect();
-    assert_eq!(mapped.len(), 34, "{mapped:?}");
+    assert_eq!(mapped.len(), 37, "{mapped:?}");
     // Mistral checkpoints convert to `llama`; there is no `mistral` arch.
     assert!(!hf_names::knows("mistral"));
     assert_eq!(hf_to_gguf("mistral", "model.embed_tokens.weight"), None);

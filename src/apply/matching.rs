@@ -10,7 +10,7 @@ use crate::engine::log::Log;
 use crate::format::gguf::GgufFile;
 use crate::format::pages::ReleasePages;
 use crate::model::naming::{self, RowPermutation};
-use crate::model::rows::{RowSource, StackedRows};
+use crate::model::rows::{RowSource, StackedRows, TransposedRows};
 use crate::model::{list, Shaped};
 use crate::quant::{scan_row, GgmlType};
 use crate::{Error, Result};
@@ -59,8 +59,11 @@ pub struct Pairing {
     pub permutation: RowPermutation,
     /// The base tensor's row count where it is smaller than the residual's:
     /// the first rows (Gemma 3's trimmed embedding), or the rows
-    /// [`RowPermutation::Half`] picks (a split tensor).
+    /// [`RowPermutation::Slice`] picks (a split tensor).
     pub rows: Option<usize>,
+    /// The base tensor is the residual's rows in blocks of `.0`, the first
+    /// `.1` of each transposed (DeepSeek's `attn_k_b`).
+    pub transpose: Option<(usize, usize)>,
 }
 
 impl Pairing {
@@ -72,13 +75,14 @@ impl Pairing {
             parts: vec![residual],
             permutation,
             rows: None,
+            transpose: None,
         }
     }
 
     /// Whether the base tensor is one residual tensor as it is (possibly
     /// reordered), not assembled from several or trimmed.
     pub fn is_whole(&self) -> bool {
-        self.parts.len() == 1 && self.rows.is_none()
+        self.parts.len() == 1 && self.rows.is_none() && self.transpose.is_none()
     }
 }
 
@@ -247,6 +251,10 @@ fn pair_tensors(
                 split_pairs(index, (ri, rt), &halves, &mut claimed, &mut found);
                 continue;
             }
+            if let Some(kv) = naming::kv_b_split(&index.arch, rt.name) {
+                kv_b_pairs(index, (ri, rt), &kv, &mut claimed, &mut found);
+                continue;
+            }
         }
         let Some((gguf_name, from_hf)) = index.gguf_name(rt.name) else {
             if let Some((stacked, expert)) = naming::expert_part(&index.arch, rt.name) {
@@ -368,11 +376,69 @@ fn split_pairs<'r>(
                 .push(format!("{prev} and {} both map to {gguf_name}", rt.name));
             continue;
         }
-        let rows = bs[1] as usize;
-        let mut pair = Pairing::one(bi, ri, RowPermutation::Half { half, rows });
+        let len = bs[1] as usize;
+        let slice = RowPermutation::Slice {
+            group: 2 * len,
+            offset: half * len,
+            len,
+        };
+        let mut pair = Pairing::one(bi, ri, slice);
         pair.rows = Some((bs[0] * bs[1]) as usize);
         found.pairs.push(pair);
     }
+}
+
+/// DeepSeek's `kv_b_proj` residual (`[H × (nope + v), R]`) paired with
+/// `attn_k_b` (`[H, R, nope]`: the first `nope` rows of each head,
+/// transposed) and `attn_v_b` (`[H, v, R]`: the other rows).
+fn kv_b_pairs<'r>(
+    index: &BaseIndex,
+    (ri, rt): (usize, &ResidualTensor<'r>),
+    [k_b, v_b]: &[String; 2],
+    claimed: &mut HashMap<usize, &'r str>,
+    found: &mut Found,
+) {
+    let shape = |n: &str| {
+        let bi = *index.by_name.get(n)?;
+        Some((bi, index.base.tensors()[bi].shape()))
+    };
+    let (Some((ki, ks)), Some((vi, vs))) = (shape(k_b), shape(v_b)) else {
+        found
+            .problems
+            .no_partner
+            .push(format!("{} (→ {k_b}, {v_b})", rt.name));
+        return;
+    };
+    let rs = &rt.shape;
+    let fits = ks.len() == 3 && vs.len() == 3 && rs.len() == 2 && ks[0] == vs[0];
+    if !fits || ks[1] != rs[1] || vs[2] != rs[1] || ks[0] * (ks[2] + vs[1]) != rs[0] {
+        found.problems.bad_shape.push(format!(
+            "{} {rs:?} vs base {k_b} {ks:?} and {v_b} {vs:?}",
+            rt.name
+        ));
+        return;
+    }
+    let (nope, v) = (ks[2] as usize, vs[1] as usize);
+    for bi in [ki, vi] {
+        if let Some(prev) = claimed.insert(bi, rt.name) {
+            found.problems.duplicates.push(format!(
+                "{prev} and {} both map to {}",
+                rt.name,
+                index.base.tensors()[bi].name
+            ));
+            return;
+        }
+    }
+    let mut k = Pairing::one(ki, ri, RowPermutation::Identity);
+    k.transpose = Some((nope + v, nope));
+    let slice = RowPermutation::Slice {
+        group: nope + v,
+        offset: nope,
+        len: v,
+    };
+    let mut vp = Pairing::one(vi, ri, slice);
+    vp.rows = Some(vs[0] as usize * v);
+    found.pairs.extend([k, vp]);
 }
 
 /// Record residual tensor `ri` as expert `expert` of the base's stacked
@@ -587,6 +653,13 @@ fn pair_rows<'a>(
         }
         r
     };
+    if let Some((group, len)) = p.transpose {
+        return Box::new(TransposedRows {
+            rows: Box::new(one(p.residual)),
+            group,
+            len,
+        });
+    }
     if let [only] = p.parts[..] {
         return Box::new(one(only));
     }

@@ -447,6 +447,9 @@ pub struct Transforms {
     /// GraniteMoE's fused expert `input_linear` (`[E, 2F, D]`) split into
     /// gate (first `F` rows of each expert) and up ([`split_halves`]).
     pub split_input_linear: bool,
+    /// DeepSeek's `kv_b_proj` split per head into `attn_k_b` (transposed)
+    /// and `attn_v_b` ([`kv_b_split`]).
+    pub split_kv_b: bool,
 }
 
 /// How a converter spells the per-expert tensors it stacks.
@@ -485,7 +488,12 @@ pub fn transforms(arch_name: &str) -> Option<Transforms> {
             split_input_linear: true,
             ..llama
         },
-        "qwen2moe" | "qwen3moe" | "olmoe" => Transforms {
+        "deepseek2" => Transforms {
+            experts: Some(ExpertStack::Qwen2Moe),
+            split_kv_b: true,
+            ..Transforms::default()
+        },
+        "qwen2moe" | "qwen3moe" | "olmoe" | "ernie4_5-moe" | "glm4moe" => Transforms {
             experts: Some(ExpertStack::Qwen2Moe),
             ..Transforms::default()
         },
@@ -521,13 +529,32 @@ pub fn embedding_rows(
 /// (`GraniteMoeModel.modify_tensors`: `block_sparse_moe.input_linear` →
 /// `ffn_gate_exps`, `ffn_up_exps`).
 pub fn split_halves(arch_name: &str, hf_name: &str) -> Option<[String; 2]> {
-    if !transforms(arch_name)?.split_input_linear {
-        return None;
-    }
+    transforms(arch_name)?.split_input_linear.then_some(())?;
+    let into = ["ffn_gate_exps", "ffn_up_exps"];
+    split_names(
+        arch_name,
+        hf_name,
+        "block_sparse_moe.input_linear.weight",
+        into,
+    )
+}
+
+/// For DeepSeek's `kv_b_proj` (`[H × (nope + v), R]`): the GGUF tensors
+/// `[attn_k_b, attn_v_b]` the converter splits it into per head
+/// (`DeepseekV2Model.modify_tensors`: the first `nope` rows of each head,
+/// transposed to `[H, R, nope]`, and the other `v` rows, `[H, v, R]`).
+pub fn kv_b_split(arch_name: &str, hf_name: &str) -> Option<[String; 2]> {
+    transforms(arch_name)?.split_kv_b.then_some(())?;
+    let into = ["attn_k_b", "attn_v_b"];
+    split_names(arch_name, hf_name, "self_attn.kv_b_proj.weight", into)
+}
+
+/// `blk.N.{into}.weight` for both names of `into` when `hf_name` is block
+/// N's `part`.
+fn split_names(arch_name: &str, hf_name: &str, part: &str, into: [&str; 2]) -> Option<[String; 2]> {
     let name = filtered_name(arch_name, hf_name)?;
     let (bid, rest) = split_block(&name, "model.layers.")?;
-    (rest == "block_sparse_moe.input_linear.weight")
-        .then(|| ["gate", "up"].map(|w| format!("blk.{bid}.ffn_{w}_exps.weight")))
+    (rest == part).then(|| into.map(|g| format!("blk.{bid}.{g}.weight")))
 }
 
 /// For a per-expert HF tensor `arch`'s converter stacks: the GGUF name of
@@ -569,14 +596,16 @@ pub enum RowPermutation {
         /// Heads the rows are split into (`n_head` for q, `n_head_kv` for k).
         n_head: usize,
     },
-    /// One half of a tensor split along its rows in groups ([`split_halves`]):
-    /// the stored rows are groups of `2 * rows`, and this tensor takes rows
-    /// `half * rows .. (half + 1) * rows` of each.
-    Half {
-        /// 0 for the first half, 1 for the second.
-        half: usize,
-        /// Rows of one half of a group.
-        rows: usize,
+    /// Part of a tensor split along its rows in groups ([`split_halves`],
+    /// [`kv_b_split`]): the stored rows are groups of `group`, and this tensor
+    /// takes rows `offset .. offset + len` of each.
+    Slice {
+        /// Stored rows per group (per expert, per head).
+        group: usize,
+        /// First row taken in each group.
+        offset: usize,
+        /// Rows taken from each group.
+        len: usize,
     },
 }
 
@@ -615,14 +644,14 @@ impl RowPermutation {
     /// `n_head == 0`) and `dst_row >= rows` map to themselves; callers check
     /// shapes with [`RowPermutation::fits`] first.
     ///
-    /// [`RowPermutation::Half`]: GGUF row `(g, i)` (group, row in the half)
-    /// reads stored row `g * 2h + half * h + i`; `rows` is not needed.
+    /// [`RowPermutation::Slice`]: GGUF row `(g, i)` (group, row in the slice)
+    /// reads stored row `g * group + offset + i`; `rows` is not needed.
     pub fn source_row(&self, rows: usize, dst_row: usize) -> usize {
         match *self {
             RowPermutation::Identity => dst_row,
-            RowPermutation::Half { half, rows: h } => {
-                let h = h.max(1);
-                (dst_row / h) * 2 * h + half * h + dst_row % h
+            RowPermutation::Slice { group, offset, len } => {
+                let len = len.max(1);
+                (dst_row / len) * group + offset + dst_row % len
             }
             RowPermutation::LlamaRope { n_head } => {
                 if !self.fits(rows) || dst_row >= rows {
@@ -640,7 +669,7 @@ impl RowPermutation {
     /// Whether a tensor with `rows` rows can be permuted (the reshape works).
     pub fn fits(&self, rows: usize) -> bool {
         match *self {
-            RowPermutation::Identity | RowPermutation::Half { .. } => true,
+            RowPermutation::Identity | RowPermutation::Slice { .. } => true,
             RowPermutation::LlamaRope { n_head } => {
                 n_head
                     .checked_mul(2)

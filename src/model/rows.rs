@@ -228,3 +228,48 @@ impl RowSource for StackedRows<'_> {
         }
     }
 }
+
+/// Blocks of another source's rows, each transposed (DeepSeek's `attn_k_b`:
+/// of every `group` stored rows of length `R`, the first `len` rows, as `R`
+/// rows of length `len`). Decodes one block (`len × R` values) at a time.
+pub struct TransposedRows<'a> {
+    /// The stored rows.
+    pub rows: Box<dyn RowSource + 'a>,
+    /// Stored rows per block (per head).
+    pub group: usize,
+    /// Rows of each block that are transposed (the rest are left out).
+    pub len: usize,
+}
+
+impl RowSource for TransposedRows<'_> {
+    fn row_len(&self) -> usize {
+        self.len
+    }
+
+    fn n_rows(&self) -> usize {
+        self.rows.n_rows() / self.group.max(1) * self.rows.row_len()
+    }
+
+    fn decode(&self, start: usize, out: &mut [f32]) -> Result<()> {
+        let (r, len) = (self.rows.row_len(), self.len);
+        let mut block = vec![0f32; len * r];
+        let mut loaded = None;
+        for (i, dst) in out.chunks_exact_mut(len).enumerate() {
+            let (head, col) = ((start + i) / r, (start + i) % r);
+            if loaded != Some(head) {
+                self.rows.decode(head * self.group, &mut block)?;
+                loaded = Some(head);
+            }
+            for (j, v) in dst.iter_mut().enumerate() {
+                *v = block[j * r + col];
+            }
+        }
+        Ok(())
+    }
+
+    fn release_rows(&self, _start: usize, end: usize) {
+        if end == self.n_rows() {
+            self.rows.release_rows(0, self.rows.n_rows());
+        }
+    }
+}
