@@ -1,13 +1,14 @@
 """Every model family against llama.cpp's own converter (fixtures/gen_families.py): a tiny
 random model and an instruct copy (base + Δ in Hugging Face space), both converted by the
 pinned convert_hf_to_gguf.py --outtype f32. `apply --type f32` of the HF-named Δ to the
-converted base must give the converted instruct bit for bit; `extract` of the HF pair must
-give instruct − base bit for bit (numpy's float32 subtraction); llama.cpp must load and run
-the `apply --type q4_k_m` output.
+converted base must give the converted instruct bit for bit; `extract` of the HF pair and of
+the GGUF pair must give instruct − base bit for bit (numpy's float32 subtraction); llama.cpp
+must load and run the `apply --type q4_k_m` output.
 
 The generated folders are cached in $QRESIDUAL_CACHE/families/ (keyed by the generator's
 hash), so only the first run pays for the conversions."""
 import hashlib
+import json
 
 import numpy as np
 import pytest
@@ -104,6 +105,20 @@ def test_extract_hf_pair(family, family_dir, tmp_path):
         assert np.array_equal(got[name].view(np.uint32), want.view(np.uint32)), name
 
 
+@pytest.mark.parametrize("family", list(gen_families.FAMILIES))
+def test_extract_gguf_pair(family, family_dir, tmp_path):
+    d = family_dir(family)
+    out = tmp_path / "delta.safetensors"
+    run_qresidual("extract", "--base", d / "base-f32.gguf", "--instruct", d / "instruct-f32.gguf",
+                  "--dtype", "f32", "-o", out, "-q")
+    base, inst = tensors(d / "base-f32.gguf"), tensors(d / "instruct-f32.gguf")
+    got = load_file(str(out))
+    assert sorted(got) == sorted(base)
+    for name, (_, _, b) in base.items():
+        want = (inst[name][2] - b).astype(np.float32)
+        assert np.array_equal(got[name].reshape(-1).view(np.uint32), want.view(np.uint32)), name
+
+
 @pytest.mark.parametrize("family", RUNS_IN_LLAMA_CPP)
 def test_llama_cpp_runs_q4_k_m_output(family, family_dir, tmp_path):
     from llama_cpp import Llama
@@ -126,3 +141,28 @@ def test_unsupported_family_is_refused_before_writing(family, family_dir, tmp_pa
     arch = gen_families.FAMILIES[family][2]
     assert f"'{arch}'" in p.stderr and "qresidual extract" in p.stderr, p.stderr
     assert not out.exists() and not list(tmp_path.iterdir())
+
+
+@pytest.mark.parametrize("family", RUNS_IN_LLAMA_CPP)
+def test_adapter_of_hf_residual_runs_in_llama_cpp(family, family_dir, tmp_path):
+    """`--strategy adapter` from the HF residual: LoRA pairs for 2-D base tensors only (the
+    report names every other tensor with a residual and why it was left out: 3-D expert
+    stacks and DeepSeek's k_b/v_b, single-row or 1-D tensors, a tied embedding); llama.cpp
+    loads the adapter on the base and generates."""
+    from llama_cpp import Llama
+    d = family_dir(family)
+    out, report = tmp_path / "adapter.gguf", tmp_path / "report.json"
+    run_qresidual("apply", "--base", d / "base-f32.gguf", "--residual", d / "delta.safetensors",
+                  "--strategy", "adapter", "--rank", "4", "-o", out, "--report", report, "-q")
+    base = tensors(d / "base-f32.gguf")
+    rep = json.loads(report.read_text())["tensors"]
+    kept = {t["name"] for t in rep if t["skipped"] is None}
+    pairs = {t.name.rsplit(".", 1)[0] for t in GGUFReader(str(out)).tensors}
+    assert pairs == kept and all(len(base[n][1]) == 2 for n in pairs)
+    skipped_3d = {t["name"] for t in rep if t["skipped"] and len(base[t["name"]][1]) == 3}
+    assert skipped_3d == {n for n, (_, shape, _) in base.items() if len(shape) == 3}
+    llm = Llama(model_path=str(d / "base-f32.gguf"), lora_path=str(out), n_ctx=64, verbose=False,
+                seed=1)
+    res = llm("ab", max_tokens=4, temperature=0.0)
+    assert res["usage"]["completion_tokens"] > 0
+    print(family, len(pairs), "adapter pairs;", len(skipped_3d), "3-D tensors left out")
