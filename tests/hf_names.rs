@@ -8,8 +8,8 @@ use std::path::Path;
 
 use qresidual::model::hf_names::{self, Converter};
 use qresidual::model::naming::{
-    hf_to_gguf, hf_to_gguf_generated, is_gguf_name, mapped_architectures, row_permutation,
-    supported_architectures, RowPermutation,
+    embedding_rows, expert_part, hf_to_gguf, hf_to_gguf_generated, is_gguf_name, kv_b_split,
+    mapped_architectures, row_permutation, supported_architectures, transforms, RowPermutation,
 };
 use serde::Deserialize;
 
@@ -167,50 +167,103 @@ fn rename_only_families_map_without_a_hand_table() {
 }
 
 #[test]
-fn families_the_converter_transforms_are_named_but_not_mapped() {
+fn families_whose_transforms_are_restated_are_mapped() {
     // Granite and SmolLM3 convert through LlamaModel.modify_tensors, which
-    // permutes q/k rows: gguf-py names them, but a residual in HF layout
-    // would need the permutation, which row_permutation gives llama only.
+    // permutes q/k rows as for llama.
     for arch in ["granite", "smollm3"] {
         assert_eq!(hf_names::converter(arch), Some(Converter::Llama), "{arch}");
         assert_eq!(
-            hf_names::lookup(arch, "model.layers.0.self_attn.q_proj.weight").as_deref(),
+            hf_to_gguf(arch, "model.layers.0.self_attn.q_proj.weight").as_deref(),
             Some("blk.0.attn_q.weight")
         );
+        assert!(is_gguf_name(arch, "blk.0.attn_q.weight"));
+        assert!(mapped_architectures().any(|a| a == arch));
         assert_eq!(
-            hf_to_gguf(arch, "model.layers.0.self_attn.q_proj.weight"),
-            None
+            row_permutation(arch, "blk.0.attn_k.weight", 32, 8),
+            RowPermutation::LlamaRope { n_head: 8 }
         );
-        assert!(!is_gguf_name(arch, "blk.0.attn_q.weight"));
-        assert!(!mapped_architectures().any(|a| a == arch));
+        assert_eq!(transforms(arch).map(|t| t.permute_qk), Some(true));
     }
     // Qwen2-MoE: gguf-py maps the stacked spelling the converter writes
     // after stacking; the per-expert tensors a checkpoint holds are in no
-    // table, and the family is not mapped at all.
+    // table, and expert_part places them in the stack.
     assert_eq!(hf_names::converter("qwen2moe"), Some(Converter::Custom));
-    assert_eq!(
-        hf_names::lookup("qwen2moe", "model.layers.0.mlp.experts.gate_proj.weight").as_deref(),
-        Some("blk.0.ffn_gate_exps.weight")
-    );
     assert_eq!(
         hf_names::lookup("qwen2moe", "model.layers.0.mlp.experts.0.gate_proj.weight"),
         None
     );
     assert_eq!(
-        hf_names::lookup(
+        expert_part("qwen2moe", "model.layers.1.mlp.experts.3.gate_proj.weight"),
+        Some(("blk.1.ffn_gate_exps.weight".to_string(), 3))
+    );
+    assert_eq!(
+        expert_part("qwen3moe", "model.layers.0.mlp.experts.10.down_proj.weight"),
+        Some(("blk.0.ffn_down_exps.weight".to_string(), 10))
+    );
+    assert_eq!(
+        expert_part("qwen3moe", "model.layers.0.mlp.experts.01.down_proj.weight"),
+        None
+    );
+    assert_eq!(
+        hf_to_gguf(
             "qwen2moe",
             "model.layers.0.mlp.shared_expert.up_proj.weight"
         )
         .as_deref(),
         Some("blk.0.ffn_up_shexp.weight")
     );
+    // Mixtral converts to `llama`: w1/w3/w2 are gate/up/down.
+    for (w, g) in [("w1", "gate"), ("w3", "up"), ("w2", "down")] {
+        assert_eq!(
+            expert_part(
+                "llama",
+                &format!("model.layers.2.block_sparse_moe.experts.7.{w}.weight")
+            ),
+            Some((format!("blk.2.ffn_{g}_exps.weight"), 7))
+        );
+    }
     assert_eq!(
-        hf_to_gguf(
-            "qwen2moe",
-            "model.layers.0.mlp.shared_expert.up_proj.weight"
-        ),
+        hf_to_gguf("llama", "model.layers.2.block_sparse_moe.gate.weight").as_deref(),
+        Some("blk.2.ffn_gate_inp.weight")
+    );
+    // Gemma 3 trims the embedding; nothing else is trimmed.
+    assert_eq!(
+        embedding_rows("gemma3", "token_embd.weight", 272, 259),
+        Some(259)
+    );
+    assert_eq!(embedding_rows("gemma3", "output.weight", 272, 259), None);
+    assert_eq!(
+        embedding_rows("gemma2", "token_embd.weight", 272, 259),
         None
     );
+    assert_eq!(
+        embedding_rows("gemma3", "token_embd.weight", 250, 259),
+        None
+    );
+    // DeepSeek's kv_b_proj splits into k_b and v_b.
+    assert_eq!(
+        kv_b_split("deepseek2", "model.layers.3.self_attn.kv_b_proj.weight"),
+        Some([
+            "blk.3.attn_k_b.weight".to_string(),
+            "blk.3.attn_v_b.weight".to_string()
+        ])
+    );
+    assert_eq!(
+        kv_b_split("qwen2moe", "model.layers.3.self_attn.kv_b_proj.weight"),
+        None
+    );
+    // A converter qresidual does not restate: named, not mapped.
+    assert_eq!(hf_names::converter("gpt-oss"), Some(Converter::Custom));
+    assert_eq!(transforms("gpt-oss"), None);
+    assert_eq!(
+        hf_to_gguf("gpt-oss", "model.layers.0.self_attn.o_proj.weight"),
+        None
+    );
+    assert!(!mapped_architectures().any(|a| a == "gpt-oss"));
+    // The README's count: 7 hand-mapped, 18 more rename-only, 12 whose
+    // transforms are restated.
+    let mapped: Vec<_> = mapped_architectures().collect();
+    assert_eq!(mapped.len(), 37, "{mapped:?}");
     // Mistral checkpoints convert to `llama`; there is no `mistral` arch.
     assert!(!hf_names::knows("mistral"));
     assert_eq!(hf_to_gguf("mistral", "model.embed_tokens.weight"), None);

@@ -85,11 +85,7 @@ pub fn match_residual(
                 w.storage
             )));
         }
-        m.pairs.push(Pairing {
-            base: wi,
-            residual: ri,
-            permutation: RowPermutation::Identity,
-        });
+        m.pairs.push(Pairing::one(wi, ri, RowPermutation::Identity));
     }
     if !bad_shape.is_empty() {
         return Err(Error::Mismatch(format!(

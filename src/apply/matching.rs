@@ -10,7 +10,7 @@ use crate::engine::log::Log;
 use crate::format::gguf::GgufFile;
 use crate::format::pages::ReleasePages;
 use crate::model::naming::{self, RowPermutation};
-use crate::model::rows::RowSource;
+use crate::model::rows::{RowSource, StackedRows, TransposedRows};
 use crate::model::{list, Shaped};
 use crate::quant::{scan_row, GgmlType};
 use crate::{Error, Result};
@@ -44,15 +44,46 @@ pub fn residual_tensors(residual: &Residual) -> Result<Vec<ResidualTensor<'_>>> 
     residual.tensors()
 }
 
-/// One residual tensor matched to one base tensor.
+/// Residual tensors matched to one base tensor: one, or the per-expert
+/// tensors the converter stacked into it.
 #[derive(Debug, Clone)]
 pub struct Pairing {
     /// Index of the base tensor.
     pub base: usize,
-    /// Index into the residual's tensor list.
+    /// Index into the residual's tensor list (the first part).
     pub residual: usize,
+    /// Every residual tensor whose rows, one after another, are the base
+    /// tensor's rows: `[residual]`, or the experts of a stacked tensor.
+    pub parts: Vec<usize>,
     /// Row order change from the residual's layout to the base's.
     pub permutation: RowPermutation,
+    /// The base tensor's row count where it is smaller than the residual's:
+    /// the first rows (Gemma 3's trimmed embedding), or the rows
+    /// [`RowPermutation::Slice`] picks (a split tensor).
+    pub rows: Option<usize>,
+    /// The base tensor is the residual's rows in blocks of `.0`, the first
+    /// `.1` of each transposed (DeepSeek's `attn_k_b`).
+    pub transpose: Option<(usize, usize)>,
+}
+
+impl Pairing {
+    /// One residual tensor for one base tensor, all rows.
+    pub fn one(base: usize, residual: usize, permutation: RowPermutation) -> Self {
+        Pairing {
+            base,
+            residual,
+            parts: vec![residual],
+            permutation,
+            rows: None,
+            transpose: None,
+        }
+    }
+
+    /// Whether the base tensor is one residual tensor as it is (possibly
+    /// reordered), not assembled from several or trimmed.
+    pub fn is_whole(&self) -> bool {
+        self.parts.len() == 1 && self.rows.is_none() && self.transpose.is_none()
+    }
 }
 
 /// The result of matching a residual to a base.
@@ -111,6 +142,7 @@ pub fn match_residual(
     let found = pair_tensors(&index, residual_path, residual)?;
     let mut m = Matching {
         pairs: found.pairs,
+        notes: found.notes,
         ..Matching::default()
     };
     if let Some(li) = found.tied_lm_head {
@@ -191,6 +223,7 @@ struct Problems {
     no_partner: Vec<String>,
     bad_shape: Vec<String>,
     duplicates: Vec<String>,
+    incomplete: Vec<String>,
 }
 
 /// What one pass over the residual's tensors found.
@@ -200,6 +233,9 @@ struct Found {
     problems: Problems,
     tied_lm_head: Option<usize>,
     embed_residual: Option<usize>,
+    /// Stacked base tensors and the residual tensor of each expert.
+    stacks: HashMap<usize, Vec<Option<usize>>>,
+    notes: Vec<String>,
 }
 
 fn pair_tensors(
@@ -208,13 +244,27 @@ fn pair_tensors(
     residual: &[ResidualTensor<'_>],
 ) -> Result<Found> {
     let mut found = Found::default();
-    let problems = &mut found.problems;
     let mut claimed: HashMap<usize, &str> = HashMap::new();
     for (ri, rt) in residual.iter().enumerate() {
+        if !index.by_name.contains_key(rt.name) {
+            if let Some(halves) = naming::split_halves(&index.arch, rt.name) {
+                split_pairs(index, (ri, rt), &halves, &mut claimed, &mut found);
+                continue;
+            }
+            if let Some(kv) = naming::kv_b_split(&index.arch, rt.name) {
+                kv_b_pairs(index, (ri, rt), &kv, &mut claimed, &mut found);
+                continue;
+            }
+        }
         let Some((gguf_name, from_hf)) = index.gguf_name(rt.name) else {
-            problems.unmapped.push(rt.name.to_string());
+            if let Some((stacked, expert)) = naming::expert_part(&index.arch, rt.name) {
+                stack_expert(index, (ri, rt), (&stacked, expert), &mut found);
+            } else {
+                found.problems.unmapped.push(rt.name.to_string());
+            }
             continue;
         };
+        let problems = &mut found.problems;
         if gguf_name == "token_embd.weight" {
             found.embed_residual = Some(ri);
         }
@@ -229,7 +279,10 @@ fn pair_tensors(
             continue;
         };
         let bt = &index.base.tensors()[bi];
-        if bt.shape() != rt.shape {
+        let trimmed = from_hf
+            .then(|| trimmed_rows(index, &gguf_name, rt))
+            .flatten();
+        if bt.shape() != rt.shape && trimmed.is_none() {
             problems.bad_shape.push(format!(
                 "{} {:?} vs base {} {:?}",
                 rt.name,
@@ -238,6 +291,15 @@ fn pair_tensors(
                 bt.shape()
             ));
             continue;
+        }
+        if let Some(n) = trimmed {
+            found.notes.push(format!(
+                "{}: llama.cpp's converter keeps the first {n} of {} rows of {} ('{}' trims the embedding to the tokenizer's vocabulary); the residual's rows past {n} are left out",
+                residual_path.display(),
+                rt.shape[0],
+                rt.name,
+                index.arch
+            ));
         }
         if let Some(prev) = claimed.insert(bi, rt.name) {
             problems
@@ -261,13 +323,184 @@ fn pair_tensors(
                 )));
             }
         }
+        let mut pair = Pairing::one(bi, ri, permutation);
+        pair.rows = trimmed.map(|n| n as usize);
+        found.pairs.push(pair);
+    }
+    finish_stacks(index, residual, &mut found);
+    Ok(found)
+}
+
+/// The base's row count when the residual's HF tensor is longer only
+/// because the converter trims it ([`naming::embedding_rows`]).
+fn trimmed_rows(index: &BaseIndex, gguf_name: &str, rt: &ResidualTensor<'_>) -> Option<u64> {
+    let bt = &index.base.tensors()[*index.by_name.get(gguf_name)?];
+    let (bs, rs) = (bt.shape(), &rt.shape);
+    if bs == *rs || bs.len() != 2 || rs.len() != 2 || bs[1] != rs[1] {
+        return None;
+    }
+    naming::embedding_rows(&index.arch, gguf_name, rs[0], bs[0])
+}
+
+/// Residual tensor `ri`, which the converter splits in two along the rows of
+/// each expert (`[E, 2F, D]` → two `[E, F, D]`), paired with both halves.
+fn split_pairs<'r>(
+    index: &BaseIndex,
+    (ri, rt): (usize, &ResidualTensor<'r>),
+    halves: &[String; 2],
+    claimed: &mut HashMap<usize, &'r str>,
+    found: &mut Found,
+) {
+    for (half, gguf_name) in halves.iter().enumerate() {
+        let Some(&bi) = index.by_name.get(gguf_name.as_str()) else {
+            found
+                .problems
+                .no_partner
+                .push(format!("{} (half {half} → {gguf_name})", rt.name));
+            continue;
+        };
+        let bs = index.base.tensors()[bi].shape();
+        let rs = &rt.shape;
+        let fits = bs.len() == 3 && rs.len() == 3 && bs[0] == rs[0] && rs[1] == 2 * bs[1];
+        if !fits || bs[2] != rs[2] {
+            found.problems.bad_shape.push(format!(
+                "{} {rs:?} vs half {half} of it, base {gguf_name} {bs:?}",
+                rt.name
+            ));
+            continue;
+        }
+        if let Some(prev) = claimed.insert(bi, rt.name) {
+            found
+                .problems
+                .duplicates
+                .push(format!("{prev} and {} both map to {gguf_name}", rt.name));
+            continue;
+        }
+        let len = bs[1] as usize;
+        let slice = RowPermutation::Slice {
+            group: 2 * len,
+            offset: half * len,
+            len,
+        };
+        let mut pair = Pairing::one(bi, ri, slice);
+        pair.rows = Some((bs[0] * bs[1]) as usize);
+        found.pairs.push(pair);
+    }
+}
+
+/// DeepSeek's `kv_b_proj` residual (`[H × (nope + v), R]`) paired with
+/// `attn_k_b` (`[H, R, nope]`: the first `nope` rows of each head,
+/// transposed) and `attn_v_b` (`[H, v, R]`: the other rows).
+fn kv_b_pairs<'r>(
+    index: &BaseIndex,
+    (ri, rt): (usize, &ResidualTensor<'r>),
+    [k_b, v_b]: &[String; 2],
+    claimed: &mut HashMap<usize, &'r str>,
+    found: &mut Found,
+) {
+    let shape = |n: &str| {
+        let bi = *index.by_name.get(n)?;
+        Some((bi, index.base.tensors()[bi].shape()))
+    };
+    let (Some((ki, ks)), Some((vi, vs))) = (shape(k_b), shape(v_b)) else {
+        found
+            .problems
+            .no_partner
+            .push(format!("{} (→ {k_b}, {v_b})", rt.name));
+        return;
+    };
+    let rs = &rt.shape;
+    let fits = ks.len() == 3 && vs.len() == 3 && rs.len() == 2 && ks[0] == vs[0];
+    if !fits || ks[1] != rs[1] || vs[2] != rs[1] || ks[0] * (ks[2] + vs[1]) != rs[0] {
+        found.problems.bad_shape.push(format!(
+            "{} {rs:?} vs base {k_b} {ks:?} and {v_b} {vs:?}",
+            rt.name
+        ));
+        return;
+    }
+    let (nope, v) = (ks[2] as usize, vs[1] as usize);
+    for bi in [ki, vi] {
+        if let Some(prev) = claimed.insert(bi, rt.name) {
+            found.problems.duplicates.push(format!(
+                "{prev} and {} both map to {}",
+                rt.name,
+                index.base.tensors()[bi].name
+            ));
+            return;
+        }
+    }
+    let mut k = Pairing::one(ki, ri, RowPermutation::Identity);
+    k.transpose = Some((nope + v, nope));
+    let slice = RowPermutation::Slice {
+        group: nope + v,
+        offset: nope,
+        len: v,
+    };
+    let mut vp = Pairing::one(vi, ri, slice);
+    vp.rows = Some(vs[0] as usize * v);
+    found.pairs.extend([k, vp]);
+}
+
+/// Record residual tensor `ri` as expert `expert` of the base's stacked
+/// tensor `stacked` (shape `[experts, rows, cols]`, each expert `[rows, cols]`).
+fn stack_expert(
+    index: &BaseIndex,
+    (ri, rt): (usize, &ResidualTensor<'_>),
+    (stacked, expert): (&str, usize),
+    found: &mut Found,
+) {
+    let problems = &mut found.problems;
+    let Some(&bi) = index.by_name.get(stacked) else {
+        problems
+            .no_partner
+            .push(format!("{} (→ expert {expert} of {stacked})", rt.name));
+        return;
+    };
+    let bs = index.base.tensors()[bi].shape();
+    if bs.len() != 3 || bs[1..] != rt.shape[..] || expert as u64 >= bs[0] {
+        problems.bad_shape.push(format!(
+            "{} {:?} vs expert {expert} of base {stacked} {bs:?}",
+            rt.name, rt.shape
+        ));
+        return;
+    }
+    let slots = found
+        .stacks
+        .entry(bi)
+        .or_insert_with(|| vec![None; bs[0] as usize]);
+    if let Some(prev) = slots[expert].replace(ri) {
+        problems.duplicates.push(format!(
+            "residual tensors {prev} and {ri} are both expert {expert} of {stacked}"
+        ));
+    }
+}
+
+/// One pairing per stacked base tensor whose every expert has a residual;
+/// the others are incomplete (a stack cannot take a residual for some
+/// experts only).
+fn finish_stacks(index: &BaseIndex, residual: &[ResidualTensor<'_>], found: &mut Found) {
+    let mut stacks: Vec<_> = std::mem::take(&mut found.stacks).into_iter().collect();
+    stacks.sort_by_key(|(bi, _)| *bi);
+    for (bi, slots) in stacks {
+        let parts: Vec<usize> = slots.iter().flatten().copied().collect();
+        if parts.len() < slots.len() {
+            let missing: Vec<String> = (0..slots.len())
+                .filter(|e| slots[*e].is_none())
+                .map(|e| e.to_string())
+                .collect();
+            found.problems.incomplete.push(format!(
+                "{} (experts {} have no residual; given: {})",
+                index.base.tensors()[bi].name,
+                missing.join(", "),
+                residual[parts[0]].name
+            ));
+            continue;
+        }
         found.pairs.push(Pairing {
-            base: bi,
-            residual: ri,
-            permutation,
+            parts,
+            ..Pairing::one(bi, slots[0].expect("complete"), RowPermutation::Identity)
         });
     }
-    Ok(found)
 }
 
 /// Shape mismatches and duplicates are always errors; unmapped and
@@ -283,6 +516,7 @@ fn refuse_mismatches(
         no_partner,
         bad_shape,
         duplicates,
+        incomplete,
     } = problems;
     if !bad_shape.is_empty() {
         return Err(Error::Mismatch(format!(
@@ -299,14 +533,22 @@ fn refuse_mismatches(
             list(duplicates)
         )));
     }
+    if !incomplete.is_empty() {
+        return Err(Error::Mismatch(format!(
+            "{}: {} stacked expert tensor(s) of the base would take a residual for some experts only: {}",
+            residual_path.display(),
+            incomplete.len(),
+            list(incomplete)
+        )));
+    }
     if !unmapped.is_empty() && !allow_missing {
         let why = if naming::mapped_architectures().any(|a| a == arch) {
             format!("these names are neither base tensor names nor known Hugging Face names for '{arch}'")
         } else if crate::model::hf_names::knows(arch) {
-            format!("llama.cpp's converter transforms tensors of '{arch}' beyond renaming them, which qresidual does not restate; name the residual's tensors as in the GGUF file (and in its layout) instead")
+            format!("llama.cpp's converter transforms tensors of '{arch}' beyond renaming them in ways qresidual does not restate; convert both checkpoints with llama.cpp and take the residual between the GGUF files (`qresidual extract --base base.gguf --instruct instruct.gguf`), which gives GGUF names and layout")
         } else {
             format!(
-                "the base's architecture '{arch}' has no Hugging Face name table (known: {}); name the residual's tensors as in the GGUF file instead",
+                "the base's architecture '{arch}' has no Hugging Face name table (known: {}); take the residual between GGUF files (`qresidual extract --base base.gguf --instruct instruct.gguf`), which gives GGUF names",
                 naming::mapped_architectures().collect::<Vec<_>>().join(", ")
             )
         };
@@ -329,7 +571,7 @@ fn refuse_mismatches(
 }
 
 /// Scan the matched residual tensors for NaN/Inf (an error naming tensor,
-/// row and column) and report which ones are all zero.
+/// row and column) and report which pairings are all zero.
 pub fn scan_residuals(
     residual_path: &Path,
     residual: &[ResidualTensor<'_>],
@@ -339,44 +581,95 @@ pub fn scan_residuals(
     pairs
         .iter()
         .map(|p| {
-            let t = &residual[p.residual];
-            let row_len = t.row_len();
-            let rb = t.ty.row_size(row_len).ok_or_else(|| {
-                Error::tensor(
-                    residual_path,
-                    t.name,
-                    "row length is not a whole number of blocks",
-                )
-            })?;
-            let rows_per_chunk = ((1usize << 20) / row_len.max(1)).max(1);
-            let chunk_bytes = rb * rows_per_chunk;
-            let results: Vec<Result<bool>> = t
-                .data
-                .par_chunks(chunk_bytes.max(1))
-                .enumerate()
-                .map(|(ci, bytes)| {
-                    let n = bytes.len() / rb * row_len;
-                    let s = scan_row(t.ty, bytes, n)
-                        .map_err(|e| Error::tensor(residual_path, t.name, e.to_string()))?;
-                    pages.release(bytes);
-                    if let Some(i) = s.first_non_finite {
-                        let row = ci * rows_per_chunk + i / row_len;
-                        return Err(Error::tensor(
-                            residual_path,
-                            t.name,
-                            format!("holds NaN or infinity (row {row}, column {})", i % row_len),
-                        ));
-                    }
-                    Ok(s.all_zero)
-                })
-                .collect();
-            let mut all_zero = true;
-            for r in results {
-                all_zero &= r?;
+            let mut zero = true;
+            for &part in &p.parts {
+                zero &= scan_tensor(residual_path, &residual[part], pages)?;
             }
-            Ok(all_zero)
+            Ok(zero)
         })
         .collect()
+}
+
+/// One residual tensor: NaN/Inf is an error; whether it is all zero.
+fn scan_tensor(
+    residual_path: &Path,
+    t: &ResidualTensor<'_>,
+    pages: &dyn ReleasePages,
+) -> Result<bool> {
+    let row_len = t.row_len();
+    let rb = t.ty.row_size(row_len).ok_or_else(|| {
+        Error::tensor(
+            residual_path,
+            t.name,
+            "row length is not a whole number of blocks",
+        )
+    })?;
+    let rows_per_chunk = ((1usize << 20) / row_len.max(1)).max(1);
+    let chunk_bytes = rb * rows_per_chunk;
+    let results: Vec<Result<bool>> = t
+        .data
+        .par_chunks(chunk_bytes.max(1))
+        .enumerate()
+        .map(|(ci, bytes)| {
+            let n = bytes.len() / rb * row_len;
+            let s = scan_row(t.ty, bytes, n)
+                .map_err(|e| Error::tensor(residual_path, t.name, e.to_string()))?;
+            pages.release(bytes);
+            if let Some(i) = s.first_non_finite {
+                let row = ci * rows_per_chunk + i / row_len;
+                return Err(Error::tensor(
+                    residual_path,
+                    t.name,
+                    format!("holds NaN or infinity (row {row}, column {})", i % row_len),
+                ));
+            }
+            Ok(s.all_zero)
+        })
+        .collect();
+    let mut all_zero = true;
+    for r in results {
+        all_zero &= r?;
+    }
+    Ok(all_zero)
+}
+
+/// The rows a pairing gives its base tensor: one residual tensor's (in the
+/// base's row order, trimmed where the converter trims), or the experts'
+/// one after another.
+fn pair_rows<'a>(
+    residual: &'a Residual,
+    rtensors: &[ResidualTensor<'a>],
+    p: &Pairing,
+) -> Box<dyn RowSource + 'a> {
+    let one = |i: usize| {
+        let mut r = residual.rows(&rtensors[i], p.permutation);
+        if let Some(n) = p.rows.filter(|&n| n < r.n_rows) {
+            // Trimmed: the first rows only; split: rows picked by the permutation.
+            if p.permutation == RowPermutation::Identity {
+                let rb = r.data.len() / r.n_rows.max(1);
+                r.data = &r.data[..n * rb];
+            }
+            r.n_rows = n;
+        }
+        r
+    };
+    if let Some((group, len)) = p.transpose {
+        return Box::new(TransposedRows {
+            rows: Box::new(one(p.residual)),
+            group,
+            len,
+        });
+    }
+    if let [only] = p.parts[..] {
+        return Box::new(one(only));
+    }
+    Box::new(StackedRows {
+        parts: p
+            .parts
+            .iter()
+            .map(|&i| Box::new(one(i)) as Box<dyn RowSource + 'a>)
+            .collect(),
+    })
 }
 
 impl Matching {
@@ -409,9 +702,7 @@ impl Matching {
                 zero += 1;
                 continue;
             }
-            rows[p.base] = Some(Box::new(
-                residual.rows(&rtensors[p.residual], p.permutation),
-            ));
+            rows[p.base] = Some(pair_rows(residual, rtensors, p));
         }
         if zero > 0 {
             log.note(&format!(

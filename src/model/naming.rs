@@ -12,11 +12,14 @@
 //!   by `1 + w`). A residual is a difference of two checkpoints, and
 //!   `(w₁ + 1) − (w₀ + 1) = w₁ − w₀`, so it is added to the GGUF value as is.
 //! - Gemma 3 drops `embed_tokens` rows past the tokenizer's vocabulary; a
-//!   residual for `token_embd` must be cut to the base's row count by the
-//!   caller, which sees both shapes.
+//!   residual for `token_embd` is cut to the base's row count
+//!   ([`embedding_rows`]).
 //!
-//! Other architectures whose converter only renames tensors map through
-//! gguf-py's own tables ([`hf_names`], generated), with the same filters.
+//! Other architectures map through gguf-py's own tables ([`hf_names`],
+//! generated), with the same filters, when their converter only renames or
+//! when [`transforms`] restates what it does: q/k permutation
+//! ([`row_permutation`]), expert stacking ([`expert_part`]), the embedding
+//! trim ([`embedding_rows`]), GraniteMoE's split ([`split_halves`]).
 
 use super::hf_names::{self, Converter};
 
@@ -67,7 +70,11 @@ const QK_NORMS: &[(&str, &str)] = &[
     ("self_attn.k_norm", "attn_k_norm"),
 ];
 
+/// Mixtral's router (Mixtral converts to `llama`).
+const MIXTRAL_ROUTER: &[(&str, &str)] = &[("block_sparse_moe.gate", "ffn_gate_inp")];
+
 const LLAMA_HF: &[&[(&str, &str)]] = &[COMMON_HF_BLOCKS, FFN_NORM_AFTER_ATTN];
+const LLAMA_MOE_HF: &[&[(&str, &str)]] = &[COMMON_HF_BLOCKS, FFN_NORM_AFTER_ATTN, MIXTRAL_ROUTER];
 const QWEN3_HF: &[&[(&str, &str)]] = &[COMMON_HF_BLOCKS, FFN_NORM_AFTER_ATTN, QK_NORMS];
 const GEMMA2_HF: &[&[(&str, &str)]] = &[COMMON_HF_BLOCKS, GEMMA2_NORMS];
 const GEMMA3_HF: &[&[(&str, &str)]] = &[COMMON_HF_BLOCKS, GEMMA2_NORMS, QK_NORMS];
@@ -109,7 +116,7 @@ fn arch(name: &str) -> Option<Arch> {
                 ],
                 false,
             ),
-            hf: LLAMA_HF,
+            hf: LLAMA_MOE_HF,
         },
         "qwen2" => Arch {
             spec: spec(
@@ -340,7 +347,7 @@ fn is_multimodal(name: &str) -> bool {
 /// `Some(n) == hf_name` means the tensor is already in GGUF layout).
 pub fn hf_to_gguf(arch_name: &str, hf_name: &str) -> Option<String> {
     let Some(arch) = arch(arch_name) else {
-        return renames_only(arch_name)
+        return mapped_generated(arch_name)
             .then(|| hf_to_gguf_generated(arch_name, hf_name))
             .flatten();
     };
@@ -405,23 +412,177 @@ pub fn is_gguf_name(arch_name: &str, name: &str) -> bool {
         .or_else(|| name.strip_suffix(".bias"))
         .unwrap_or(name);
     let Some(arch) = arch(arch_name) else {
-        return renames_only(arch_name) && hf_names::holds(arch_name, stem);
+        return mapped_generated(arch_name) && hf_names::holds(arch_name, stem);
     };
     arch.has_global(stem) || split_block(stem, "blk.").is_some_and(|(_, part)| arch.has_block(part))
 }
 
 /// Architectures outside the hand table that [`hf_to_gguf`] maps from
-/// gguf-py's tables ([`hf_names`]): those whose converter only renames, so
-/// that a residual in HF layout needs no transform.
-fn renames_only(arch_name: &str) -> bool {
-    arch(arch_name).is_none() && hf_names::converter(arch_name) == Some(Converter::Rename)
+/// gguf-py's tables ([`hf_names`]): those whose converter only renames, or
+/// whose transforms [`transforms`] restates.
+fn mapped_generated(arch_name: &str) -> bool {
+    arch(arch_name).is_none() && transforms(arch_name).is_some()
 }
 
 /// Every architecture [`hf_to_gguf`] maps: [`supported_architectures`] (hand
-/// tables) and then, from gguf-py's tables, those whose converter only renames.
+/// tables) and then, from gguf-py's tables, those whose converter only
+/// renames or transforms as [`transforms`] says.
 pub fn mapped_architectures() -> impl Iterator<Item = &'static str> {
-    let generated = hf_names::architectures().filter(|a| renames_only(a));
+    let generated = hf_names::architectures().filter(|a| mapped_generated(a));
     supported_architectures().iter().copied().chain(generated)
+}
+
+/// What llama.cpp's converter does to an architecture's tensors beyond
+/// renaming them, each rule one small function here, selected per
+/// architecture by [`transforms`].
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Transforms {
+    /// q/k rows permuted for rotary embeddings ([`row_permutation`]).
+    pub permute_qk: bool,
+    /// `token_embd` cut to the tokenizer's vocabulary: a residual's longer
+    /// `embed_tokens` gives its first rows only ([`embedding_rows`]).
+    pub trim_embedding: bool,
+    /// Per-expert tensors stacked into one 3-D tensor ([`expert_part`]).
+    pub experts: Option<ExpertStack>,
+    /// GraniteMoE's fused expert `input_linear` (`[E, 2F, D]`) split into
+    /// gate (first `F` rows of each expert) and up ([`split_halves`]).
+    pub split_input_linear: bool,
+    /// DeepSeek's `kv_b_proj` split per head into `attn_k_b` (transposed)
+    /// and `attn_v_b` ([`kv_b_split`]).
+    pub split_kv_b: bool,
+}
+
+/// How a converter spells the per-expert tensors it stacks.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ExpertStack {
+    /// `LlamaModel.modify_tensors` (Mixtral):
+    /// `model.layers.N.block_sparse_moe.experts.E.w{1,2,3}.weight` stacked
+    /// as `layers.N.feed_forward.experts.w{1,2,3}.weight`.
+    Mixtral,
+    /// `Qwen2MoeModel.modify_tensors` (and Qwen3-MoE, its subclass; OLMoE's
+    /// copy of it):
+    /// `model.layers.N.mlp.experts.E.{gate,up,down}_proj.weight` stacked as
+    /// `model.layers.N.mlp.experts.{gate,up,down}_proj.weight`.
+    Qwen2Moe,
+}
+
+/// The transforms of `arch`'s converter, or `None` when it does something
+/// qresidual does not restate (a residual in HF layout is refused then).
+///
+/// From the pinned `conversion/*.py`: `LlamaModel` and the subclasses that
+/// keep its `modify_tensors` and `undo_permute = True` permute q/k and stack
+/// Mixtral-style experts; `Qwen2MoeModel`/`Qwen3MoeModel`/`OlmoeModel` stack
+/// experts without permuting; `Gemma3Model` trims the embedding (its `norm + 1` needs
+/// nothing: a difference is unaffected); Qwen 2/3, Gemma 1/2 and Phi-3 only
+/// rename and shift norms; converters that only rename, by the generated
+/// table's `converter` column.
+pub fn transforms(arch_name: &str) -> Option<Transforms> {
+    let llama = Transforms {
+        permute_qk: true,
+        experts: Some(ExpertStack::Mixtral),
+        ..Transforms::default()
+    };
+    Some(match arch_name {
+        "llama" | "arcee" | "granite" | "smollm3" | "nanbeige" | "llama-embed" => llama,
+        "granitemoe" => Transforms {
+            split_input_linear: true,
+            ..llama
+        },
+        "deepseek2" => Transforms {
+            experts: Some(ExpertStack::Qwen2Moe),
+            split_kv_b: true,
+            ..Transforms::default()
+        },
+        "qwen2moe" | "qwen3moe" | "olmoe" | "ernie4_5-moe" | "glm4moe" => Transforms {
+            experts: Some(ExpertStack::Qwen2Moe),
+            ..Transforms::default()
+        },
+        "gemma3" => Transforms {
+            trim_embedding: true,
+            ..Transforms::default()
+        },
+        "qwen2" | "qwen3" | "gemma" | "gemma2" | "phi3" => Transforms::default(),
+        a if hf_names::converter(a) == Some(Converter::Rename) => Transforms::default(),
+        _ => return None,
+    })
+}
+
+/// How many of a residual's `residual_rows` rows of HF tensor `hf_name` go
+/// into GGUF tensor `gguf_name` of `base_rows` rows: all of them, or, where
+/// the converter trims the embedding to the vocabulary (Gemma 3), the first
+/// `base_rows` of a longer `token_embd`. `None` when the shapes do not fit.
+pub fn embedding_rows(
+    arch_name: &str,
+    gguf_name: &str,
+    residual_rows: u64,
+    base_rows: u64,
+) -> Option<u64> {
+    if residual_rows == base_rows {
+        return Some(base_rows);
+    }
+    let trims = transforms(arch_name).is_some_and(|t| t.trim_embedding);
+    (trims && gguf_name == "token_embd.weight" && residual_rows > base_rows).then_some(base_rows)
+}
+
+/// For an HF tensor `arch`'s converter splits in two along its rows (in
+/// each expert): the GGUF tensors the halves become, first half first
+/// (`GraniteMoeModel.modify_tensors`: `block_sparse_moe.input_linear` →
+/// `ffn_gate_exps`, `ffn_up_exps`).
+pub fn split_halves(arch_name: &str, hf_name: &str) -> Option<[String; 2]> {
+    transforms(arch_name)?.split_input_linear.then_some(())?;
+    let into = ["ffn_gate_exps", "ffn_up_exps"];
+    split_names(
+        arch_name,
+        hf_name,
+        "block_sparse_moe.input_linear.weight",
+        into,
+    )
+}
+
+/// For DeepSeek's `kv_b_proj` (`[H × (nope + v), R]`): the GGUF tensors
+/// `[attn_k_b, attn_v_b]` the converter splits it into per head
+/// (`DeepseekV2Model.modify_tensors`: the first `nope` rows of each head,
+/// transposed to `[H, R, nope]`, and the other `v` rows, `[H, v, R]`).
+pub fn kv_b_split(arch_name: &str, hf_name: &str) -> Option<[String; 2]> {
+    transforms(arch_name)?.split_kv_b.then_some(())?;
+    let into = ["attn_k_b", "attn_v_b"];
+    split_names(arch_name, hf_name, "self_attn.kv_b_proj.weight", into)
+}
+
+/// `blk.N.{into}.weight` for both names of `into` when `hf_name` is block
+/// N's `part`.
+fn split_names(arch_name: &str, hf_name: &str, part: &str, into: [&str; 2]) -> Option<[String; 2]> {
+    let name = filtered_name(arch_name, hf_name)?;
+    let (bid, rest) = split_block(&name, "model.layers.")?;
+    (rest == part).then(|| into.map(|g| format!("blk.{bid}.{g}.weight")))
+}
+
+/// For a per-expert HF tensor `arch`'s converter stacks: the GGUF name of
+/// the stacked tensor and the expert's index in it.
+pub fn expert_part(arch_name: &str, hf_name: &str) -> Option<(String, usize)> {
+    let rule = transforms(arch_name)?.experts?;
+    let name = filtered_name(arch_name, hf_name)?;
+    let (stacked, expert) = rule.stacked_name(&name)?;
+    Some((hf_to_gguf_generated(arch_name, &stacked)?, expert))
+}
+
+impl ExpertStack {
+    /// The name the converter gives the stack expert `E`'s tensor `name`
+    /// joins, and `E`.
+    fn stacked_name(self, name: &str) -> Option<(String, usize)> {
+        let (bid, rest) = split_block(name, "model.layers.")?;
+        let (inner, parts): (&str, &[&str]) = match self {
+            ExpertStack::Mixtral => ("block_sparse_moe.experts.", &["w1", "w2", "w3"]),
+            ExpertStack::Qwen2Moe => ("mlp.experts.", &["gate_proj", "up_proj", "down_proj"]),
+        };
+        let (expert, w) = split_block(rest, inner)?;
+        let w = w.strip_suffix(".weight").filter(|w| parts.contains(w))?;
+        let stacked = match self {
+            ExpertStack::Mixtral => format!("layers.{bid}.feed_forward.experts.{w}.weight"),
+            ExpertStack::Qwen2Moe => format!("model.layers.{bid}.mlp.experts.{w}.weight"),
+        };
+        Some((stacked, expert))
+    }
 }
 
 /// How the rows of a GGUF tensor relate to the rows of its HF original.
@@ -435,19 +596,31 @@ pub enum RowPermutation {
         /// Heads the rows are split into (`n_head` for q, `n_head_kv` for k).
         n_head: usize,
     },
+    /// Part of a tensor split along its rows in groups ([`split_halves`],
+    /// [`kv_b_split`]): the stored rows are groups of `group`, and this tensor
+    /// takes rows `offset .. offset + len` of each.
+    Slice {
+        /// Stored rows per group (per expert, per head).
+        group: usize,
+        /// First row taken in each group.
+        offset: usize,
+        /// Rows taken from each group.
+        len: usize,
+    },
 }
 
 /// The row permutation llama.cpp's converter applied to GGUF tensor
 /// `gguf_name` of an `arch` model: `attn_q` (weight or bias) with `n_head`,
-/// `attn_k` with `n_head_kv`, for `llama` only (`LlamaModel.undo_permute`;
-/// Qwen, Gemma and Phi-3 converters keep HF order).
+/// `attn_k` with `n_head_kv`, for the architectures whose [`transforms`]
+/// permute q/k (`LlamaModel.undo_permute`; Qwen, Gemma and Phi-3 converters
+/// keep HF order).
 pub fn row_permutation(
     arch: &str,
     gguf_name: &str,
     n_head: usize,
     n_head_kv: usize,
 ) -> RowPermutation {
-    if arch != "llama" {
+    if !transforms(arch).is_some_and(|t| t.permute_qk) {
         return RowPermutation::Identity;
     }
     let stem = gguf_name
@@ -470,9 +643,16 @@ impl RowPermutation {
     /// Shapes the reshape rejects (`rows` not a multiple of `2 * n_head`, or
     /// `n_head == 0`) and `dst_row >= rows` map to themselves; callers check
     /// shapes with [`RowPermutation::fits`] first.
+    ///
+    /// [`RowPermutation::Slice`]: GGUF row `(g, i)` (group, row in the slice)
+    /// reads stored row `g * group + offset + i`; `rows` is not needed.
     pub fn source_row(&self, rows: usize, dst_row: usize) -> usize {
         match *self {
             RowPermutation::Identity => dst_row,
+            RowPermutation::Slice { group, offset, len } => {
+                let len = len.max(1);
+                (dst_row / len) * group + offset + dst_row % len
+            }
             RowPermutation::LlamaRope { n_head } => {
                 if !self.fits(rows) || dst_row >= rows {
                     return dst_row;
@@ -489,7 +669,7 @@ impl RowPermutation {
     /// Whether a tensor with `rows` rows can be permuted (the reshape works).
     pub fn fits(&self, rows: usize) -> bool {
         match *self {
-            RowPermutation::Identity => true,
+            RowPermutation::Identity | RowPermutation::Slice { .. } => true,
             RowPermutation::LlamaRope { n_head } => {
                 n_head
                     .checked_mul(2)

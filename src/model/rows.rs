@@ -169,3 +169,107 @@ impl RowSource for PermutedRows<'_> {
         }
     }
 }
+
+/// Rows of several sources one after another (an expert-stacked GGUF
+/// tensor's rows, read from its per-expert Hugging Face tensors in expert
+/// order). Every part has the same row length.
+pub struct StackedRows<'a> {
+    /// The sources, in stacking order.
+    pub parts: Vec<Box<dyn RowSource + 'a>>,
+}
+
+impl StackedRows<'_> {
+    /// Each part overlapping rows `start..end`, with the part's own row range.
+    fn spans(&self, start: usize, end: usize) -> Vec<(usize, usize, usize)> {
+        let mut out = Vec::new();
+        let mut first = 0;
+        for (i, p) in self.parts.iter().enumerate() {
+            let last = first + p.n_rows();
+            let (a, b) = (start.max(first), end.min(last));
+            if a < b {
+                out.push((i, a - first, b - first));
+            }
+            first = last;
+        }
+        out
+    }
+}
+
+impl RowSource for StackedRows<'_> {
+    fn row_len(&self) -> usize {
+        self.parts.first().map_or(0, |p| p.row_len())
+    }
+
+    fn n_rows(&self) -> usize {
+        self.parts.iter().map(|p| p.n_rows()).sum()
+    }
+
+    fn decode(&self, start: usize, out: &mut [f32]) -> Result<()> {
+        let row_len = self.row_len();
+        let end = start + out.len() / row_len.max(1);
+        let mut at = 0;
+        for (i, a, b) in self.spans(start, end) {
+            let n = (b - a) * row_len;
+            self.parts[i].decode(a, &mut out[at..at + n])?;
+            at += n;
+        }
+        Ok(())
+    }
+
+    fn release_rows(&self, start: usize, end: usize) {
+        for (i, a, b) in self.spans(start, end) {
+            self.parts[i].release_rows(a, b);
+        }
+    }
+
+    fn prefetch_rows(&self, start: usize, end: usize) {
+        for (i, a, b) in self.spans(start, end) {
+            self.parts[i].prefetch_rows(a, b);
+        }
+    }
+}
+
+/// Blocks of another source's rows, each transposed (DeepSeek's `attn_k_b`:
+/// of every `group` stored rows of length `R`, the first `len` rows, as `R`
+/// rows of length `len`). Decodes one block (`len × R` values) at a time.
+pub struct TransposedRows<'a> {
+    /// The stored rows.
+    pub rows: Box<dyn RowSource + 'a>,
+    /// Stored rows per block (per head).
+    pub group: usize,
+    /// Rows of each block that are transposed (the rest are left out).
+    pub len: usize,
+}
+
+impl RowSource for TransposedRows<'_> {
+    fn row_len(&self) -> usize {
+        self.len
+    }
+
+    fn n_rows(&self) -> usize {
+        self.rows.n_rows() / self.group.max(1) * self.rows.row_len()
+    }
+
+    fn decode(&self, start: usize, out: &mut [f32]) -> Result<()> {
+        let (r, len) = (self.rows.row_len(), self.len);
+        let mut block = vec![0f32; len * r];
+        let mut loaded = None;
+        for (i, dst) in out.chunks_exact_mut(len).enumerate() {
+            let (head, col) = ((start + i) / r, (start + i) % r);
+            if loaded != Some(head) {
+                self.rows.decode(head * self.group, &mut block)?;
+                loaded = Some(head);
+            }
+            for (j, v) in dst.iter_mut().enumerate() {
+                *v = block[j * r + col];
+            }
+        }
+        Ok(())
+    }
+
+    fn release_rows(&self, _start: usize, end: usize) {
+        if end == self.n_rows() {
+            self.rows.release_rows(0, self.rows.n_rows());
+        }
+    }
+}
