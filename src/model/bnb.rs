@@ -1,6 +1,7 @@
-//! Hugging Face checkpoints quantized with bitsandbytes: a model folder
-//! (`config.json` + one or several safetensors files) read as logical
-//! weights, and written back either in the same layout or as plain floats.
+//! Hugging Face checkpoints quantized with bitsandbytes, or to FP8
+//! ([`super::fp8`]): a model folder (`config.json` + one or several
+//! safetensors files) read as logical weights, and written back either in
+//! the same layout or as plain floats.
 //!
 //! Containers only: every number is produced by `qresidual_quant::bnb`.
 //! How `transformers` lays a weight `W` out (fixtures/tiny_bnb/layout.txt):
@@ -37,6 +38,7 @@ use serde_json::{json, Value};
 
 use crate::format::pages::ReleasePages;
 use crate::format::st::{SafetensorsModel, SafetensorsWriter, StTensor, INDEX_FILE};
+use crate::model::fp8::{fp8_weight, is_fp8_config, scale_bytes, BlockMaxima, Fp8Layout, Fp8Rows};
 use crate::model::naming::RowPermutation;
 use crate::model::rows::{EncodedRows, RowSource};
 use crate::quant::bnb::{
@@ -44,6 +46,7 @@ use crate::quant::bnb::{
     quantize_int8_rows, torch_mean_f32_threads, BnbError, FourBit, NestedAbsmax, BLOCKSIZES_4BIT,
     NESTED_BLOCKSIZE,
 };
+use crate::quant::fp8::ScaleRule;
 use crate::quant::stats::ErrorStats;
 use crate::quant::{quantize_row, GgmlType};
 use crate::{Error, Result};
@@ -51,17 +54,67 @@ use crate::{Error, Result};
 /// The file holding a model's configuration.
 pub const CONFIG_FILE: &str = "config.json";
 
+/// Which quantization a Hugging Face model folder declares.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Method {
+    /// `quant_method: bitsandbytes`.
+    Bitsandbytes,
+    /// `quant_method: fp8`, or compressed-tensors `float-quantized`.
+    Fp8,
+}
+
+impl Method {
+    /// The method of a parsed `config.json`.
+    pub fn of(config: &Value) -> Option<Method> {
+        if config["quantization_config"]["quant_method"] == "bitsandbytes" {
+            Some(Method::Bitsandbytes)
+        } else if is_fp8_config(config) {
+            Some(Method::Fp8)
+        } else {
+            None
+        }
+    }
+
+    /// The name messages use.
+    pub fn name(self) -> &'static str {
+        match self {
+            Method::Bitsandbytes => "bitsandbytes",
+            Method::Fp8 => "FP8",
+        }
+    }
+}
+
+/// The quantization `path`'s `config.json` declares: `None` when `path` is
+/// no folder with a readable config.json holding a `quantization_config`;
+/// `Some(Err(what))` when it declares one this module does not read.
+pub fn folder_quantization(path: &Path) -> Option<std::result::Result<Method, String>> {
+    if !path.is_dir() {
+        return None;
+    }
+    let c = std::fs::read(path.join(CONFIG_FILE))
+        .ok()
+        .and_then(|b| serde_json::from_slice::<Value>(&b).ok())?;
+    let q = c.get("quantization_config").filter(|q| q.is_object())?;
+    Some(Method::of(&c).ok_or_else(|| {
+        let method = q["quant_method"].as_str().unwrap_or("(none)");
+        match q["format"].as_str() {
+            Some(f) => format!("quant_method {method} with format {f}"),
+            None => format!("quant_method {method}"),
+        }
+    }))
+}
+
+/// The quantization `path`'s `config.json` declares, if `path` is a folder
+/// with one this module reads. Never fails: unreadable means none.
+pub fn folder_method(path: &Path) -> Option<Method> {
+    folder_quantization(path).and_then(|m| m.ok())
+}
+
 /// Whether `path` is a folder whose `config.json` declares bitsandbytes
 /// quantization (`quantization_config.quant_method == "bitsandbytes"`).
 /// Never fails: unreadable means no.
 pub fn is_bnb_dir(path: &Path) -> bool {
-    if !path.is_dir() {
-        return false;
-    }
-    std::fs::read(path.join(CONFIG_FILE))
-        .ok()
-        .and_then(|b| serde_json::from_slice::<Value>(&b).ok())
-        .is_some_and(|c| c["quantization_config"]["quant_method"] == "bitsandbytes")
+    folder_method(path) == Some(Method::Bitsandbytes)
 }
 
 /// How one logical weight is stored.
@@ -82,13 +135,16 @@ pub enum Storage {
     },
     /// LLM.int8 row-wise codes.
     Int8,
+    /// `float8_e4m3fn` codes with block scales.
+    Fp8(Fp8Layout),
 }
 
 impl Storage {
     /// A short name for reports: `nf4`, `fp4`, `int8`, or the dtype (`F16`…),
     /// as its output form says.
     pub fn label(&self) -> String {
-        OutStorage::same_as(self).label()
+        // The dtype a requantized FP8 weight starts from is not in its label.
+        OutStorage::same_as(self, Dtype::BF16).label()
     }
 
     /// Whether bitsandbytes quantized this weight.
@@ -136,6 +192,7 @@ pub struct BnbModel {
     dir: PathBuf,
     st: SafetensorsModel,
     config: Value,
+    method: Method,
     weights: Vec<BnbWeight>,
     sharded: bool,
 }
@@ -201,13 +258,29 @@ impl BnbModel {
         if !config.is_object() {
             return Err(Error::format(&config_path, "not a JSON object"));
         }
+        let method = Method::of(&config).ok_or_else(|| {
+            Error::format(
+                &config_path,
+                format!(
+                    "quantization_config {} is neither bitsandbytes nor FP8 (quant_method fp8, or compressed-tensors float-quantized)",
+                    config["quantization_config"]
+                ),
+            )
+        })?;
         let st = SafetensorsModel::open(dir)?;
         let sharded = st.shard_paths().len() > 1 || dir.join(INDEX_FILE).is_file();
-        let weights = collect_weights(&st)?;
+        let weights = collect_weights(&st, &config)?;
+        if method == Method::Fp8 && !weights.iter().any(|w| matches!(w.storage, Storage::Fp8(_))) {
+            return Err(Error::format(
+                &config_path,
+                "declares FP8 quantization, but no F8_E4M3 weight has a weight_scale or weight_scale_inv",
+            ));
+        }
         Ok(BnbModel {
             dir: dir.to_path_buf(),
             st,
             config,
+            method,
             weights,
             sharded,
         })
@@ -216,6 +289,11 @@ impl BnbModel {
     /// The folder.
     pub fn path(&self) -> &Path {
         &self.dir
+    }
+
+    /// The quantization the folder declares.
+    pub fn method(&self) -> Method {
+        self.method
     }
 
     /// `config.json` as read.
@@ -312,6 +390,19 @@ impl BnbModel {
                 n_rows: w.n_rows(),
                 pages: &self.st,
             })),
+            Storage::Fp8(layout) => {
+                let scale = self.part(w, 1);
+                Some(Box::new(Fp8Rows {
+                    path,
+                    name: &w.name,
+                    codes: self.st.data(main),
+                    scales: super::fp8::scale_values(scale, self.st.data(scale)),
+                    layout: *layout,
+                    row_len: w.row_len(),
+                    n_rows: w.n_rows(),
+                    pages: &self.st,
+                }))
+            }
         }
     }
 
@@ -332,7 +423,7 @@ fn nested_code(bytes: &[u8]) -> [f32; 256] {
 
 /// Group the stored tensors into logical weights, validating each
 /// quantized one.
-fn collect_weights(st: &SafetensorsModel) -> Result<Vec<BnbWeight>> {
+fn collect_weights(st: &SafetensorsModel, config: &Value) -> Result<Vec<BnbWeight>> {
     let index: HashMap<&str, usize> = st
         .tensors()
         .iter()
@@ -346,6 +437,18 @@ fn collect_weights(st: &SafetensorsModel) -> Result<Vec<BnbWeight>> {
     for t in st.tensors() {
         weights.extend(int8_weight(st, &index, t)?);
     }
+    for (i, t) in st.tensors().iter().enumerate() {
+        if let Some((main, layout)) = fp8_weight(st, &index, t, config)? {
+            let w = &st.tensors()[main];
+            weights.push(BnbWeight {
+                name: w.name.clone(),
+                shape: w.shape.clone(),
+                storage: Storage::Fp8(layout),
+                parts: vec![main, i],
+                shard: w.shard,
+            });
+        }
+    }
     let used: HashSet<usize> = weights
         .iter()
         .flat_map(|w| w.parts.iter().copied())
@@ -353,6 +456,16 @@ fn collect_weights(st: &SafetensorsModel) -> Result<Vec<BnbWeight>> {
     for (i, t) in st.tensors().iter().enumerate() {
         if used.contains(&i) {
             continue;
+        }
+        if t.dtype == Dtype::F8_E4M3 {
+            return Err(Error::tensor(
+                st.shard_path(t),
+                &t.name,
+                format!(
+                    "an F8_E4M3 weight without its scale ('{0}_scale_inv' or '{0}_scale' is missing)",
+                    t.name
+                ),
+            ));
         }
         weights.push(BnbWeight {
             name: t.name.clone(),
@@ -686,6 +799,14 @@ pub enum OutStorage {
     },
     /// LLM.int8, quantized from float16.
     Int8,
+    /// FP8 with scales recomputed in `layout`, quantized from the sum
+    /// rounded to `dtype`.
+    Fp8 {
+        /// Scale rule and blocks.
+        layout: Fp8Layout,
+        /// The module dtype the sum is rounded to before quantizing.
+        dtype: Dtype,
+    },
 }
 
 impl OutStorage {
@@ -695,11 +816,13 @@ impl OutStorage {
             OutStorage::Plain(d) => format!("{d:?}"),
             OutStorage::FourBit { kind, .. } => kind.name().to_string(),
             OutStorage::Int8 => "int8".into(),
+            OutStorage::Fp8 { layout, .. } => layout.label(),
         }
     }
 
-    /// The same storage as `s`, as an output (quant parameters kept).
-    pub fn same_as(s: &Storage) -> OutStorage {
+    /// The same storage as `s`, as an output (quant parameters kept; an
+    /// FP8 weight requantized from `dtype`, the model's).
+    pub fn same_as(s: &Storage, dtype: Dtype) -> OutStorage {
         match *s {
             Storage::Plain(d) => OutStorage::Plain(d),
             Storage::FourBit {
@@ -714,6 +837,14 @@ impl OutStorage {
                 double_quant: nested_offset.is_some(),
             },
             Storage::Int8 => OutStorage::Int8,
+            Storage::Fp8(layout) => OutStorage::Fp8 {
+                layout,
+                // compressed-tensors computes in the scale's dtype.
+                dtype: match layout.rule {
+                    ScaleRule::Inverse => dtype,
+                    ScaleRule::Divide(_) => layout.scale_dtype(),
+                },
+            },
         }
     }
 }
@@ -1055,12 +1186,29 @@ fn out_tensors(
                 (format!("{module}.weight_format"), Dtype::U8, vec![]),
             ]
         }
+        OutStorage::Fp8 { layout, .. } => {
+            // Only FP8 weights are written as FP8: the scale keeps its name
+            // and shape.
+            let scale = &model.st.tensors()[w.parts[1]];
+            vec![
+                (w.name.clone(), Dtype::F8_E4M3, w.shape.clone()),
+                (
+                    scale.name.clone(),
+                    layout.scale_dtype(),
+                    scale.shape.clone(),
+                ),
+            ]
+        }
     }
 }
 
 /// Whether a job is a byte copy: same storage, no residual.
 fn is_copy(w: &BnbWeight, job: &WeightJob<'_>) -> bool {
-    job.residual.is_none() && OutStorage::same_as(&w.storage) == job.out
+    job.residual.is_none()
+        && match (&w.storage, &job.out) {
+            (Storage::Fp8(a), OutStorage::Fp8 { layout, .. }) => a == layout,
+            (s, out) => OutStorage::same_as(s, Dtype::BF16) == *out,
+        }
 }
 
 /// Check that every job can be written; errors list the weights.
@@ -1085,6 +1233,9 @@ fn validate(model: &BnbModel, jobs: &[WeightJob<'_>]) -> Result<()> {
             OutStorage::FourBit { blocksize, .. } if !BLOCKSIZES_4BIT.contains(&blocksize) => {
                 bad.push(format!("{}: blocksize {blocksize}", w.name))
             }
+            OutStorage::Fp8 { .. } if !matches!(w.storage, Storage::Fp8(_)) => {
+                bad.push(format!("{}: only FP8 weights are written as FP8", w.name))
+            }
             _ => {}
         }
     }
@@ -1098,6 +1249,53 @@ fn validate(model: &BnbModel, jobs: &[WeightJob<'_>]) -> Result<()> {
             bad.join("; ")
         )))
     }
+}
+
+/// What a weight's first pass finds, before its header can be written or
+/// its codes computed.
+#[derive(Default)]
+struct Prepass {
+    /// The double-quantized absmax offset.
+    nested_offset: Option<f32>,
+    /// The block maxima of an FP8 weight's rounded sum.
+    fp8: Option<BlockMaxima>,
+}
+
+/// Pass 1 of an FP8 weight: the maxima of its blocks over the sum rounded
+/// to the module dtype, from which its scales are made.
+fn fp8_maxima_of(
+    model: &BnbModel,
+    job: &WeightJob<'_>,
+    out_path: &Path,
+    opts: &WriteOptions,
+    runner: &impl ChunkRunner,
+) -> Result<BlockMaxima> {
+    let OutStorage::Fp8 { layout, dtype } = job.out else {
+        unreachable!("only FP8 outputs take block maxima")
+    };
+    let w = &model.weights[job.weight];
+    let base = model.rows(job.weight).expect("validated");
+    let row_len = w.row_len();
+    let rpc = rows_per_chunk(row_len, 1, opts.chunk_elements);
+    let mut maxima = BlockMaxima::new(layout, w.n_rows(), row_len);
+    for_chunks(
+        runner,
+        w.n_rows(),
+        rpc,
+        |r0, n| {
+            let s = sum_rows(base.as_ref(), job.residual.as_deref(), job.scale, r0, n)?;
+            s.target(dtype, out_path, &w.name, r0, row_len)
+        },
+        |r0, n, t| {
+            maxima.fold(r0, &t);
+            base.release_rows(r0, r0 + n);
+            if let Some(r) = &job.residual {
+                r.release_rows(r0, r0 + n);
+            }
+            Ok(())
+        },
+    )?;
+    Ok(maxima)
 }
 
 /// Pass 1 of a double-quantized weight: the offset (`absmax.mean()`) of the
@@ -1152,7 +1350,7 @@ fn nested_offset_of(
 fn write_weight(
     model: &BnbModel,
     job: &WeightJob<'_>,
-    nested_offset: Option<f32>,
+    pre: &Prepass,
     writer: &mut SafetensorsWriter,
     out_path: &Path,
     opts: &WriteOptions,
@@ -1193,11 +1391,15 @@ fn write_weight(
             kind,
             blocksize,
             dtype,
-            nested_offset,
+            pre.nested_offset,
             &mut write,
             &mut stats,
         )?,
         OutStorage::Int8 => re.int8(&mut write, &mut stats)?,
+        OutStorage::Fp8 { layout, dtype } => {
+            let maxima = pre.fp8.as_ref().expect("FP8 outputs have a first pass");
+            re.fp8(maxima, layout.scale_dtype(), dtype, &mut write, &mut stats)?
+        }
     }
     Ok(opts.measure.then_some(stats))
 }
@@ -1369,6 +1571,46 @@ impl<R: ChunkRunner> Reencode<'_, R> {
         )?;
         write(&f32_bytes(&scb_all))?;
         write(&[0u8])
+    }
+
+    /// As FP8 codes under the scales `maxima` gives, from the sum rounded
+    /// to `dtype`; then the scales, stored as `scale_dtype`.
+    fn fp8(
+        &self,
+        maxima: &BlockMaxima,
+        scale_dtype: Dtype,
+        dtype: Dtype,
+        write: &mut impl FnMut(&[u8]) -> Result<()>,
+        stats: &mut ErrorStats,
+    ) -> Result<()> {
+        let (base, residual, scale) = (self.base, self.residual, self.scale);
+        let (out_path, name, measure) = (self.out_path, &self.w.name, self.opts.measure);
+        let row_len = self.w.row_len();
+        let rpc = rows_per_chunk(row_len, 1, self.opts.chunk_elements);
+        let scales = maxima.scales();
+        for_chunks(
+            self.runner,
+            self.w.n_rows(),
+            rpc,
+            |r0, n| {
+                let s = sum_rows(base, residual, scale, r0, n)?;
+                let t = s.target(dtype, out_path, name, r0, row_len)?;
+                let codes = maxima.quantize(&scales, r0, &t);
+                let decoded = if measure {
+                    maxima.dequantize(&scales, r0, &codes)
+                } else {
+                    Vec::new()
+                };
+                Ok((codes, s.stats(&decoded, measure)))
+            },
+            |r0, n, (codes, st)| {
+                write(&codes)?;
+                stats.merge(&st);
+                self.release(r0, n);
+                Ok(())
+            },
+        )?;
+        write(&scale_bytes(scale_dtype, &scales))
     }
 }
 
@@ -1551,14 +1793,15 @@ pub fn write_model_with(
         let mine: Vec<usize> = (0..jobs.len())
             .filter(|&j| model.weights[jobs[j].weight].shard == shard)
             .collect();
-        // Pass 1: the nested offsets, which the header (quant state) needs.
-        let offsets = nested_offsets(model, jobs, &mine, out_dir, opts, runner)?;
+        // Pass 1: the nested offsets, which the header (quant state) needs,
+        // and the FP8 block maxima.
+        let offsets = prepasses(model, jobs, &mine, out_dir, opts, runner)?;
         let mut specs = Vec::new();
         let mut per_job = Vec::with_capacity(mine.len());
         for (&j, off) in mine.iter().zip(&offsets) {
             let job = &jobs[j];
             let w = &model.weights[job.weight];
-            let t = out_tensors(model, w, &job.out, is_copy(w, job), *off);
+            let t = out_tensors(model, w, &job.out, is_copy(w, job), off.nested_offset);
             let bytes: u64 = t
                 .iter()
                 .map(|(_, d, s)| (d.bitsize() / 8 * s.iter().product::<usize>()) as u64)
@@ -1575,7 +1818,7 @@ pub fn write_model_with(
         runner.expect(writer.remaining());
         for ((&j, off), bytes_out) in mine.iter().zip(&offsets).zip(per_job) {
             let job = &jobs[j];
-            let stats = write_weight(model, job, *off, &mut writer, out_dir, opts, runner)?;
+            let stats = write_weight(model, job, off, &mut writer, out_dir, opts, runner)?;
             outcomes[j] = Some(weight_outcome(model, job, bytes_out, stats));
         }
         writer.finish()?;
@@ -1595,29 +1838,35 @@ pub fn write_model_with(
         .collect())
 }
 
-/// The nested (double-quant) absmax offset of every job in `mine` that
-/// needs one, by a pass over its rows.
-fn nested_offsets(
+/// The first pass of every job in `mine` that needs one: the nested
+/// (double-quant) absmax offset, the FP8 block maxima.
+fn prepasses(
     model: &BnbModel,
     jobs: &[WeightJob<'_>],
     mine: &[usize],
     out_dir: &Path,
     opts: &WriteOptions,
     runner: &impl ChunkRunner,
-) -> Result<Vec<Option<f32>>> {
-    let mut offsets: Vec<Option<f32>> = Vec::with_capacity(mine.len());
+) -> Result<Vec<Prepass>> {
+    let mut passes = Vec::with_capacity(mine.len());
     for &j in mine {
         let job = &jobs[j];
         let w = &model.weights[job.weight];
-        let off = match job.out {
-            OutStorage::FourBit {
-                double_quant: true, ..
-            } if !is_copy(w, job) => Some(nested_offset_of(model, job, out_dir, opts, runner)?),
-            _ => None,
-        };
-        offsets.push(off);
+        let mut pre = Prepass::default();
+        if !is_copy(w, job) {
+            match job.out {
+                OutStorage::FourBit {
+                    double_quant: true, ..
+                } => pre.nested_offset = Some(nested_offset_of(model, job, out_dir, opts, runner)?),
+                OutStorage::Fp8 { .. } => {
+                    pre.fp8 = Some(fp8_maxima_of(model, job, out_dir, opts, runner)?)
+                }
+                _ => {}
+            }
+        }
+        passes.push(pre);
     }
-    Ok(offsets)
+    Ok(passes)
 }
 
 /// What writing `job` did (`stats`: from [`write_weight`]).

@@ -4,6 +4,7 @@
 
 pub mod bnb;
 pub mod bnb_target;
+pub mod fp8;
 pub mod hf_names;
 pub mod mix;
 pub mod naming;
@@ -31,6 +32,10 @@ pub enum Model {
     Safetensors(SafetensorsModel),
     /// A Hugging Face folder quantized by bitsandbytes (NF4/FP4/LLM.int8).
     Bitsandbytes(BnbModel),
+    /// A Hugging Face folder of FP8 weights with block, channel or tensor
+    /// scales (`quant_method: fp8`, compressed-tensors `float-quantized`),
+    /// read and written by the same folder code as bitsandbytes.
+    Fp8(BnbModel),
 }
 
 impl ReleasePages for Model {
@@ -38,7 +43,7 @@ impl ReleasePages for Model {
         match self {
             Model::Gguf(g) => g.release(bytes),
             Model::Safetensors(s) => s.release(bytes),
-            Model::Bitsandbytes(b) => b.safetensors().release(bytes),
+            Model::Bitsandbytes(b) | Model::Fp8(b) => b.safetensors().release(bytes),
         }
     }
 }
@@ -95,8 +100,9 @@ pub struct Weight<'a> {
     pub type_name: String,
     /// The ggml type whose rounding error is nearest to the encoding's:
     /// the type itself for ggml-layout tensors; Q4_0 for bitsandbytes 4-bit
-    /// (4-bit codes, one scale per 64 weights), Q8_0 for LLM.int8. Sizes the
-    /// base guard's tolerance.
+    /// (4-bit codes, one scale per 64 weights), Q8_0 for LLM.int8, Q4_0 for
+    /// FP8 (3 mantissa bits: a relative error up to 1/16, coarser than
+    /// Q8_0's grid). Sizes the base guard's tolerance.
     pub error_type: GgmlType,
     index: usize,
 }
@@ -114,6 +120,9 @@ pub enum Format {
     Gguf,
     /// A folder whose config.json declares bitsandbytes quantization.
     Bitsandbytes,
+    /// A folder whose config.json declares FP8 quantization (`quant_method:
+    /// fp8`, or compressed-tensors with `format: float-quantized`).
+    Fp8,
     /// A .safetensors file, an index, or a folder holding either.
     Safetensors,
 }
@@ -124,8 +133,16 @@ impl Format {
         if is_gguf(path) {
             return Ok(Format::Gguf);
         }
-        if bnb::is_bnb_dir(path) {
-            return Ok(Format::Bitsandbytes);
+        match bnb::folder_quantization(path) {
+            Some(Ok(bnb::Method::Bitsandbytes)) => return Ok(Format::Bitsandbytes),
+            Some(Ok(bnb::Method::Fp8)) => return Ok(Format::Fp8),
+            Some(Err(what)) => {
+                return Err(Error::format(
+                    path.join(bnb::CONFIG_FILE),
+                    format!("quantization_config declares {what}, which qresidual does not read (it reads bitsandbytes, quant_method fp8 and compressed-tensors float-quantized)"),
+                ))
+            }
+            None => {}
         }
         if SafetensorsModel::is_safetensors(path) {
             return Ok(Format::Safetensors);
@@ -136,13 +153,13 @@ impl Format {
                 std::io::Error::from(std::io::ErrorKind::NotFound),
             ));
         } else if path.is_dir() {
-            "a folder without model.safetensors, model.safetensors.index.json or a bitsandbytes config.json"
+            "a folder without model.safetensors, model.safetensors.index.json or a bitsandbytes/FP8 config.json"
         } else {
             "neither a GGUF file (no GGUF magic) nor a .safetensors file"
         };
         Err(Error::format(
             path,
-            format!("not a model qresidual can read: {what} (it reads GGUF files, safetensors files or folders, and bitsandbytes folders)"),
+            format!("not a model qresidual can read: {what} (it reads GGUF files, safetensors files or folders, and bitsandbytes and FP8 folders)"),
         ))
     }
 }
@@ -166,6 +183,7 @@ impl Model {
         match Format::detect(path)? {
             Format::Gguf => Ok(Model::Gguf(GgufFile::open(path)?)),
             Format::Bitsandbytes => Ok(Model::Bitsandbytes(BnbModel::open(path)?)),
+            Format::Fp8 => Ok(Model::Fp8(BnbModel::open(path)?)),
             Format::Safetensors => {
                 let st = SafetensorsModel::open(path)?;
                 if let Some(marker) = bitsandbytes_marker(&st) {
@@ -185,6 +203,7 @@ impl Model {
             Model::Gguf(_) => Format::Gguf,
             Model::Safetensors(_) => Format::Safetensors,
             Model::Bitsandbytes(_) => Format::Bitsandbytes,
+            Model::Fp8(_) => Format::Fp8,
         }
     }
 
@@ -193,7 +212,7 @@ impl Model {
         match self {
             Model::Gguf(g) => g.path(),
             Model::Safetensors(s) => s.path(),
-            Model::Bitsandbytes(b) => b.path(),
+            Model::Bitsandbytes(b) | Model::Fp8(b) => b.path(),
         }
     }
 
@@ -202,7 +221,15 @@ impl Model {
         match self {
             Model::Gguf(g) => g.paths(),
             Model::Safetensors(s) => s.shard_paths().to_vec(),
-            Model::Bitsandbytes(b) => b.paths(),
+            Model::Bitsandbytes(b) | Model::Fp8(b) => b.paths(),
+        }
+    }
+
+    /// The Hugging Face quantized folder (bitsandbytes or FP8), if this is one.
+    pub fn quantized_folder(&self) -> Option<&BnbModel> {
+        match self {
+            Model::Bitsandbytes(b) | Model::Fp8(b) => Some(b),
+            _ => None,
         }
     }
 
@@ -252,9 +279,10 @@ impl Model {
                     })
                 })
                 .collect(),
-            Model::Bitsandbytes(b) => Err(Error::Usage(format!(
-                "{}: a bitsandbytes folder cannot be a residual (residuals are F16/BF16/F32 safetensors or GGUF)",
-                b.path().display()
+            Model::Bitsandbytes(b) | Model::Fp8(b) => Err(Error::Usage(format!(
+                "{}: a {} folder cannot be a residual (residuals are F16/BF16/F32 safetensors or GGUF)",
+                b.path().display(),
+                b.method().name()
             ))),
         }
     }
@@ -276,7 +304,7 @@ impl Model {
     /// Every weight that holds numbers, in any encoding; one that cannot be
     /// decoded is an error naming it.
     pub fn weights(&self) -> Result<Vec<Weight<'_>>> {
-        let Model::Bitsandbytes(b) = self else {
+        let Some(b) = self.quantized_folder() else {
             return Ok(self
                 .tensors()?
                 .into_iter()
@@ -300,6 +328,7 @@ impl Model {
                 },
                 bnb::Storage::FourBit { .. } => GgmlType::Q4_0,
                 bnb::Storage::Int8 => GgmlType::Q8_0,
+                bnb::Storage::Fp8(_) => GgmlType::Q4_0,
             };
             out.push(Weight {
                 name: &w.name,
@@ -318,7 +347,7 @@ impl Model {
         w: &Weight<'a>,
         permutation: RowPermutation,
     ) -> Result<Box<dyn RowSource + 'a>> {
-        if let Model::Bitsandbytes(b) = self {
+        if let Some(b) = self.quantized_folder() {
             let rows = b.rows(w.index).ok_or_else(|| {
                 Error::tensor(b.path(), w.name, "holds no weights that can be decoded")
             })?;
@@ -337,7 +366,7 @@ impl Model {
             data: match self {
                 Model::Gguf(g) => g.tensor_data(w.index),
                 Model::Safetensors(s) => s.data(&s.tensors()[w.index]),
-                Model::Bitsandbytes(_) => unreachable!("handled above"),
+                Model::Bitsandbytes(_) | Model::Fp8(_) => unreachable!("handled above"),
             },
         };
         Ok(Box::new(self.rows(&t, permutation)))
@@ -434,7 +463,7 @@ pub fn pair_models(a: &Model, at: &[Weight<'_>], b: &Model, bt: &[Weight<'_>]) -
     // (pair name, permutation into the pair's layout) per tensor of each side.
     let keyed = |model: &Model, other: &Model, ts: &[Weight<'_>]| {
         let view = match (model, other) {
-            (Model::Safetensors(_) | Model::Bitsandbytes(_), Model::Gguf(g)) => {
+            (Model::Safetensors(_) | Model::Bitsandbytes(_) | Model::Fp8(_), Model::Gguf(g)) => {
                 Some(GgufView::new(g))
             }
             _ => None,
