@@ -18,7 +18,7 @@
 //! rounding torch's CPU kernels apply; the e4m3 conversion is c10's
 //! `fp8e4m3fn_from_fp32_value`.
 
-use half::{bf16, f16};
+pub use crate::float::Precision;
 
 /// The largest finite `float8_e4m3fn` value (`torch.finfo(...).max`).
 pub const E4M3_MAX: f32 = 448.0;
@@ -88,39 +88,6 @@ pub fn f32_to_e4m3(x: f32) -> u8 {
         (bits >> 20) as u8
     };
     result | (sign >> 24) as u8
-}
-
-/// The float type a tensor's arithmetic is rounded to (torch's dtype).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Precision {
-    /// float32: no extra rounding.
-    F32,
-    /// bfloat16.
-    Bf16,
-    /// float16.
-    F16,
-}
-
-impl Precision {
-    /// `x` rounded to this precision (round to nearest even, as torch casts).
-    #[inline]
-    pub fn round(self, x: f32) -> f32 {
-        match self {
-            Precision::F32 => x,
-            Precision::Bf16 => bf16::from_f32(x).to_f32(),
-            Precision::F16 => f16::from_f32(x).to_f32(),
-        }
-    }
-
-    /// `torch.finfo(dtype).eps`: what compressed-tensors puts in place of a
-    /// zero scale.
-    pub fn eps(self) -> f32 {
-        match self {
-            Precision::F32 => f32::EPSILON,
-            Precision::Bf16 => 0.0078125,
-            Precision::F16 => 0.000_976_562_5,
-        }
-    }
 }
 
 /// The factor [`ScaleRule::Inverse`] multiplies a block by: `448 / amax`
@@ -256,7 +223,7 @@ mod tests {
     }
 
     #[test]
-    fn rounding_is_to_nearest_even_and_overflow_is_nan() {
+    fn rounding_is_to_nearest_even_and_overflow_saturates() {
         // Halfway between 1.0 (0x38) and 1.125 (0x39): even mantissa wins.
         assert_eq!(f32_to_e4m3(1.0625), 0x38);
         // Halfway between 1.125 and 1.25: rounds up to the even 1.25.

@@ -39,6 +39,7 @@ use serde_json::{json, Value};
 use crate::format::pages::ReleasePages;
 use crate::format::st::{SafetensorsModel, SafetensorsWriter, StTensor, INDEX_FILE};
 use crate::model::fp8::{fp8_weight, is_fp8_config, scale_bytes, BlockMaxima, Fp8Layout, Fp8Rows};
+use crate::model::mlx::{mlx_config, mlx_weight, MlxLayout, MlxRows};
 use crate::model::naming::RowPermutation;
 use crate::model::rows::{EncodedRows, RowSource};
 use crate::quant::bnb::{
@@ -47,6 +48,7 @@ use crate::quant::bnb::{
     NESTED_BLOCKSIZE,
 };
 use crate::quant::fp8::ScaleRule;
+use crate::quant::mlx as mlx_quant;
 use crate::quant::stats::ErrorStats;
 use crate::quant::{quantize_row, GgmlType};
 use crate::{Error, Result};
@@ -61,6 +63,8 @@ pub enum Method {
     Bitsandbytes,
     /// `quant_method: fp8`, or compressed-tensors `float-quantized`.
     Fp8,
+    /// mlx-lm's `"quantization"` in MLX's affine mode.
+    Mlx,
 }
 
 impl Method {
@@ -68,6 +72,8 @@ impl Method {
     pub fn of(config: &Value) -> Option<Method> {
         if config["quantization_config"]["quant_method"] == "bitsandbytes" {
             Some(Method::Bitsandbytes)
+        } else if mlx_config(config).is_some_and(|m| m.is_ok()) {
+            Some(Method::Mlx)
         } else if is_fp8_config(config) {
             Some(Method::Fp8)
         } else {
@@ -80,6 +86,7 @@ impl Method {
         match self {
             Method::Bitsandbytes => "bitsandbytes",
             Method::Fp8 => "FP8",
+            Method::Mlx => "MLX",
         }
     }
 }
@@ -94,7 +101,13 @@ pub fn folder_quantization(path: &Path) -> Option<std::result::Result<Method, St
     let c = std::fs::read(path.join(CONFIG_FILE))
         .ok()
         .and_then(|b| serde_json::from_slice::<Value>(&b).ok())?;
-    let q = c.get("quantization_config").filter(|q| q.is_object())?;
+    if let Some(Err(mode)) = mlx_config(&c) {
+        return Some(Err(mode));
+    }
+    let q = c
+        .get("quantization_config")
+        .or(c.get("quantization"))
+        .filter(|q| q.is_object())?;
     Some(Method::of(&c).ok_or_else(|| {
         let method = q["quant_method"].as_str().unwrap_or("(none)");
         match q["format"].as_str() {
@@ -137,6 +150,8 @@ pub enum Storage {
     Int8,
     /// `float8_e4m3fn` codes with block scales.
     Fp8(Fp8Layout),
+    /// MLX affine groups.
+    Mlx(MlxLayout),
 }
 
 impl Storage {
@@ -262,7 +277,7 @@ impl BnbModel {
             Error::format(
                 &config_path,
                 format!(
-                    "quantization_config {} is neither bitsandbytes nor FP8 (quant_method fp8, or compressed-tensors float-quantized)",
+                    "quantization_config {} is neither bitsandbytes, FP8 (quant_method fp8, or compressed-tensors float-quantized) nor MLX affine",
                     config["quantization_config"]
                 ),
             )
@@ -270,6 +285,12 @@ impl BnbModel {
         let st = SafetensorsModel::open(dir)?;
         let sharded = st.shard_paths().len() > 1 || dir.join(INDEX_FILE).is_file();
         let weights = collect_weights(&st, &config)?;
+        if method == Method::Mlx && !weights.iter().any(|w| matches!(w.storage, Storage::Mlx(_))) {
+            return Err(Error::format(
+                &config_path,
+                "declares MLX quantization, but no weight has .scales and .biases",
+            ));
+        }
         if method == Method::Fp8 && !weights.iter().any(|w| matches!(w.storage, Storage::Fp8(_))) {
             return Err(Error::format(
                 &config_path,
@@ -403,6 +424,17 @@ impl BnbModel {
                     pages: &self.st,
                 }))
             }
+            Storage::Mlx(layout) => Some(Box::new(MlxRows {
+                path,
+                name: &w.name,
+                packed: self.st.data(main),
+                scales: self.part(w, 1),
+                biases: self.part(w, 2),
+                layout: *layout,
+                row_len: w.row_len(),
+                n_rows: w.n_rows(),
+                pages: &self.st,
+            })),
         }
     }
 
@@ -436,6 +468,18 @@ fn collect_weights(st: &SafetensorsModel, config: &Value) -> Result<Vec<BnbWeigh
     }
     for t in st.tensors() {
         weights.extend(int8_weight(st, &index, t)?);
+    }
+    for (i, t) in st.tensors().iter().enumerate() {
+        if let Some(m) = mlx_weight(st, &index, t, config)? {
+            let w = &st.tensors()[m.weight];
+            weights.push(BnbWeight {
+                name: w.name.clone(),
+                shape: m.shape,
+                storage: Storage::Mlx(m.layout),
+                parts: vec![m.weight, i, m.biases],
+                shard: w.shard,
+            });
+        }
     }
     for (i, t) in st.tensors().iter().enumerate() {
         if let Some((main, layout)) = fp8_weight(st, &index, t, config)? {
@@ -799,6 +843,9 @@ pub enum OutStorage {
     },
     /// LLM.int8, quantized from float16.
     Int8,
+    /// MLX affine groups recomputed as `mx.quantize` does, from the sum
+    /// rounded to the scales' dtype.
+    Mlx(MlxLayout),
     /// FP8 with scales recomputed in `layout`, quantized from the sum
     /// rounded to `dtype`.
     Fp8 {
@@ -817,6 +864,7 @@ impl OutStorage {
             OutStorage::FourBit { kind, .. } => kind.name().to_string(),
             OutStorage::Int8 => "int8".into(),
             OutStorage::Fp8 { layout, .. } => layout.label(),
+            OutStorage::Mlx(layout) => layout.label(),
         }
     }
 
@@ -837,6 +885,7 @@ impl OutStorage {
                 double_quant: nested_offset.is_some(),
             },
             Storage::Int8 => OutStorage::Int8,
+            Storage::Mlx(layout) => OutStorage::Mlx(layout),
             Storage::Fp8(layout) => OutStorage::Fp8 {
                 layout,
                 // compressed-tensors computes in the scale's dtype.
@@ -1199,6 +1248,16 @@ fn out_tensors(
                 ),
             ]
         }
+        // Only MLX weights are written as MLX: every part keeps its name,
+        // dtype and shape.
+        OutStorage::Mlx(_) => w
+            .parts
+            .iter()
+            .map(|&i| {
+                let t = &model.st.tensors()[i];
+                (t.name.clone(), t.dtype, t.shape.clone())
+            })
+            .collect(),
     }
 }
 
@@ -1235,6 +1294,9 @@ fn validate(model: &BnbModel, jobs: &[WeightJob<'_>]) -> Result<()> {
             }
             OutStorage::Fp8 { .. } if !matches!(w.storage, Storage::Fp8(_)) => {
                 bad.push(format!("{}: only FP8 weights are written as FP8", w.name))
+            }
+            OutStorage::Mlx(_) if !matches!(w.storage, Storage::Mlx(_)) => {
+                bad.push(format!("{}: only MLX weights are written as MLX", w.name))
             }
             _ => {}
         }
@@ -1400,6 +1462,7 @@ fn write_weight(
             let maxima = pre.fp8.as_ref().expect("FP8 outputs have a first pass");
             re.fp8(maxima, layout.scale_dtype(), dtype, &mut write, &mut stats)?
         }
+        OutStorage::Mlx(layout) => re.mlx(layout, &mut write, &mut stats)?,
     }
     Ok(opts.measure.then_some(stats))
 }
@@ -1612,6 +1675,55 @@ impl<R: ChunkRunner> Reencode<'_, R> {
         )?;
         write(&scale_bytes(scale_dtype, &scales))
     }
+
+    /// As MLX affine groups of `layout`, from the sum rounded to the
+    /// scales' dtype; then the scales and the biases.
+    fn mlx(
+        &self,
+        layout: MlxLayout,
+        write: &mut impl FnMut(&[u8]) -> Result<()>,
+        stats: &mut ErrorStats,
+    ) -> Result<()> {
+        let (base, residual, scale) = (self.base, self.residual, self.scale);
+        let (out_path, name, measure) = (self.out_path, &self.w.name, self.opts.measure);
+        let row_len = self.w.row_len();
+        let rpc = rows_per_chunk(row_len, 1, self.opts.chunk_elements);
+        let (mut all_scales, mut all_biases) = (Vec::new(), Vec::new());
+        let (bits, gs, prec) = (layout.bits, layout.group_size, layout.precision);
+        for_chunks(
+            self.runner,
+            self.w.n_rows(),
+            rpc,
+            |r0, n| {
+                let s = sum_rows(base, residual, scale, r0, n)?;
+                let t = s.target(layout.dtype(), out_path, name, r0, row_len)?;
+                let mut packed = Vec::with_capacity(t.len() * bits as usize / 8);
+                let (mut scales, mut biases, mut decoded) = (Vec::new(), Vec::new(), Vec::new());
+                for row in t.chunks_exact(row_len) {
+                    let (p, sc, bi) = mlx_quant::quantize_row(row, bits, gs, prec);
+                    if measure {
+                        let mut d = vec![0f32; row_len];
+                        mlx_quant::dequantize_row(&p, &sc, &bi, bits, gs, prec, &mut d);
+                        decoded.extend(d);
+                    }
+                    packed.extend(p);
+                    scales.extend(sc);
+                    biases.extend(bi);
+                }
+                Ok((packed, scales, biases, s.stats(&decoded, measure)))
+            },
+            |r0, n, (packed, sc, bi, st)| {
+                write(&packed)?;
+                all_scales.extend(sc);
+                all_biases.extend(bi);
+                stats.merge(&st);
+                self.release(r0, n);
+                Ok(())
+            },
+        )?;
+        write(&scale_bytes(layout.dtype(), &all_scales))?;
+        write(&scale_bytes(layout.dtype(), &all_biases))
+    }
 }
 
 /// A folder being written: removed on drop unless [`TempDir::commit`]ted.
@@ -1721,6 +1833,8 @@ pub fn output_config(base: &Value, out: Option<&OutStorage>, plain: Option<Dtype
     let obj = c.as_object_mut().expect("checked on open");
     if let Some(d) = plain {
         obj.remove("quantization_config");
+        // mlx-lm's own key.
+        obj.remove("quantization");
         obj.insert("dtype".into(), json!(torch_name(d)));
         if obj.contains_key("torch_dtype") {
             obj.insert("torch_dtype".into(), json!(torch_name(d)));

@@ -7,6 +7,7 @@ pub mod bnb_target;
 pub mod fp8;
 pub mod hf_names;
 pub mod mix;
+pub mod mlx;
 pub mod naming;
 pub mod rows;
 
@@ -36,6 +37,9 @@ pub enum Model {
     /// scales (`quant_method: fp8`, compressed-tensors `float-quantized`),
     /// read and written by the same folder code as bitsandbytes.
     Fp8(BnbModel),
+    /// An mlx-lm folder quantized in MLX's affine mode (2/3/4/6/8-bit
+    /// codes, a scale and a bias per group), the same folder code again.
+    Mlx(BnbModel),
 }
 
 impl ReleasePages for Model {
@@ -43,7 +47,9 @@ impl ReleasePages for Model {
         match self {
             Model::Gguf(g) => g.release(bytes),
             Model::Safetensors(s) => s.release(bytes),
-            Model::Bitsandbytes(b) | Model::Fp8(b) => b.safetensors().release(bytes),
+            Model::Bitsandbytes(b) | Model::Fp8(b) | Model::Mlx(b) => {
+                b.safetensors().release(bytes)
+            }
         }
     }
 }
@@ -123,6 +129,9 @@ pub enum Format {
     /// A folder whose config.json declares FP8 quantization (`quant_method:
     /// fp8`, or compressed-tensors with `format: float-quantized`).
     Fp8,
+    /// A folder whose config.json declares MLX affine quantization
+    /// (`"quantization": {"group_size", "bits"}`).
+    Mlx,
     /// A .safetensors file, an index, or a folder holding either.
     Safetensors,
 }
@@ -136,10 +145,11 @@ impl Format {
         match bnb::folder_quantization(path) {
             Some(Ok(bnb::Method::Bitsandbytes)) => return Ok(Format::Bitsandbytes),
             Some(Ok(bnb::Method::Fp8)) => return Ok(Format::Fp8),
+            Some(Ok(bnb::Method::Mlx)) => return Ok(Format::Mlx),
             Some(Err(what)) => {
                 return Err(Error::format(
                     path.join(bnb::CONFIG_FILE),
-                    format!("quantization_config declares {what}, which qresidual does not read (it reads bitsandbytes, quant_method fp8 and compressed-tensors float-quantized)"),
+                    format!("quantization_config declares {what}, which qresidual does not read (it reads bitsandbytes, quant_method fp8, compressed-tensors float-quantized and MLX affine)"),
                 ))
             }
             None => {}
@@ -184,6 +194,7 @@ impl Model {
             Format::Gguf => Ok(Model::Gguf(GgufFile::open(path)?)),
             Format::Bitsandbytes => Ok(Model::Bitsandbytes(BnbModel::open(path)?)),
             Format::Fp8 => Ok(Model::Fp8(BnbModel::open(path)?)),
+            Format::Mlx => Ok(Model::Mlx(BnbModel::open(path)?)),
             Format::Safetensors => {
                 let st = SafetensorsModel::open(path)?;
                 if let Some(marker) = bitsandbytes_marker(&st) {
@@ -204,6 +215,7 @@ impl Model {
             Model::Safetensors(_) => Format::Safetensors,
             Model::Bitsandbytes(_) => Format::Bitsandbytes,
             Model::Fp8(_) => Format::Fp8,
+            Model::Mlx(_) => Format::Mlx,
         }
     }
 
@@ -212,7 +224,7 @@ impl Model {
         match self {
             Model::Gguf(g) => g.path(),
             Model::Safetensors(s) => s.path(),
-            Model::Bitsandbytes(b) | Model::Fp8(b) => b.path(),
+            Model::Bitsandbytes(b) | Model::Fp8(b) | Model::Mlx(b) => b.path(),
         }
     }
 
@@ -221,14 +233,14 @@ impl Model {
         match self {
             Model::Gguf(g) => g.paths(),
             Model::Safetensors(s) => s.shard_paths().to_vec(),
-            Model::Bitsandbytes(b) | Model::Fp8(b) => b.paths(),
+            Model::Bitsandbytes(b) | Model::Fp8(b) | Model::Mlx(b) => b.paths(),
         }
     }
 
     /// The Hugging Face quantized folder (bitsandbytes or FP8), if this is one.
     pub fn quantized_folder(&self) -> Option<&BnbModel> {
         match self {
-            Model::Bitsandbytes(b) | Model::Fp8(b) => Some(b),
+            Model::Bitsandbytes(b) | Model::Fp8(b) | Model::Mlx(b) => Some(b),
             _ => None,
         }
     }
@@ -279,7 +291,7 @@ impl Model {
                     })
                 })
                 .collect(),
-            Model::Bitsandbytes(b) | Model::Fp8(b) => Err(Error::Usage(format!(
+            Model::Bitsandbytes(b) | Model::Fp8(b) | Model::Mlx(b) => Err(Error::Usage(format!(
                 "{}: a {} folder cannot be a residual (residuals are F16/BF16/F32 safetensors or GGUF)",
                 b.path().display(),
                 b.method().name()
@@ -329,6 +341,10 @@ impl Model {
                 bnb::Storage::FourBit { .. } => GgmlType::Q4_0,
                 bnb::Storage::Int8 => GgmlType::Q8_0,
                 bnb::Storage::Fp8(_) => GgmlType::Q4_0,
+                // A scale and a bias per group: the grid of Q4_1/Q5_1, Q8_0 at 8 bits.
+                bnb::Storage::Mlx(l) if l.bits >= 8 => GgmlType::Q8_0,
+                bnb::Storage::Mlx(l) if l.bits >= 5 => GgmlType::Q5_1,
+                bnb::Storage::Mlx(_) => GgmlType::Q4_1,
             };
             out.push(Weight {
                 name: &w.name,
@@ -366,7 +382,9 @@ impl Model {
             data: match self {
                 Model::Gguf(g) => g.tensor_data(w.index),
                 Model::Safetensors(s) => s.data(&s.tensors()[w.index]),
-                Model::Bitsandbytes(_) | Model::Fp8(_) => unreachable!("handled above"),
+                Model::Bitsandbytes(_) | Model::Fp8(_) | Model::Mlx(_) => {
+                    unreachable!("handled above")
+                }
             },
         };
         Ok(Box::new(self.rows(&t, permutation)))
@@ -463,9 +481,10 @@ pub fn pair_models(a: &Model, at: &[Weight<'_>], b: &Model, bt: &[Weight<'_>]) -
     // (pair name, permutation into the pair's layout) per tensor of each side.
     let keyed = |model: &Model, other: &Model, ts: &[Weight<'_>]| {
         let view = match (model, other) {
-            (Model::Safetensors(_) | Model::Bitsandbytes(_) | Model::Fp8(_), Model::Gguf(g)) => {
-                Some(GgufView::new(g))
-            }
+            (
+                Model::Safetensors(_) | Model::Bitsandbytes(_) | Model::Fp8(_) | Model::Mlx(_),
+                Model::Gguf(g),
+            ) => Some(GgufView::new(g)),
             _ => None,
         };
         ts.iter()

@@ -18,7 +18,9 @@ use crate::Result;
 pub fn inspect(path: &Path, as_json: bool) -> Result<String> {
     Ok(match Format::detect(path)? {
         Format::Gguf => inspect_gguf(&GgufFile::open(path)?, as_json),
-        Format::Bitsandbytes | Format::Fp8 => inspect_bnb(&BnbModel::open(path)?, as_json),
+        Format::Bitsandbytes | Format::Fp8 | Format::Mlx => {
+            inspect_bnb(&BnbModel::open(path)?, as_json)
+        }
         Format::Safetensors => inspect_safetensors(&SafetensorsModel::open(path)?, as_json),
     })
 }
@@ -145,6 +147,11 @@ fn weight_json(model: &BnbModel, i: usize) -> Value {
             v["nested_offset"] = json!(o);
         }
     }
+    if let Storage::Mlx(layout) = &w.storage {
+        v["bits"] = json!(layout.bits);
+        v["group_size"] = json!(layout.group_size);
+        v["dtype"] = json!(torch_name(layout.dtype()));
+    }
     if let Storage::Fp8(layout) = &w.storage {
         v["scale_block"] = json!(block_name(layout.block));
         v["scale_dtype"] = json!(torch_name(layout.scale_dtype()));
@@ -174,6 +181,7 @@ pub fn inspect_bnb(model: &BnbModel, as_json: bool) -> String {
             "format": match model.method() {
                 Method::Bitsandbytes => "bitsandbytes",
                 Method::Fp8 => "fp8",
+                Method::Mlx => "mlx",
             },
             "path": model.path().display().to_string(),
             "quantization_config": model.config()["quantization_config"],
@@ -219,6 +227,11 @@ pub fn inspect_bnb(model: &BnbModel, as_json: bool) -> String {
                 if nested_offset.is_some() { "yes" } else { "no" }.to_string(),
             ),
             Storage::Int8 => ("row".into(), "float16".into(), "-".into()),
+            Storage::Mlx(layout) => (
+                layout.group_size.to_string(),
+                torch_name(layout.dtype()).to_string(),
+                "-".into(),
+            ),
             Storage::Fp8(layout) => (
                 block_name(layout.block),
                 torch_name(layout.scale_dtype()).to_string(),
