@@ -218,29 +218,10 @@ fn apply_bf16_writes_a_plain_checkpoint() {
     assert_eq!(cfg["dtype"], "bfloat16");
 }
 
-/// The block fixture with `edit` applied to its tensors, in `dir`.
-fn edited(
-    d: &Dir,
-    name: &str,
-    edit: impl Fn(&mut Vec<(String, Dtype, Vec<usize>, Vec<u8>)>),
-) -> PathBuf {
-    let src = fixture("block");
-    let m = SafetensorsModel::open(&src).unwrap();
-    let mut t: Vec<(String, Dtype, Vec<usize>, Vec<u8>)> = m
-        .tensors()
-        .iter()
-        .map(|t| (t.name.clone(), t.dtype, t.shape.clone(), m.data(t).to_vec()))
-        .collect();
-    edit(&mut t);
-    let dir = d.p(name);
-    std::fs::create_dir(&dir).unwrap();
-    std::fs::copy(src.join("config.json"), dir.join("config.json")).unwrap();
-    let refs: Vec<(&str, Dtype, Vec<usize>, Vec<u8>)> = t
-        .iter()
-        .map(|(n, d, s, b)| (n.as_str(), *d, s.clone(), b.clone()))
-        .collect();
-    write_st(&dir.join("model.safetensors"), &refs);
-    dir
+/// The block fixture with `edit` applied to its tensors, in `d`.
+fn edited(d: &Dir, name: &str, edit: impl Fn(&mut common::StTensors)) -> PathBuf {
+    let cfg = std::fs::read_to_string(fixture("block").join("config.json")).unwrap();
+    common::edited_folder(&fixture("block"), d, name, &cfg, edit)
 }
 
 #[test]

@@ -133,28 +133,8 @@ fn apply_keep_rewrites_only_what_changed() {
 }
 
 /// The fixture with its tensors edited, and its config.json as `config`.
-fn edited(
-    d: &Dir,
-    name: &str,
-    config: &str,
-    edit: impl Fn(&mut Vec<(String, Dtype, Vec<usize>, Vec<u8>)>),
-) -> PathBuf {
-    let m = SafetensorsModel::open(&base()).unwrap();
-    let mut t: Vec<(String, Dtype, Vec<usize>, Vec<u8>)> = m
-        .tensors()
-        .iter()
-        .map(|t| (t.name.clone(), t.dtype, t.shape.clone(), m.data(t).to_vec()))
-        .collect();
-    edit(&mut t);
-    let dir = d.p(name);
-    std::fs::create_dir(&dir).unwrap();
-    std::fs::write(dir.join("config.json"), config).unwrap();
-    let refs: Vec<(&str, Dtype, Vec<usize>, Vec<u8>)> = t
-        .iter()
-        .map(|(n, d, s, b)| (n.as_str(), *d, s.clone(), b.clone()))
-        .collect();
-    write_st(&dir.join("model.safetensors"), &refs);
-    dir
+fn edited(d: &Dir, name: &str, config: &str, edit: impl Fn(&mut common::StTensors)) -> PathBuf {
+    common::edited_folder(&base(), d, name, config, edit)
 }
 
 #[test]

@@ -20,7 +20,7 @@ use serde_json::Value;
 
 use crate::format::pages::ReleasePages;
 use crate::format::st::{SafetensorsModel, StTensor};
-use crate::model::rows::RowSource;
+use crate::model::rows::{finite_rows, RowSource};
 use crate::quant::fp8::{self, Precision, ScaleRule};
 use crate::{Error, Result};
 
@@ -257,18 +257,7 @@ impl RowSource for Fp8Rows<'_> {
             let codes = &self.codes[r * self.row_len..][..self.row_len];
             fp8::dequantize_row(self.layout.rule, codes, scales, self.layout.block.1, dst);
         }
-        if let Some((i, v)) = qresidual_quant::find_non_finite(out) {
-            return Err(Error::tensor(
-                self.path,
-                self.name,
-                format!(
-                    "row {}, column {}: holds {v}",
-                    start + i / self.row_len,
-                    i % self.row_len
-                ),
-            ));
-        }
-        Ok(())
+        finite_rows((self.path, self.name), start, self.row_len, out)
     }
 
     fn release_rows(&self, start: usize, end: usize) {

@@ -17,7 +17,7 @@ use serde_json::Value;
 use crate::format::pages::ReleasePages;
 use crate::format::st::{SafetensorsModel, StTensor};
 use crate::model::fp8::scale_values;
-use crate::model::rows::RowSource;
+use crate::model::rows::{finite_rows, RowSource};
 use crate::quant::mlx::{self, Precision, BITS, GROUP_SIZES};
 use crate::{Error, Result};
 
@@ -244,18 +244,7 @@ impl RowSource for MlxRows<'_> {
                 dst,
             );
         }
-        if let Some((i, v)) = qresidual_quant::find_non_finite(out) {
-            return Err(Error::tensor(
-                self.path,
-                self.name,
-                format!(
-                    "row {}, column {}: holds {v}",
-                    start + i / self.row_len,
-                    i % self.row_len
-                ),
-            ));
-        }
-        Ok(())
+        finite_rows((self.path, self.name), start, self.row_len, out)
     }
 
     fn release_rows(&self, start: usize, end: usize) {
