@@ -12,8 +12,9 @@ Then, per format, alternating --repeat times:
                (transformers' Fp8Dequantize._dequantize_one in f32; compressed-tensors'
                dequantize; mx.dequantize, evaluated), then `save_file` of the f32 results,
                so that both sides read the checkpoint and write the same f32 tensors.
-Both sides use every core (torch and MLX their default thread pools). Reported: wall seconds,
-best of --repeat, and reference / ours (above 1: ours is faster). The outputs are compared
+Both sides use every core (torch and MLX their default thread pools). Reported: wall seconds
+and CPU seconds (user + sys, all threads), each the best of --repeat, and reference / ours
+(above 1: ours is faster). On a shared machine the wall time depends on other load. The outputs are compared
 weight by weight (f32 bits) after the timing.
 
 Usage: python3 benches/bench_formats.py [--layers 4] [--repeat 3]
@@ -21,6 +22,7 @@ Usage: python3 benches/bench_formats.py [--layers 4] [--repeat 3]
 import argparse
 import os
 import pathlib
+import resource
 import shutil
 import subprocess
 import tempfile
@@ -95,6 +97,8 @@ def reference_fp8(folder, out):
         for k, v in t.items():
             if v.dtype == torch.float8_e4m3fn:
                 res[k] = op._dequantize_one(v, t[k + "_scale_inv"], output_dtype=torch.float32)
+            elif not k.endswith("_scale_inv"):
+                res[k] = v.float()
     else:
         from compressed_tensors.quantization import QuantizationArgs
         from compressed_tensors.quantization.lifecycle.forward import dequantize
@@ -103,6 +107,8 @@ def reference_fp8(folder, out):
         for k, v in t.items():
             if v.dtype == torch.float8_e4m3fn:
                 res[k] = dequantize(x_q=v, scale=t[k + "_scale"], args=args).float()
+            elif not k.endswith("_scale"):
+                res[k] = v.float()
     save_file(res, out / "model.safetensors")
     return res
 
@@ -120,15 +126,22 @@ def reference_mlx(folder, out):
             m = k[: -len(".scales")]
             res[m + ".weight"] = mx.dequantize(t[m + ".weight"], t[k], t[m + ".biases"],
                                                group_size=q["group_size"], bits=q["bits"]).astype(mx.float32)
+        elif not k.endswith((".weight", ".biases")) or k[: -len(".weight")] + ".scales" not in t:
+            if not k.endswith(".biases"):
+                res[k] = t[k].astype(mx.float32)
     mx.eval(res)
     mx.save_safetensors(str(out / "model.safetensors"), res)
     return res
 
 
 def timed(f):
-    t = time.perf_counter()
+    """(wall seconds, CPU seconds of this process and its children, result)."""
+    def cpu():
+        a, b = resource.getrusage(resource.RUSAGE_SELF), resource.getrusage(resource.RUSAGE_CHILDREN)
+        return a.ru_utime + a.ru_stime + b.ru_utime + b.ru_stime
+    t, c = time.perf_counter(), cpu()
     r = f()
-    return time.perf_counter() - t, r
+    return time.perf_counter() - t, cpu() - c, r
 
 
 def compare(ours, ref_folder):
@@ -147,22 +160,24 @@ def main():
     ap.add_argument("--repeat", type=int, default=3)
     a = ap.parse_args()
     make_models(a.layers)
-    print(f"{'format':<12} {'ours s':>8} {'reference s':>12} {'ref/ours':>9}  weights bit-equal")
+    print(f"{'format':<12} {'ours s':>8} {'ref s':>8} {'ref/ours':>9} {'ours cpu':>9} {'ref cpu':>8} "
+          f"{'ref/ours':>9}  weights bit-equal")
     for name, ref in [("fp8-block", reference_fp8), ("fp8-channel", reference_fp8), ("mlx4", reference_mlx)]:
         folder = OUT / name
-        best_ours, best_ref = float("inf"), float("inf")
+        best_ours, best_ref = [float("inf")] * 2, [float("inf")] * 2
         with tempfile.TemporaryDirectory(dir=OUT) as tmp:
             tmp = pathlib.Path(tmp)
             for i in range(a.repeat):
                 o, r = tmp / f"ours{i}", tmp / f"ref{i}"
                 r.mkdir()
-                t, _ = timed(lambda: subprocess.run([str(BIN), "dequantize", "-q", str(folder), "-o", str(o),
-                                                     "--type", "f32"], check=True))
-                best_ours = min(best_ours, t)
-                t, _ = timed(lambda: ref(folder, r))
-                best_ref = min(best_ref, t)
+                t, c, _ = timed(lambda: subprocess.run([str(BIN), "dequantize", "-q", str(folder), "-o", str(o),
+                                                        "--type", "f32"], check=True))
+                best_ours = [min(best_ours[0], t), min(best_ours[1], c)]
+                t, c, _ = timed(lambda: ref(folder, r))
+                best_ref = [min(best_ref[0], t), min(best_ref[1], c)]
             n, bad = compare(tmp / "ours0", tmp / "ref0")
-        print(f"{name:<12} {best_ours:>8.2f} {best_ref:>12.2f} {best_ref / best_ours:>8.2f}x  "
+        (wo, co), (wr, cr) = best_ours, best_ref
+        print(f"{name:<12} {wo:>8.2f} {wr:>8.2f} {wr / wo:>8.2f}x {co:>9.2f} {cr:>8.2f} {cr / co:>8.2f}x  "
               f"{n - len(bad)}/{n}" + (f" (differ: {bad[:3]})" if bad else ""))
 
 

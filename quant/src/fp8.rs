@@ -19,6 +19,7 @@
 //! `fp8e4m3fn_from_fp32_value`.
 
 pub use crate::float::Precision;
+use crate::float::Rounding;
 
 /// The largest finite `float8_e4m3fn` value (`torch.finfo(...).max`).
 pub const E4M3_MAX: f32 = 448.0;
@@ -139,16 +140,6 @@ impl ScaleRule {
         };
         f32_to_e4m3(scaled.clamp(-E4M3_MAX, E4M3_MAX))
     }
-
-    /// The value of `code` under `scale`.
-    #[inline]
-    fn decode(self, code: u8, scale: f32) -> f32 {
-        let v = e4m3_to_f32(code) * scale;
-        match self {
-            ScaleRule::Inverse => v,
-            ScaleRule::Divide(p) => p.round(v),
-        }
-    }
 }
 
 /// Fold the magnitudes of row `x` into the running maxima `amax` of its
@@ -168,13 +159,38 @@ pub fn dequantize_row(
     block_cols: usize,
     out: &mut [f32],
 ) {
-    for ((c, o), s) in codes
-        .chunks(block_cols.max(1))
-        .zip(out.chunks_mut(block_cols.max(1)))
-        .zip(scales)
-    {
-        for (q, v) in c.iter().zip(o.iter_mut()) {
-            *v = rule.decode(*q, *s);
+    let job = Dequantize {
+        codes,
+        scales,
+        block_cols: block_cols.max(1),
+        out,
+    };
+    match rule {
+        ScaleRule::Inverse => job.run(|x| x),
+        ScaleRule::Divide(p) => p.with_rounding(job),
+    }
+}
+
+/// [`dequantize_row`]'s arguments, run with the rounding inlined.
+struct Dequantize<'a> {
+    codes: &'a [u8],
+    scales: &'a [f32],
+    block_cols: usize,
+    out: &'a mut [f32],
+}
+
+impl Rounding<()> for Dequantize<'_> {
+    fn run(self, round: impl Fn(f32) -> f32 + Copy) {
+        let bc = self.block_cols;
+        for ((c, o), s) in self
+            .codes
+            .chunks(bc)
+            .zip(self.out.chunks_mut(bc))
+            .zip(self.scales)
+        {
+            for (q, v) in c.iter().zip(o.iter_mut()) {
+                *v = round(e4m3_to_f32(*q) * s);
+            }
         }
     }
 }

@@ -14,23 +14,12 @@
 //! tests/interop/test_mlx.py).
 
 pub use crate::float::Precision;
+use crate::float::Rounding;
 
 /// Bits per code MLX's affine mode accepts.
 pub const BITS: [u32; 5] = [2, 3, 4, 6, 8];
 /// Group sizes MLX's affine mode accepts.
 pub const GROUP_SIZES: [usize; 3] = [32, 64, 128];
-
-/// Code `i` of a little-endian bit stream of `bits`-bit codes.
-#[inline]
-fn code_at(packed: &[u8], bits: u32, i: usize) -> u32 {
-    let bit = i * bits as usize;
-    let (byte, shift) = (bit / 8, bit % 8);
-    let mut v = packed[byte] as u32;
-    if shift + bits as usize > 8 {
-        v |= (packed[byte + 1] as u32) << 8;
-    }
-    (v >> shift) & ((1 << bits) - 1)
-}
 
 /// Dequantize one row: `packed` holds `out.len()` codes, `scales` and
 /// `biases` one value per group (already in f32, exactly as stored).
@@ -43,11 +32,44 @@ pub fn dequantize_row(
     precision: Precision,
     out: &mut [f32],
 ) {
-    for (g, o) in out.chunks_mut(group_size).enumerate() {
-        let (s, b) = (scales[g], biases[g]);
-        for (j, v) in o.iter_mut().enumerate() {
-            let q = code_at(packed, bits, g * group_size + j) as f32;
-            *v = precision.round(precision.round(s * q) + b);
+    precision.with_rounding(Dequantize {
+        packed,
+        scales,
+        biases,
+        bits,
+        group_size,
+        out,
+    })
+}
+
+/// [`dequantize_row`]'s arguments, run with the rounding inlined.
+struct Dequantize<'a> {
+    packed: &'a [u8],
+    scales: &'a [f32],
+    biases: &'a [f32],
+    bits: u32,
+    group_size: usize,
+    out: &'a mut [f32],
+}
+
+impl Rounding<()> for Dequantize<'_> {
+    fn run(self, round: impl Fn(f32) -> f32 + Copy) {
+        let (bits, packed) = (self.bits, self.packed);
+        let mask = (1u64 << bits) - 1;
+        let (mut acc, mut have, mut next) = (0u64, 0u32, 0usize);
+        for (g, o) in self.out.chunks_mut(self.group_size).enumerate() {
+            let (s, b) = (self.scales[g], self.biases[g]);
+            for v in o.iter_mut() {
+                if have < bits {
+                    acc |= (packed[next] as u64) << have;
+                    next += 1;
+                    have += 8;
+                }
+                let q = (acc & mask) as f32;
+                acc >>= bits;
+                have -= bits;
+                *v = round(round(s * q) + b);
+            }
         }
     }
 }
