@@ -5,12 +5,13 @@ A synthetic llama (hidden 2048, ffn 5632, 16 heads / 4 kv heads, vocab 32000, --
 default, bfloat16) is quantized by the references themselves into target/bench-formats/:
   fp8-block    transformers' Fp8Quantize (128x128 blocks, quant_method fp8)
   fp8-channel  compressed-tensors float-quantized, per channel
+  int4         compressed-tensors pack-quantized, symmetric int4, groups of 64
   mlx4         mlx-lm quantize_model (4 bits, groups of 64)
 Then, per format, alternating --repeat times:
   ours         `qresidual dequantize IN -o OUT --type f32` (read, decode, write a folder)
   reference    the reference's dequantization of every quantized weight from the same files
                (transformers' Fp8Dequantize._dequantize_one in f32; compressed-tensors'
-               dequantize; mx.dequantize, evaluated), then `save_file` of the f32 results,
+               dequantize, after unpack_from_int32 for int4; mx.dequantize, evaluated), then `save_file` of the f32 results,
                so that both sides read the checkpoint and write the same f32 tensors.
 Both sides use every core (torch and MLX their default thread pools). Reported: wall seconds
 and CPU seconds (user + sys, all threads), each the best of --repeat, and reference / ours
@@ -74,6 +75,9 @@ def make_models(layers):
     sys.path.insert(0, str(ROOT / "fixtures"))
     from make_tiny_fp8 import compressed_tensors_fp8
     compressed_tensors_fp8(src, OUT / "fp8-channel", "channel")
+    # compressed-tensors pack-quantized int4, groups of 64 (as fixtures/make_tiny_packed.py).
+    from make_tiny_packed import packed_int4
+    packed_int4(src, OUT / "int4")
     # MLX 4-bit by mlx-lm.
     from mlx_lm.utils import load_model, quantize_model, save_config, save_model
     model, config = load_model(src)
@@ -109,6 +113,29 @@ def reference_fp8(folder, out):
                 res[k] = dequantize(x_q=v, scale=t[k + "_scale"], args=args).float()
             elif not k.endswith("_scale"):
                 res[k] = v.float()
+    save_file(res, out / "model.safetensors")
+    return res
+
+
+def reference_packed(folder, out):
+    import json
+    import torch
+    from safetensors.torch import load_file, save_file
+    from compressed_tensors.compressors.pack_quantized.helpers import unpack_from_int32
+    from compressed_tensors.quantization import QuantizationArgs
+    from compressed_tensors.quantization.lifecycle.forward import dequantize
+    qc = json.loads((folder / "config.json").read_text())["quantization_config"]
+    (group,) = qc["config_groups"].values()
+    args = QuantizationArgs(**group["weights"])
+    t = load_file(folder / "model.safetensors")
+    res = {}
+    for k, v in t.items():
+        if k.endswith(".weight_packed"):
+            m = k[: -len(".weight_packed")]
+            q = unpack_from_int32(v, args.num_bits, torch.Size(t[m + ".weight_shape"].tolist()))
+            res[m + ".weight"] = dequantize(x_q=q, scale=t[m + ".weight_scale"], args=args).float()
+        elif not k.endswith((".weight_scale", ".weight_shape")):
+            res[k] = v.float()
     save_file(res, out / "model.safetensors")
     return res
 
@@ -162,7 +189,8 @@ def main():
     make_models(a.layers)
     print(f"{'format':<12} {'ours s':>8} {'ref s':>8} {'ref/ours':>9} {'ours cpu':>9} {'ref cpu':>8} "
           f"{'ref/ours':>9}  weights bit-equal")
-    for name, ref in [("fp8-block", reference_fp8), ("fp8-channel", reference_fp8), ("mlx4", reference_mlx)]:
+    for name, ref in [("fp8-block", reference_fp8), ("fp8-channel", reference_fp8), ("int4", reference_packed),
+                      ("mlx4", reference_mlx)]:
         folder = OUT / name
         best_ours, best_ref = [float("inf")] * 2, [float("inf")] * 2
         with tempfile.TemporaryDirectory(dir=OUT) as tmp:

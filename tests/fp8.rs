@@ -279,7 +279,7 @@ fn bad_inputs_name_file_and_tensor_and_write_nothing() {
     let cfg = std::fs::read_to_string(fixture("channel").join("config.json")).unwrap();
     std::fs::write(
         packed.join("config.json"),
-        cfg.replace("float-quantized", "pack-quantized"),
+        cfg.replace("float-quantized", "nvfp4-pack-quantized"),
     )
     .unwrap();
     let out = d.p("out");
@@ -297,7 +297,7 @@ fn bad_inputs_name_file_and_tensor_and_write_nothing() {
         1,
         &[
             "packed/config.json",
-            "compressed-tensors with format pack-quantized",
+            "compressed-tensors with format nvfp4-pack-quantized",
         ],
         &out,
     );

@@ -13,13 +13,14 @@
 //! `ggml::scalar` (reference ports), `ggml::x86` (AVX2 variants), `rows`
 //! (the checked row functions below), `requant` (the per-block search),
 //! `bnb` (bitsandbytes), `fp8` (float8_e4m3fn with block scales), `mlx`
-//! (MLX affine groups), `float` (the precisions both round to), `stats`
+//! (MLX affine groups), `packed` (compressed-tensors pack-quantized
+//! integers), `float` (the precisions they round to), `stats`
 //! (error metrics).
 //!
 //! Layers, each using only those before it: `types`, `error`, `ggml::cpu`,
 //! `ggml::scalar`, `ggml::x86`, `ggml::registry`, `ggml::isa`, `rows`,
 //! `requant`; `stats` (uses `ggml::cpu`), `bnb` stand apart; `float`, then
-//! `fp8` and `mlx`.
+//! `fp8`, `mlx` and `packed`.
 
 pub mod bnb;
 mod error;
@@ -27,6 +28,7 @@ mod float;
 pub mod fp8;
 pub mod ggml;
 pub mod mlx;
+pub mod packed;
 pub mod requant;
 mod rows;
 pub mod stats;

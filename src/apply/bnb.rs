@@ -1,4 +1,4 @@
-//! `apply` with a bitsandbytes, FP8 or MLX base folder: the residual's Hugging Face
+//! `apply` with a bitsandbytes, FP8, MLX or pack-quantized base folder: the residual's Hugging Face
 //! names are the base's own, and the output is a folder in the same layout.
 
 use std::collections::BTreeMap;

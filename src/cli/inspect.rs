@@ -20,7 +20,7 @@ stored tensors as for safetensors. FP8 folder (quant_method fp8, compressed-tens
 /// Show metadata, tensors and per-type totals of a model file.
 #[derive(clap::Args, Debug)]
 pub struct InspectArgs {
-    /// The model: GGUF file, .safetensors file, folder of safetensors shards, or bitsandbytes, FP8 or MLX folder.
+    /// The model: GGUF file, .safetensors file, folder of safetensors shards, or bitsandbytes, FP8, MLX or pack-quantized folder.
     pub file: PathBuf,
     /// Print everything as JSON, with exact value types.
     #[arg(long)]

@@ -41,6 +41,7 @@ use crate::format::st::{SafetensorsModel, SafetensorsWriter, StTensor, INDEX_FIL
 use crate::model::fp8::{fp8_weight, is_fp8_config, scale_bytes, BlockMaxima, Fp8Layout, Fp8Rows};
 use crate::model::mlx::{mlx_config, mlx_weight, MlxLayout, MlxRows};
 use crate::model::naming::RowPermutation;
+use crate::model::packed::{is_packed_config, packed_weight, PackedLayout, PackedRows};
 use crate::model::rows::{EncodedRows, RowSource};
 use crate::quant::bnb::{
     dequantize_4bit, dequantize_int8_rows, dynamic_map, num_blocks, quantize_4bit,
@@ -49,6 +50,7 @@ use crate::quant::bnb::{
 };
 use crate::quant::fp8::ScaleRule;
 use crate::quant::mlx as mlx_quant;
+use crate::quant::packed as packed_quant;
 use crate::quant::stats::ErrorStats;
 use crate::quant::{quantize_row, GgmlType};
 use crate::{Error, Result};
@@ -65,6 +67,8 @@ pub enum Method {
     Fp8,
     /// mlx-lm's `"quantization"` in MLX's affine mode.
     Mlx,
+    /// compressed-tensors `pack-quantized` (symmetric int4/int8 groups).
+    Packed,
 }
 
 impl Method {
@@ -74,6 +78,8 @@ impl Method {
             Some(Method::Bitsandbytes)
         } else if mlx_config(config).is_some_and(|m| m.is_ok()) {
             Some(Method::Mlx)
+        } else if is_packed_config(config) {
+            Some(Method::Packed)
         } else if is_fp8_config(config) {
             Some(Method::Fp8)
         } else {
@@ -87,6 +93,7 @@ impl Method {
             Method::Bitsandbytes => "bitsandbytes",
             Method::Fp8 => "FP8",
             Method::Mlx => "MLX",
+            Method::Packed => "compressed-tensors pack-quantized",
         }
     }
 }
@@ -152,6 +159,8 @@ pub enum Storage {
     Fp8(Fp8Layout),
     /// MLX affine groups.
     Mlx(MlxLayout),
+    /// compressed-tensors packed integers with group scales.
+    Packed(PackedLayout),
 }
 
 impl Storage {
@@ -285,6 +294,16 @@ impl BnbModel {
         let st = SafetensorsModel::open(dir)?;
         let sharded = st.shard_paths().len() > 1 || dir.join(INDEX_FILE).is_file();
         let weights = collect_weights(&st, &config)?;
+        if method == Method::Packed
+            && !weights
+                .iter()
+                .any(|w| matches!(w.storage, Storage::Packed(_)))
+        {
+            return Err(Error::format(
+                &config_path,
+                "declares pack-quantized weights, but no tensor is a weight_packed",
+            ));
+        }
         if method == Method::Mlx && !weights.iter().any(|w| matches!(w.storage, Storage::Mlx(_))) {
             return Err(Error::format(
                 &config_path,
@@ -424,6 +443,16 @@ impl BnbModel {
                     pages: &self.st,
                 }))
             }
+            Storage::Packed(layout) => Some(Box::new(PackedRows {
+                path,
+                name: &w.name,
+                packed: self.st.data(main),
+                scales: PackedRows::scales_of(&self.st, self.part(w, 1)),
+                layout: *layout,
+                row_len: w.row_len(),
+                n_rows: w.n_rows(),
+                pages: &self.st,
+            })),
             Storage::Mlx(layout) => Some(Box::new(MlxRows {
                 path,
                 name: &w.name,
@@ -468,6 +497,17 @@ fn collect_weights(st: &SafetensorsModel, config: &Value) -> Result<Vec<BnbWeigh
     }
     for t in st.tensors() {
         weights.extend(int8_weight(st, &index, t)?);
+    }
+    for t in st.tensors() {
+        if let Some(p) = packed_weight(st, &index, t, config)? {
+            weights.push(BnbWeight {
+                name: p.name,
+                shape: p.shape,
+                storage: Storage::Packed(p.layout),
+                shard: t.shard,
+                parts: p.parts,
+            });
+        }
     }
     for (i, t) in st.tensors().iter().enumerate() {
         if let Some(m) = mlx_weight(st, &index, t, config)? {
@@ -846,6 +886,9 @@ pub enum OutStorage {
     /// MLX affine groups recomputed as `mx.quantize` does, from the sum
     /// rounded to the scales' dtype.
     Mlx(MlxLayout),
+    /// Packed integers re-rounded on the base's own group scales (which
+    /// are kept), from the sum rounded to the scales' dtype.
+    Packed(PackedLayout),
     /// FP8 with scales recomputed in `layout`, quantized from the sum
     /// rounded to `dtype`.
     Fp8 {
@@ -865,6 +908,7 @@ impl OutStorage {
             OutStorage::Int8 => "int8".into(),
             OutStorage::Fp8 { layout, .. } => layout.label(),
             OutStorage::Mlx(layout) => layout.label(),
+            OutStorage::Packed(layout) => layout.label(),
         }
     }
 
@@ -886,6 +930,7 @@ impl OutStorage {
             },
             Storage::Int8 => OutStorage::Int8,
             Storage::Mlx(layout) => OutStorage::Mlx(layout),
+            Storage::Packed(layout) => OutStorage::Packed(layout),
             Storage::Fp8(layout) => OutStorage::Fp8 {
                 layout,
                 // compressed-tensors computes in the scale's dtype.
@@ -1250,7 +1295,7 @@ fn out_tensors(
         }
         // Only MLX weights are written as MLX: every part keeps its name,
         // dtype and shape.
-        OutStorage::Mlx(_) => w
+        OutStorage::Mlx(_) | OutStorage::Packed(_) => w
             .parts
             .iter()
             .map(|&i| {
@@ -1298,6 +1343,10 @@ fn validate(model: &BnbModel, jobs: &[WeightJob<'_>]) -> Result<()> {
             OutStorage::Mlx(_) if !matches!(w.storage, Storage::Mlx(_)) => {
                 bad.push(format!("{}: only MLX weights are written as MLX", w.name))
             }
+            OutStorage::Packed(_) if !matches!(w.storage, Storage::Packed(_)) => bad.push(format!(
+                "{}: only packed weights are written packed",
+                w.name
+            )),
             _ => {}
         }
     }
@@ -1463,6 +1512,13 @@ fn write_weight(
             re.fp8(maxima, layout.scale_dtype(), dtype, &mut write, &mut stats)?
         }
         OutStorage::Mlx(layout) => re.mlx(layout, &mut write, &mut stats)?,
+        OutStorage::Packed(layout) => {
+            let scales = PackedRows::scales_of(&model.st, model.part(w, 1));
+            re.packed(layout, &scales, &mut write, &mut stats)?;
+            // The base's scales and shape, as they were.
+            write(model.st.data(model.part(w, 1)))?;
+            write(model.st.data(model.part(w, 2)))?;
+        }
     }
     Ok(opts.measure.then_some(stats))
 }
@@ -1674,6 +1730,50 @@ impl<R: ChunkRunner> Reencode<'_, R> {
             },
         )?;
         write(&scale_bytes(scale_dtype, &scales))
+    }
+
+    /// As packed integers on the grid of `scales` (the base's), from the
+    /// sum rounded to the scales' dtype.
+    fn packed(
+        &self,
+        layout: PackedLayout,
+        scales: &[f32],
+        write: &mut impl FnMut(&[u8]) -> Result<()>,
+        stats: &mut ErrorStats,
+    ) -> Result<()> {
+        let (base, residual, scale) = (self.base, self.residual, self.scale);
+        let (out_path, name, measure) = (self.out_path, &self.w.name, self.opts.measure);
+        let row_len = self.w.row_len();
+        let rpc = rows_per_chunk(row_len, 1, self.opts.chunk_elements);
+        let (bits, gs, prec) = (layout.bits, layout.group_size, layout.precision);
+        let g = row_len / gs;
+        for_chunks(
+            self.runner,
+            self.w.n_rows(),
+            rpc,
+            |r0, n| {
+                let s = sum_rows(base, residual, scale, r0, n)?;
+                let t = s.target(layout.dtype(), out_path, name, r0, row_len)?;
+                let (mut packed, mut decoded) = (Vec::new(), Vec::new());
+                for (i, row) in t.chunks_exact(row_len).enumerate() {
+                    let sc = &scales[(r0 + i) * g..(r0 + i + 1) * g];
+                    let p = packed_quant::quantize_row_on_grid(row, sc, bits, gs, prec);
+                    if measure {
+                        let mut d = vec![0f32; row_len];
+                        packed_quant::dequantize_row(&p, sc, bits, gs, prec, &mut d);
+                        decoded.extend(d);
+                    }
+                    packed.extend(p);
+                }
+                Ok((packed, s.stats(&decoded, measure)))
+            },
+            |r0, n, (packed, st)| {
+                write(&packed)?;
+                stats.merge(&st);
+                self.release(r0, n);
+                Ok(())
+            },
+        )
     }
 
     /// As MLX affine groups of `layout`, from the sum rounded to the

@@ -62,7 +62,7 @@ fn model_dtype(model: &BnbModel) -> Dtype {
     let c = model.config();
     let default = match model.method() {
         Method::Bitsandbytes => Dtype::F16,
-        Method::Fp8 | Method::Mlx => Dtype::BF16,
+        Method::Fp8 | Method::Mlx | Method::Packed => Dtype::BF16,
     };
     c["dtype"]
         .as_str()
@@ -97,14 +97,15 @@ pub fn out_storage(model: &BnbModel, s: &Storage, target: BnbTarget) -> OutStora
         },
         // From LLM.int8: the defaults of BitsAndBytesConfig (blocksize 64,
         // no double quantization) and the model's dtype.
-        (BnbTarget::FourBit(kind), Storage::Int8 | Storage::Fp8(_) | Storage::Mlx(_)) => {
-            OutStorage::FourBit {
-                kind,
-                blocksize: 64,
-                dtype: model_dtype(model),
-                double_quant: false,
-            }
-        }
+        (
+            BnbTarget::FourBit(kind),
+            Storage::Int8 | Storage::Fp8(_) | Storage::Mlx(_) | Storage::Packed(_),
+        ) => OutStorage::FourBit {
+            kind,
+            blocksize: 64,
+            dtype: model_dtype(model),
+            double_quant: false,
+        },
     }
 }
 

@@ -9,6 +9,7 @@ pub mod hf_names;
 pub mod mix;
 pub mod mlx;
 pub mod naming;
+pub mod packed;
 pub mod rows;
 
 use std::collections::HashMap;
@@ -40,6 +41,10 @@ pub enum Model {
     /// An mlx-lm folder quantized in MLX's affine mode (2/3/4/6/8-bit
     /// codes, a scale and a bias per group), the same folder code again.
     Mlx(BnbModel),
+    /// A compressed-tensors `pack-quantized` folder (symmetric int4/int8
+    /// groups, the layout of llm-compressor's GPTQ outputs), read and kept
+    /// on the base's own scales.
+    Packed(BnbModel),
 }
 
 impl ReleasePages for Model {
@@ -47,7 +52,7 @@ impl ReleasePages for Model {
         match self {
             Model::Gguf(g) => g.release(bytes),
             Model::Safetensors(s) => s.release(bytes),
-            Model::Bitsandbytes(b) | Model::Fp8(b) | Model::Mlx(b) => {
+            Model::Bitsandbytes(b) | Model::Fp8(b) | Model::Mlx(b) | Model::Packed(b) => {
                 b.safetensors().release(bytes)
             }
         }
@@ -132,6 +137,9 @@ pub enum Format {
     /// A folder whose config.json declares MLX affine quantization
     /// (`"quantization": {"group_size", "bits"}`).
     Mlx,
+    /// A folder whose config.json declares compressed-tensors
+    /// `pack-quantized`.
+    Packed,
     /// A .safetensors file, an index, or a folder holding either.
     Safetensors,
 }
@@ -146,10 +154,11 @@ impl Format {
             Some(Ok(bnb::Method::Bitsandbytes)) => return Ok(Format::Bitsandbytes),
             Some(Ok(bnb::Method::Fp8)) => return Ok(Format::Fp8),
             Some(Ok(bnb::Method::Mlx)) => return Ok(Format::Mlx),
+            Some(Ok(bnb::Method::Packed)) => return Ok(Format::Packed),
             Some(Err(what)) => {
                 return Err(Error::format(
                     path.join(bnb::CONFIG_FILE),
-                    format!("quantization_config declares {what}, which qresidual does not read (it reads bitsandbytes, quant_method fp8, compressed-tensors float-quantized and MLX affine)"),
+                    format!("quantization_config declares {what}, which qresidual does not read (it reads bitsandbytes, quant_method fp8, compressed-tensors float-quantized and pack-quantized, and MLX affine)"),
                 ))
             }
             None => {}
@@ -195,6 +204,7 @@ impl Model {
             Format::Bitsandbytes => Ok(Model::Bitsandbytes(BnbModel::open(path)?)),
             Format::Fp8 => Ok(Model::Fp8(BnbModel::open(path)?)),
             Format::Mlx => Ok(Model::Mlx(BnbModel::open(path)?)),
+            Format::Packed => Ok(Model::Packed(BnbModel::open(path)?)),
             Format::Safetensors => {
                 let st = SafetensorsModel::open(path)?;
                 if let Some(marker) = bitsandbytes_marker(&st) {
@@ -216,6 +226,7 @@ impl Model {
             Model::Bitsandbytes(_) => Format::Bitsandbytes,
             Model::Fp8(_) => Format::Fp8,
             Model::Mlx(_) => Format::Mlx,
+            Model::Packed(_) => Format::Packed,
         }
     }
 
@@ -224,7 +235,7 @@ impl Model {
         match self {
             Model::Gguf(g) => g.path(),
             Model::Safetensors(s) => s.path(),
-            Model::Bitsandbytes(b) | Model::Fp8(b) | Model::Mlx(b) => b.path(),
+            Model::Bitsandbytes(b) | Model::Fp8(b) | Model::Mlx(b) | Model::Packed(b) => b.path(),
         }
     }
 
@@ -233,14 +244,14 @@ impl Model {
         match self {
             Model::Gguf(g) => g.paths(),
             Model::Safetensors(s) => s.shard_paths().to_vec(),
-            Model::Bitsandbytes(b) | Model::Fp8(b) | Model::Mlx(b) => b.paths(),
+            Model::Bitsandbytes(b) | Model::Fp8(b) | Model::Mlx(b) | Model::Packed(b) => b.paths(),
         }
     }
 
     /// The Hugging Face quantized folder (bitsandbytes or FP8), if this is one.
     pub fn quantized_folder(&self) -> Option<&BnbModel> {
         match self {
-            Model::Bitsandbytes(b) | Model::Fp8(b) | Model::Mlx(b) => Some(b),
+            Model::Bitsandbytes(b) | Model::Fp8(b) | Model::Mlx(b) | Model::Packed(b) => Some(b),
             _ => None,
         }
     }
@@ -291,7 +302,7 @@ impl Model {
                     })
                 })
                 .collect(),
-            Model::Bitsandbytes(b) | Model::Fp8(b) | Model::Mlx(b) => Err(Error::Usage(format!(
+            Model::Bitsandbytes(b) | Model::Fp8(b) | Model::Mlx(b) | Model::Packed(b) => Err(Error::Usage(format!(
                 "{}: a {} folder cannot be a residual (residuals are F16/BF16/F32 safetensors or GGUF)",
                 b.path().display(),
                 b.method().name()
@@ -345,6 +356,8 @@ impl Model {
                 bnb::Storage::Mlx(l) if l.bits >= 8 => GgmlType::Q8_0,
                 bnb::Storage::Mlx(l) if l.bits >= 5 => GgmlType::Q5_1,
                 bnb::Storage::Mlx(_) => GgmlType::Q4_1,
+                bnb::Storage::Packed(l) if l.bits >= 8 => GgmlType::Q8_0,
+                bnb::Storage::Packed(_) => GgmlType::Q4_0,
             };
             out.push(Weight {
                 name: &w.name,
@@ -382,7 +395,7 @@ impl Model {
             data: match self {
                 Model::Gguf(g) => g.tensor_data(w.index),
                 Model::Safetensors(s) => s.data(&s.tensors()[w.index]),
-                Model::Bitsandbytes(_) | Model::Fp8(_) | Model::Mlx(_) => {
+                Model::Bitsandbytes(_) | Model::Fp8(_) | Model::Mlx(_) | Model::Packed(_) => {
                     unreachable!("handled above")
                 }
             },
@@ -482,7 +495,11 @@ pub fn pair_models(a: &Model, at: &[Weight<'_>], b: &Model, bt: &[Weight<'_>]) -
     let keyed = |model: &Model, other: &Model, ts: &[Weight<'_>]| {
         let view = match (model, other) {
             (
-                Model::Safetensors(_) | Model::Bitsandbytes(_) | Model::Fp8(_) | Model::Mlx(_),
+                Model::Safetensors(_)
+                | Model::Bitsandbytes(_)
+                | Model::Fp8(_)
+                | Model::Mlx(_)
+                | Model::Packed(_),
                 Model::Gguf(g),
             ) => Some(GgufView::new(g)),
             _ => None,

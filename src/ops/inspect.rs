@@ -18,7 +18,7 @@ use crate::Result;
 pub fn inspect(path: &Path, as_json: bool) -> Result<String> {
     Ok(match Format::detect(path)? {
         Format::Gguf => inspect_gguf(&GgufFile::open(path)?, as_json),
-        Format::Bitsandbytes | Format::Fp8 | Format::Mlx => {
+        Format::Bitsandbytes | Format::Fp8 | Format::Mlx | Format::Packed => {
             inspect_bnb(&BnbModel::open(path)?, as_json)
         }
         Format::Safetensors => inspect_safetensors(&SafetensorsModel::open(path)?, as_json),
@@ -182,6 +182,7 @@ pub fn inspect_bnb(model: &BnbModel, as_json: bool) -> String {
                 Method::Bitsandbytes => "bitsandbytes",
                 Method::Fp8 => "fp8",
                 Method::Mlx => "mlx",
+                Method::Packed => "pack-quantized",
             },
             "path": model.path().display().to_string(),
             "quantization_config": model.config()["quantization_config"],
@@ -227,6 +228,11 @@ pub fn inspect_bnb(model: &BnbModel, as_json: bool) -> String {
                 if nested_offset.is_some() { "yes" } else { "no" }.to_string(),
             ),
             Storage::Int8 => ("row".into(), "float16".into(), "-".into()),
+            Storage::Packed(layout) => (
+                layout.group_size.to_string(),
+                torch_name(layout.dtype()).to_string(),
+                "-".into(),
+            ),
             Storage::Mlx(layout) => (
                 layout.group_size.to_string(),
                 torch_name(layout.dtype()).to_string(),
