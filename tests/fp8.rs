@@ -27,16 +27,6 @@ fn f32s(b: &[u8]) -> Vec<f32> {
         .collect()
 }
 
-/// Every row of weight `name` of `model`, decoded.
-fn decoded(model: &Model, name: &str) -> Vec<f32> {
-    let weights = model.weights().unwrap();
-    let w = weights.iter().find(|w| w.name == name).unwrap();
-    let rows = model.weight_rows(w, RowPermutation::Identity).unwrap();
-    let mut out = vec![0f32; rows.n_rows() * rows.row_len()];
-    rows.decode(0, &mut out).unwrap();
-    out
-}
-
 fn bits(v: &[f32]) -> Vec<u32> {
     v.iter().map(|x| x.to_bits()).collect()
 }
@@ -62,7 +52,11 @@ fn dequantization_equals_the_reference() {
     for v in VARIANTS {
         let model = Model::open(&fixture(v)).unwrap();
         let want = std::fs::read(fixture(v).join(format!("reference/{K_PROJ}.f32"))).unwrap();
-        assert_eq!(bits(&decoded(&model, K_PROJ)), bits(&f32s(&want)), "{v}");
+        assert_eq!(
+            bits(&common::decoded(&model, K_PROJ)),
+            bits(&f32s(&want)),
+            "{v}"
+        );
         // Rows decoded in any chunk equal the whole.
         let weights = model.weights().unwrap();
         let w = weights.iter().find(|w| w.name == K_PROJ).unwrap();
@@ -170,13 +164,13 @@ fn apply_keep_requantizes_only_what_changed() {
             Model::open(&fixture(v)).unwrap(),
             Model::open(&out).unwrap(),
         );
-        let exact: Vec<f32> = decoded(&b, K_PROJ)
+        let exact: Vec<f32> = common::decoded(&b, K_PROJ)
             .iter()
             .zip(&delta)
             .map(|(x, y)| x + y)
             .collect();
         let amax = exact.iter().fold(0f32, |m, x| m.max(x.abs()));
-        for (e, g) in exact.iter().zip(decoded(&o, K_PROJ)) {
+        for (e, g) in exact.iter().zip(common::decoded(&o, K_PROJ)) {
             assert!(
                 (e - g).abs() <= e.abs() / 15.0 + amax / 448.0 / 64.0 + 1e-3 * amax / 64.0,
                 "{v}: {e} vs {g}"

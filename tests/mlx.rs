@@ -6,7 +6,6 @@
 use std::path::PathBuf;
 
 use qresidual::format::st::SafetensorsModel;
-use qresidual::model::naming::RowPermutation;
 use qresidual::model::{Format, Model};
 use qresidual::quant::mlx::{self, Precision};
 use safetensors::Dtype;
@@ -18,15 +17,6 @@ const K_PROJ: &str = "model.layers.0.self_attn.k_proj.weight";
 
 fn base() -> PathBuf {
     common::fixture_in("tiny_mlx", "affine")
-}
-
-fn decoded(model: &Model, name: &str) -> Vec<f32> {
-    let weights = model.weights().unwrap();
-    let w = weights.iter().find(|w| w.name == name).unwrap();
-    let rows = model.weight_rows(w, RowPermutation::Identity).unwrap();
-    let mut out = vec![0f32; rows.n_rows() * rows.row_len()];
-    rows.decode(0, &mut out).unwrap();
-    out
 }
 
 #[test]
@@ -58,7 +48,7 @@ fn opens_with_per_module_bits() {
 fn dequantization_equals_mx_dequantize() {
     let model = Model::open(&base()).unwrap();
     let want = std::fs::read(base().join(format!("reference/{K_PROJ}.f32"))).unwrap();
-    let got: Vec<u8> = decoded(&model, K_PROJ)
+    let got: Vec<u8> = common::decoded(&model, K_PROJ)
         .iter()
         .flat_map(|v| v.to_le_bytes())
         .collect();
@@ -117,12 +107,12 @@ fn apply_keep_rewrites_only_what_changed() {
     // The codec's requantization of the sum rounded to bf16, row by row
     // (tests/interop/test_mlx.py checks the codec against mx.quantize).
     let (bm, om) = (Model::open(&base()).unwrap(), Model::open(&out).unwrap());
-    let exact: Vec<f32> = decoded(&bm, K_PROJ)
+    let exact: Vec<f32> = common::decoded(&bm, K_PROJ)
         .iter()
         .zip(&k)
         .map(|(x, y)| half::bf16::from_f32(x + half::f16::from_f32(*y).to_f32()).to_f32())
         .collect();
-    let got = decoded(&om, K_PROJ);
+    let got = common::decoded(&om, K_PROJ);
     for (e, g) in exact.chunks(256).zip(got.chunks(256)) {
         let (p, sc, bi) = mlx::quantize_row(e, 2, 32, Precision::Bf16);
         let mut want = vec![0f32; 256];

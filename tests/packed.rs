@@ -8,7 +8,6 @@
 use std::path::PathBuf;
 
 use qresidual::format::st::SafetensorsModel;
-use qresidual::model::naming::RowPermutation;
 use qresidual::model::{Format, Model};
 use safetensors::Dtype;
 
@@ -21,15 +20,6 @@ fn base() -> PathBuf {
     common::fixture_in("tiny_packed", "w4g64")
 }
 
-fn decoded(model: &Model, name: &str) -> Vec<f32> {
-    let weights = model.weights().unwrap();
-    let w = weights.iter().find(|w| w.name == name).unwrap();
-    let rows = model.weight_rows(w, RowPermutation::Identity).unwrap();
-    let mut out = vec![0f32; rows.n_rows() * rows.row_len()];
-    rows.decode(0, &mut out).unwrap();
-    out
-}
-
 #[test]
 fn dequantization_equals_compressed_tensors() {
     assert_eq!(Format::detect(&base()).unwrap(), Format::Packed);
@@ -38,7 +28,7 @@ fn dequantization_equals_compressed_tensors() {
     assert_eq!(weights.iter().filter(|w| w.type_name == "int4").count(), 14);
     assert!(weights.iter().all(|w| !w.name.contains("weight_")));
     let want = std::fs::read(base().join(format!("reference/{K_PROJ}.f32"))).unwrap();
-    let got: Vec<u8> = decoded(&model, K_PROJ)
+    let got: Vec<u8> = common::decoded(&model, K_PROJ)
         .iter()
         .flat_map(|v| v.to_le_bytes())
         .collect();
@@ -87,7 +77,7 @@ fn apply_keep_keeps_the_scales_and_rerounds_the_codes() {
             .map(|c| half::bf16::from_le_bytes([c[0], c[1]]).to_f32())
             .collect::<Vec<_>>()
     };
-    for (i, v) in decoded(&om, K_PROJ).iter().enumerate() {
+    for (i, v) in common::decoded(&om, K_PROJ).iter().enumerate() {
         let s = scales[i / 64];
         let q = (v / s).round();
         assert!((-8.0..=7.0).contains(&q), "{i}: {v} / {s}");

@@ -22,6 +22,7 @@
 //! `requant`; `stats` (uses `ggml::cpu`), `bnb` stand apart; `float`, then
 //! `fp8`, `mlx` and `packed`.
 
+mod bitstream;
 pub mod bnb;
 mod error;
 mod float;

@@ -13,6 +13,7 @@
 //! computes on CPU: a multiply and an add, each rounded; checked by
 //! tests/interop/test_mlx.py).
 
+use crate::bitstream::{put_code, BitReader};
 pub use crate::float::Precision;
 use crate::float::Rounding;
 
@@ -54,20 +55,11 @@ struct Dequantize<'a> {
 
 impl Rounding<()> for Dequantize<'_> {
     fn run(self, round: impl Fn(f32) -> f32 + Copy) {
-        let (bits, packed) = (self.bits, self.packed);
-        let mask = (1u64 << bits) - 1;
-        let (mut acc, mut have, mut next) = (0u64, 0u32, 0usize);
+        let mut codes = BitReader::new(self.packed, self.bits);
         for (g, o) in self.out.chunks_mut(self.group_size).enumerate() {
             let (s, b) = (self.scales[g], self.biases[g]);
             for v in o.iter_mut() {
-                if have < bits {
-                    acc |= (packed[next] as u64) << have;
-                    next += 1;
-                    have += 8;
-                }
-                let q = (acc & mask) as f32;
-                acc >>= bits;
-                have -= bits;
+                let q = codes.next_code() as f32;
                 *v = round(round(s * q) + b);
             }
         }
@@ -107,13 +99,7 @@ pub fn quantize_row(
         }
         for (j, &v) in group.iter().enumerate() {
             let q = ((v - bias) / scale).round_ties_even().clamp(0.0, n_bins) as u32;
-            let bit = (g * group_size + j) * bits as usize;
-            let (byte, shift) = (bit / 8, bit % 8);
-            let word = q << shift;
-            packed[byte] |= word as u8;
-            if shift + bits as usize > 8 {
-                packed[byte + 1] |= (word >> 8) as u8;
-            }
+            put_code(&mut packed, bits, g * group_size + j, q);
         }
         scales.push(precision.round(scale));
         biases.push(precision.round(bias));

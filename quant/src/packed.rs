@@ -9,6 +9,7 @@
 //! value is re-rounded on the base's own grid as `_quantize` does with the
 //! base's scales (`round(clamp(x / scale))`, in the scale dtype).
 
+use crate::bitstream::{put_code, BitReader};
 pub use crate::float::Precision;
 use crate::float::Rounding;
 
@@ -49,21 +50,12 @@ struct Dequantize<'a> {
 
 impl Rounding<()> for Dequantize<'_> {
     fn run(self, round: impl Fn(f32) -> f32 + Copy) {
-        let (bits, packed) = (self.bits, self.packed);
-        let mask = (1u64 << bits) - 1;
-        let offset = 1i32 << (bits - 1);
-        let (mut acc, mut have, mut next) = (0u64, 0u32, 0usize);
+        let offset = 1i32 << (self.bits - 1);
+        let mut codes = BitReader::new(self.packed, self.bits);
         for (g, o) in self.out.chunks_mut(self.group_size).enumerate() {
             let s = self.scales[g];
             for v in o.iter_mut() {
-                if have < bits {
-                    acc |= (packed[next] as u64) << have;
-                    next += 1;
-                    have += 8;
-                }
-                let q = (acc & mask) as i32 - offset;
-                acc >>= bits;
-                have -= bits;
+                let q = codes.next_code() as i32 - offset;
                 *v = round(q as f32 * s);
             }
         }
@@ -88,13 +80,7 @@ pub fn quantize_row_on_grid(
     for (i, v) in x.iter().enumerate() {
         let s = scales[i / group_size];
         let q = precision.round(v / s).clamp(lo, hi).round_ties_even() as i32 + offset;
-        let bit = i * bits as usize;
-        let (byte, shift) = (bit / 8, bit % 8);
-        let word = (q as u32) << shift;
-        packed[byte] |= word as u8;
-        if shift + bits as usize > 8 {
-            packed[byte + 1] |= (word >> 8) as u8;
-        }
+        put_code(&mut packed, bits, i, q as u32);
     }
     packed
 }

@@ -62,9 +62,8 @@ impl Fp8Layout {
     /// The dtype scales are stored in.
     pub fn scale_dtype(&self) -> Dtype {
         match self.rule {
-            ScaleRule::Inverse | ScaleRule::Divide(Precision::F32) => Dtype::F32,
-            ScaleRule::Divide(Precision::Bf16) => Dtype::BF16,
-            ScaleRule::Divide(Precision::F16) => Dtype::F16,
+            ScaleRule::Inverse => Dtype::F32,
+            ScaleRule::Divide(p) => dtype_of(p),
         }
     }
 
@@ -85,13 +84,23 @@ impl Fp8Layout {
     }
 }
 
-/// The precision torch computes in for a scale of dtype `d`.
-fn precision(d: Dtype) -> Option<Precision> {
+/// The precision torch and MLX compute in for scales of dtype `d` (F32,
+/// BF16 or F16).
+pub fn precision_of(d: Dtype) -> Option<Precision> {
     match d {
         Dtype::F32 => Some(Precision::F32),
         Dtype::BF16 => Some(Precision::Bf16),
         Dtype::F16 => Some(Precision::F16),
         _ => None,
+    }
+}
+
+/// The dtype of a precision.
+pub fn dtype_of(p: Precision) -> Dtype {
+    match p {
+        Precision::F32 => Dtype::F32,
+        Precision::Bf16 => Dtype::BF16,
+        Precision::F16 => Dtype::F16,
     }
 }
 
@@ -138,7 +147,7 @@ pub fn fp8_weight(
     }
     let (rows, cols) = (w.shape[0], w.shape[1]);
     let q = &config["quantization_config"];
-    let prec = precision(t.dtype).ok_or_else(|| {
+    let prec = precision_of(t.dtype).ok_or_else(|| {
         bad(format!(
             "a scale must be F32, BF16 or F16, found {:?}",
             t.dtype

@@ -16,7 +16,7 @@ use serde_json::Value;
 
 use crate::format::pages::ReleasePages;
 use crate::format::st::{SafetensorsModel, StTensor};
-use crate::model::fp8::scale_values;
+use crate::model::fp8::{dtype_of, precision_of, scale_values};
 use crate::model::rows::{finite_rows, RowSource};
 use crate::quant::mlx::{self, Precision, BITS, GROUP_SIZES};
 use crate::{Error, Result};
@@ -54,11 +54,7 @@ impl MlxLayout {
 
     /// The dtype scales and biases are stored in.
     pub fn dtype(&self) -> Dtype {
-        match self.precision {
-            Precision::F32 => Dtype::F32,
-            Precision::Bf16 => Dtype::BF16,
-            Precision::F16 => Dtype::F16,
-        }
+        dtype_of(self.precision)
     }
 }
 
@@ -110,18 +106,13 @@ pub fn mlx_weight(
     let w = &st.tensors()[main];
     let b = &st.tensors()[biases];
     let wpath = st.shard_path(w);
-    let precision = match t.dtype {
-        Dtype::F32 => Precision::F32,
-        Dtype::BF16 => Precision::Bf16,
-        Dtype::F16 => Precision::F16,
-        d => {
-            return Err(Error::tensor(
-                path,
-                &t.name,
-                format!("scales must be F32, BF16 or F16, found {d:?}"),
-            ))
-        }
-    };
+    let precision = precision_of(t.dtype).ok_or_else(|| {
+        Error::tensor(
+            path,
+            &t.name,
+            format!("scales must be F32, BF16 or F16, found {:?}", t.dtype),
+        )
+    })?;
     if b.dtype != t.dtype || b.shape != t.shape {
         return Err(Error::tensor(
             st.shard_path(b),

@@ -17,7 +17,7 @@ use serde_json::Value;
 
 use crate::format::pages::ReleasePages;
 use crate::format::st::{SafetensorsModel, StTensor};
-use crate::model::fp8::scale_values;
+use crate::model::fp8::{dtype_of, precision_of, scale_values};
 use crate::model::rows::{finite_rows, RowSource};
 use crate::quant::packed::{self, Precision, BITS};
 use crate::{Error, Result};
@@ -47,11 +47,7 @@ impl PackedLayout {
 
     /// The dtype the scales are stored in.
     pub fn dtype(&self) -> Dtype {
-        match self.precision {
-            Precision::F32 => Dtype::F32,
-            Precision::Bf16 => Dtype::BF16,
-            Precision::F16 => Dtype::F16,
-        }
+        dtype_of(self.precision)
     }
 }
 
@@ -118,17 +114,12 @@ pub fn packed_weight(
             args["symmetric"]
         )));
     }
-    let precision = match s.dtype {
-        Dtype::F32 => Precision::F32,
-        Dtype::BF16 => Precision::Bf16,
-        Dtype::F16 => Precision::F16,
-        d => {
-            return Err(bad(format!(
-                "{}: scales must be F32, BF16 or F16, found {d:?}",
-                s.name
-            )))
-        }
-    };
+    let precision = precision_of(s.dtype).ok_or_else(|| {
+        bad(format!(
+            "{}: scales must be F32, BF16 or F16, found {:?}",
+            s.name, s.dtype
+        ))
+    })?;
     let group_size = match args["strategy"].as_str() {
         Some("channel") => cols,
         Some("group") => args["group_size"].as_u64().unwrap_or(0) as usize,

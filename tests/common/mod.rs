@@ -236,3 +236,15 @@ pub fn edited_folder(
     write_st(&out.join("model.safetensors"), &refs);
     out
 }
+
+/// Every row of weight `name` of `model`, decoded.
+pub fn decoded(model: &qresidual::model::Model, name: &str) -> Vec<f32> {
+    let weights = model.weights().unwrap();
+    let w = weights.iter().find(|w| w.name == name).unwrap();
+    let rows = model
+        .weight_rows(w, qresidual::model::naming::RowPermutation::Identity)
+        .unwrap();
+    let mut out = vec![0f32; rows.n_rows() * rows.row_len()];
+    rows.decode(0, &mut out).unwrap();
+    out
+}
