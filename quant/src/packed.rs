@@ -51,6 +51,23 @@ struct Dequantize<'a> {
 impl Rounding<()> for Dequantize<'_> {
     fn run(self, round: impl Fn(f32) -> f32 + Copy) {
         let offset = 1i32 << (self.bits - 1);
+        if self.bits == 4 && self.group_size % 2 == 0 {
+            // Two codes per byte, low nibble first: the common W4A16 case,
+            // without the general reader's bookkeeping.
+            let bytes = self.packed.chunks(self.group_size / 2);
+            for ((o, p), &s) in self
+                .out
+                .chunks_mut(self.group_size)
+                .zip(bytes)
+                .zip(self.scales)
+            {
+                for (pair, &b) in o.chunks_exact_mut(2).zip(p) {
+                    pair[0] = round(((b & 0x0f) as i32 - offset) as f32 * s);
+                    pair[1] = round(((b >> 4) as i32 - offset) as f32 * s);
+                }
+            }
+            return;
+        }
         let mut codes = BitReader::new(self.packed, self.bits);
         for (g, o) in self.out.chunks_mut(self.group_size).enumerate() {
             let s = self.scales[g];
