@@ -51,7 +51,7 @@ struct Dequantize<'a> {
 impl Rounding<()> for Dequantize<'_> {
     fn run(self, round: impl Fn(f32) -> f32 + Copy) {
         let offset = 1i32 << (self.bits - 1);
-        if self.bits == 4 && self.group_size % 2 == 0 {
+        if self.bits == 4 && self.group_size.is_multiple_of(2) {
             // Two codes per byte, low nibble first: the common W4A16 case,
             // without the general reader's bookkeeping.
             let bytes = self.packed.chunks(self.group_size / 2);
