@@ -196,7 +196,7 @@ fn what_is_not_a_model_gets_one_message_naming_what_was_looked_for() {
     std::fs::create_dir(dir.p("empty")).unwrap();
     for (input, needle) in [
         (dir.p("notes.txt"), "neither a GGUF file (no GGUF magic) nor a .safetensors file"),
-        (dir.p("empty"), "a folder without model.safetensors, model.safetensors.index.json or a bitsandbytes config.json"),
+        (dir.p("empty"), "a folder without model.safetensors, model.safetensors.index.json or a bitsandbytes/FP8 config.json"),
     ] {
         for cmd in [
             vec!["inspect", s(&input)],

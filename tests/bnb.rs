@@ -909,7 +909,7 @@ fn output_does_not_depend_on_chunking() {
                     out: if w.storage.is_quantized() {
                         *target
                     } else {
-                        OutStorage::same_as(&w.storage)
+                        OutStorage::same_as(&w.storage, Dtype::F16)
                     },
                     residual: None,
                     scale: 1.0,

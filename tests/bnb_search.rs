@@ -51,7 +51,7 @@ fn reencode(from: &Path, kind: FourBit, double_quant: bool, out: &Path) {
     };
     let out_of = |s: &Storage| match s {
         Storage::FourBit { .. } => target,
-        s => OutStorage::same_as(s),
+        s => OutStorage::same_as(s, Dtype::F16),
     };
     let cfg = output_config(base.config(), Some(&target), None);
     write(
@@ -137,7 +137,8 @@ fn keep(
         search,
         ..Default::default()
     };
-    write(base, OutStorage::same_as, res, out, base.config(), opts)
+    let same = |s: &Storage| OutStorage::same_as(s, Dtype::F16);
+    write(base, same, res, out, base.config(), opts)
 }
 
 fn sq_err(exact: &[f32], v: &[f32], round: bool) -> f64 {

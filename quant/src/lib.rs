@@ -1,5 +1,5 @@
-//! Block codecs for quantized LLM weights: the GGUF (ggml) formats and the
-//! bitsandbytes formats, as row-level `quantize` and `dequantize`.
+//! Block codecs for quantized LLM weights: the GGUF (ggml) formats, the
+//! bitsandbytes formats, block-scaled FP8 and MLX's affine groups, as row-level `quantize` and `dequantize`.
 //!
 //! This crate knows nothing about files, names or threads. A *row* is a slice
 //! of `f32` whose length is a multiple of the type's block size; its encoded
@@ -12,15 +12,24 @@
 //! `ggml::registry` (one row per type: every kernel and its SIMD variants),
 //! `ggml::scalar` (reference ports), `ggml::x86` (AVX2 variants), `rows`
 //! (the checked row functions below), `requant` (the per-block search),
-//! `bnb` (bitsandbytes), `stats` (error metrics).
+//! `bnb` (bitsandbytes), `fp8` (float8_e4m3fn with block scales), `mlx`
+//! (MLX affine groups), `packed` (compressed-tensors pack-quantized
+//! integers), `float` (the precisions they round to), `stats`
+//! (error metrics).
 //!
 //! Layers, each using only those before it: `types`, `error`, `ggml::cpu`,
 //! `ggml::scalar`, `ggml::x86`, `ggml::registry`, `ggml::isa`, `rows`,
-//! `requant`; `stats` (uses `ggml::cpu`) and `bnb` stand apart.
+//! `requant`; `stats` (uses `ggml::cpu`), `bnb` stand apart; `float`, then
+//! `fp8`, `mlx` and `packed`.
 
+mod bitstream;
 pub mod bnb;
 mod error;
+mod float;
+pub mod fp8;
 pub mod ggml;
+pub mod mlx;
+pub mod packed;
 pub mod requant;
 mod rows;
 pub mod stats;

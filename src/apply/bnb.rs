@@ -1,4 +1,4 @@
-//! `apply` with a bitsandbytes base folder: the residual's Hugging Face
+//! `apply` with a bitsandbytes, FP8, MLX or pack-quantized base folder: the residual's Hugging Face
 //! names are the base's own, and the output is a folder in the same layout.
 
 use std::collections::BTreeMap;
@@ -18,15 +18,15 @@ use crate::model::naming::RowPermutation;
 use crate::report;
 use crate::{Error, Result};
 
-/// Options that do not apply to a bitsandbytes base.
+/// Options that do not apply to a bitsandbytes or FP8 base.
 fn check_request(req: &ApplyRequest) -> Result<()> {
     let usage = |m: &str| Err(Error::Usage(m.into()));
     if req.budget.is_set() {
-        return usage("--max-size, --bpw and --min-retention choose GGUF types: they do not apply to bitsandbytes bases");
+        return usage("--max-size, --bpw and --min-retention choose GGUF types: they do not apply to bitsandbytes or FP8 bases");
     }
     if req.imatrix.is_some() {
         return usage(
-            "--imatrix applies to GGUF bases; bitsandbytes formats take no importance matrix",
+            "--imatrix applies to GGUF bases; bitsandbytes and FP8 formats take no importance matrix",
         );
     }
     match req.strategy {
@@ -36,7 +36,7 @@ fn check_request(req: &ApplyRequest) -> Result<()> {
         Strategy::Auto | Strategy::Fresh | Strategy::Search => {}
     }
     if req.split_max_size.is_some() || req.metadata.name.is_some() {
-        return usage("--split-max-size and --name apply to GGUF outputs; a bitsandbytes folder keeps its shards and config");
+        return usage("--split-max-size and --name apply to GGUF outputs; a bitsandbytes or FP8 folder keeps its shards and config");
     }
     Ok(())
 }
@@ -117,7 +117,7 @@ pub fn match_residual(
 /// `apply` on a bitsandbytes folder.
 pub fn apply(req: &ApplyRequest, model: &BnbModel, log: &Log) -> Result<ApplyResult> {
     check_request(req)?;
-    let target = parse_target(&req.target, true)?;
+    let target = parse_target(&req.target, model.method(), true)?;
     let residual = Residual::open(&req.residual)?;
     let mut inputs = model.paths();
     inputs.push(model.path().to_path_buf());

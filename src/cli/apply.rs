@@ -16,7 +16,7 @@ Add a residual to a base model: out = base + α·Δ, tensor by tensor, requantiz
 
 The base is a GGUF file of any type qresidual can decode (Q4_K_M, Q8_0, IQ4_XS, F16, …; a \
 split set opens from its first file), or a Hugging Face bitsandbytes folder (NF4/FP4/int8; the \
-output is then a folder and --type takes keep, nf4, fp4, int8, f16, bf16 or f32). The residual is a .safetensors file, a folder of shards \
+output is then a folder and --type takes keep, nf4, fp4, int8, f16, bf16 or f32), or an FP8 folder (quant_method fp8 with block scales, or compressed-tensors float-quantized; --type keep recomputes the changed weights' scales as the reference quantizer does, f16, bf16 or f32 write plain floats), or an mlx-lm folder in MLX's affine mode (--type keep requantizes as mx.quantize does, with each module's bits and group size), or a compressed-tensors pack-quantized folder (GPTQ / W4A16 int4 or int8 groups: their scales came from calibration data qresidual does not have, so --type keep keeps every weight's scales and re-rounds its codes on that grid; the report's retention says how much of the residual survived). The residual is a .safetensors file, a folder of shards \
 with model.safetensors.index.json, or a GGUF file; F16, BF16 or F32; tensor names either as in \
 Hugging Face checkpoints (mapped by the base's general.architecture, with llama's q/k rotary \
 permutation applied) or as in the base GGUF file (used as they are).

@@ -18,7 +18,7 @@ tensors are copied.
 
 A Hugging Face bitsandbytes folder (NF4/FP4/LLM.int8) is written as a folder of plain f32, f16 \
 or bf16 safetensors with its config.json (quantization_config removed), bit-exact with \
-bitsandbytes' own dequantization.
+bitsandbytes' own dequantization. An FP8 folder (quant_method fp8, or compressed-tensors float-quantized) likewise, bit-exact with transformers' / compressed-tensors' dequantization, an mlx-lm folder in MLX's affine mode, bit-exact with mx.dequantize, and a compressed-tensors pack-quantized folder, bit-exact with its decompression.
 
 Examples:
   qresidual dequantize model-Q4_K_M.gguf -o model-F32.gguf
@@ -27,10 +27,10 @@ Examples:
 /// Expand a quantized model.
 #[derive(Args, Debug)]
 pub struct DequantizeArgs {
-    /// Input: GGUF file or bitsandbytes folder.
+    /// Input: GGUF file, bitsandbytes, FP8, MLX or pack-quantized folder.
     #[arg(value_name = "IN")]
     pub input: PathBuf,
-    /// Output: GGUF file, or a folder for a bitsandbytes input.
+    /// Output: GGUF file, or a folder for a bitsandbytes, FP8, MLX or pack-quantized input.
     #[arg(short, long, value_name = "OUT")]
     pub output: PathBuf,
     /// f32, f16 or bf16.

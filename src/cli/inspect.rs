@@ -15,12 +15,12 @@ index itself: __metadata__, every tensor's dtype, shape and shard, totals per dt
 
 Bitsandbytes folder (config.json with quant_method bitsandbytes): every logical weight with its \
 storage (nf4, fp4, int8 or a float dtype), blocksize, dtype and double quantization, then the \
-stored tensors as for safetensors.";
+stored tensors as for safetensors. FP8 folder (quant_method fp8, compressed-tensors float-quantized): likewise, with each FP8 weight's scale block (128x128, channel, tensor) and scale dtype. MLX folder (config.json quantization, affine mode): each weight's bits (mlx2 … mlx8), group size and scale dtype.";
 
 /// Show metadata, tensors and per-type totals of a model file.
 #[derive(clap::Args, Debug)]
 pub struct InspectArgs {
-    /// The model: GGUF file, .safetensors file, folder of safetensors shards, bitsandbytes folder, or a reference (user/repo[:QUANT], user/repo/FILE, ollama:NAME[:TAG], lmstudio:…).
+    /// The model: GGUF file, .safetensors file, folder of safetensors shards, bitsandbytes, FP8, MLX or pack-quantized folder, or a reference (user/repo[:QUANT], user/repo/FILE, ollama:NAME[:TAG], lmstudio:…).
     pub file: PathBuf,
     /// Print everything as JSON, with exact value types.
     #[arg(long)]

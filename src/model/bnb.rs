@@ -1,6 +1,7 @@
-//! Hugging Face checkpoints quantized with bitsandbytes: a model folder
-//! (`config.json` + one or several safetensors files) read as logical
-//! weights, and written back either in the same layout or as plain floats.
+//! Hugging Face checkpoints quantized with bitsandbytes, or to FP8
+//! ([`super::fp8`]): a model folder (`config.json` + one or several
+//! safetensors files) read as logical weights, and written back either in
+//! the same layout or as plain floats.
 //!
 //! Containers only: every number is produced by `qresidual_quant::bnb`.
 //! How `transformers` lays a weight `W` out (fixtures/tiny_bnb/layout.txt):
@@ -37,13 +38,19 @@ use serde_json::{json, Value};
 
 use crate::format::pages::ReleasePages;
 use crate::format::st::{SafetensorsModel, SafetensorsWriter, StTensor, INDEX_FILE};
+use crate::model::fp8::{fp8_weight, is_fp8_config, scale_bytes, BlockMaxima, Fp8Layout, Fp8Rows};
+use crate::model::mlx::{mlx_config, mlx_weight, MlxLayout, MlxRows};
 use crate::model::naming::RowPermutation;
+use crate::model::packed::{is_packed_config, packed_weight, PackedLayout, PackedRows};
 use crate::model::rows::{EncodedRows, RowSource};
 use crate::quant::bnb::{
     dequantize_4bit, dequantize_int8_rows, dynamic_map, num_blocks, quantize_4bit,
     quantize_int8_rows, search_4bit, torch_mean_f32_threads, Blocks4, BnbError, FourBit,
     NestedAbsmax, BLOCKSIZES_4BIT, NESTED_BLOCKSIZE,
 };
+use crate::quant::fp8::ScaleRule;
+use crate::quant::mlx as mlx_quant;
+use crate::quant::packed as packed_quant;
 use crate::quant::stats::ErrorStats;
 use crate::quant::{quantize_row, GgmlType, SearchWins};
 use crate::{Error, Result};
@@ -51,17 +58,83 @@ use crate::{Error, Result};
 /// The file holding a model's configuration.
 pub const CONFIG_FILE: &str = "config.json";
 
+/// Which quantization a Hugging Face model folder declares.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Method {
+    /// `quant_method: bitsandbytes`.
+    Bitsandbytes,
+    /// `quant_method: fp8`, or compressed-tensors `float-quantized`.
+    Fp8,
+    /// mlx-lm's `"quantization"` in MLX's affine mode.
+    Mlx,
+    /// compressed-tensors `pack-quantized` (symmetric int4/int8 groups).
+    Packed,
+}
+
+impl Method {
+    /// The method of a parsed `config.json`.
+    pub fn of(config: &Value) -> Option<Method> {
+        if config["quantization_config"]["quant_method"] == "bitsandbytes" {
+            Some(Method::Bitsandbytes)
+        } else if mlx_config(config).is_some_and(|m| m.is_ok()) {
+            Some(Method::Mlx)
+        } else if is_packed_config(config) {
+            Some(Method::Packed)
+        } else if is_fp8_config(config) {
+            Some(Method::Fp8)
+        } else {
+            None
+        }
+    }
+
+    /// The name messages use.
+    pub fn name(self) -> &'static str {
+        match self {
+            Method::Bitsandbytes => "bitsandbytes",
+            Method::Fp8 => "FP8",
+            Method::Mlx => "MLX",
+            Method::Packed => "compressed-tensors pack-quantized",
+        }
+    }
+}
+
+/// The quantization `path`'s `config.json` declares: `None` when `path` is
+/// no folder with a readable config.json holding a `quantization_config`;
+/// `Some(Err(what))` when it declares one this module does not read.
+pub fn folder_quantization(path: &Path) -> Option<std::result::Result<Method, String>> {
+    if !path.is_dir() {
+        return None;
+    }
+    let c = std::fs::read(path.join(CONFIG_FILE))
+        .ok()
+        .and_then(|b| serde_json::from_slice::<Value>(&b).ok())?;
+    if let Some(Err(mode)) = mlx_config(&c) {
+        return Some(Err(mode));
+    }
+    let q = c
+        .get("quantization_config")
+        .or(c.get("quantization"))
+        .filter(|q| q.is_object())?;
+    Some(Method::of(&c).ok_or_else(|| {
+        let method = q["quant_method"].as_str().unwrap_or("(none)");
+        match q["format"].as_str() {
+            Some(f) => format!("quant_method {method} with format {f}"),
+            None => format!("quant_method {method}"),
+        }
+    }))
+}
+
+/// The quantization `path`'s `config.json` declares, if `path` is a folder
+/// with one this module reads. Never fails: unreadable means none.
+pub fn folder_method(path: &Path) -> Option<Method> {
+    folder_quantization(path).and_then(|m| m.ok())
+}
+
 /// Whether `path` is a folder whose `config.json` declares bitsandbytes
 /// quantization (`quantization_config.quant_method == "bitsandbytes"`).
 /// Never fails: unreadable means no.
 pub fn is_bnb_dir(path: &Path) -> bool {
-    if !path.is_dir() {
-        return false;
-    }
-    std::fs::read(path.join(CONFIG_FILE))
-        .ok()
-        .and_then(|b| serde_json::from_slice::<Value>(&b).ok())
-        .is_some_and(|c| c["quantization_config"]["quant_method"] == "bitsandbytes")
+    folder_method(path) == Some(Method::Bitsandbytes)
 }
 
 /// How one logical weight is stored.
@@ -82,13 +155,20 @@ pub enum Storage {
     },
     /// LLM.int8 row-wise codes.
     Int8,
+    /// `float8_e4m3fn` codes with block scales.
+    Fp8(Fp8Layout),
+    /// MLX affine groups.
+    Mlx(MlxLayout),
+    /// compressed-tensors packed integers with group scales.
+    Packed(PackedLayout),
 }
 
 impl Storage {
     /// A short name for reports: `nf4`, `fp4`, `int8`, or the dtype (`F16`…),
     /// as its output form says.
     pub fn label(&self) -> String {
-        OutStorage::same_as(self).label()
+        // The dtype a requantized FP8 weight starts from is not in its label.
+        OutStorage::same_as(self, Dtype::BF16).label()
     }
 
     /// Whether bitsandbytes quantized this weight.
@@ -136,6 +216,7 @@ pub struct BnbModel {
     dir: PathBuf,
     st: SafetensorsModel,
     config: Value,
+    method: Method,
     weights: Vec<BnbWeight>,
     sharded: bool,
 }
@@ -201,13 +282,45 @@ impl BnbModel {
         if !config.is_object() {
             return Err(Error::format(&config_path, "not a JSON object"));
         }
+        let method = Method::of(&config).ok_or_else(|| {
+            Error::format(
+                &config_path,
+                format!(
+                    "quantization_config {} is neither bitsandbytes, FP8 (quant_method fp8, or compressed-tensors float-quantized) nor MLX affine",
+                    config["quantization_config"]
+                ),
+            )
+        })?;
         let st = SafetensorsModel::open(dir)?;
         let sharded = st.shard_paths().len() > 1 || dir.join(INDEX_FILE).is_file();
-        let weights = collect_weights(&st)?;
+        let weights = collect_weights(&st, &config)?;
+        if method == Method::Packed
+            && !weights
+                .iter()
+                .any(|w| matches!(w.storage, Storage::Packed(_)))
+        {
+            return Err(Error::format(
+                &config_path,
+                "declares pack-quantized weights, but no tensor is a weight_packed",
+            ));
+        }
+        if method == Method::Mlx && !weights.iter().any(|w| matches!(w.storage, Storage::Mlx(_))) {
+            return Err(Error::format(
+                &config_path,
+                "declares MLX quantization, but no weight has .scales and .biases",
+            ));
+        }
+        if method == Method::Fp8 && !weights.iter().any(|w| matches!(w.storage, Storage::Fp8(_))) {
+            return Err(Error::format(
+                &config_path,
+                "declares FP8 quantization, but no F8_E4M3 weight has a weight_scale or weight_scale_inv",
+            ));
+        }
         Ok(BnbModel {
             dir: dir.to_path_buf(),
             st,
             config,
+            method,
             weights,
             sharded,
         })
@@ -216,6 +329,11 @@ impl BnbModel {
     /// The folder.
     pub fn path(&self) -> &Path {
         &self.dir
+    }
+
+    /// The quantization the folder declares.
+    pub fn method(&self) -> Method {
+        self.method
     }
 
     /// `config.json` as read.
@@ -283,6 +401,40 @@ impl BnbModel {
                 n_rows: w.n_rows(),
                 pages: &self.st,
             })),
+            Storage::Fp8(layout) => {
+                let scale = self.part(w, 1);
+                Some(Box::new(Fp8Rows {
+                    path,
+                    name: &w.name,
+                    codes: self.st.data(main),
+                    scales: super::fp8::scale_values(scale, self.st.data(scale)),
+                    layout: *layout,
+                    row_len: w.row_len(),
+                    n_rows: w.n_rows(),
+                    pages: &self.st,
+                }))
+            }
+            Storage::Packed(layout) => Some(Box::new(PackedRows {
+                path,
+                name: &w.name,
+                packed: self.st.data(main),
+                scales: PackedRows::scales_of(&self.st, self.part(w, 1)),
+                layout: *layout,
+                row_len: w.row_len(),
+                n_rows: w.n_rows(),
+                pages: &self.st,
+            })),
+            Storage::Mlx(layout) => Some(Box::new(MlxRows {
+                path,
+                name: &w.name,
+                packed: self.st.data(main),
+                scales: self.part(w, 1),
+                biases: self.part(w, 2),
+                layout: *layout,
+                row_len: w.row_len(),
+                n_rows: w.n_rows(),
+                pages: &self.st,
+            })),
         }
     }
 
@@ -342,7 +494,7 @@ fn nested_code(bytes: &[u8]) -> [f32; 256] {
 
 /// Group the stored tensors into logical weights, validating each
 /// quantized one.
-fn collect_weights(st: &SafetensorsModel) -> Result<Vec<BnbWeight>> {
+fn collect_weights(st: &SafetensorsModel, config: &Value) -> Result<Vec<BnbWeight>> {
     let index: HashMap<&str, usize> = st
         .tensors()
         .iter()
@@ -356,6 +508,41 @@ fn collect_weights(st: &SafetensorsModel) -> Result<Vec<BnbWeight>> {
     for t in st.tensors() {
         weights.extend(int8_weight(st, &index, t)?);
     }
+    for t in st.tensors() {
+        if let Some(p) = packed_weight(st, &index, t, config)? {
+            weights.push(BnbWeight {
+                name: p.name,
+                shape: p.shape,
+                storage: Storage::Packed(p.layout),
+                shard: t.shard,
+                parts: p.parts,
+            });
+        }
+    }
+    for (i, t) in st.tensors().iter().enumerate() {
+        if let Some(m) = mlx_weight(st, &index, t, config)? {
+            let w = &st.tensors()[m.weight];
+            weights.push(BnbWeight {
+                name: w.name.clone(),
+                shape: m.shape,
+                storage: Storage::Mlx(m.layout),
+                parts: vec![m.weight, i, m.biases],
+                shard: w.shard,
+            });
+        }
+    }
+    for (i, t) in st.tensors().iter().enumerate() {
+        if let Some((main, layout)) = fp8_weight(st, &index, t, config)? {
+            let w = &st.tensors()[main];
+            weights.push(BnbWeight {
+                name: w.name.clone(),
+                shape: w.shape.clone(),
+                storage: Storage::Fp8(layout),
+                parts: vec![main, i],
+                shard: w.shard,
+            });
+        }
+    }
     let used: HashSet<usize> = weights
         .iter()
         .flat_map(|w| w.parts.iter().copied())
@@ -363,6 +550,16 @@ fn collect_weights(st: &SafetensorsModel) -> Result<Vec<BnbWeight>> {
     for (i, t) in st.tensors().iter().enumerate() {
         if used.contains(&i) {
             continue;
+        }
+        if t.dtype == Dtype::F8_E4M3 {
+            return Err(Error::tensor(
+                st.shard_path(t),
+                &t.name,
+                format!(
+                    "an F8_E4M3 weight without its scale ('{0}_scale_inv' or '{0}_scale' is missing)",
+                    t.name
+                ),
+            ));
         }
         weights.push(BnbWeight {
             name: t.name.clone(),
@@ -706,6 +903,20 @@ pub enum OutStorage {
     },
     /// LLM.int8, quantized from float16.
     Int8,
+    /// MLX affine groups recomputed as `mx.quantize` does, from the sum
+    /// rounded to the scales' dtype.
+    Mlx(MlxLayout),
+    /// Packed integers re-rounded on the base's own group scales (which
+    /// are kept), from the sum rounded to the scales' dtype.
+    Packed(PackedLayout),
+    /// FP8 with scales recomputed in `layout`, quantized from the sum
+    /// rounded to `dtype`.
+    Fp8 {
+        /// Scale rule and blocks.
+        layout: Fp8Layout,
+        /// The module dtype the sum is rounded to before quantizing.
+        dtype: Dtype,
+    },
 }
 
 impl OutStorage {
@@ -715,11 +926,15 @@ impl OutStorage {
             OutStorage::Plain(d) => format!("{d:?}"),
             OutStorage::FourBit { kind, .. } => kind.name().to_string(),
             OutStorage::Int8 => "int8".into(),
+            OutStorage::Fp8 { layout, .. } => layout.label(),
+            OutStorage::Mlx(layout) => layout.label(),
+            OutStorage::Packed(layout) => layout.label(),
         }
     }
 
-    /// The same storage as `s`, as an output (quant parameters kept).
-    pub fn same_as(s: &Storage) -> OutStorage {
+    /// The same storage as `s`, as an output (quant parameters kept; an
+    /// FP8 weight requantized from `dtype`, the model's).
+    pub fn same_as(s: &Storage, dtype: Dtype) -> OutStorage {
         match *s {
             Storage::Plain(d) => OutStorage::Plain(d),
             Storage::FourBit {
@@ -734,6 +949,16 @@ impl OutStorage {
                 double_quant: nested_offset.is_some(),
             },
             Storage::Int8 => OutStorage::Int8,
+            Storage::Mlx(layout) => OutStorage::Mlx(layout),
+            Storage::Packed(layout) => OutStorage::Packed(layout),
+            Storage::Fp8(layout) => OutStorage::Fp8 {
+                layout,
+                // compressed-tensors computes in the scale's dtype.
+                dtype: match layout.rule {
+                    ScaleRule::Inverse => dtype,
+                    ScaleRule::Divide(_) => layout.scale_dtype(),
+                },
+            },
         }
     }
 }
@@ -1092,12 +1317,39 @@ fn out_tensors(
                 (format!("{module}.weight_format"), Dtype::U8, vec![]),
             ]
         }
+        OutStorage::Fp8 { layout, .. } => {
+            // Only FP8 weights are written as FP8: the scale keeps its name
+            // and shape.
+            let scale = &model.st.tensors()[w.parts[1]];
+            vec![
+                (w.name.clone(), Dtype::F8_E4M3, w.shape.clone()),
+                (
+                    scale.name.clone(),
+                    layout.scale_dtype(),
+                    scale.shape.clone(),
+                ),
+            ]
+        }
+        // Only MLX weights are written as MLX: every part keeps its name,
+        // dtype and shape.
+        OutStorage::Mlx(_) | OutStorage::Packed(_) => w
+            .parts
+            .iter()
+            .map(|&i| {
+                let t = &model.st.tensors()[i];
+                (t.name.clone(), t.dtype, t.shape.clone())
+            })
+            .collect(),
     }
 }
 
 /// Whether a job is a byte copy: same storage, no residual.
 fn is_copy(w: &BnbWeight, job: &WeightJob<'_>) -> bool {
-    job.residual.is_none() && OutStorage::same_as(&w.storage) == job.out
+    job.residual.is_none()
+        && match (&w.storage, &job.out) {
+            (Storage::Fp8(a), OutStorage::Fp8 { layout, .. }) => a == layout,
+            (s, out) => OutStorage::same_as(s, Dtype::BF16) == *out,
+        }
 }
 
 /// Check that every job can be written; errors list the weights.
@@ -1122,6 +1374,16 @@ fn validate(model: &BnbModel, jobs: &[WeightJob<'_>]) -> Result<()> {
             OutStorage::FourBit { blocksize, .. } if !BLOCKSIZES_4BIT.contains(&blocksize) => {
                 bad.push(format!("{}: blocksize {blocksize}", w.name))
             }
+            OutStorage::Fp8 { .. } if !matches!(w.storage, Storage::Fp8(_)) => {
+                bad.push(format!("{}: only FP8 weights are written as FP8", w.name))
+            }
+            OutStorage::Mlx(_) if !matches!(w.storage, Storage::Mlx(_)) => {
+                bad.push(format!("{}: only MLX weights are written as MLX", w.name))
+            }
+            OutStorage::Packed(_) if !matches!(w.storage, Storage::Packed(_)) => bad.push(format!(
+                "{}: only packed weights are written packed",
+                w.name
+            )),
             _ => {}
         }
     }
@@ -1135,6 +1397,53 @@ fn validate(model: &BnbModel, jobs: &[WeightJob<'_>]) -> Result<()> {
             bad.join("; ")
         )))
     }
+}
+
+/// What a weight's first pass finds, before its header can be written or
+/// its codes computed.
+#[derive(Default)]
+struct Prepass {
+    /// The double-quantized absmax offset.
+    nested_offset: Option<f32>,
+    /// The block maxima of an FP8 weight's rounded sum.
+    fp8: Option<BlockMaxima>,
+}
+
+/// Pass 1 of an FP8 weight: the maxima of its blocks over the sum rounded
+/// to the module dtype, from which its scales are made.
+fn fp8_maxima_of(
+    model: &BnbModel,
+    job: &WeightJob<'_>,
+    out_path: &Path,
+    opts: &WriteOptions,
+    runner: &impl ChunkRunner,
+) -> Result<BlockMaxima> {
+    let OutStorage::Fp8 { layout, dtype } = job.out else {
+        unreachable!("only FP8 outputs take block maxima")
+    };
+    let w = &model.weights[job.weight];
+    let base = model.rows(job.weight).expect("validated");
+    let row_len = w.row_len();
+    let rpc = rows_per_chunk(row_len, 1, opts.chunk_elements);
+    let mut maxima = BlockMaxima::new(layout, w.n_rows(), row_len);
+    for_chunks(
+        runner,
+        w.n_rows(),
+        rpc,
+        |r0, n| {
+            let s = sum_rows(base.as_ref(), job.residual.as_deref(), job.scale, r0, n)?;
+            s.target(dtype, out_path, &w.name, r0, row_len)
+        },
+        |r0, n, t| {
+            maxima.fold(r0, &t);
+            base.release_rows(r0, r0 + n);
+            if let Some(r) = &job.residual {
+                r.release_rows(r0, r0 + n);
+            }
+            Ok(())
+        },
+    )?;
+    Ok(maxima)
 }
 
 /// Pass 1 of a double-quantized weight: the offset (`absmax.mean()`) of the
@@ -1189,7 +1498,7 @@ fn nested_offset_of(
 fn write_weight(
     model: &BnbModel,
     job: &WeightJob<'_>,
-    nested_offset: Option<f32>,
+    pre: &Prepass,
     writer: &mut SafetensorsWriter,
     out_path: &Path,
     opts: &WriteOptions,
@@ -1233,12 +1542,24 @@ fn write_weight(
                 kind,
                 blocksize,
                 dtype,
-                nested_offset,
+                pre.nested_offset,
                 &mut write,
                 &mut stats,
             )?
         }
         OutStorage::Int8 => re.int8(&mut write, &mut stats)?,
+        OutStorage::Fp8 { layout, dtype } => {
+            let maxima = pre.fp8.as_ref().expect("FP8 outputs have a first pass");
+            re.fp8(maxima, layout.scale_dtype(), dtype, &mut write, &mut stats)?
+        }
+        OutStorage::Mlx(layout) => re.mlx(layout, &mut write, &mut stats)?,
+        OutStorage::Packed(layout) => {
+            let scales = PackedRows::scales_of(&model.st, model.part(w, 1));
+            re.packed(layout, &scales, &mut write, &mut stats)?;
+            // The base's scales and shape, as they were.
+            write(model.st.data(model.part(w, 1)))?;
+            write(model.st.data(model.part(w, 2)))?;
+        }
     }
     Ok(Written {
         stats: opts.measure.then_some(stats),
@@ -1442,6 +1763,139 @@ impl<R: ChunkRunner> Reencode<'_, R> {
         )?;
         write(&f32_bytes(&scb_all))?;
         write(&[0u8])
+    }
+
+    /// As FP8 codes under the scales `maxima` gives, from the sum rounded
+    /// to `dtype`; then the scales, stored as `scale_dtype`.
+    fn fp8(
+        &self,
+        maxima: &BlockMaxima,
+        scale_dtype: Dtype,
+        dtype: Dtype,
+        write: &mut impl FnMut(&[u8]) -> Result<()>,
+        stats: &mut ErrorStats,
+    ) -> Result<()> {
+        let (base, residual, scale) = (self.base, self.residual, self.scale);
+        let (out_path, name, measure) = (self.out_path, &self.w.name, self.opts.measure);
+        let row_len = self.w.row_len();
+        let rpc = rows_per_chunk(row_len, 1, self.opts.chunk_elements);
+        let scales = maxima.scales();
+        for_chunks(
+            self.runner,
+            self.w.n_rows(),
+            rpc,
+            |r0, n| {
+                let s = sum_rows(base, residual, scale, r0, n)?;
+                let t = s.target(dtype, out_path, name, r0, row_len)?;
+                let codes = maxima.quantize(&scales, r0, &t);
+                let decoded = if measure {
+                    maxima.dequantize(&scales, r0, &codes)
+                } else {
+                    Vec::new()
+                };
+                Ok((codes, s.stats(&decoded, measure)))
+            },
+            |r0, n, (codes, st)| {
+                write(&codes)?;
+                stats.merge(&st);
+                self.release(r0, n);
+                Ok(())
+            },
+        )?;
+        write(&scale_bytes(scale_dtype, &scales))
+    }
+
+    /// As packed integers on the grid of `scales` (the base's), from the
+    /// sum rounded to the scales' dtype.
+    fn packed(
+        &self,
+        layout: PackedLayout,
+        scales: &[f32],
+        write: &mut impl FnMut(&[u8]) -> Result<()>,
+        stats: &mut ErrorStats,
+    ) -> Result<()> {
+        let (base, residual, scale) = (self.base, self.residual, self.scale);
+        let (out_path, name, measure) = (self.out_path, &self.w.name, self.opts.measure);
+        let row_len = self.w.row_len();
+        let rpc = rows_per_chunk(row_len, 1, self.opts.chunk_elements);
+        let (bits, gs, prec) = (layout.bits, layout.group_size, layout.precision);
+        let g = row_len / gs;
+        for_chunks(
+            self.runner,
+            self.w.n_rows(),
+            rpc,
+            |r0, n| {
+                let s = sum_rows(base, residual, scale, r0, n)?;
+                let t = s.target(layout.dtype(), out_path, name, r0, row_len)?;
+                let (mut packed, mut decoded) = (Vec::new(), Vec::new());
+                for (i, row) in t.chunks_exact(row_len).enumerate() {
+                    let sc = &scales[(r0 + i) * g..(r0 + i + 1) * g];
+                    let p = packed_quant::quantize_row_on_grid(row, sc, bits, gs, prec);
+                    if measure {
+                        let mut d = vec![0f32; row_len];
+                        packed_quant::dequantize_row(&p, sc, bits, gs, prec, &mut d);
+                        decoded.extend(d);
+                    }
+                    packed.extend(p);
+                }
+                Ok((packed, s.stats(&decoded, measure)))
+            },
+            |r0, n, (packed, st)| {
+                write(&packed)?;
+                stats.merge(&st);
+                self.release(r0, n);
+                Ok(())
+            },
+        )
+    }
+
+    /// As MLX affine groups of `layout`, from the sum rounded to the
+    /// scales' dtype; then the scales and the biases.
+    fn mlx(
+        &self,
+        layout: MlxLayout,
+        write: &mut impl FnMut(&[u8]) -> Result<()>,
+        stats: &mut ErrorStats,
+    ) -> Result<()> {
+        let (base, residual, scale) = (self.base, self.residual, self.scale);
+        let (out_path, name, measure) = (self.out_path, &self.w.name, self.opts.measure);
+        let row_len = self.w.row_len();
+        let rpc = rows_per_chunk(row_len, 1, self.opts.chunk_elements);
+        let (mut all_scales, mut all_biases) = (Vec::new(), Vec::new());
+        let (bits, gs, prec) = (layout.bits, layout.group_size, layout.precision);
+        for_chunks(
+            self.runner,
+            self.w.n_rows(),
+            rpc,
+            |r0, n| {
+                let s = sum_rows(base, residual, scale, r0, n)?;
+                let t = s.target(layout.dtype(), out_path, name, r0, row_len)?;
+                let mut packed = Vec::with_capacity(t.len() * bits as usize / 8);
+                let (mut scales, mut biases, mut decoded) = (Vec::new(), Vec::new(), Vec::new());
+                for row in t.chunks_exact(row_len) {
+                    let (p, sc, bi) = mlx_quant::quantize_row(row, bits, gs, prec);
+                    if measure {
+                        let mut d = vec![0f32; row_len];
+                        mlx_quant::dequantize_row(&p, &sc, &bi, bits, gs, prec, &mut d);
+                        decoded.extend(d);
+                    }
+                    packed.extend(p);
+                    scales.extend(sc);
+                    biases.extend(bi);
+                }
+                Ok((packed, scales, biases, s.stats(&decoded, measure)))
+            },
+            |r0, n, (packed, sc, bi, st)| {
+                write(&packed)?;
+                all_scales.extend(sc);
+                all_biases.extend(bi);
+                stats.merge(&st);
+                self.release(r0, n);
+                Ok(())
+            },
+        )?;
+        write(&scale_bytes(layout.dtype(), &all_scales))?;
+        write(&scale_bytes(layout.dtype(), &all_biases))
     }
 }
 
@@ -1671,6 +2125,8 @@ pub fn output_config(base: &Value, out: Option<&OutStorage>, plain: Option<Dtype
     let obj = c.as_object_mut().expect("checked on open");
     if let Some(d) = plain {
         obj.remove("quantization_config");
+        // mlx-lm's own key.
+        obj.remove("quantization");
         obj.insert("dtype".into(), json!(torch_name(d)));
         if obj.contains_key("torch_dtype") {
             obj.insert("torch_dtype".into(), json!(torch_name(d)));
@@ -1743,14 +2199,15 @@ pub fn write_model_with(
         let mine: Vec<usize> = (0..jobs.len())
             .filter(|&j| model.weights[jobs[j].weight].shard == shard)
             .collect();
-        // Pass 1: the nested offsets, which the header (quant state) needs.
-        let offsets = nested_offsets(model, jobs, &mine, out_dir, opts, runner)?;
+        // Pass 1: the nested offsets, which the header (quant state) needs,
+        // and the FP8 block maxima.
+        let offsets = prepasses(model, jobs, &mine, out_dir, opts, runner)?;
         let mut specs = Vec::new();
         let mut per_job = Vec::with_capacity(mine.len());
         for (&j, off) in mine.iter().zip(&offsets) {
             let job = &jobs[j];
             let w = &model.weights[job.weight];
-            let t = out_tensors(model, w, &job.out, is_copy(w, job), *off);
+            let t = out_tensors(model, w, &job.out, is_copy(w, job), off.nested_offset);
             let bytes: u64 = t
                 .iter()
                 .map(|(_, d, s)| (d.bitsize() / 8 * s.iter().product::<usize>()) as u64)
@@ -1767,7 +2224,7 @@ pub fn write_model_with(
         runner.expect(writer.remaining());
         for ((&j, off), bytes_out) in mine.iter().zip(&offsets).zip(per_job) {
             let job = &jobs[j];
-            let written = write_weight(model, job, *off, &mut writer, out_dir, opts, runner)?;
+            let written = write_weight(model, job, off, &mut writer, out_dir, opts, runner)?;
             outcomes[j] = Some(weight_outcome(model, job, bytes_out, written));
         }
         writer.finish()?;
@@ -1787,29 +2244,35 @@ pub fn write_model_with(
         .collect())
 }
 
-/// The nested (double-quant) absmax offset of every job in `mine` that
-/// needs one, by a pass over its rows.
-fn nested_offsets(
+/// The first pass of every job in `mine` that needs one: the nested
+/// (double-quant) absmax offset, the FP8 block maxima.
+fn prepasses(
     model: &BnbModel,
     jobs: &[WeightJob<'_>],
     mine: &[usize],
     out_dir: &Path,
     opts: &WriteOptions,
     runner: &impl ChunkRunner,
-) -> Result<Vec<Option<f32>>> {
-    let mut offsets: Vec<Option<f32>> = Vec::with_capacity(mine.len());
+) -> Result<Vec<Prepass>> {
+    let mut passes = Vec::with_capacity(mine.len());
     for &j in mine {
         let job = &jobs[j];
         let w = &model.weights[job.weight];
-        let off = match job.out {
-            OutStorage::FourBit {
-                double_quant: true, ..
-            } if !is_copy(w, job) => Some(nested_offset_of(model, job, out_dir, opts, runner)?),
-            _ => None,
-        };
-        offsets.push(off);
+        let mut pre = Prepass::default();
+        if !is_copy(w, job) {
+            match job.out {
+                OutStorage::FourBit {
+                    double_quant: true, ..
+                } => pre.nested_offset = Some(nested_offset_of(model, job, out_dir, opts, runner)?),
+                OutStorage::Fp8 { .. } => {
+                    pre.fp8 = Some(fp8_maxima_of(model, job, out_dir, opts, runner)?)
+                }
+                _ => {}
+            }
+        }
+        passes.push(pre);
     }
-    Ok(offsets)
+    Ok(passes)
 }
 
 /// What writing `job` did (`written`: from [`write_weight`]).

@@ -4,7 +4,9 @@
 use safetensors::Dtype;
 use serde_json::Value;
 
-use super::bnb::{dtype_from_torch, output_config, BnbModel, OutStorage, Storage, WeightJob};
+use super::bnb::{
+    dtype_from_torch, output_config, BnbModel, Method, OutStorage, Storage, WeightJob,
+};
 use crate::quant::bnb::FourBit;
 use crate::{Error, Result};
 
@@ -21,25 +23,28 @@ pub enum BnbTarget {
     Float(Dtype),
 }
 
-/// `--type` for a bitsandbytes folder: `keep`, `nf4`, `fp4`, `int8` (when
-/// `allow_quantized`), `f16`, `bf16` or `f32`.
-pub fn parse_target(s: &str, allow_quantized: bool) -> Result<BnbTarget> {
+/// `--type` for a `method` folder: `keep` (when `allow_quantized`), `nf4`,
+/// `fp4`, `int8` (bitsandbytes, when `allow_quantized`), `f16`, `bf16` or
+/// `f32`. An FP8 folder is kept FP8 or written as floats.
+pub fn parse_target(s: &str, method: Method, allow_quantized: bool) -> Result<BnbTarget> {
+    let bnb = allow_quantized && method == Method::Bitsandbytes;
     let t = match s.to_ascii_lowercase().as_str() {
         "keep" if allow_quantized => BnbTarget::Keep,
-        "nf4" if allow_quantized => BnbTarget::FourBit(FourBit::Nf4),
-        "fp4" if allow_quantized => BnbTarget::FourBit(FourBit::Fp4),
-        "int8" if allow_quantized => BnbTarget::Int8,
+        "nf4" if bnb => BnbTarget::FourBit(FourBit::Nf4),
+        "fp4" if bnb => BnbTarget::FourBit(FourBit::Fp4),
+        "int8" if bnb => BnbTarget::Int8,
         "f16" => BnbTarget::Float(Dtype::F16),
         "bf16" => BnbTarget::Float(Dtype::BF16),
         "f32" => BnbTarget::Float(Dtype::F32),
         _ => {
-            let allowed = if allow_quantized {
-                "keep, nf4, fp4, int8, f16, bf16 or f32"
-            } else {
-                "f16, bf16 or f32"
+            let allowed = match (allow_quantized, bnb) {
+                (true, true) => "keep, nf4, fp4, int8, f16, bf16 or f32",
+                (true, false) => "keep, f16, bf16 or f32",
+                _ => "f16, bf16 or f32",
             };
             return Err(Error::Usage(format!(
-                "--type {s}: a bitsandbytes model folder is written as {allowed}"
+                "--type {s}: a {} model folder is written as {allowed}",
+                method.name()
             )));
         }
     };
@@ -50,14 +55,20 @@ fn is_float(d: Dtype) -> bool {
     matches!(d, Dtype::F16 | Dtype::BF16 | Dtype::F32)
 }
 
-/// The module dtype of a model (`dtype` or `torch_dtype` of its config).
+/// The module dtype of a model (`dtype` or `torch_dtype` of its config;
+/// without either, float16 for bitsandbytes and bfloat16, what transformers
+/// dequantizes to, for FP8).
 fn model_dtype(model: &BnbModel) -> Dtype {
     let c = model.config();
+    let default = match model.method() {
+        Method::Bitsandbytes => Dtype::F16,
+        Method::Fp8 | Method::Mlx | Method::Packed => Dtype::BF16,
+    };
     c["dtype"]
         .as_str()
         .or(c["torch_dtype"].as_str())
         .and_then(dtype_from_torch)
-        .unwrap_or(Dtype::F16)
+        .unwrap_or(default)
 }
 
 /// How each weight is written for `target`: quantized weights follow the
@@ -65,7 +76,7 @@ fn model_dtype(model: &BnbModel) -> Dtype {
 /// (then every float tensor takes it, as one torch dtype per model).
 pub fn out_storage(model: &BnbModel, s: &Storage, target: BnbTarget) -> OutStorage {
     match (target, s) {
-        (BnbTarget::Keep, _) => OutStorage::same_as(s),
+        (BnbTarget::Keep, _) => OutStorage::same_as(s, model_dtype(model)),
         (BnbTarget::Float(_), Storage::Plain(p)) if !is_float(*p) => OutStorage::Plain(*p),
         (BnbTarget::Float(d), _) => OutStorage::Plain(d),
         (_, Storage::Plain(p)) => OutStorage::Plain(*p),
@@ -86,7 +97,10 @@ pub fn out_storage(model: &BnbModel, s: &Storage, target: BnbTarget) -> OutStora
         },
         // From LLM.int8: the defaults of BitsAndBytesConfig (blocksize 64,
         // no double quantization) and the model's dtype.
-        (BnbTarget::FourBit(kind), Storage::Int8) => OutStorage::FourBit {
+        (
+            BnbTarget::FourBit(kind),
+            Storage::Int8 | Storage::Fp8(_) | Storage::Mlx(_) | Storage::Packed(_),
+        ) => OutStorage::FourBit {
             kind,
             blocksize: 64,
             dtype: model_dtype(model),

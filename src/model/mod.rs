@@ -4,10 +4,13 @@
 
 pub mod bnb;
 pub mod bnb_target;
+pub mod fp8;
 pub mod hf_names;
 pub mod locate;
 pub mod mix;
+pub mod mlx;
 pub mod naming;
+pub mod packed;
 pub mod rows;
 
 use std::collections::HashMap;
@@ -32,6 +35,17 @@ pub enum Model {
     Safetensors(SafetensorsModel),
     /// A Hugging Face folder quantized by bitsandbytes (NF4/FP4/LLM.int8).
     Bitsandbytes(BnbModel),
+    /// A Hugging Face folder of FP8 weights with block, channel or tensor
+    /// scales (`quant_method: fp8`, compressed-tensors `float-quantized`),
+    /// read and written by the same folder code as bitsandbytes.
+    Fp8(BnbModel),
+    /// An mlx-lm folder quantized in MLX's affine mode (2/3/4/6/8-bit
+    /// codes, a scale and a bias per group), the same folder code again.
+    Mlx(BnbModel),
+    /// A compressed-tensors `pack-quantized` folder (symmetric int4/int8
+    /// groups, the layout of llm-compressor's GPTQ outputs), read and kept
+    /// on the base's own scales.
+    Packed(BnbModel),
 }
 
 impl ReleasePages for Model {
@@ -39,7 +53,9 @@ impl ReleasePages for Model {
         match self {
             Model::Gguf(g) => g.release(bytes),
             Model::Safetensors(s) => s.release(bytes),
-            Model::Bitsandbytes(b) => b.safetensors().release(bytes),
+            Model::Bitsandbytes(b) | Model::Fp8(b) | Model::Mlx(b) | Model::Packed(b) => {
+                b.safetensors().release(bytes)
+            }
         }
     }
 }
@@ -96,8 +112,9 @@ pub struct Weight<'a> {
     pub type_name: String,
     /// The ggml type whose rounding error is nearest to the encoding's:
     /// the type itself for ggml-layout tensors; Q4_0 for bitsandbytes 4-bit
-    /// (4-bit codes, one scale per 64 weights), Q8_0 for LLM.int8. Sizes the
-    /// base guard's tolerance.
+    /// (4-bit codes, one scale per 64 weights), Q8_0 for LLM.int8, Q4_0 for
+    /// FP8 (3 mantissa bits: a relative error up to 1/16, coarser than
+    /// Q8_0's grid). Sizes the base guard's tolerance.
     pub error_type: GgmlType,
     index: usize,
 }
@@ -115,6 +132,15 @@ pub enum Format {
     Gguf,
     /// A folder whose config.json declares bitsandbytes quantization.
     Bitsandbytes,
+    /// A folder whose config.json declares FP8 quantization (`quant_method:
+    /// fp8`, or compressed-tensors with `format: float-quantized`).
+    Fp8,
+    /// A folder whose config.json declares MLX affine quantization
+    /// (`"quantization": {"group_size", "bits"}`).
+    Mlx,
+    /// A folder whose config.json declares compressed-tensors
+    /// `pack-quantized`.
+    Packed,
     /// A .safetensors file, an index, or a folder holding either.
     Safetensors,
 }
@@ -125,8 +151,18 @@ impl Format {
         if is_gguf(path) {
             return Ok(Format::Gguf);
         }
-        if bnb::is_bnb_dir(path) {
-            return Ok(Format::Bitsandbytes);
+        match bnb::folder_quantization(path) {
+            Some(Ok(bnb::Method::Bitsandbytes)) => return Ok(Format::Bitsandbytes),
+            Some(Ok(bnb::Method::Fp8)) => return Ok(Format::Fp8),
+            Some(Ok(bnb::Method::Mlx)) => return Ok(Format::Mlx),
+            Some(Ok(bnb::Method::Packed)) => return Ok(Format::Packed),
+            Some(Err(what)) => {
+                return Err(Error::format(
+                    path.join(bnb::CONFIG_FILE),
+                    format!("quantization_config declares {what}, which qresidual does not read (it reads bitsandbytes, quant_method fp8, compressed-tensors float-quantized and pack-quantized, and MLX affine)"),
+                ))
+            }
+            None => {}
         }
         if SafetensorsModel::is_safetensors(path) {
             return Ok(Format::Safetensors);
@@ -137,13 +173,13 @@ impl Format {
                 std::io::Error::from(std::io::ErrorKind::NotFound),
             ));
         } else if path.is_dir() {
-            "a folder without model.safetensors, model.safetensors.index.json or a bitsandbytes config.json"
+            "a folder without model.safetensors, model.safetensors.index.json or a bitsandbytes/FP8 config.json"
         } else {
             "neither a GGUF file (no GGUF magic) nor a .safetensors file"
         };
         Err(Error::format(
             path,
-            format!("not a model qresidual can read: {what} (it reads GGUF files, safetensors files or folders, and bitsandbytes folders)"),
+            format!("not a model qresidual can read: {what} (it reads GGUF files, safetensors files or folders, and bitsandbytes and FP8 folders)"),
         ))
     }
 }
@@ -167,6 +203,9 @@ impl Model {
         match Format::detect(path)? {
             Format::Gguf => Ok(Model::Gguf(GgufFile::open(path)?)),
             Format::Bitsandbytes => Ok(Model::Bitsandbytes(BnbModel::open(path)?)),
+            Format::Fp8 => Ok(Model::Fp8(BnbModel::open(path)?)),
+            Format::Mlx => Ok(Model::Mlx(BnbModel::open(path)?)),
+            Format::Packed => Ok(Model::Packed(BnbModel::open(path)?)),
             Format::Safetensors => {
                 let st = SafetensorsModel::open(path)?;
                 if let Some(marker) = bitsandbytes_marker(&st) {
@@ -186,6 +225,9 @@ impl Model {
             Model::Gguf(_) => Format::Gguf,
             Model::Safetensors(_) => Format::Safetensors,
             Model::Bitsandbytes(_) => Format::Bitsandbytes,
+            Model::Fp8(_) => Format::Fp8,
+            Model::Mlx(_) => Format::Mlx,
+            Model::Packed(_) => Format::Packed,
         }
     }
 
@@ -194,7 +236,7 @@ impl Model {
         match self {
             Model::Gguf(g) => g.path(),
             Model::Safetensors(s) => s.path(),
-            Model::Bitsandbytes(b) => b.path(),
+            Model::Bitsandbytes(b) | Model::Fp8(b) | Model::Mlx(b) | Model::Packed(b) => b.path(),
         }
     }
 
@@ -203,7 +245,15 @@ impl Model {
         match self {
             Model::Gguf(g) => g.paths(),
             Model::Safetensors(s) => s.shard_paths().to_vec(),
-            Model::Bitsandbytes(b) => b.paths(),
+            Model::Bitsandbytes(b) | Model::Fp8(b) | Model::Mlx(b) | Model::Packed(b) => b.paths(),
+        }
+    }
+
+    /// The Hugging Face quantized folder (bitsandbytes or FP8), if this is one.
+    pub fn quantized_folder(&self) -> Option<&BnbModel> {
+        match self {
+            Model::Bitsandbytes(b) | Model::Fp8(b) | Model::Mlx(b) | Model::Packed(b) => Some(b),
+            _ => None,
         }
     }
 
@@ -253,9 +303,10 @@ impl Model {
                     })
                 })
                 .collect(),
-            Model::Bitsandbytes(b) => Err(Error::Usage(format!(
-                "{}: a bitsandbytes folder cannot be a residual (residuals are F16/BF16/F32 safetensors or GGUF)",
-                b.path().display()
+            Model::Bitsandbytes(b) | Model::Fp8(b) | Model::Mlx(b) | Model::Packed(b) => Err(Error::Usage(format!(
+                "{}: a {} folder cannot be a residual (residuals are F16/BF16/F32 safetensors or GGUF)",
+                b.path().display(),
+                b.method().name()
             ))),
         }
     }
@@ -277,7 +328,7 @@ impl Model {
     /// Every weight that holds numbers, in any encoding; one that cannot be
     /// decoded is an error naming it.
     pub fn weights(&self) -> Result<Vec<Weight<'_>>> {
-        let Model::Bitsandbytes(b) = self else {
+        let Some(b) = self.quantized_folder() else {
             return Ok(self
                 .tensors()?
                 .into_iter()
@@ -301,6 +352,13 @@ impl Model {
                 },
                 bnb::Storage::FourBit { .. } => GgmlType::Q4_0,
                 bnb::Storage::Int8 => GgmlType::Q8_0,
+                bnb::Storage::Fp8(_) => GgmlType::Q4_0,
+                // A scale and a bias per group: the grid of Q4_1/Q5_1, Q8_0 at 8 bits.
+                bnb::Storage::Mlx(l) if l.bits >= 8 => GgmlType::Q8_0,
+                bnb::Storage::Mlx(l) if l.bits >= 5 => GgmlType::Q5_1,
+                bnb::Storage::Mlx(_) => GgmlType::Q4_1,
+                bnb::Storage::Packed(l) if l.bits >= 8 => GgmlType::Q8_0,
+                bnb::Storage::Packed(_) => GgmlType::Q4_0,
             };
             out.push(Weight {
                 name: &w.name,
@@ -319,7 +377,7 @@ impl Model {
         w: &Weight<'a>,
         permutation: RowPermutation,
     ) -> Result<Box<dyn RowSource + 'a>> {
-        if let Model::Bitsandbytes(b) = self {
+        if let Some(b) = self.quantized_folder() {
             let rows = b.rows(w.index).ok_or_else(|| {
                 Error::tensor(b.path(), w.name, "holds no weights that can be decoded")
             })?;
@@ -338,7 +396,9 @@ impl Model {
             data: match self {
                 Model::Gguf(g) => g.tensor_data(w.index),
                 Model::Safetensors(s) => s.data(&s.tensors()[w.index]),
-                Model::Bitsandbytes(_) => unreachable!("handled above"),
+                Model::Bitsandbytes(_) | Model::Fp8(_) | Model::Mlx(_) | Model::Packed(_) => {
+                    unreachable!("handled above")
+                }
             },
         };
         Ok(Box::new(self.rows(&t, permutation)))
@@ -435,9 +495,14 @@ pub fn pair_models(a: &Model, at: &[Weight<'_>], b: &Model, bt: &[Weight<'_>]) -
     // (pair name, permutation into the pair's layout) per tensor of each side.
     let keyed = |model: &Model, other: &Model, ts: &[Weight<'_>]| {
         let view = match (model, other) {
-            (Model::Safetensors(_) | Model::Bitsandbytes(_), Model::Gguf(g)) => {
-                Some(GgufView::new(g))
-            }
+            (
+                Model::Safetensors(_)
+                | Model::Bitsandbytes(_)
+                | Model::Fp8(_)
+                | Model::Mlx(_)
+                | Model::Packed(_),
+                Model::Gguf(g),
+            ) => Some(GgufView::new(g)),
             _ => None,
         };
         ts.iter()

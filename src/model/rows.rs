@@ -32,6 +32,24 @@ pub trait RowSource: Sync {
     }
 }
 
+/// Decoded rows `start..` in `out` (`row_len` each) hold only finite
+/// values, or an error naming the tensor, row and column of the first that
+/// does not (a quantized input whose scales overflow).
+pub fn finite_rows(origin: (&Path, &str), start: usize, row_len: usize, out: &[f32]) -> Result<()> {
+    match qresidual_quant::find_non_finite(out) {
+        None => Ok(()),
+        Some((i, v)) => Err(Error::tensor(
+            origin.0,
+            origin.1,
+            format!(
+                "row {}, column {}: holds {v}",
+                start + i / row_len,
+                i % row_len
+            ),
+        )),
+    }
+}
+
 /// Rows of a tensor stored in any ggml-layout encoding (a GGUF tensor, or a
 /// safetensors F16/BF16/F32 tensor, whose bytes have the same layout).
 #[derive(Clone)]

@@ -71,10 +71,10 @@ fn dequantized_type(input: GgmlType, target: GgmlType) -> GgmlType {
 pub fn dequantize(a: &DequantizeRequest, log: &Log) -> Result<Converted> {
     let model = match Model::open(&a.input)? {
         Model::Gguf(g) => g,
-        Model::Bitsandbytes(b) => return dequantize_bnb(a, &b, log),
+        Model::Bitsandbytes(b) | Model::Fp8(b) | Model::Mlx(b) | Model::Packed(b) => return dequantize_bnb(a, &b, log),
         Model::Safetensors(_) => {
             return Err(Error::Usage(format!(
-                "{}: a safetensors checkpoint is already dequantized (dequantize reads GGUF files and bitsandbytes folders)",
+                "{}: a safetensors checkpoint is already dequantized (dequantize reads GGUF files, bitsandbytes and FP8 folders)",
                 a.input.display()
             )))
         }
@@ -193,7 +193,7 @@ fn dequantize_bnb(a: &DequantizeRequest, model: &BnbModel, log: &Log) -> Result<
                 .into(),
         ));
     }
-    let target = parse_target(&a.target, false)?;
+    let target = parse_target(&a.target, model.method(), false)?;
     let mut inputs = model.paths();
     inputs.push(model.path().to_path_buf());
     check_output_dir(&a.output, &inputs)?;

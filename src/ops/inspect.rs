@@ -9,7 +9,8 @@ use serde_json::{json, Value};
 
 use crate::format::gguf::{inspect_gguf, GgufFile};
 use crate::format::st::SafetensorsModel;
-use crate::model::bnb::{torch_name, BnbModel, Storage};
+use crate::model::bnb::{torch_name, BnbModel, Method, Storage};
+use crate::model::fp8::WHOLE;
 use crate::model::Format;
 use crate::Result;
 
@@ -17,7 +18,9 @@ use crate::Result;
 pub fn inspect(path: &Path, as_json: bool) -> Result<String> {
     Ok(match Format::detect(path)? {
         Format::Gguf => inspect_gguf(&GgufFile::open(path)?, as_json),
-        Format::Bitsandbytes => inspect_bnb(&BnbModel::open(path)?, as_json),
+        Format::Bitsandbytes | Format::Fp8 | Format::Mlx | Format::Packed => {
+            inspect_bnb(&BnbModel::open(path)?, as_json)
+        }
         Format::Safetensors => inspect_safetensors(&SafetensorsModel::open(path)?, as_json),
     })
 }
@@ -144,10 +147,28 @@ fn weight_json(model: &BnbModel, i: usize) -> Value {
             v["nested_offset"] = json!(o);
         }
     }
+    if let Storage::Mlx(layout) = &w.storage {
+        v["bits"] = json!(layout.bits);
+        v["group_size"] = json!(layout.group_size);
+        v["dtype"] = json!(torch_name(layout.dtype()));
+    }
+    if let Storage::Fp8(layout) = &w.storage {
+        v["scale_block"] = json!(block_name(layout.block));
+        v["scale_dtype"] = json!(torch_name(layout.scale_dtype()));
+    }
     v
 }
 
-/// `inspect` of a bitsandbytes folder: the logical weights, then the
+/// An FP8 scale block as `128x128`, `channel` or `tensor`.
+fn block_name(block: (usize, usize)) -> String {
+    match block {
+        (1, WHOLE) => "channel".into(),
+        (WHOLE, WHOLE) => "tensor".into(),
+        (r, c) => format!("{r}x{c}"),
+    }
+}
+
+/// `inspect` of a bitsandbytes or FP8 folder: the logical weights, then the
 /// stored tensors as for any safetensors model.
 pub fn inspect_bnb(model: &BnbModel, as_json: bool) -> String {
     let st = inspect_safetensors(model.safetensors(), as_json);
@@ -157,7 +178,12 @@ pub fn inspect_bnb(model: &BnbModel, as_json: bool) -> String {
             .collect();
         let st: Value = serde_json::from_str(&st).expect("inspect writes JSON");
         let v = json!({
-            "format": "bitsandbytes",
+            "format": match model.method() {
+                Method::Bitsandbytes => "bitsandbytes",
+                Method::Fp8 => "fp8",
+                Method::Mlx => "mlx",
+                Method::Packed => "pack-quantized",
+            },
             "path": model.path().display().to_string(),
             "quantization_config": model.config()["quantization_config"],
             "weights": weights,
@@ -173,8 +199,9 @@ pub fn inspect_bnb(model: &BnbModel, as_json: bool) -> String {
         .count();
     let _ = writeln!(
         s,
-        "{}: Hugging Face bitsandbytes model, {} weights ({} quantized)",
+        "{}: Hugging Face {} model, {} weights ({} quantized)",
         model.path().display(),
+        model.method().name(),
         model.weights().len(),
         n_q
     );
@@ -201,6 +228,21 @@ pub fn inspect_bnb(model: &BnbModel, as_json: bool) -> String {
                 if nested_offset.is_some() { "yes" } else { "no" }.to_string(),
             ),
             Storage::Int8 => ("row".into(), "float16".into(), "-".into()),
+            Storage::Packed(layout) => (
+                layout.group_size.to_string(),
+                torch_name(layout.dtype()).to_string(),
+                "-".into(),
+            ),
+            Storage::Mlx(layout) => (
+                layout.group_size.to_string(),
+                torch_name(layout.dtype()).to_string(),
+                "-".into(),
+            ),
+            Storage::Fp8(layout) => (
+                block_name(layout.block),
+                torch_name(layout.scale_dtype()).to_string(),
+                "-".into(),
+            ),
             Storage::Plain(_) => ("-".into(), "-".into(), "-".into()),
         };
         let _ = writeln!(

@@ -219,3 +219,45 @@ pub fn dequant(ty: GgmlType, bytes: &[u8], n: usize) -> Vec<f32> {
     dequantize_row(ty, bytes, &mut v).unwrap();
     v
 }
+
+/// Every tensor of a model folder's safetensors: (name, dtype, shape, bytes).
+pub type StTensors = Vec<(String, Dtype, Vec<usize>, Vec<u8>)>;
+
+/// A copy of the model folder `src` as `dir/name`: its tensors changed by
+/// `edit`, written as one model.safetensors, and `config` as config.json.
+pub fn edited_folder(
+    src: &Path,
+    dir: &Dir,
+    name: &str,
+    config: &str,
+    edit: impl Fn(&mut StTensors),
+) -> PathBuf {
+    let m = qresidual::format::st::SafetensorsModel::open(src).unwrap();
+    let mut t: StTensors = m
+        .tensors()
+        .iter()
+        .map(|t| (t.name.clone(), t.dtype, t.shape.clone(), m.data(t).to_vec()))
+        .collect();
+    edit(&mut t);
+    let out = dir.p(name);
+    std::fs::create_dir(&out).unwrap();
+    std::fs::write(out.join("config.json"), config).unwrap();
+    let refs: Vec<(&str, Dtype, Vec<usize>, Vec<u8>)> = t
+        .iter()
+        .map(|(n, d, s, b)| (n.as_str(), *d, s.clone(), b.clone()))
+        .collect();
+    write_st(&out.join("model.safetensors"), &refs);
+    out
+}
+
+/// Every row of weight `name` of `model`, decoded.
+pub fn decoded(model: &qresidual::model::Model, name: &str) -> Vec<f32> {
+    let weights = model.weights().unwrap();
+    let w = weights.iter().find(|w| w.name == name).unwrap();
+    let rows = model
+        .weight_rows(w, qresidual::model::naming::RowPermutation::Identity)
+        .unwrap();
+    let mut out = vec![0f32; rows.n_rows() * rows.row_len()];
+    rows.decode(0, &mut out).unwrap();
+    out
+}

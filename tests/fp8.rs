@@ -1,0 +1,318 @@
+//! FP8 model folders (fixtures/tiny_fp8, written by transformers'
+//! Fp8Quantize and by compressed-tensors, fixtures/make_tiny_fp8.py):
+//! reading through `Model`, dequantization against the references' own
+//! output, `apply --type keep|bf16`, and bad inputs. The comparisons with
+//! the reference quantizers run live in tests/interop/test_fp8.py.
+
+use std::path::{Path, PathBuf};
+
+use qresidual::format::st::SafetensorsModel;
+use qresidual::model::naming::RowPermutation;
+use qresidual::model::{Format, Model};
+use safetensors::Dtype;
+
+mod common;
+use common::{assert_fails, ok, run, s, write_st, Dir};
+
+const VARIANTS: [&str; 3] = ["block", "channel", "tensor"];
+const K_PROJ: &str = "model.layers.0.self_attn.k_proj.weight";
+
+fn fixture(variant: &str) -> PathBuf {
+    common::fixture_in("tiny_fp8", variant)
+}
+
+fn f32s(b: &[u8]) -> Vec<f32> {
+    b.chunks_exact(4)
+        .map(|c| f32::from_le_bytes(c.try_into().unwrap()))
+        .collect()
+}
+
+fn bits(v: &[f32]) -> Vec<u32> {
+    v.iter().map(|x| x.to_bits()).collect()
+}
+
+#[test]
+fn every_variant_opens_as_fp8() {
+    for v in VARIANTS {
+        assert_eq!(Format::detect(&fixture(v)).unwrap(), Format::Fp8);
+        let model = Model::open(&fixture(v)).unwrap();
+        let weights = model.weights().unwrap();
+        let fp8: Vec<_> = weights
+            .iter()
+            .filter(|w| w.type_name.starts_with("fp8"))
+            .collect();
+        assert_eq!(fp8.len(), 14, "{v}");
+        // The scales are parts of their weights, not weights of their own.
+        assert!(weights.iter().all(|w| !w.name.contains("_scale")), "{v}");
+    }
+}
+
+#[test]
+fn dequantization_equals_the_reference() {
+    for v in VARIANTS {
+        let model = Model::open(&fixture(v)).unwrap();
+        let want = std::fs::read(fixture(v).join(format!("reference/{K_PROJ}.f32"))).unwrap();
+        assert_eq!(
+            bits(&common::decoded(&model, K_PROJ)),
+            bits(&f32s(&want)),
+            "{v}"
+        );
+        // Rows decoded in any chunk equal the whole.
+        let weights = model.weights().unwrap();
+        let w = weights.iter().find(|w| w.name == K_PROJ).unwrap();
+        let rows = model.weight_rows(w, RowPermutation::Identity).unwrap();
+        let mut part = vec![0f32; 3 * rows.row_len()];
+        rows.decode(61, &mut part).unwrap();
+        assert_eq!(bits(&part), bits(&f32s(&want)[61 * 256..64 * 256]), "{v}");
+    }
+}
+
+#[test]
+fn dequantize_writes_the_reference_values() {
+    let d = Dir::new();
+    for v in VARIANTS {
+        let out = d.p(v);
+        ok(&[
+            "dequantize",
+            "-q",
+            s(&fixture(v)),
+            "-o",
+            s(&out),
+            "--type",
+            "f32",
+        ]);
+        let m = SafetensorsModel::open(&out).unwrap();
+        let want = std::fs::read(fixture(v).join(format!("reference/{K_PROJ}.f32"))).unwrap();
+        assert_eq!(m.data(m.get(K_PROJ).unwrap()), &want[..], "{v}");
+        assert!(m.tensors().iter().all(|t| !t.name.contains("_scale")));
+        assert_eq!(Format::detect(&out).unwrap(), Format::Safetensors);
+    }
+}
+
+#[test]
+fn inspect_shows_the_scale_layout() {
+    for (v, layout) in [
+        ("block", "128x128"),
+        ("channel", "channel"),
+        ("tensor", "tensor"),
+    ] {
+        let o = run(&["inspect", s(&fixture(v))]);
+        assert!(o.status.success());
+        let text = String::from_utf8_lossy(&o.stdout);
+        assert!(text.contains("Hugging Face FP8 model"), "{text}");
+        let line = text.lines().find(|l| l.starts_with(K_PROJ)).unwrap();
+        assert!(line.contains(layout), "{line}");
+    }
+}
+
+/// A residual: `amplitude` times a ramp on k_proj, and the final norm.
+fn write_residual(path: &Path, amplitude: f32) -> Vec<f32> {
+    let k: Vec<f32> = (0..128 * 256)
+        .map(|i| amplitude * (((i * 7919) % 997) as f32 / 498.0 - 1.0))
+        .collect();
+    write_st(
+        path,
+        &[
+            (K_PROJ, Dtype::F16, vec![128, 256], common::f16_bytes(&k)),
+            (
+                "model.norm.weight",
+                Dtype::F16,
+                vec![256],
+                common::f16_bytes(&[0.01; 256]),
+            ),
+        ],
+    );
+    k.iter().map(|x| half::f16::from_f32(*x).to_f32()).collect()
+}
+
+#[test]
+fn apply_keep_requantizes_only_what_changed() {
+    let d = Dir::new();
+    let res = d.p("res.safetensors");
+    let delta = write_residual(&res, 0.004);
+    for v in VARIANTS {
+        let out = d.p(v);
+        ok(&[
+            "apply",
+            "-q",
+            "--base",
+            s(&fixture(v)),
+            "--residual",
+            s(&res),
+            "-o",
+            s(&out),
+        ]);
+        let base = SafetensorsModel::open(&fixture(v)).unwrap();
+        let got = SafetensorsModel::open(&out).unwrap();
+        let layout = |m: &SafetensorsModel| {
+            let mut l: Vec<_> = m
+                .tensors()
+                .iter()
+                .map(|t| (t.name.clone(), t.dtype, t.shape.clone()))
+                .collect();
+            l.sort_by(|a, b| a.0.cmp(&b.0));
+            l
+        };
+        assert_eq!(layout(&got), layout(&base), "{v}");
+        for t in base.tensors() {
+            let same = base.data(t) == got.data(got.get(&t.name).unwrap());
+            let touched = t.name.starts_with(K_PROJ) || t.name == "model.norm.weight";
+            assert_eq!(same, !touched, "{v}: {}", t.name);
+        }
+        // The requantized weight is within FP8's rounding of the sum.
+        let (b, o) = (
+            Model::open(&fixture(v)).unwrap(),
+            Model::open(&out).unwrap(),
+        );
+        let exact: Vec<f32> = common::decoded(&b, K_PROJ)
+            .iter()
+            .zip(&delta)
+            .map(|(x, y)| x + y)
+            .collect();
+        let amax = exact.iter().fold(0f32, |m, x| m.max(x.abs()));
+        for (e, g) in exact.iter().zip(common::decoded(&o, K_PROJ)) {
+            assert!(
+                (e - g).abs() <= e.abs() / 15.0 + amax / 448.0 / 64.0 + 1e-3 * amax / 64.0,
+                "{v}: {e} vs {g}"
+            );
+        }
+        let cfg = |p: &Path| std::fs::read(p.join("config.json")).unwrap();
+        assert_eq!(cfg(&out), cfg(&fixture(v)));
+    }
+}
+
+#[test]
+fn apply_bf16_writes_a_plain_checkpoint() {
+    let d = Dir::new();
+    let res = d.p("res.safetensors");
+    write_residual(&res, 0.004);
+    let out = d.p("out");
+    ok(&[
+        "apply",
+        "-q",
+        "--base",
+        s(&fixture("channel")),
+        "--residual",
+        s(&res),
+        "-o",
+        s(&out),
+        "--type",
+        "bf16",
+    ]);
+    let m = SafetensorsModel::open(&out).unwrap();
+    assert!(
+        m.tensors().iter().all(|t| t.dtype == Dtype::BF16),
+        "{:?}",
+        m.tensors()
+    );
+    assert!(m.tensors().iter().all(|t| !t.name.contains("_scale")));
+    let cfg: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(out.join("config.json")).unwrap()).unwrap();
+    assert!(cfg.get("quantization_config").is_none());
+    assert_eq!(cfg["dtype"], "bfloat16");
+}
+
+/// The block fixture with `edit` applied to its tensors, in `d`.
+fn edited(d: &Dir, name: &str, edit: impl Fn(&mut common::StTensors)) -> PathBuf {
+    let cfg = std::fs::read_to_string(fixture("block").join("config.json")).unwrap();
+    common::edited_folder(&fixture("block"), d, name, &cfg, edit)
+}
+
+#[test]
+fn bad_inputs_name_file_and_tensor_and_write_nothing() {
+    let d = Dir::new();
+    let res = d.p("res.safetensors");
+    write_residual(&res, 0.004);
+    let scale = "model.layers.0.self_attn.k_proj.weight_scale_inv";
+    let cases: Vec<(PathBuf, Vec<&str>)> = vec![
+        (
+            edited(&d, "missing", |t| t.retain(|x| x.0 != scale)),
+            vec!["missing/model.safetensors", K_PROJ, "without its scale"],
+        ),
+        (
+            edited(&d, "shape", |t| {
+                let x = t.iter_mut().find(|x| x.0 == scale).unwrap();
+                x.2 = vec![2, 1];
+            }),
+            vec!["shape/model.safetensors", scale, "does not match"],
+        ),
+        (
+            edited(&d, "dtype", |t| {
+                let x = t.iter_mut().find(|x| x.0 == scale).unwrap();
+                x.1 = Dtype::I32;
+            }),
+            vec!["dtype/model.safetensors", scale, "F32, BF16 or F16"],
+        ),
+        (
+            edited(&d, "threed", |t| {
+                let x = t.iter_mut().find(|x| x.0 == K_PROJ).unwrap();
+                x.2 = vec![2, 64, 256];
+            }),
+            vec!["threed/model.safetensors", K_PROJ, "2-D"],
+        ),
+    ];
+    for (base, needles) in cases {
+        let out = d.p("out");
+        let o = run(&[
+            "apply",
+            "-q",
+            "--base",
+            s(&base),
+            "--residual",
+            s(&res),
+            "-o",
+            s(&out),
+        ]);
+        assert_fails(&o, 1, &needles, &out);
+        let o = run(&["dequantize", "-q", s(&base), "-o", s(&out), "--type", "f16"]);
+        assert_fails(&o, 1, &needles, &out);
+    }
+
+    // A quantization qresidual does not read is named, not taken for plain floats.
+    let packed = edited(&d, "packed", |_| {});
+    let cfg = std::fs::read_to_string(fixture("channel").join("config.json")).unwrap();
+    std::fs::write(
+        packed.join("config.json"),
+        cfg.replace("float-quantized", "nvfp4-pack-quantized"),
+    )
+    .unwrap();
+    let out = d.p("out");
+    let o = run(&[
+        "dequantize",
+        "-q",
+        s(&packed),
+        "-o",
+        s(&out),
+        "--type",
+        "f16",
+    ]);
+    assert_fails(
+        &o,
+        1,
+        &[
+            "packed/config.json",
+            "compressed-tensors with format nvfp4-pack-quantized",
+        ],
+        &out,
+    );
+
+    // Conversions that are not natural for an FP8 base are refused.
+    let o = run(&[
+        "apply",
+        "-q",
+        "--base",
+        s(&fixture("block")),
+        "--residual",
+        s(&res),
+        "-o",
+        s(&out),
+        "--type",
+        "nf4",
+    ]);
+    assert_fails(
+        &o,
+        2,
+        &["--type nf4", "FP8 model folder", "keep, f16, bf16 or f32"],
+        &out,
+    );
+}
