@@ -238,6 +238,12 @@ struct Found {
     notes: Vec<String>,
 }
 
+/// Every residual tensor's place in the base: one base tensor (renamed,
+/// maybe permuted or trimmed), part of one (a split), or one expert of a
+/// stack; what cannot be placed is collected for one message.
+// Long because every residual tensor goes through the same checks in one
+// order (split, rename, tie, shape, trim, duplicate, permutation) and the
+// order is the rule; the cases with work of their own are functions.
 fn pair_tensors(
     index: &BaseIndex,
     residual_path: &Path,

@@ -494,6 +494,9 @@ fn nested_code(bytes: &[u8]) -> [f32; 256] {
 
 /// Group the stored tensors into logical weights, validating each
 /// quantized one.
+// Long because it is one pass per format (bitsandbytes 4-bit, LLM.int8,
+// packed, MLX, FP8), each claiming the stored tensors of its weights, then
+// the plain tensors no pass claimed: the passes read best side by side.
 fn collect_weights(st: &SafetensorsModel, config: &Value) -> Result<Vec<BnbWeight>> {
     let index: HashMap<&str, usize> = st
         .tensors()
@@ -1255,6 +1258,8 @@ fn for_chunks<T: Send>(
 }
 
 /// The tensors written for one weight: (name, dtype, shape).
+// Long because it is one match over every output storage, each arm the
+// stored tensors of that format in the order the writer writes them.
 fn out_tensors(
     model: &BnbModel,
     w: &BnbWeight,

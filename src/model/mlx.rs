@@ -81,6 +81,9 @@ pub struct MlxParts {
 
 /// The MLX weight whose scales `t` are (`M.scales`), checked against its
 /// codes, biases and the config; `None` when `t` is no MLX scale tensor.
+// Long because it is the list of every check a stored MLX weight must pass
+// (codes, scales, biases, their dtypes and shapes, the config's bits and
+// group size), each with its own message naming the tensor.
 pub fn mlx_weight(
     st: &SafetensorsModel,
     index: &HashMap<&str, usize>,

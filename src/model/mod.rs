@@ -170,7 +170,7 @@ impl Format {
         let what = if !path.exists() {
             return Err(Error::io(
                 path,
-                std::io::Error::from(std::io::ErrorKind::NotFound),
+                std::io::Error::new(std::io::ErrorKind::NotFound, "no such file or folder"),
             ));
         } else if path.is_dir() {
             "a folder without model.safetensors, model.safetensors.index.json or a bitsandbytes/FP8 config.json"

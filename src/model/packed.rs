@@ -66,6 +66,9 @@ pub struct PackedParts {
 /// The packed weight whose codes `t` are (`M.weight_packed`), checked
 /// against its scales, shape and the config; `None` when `t` is no packed
 /// weight.
+// Long because it is the list of every check a stored packed weight must
+// pass (codes, scales, shape, zero point, the config's bits and groups),
+// each with its own message naming the tensor.
 pub fn packed_weight(
     st: &SafetensorsModel,
     index: &HashMap<&str, usize>,

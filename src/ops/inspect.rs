@@ -170,6 +170,8 @@ fn block_name(block: (usize, usize)) -> String {
 
 /// `inspect` of a bitsandbytes or FP8 folder: the logical weights, then the
 /// stored tensors as for any safetensors model.
+// Long because the text and the JSON forms list the same fields side by
+// side, so that one cannot gain a field the other lacks.
 pub fn inspect_bnb(model: &BnbModel, as_json: bool) -> String {
     let st = inspect_safetensors(model.safetensors(), as_json);
     if as_json {

@@ -208,20 +208,7 @@ fn heat_map(m: &Measure, es: &[Entry]) -> Option<String> {
             (l.min(x), h.max(x))
         });
     let (lo, hi) = if lo.is_finite() { (lo, hi) } else { (0.0, 0.0) };
-    // Keyed (0, layer) for layers, (1, 0) for the tensors outside them.
-    let mut rows: BTreeMap<(u8, u64), Vec<Cell>> = BTreeMap::new();
-    for (e, x) in &cells {
-        let (layer, class) = layer_and_class(e.name);
-        let key = layer.map_or((1, 0), |l| (0, l));
-        rows.entry(key).or_default().push((class, e, *x));
-    }
-    // Layer tensor classes first, in the order they appear, then the others.
-    let mut classes: Vec<String> = Vec::new();
-    for (class, _, _) in rows.values().flatten() {
-        if !classes.contains(class) {
-            classes.push(class.clone());
-        }
-    }
+    let (rows, classes) = heat_grid(&cells);
     let (cell, label_w, head_h) = (18usize, 70usize, 110usize);
     let legend_w = 20 * 8;
     let w = (label_w + cell * classes.len()).max(label_w + legend_w + 150) + 10;
@@ -271,7 +258,41 @@ fn heat_map(m: &Measure, es: &[Entry]) -> Option<String> {
             );
         }
     }
-    let legend_y = head_h + cell * rows.len() + 12;
+    legend(
+        &mut s,
+        m,
+        (lo, hi),
+        label_w,
+        head_h + cell * rows.len() + 12,
+    );
+    s.push_str("</svg>\n");
+    Some(s)
+}
+
+/// The cells by row, keyed (0, layer) for layers and (1, 0) for the tensors
+/// outside them, and the tensor classes across: layer classes first, in the
+/// order they appear, then the others.
+#[allow(clippy::type_complexity)]
+fn heat_grid<'e, 'a>(
+    cells: &[(&'e Entry<'a>, f64)],
+) -> (BTreeMap<(u8, u64), Vec<Cell<'e, 'a>>>, Vec<String>) {
+    let mut rows: BTreeMap<(u8, u64), Vec<Cell>> = BTreeMap::new();
+    for (e, x) in cells {
+        let (layer, class) = layer_and_class(e.name);
+        let key = layer.map_or((1, 0), |l| (0, l));
+        rows.entry(key).or_default().push((class, e, *x));
+    }
+    let mut classes: Vec<String> = Vec::new();
+    for (class, _, _) in rows.values().flatten() {
+        if !classes.contains(class) {
+            classes.push(class.clone());
+        }
+    }
+    (rows, classes)
+}
+
+/// The colour scale under a heat map, worst to best, at `legend_y`.
+fn legend(s: &mut String, m: &Measure, (lo, hi): (f64, f64), label_w: usize, legend_y: usize) {
     let (best, worst) = if m.higher_is_better {
         (hi, lo)
     } else {
@@ -287,7 +308,7 @@ fn heat_map(m: &Measure, es: &[Entry]) -> Option<String> {
     }
     let _ = writeln!(
         s,
-        "<text x=\"{}\" y=\"{}\" text-anchor=\"end\">{}</text><text x=\"{}\" y=\"{}\">{}{}</text>\n</svg>",
+        "<text x=\"{}\" y=\"{}\" text-anchor=\"end\">{}</text><text x=\"{}\" y=\"{}\">{}{}</text>",
         label_w - 6,
         legend_y + 9,
         shown(&serde_json::json!(worst)),
@@ -296,7 +317,6 @@ fn heat_map(m: &Measure, es: &[Entry]) -> Option<String> {
         shown(&serde_json::json!(best)),
         if m.log { " (log scale)" } else { "" }
     );
-    Some(s)
 }
 
 /// The summary table: every scalar of `summary`, and of its statistics objects.

@@ -344,6 +344,9 @@ fn model_ggufs(files: &[String]) -> Vec<&String> {
 
 /// What to fetch for a reference and which of it to open: (files, the path
 /// to open relative to the snapshot, empty for the snapshot folder).
+// Long because it is one match over the reference forms (a file, a
+// quantization, a whole repository, sharded or not), each with its own
+// message when nothing fits.
 fn choose(
     h: &HubReference,
     files: &[String],
