@@ -1628,17 +1628,21 @@ impl<R: ChunkRunner> Reencode<'_, R> {
         }
     }
 
-    /// As the float dtype `d`.
-    fn plain(
+    /// Row chunk by row chunk: the sum rounded to `dtype`, encoded by
+    /// `encode(r0, rounded)` into (bytes, what they decode to — `None` when
+    /// exactly the rounded values — and `extra`); the bytes are written in
+    /// order, the statistics merged and every `extra` handed to `keep`.
+    fn encode_chunks<X: Send>(
         &self,
-        d: Dtype,
+        dtype: Dtype,
         write: &mut impl FnMut(&[u8]) -> Result<()>,
         stats: &mut ErrorStats,
+        encode: impl Fn(usize, &[f32]) -> Result<(Vec<u8>, Option<Vec<f32>>, X)> + Sync,
+        mut keep: impl FnMut(X),
     ) -> Result<()> {
         let (base, residual, scale) = (self.base, self.residual, self.scale);
         let (out_path, name, measure) = (self.out_path, &self.w.name, self.opts.measure);
         let row_len = self.w.row_len();
-        let ty = float_ggml(d).expect("validated");
         let rpc = rows_per_chunk(row_len, 1, self.opts.chunk_elements);
         for_chunks(
             self.runner,
@@ -1646,20 +1650,37 @@ impl<R: ChunkRunner> Reencode<'_, R> {
             rpc,
             |r0, n| {
                 let s = sum_rows(base, residual, scale, r0, n)?;
-                let t = s.target(d, out_path, name, r0, row_len)?;
-                let mut bytes = vec![0u8; t.len() * d.bitsize() / 8];
-                quantize_row(ty, &t, &mut bytes)
-                    .map_err(|e| Error::quant(out_path, name, r0, e))?;
-                // The rounded values are exactly what the bytes hold.
-                Ok((bytes, s.stats(&t, measure)))
+                let t = s.target(dtype, out_path, name, r0, row_len)?;
+                let (bytes, decoded, extra) = encode(r0, &t)?;
+                let st = s.stats(decoded.as_deref().unwrap_or(&t), measure);
+                Ok((bytes, st, extra))
             },
-            |r0, n, (bytes, st)| {
+            |r0, n, (bytes, st, extra)| {
                 write(&bytes)?;
                 stats.merge(&st);
+                keep(extra);
                 self.release(r0, n);
                 Ok(())
             },
         )
+    }
+
+    /// As the float dtype `d`.
+    fn plain(
+        &self,
+        d: Dtype,
+        write: &mut impl FnMut(&[u8]) -> Result<()>,
+        stats: &mut ErrorStats,
+    ) -> Result<()> {
+        let (out_path, name) = (self.out_path, &self.w.name);
+        let ty = float_ggml(d).expect("validated");
+        let encode = |r0: usize, t: &[f32]| {
+            let mut bytes = vec![0u8; t.len() * d.bitsize() / 8];
+            quantize_row(ty, t, &mut bytes).map_err(|e| Error::quant(out_path, name, r0, e))?;
+            // The rounded values are exactly what the bytes hold.
+            Ok((bytes, None, ()))
+        };
+        self.encode_chunks(d, write, stats, encode, |()| {})
     }
 
     /// As NF4/FP4 with blocks of `blocksize` (absmax double-quantized when
@@ -1780,33 +1801,14 @@ impl<R: ChunkRunner> Reencode<'_, R> {
         write: &mut impl FnMut(&[u8]) -> Result<()>,
         stats: &mut ErrorStats,
     ) -> Result<()> {
-        let (base, residual, scale) = (self.base, self.residual, self.scale);
-        let (out_path, name, measure) = (self.out_path, &self.w.name, self.opts.measure);
-        let row_len = self.w.row_len();
-        let rpc = rows_per_chunk(row_len, 1, self.opts.chunk_elements);
+        let measure = self.opts.measure;
         let scales = maxima.scales();
-        for_chunks(
-            self.runner,
-            self.w.n_rows(),
-            rpc,
-            |r0, n| {
-                let s = sum_rows(base, residual, scale, r0, n)?;
-                let t = s.target(dtype, out_path, name, r0, row_len)?;
-                let codes = maxima.quantize(&scales, r0, &t);
-                let decoded = if measure {
-                    maxima.dequantize(&scales, r0, &codes)
-                } else {
-                    Vec::new()
-                };
-                Ok((codes, s.stats(&decoded, measure)))
-            },
-            |r0, n, (codes, st)| {
-                write(&codes)?;
-                stats.merge(&st);
-                self.release(r0, n);
-                Ok(())
-            },
-        )?;
+        let encode = |r0: usize, t: &[f32]| {
+            let codes = maxima.quantize(&scales, r0, t);
+            let decoded = measure.then(|| maxima.dequantize(&scales, r0, &codes));
+            Ok((codes, Some(decoded.unwrap_or_default()), ()))
+        };
+        self.encode_chunks(dtype, write, stats, encode, |()| {})?;
         write(&scale_bytes(scale_dtype, &scales))
     }
 
@@ -1819,39 +1821,24 @@ impl<R: ChunkRunner> Reencode<'_, R> {
         write: &mut impl FnMut(&[u8]) -> Result<()>,
         stats: &mut ErrorStats,
     ) -> Result<()> {
-        let (base, residual, scale) = (self.base, self.residual, self.scale);
-        let (out_path, name, measure) = (self.out_path, &self.w.name, self.opts.measure);
-        let row_len = self.w.row_len();
-        let rpc = rows_per_chunk(row_len, 1, self.opts.chunk_elements);
+        let (measure, row_len) = (self.opts.measure, self.w.row_len());
         let (bits, gs, prec) = (layout.bits, layout.group_size, layout.precision);
         let g = row_len / gs;
-        for_chunks(
-            self.runner,
-            self.w.n_rows(),
-            rpc,
-            |r0, n| {
-                let s = sum_rows(base, residual, scale, r0, n)?;
-                let t = s.target(layout.dtype(), out_path, name, r0, row_len)?;
-                let (mut packed, mut decoded) = (Vec::new(), Vec::new());
-                for (i, row) in t.chunks_exact(row_len).enumerate() {
-                    let sc = &scales[(r0 + i) * g..(r0 + i + 1) * g];
-                    let p = packed_quant::quantize_row_on_grid(row, sc, bits, gs, prec);
-                    if measure {
-                        let mut d = vec![0f32; row_len];
-                        packed_quant::dequantize_row(&p, sc, bits, gs, prec, &mut d);
-                        decoded.extend(d);
-                    }
-                    packed.extend(p);
+        let encode = |r0: usize, t: &[f32]| {
+            let (mut packed, mut decoded) = (Vec::new(), Vec::new());
+            for (i, row) in t.chunks_exact(row_len).enumerate() {
+                let sc = &scales[(r0 + i) * g..(r0 + i + 1) * g];
+                let p = packed_quant::quantize_row_on_grid(row, sc, bits, gs, prec);
+                if measure {
+                    let mut d = vec![0f32; row_len];
+                    packed_quant::dequantize_row(&p, sc, bits, gs, prec, &mut d);
+                    decoded.extend(d);
                 }
-                Ok((packed, s.stats(&decoded, measure)))
-            },
-            |r0, n, (packed, st)| {
-                write(&packed)?;
-                stats.merge(&st);
-                self.release(r0, n);
-                Ok(())
-            },
-        )
+                packed.extend(p);
+            }
+            Ok((packed, Some(decoded), ()))
+        };
+        self.encode_chunks(layout.dtype(), write, stats, encode, |()| {})
     }
 
     /// As MLX affine groups of `layout`, from the sum rounded to the
@@ -1862,43 +1849,30 @@ impl<R: ChunkRunner> Reencode<'_, R> {
         write: &mut impl FnMut(&[u8]) -> Result<()>,
         stats: &mut ErrorStats,
     ) -> Result<()> {
-        let (base, residual, scale) = (self.base, self.residual, self.scale);
-        let (out_path, name, measure) = (self.out_path, &self.w.name, self.opts.measure);
-        let row_len = self.w.row_len();
-        let rpc = rows_per_chunk(row_len, 1, self.opts.chunk_elements);
-        let (mut all_scales, mut all_biases) = (Vec::new(), Vec::new());
+        let (measure, row_len) = (self.opts.measure, self.w.row_len());
         let (bits, gs, prec) = (layout.bits, layout.group_size, layout.precision);
-        for_chunks(
-            self.runner,
-            self.w.n_rows(),
-            rpc,
-            |r0, n| {
-                let s = sum_rows(base, residual, scale, r0, n)?;
-                let t = s.target(layout.dtype(), out_path, name, r0, row_len)?;
-                let mut packed = Vec::with_capacity(t.len() * bits as usize / 8);
-                let (mut scales, mut biases, mut decoded) = (Vec::new(), Vec::new(), Vec::new());
-                for row in t.chunks_exact(row_len) {
-                    let (p, sc, bi) = mlx_quant::quantize_row(row, bits, gs, prec);
-                    if measure {
-                        let mut d = vec![0f32; row_len];
-                        mlx_quant::dequantize_row(&p, &sc, &bi, bits, gs, prec, &mut d);
-                        decoded.extend(d);
-                    }
-                    packed.extend(p);
-                    scales.extend(sc);
-                    biases.extend(bi);
+        let encode = |_: usize, t: &[f32]| {
+            let mut packed = Vec::with_capacity(t.len() * bits as usize / 8);
+            let (mut scales, mut biases, mut decoded) = (Vec::new(), Vec::new(), Vec::new());
+            for row in t.chunks_exact(row_len) {
+                let (p, sc, bi) = mlx_quant::quantize_row(row, bits, gs, prec);
+                if measure {
+                    let mut d = vec![0f32; row_len];
+                    mlx_quant::dequantize_row(&p, &sc, &bi, bits, gs, prec, &mut d);
+                    decoded.extend(d);
                 }
-                Ok((packed, scales, biases, s.stats(&decoded, measure)))
-            },
-            |r0, n, (packed, sc, bi, st)| {
-                write(&packed)?;
-                all_scales.extend(sc);
-                all_biases.extend(bi);
-                stats.merge(&st);
-                self.release(r0, n);
-                Ok(())
-            },
-        )?;
+                packed.extend(p);
+                scales.extend(sc);
+                biases.extend(bi);
+            }
+            Ok((packed, Some(decoded), (scales, biases)))
+        };
+        let (mut all_scales, mut all_biases) = (Vec::new(), Vec::new());
+        let keep = |(sc, bi): (Vec<f32>, Vec<f32>)| {
+            all_scales.extend(sc);
+            all_biases.extend(bi);
+        };
+        self.encode_chunks(layout.dtype(), write, stats, encode, keep)?;
         write(&scale_bytes(layout.dtype(), &all_scales))?;
         write(&scale_bytes(layout.dtype(), &all_biases))
     }
