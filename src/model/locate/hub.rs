@@ -235,8 +235,9 @@ impl Remote {
         })
     }
 
-    /// An `hf-hub` error in words naming the repository and the file.
-    fn error(&self, what: &str, e: ApiError) -> Error {
+    /// An `hf-hub` error in words naming the repository and the file
+    /// (`downloading`: a file's download, which resumes, not a question).
+    fn error(&self, what: &str, downloading: bool, e: ApiError) -> Error {
         let at = format!(
             "{} (revision {}) on {}",
             self.repo, self.revision, self.endpoint
@@ -265,7 +266,8 @@ impl Remote {
                 "{what}: {at} needs authentication (HTTP {code}): the repository is private or gated (or does not exist: the Hub answers 401 for unknown repositories too); set HF_TOKEN to a token with access (or run `hf auth login`), and accept a gated repository on its page first"
             ),
             Some(code) => format!("{what}: {at} answered HTTP {code}"),
-            None => format!("{what}: download from {at} failed: {e} (a partial download is kept in the cache and resumed next time)"),
+            None if downloading => format!("{what}: download from {at} failed: {e} (a partial download is kept in the cache and resumed next time)"),
+            None => format!("{what}: asking {at} failed: {e}"),
         };
         Error::Usage(msg)
     }
@@ -276,12 +278,12 @@ impl Files for Remote {
         let info = self
             .api
             .info()
-            .map_err(|e| self.error("the file list", e))?;
+            .map_err(|e| self.error("the file list", false, e))?;
         Ok(info.siblings.into_iter().map(|s| s.rfilename).collect())
     }
 
     fn get(&self, file: &str) -> Result<PathBuf> {
-        let path = self.api.get(file).map_err(|e| self.error(file, e))?;
+        let path = self.api.get(file).map_err(|e| self.error(file, true, e))?;
         // hf-hub leaves the download's lock file beside the finished blob;
         // huggingface_hub keeps no such file there.
         if let Ok(blob) = path.canonicalize() {
