@@ -2,7 +2,8 @@
 //! here (`tests/interop/test_families.py` holds the same rules to the
 //! converter itself): per-expert tensors stacked, GraniteMoE's fused
 //! `input_linear` split, DeepSeek's `kv_b_proj` split (one part transposed),
-//! Gemma 3's embedding trimmed to the vocabulary.
+//! Gemma 3's embedding trimmed to the vocabulary, gpt-oss's fused experts
+//! (transposed, gate and up interleaved by column).
 
 mod common;
 
@@ -260,4 +261,125 @@ fn deepseek_kv_b_splits_into_transposed_k_b_and_v_b() {
         .collect();
     assert_eq!(values(&out.out, "blk.0.attn_k_b.weight"), sum(&kb, &k_t));
     assert_eq!(values(&out.out, "blk.0.attn_v_b.weight"), sum(&vb, &v_rows));
+}
+
+#[test]
+fn gpt_oss_fused_experts_are_transposed_and_deinterleaved() {
+    // 2 experts, hidden D = 3, expert FFN F = 2. gate_up_proj [E, D, 2F]:
+    // transposed per expert, rows ::2 are the gate, 1::2 the up projection;
+    // its bias [E, 2F] split the same way; down_proj [E, F, D] transposed.
+    let d = Dir::new();
+    let (e, dm, f) = (2, 3, 2);
+    let gu = ramp(e * dm * 2 * f, 0.01);
+    let gu_bias = ramp(e * 2 * f, 0.02);
+    let down = ramp(e * f * dm, -0.01);
+    let (down_bias, sinks) = (ramp(e * dm, 0.03), ramp(2, 0.5));
+    let base = |n: usize, step: f32| ramp(n, step);
+    let out = apply_f32(
+        &d,
+        "gpt-oss",
+        &[
+            f32_tensor("blk.0.ffn_gate_exps.weight", vec![3, 2, 2], &base(12, 0.1)),
+            f32_tensor("blk.0.ffn_up_exps.weight", vec![3, 2, 2], &base(12, 0.2)),
+            f32_tensor("blk.0.ffn_gate_exps.bias", vec![2, 2], &base(4, 0.3)),
+            f32_tensor("blk.0.ffn_up_exps.bias", vec![2, 2], &base(4, 0.4)),
+            f32_tensor("blk.0.ffn_down_exps.weight", vec![2, 3, 2], &base(12, 0.5)),
+            f32_tensor("blk.0.ffn_down_exps.bias", vec![3, 2], &base(6, 0.6)),
+            f32_tensor("blk.0.attn_sinks.weight", vec![2], &base(2, 0.7)),
+        ],
+        &[
+            (
+                "model.layers.0.mlp.experts.gate_up_proj",
+                vec![e, dm, 2 * f],
+                gu.clone(),
+            ),
+            (
+                "model.layers.0.mlp.experts.gate_up_proj_bias",
+                vec![e, 2 * f],
+                gu_bias.clone(),
+            ),
+            (
+                "model.layers.0.mlp.experts.down_proj",
+                vec![e, f, dm],
+                down.clone(),
+            ),
+            (
+                "model.layers.0.mlp.experts.down_proj_bias",
+                vec![e, dm],
+                down_bias.clone(),
+            ),
+            ("model.layers.0.self_attn.sinks", vec![2], sinks.clone()),
+        ],
+    );
+    assert!(
+        out.o.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.o.stderr)
+    );
+    // gate/up [E, F, D]: element (x, i, j) is gate_up[x, j, 2i + half].
+    let half = |h: usize| -> Vec<f32> {
+        (0..e)
+            .flat_map(|x| (0..f).flat_map(move |i| (0..dm).map(move |j| (x, i, j))))
+            .map(|(x, i, j)| gu[(x * dm + j) * 2 * f + 2 * i + h])
+            .collect()
+    };
+    let bias_half = |h: usize| -> Vec<f32> {
+        (0..e * f)
+            .map(|k| gu_bias[(k / f) * 2 * f + 2 * (k % f) + h])
+            .collect()
+    };
+    // down [E, D, F]: element (x, j, i) is down_proj[x, i, j].
+    let down_t: Vec<f32> = (0..e)
+        .flat_map(|x| (0..dm).flat_map(move |j| (0..f).map(move |i| (x, j, i))))
+        .map(|(x, j, i)| down[(x * f + i) * dm + j])
+        .collect();
+    let got = |n: &str| values(&out.out, n);
+    assert_eq!(
+        got("blk.0.ffn_gate_exps.weight"),
+        sum(&base(12, 0.1), &half(0))
+    );
+    assert_eq!(
+        got("blk.0.ffn_up_exps.weight"),
+        sum(&base(12, 0.2), &half(1))
+    );
+    assert_eq!(
+        got("blk.0.ffn_gate_exps.bias"),
+        sum(&base(4, 0.3), &bias_half(0))
+    );
+    assert_eq!(
+        got("blk.0.ffn_up_exps.bias"),
+        sum(&base(4, 0.4), &bias_half(1))
+    );
+    assert_eq!(
+        got("blk.0.ffn_down_exps.weight"),
+        sum(&base(12, 0.5), &down_t)
+    );
+    assert_eq!(
+        got("blk.0.ffn_down_exps.bias"),
+        sum(&base(6, 0.6), &down_bias)
+    );
+    assert_eq!(got("blk.0.attn_sinks.weight"), sum(&base(2, 0.7), &sinks));
+
+    // A gate_up_proj whose columns do not give the base's shape is refused.
+    let d = Dir::new();
+    let r = apply_f32(
+        &d,
+        "gpt-oss",
+        &[f32_tensor(
+            "blk.0.ffn_gate_exps.weight",
+            vec![3, 2, 2],
+            &base(12, 0.1),
+        )],
+        &[(
+            "model.layers.0.mlp.experts.gate_up_proj",
+            vec![e, dm, 6],
+            ramp(36, 0.01),
+        )],
+    );
+    assert_fails(
+        &r.o,
+        1,
+        &["model.layers.0.mlp.experts.gate_up_proj"],
+        &r.out,
+    );
 }

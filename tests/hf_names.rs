@@ -8,8 +8,9 @@ use std::path::Path;
 
 use qresidual::model::hf_names::{self, Converter};
 use qresidual::model::naming::{
-    embedding_rows, expert_part, hf_to_gguf, hf_to_gguf_generated, is_gguf_name, kv_b_split,
-    mapped_architectures, row_permutation, supported_architectures, transforms, RowPermutation,
+    embedding_rows, expert_part, fused_experts, hf_to_gguf, hf_to_gguf_generated, is_gguf_name,
+    kv_b_split, mapped_architectures, row_permutation, supported_architectures, transforms,
+    RowPermutation,
 };
 use serde::Deserialize;
 
@@ -252,18 +253,45 @@ fn families_whose_transforms_are_restated_are_mapped() {
         kv_b_split("qwen2moe", "model.layers.3.self_attn.kv_b_proj.weight"),
         None
     );
-    // A converter qresidual does not restate: named, not mapped.
-    assert_eq!(hf_names::converter("gpt-oss"), Some(Converter::Custom));
-    assert_eq!(transforms("gpt-oss"), None);
+    // gpt-oss's fused experts: gate/up from interleaved columns, transposed.
+    let fused = fused_experts("gpt-oss", "model.layers.1.mlp.experts.gate_up_proj").unwrap();
+    assert!(fused.transposed);
+    let cut: Vec<_> = fused
+        .parts
+        .iter()
+        .map(|p| (p.gguf.as_str(), p.offset, p.step))
+        .collect();
     assert_eq!(
-        hf_to_gguf("gpt-oss", "model.layers.0.self_attn.o_proj.weight"),
+        cut,
+        [
+            ("blk.1.ffn_gate_exps.weight", 0, 2),
+            ("blk.1.ffn_up_exps.weight", 1, 2)
+        ]
+    );
+    assert_eq!(
+        hf_to_gguf("gpt-oss", "model.layers.1.mlp.experts.gate_up_proj"),
         None
     );
-    assert!(!mapped_architectures().any(|a| a == "gpt-oss"));
-    // The README's count: 7 hand-mapped, 18 more rename-only, 12 whose
+    assert_eq!(
+        hf_to_gguf("gpt-oss", "model.layers.1.self_attn.sinks").as_deref(),
+        Some("blk.1.attn_sinks.weight")
+    );
+    assert_eq!(
+        hf_to_gguf("gpt-oss", "model.layers.1.mlp.experts.down_proj_bias").as_deref(),
+        Some("blk.1.ffn_down_exps.bias")
+    );
+    // A converter qresidual does not restate: named, not mapped.
+    assert_eq!(hf_names::converter("qwen3next"), Some(Converter::Custom));
+    assert_eq!(transforms("qwen3next"), None);
+    assert_eq!(
+        hf_to_gguf("qwen3next", "model.layers.0.self_attn.o_proj.weight"),
+        None
+    );
+    assert!(!mapped_architectures().any(|a| a == "qwen3next"));
+    // The README's count: 7 hand-mapped, 18 more rename-only, 13 whose
     // transforms are restated.
     let mapped: Vec<_> = mapped_architectures().collect();
-    assert_eq!(mapped.len(), 37, "{mapped:?}");
+    assert_eq!(mapped.len(), 38, "{mapped:?}");
     // Mistral checkpoints convert to `llama`; there is no `mistral` arch.
     assert!(!hf_names::knows("mistral"));
     assert_eq!(hf_to_gguf("mistral", "model.embed_tokens.weight"), None);

@@ -10,7 +10,7 @@ use crate::engine::log::Log;
 use crate::format::gguf::GgufFile;
 use crate::format::pages::ReleasePages;
 use crate::model::naming::{self, RowPermutation};
-use crate::model::rows::{RowSource, StackedRows, TransposedRows};
+use crate::model::rows::{ColumnSlice, RowSource, StackedRows, TransposedRows};
 use crate::model::{list, Shaped};
 use crate::quant::{scan_row, GgmlType};
 use crate::{Error, Result};
@@ -64,6 +64,9 @@ pub struct Pairing {
     /// The base tensor is the residual's rows in blocks of `.0`, the first
     /// `.1` of each transposed (DeepSeek's `attn_k_b`).
     pub transpose: Option<(usize, usize)>,
+    /// The residual's columns `(offset, step)` the base tensor takes, before
+    /// any transposition (gpt-oss's interleaved gate/up).
+    pub columns: Option<(usize, usize)>,
 }
 
 impl Pairing {
@@ -76,13 +79,17 @@ impl Pairing {
             permutation,
             rows: None,
             transpose: None,
+            columns: None,
         }
     }
 
     /// Whether the base tensor is one residual tensor as it is (possibly
     /// reordered), not assembled from several or trimmed.
     pub fn is_whole(&self) -> bool {
-        self.parts.len() == 1 && self.rows.is_none() && self.transpose.is_none()
+        self.parts.len() == 1
+            && self.rows.is_none()
+            && self.transpose.is_none()
+            && self.columns.is_none()
     }
 }
 
@@ -261,6 +268,10 @@ fn pair_tensors(
                 kv_b_pairs(index, (ri, rt), &kv, &mut claimed, &mut found);
                 continue;
             }
+            if let Some(fused) = naming::fused_experts(&index.arch, rt.name) {
+                fused_pairs(index, (ri, rt), &fused, &mut claimed, &mut found);
+                continue;
+            }
         }
         let Some((gguf_name, from_hf)) = index.gguf_name(rt.name) else {
             if let Some((stacked, expert)) = naming::expert_part(&index.arch, rt.name) {
@@ -348,6 +359,34 @@ fn trimmed_rows(index: &BaseIndex, gguf_name: &str, rt: &ResidualTensor<'_>) -> 
     naming::embedding_rows(&index.arch, gguf_name, rs[0], bs[0])
 }
 
+/// The base tensor `gguf_name` that residual tensor `rname` goes to
+/// (`what`: which part of it, for the message), claimed for it; `None` when
+/// the base has no such tensor or another residual tensor claimed it (the
+/// problem recorded).
+fn claim_partner<'r>(
+    index: &BaseIndex,
+    (rname, what): (&'r str, &str),
+    gguf_name: &str,
+    claimed: &mut HashMap<usize, &'r str>,
+    found: &mut Found,
+) -> Option<usize> {
+    let Some(&bi) = index.by_name.get(gguf_name) else {
+        found
+            .problems
+            .no_partner
+            .push(format!("{rname} ({what}→ {gguf_name})"));
+        return None;
+    };
+    if let Some(prev) = claimed.insert(bi, rname) {
+        found
+            .problems
+            .duplicates
+            .push(format!("{prev} and {rname} both map to {gguf_name}"));
+        return None;
+    }
+    Some(bi)
+}
+
 /// Residual tensor `ri`, which the converter splits in two along the rows of
 /// each expert (`[E, 2F, D]` → two `[E, F, D]`), paired with both halves.
 fn split_pairs<'r>(
@@ -358,11 +397,8 @@ fn split_pairs<'r>(
     found: &mut Found,
 ) {
     for (half, gguf_name) in halves.iter().enumerate() {
-        let Some(&bi) = index.by_name.get(gguf_name.as_str()) else {
-            found
-                .problems
-                .no_partner
-                .push(format!("{} (half {half} → {gguf_name})", rt.name));
+        let what = format!("half {half} ");
+        let Some(bi) = claim_partner(index, (rt.name, &what), gguf_name, claimed, found) else {
             continue;
         };
         let bs = index.base.tensors()[bi].shape();
@@ -373,13 +409,6 @@ fn split_pairs<'r>(
                 "{} {rs:?} vs half {half} of it, base {gguf_name} {bs:?}",
                 rt.name
             ));
-            continue;
-        }
-        if let Some(prev) = claimed.insert(bi, rt.name) {
-            found
-                .problems
-                .duplicates
-                .push(format!("{prev} and {} both map to {gguf_name}", rt.name));
             continue;
         }
         let len = bs[1] as usize;
@@ -445,6 +474,48 @@ fn kv_b_pairs<'r>(
     let mut vp = Pairing::one(vi, ri, slice);
     vp.rows = Some(vs[0] as usize * v);
     found.pairs.extend([k, vp]);
+}
+
+/// A gpt-oss fused expert residual (`[E, A, B]` weights, `[E, B]` biases)
+/// paired with each GGUF tensor cut from it: `[E, B / step, A]` (the
+/// columns picked, each expert transposed) or `[E, B / step]`.
+fn fused_pairs<'r>(
+    index: &BaseIndex,
+    (ri, rt): (usize, &ResidualTensor<'r>),
+    fused: &naming::FusedExperts,
+    claimed: &mut HashMap<usize, &'r str>,
+    found: &mut Found,
+) {
+    let rs = &rt.shape;
+    for part in &fused.parts {
+        let gguf_name = &part.gguf;
+        let Some(bi) = claim_partner(index, (rt.name, ""), gguf_name, claimed, found) else {
+            continue;
+        };
+        let bs = index.base.tensors()[bi].shape();
+        let cols = rs.last().map_or(0, |&b| {
+            (b.saturating_sub(part.offset as u64)).div_ceil(part.step as u64)
+        });
+        let want: Vec<u64> = match (fused.transposed, &rs[..]) {
+            (true, &[e, a, _]) => vec![e, cols, a],
+            (false, &[e, _]) => vec![e, cols],
+            _ => Vec::new(),
+        };
+        if bs != want {
+            found
+                .problems
+                .bad_shape
+                .push(format!("{} {rs:?} vs base {gguf_name} {bs:?}", rt.name));
+            continue;
+        }
+        let mut pair = Pairing::one(bi, ri, RowPermutation::Identity);
+        pair.columns = (part.step != 1 || part.offset != 0).then_some((part.offset, part.step));
+        if fused.transposed {
+            let a = rs[1] as usize;
+            pair.transpose = Some((a, a));
+        }
+        found.pairs.push(pair);
+    }
 }
 
 /// Record residual tensor `ri` as expert `expert` of the base's stacked
@@ -659,15 +730,25 @@ fn pair_rows<'a>(
         }
         r
     };
+    let picked = |i: usize| -> Box<dyn RowSource + 'a> {
+        match p.columns {
+            Some((offset, step)) => Box::new(ColumnSlice {
+                rows: Box::new(one(i)),
+                offset,
+                step,
+            }),
+            None => Box::new(one(i)),
+        }
+    };
     if let Some((group, len)) = p.transpose {
         return Box::new(TransposedRows {
-            rows: Box::new(one(p.residual)),
+            rows: picked(p.residual),
             group,
             len,
         });
     }
     if let [only] = p.parts[..] {
-        return Box::new(one(only));
+        return picked(only);
     }
     Box::new(StackedRows {
         parts: p

@@ -19,7 +19,9 @@
 //! generated), with the same filters, when their converter only renames or
 //! when [`transforms`] restates what it does: q/k permutation
 //! ([`row_permutation`]), expert stacking ([`expert_part`]), the embedding
-//! trim ([`embedding_rows`]), GraniteMoE's split ([`split_halves`]).
+//! trim ([`embedding_rows`]), GraniteMoE's split ([`split_halves`]),
+//! DeepSeek's `kv_b_proj` split ([`kv_b_split`]), gpt-oss's fused experts
+//! ([`fused_experts`]).
 
 use super::hf_names::{self, Converter};
 
@@ -347,7 +349,8 @@ fn is_multimodal(name: &str) -> bool {
 /// `Some(n) == hf_name` means the tensor is already in GGUF layout).
 pub fn hf_to_gguf(arch_name: &str, hf_name: &str) -> Option<String> {
     let Some(arch) = arch(arch_name) else {
-        return mapped_generated(arch_name)
+        // A fused tensor is no one GGUF tensor ([`fused_experts`]).
+        return (mapped_generated(arch_name) && fused_experts(arch_name, hf_name).is_none())
             .then(|| hf_to_gguf_generated(arch_name, hf_name))
             .flatten();
     };
@@ -388,6 +391,13 @@ fn filtered_name(arch_name: &str, hf_name: &str) -> Option<String> {
     // bias either way.
     if arch_name == "llama" {
         name = name.replace("text_model.", "");
+    }
+    // GptOssModel.filter_tensors (sinks), then its modify_tensors (down_proj_bias).
+    if arch_name == "gpt-oss" {
+        if name.contains("sinks") {
+            name += ".weight";
+        }
+        name = name.replace("down_proj_bias", "down_proj.bias");
     }
     if name.ends_with("e_score_correction_bias") {
         name = name.replace("e_score_correction_bias", "e_score_correction.bias");
@@ -450,6 +460,10 @@ pub struct Transforms {
     /// DeepSeek's `kv_b_proj` split per head into `attn_k_b` (transposed)
     /// and `attn_v_b` ([`kv_b_split`]).
     pub split_kv_b: bool,
+    /// gpt-oss's fused expert tensors: `down_proj` transposed per expert,
+    /// `gate_up_proj` transposed and split by interleaved columns, its bias
+    /// split the same way ([`fused_experts`]).
+    pub fused_experts: bool,
 }
 
 /// How a converter spells the per-expert tensors it stacks.
@@ -472,7 +486,8 @@ pub enum ExpertStack {
 /// From the pinned `conversion/*.py`: `LlamaModel` and the subclasses that
 /// keep its `modify_tensors` and `undo_permute = True` permute q/k and stack
 /// Mixtral-style experts; `Qwen2MoeModel`/`Qwen3MoeModel`/`OlmoeModel` stack
-/// experts without permuting; `Gemma3Model` trims the embedding (its `norm + 1` needs
+/// experts without permuting; `DeepseekV2Model` splits `kv_b_proj`;
+/// `GptOssModel` cuts its fused experts ([`fused_experts`]); `Gemma3Model` trims the embedding (its `norm + 1` needs
 /// nothing: a difference is unaffected); Qwen 2/3, Gemma 1/2 and Phi-3 only
 /// rename and shift norms; converters that only rename, by the generated
 /// table's `converter` column.
@@ -495,6 +510,10 @@ pub fn transforms(arch_name: &str) -> Option<Transforms> {
         },
         "qwen2moe" | "qwen3moe" | "olmoe" | "ernie4_5-moe" | "glm4moe" => Transforms {
             experts: Some(ExpertStack::Qwen2Moe),
+            ..Transforms::default()
+        },
+        "gpt-oss" => Transforms {
+            fused_experts: true,
             ..Transforms::default()
         },
         "gemma3" => Transforms {
@@ -555,6 +574,59 @@ fn split_names(arch_name: &str, hf_name: &str, part: &str, into: [&str; 2]) -> O
     let name = filtered_name(arch_name, hf_name)?;
     let (bid, rest) = split_block(&name, "model.layers.")?;
     (rest == part).then(|| into.map(|g| format!("blk.{bid}.{g}.weight")))
+}
+
+/// One GGUF tensor cut from a fused HF expert tensor ([`fused_experts`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct FusedPart {
+    /// The GGUF tensor.
+    pub gguf: String,
+    /// First column of the HF tensor (in each expert) it takes…
+    pub offset: usize,
+    /// …and every `step`th one after it.
+    pub step: usize,
+}
+
+/// What the converter makes of a fused HF expert tensor ([`fused_experts`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct FusedExperts {
+    /// The GGUF tensors, each from some of the HF tensor's columns.
+    pub parts: Vec<FusedPart>,
+    /// Each expert's `[rows, columns]` matrix is transposed after the
+    /// columns are picked (weights; biases are not).
+    pub transposed: bool,
+}
+
+/// For gpt-oss's fused expert tensors, what the converter cuts them into
+/// (`GptOssModel.modify_tensors`, for checkpoints not in MXFP4):
+/// `mlp.experts.down_proj` `[E, F, D]` → `ffn_down_exps.weight` `[E, D, F]`
+/// (transposed); `mlp.experts.gate_up_proj` `[E, D, 2F]`, transposed to
+/// `[E, 2F, D]`, → rows `::2` `ffn_gate_exps.weight`, rows `1::2`
+/// `ffn_up_exps.weight`; `gate_up_proj_bias` `[E, 2F]` → columns `::2` and
+/// `1::2` as the two biases. Names from gguf-py's table, as
+/// `map_tensor_name` gives them.
+pub fn fused_experts(arch_name: &str, hf_name: &str) -> Option<FusedExperts> {
+    transforms(arch_name)?.fused_experts.then_some(())?;
+    let name = filtered_name(arch_name, hf_name)?;
+    let (bid, rest) = split_block(&name, "model.layers.")?;
+    let part = |w: &str, suffix: &str, offset, step| {
+        let hf = format!("model.layers.{bid}.mlp.experts.{w}.{suffix}");
+        let gguf = hf_to_gguf_generated(arch_name, &hf)?;
+        Some(FusedPart { gguf, offset, step })
+    };
+    let halves = |suffix| {
+        Some(vec![
+            part("gate_proj", suffix, 0, 2)?,
+            part("up_proj", suffix, 1, 2)?,
+        ])
+    };
+    let (parts, transposed) = match rest {
+        "mlp.experts.down_proj" => (vec![part("down_proj", "weight", 0, 1)?], true),
+        "mlp.experts.gate_up_proj" => (halves("weight")?, true),
+        "mlp.experts.gate_up_proj_bias" => (halves("bias")?, false),
+        _ => return None,
+    };
+    Some(FusedExperts { parts, transposed })
 }
 
 /// For a per-expert HF tensor `arch`'s converter stacks: the GGUF name of

@@ -291,3 +291,47 @@ impl RowSource for TransposedRows<'_> {
         }
     }
 }
+
+/// Every `step`th column of another source's rows, from column `offset`
+/// (gpt-oss's interleaved `gate_up_proj`: gate in the even columns, up in
+/// the odd ones). Decodes one stored row at a time.
+pub struct ColumnSlice<'a> {
+    /// The stored rows.
+    pub rows: Box<dyn RowSource + 'a>,
+    /// First column taken.
+    pub offset: usize,
+    /// Distance between the columns taken.
+    pub step: usize,
+}
+
+impl RowSource for ColumnSlice<'_> {
+    fn row_len(&self) -> usize {
+        let (len, step) = (self.rows.row_len(), self.step.max(1));
+        len.saturating_sub(self.offset).div_ceil(step)
+    }
+
+    fn n_rows(&self) -> usize {
+        self.rows.n_rows()
+    }
+
+    fn decode(&self, start: usize, out: &mut [f32]) -> Result<()> {
+        let mut stored = vec![0f32; self.rows.row_len()];
+        let step = self.step.max(1);
+        for (i, dst) in out.chunks_exact_mut(self.row_len().max(1)).enumerate() {
+            self.rows.decode(start + i, &mut stored)?;
+            let picked = stored.iter().skip(self.offset).step_by(step);
+            for (v, s) in dst.iter_mut().zip(picked) {
+                *v = *s;
+            }
+        }
+        Ok(())
+    }
+
+    fn release_rows(&self, start: usize, end: usize) {
+        self.rows.release_rows(start, end);
+    }
+
+    fn prefetch_rows(&self, start: usize, end: usize) {
+        self.rows.prefetch_rows(start, end);
+    }
+}

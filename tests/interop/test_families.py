@@ -22,7 +22,7 @@ from conftest import FIXTURES, run_qresidual
 # (the README's support matrix lists the same).
 VERIFIED = ["llama", "mistral", "qwen2", "qwen3", "phi3", "gemma", "gemma2", "olmo2",
             "starcoder2", "gemma3", "granite", "smollm3", "mixtral", "qwen2moe", "qwen3moe",
-            "olmoe", "granitemoe", "ernie4_5_moe", "glm4moe", "deepseek2"]
+            "olmoe", "granitemoe", "ernie4_5_moe", "glm4moe", "deepseek2", "gpt-oss"]
 # Where the pinned llama.cpp cannot use the converter's own output, whatever the weights:
 # it cannot decode the tiny starcoder2 (llama_decode returns 1, "failed to find a memory
 # slot"); it refuses the tiny gemma3, whose token list the converter pads to vocab_size
