@@ -1,20 +1,24 @@
 //! What every quantized Hugging Face folder kind shares through `Model`:
 //! `compare` against its own dequantization finds them identical, and
 //! `extract` from that pair gives an all-zero residual with every weight;
-//! a quantization qresidual does not read (GPTQ's own layout) is refused by
-//! name.
+//! a GPTQ config over a folder without `qweight`, and a quantization
+//! qresidual does not read, are refused by name.
 
 use serde_json::Value;
 
 mod common;
 use common::{assert_fails, fixture_in, ok, run, s, Dir};
 
-const FOLDERS: [(&str, &str); 5] = [
+const FOLDERS: [(&str, &str); 9] = [
     ("tiny_fp8", "block"),
     ("tiny_fp8", "channel"),
     ("tiny_fp8", "tensor"),
     ("tiny_mlx", "affine"),
     ("tiny_packed", "w4g64"),
+    ("tiny_gptq", "gptq_w4g64_asym"),
+    ("tiny_gptq", "gptq_w4g64_act"),
+    ("tiny_gptq", "gptq_w8_v2"),
+    ("tiny_gptq", "awq_w4g64"),
 ];
 
 #[test]
