@@ -7,6 +7,10 @@ default, bfloat16) is quantized by the references themselves into target/bench-f
   fp8-channel  compressed-tensors float-quantized, per channel
   int4         compressed-tensors pack-quantized, symmetric int4, groups of 64
   mlx4         mlx-lm quantize_model (4 bits, groups of 64)
+  gptq4        GPTQ v1, 4 bits, groups of 64, act-order, and
+  awq4         AWQ GEMM, 4 bits, groups of 64: fixtures/make_tiny_gptq.py's round-to-nearest
+               packing (no GPTQ/AWQ package is installed); their references are that script's
+               torch references of AutoGPTQ's QuantLinear and AutoAWQ's dequantize_gemm
 Then, per format, alternating --repeat times:
   ours         `qresidual dequantize IN -o OUT --type f32` (read, decode, write a folder)
   reference    the reference's dequantization of every quantized weight from the same files
@@ -18,7 +22,7 @@ and CPU seconds (user + sys, all threads), each the best of --repeat, and refere
 (above 1: ours is faster). On a shared machine the wall time depends on other load. The outputs are compared
 weight by weight (f32 bits) after the timing.
 
-Usage: python3 benches/bench_formats.py [--layers 4] [--repeat 3]
+Usage: python3 benches/bench_formats.py [--layers 4] [--repeat 3] [--only gptq4,awq4]
 """
 import argparse
 import os
@@ -86,6 +90,45 @@ def make_models(layers):
     save_model(OUT / "mlx4", model)
     save_config(config, OUT / "mlx4" / "config.json")
     (OUT / "done").write_text(str(layers))
+
+
+GPTQ = {"gptq4": "gptq_w4g64_act", "awq4": "awq_w4g64"}
+
+
+def make_gptq(layers):
+    """gptq4 and awq4 from the bf16 model (made here if make_models has not run)."""
+    import sys
+    import torch
+    sys.path.insert(0, str(ROOT / "fixtures"))
+    from make_tiny_gptq import VARIANTS, write_variant
+    src = OUT / "bf16"
+    if not (src / "config.json").is_file():
+        OUT.mkdir(parents=True, exist_ok=True)
+        llama(layers).save_pretrained(src)
+    gen = torch.Generator().manual_seed(3)
+    for name, variant in GPTQ.items():
+        if not (OUT / name / "config.json").is_file():
+            write_variant(src, OUT / name, VARIANTS[variant], gen)
+
+
+def reference_gptq(folder, out):
+    import json
+    import sys
+    from safetensors.torch import load_file, save_file
+    sys.path.insert(0, str(ROOT / "fixtures"))
+    from make_tiny_gptq import VARIANTS, reference_of
+    qc = json.loads((folder / "config.json").read_text())["quantization_config"]
+    v = VARIANTS[GPTQ["awq4" if qc["quant_method"] == "awq" else "gptq4"]]
+    t = load_file(folder / "model.safetensors")
+    res = {}
+    for k, x in t.items():
+        if k.endswith(".qweight"):
+            m = k[: -len(".qweight")]
+            res[m + ".weight"] = reference_of(t, m, v).float()
+        elif not k.endswith((".qzeros", ".scales", ".g_idx")):
+            res[k] = x.float()
+    save_file(res, out / "model.safetensors")
+    return res
 
 
 def reference_fp8(folder, out):
@@ -185,12 +228,18 @@ def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--layers", type=int, default=4)
     ap.add_argument("--repeat", type=int, default=3)
+    ap.add_argument("--only", default="", help="comma-separated formats (default: all)")
     a = ap.parse_args()
-    make_models(a.layers)
+    only = set(filter(None, a.only.split(",")))
+    if not only or only - set(GPTQ):
+        make_models(a.layers)
+    make_gptq(a.layers)
     print(f"{'format':<12} {'ours s':>8} {'ref s':>8} {'ref/ours':>9} {'ours cpu':>9} {'ref cpu':>8} "
           f"{'ref/ours':>9}  weights bit-equal")
     for name, ref in [("fp8-block", reference_fp8), ("fp8-channel", reference_fp8), ("int4", reference_packed),
-                      ("mlx4", reference_mlx)]:
+                      ("mlx4", reference_mlx), ("gptq4", reference_gptq), ("awq4", reference_gptq)]:
+        if only and name not in only:
+            continue
         folder = OUT / name
         best_ours, best_ref = [float("inf")] * 2, [float("inf")] * 2
         with tempfile.TemporaryDirectory(dir=OUT) as tmp:

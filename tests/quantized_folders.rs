@@ -1,20 +1,24 @@
 //! What every quantized Hugging Face folder kind shares through `Model`:
 //! `compare` against its own dequantization finds them identical, and
 //! `extract` from that pair gives an all-zero residual with every weight;
-//! a quantization qresidual does not read (GPTQ's own layout) is refused by
-//! name.
+//! a GPTQ config over a folder without `qweight`, and a quantization
+//! qresidual does not read, are refused by name.
 
 use serde_json::Value;
 
 mod common;
 use common::{assert_fails, fixture_in, ok, run, s, Dir};
 
-const FOLDERS: [(&str, &str); 5] = [
+const FOLDERS: [(&str, &str); 9] = [
     ("tiny_fp8", "block"),
     ("tiny_fp8", "channel"),
     ("tiny_fp8", "tensor"),
     ("tiny_mlx", "affine"),
     ("tiny_packed", "w4g64"),
+    ("tiny_gptq", "gptq_w4g64_asym"),
+    ("tiny_gptq", "gptq_w4g64_act"),
+    ("tiny_gptq", "gptq_w8_v2"),
+    ("tiny_gptq", "awq_w4g64"),
 ];
 
 #[test]
@@ -51,26 +55,39 @@ fn compare_and_extract_read_every_kind() {
 }
 
 #[test]
-fn gptq_folders_are_refused_by_name() {
+fn gptq_without_qweight_and_unread_methods_fail_by_name() {
     let d = Dir::new();
-    let base = fixture_in("tiny_packed", "w4g64");
-    let cfg =
-        r#"{"model_type": "llama", "quantization_config": {"quant_method": "gptq", "bits": 4}}"#;
-    let folder = common::edited_folder(&base, &d, "gptq", cfg, |_| {});
-    let out = d.p("out");
-    let o = run(&[
-        "dequantize",
-        "-q",
-        s(&folder),
-        "-o",
-        s(&out),
-        "--type",
-        "f16",
-    ]);
-    assert_fails(
-        &o,
-        1,
-        &["gptq/config.json", "quant_method gptq", "does not read"],
-        &out,
-    );
+    let base = fixture_in("tiny_gptq", "gptq_w4g64_asym");
+    let no_qweight = |t: &mut Vec<(String, safetensors::Dtype, Vec<usize>, Vec<u8>)>| {
+        t.retain(|x| !x.0.ends_with(".qweight"))
+    };
+    let gptq = r#"{"model_type": "llama", "quantization_config": {"quant_method": "gptq", "bits": 4, "group_size": 64}}"#;
+    let hqq =
+        r#"{"model_type": "llama", "quantization_config": {"quant_method": "hqq", "bits": 4}}"#;
+    for (name, cfg, needle) in [
+        (
+            "gptq",
+            gptq,
+            "declares GPTQ/AWQ quantization, but no tensor is a qweight",
+        ),
+        (
+            "hqq",
+            hqq,
+            "quant_method hqq, which qresidual does not read",
+        ),
+    ] {
+        let folder = common::edited_folder(&base, &d, name, cfg, no_qweight);
+        let out = d.p("out");
+        let o = run(&[
+            "dequantize",
+            "-q",
+            s(&folder),
+            "-o",
+            s(&out),
+            "--type",
+            "f16",
+        ]);
+        let config = format!("{name}/config.json");
+        assert_fails(&o, 1, &[config.as_str(), needle], &out);
+    }
 }

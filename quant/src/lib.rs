@@ -28,6 +28,7 @@ mod error;
 mod float;
 pub mod fp8;
 pub mod ggml;
+pub mod gptq;
 pub mod mlx;
 pub mod packed;
 pub mod requant;

@@ -378,9 +378,11 @@ pub fn residual_fingerprint(residual: &Residual) -> Result<Option<Fingerprint>> 
             .get(FINGERPRINT_KEY)
             .and_then(|v| v.as_str())
             .map(str::to_string),
-        Residual::Bitsandbytes(_) | Residual::Fp8(_) | Residual::Mlx(_) | Residual::Packed(_) => {
-            None
-        }
+        Residual::Bitsandbytes(_)
+        | Residual::Fp8(_)
+        | Residual::Mlx(_)
+        | Residual::Packed(_)
+        | Residual::Gptq(_) => None,
     };
     let Some(text) = text else { return Ok(None) };
     let fp: Fingerprint = serde_json::from_str(&text).map_err(|e| {

@@ -193,7 +193,7 @@ pub fn apply(req: &ApplyRequest, log: &Log) -> Result<ApplyResult> {
     check_request(req)?;
     match Model::open(&req.base)? {
         Model::Gguf(base) => apply_gguf(req, &base, log),
-        Model::Bitsandbytes(base) | Model::Fp8(base) | Model::Mlx(base) | Model::Packed(base) => bnb::apply(req, &base, log),
+        Model::Bitsandbytes(base) | Model::Fp8(base) | Model::Mlx(base) | Model::Packed(base) | Model::Gptq(base) => bnb::apply(req, &base, log),
         Model::Safetensors(_) => Err(Error::Usage(format!(
             "{}: a plain safetensors checkpoint is not a quantized base; add the residual to its GGUF or bitsandbytes form",
             req.base.display()

@@ -18,7 +18,7 @@ tensors are copied.
 
 A Hugging Face bitsandbytes folder (NF4/FP4/LLM.int8) is written as a folder of plain f32, f16 \
 or bf16 safetensors with its config.json (quantization_config removed), bit-exact with \
-bitsandbytes' own dequantization. An FP8 folder (quant_method fp8, or compressed-tensors float-quantized) likewise, bit-exact with transformers' / compressed-tensors' dequantization, an mlx-lm folder in MLX's affine mode, bit-exact with mx.dequantize, and a compressed-tensors pack-quantized folder, bit-exact with its decompression.
+bitsandbytes' own dequantization. An FP8 folder (quant_method fp8, or compressed-tensors float-quantized) likewise, bit-exact with transformers' / compressed-tensors' dequantization, an mlx-lm folder in MLX's affine mode, bit-exact with mx.dequantize, a compressed-tensors pack-quantized folder, bit-exact with its decompression, and a GPTQ or AWQ (GEMM) folder, bit-exact with AutoGPTQ's / AutoAWQ's torch dequantization.
 
 Examples:
   qresidual dequantize model-Q4_K_M.gguf -o model-F32.gguf
@@ -27,7 +27,7 @@ Examples:
 /// Expand a quantized model.
 #[derive(Args, Debug)]
 pub struct DequantizeArgs {
-    /// Input: GGUF file, bitsandbytes, FP8, MLX or pack-quantized folder.
+    /// Input: GGUF file, bitsandbytes, FP8, MLX, pack-quantized, GPTQ or AWQ folder.
     #[arg(value_name = "IN")]
     pub input: PathBuf,
     /// Output: GGUF file, or a folder for a bitsandbytes, FP8, MLX or pack-quantized input.

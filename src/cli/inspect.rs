@@ -20,7 +20,7 @@ stored tensors as for safetensors. FP8 folder (quant_method fp8, compressed-tens
 /// Show metadata, tensors and per-type totals of a model file.
 #[derive(clap::Args, Debug)]
 pub struct InspectArgs {
-    /// The model: GGUF file, .safetensors file, folder of safetensors shards, bitsandbytes, FP8, MLX or pack-quantized folder, or a reference (user/repo[:QUANT], user/repo/FILE, ollama:NAME[:TAG], lmstudio:…).
+    /// The model: GGUF file, .safetensors file, folder of safetensors shards, bitsandbytes, FP8, MLX, pack-quantized, GPTQ or AWQ folder, or a reference (user/repo[:QUANT], user/repo/FILE, ollama:NAME[:TAG], lmstudio:…).
     pub file: PathBuf,
     /// Print everything as JSON, with exact value types.
     #[arg(long)]

@@ -38,7 +38,10 @@ use serde_json::{json, Value};
 
 use crate::format::pages::ReleasePages;
 use crate::format::st::{SafetensorsModel, SafetensorsWriter, StTensor, INDEX_FILE};
-use crate::model::fp8::{fp8_weight, is_fp8_config, scale_bytes, BlockMaxima, Fp8Layout, Fp8Rows};
+use crate::model::fp8::{
+    dtype_of, fp8_weight, is_fp8_config, scale_bytes, BlockMaxima, Fp8Layout, Fp8Rows,
+};
+use crate::model::gptq::{gptq_packing, gptq_weight, grid_of, GptqLayout, GptqRows};
 use crate::model::mlx::{mlx_config, mlx_weight, MlxLayout, MlxRows};
 use crate::model::naming::RowPermutation;
 use crate::model::packed::{is_packed_config, packed_weight, PackedLayout, PackedRows};
@@ -69,6 +72,8 @@ pub enum Method {
     Mlx,
     /// compressed-tensors `pack-quantized` (symmetric int4/int8 groups).
     Packed,
+    /// GPTQ or AWQ in their own layouts (`quant_method: gptq`/`awq`).
+    Gptq,
 }
 
 impl Method {
@@ -80,6 +85,8 @@ impl Method {
             Some(Method::Mlx)
         } else if is_packed_config(config) {
             Some(Method::Packed)
+        } else if gptq_packing(config).is_some() {
+            Some(Method::Gptq)
         } else if is_fp8_config(config) {
             Some(Method::Fp8)
         } else {
@@ -94,6 +101,7 @@ impl Method {
             Method::Fp8 => "FP8",
             Method::Mlx => "MLX",
             Method::Packed => "compressed-tensors pack-quantized",
+            Method::Gptq => "GPTQ/AWQ",
         }
     }
 }
@@ -161,6 +169,8 @@ pub enum Storage {
     Mlx(MlxLayout),
     /// compressed-tensors packed integers with group scales.
     Packed(PackedLayout),
+    /// GPTQ/AWQ packed integers with group scales and zero points.
+    Gptq(GptqLayout),
 }
 
 impl Storage {
@@ -304,6 +314,16 @@ impl BnbModel {
                 "declares pack-quantized weights, but no tensor is a weight_packed",
             ));
         }
+        if method == Method::Gptq
+            && !weights
+                .iter()
+                .any(|w| matches!(w.storage, Storage::Gptq(_)))
+        {
+            return Err(Error::format(
+                &config_path,
+                "declares GPTQ/AWQ quantization, but no tensor is a qweight",
+            ));
+        }
         if method == Method::Mlx && !weights.iter().any(|w| matches!(w.storage, Storage::Mlx(_))) {
             return Err(Error::format(
                 &config_path,
@@ -424,6 +444,13 @@ impl BnbModel {
                 n_rows: w.n_rows(),
                 pages: &self.st,
             })),
+            Storage::Gptq(layout) => Some(Box::new(GptqRows {
+                path,
+                name: &w.name,
+                qweight: self.st.data(main),
+                grid: grid_of(&self.st, &w.parts, *layout, &w.shape),
+                pages: &self.st,
+            })),
             Storage::Mlx(layout) => Some(Box::new(MlxRows {
                 path,
                 name: &w.name,
@@ -522,7 +549,21 @@ fn collect_weights(st: &SafetensorsModel, config: &Value) -> Result<Vec<BnbWeigh
             });
         }
     }
-    for (i, t) in st.tensors().iter().enumerate() {
+    for t in st.tensors() {
+        if let Some(p) = gptq_weight(st, &index, t, config)? {
+            weights.push(BnbWeight {
+                name: p.name,
+                shape: p.shape,
+                storage: Storage::Gptq(p.layout),
+                shard: t.shard,
+                parts: p.parts,
+            });
+        }
+    }
+    // GPTQ/AWQ name their scales `M.scales` as MLX does: the GPTQ pass
+    // above claimed them.
+    let mlx_names = gptq_packing(config).is_none();
+    for (i, t) in st.tensors().iter().enumerate().filter(|_| mlx_names) {
         if let Some(m) = mlx_weight(st, &index, t, config)? {
             let w = &st.tensors()[m.weight];
             weights.push(BnbWeight {
@@ -912,6 +953,9 @@ pub enum OutStorage {
     /// Packed integers re-rounded on the base's own group scales (which
     /// are kept), from the sum rounded to the scales' dtype.
     Packed(PackedLayout),
+    /// GPTQ/AWQ codes re-rounded on the base's own scales and zero points
+    /// (kept, with g_idx), from the sum rounded to the scales' dtype.
+    Gptq(GptqLayout),
     /// FP8 with scales recomputed in `layout`, quantized from the sum
     /// rounded to `dtype`.
     Fp8 {
@@ -932,6 +976,7 @@ impl OutStorage {
             OutStorage::Fp8 { layout, .. } => layout.label(),
             OutStorage::Mlx(layout) => layout.label(),
             OutStorage::Packed(layout) => layout.label(),
+            OutStorage::Gptq(layout) => layout.label(),
         }
     }
 
@@ -954,6 +999,7 @@ impl OutStorage {
             Storage::Int8 => OutStorage::Int8,
             Storage::Mlx(layout) => OutStorage::Mlx(layout),
             Storage::Packed(layout) => OutStorage::Packed(layout),
+            Storage::Gptq(layout) => OutStorage::Gptq(layout),
             Storage::Fp8(layout) => OutStorage::Fp8 {
                 layout,
                 // compressed-tensors computes in the scale's dtype.
@@ -1337,7 +1383,7 @@ fn out_tensors(
         }
         // Only MLX weights are written as MLX: every part keeps its name,
         // dtype and shape.
-        OutStorage::Mlx(_) | OutStorage::Packed(_) => w
+        OutStorage::Mlx(_) | OutStorage::Packed(_) | OutStorage::Gptq(_) => w
             .parts
             .iter()
             .map(|&i| {
@@ -1387,6 +1433,10 @@ fn validate(model: &BnbModel, jobs: &[WeightJob<'_>]) -> Result<()> {
             }
             OutStorage::Packed(_) if !matches!(w.storage, Storage::Packed(_)) => bad.push(format!(
                 "{}: only packed weights are written packed",
+                w.name
+            )),
+            OutStorage::Gptq(_) if !matches!(w.storage, Storage::Gptq(_)) => bad.push(format!(
+                "{}: only GPTQ/AWQ weights are written as GPTQ/AWQ",
                 w.name
             )),
             _ => {}
@@ -1564,6 +1614,14 @@ fn write_weight(
             // The base's scales and shape, as they were.
             write(model.st.data(model.part(w, 1)))?;
             write(model.st.data(model.part(w, 2)))?;
+        }
+        OutStorage::Gptq(layout) => {
+            let grid = grid_of(&model.st, &w.parts, layout, &w.shape);
+            re.gptq(&grid, &mut write, &mut stats)?;
+            // The base's zero points, scales and g_idx, as they were.
+            for k in 1..w.parts.len() {
+                write(model.st.data(model.part(w, k)))?;
+            }
         }
     }
     Ok(Written {
@@ -1810,6 +1868,39 @@ impl<R: ChunkRunner> Reencode<'_, R> {
         };
         self.encode_chunks(dtype, write, stats, encode, |()| {})?;
         write(&scale_bytes(scale_dtype, &scales))
+    }
+
+    /// As GPTQ/AWQ codes on the base's grid, from the sum rounded to the
+    /// scales' dtype. A row's codes are a column of `qweight`, so the
+    /// tensor's words are gathered (a quarter or an eighth of the f32
+    /// weight's bytes) and written once every chunk is in.
+    fn gptq(
+        &self,
+        grid: &qresidual_quant::gptq::Grid,
+        write: &mut impl FnMut(&[u8]) -> Result<()>,
+        stats: &mut ErrorStats,
+    ) -> Result<()> {
+        let measure = self.opts.measure;
+        let words = grid.out * grid.inp / qresidual_quant::gptq::per_word(grid.bits);
+        let mut qweight = vec![0u32; words];
+        let dtype = dtype_of(grid.precision);
+        let encode = |r0: usize, t: &[f32]| {
+            let codes = grid.codes_for_rows(t, r0);
+            let decoded = measure.then(|| {
+                let mut d = vec![0f32; t.len()];
+                grid.decode_codes(&codes, r0, &mut d);
+                d
+            });
+            Ok((Vec::new(), decoded, (r0, codes)))
+        };
+        let keep = |(r0, codes): (usize, Vec<u8>)| grid.place_codes(&codes, r0, &mut qweight);
+        self.encode_chunks(dtype, write, stats, encode, keep)?;
+        write(
+            &qweight
+                .iter()
+                .flat_map(|w| w.to_le_bytes())
+                .collect::<Vec<u8>>(),
+        )
     }
 
     /// As packed integers on the grid of `scales` (the base's), from the

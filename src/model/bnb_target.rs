@@ -63,6 +63,7 @@ fn model_dtype(model: &BnbModel) -> Dtype {
     let default = match model.method() {
         Method::Bitsandbytes => Dtype::F16,
         Method::Fp8 | Method::Mlx | Method::Packed => Dtype::BF16,
+        Method::Gptq => Dtype::F16,
     };
     c["dtype"]
         .as_str()
@@ -99,7 +100,11 @@ pub fn out_storage(model: &BnbModel, s: &Storage, target: BnbTarget) -> OutStora
         // no double quantization) and the model's dtype.
         (
             BnbTarget::FourBit(kind),
-            Storage::Int8 | Storage::Fp8(_) | Storage::Mlx(_) | Storage::Packed(_),
+            Storage::Int8
+            | Storage::Fp8(_)
+            | Storage::Mlx(_)
+            | Storage::Packed(_)
+            | Storage::Gptq(_),
         ) => OutStorage::FourBit {
             kind,
             blocksize: 64,

@@ -5,6 +5,7 @@
 pub mod bnb;
 pub mod bnb_target;
 pub mod fp8;
+pub mod gptq;
 pub mod hf_names;
 pub mod locate;
 pub mod mix;
@@ -46,6 +47,9 @@ pub enum Model {
     /// groups, the layout of llm-compressor's GPTQ outputs), read and kept
     /// on the base's own scales.
     Packed(BnbModel),
+    /// A GPTQ or AWQ folder in its own layout (`qweight`, `qzeros`,
+    /// `scales`, GPTQ's `g_idx`), read and kept on the base's own grid.
+    Gptq(BnbModel),
 }
 
 impl ReleasePages for Model {
@@ -53,9 +57,11 @@ impl ReleasePages for Model {
         match self {
             Model::Gguf(g) => g.release(bytes),
             Model::Safetensors(s) => s.release(bytes),
-            Model::Bitsandbytes(b) | Model::Fp8(b) | Model::Mlx(b) | Model::Packed(b) => {
-                b.safetensors().release(bytes)
-            }
+            Model::Bitsandbytes(b)
+            | Model::Fp8(b)
+            | Model::Mlx(b)
+            | Model::Packed(b)
+            | Model::Gptq(b) => b.safetensors().release(bytes),
         }
     }
 }
@@ -141,6 +147,8 @@ pub enum Format {
     /// A folder whose config.json declares compressed-tensors
     /// `pack-quantized`.
     Packed,
+    /// A folder whose config.json declares `quant_method` `gptq` or `awq`.
+    Gptq,
     /// A .safetensors file, an index, or a folder holding either.
     Safetensors,
 }
@@ -156,10 +164,11 @@ impl Format {
             Some(Ok(bnb::Method::Fp8)) => return Ok(Format::Fp8),
             Some(Ok(bnb::Method::Mlx)) => return Ok(Format::Mlx),
             Some(Ok(bnb::Method::Packed)) => return Ok(Format::Packed),
+            Some(Ok(bnb::Method::Gptq)) => return Ok(Format::Gptq),
             Some(Err(what)) => {
                 return Err(Error::format(
                     path.join(bnb::CONFIG_FILE),
-                    format!("quantization_config declares {what}, which qresidual does not read (it reads bitsandbytes, quant_method fp8, compressed-tensors float-quantized and pack-quantized, and MLX affine)"),
+                    format!("quantization_config declares {what}, which qresidual does not read (it reads bitsandbytes, quant_method fp8, compressed-tensors float-quantized and pack-quantized, MLX affine, GPTQ and AWQ GEMM)"),
                 ))
             }
             None => {}
@@ -206,6 +215,7 @@ impl Model {
             Format::Fp8 => Ok(Model::Fp8(BnbModel::open(path)?)),
             Format::Mlx => Ok(Model::Mlx(BnbModel::open(path)?)),
             Format::Packed => Ok(Model::Packed(BnbModel::open(path)?)),
+            Format::Gptq => Ok(Model::Gptq(BnbModel::open(path)?)),
             Format::Safetensors => {
                 let st = SafetensorsModel::open(path)?;
                 if let Some(marker) = bitsandbytes_marker(&st) {
@@ -228,6 +238,7 @@ impl Model {
             Model::Fp8(_) => Format::Fp8,
             Model::Mlx(_) => Format::Mlx,
             Model::Packed(_) => Format::Packed,
+            Model::Gptq(_) => Format::Gptq,
         }
     }
 
@@ -236,7 +247,11 @@ impl Model {
         match self {
             Model::Gguf(g) => g.path(),
             Model::Safetensors(s) => s.path(),
-            Model::Bitsandbytes(b) | Model::Fp8(b) | Model::Mlx(b) | Model::Packed(b) => b.path(),
+            Model::Bitsandbytes(b)
+            | Model::Fp8(b)
+            | Model::Mlx(b)
+            | Model::Packed(b)
+            | Model::Gptq(b) => b.path(),
         }
     }
 
@@ -245,14 +260,22 @@ impl Model {
         match self {
             Model::Gguf(g) => g.paths(),
             Model::Safetensors(s) => s.shard_paths().to_vec(),
-            Model::Bitsandbytes(b) | Model::Fp8(b) | Model::Mlx(b) | Model::Packed(b) => b.paths(),
+            Model::Bitsandbytes(b)
+            | Model::Fp8(b)
+            | Model::Mlx(b)
+            | Model::Packed(b)
+            | Model::Gptq(b) => b.paths(),
         }
     }
 
     /// The Hugging Face quantized folder (bitsandbytes or FP8), if this is one.
     pub fn quantized_folder(&self) -> Option<&BnbModel> {
         match self {
-            Model::Bitsandbytes(b) | Model::Fp8(b) | Model::Mlx(b) | Model::Packed(b) => Some(b),
+            Model::Bitsandbytes(b)
+            | Model::Fp8(b)
+            | Model::Mlx(b)
+            | Model::Packed(b)
+            | Model::Gptq(b) => Some(b),
             _ => None,
         }
     }
@@ -303,7 +326,7 @@ impl Model {
                     })
                 })
                 .collect(),
-            Model::Bitsandbytes(b) | Model::Fp8(b) | Model::Mlx(b) | Model::Packed(b) => Err(Error::Usage(format!(
+            Model::Bitsandbytes(b) | Model::Fp8(b) | Model::Mlx(b) | Model::Packed(b) | Model::Gptq(b) => Err(Error::Usage(format!(
                 "{}: a {} folder cannot be a residual (residuals are F16/BF16/F32 safetensors or GGUF)",
                 b.path().display(),
                 b.method().name()
@@ -359,6 +382,9 @@ impl Model {
                 bnb::Storage::Mlx(_) => GgmlType::Q4_1,
                 bnb::Storage::Packed(l) if l.bits >= 8 => GgmlType::Q8_0,
                 bnb::Storage::Packed(_) => GgmlType::Q4_0,
+                // A scale and a zero point per group: the grid of Q4_1, Q8_0 at 8 bits.
+                bnb::Storage::Gptq(l) if l.bits >= 8 => GgmlType::Q8_0,
+                bnb::Storage::Gptq(_) => GgmlType::Q4_1,
             };
             out.push(Weight {
                 name: &w.name,
@@ -396,7 +422,11 @@ impl Model {
             data: match self {
                 Model::Gguf(g) => g.tensor_data(w.index),
                 Model::Safetensors(s) => s.data(&s.tensors()[w.index]),
-                Model::Bitsandbytes(_) | Model::Fp8(_) | Model::Mlx(_) | Model::Packed(_) => {
+                Model::Bitsandbytes(_)
+                | Model::Fp8(_)
+                | Model::Mlx(_)
+                | Model::Packed(_)
+                | Model::Gptq(_) => {
                     unreachable!("handled above")
                 }
             },
@@ -500,7 +530,8 @@ pub fn pair_models(a: &Model, at: &[Weight<'_>], b: &Model, bt: &[Weight<'_>]) -
                 | Model::Bitsandbytes(_)
                 | Model::Fp8(_)
                 | Model::Mlx(_)
-                | Model::Packed(_),
+                | Model::Packed(_)
+                | Model::Gptq(_),
                 Model::Gguf(g),
             ) => Some(GgufView::new(g)),
             _ => None,

@@ -71,7 +71,7 @@ fn dequantized_type(input: GgmlType, target: GgmlType) -> GgmlType {
 pub fn dequantize(a: &DequantizeRequest, log: &Log) -> Result<Converted> {
     let model = match Model::open(&a.input)? {
         Model::Gguf(g) => g,
-        Model::Bitsandbytes(b) | Model::Fp8(b) | Model::Mlx(b) | Model::Packed(b) => return dequantize_bnb(a, &b, log),
+        Model::Bitsandbytes(b) | Model::Fp8(b) | Model::Mlx(b) | Model::Packed(b) | Model::Gptq(b) => return dequantize_bnb(a, &b, log),
         Model::Safetensors(_) => {
             return Err(Error::Usage(format!(
                 "{}: a safetensors checkpoint is already dequantized (dequantize reads GGUF files, bitsandbytes and FP8 folders)",

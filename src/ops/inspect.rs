@@ -10,6 +10,7 @@ use serde_json::{json, Value};
 use crate::format::gguf::{inspect_gguf, GgufFile};
 use crate::format::st::SafetensorsModel;
 use crate::model::bnb::{torch_name, BnbModel, Method, Storage};
+use crate::model::fp8::dtype_of;
 use crate::model::fp8::WHOLE;
 use crate::model::Format;
 use crate::Result;
@@ -18,7 +19,7 @@ use crate::Result;
 pub fn inspect(path: &Path, as_json: bool) -> Result<String> {
     Ok(match Format::detect(path)? {
         Format::Gguf => inspect_gguf(&GgufFile::open(path)?, as_json),
-        Format::Bitsandbytes | Format::Fp8 | Format::Mlx | Format::Packed => {
+        Format::Bitsandbytes | Format::Fp8 | Format::Mlx | Format::Packed | Format::Gptq => {
             inspect_bnb(&BnbModel::open(path)?, as_json)
         }
         Format::Safetensors => inspect_safetensors(&SafetensorsModel::open(path)?, as_json),
@@ -185,6 +186,7 @@ pub fn inspect_bnb(model: &BnbModel, as_json: bool) -> String {
                 Method::Fp8 => "fp8",
                 Method::Mlx => "mlx",
                 Method::Packed => "pack-quantized",
+                Method::Gptq => "gptq",
             },
             "path": model.path().display().to_string(),
             "quantization_config": model.config()["quantization_config"],
@@ -233,6 +235,11 @@ pub fn inspect_bnb(model: &BnbModel, as_json: bool) -> String {
             Storage::Packed(layout) => (
                 layout.group_size.to_string(),
                 torch_name(layout.dtype()).to_string(),
+                "-".into(),
+            ),
+            Storage::Gptq(layout) => (
+                layout.group_size.to_string(),
+                torch_name(dtype_of(layout.precision)).to_string(),
                 "-".into(),
             ),
             Storage::Mlx(layout) => (

@@ -1,0 +1,132 @@
+"""GPTQ and AWQ folders in their own layouts (fixtures/tiny_gptq) against torch references that
+follow the tools' code (fixtures/make_tiny_gptq.py: `reference_gptq` is AutoGPTQ's torch
+QuantLinear / GPTQModel TorchQuantLinear `dequantize_weight`, `reference_awq` is AutoAWQ's
+`dequantize_gemm` = `unpack_awq` + `reverse_awq_order`): `dequantize` equals them bit for bit for
+every module of every variant; `apply --type keep` keeps qzeros, scales and g_idx and writes the codes
+clamp(round(x / s) + z) of x = f16(dequant(base) + Δ) on the base's grid, packed as the tools pack;
+`--type f16` output loads in transformers. transformers 5.24 loads GPTQ/AWQ checkpoints themselves
+only through gptqmodel / autoawq (not installed here), so `keep` outputs are checked by bytes."""
+import json
+import pathlib
+import sys
+
+import pytest
+import torch  # noqa: E402  (tests/interop/requirements.txt installs it; missing = failure, not a skip)
+from safetensors import safe_open  # noqa: E402
+from safetensors.torch import save_file  # noqa: E402
+
+from conftest import FIXTURES  # noqa: E402
+
+sys.path.insert(0, str(FIXTURES))
+from make_tiny_gptq import (  # noqa: E402
+    AWQ_ORDER, VARIANTS, pack_cols, pack_rows, reference_of,
+)
+
+ROOT = FIXTURES / "tiny_gptq"
+
+
+def read_all(folder):
+    out = {}
+    for p in sorted(pathlib.Path(folder).glob("*.safetensors")):
+        with safe_open(str(p), "pt") as f:
+            for k in f.keys():
+                out[k] = f.get_tensor(k)
+    return out
+
+
+def modules(t):
+    return [k[: -len(".qweight")] for k in t if k.endswith(".qweight")]
+
+
+def bits_of(x):
+    return x.float().contiguous().view(torch.int32)
+
+
+def unpack_cols(words, bits, order):
+    """int32 [n, m] -> codes [n, m·pf], column k·pf + order[j] from bits bits·j."""
+    pf = 32 // bits
+    shifts = torch.arange(0, 32, bits)
+    c = torch.bitwise_and(torch.bitwise_right_shift(words[:, :, None], shifts), 2 ** bits - 1)
+    out = torch.empty_like(c)
+    out[:, :, order] = c
+    return out.reshape(words.shape[0], -1)
+
+
+def grid(t, m, v):
+    """Per element of the HF weight [out, in]: scale (f32) and zero point, as the references read them."""
+    bits = v["bits"]
+    sc = t[m + ".scales"].float()
+    if v["method"] == "awq":
+        z = unpack_cols(t[m + ".qzeros"], 4, AWQ_ORDER)
+        g = torch.arange(t[m + ".qweight"].shape[0]) // v["group"]
+    else:
+        z = unpack_cols(t[m + ".qzeros"], bits, list(range(32 // bits)))
+        if v["fmt"] == "gptq":
+            z = torch.bitwise_and(z + 1, 2 ** bits - 1)
+        inp = t[m + ".qweight"].shape[0] * 32 // bits
+        size = inp if v["group"] == -1 else v["group"]
+        g = t[m + ".g_idx"].long() if m + ".g_idx" in t else torch.arange(inp) // size
+    return sc[g].t(), z[g].t().float()
+
+
+def make_residual(t, v, path, seed=1):
+    gen = torch.Generator().manual_seed(seed)
+    res = {}
+    for m in modules(t):
+        qw = t[m + ".qweight"]
+        inp = qw.shape[0] if v["method"] == "awq" else qw.shape[0] * 32 // v["bits"]
+        res[m + ".weight"] = (torch.randn(t[m + ".scales"].shape[1], inp, generator=gen) * 0.004).half()
+    save_file(res, str(path))
+    return res
+
+
+@pytest.mark.parametrize("name", sorted(VARIANTS))
+def test_dequantize_matches_the_references(run, tmp_path, name):
+    v, base = VARIANTS[name], ROOT / name
+    src = read_all(base)
+    assert len(modules(src)) == 14
+    out = tmp_path / "out"
+    run("dequantize", base, "-o", out, "--type", "f32", "--quiet")
+    got = read_all(out)
+    for m in modules(src):
+        assert torch.equal(bits_of(got[m + ".weight"]), bits_of(reference_of(src, m, v))), m
+        assert m + ".qweight" not in got
+
+
+@pytest.mark.parametrize("name", sorted(VARIANTS))
+def test_apply_keep_rerounds_on_the_base_grid(run, tmp_path, name):
+    v, base = VARIANTS[name], ROOT / name
+    src = read_all(base)
+    res = make_residual(src, v, tmp_path / "r.safetensors")
+    out = tmp_path / "out"
+    run("apply", "--base", base, "--residual", tmp_path / "r.safetensors", "-o", out, "--quiet")
+    got = read_all(out)
+    assert sorted(got) == sorted(src)
+    assert json.loads((out / "config.json").read_text())["quantization_config"] == \
+        json.loads((base / "config.json").read_text())["quantization_config"]
+    for m in modules(src):
+        x = (reference_of(src, m, v).float() + res[m + ".weight"].float()).half().float()
+        s, z = grid(src, m, v)
+        q = torch.where(s == 0, z, torch.clamp(torch.round(x / s) + z, 0, 2 ** v["bits"] - 1)).to(torch.int32)
+        want = pack_cols(q.t().contiguous(), 4, AWQ_ORDER) if v["method"] == "awq" else pack_rows(q.t().contiguous(), v["bits"])
+        assert torch.equal(got[m + ".qweight"], want), m
+        for part in (".qzeros", ".scales", ".g_idx"):
+            if m + part in src:
+                assert torch.equal(got[m + part], src[m + part]), m + part
+
+
+def test_f16_output_loads_in_transformers(run, tmp_path):
+    from transformers import AutoModelForCausalLM
+    v, base = VARIANTS["gptq_w4g64_act"], ROOT / "gptq_w4g64_act"
+    src = read_all(base)
+    res = make_residual(src, v, tmp_path / "r.safetensors", seed=3)
+    out = tmp_path / "out"
+    run("apply", "--base", base, "--residual", tmp_path / "r.safetensors", "-o", out, "--type", "f16", "--quiet")
+    model = AutoModelForCausalLM.from_pretrained(out, device_map="cpu")
+    name = "model.layers.1.mlp.down_proj"
+    loaded = model.model.layers[1].mlp.down_proj.weight.detach()
+    want = (reference_of(src, name, v).float() + res[name + ".weight"].float()).half()
+    assert torch.equal(loaded, want.to(loaded.dtype))
+    with torch.no_grad():
+        logits = model(torch.tensor([[1, 5, 9, 42]])).logits
+    assert torch.isfinite(logits).all()
