@@ -77,6 +77,32 @@ pub enum Method {
 }
 
 impl Method {
+    /// What is wrong when a folder declares this method but `weights`
+    /// holds no weight stored by it; `None` when some weight is.
+    /// (bitsandbytes folders are checked weight by weight as they are read.)
+    fn missing_weights(self, weights: &[BnbWeight]) -> Option<&'static str> {
+        let (stored, missing): (fn(&Storage) -> bool, _) = match self {
+            Method::Bitsandbytes => return None,
+            Method::Packed => (
+                |s| matches!(s, Storage::Packed(_)),
+                "declares pack-quantized weights, but no tensor is a weight_packed",
+            ),
+            Method::Gptq => (
+                |s| matches!(s, Storage::Gptq(_)),
+                "declares GPTQ/AWQ quantization, but no tensor is a qweight",
+            ),
+            Method::Mlx => (
+                |s| matches!(s, Storage::Mlx(_)),
+                "declares MLX quantization, but no weight has .scales and .biases",
+            ),
+            Method::Fp8 => (
+                |s| matches!(s, Storage::Fp8(_)),
+                "declares FP8 quantization, but no F8_E4M3 weight has a weight_scale or weight_scale_inv",
+            ),
+        };
+        (!weights.iter().any(|w| stored(&w.storage))).then_some(missing)
+    }
+
     /// The method of a parsed `config.json`.
     pub fn of(config: &Value) -> Option<Method> {
         if config["quantization_config"]["quant_method"] == "bitsandbytes" {
@@ -304,37 +330,8 @@ impl BnbModel {
         let st = SafetensorsModel::open(dir)?;
         let sharded = st.shard_paths().len() > 1 || dir.join(INDEX_FILE).is_file();
         let weights = collect_weights(&st, &config)?;
-        if method == Method::Packed
-            && !weights
-                .iter()
-                .any(|w| matches!(w.storage, Storage::Packed(_)))
-        {
-            return Err(Error::format(
-                &config_path,
-                "declares pack-quantized weights, but no tensor is a weight_packed",
-            ));
-        }
-        if method == Method::Gptq
-            && !weights
-                .iter()
-                .any(|w| matches!(w.storage, Storage::Gptq(_)))
-        {
-            return Err(Error::format(
-                &config_path,
-                "declares GPTQ/AWQ quantization, but no tensor is a qweight",
-            ));
-        }
-        if method == Method::Mlx && !weights.iter().any(|w| matches!(w.storage, Storage::Mlx(_))) {
-            return Err(Error::format(
-                &config_path,
-                "declares MLX quantization, but no weight has .scales and .biases",
-            ));
-        }
-        if method == Method::Fp8 && !weights.iter().any(|w| matches!(w.storage, Storage::Fp8(_))) {
-            return Err(Error::format(
-                &config_path,
-                "declares FP8 quantization, but no F8_E4M3 weight has a weight_scale or weight_scale_inv",
-            ));
+        if let Some(missing) = method.missing_weights(&weights) {
+            return Err(Error::format(&config_path, missing));
         }
         Ok(BnbModel {
             dir: dir.to_path_buf(),

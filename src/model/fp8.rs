@@ -196,6 +196,20 @@ pub fn fp8_weight(
     Ok(Some((main, layout)))
 }
 
+/// The index of the stored tensor `{module}.{suffix}` (a part of a
+/// quantized weight), or the error `bad` makes of its absence.
+pub fn module_part(
+    index: &HashMap<&str, usize>,
+    module: &str,
+    suffix: &str,
+    bad: impl Fn(String) -> Error,
+) -> Result<usize> {
+    index
+        .get(format!("{module}.{suffix}").as_str())
+        .copied()
+        .ok_or_else(|| bad(format!("'{module}.{suffix}' is missing")))
+}
+
 /// f32 values of a float scale tensor.
 pub fn scale_values(t: &StTensor, bytes: &[u8]) -> Vec<f32> {
     match t.dtype {

@@ -19,7 +19,7 @@ use serde_json::Value;
 
 use crate::format::pages::ReleasePages;
 use crate::format::st::{SafetensorsModel, StTensor};
-use crate::model::fp8::{precision_of, scale_values};
+use crate::model::fp8::{module_part, precision_of, scale_values};
 use crate::model::rows::{finite_rows, RowSource};
 use crate::quant::gptq::{per_word, unpack_zeros, Grid, Packing};
 use crate::quant::packed::Precision;
@@ -147,12 +147,7 @@ pub fn gptq_weight(
     let path = st.shard_path(t);
     let name = format!("{module}.weight");
     let bad = |m: String| Error::tensor(path, &name, m);
-    let part = |suffix: &str| {
-        index
-            .get(format!("{module}.{suffix}").as_str())
-            .copied()
-            .ok_or_else(|| bad(format!("'{module}.{suffix}' is missing")))
-    };
+    let part = |suffix: &str| module_part(index, module, suffix, bad);
     let (bits, group, v1) = config_args(packing, config, &bad)?;
     let (zeros_i, scales_i) = (part("qzeros")?, part("scales")?);
     let (z, s) = (&st.tensors()[zeros_i], &st.tensors()[scales_i]);

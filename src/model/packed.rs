@@ -17,7 +17,7 @@ use serde_json::Value;
 
 use crate::format::pages::ReleasePages;
 use crate::format::st::{SafetensorsModel, StTensor};
-use crate::model::fp8::{dtype_of, precision_of, scale_values};
+use crate::model::fp8::{dtype_of, module_part, precision_of, scale_values};
 use crate::model::rows::{finite_rows, RowSource};
 use crate::quant::packed::{self, Precision, BITS};
 use crate::{Error, Result};
@@ -81,12 +81,7 @@ pub fn packed_weight(
     let path = st.shard_path(t);
     let name = format!("{module}.weight");
     let bad = |m: String| Error::tensor(path, &name, m);
-    let part = |suffix: &str| {
-        index
-            .get(format!("{module}.{suffix}").as_str())
-            .copied()
-            .ok_or_else(|| bad(format!("'{module}.{suffix}' is missing")))
-    };
+    let part = |suffix: &str| module_part(index, module, suffix, bad);
     if index.contains_key(format!("{module}.weight_zero_point").as_str()) {
         return Err(bad(
             "asymmetric pack-quantized weights (weight_zero_point) are not supported".into(),
