@@ -14,7 +14,7 @@ use safetensors::Dtype;
 mod common;
 use common::{assert_fails, ok, run, s, write_st, Dir};
 
-const VARIANTS: [&str; 3] = ["block", "channel", "tensor"];
+const VARIANTS: [&str; 4] = ["block", "channel", "tensor", "ctblock"];
 const K_PROJ: &str = "model.layers.0.self_attn.k_proj.weight";
 
 fn fixture(variant: &str) -> PathBuf {
@@ -95,6 +95,7 @@ fn inspect_shows_the_scale_layout() {
         ("block", "128x128"),
         ("channel", "channel"),
         ("tensor", "tensor"),
+        ("ctblock", "fp8-block"),
     ] {
         let o = run(&["inspect", s(&fixture(v))]);
         assert!(o.status.success());
@@ -179,6 +180,79 @@ fn apply_keep_requantizes_only_what_changed() {
         let cfg = |p: &Path| std::fs::read(p.join("config.json")).unwrap();
         assert_eq!(cfg(&out), cfg(&fixture(v)));
     }
+}
+
+#[test]
+fn keep_scales_keeps_the_base_scales_and_re_rounds_the_codes() {
+    let d = Dir::new();
+    let res = d.p("res.safetensors");
+    let delta = write_residual(&res, 0.004);
+    for v in VARIANTS {
+        let out = d.p(v);
+        ok(&[
+            "apply",
+            "-q",
+            "--base",
+            s(&fixture(v)),
+            "--residual",
+            s(&res),
+            "-o",
+            s(&out),
+            "--keep-scales",
+        ]);
+        let base = SafetensorsModel::open(&fixture(v)).unwrap();
+        let got = SafetensorsModel::open(&out).unwrap();
+        // Only k_proj's codes (and the norm) change; every scale is the base's.
+        for t in base.tensors() {
+            let same = base.data(t) == got.data(got.get(&t.name).unwrap());
+            let touched = t.name == K_PROJ || t.name == "model.norm.weight";
+            assert_eq!(same, !touched, "{v}: {}", t.name);
+        }
+        // Each value is the e4m3 value on its scale nearest to the sum
+        // rounded to bf16: never further from it than the base's code.
+        let (b, o) = (
+            Model::open(&fixture(v)).unwrap(),
+            Model::open(&out).unwrap(),
+        );
+        let exact: Vec<f32> = common::decoded(&b, K_PROJ)
+            .iter()
+            .zip(&delta)
+            .map(|(x, y)| x + y)
+            .collect();
+        let before = common::decoded(&b, K_PROJ);
+        let (mut moved, mut nearer) = (0, 0);
+        for ((e, g), b0) in exact.iter().zip(common::decoded(&o, K_PROJ)).zip(&before) {
+            let t = half::bf16::from_f32(*e).to_f32();
+            // compressed-tensors divides in bf16 and its values are bf16:
+            // each rounding moves the midpoint between two codes by up to
+            // 2^-9 of the value.
+            let slack = t.abs() / 64.0;
+            assert!(
+                (t - g).abs() <= (t - b0).abs() + slack,
+                "{v}: {t} vs {g} (base {b0})"
+            );
+            moved += usize::from(g != *b0);
+            nearer += usize::from((e - g).abs() < (e - b0).abs());
+        }
+        assert!(moved > 0 && nearer > 0, "{v}: nothing re-rounded");
+    }
+    // Other bases and targets refuse it.
+    let out = d.p("refused");
+    let o = run(&[
+        "apply",
+        "-q",
+        "--base",
+        s(&fixture("channel")),
+        "--residual",
+        s(&res),
+        "-o",
+        s(&out),
+        "--type",
+        "bf16",
+        "--keep-scales",
+    ]);
+    let needles = ["--keep-scales applies to FP8 bases written with --type keep"];
+    assert_fails(&o, 2, &needles, &out);
 }
 
 #[test]

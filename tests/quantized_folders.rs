@@ -9,10 +9,11 @@ use serde_json::Value;
 mod common;
 use common::{assert_fails, fixture_in, ok, run, s, Dir};
 
-const FOLDERS: [(&str, &str); 9] = [
+const FOLDERS: [(&str, &str); 10] = [
     ("tiny_fp8", "block"),
     ("tiny_fp8", "channel"),
     ("tiny_fp8", "tensor"),
+    ("tiny_fp8", "ctblock"),
     ("tiny_mlx", "affine"),
     ("tiny_packed", "w4g64"),
     ("tiny_gptq", "gptq_w4g64_asym"),

@@ -39,7 +39,7 @@ use serde_json::{json, Value};
 use crate::format::pages::ReleasePages;
 use crate::format::st::{SafetensorsModel, SafetensorsWriter, StTensor, INDEX_FILE};
 use crate::model::fp8::{
-    dtype_of, fp8_weight, is_fp8_config, scale_bytes, BlockMaxima, Fp8Layout, Fp8Rows,
+    dtype_of, fp8_weight, is_fp8_config, scale_bytes, scale_values, BlockMaxima, Fp8Layout, Fp8Rows,
 };
 use crate::model::gptq::{gptq_packing, gptq_weight, grid_of, GptqLayout, GptqRows};
 use crate::model::mlx::{mlx_config, mlx_weight, MlxLayout, MlxRows};
@@ -424,7 +424,7 @@ impl BnbModel {
                     path,
                     name: &w.name,
                     codes: self.st.data(main),
-                    scales: super::fp8::scale_values(scale, self.st.data(scale)),
+                    scales: scale_values(scale, self.st.data(scale)),
                     layout: *layout,
                     row_len: w.row_len(),
                     n_rows: w.n_rows(),
@@ -1066,6 +1066,10 @@ pub struct WriteOptions {
     /// nested state stays the fresh one's, so that every block left fresh
     /// decodes exactly as in the fresh output).
     pub search: bool,
+    /// FP8 weights kept FP8 keep their base's scales, their codes
+    /// re-rounded on them ([`Fp8Layout::requantize_rows`]), instead of
+    /// scales recomputed from the sum as the reference quantizer does.
+    pub keep_fp8_scales: bool,
 }
 
 impl Default for WriteOptions {
@@ -1076,6 +1080,7 @@ impl Default for WriteOptions {
             measure: true,
             torch_threads: 1,
             search: false,
+            keep_fp8_scales: false,
         }
     }
 }
@@ -1600,6 +1605,13 @@ fn write_weight(
             )?
         }
         OutStorage::Int8 => re.int8(&mut write, &mut stats)?,
+        OutStorage::Fp8 { layout, dtype } if opts.keep_fp8_scales => {
+            let scale = model.part(w, 1);
+            let scales = scale_values(scale, model.st.data(scale));
+            re.fp8_on_scales(layout, &scales, dtype, &mut write, &mut stats)?;
+            // The base's scales, as they were.
+            write(model.st.data(scale))?;
+        }
         OutStorage::Fp8 { layout, dtype } => {
             let maxima = pre.fp8.as_ref().expect("FP8 outputs have a first pass");
             re.fp8(maxima, layout.scale_dtype(), dtype, &mut write, &mut stats)?
@@ -1865,6 +1877,25 @@ impl<R: ChunkRunner> Reencode<'_, R> {
         };
         self.encode_chunks(dtype, write, stats, encode, |()| {})?;
         write(&scale_bytes(scale_dtype, &scales))
+    }
+
+    /// As FP8 codes re-rounded on `scales` (the base's), from the sum
+    /// rounded to `dtype`.
+    fn fp8_on_scales(
+        &self,
+        layout: Fp8Layout,
+        scales: &[f32],
+        dtype: Dtype,
+        write: &mut impl FnMut(&[u8]) -> Result<()>,
+        stats: &mut ErrorStats,
+    ) -> Result<()> {
+        let (measure, cols) = (self.opts.measure, self.w.row_len());
+        let encode = |r0: usize, t: &[f32]| {
+            let codes = layout.requantize_rows(scales, cols, r0, t);
+            let decoded = measure.then(|| layout.dequantize_rows(scales, cols, r0, &codes));
+            Ok((codes, Some(decoded.unwrap_or_default()), ()))
+        };
+        self.encode_chunks(dtype, write, stats, encode, |()| {})
     }
 
     /// As GPTQ/AWQ codes on the base's grid, from the sum rounded to the
@@ -2331,7 +2362,7 @@ fn prepasses(
                 OutStorage::FourBit {
                     double_quant: true, ..
                 } => pre.nested_offset = Some(nested_offset_of(model, job, out_dir, opts, runner)?),
-                OutStorage::Fp8 { .. } => {
+                OutStorage::Fp8 { .. } if !opts.keep_fp8_scales => {
                     pre.fp8 = Some(fp8_maxima_of(model, job, out_dir, opts, runner)?)
                 }
                 _ => {}
