@@ -436,6 +436,7 @@ impl BnbModel {
                 name: &w.name,
                 packed: self.st.data(main),
                 scales: PackedRows::scales_of(&self.st, self.part(w, 1)),
+                zeros: PackedRows::zeros_of(&self.st, &w.parts, layout, &w.shape),
                 layout: *layout,
                 row_len: w.row_len(),
                 n_rows: w.n_rows(),
@@ -1619,10 +1620,12 @@ fn write_weight(
         OutStorage::Mlx(layout) => re.mlx(layout, &mut write, &mut stats)?,
         OutStorage::Packed(layout) => {
             let scales = PackedRows::scales_of(&model.st, model.part(w, 1));
-            re.packed(layout, &scales, &mut write, &mut stats)?;
-            // The base's scales and shape, as they were.
-            write(model.st.data(model.part(w, 1)))?;
-            write(model.st.data(model.part(w, 2)))?;
+            let zeros = PackedRows::zeros_of(&model.st, &w.parts, &layout, &w.shape);
+            re.packed(layout, &scales, &zeros, &mut write, &mut stats)?;
+            // The base's scales, shape and zero points, as they were.
+            for k in 1..w.parts.len() {
+                write(model.st.data(model.part(w, k)))?;
+            }
         }
         OutStorage::Gptq(layout) => {
             let grid = grid_of(&model.st, &w.parts, layout, &w.shape);
@@ -1931,26 +1934,26 @@ impl<R: ChunkRunner> Reencode<'_, R> {
         )
     }
 
-    /// As packed integers on the grid of `scales` (the base's), from the
-    /// sum rounded to the scales' dtype.
+    /// As packed integers on the grid of `scales` and `zeros` (the base's;
+    /// `zeros` empty when symmetric), from the sum rounded to the scales'
+    /// dtype.
     fn packed(
         &self,
         layout: PackedLayout,
         scales: &[f32],
+        zeros: &[i32],
         write: &mut impl FnMut(&[u8]) -> Result<()>,
         stats: &mut ErrorStats,
     ) -> Result<()> {
         let (measure, row_len) = (self.opts.measure, self.w.row_len());
-        let (bits, gs, prec) = (layout.bits, layout.group_size, layout.precision);
-        let g = row_len / gs;
         let encode = |r0: usize, t: &[f32]| {
             let (mut packed, mut decoded) = (Vec::new(), Vec::new());
             for (i, row) in t.chunks_exact(row_len).enumerate() {
-                let sc = &scales[(r0 + i) * g..(r0 + i + 1) * g];
-                let p = packed_quant::quantize_row_on_grid(row, sc, bits, gs, prec);
+                let grid = layout.row_grid(scales, zeros, r0 + i, row_len);
+                let p = packed_quant::quantize_row_on_grid(row, grid);
                 if measure {
                     let mut d = vec![0f32; row_len];
-                    packed_quant::dequantize_row(&p, sc, bits, gs, prec, &mut d);
+                    packed_quant::dequantize_row(&p, grid, &mut d);
                     decoded.extend(d);
                 }
                 packed.extend(p);
