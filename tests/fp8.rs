@@ -133,33 +133,17 @@ fn apply_keep_requantizes_only_what_changed() {
     let delta = write_residual(&res, 0.004);
     for v in VARIANTS {
         let out = d.p(v);
-        ok(&[
-            "apply",
-            "-q",
-            "--base",
-            s(&fixture(v)),
-            "--residual",
-            s(&res),
-            "-o",
-            s(&out),
-        ]);
-        let base = SafetensorsModel::open(&fixture(v)).unwrap();
-        let got = SafetensorsModel::open(&out).unwrap();
-        let layout = |m: &SafetensorsModel| {
-            let mut l: Vec<_> = m
-                .tensors()
-                .iter()
-                .map(|t| (t.name.clone(), t.dtype, t.shape.clone()))
-                .collect();
-            l.sort_by(|a, b| a.0.cmp(&b.0));
-            l
-        };
-        assert_eq!(layout(&got), layout(&base), "{v}");
-        for t in base.tensors() {
-            let same = base.data(t) == got.data(got.get(&t.name).unwrap());
-            let touched = t.name.starts_with(K_PROJ) || t.name == "model.norm.weight";
-            assert_eq!(same, !touched, "{v}: {}", t.name);
-        }
+        // The weight and its recomputed scale, and the norm.
+        let scale = if v == "block" { "_scale_inv" } else { "_scale" };
+        assert_eq!(
+            common::apply_changed(&fixture(v), &res, &out, &[]),
+            [
+                K_PROJ.to_string(),
+                format!("{K_PROJ}{scale}"),
+                "model.norm.weight".into()
+            ],
+            "{v}"
+        );
         // The requantized weight is within FP8's rounding of the sum.
         let (b, o) = (
             Model::open(&fixture(v)).unwrap(),
@@ -189,25 +173,12 @@ fn keep_scales_keeps_the_base_scales_and_re_rounds_the_codes() {
     let delta = write_residual(&res, 0.004);
     for v in VARIANTS {
         let out = d.p(v);
-        ok(&[
-            "apply",
-            "-q",
-            "--base",
-            s(&fixture(v)),
-            "--residual",
-            s(&res),
-            "-o",
-            s(&out),
-            "--keep-scales",
-        ]);
-        let base = SafetensorsModel::open(&fixture(v)).unwrap();
-        let got = SafetensorsModel::open(&out).unwrap();
         // Only k_proj's codes (and the norm) change; every scale is the base's.
-        for t in base.tensors() {
-            let same = base.data(t) == got.data(got.get(&t.name).unwrap());
-            let touched = t.name == K_PROJ || t.name == "model.norm.weight";
-            assert_eq!(same, !touched, "{v}: {}", t.name);
-        }
+        assert_eq!(
+            common::apply_changed(&fixture(v), &res, &out, &["--keep-scales"]),
+            [K_PROJ, "model.norm.weight"],
+            "{v}"
+        );
         // Each value is the e4m3 value on its scale nearest to the sum
         // rounded to bf16: never further from it than the base's code.
         let (b, o) = (
