@@ -126,6 +126,15 @@ fn write_residual(path: &Path, amplitude: f32) -> Vec<f32> {
     k.iter().map(|x| half::f16::from_f32(*x).to_f32()).collect()
 }
 
+/// k_proj of fixture `v` and of `out`, and the exact sum of the first and
+/// `delta`: (base, out, exact).
+fn k_proj_of(v: &str, out: &Path, delta: &[f32]) -> (Vec<f32>, Vec<f32>, Vec<f32>) {
+    let base = common::decoded(&Model::open(&fixture(v)).unwrap(), K_PROJ);
+    let got = common::decoded(&Model::open(out).unwrap(), K_PROJ);
+    let exact = base.iter().zip(delta).map(|(x, y)| x + y).collect();
+    (base, got, exact)
+}
+
 #[test]
 fn apply_keep_requantizes_only_what_changed() {
     let d = Dir::new();
@@ -145,17 +154,9 @@ fn apply_keep_requantizes_only_what_changed() {
             "{v}"
         );
         // The requantized weight is within FP8's rounding of the sum.
-        let (b, o) = (
-            Model::open(&fixture(v)).unwrap(),
-            Model::open(&out).unwrap(),
-        );
-        let exact: Vec<f32> = common::decoded(&b, K_PROJ)
-            .iter()
-            .zip(&delta)
-            .map(|(x, y)| x + y)
-            .collect();
+        let (_, got, exact) = k_proj_of(v, &out, &delta);
         let amax = exact.iter().fold(0f32, |m, x| m.max(x.abs()));
-        for (e, g) in exact.iter().zip(common::decoded(&o, K_PROJ)) {
+        for (e, g) in exact.iter().zip(got) {
             assert!(
                 (e - g).abs() <= e.abs() / 15.0 + amax / 448.0 / 64.0 + 1e-3 * amax / 64.0,
                 "{v}: {e} vs {g}"
@@ -181,18 +182,9 @@ fn keep_scales_keeps_the_base_scales_and_re_rounds_the_codes() {
         );
         // Each value is the e4m3 value on its scale nearest to the sum
         // rounded to bf16: never further from it than the base's code.
-        let (b, o) = (
-            Model::open(&fixture(v)).unwrap(),
-            Model::open(&out).unwrap(),
-        );
-        let exact: Vec<f32> = common::decoded(&b, K_PROJ)
-            .iter()
-            .zip(&delta)
-            .map(|(x, y)| x + y)
-            .collect();
-        let before = common::decoded(&b, K_PROJ);
+        let (before, got, exact) = k_proj_of(v, &out, &delta);
         let (mut moved, mut nearer) = (0, 0);
-        for ((e, g), b0) in exact.iter().zip(common::decoded(&o, K_PROJ)).zip(&before) {
+        for ((e, g), b0) in exact.iter().zip(got).zip(&before) {
             let t = half::bf16::from_f32(*e).to_f32();
             // compressed-tensors divides in bf16 and its values are bf16:
             // each rounding moves the midpoint between two codes by up to
