@@ -216,6 +216,22 @@ fn keep_scales_keeps_the_base_scales_and_re_rounds_the_codes() {
     ]);
     let needles = ["--keep-scales applies to FP8 bases written with --type keep"];
     assert_fails(&o, 2, &needles, &out);
+    // A pack-quantized or GGUF base keeps its scales by itself, or searches.
+    let packed = common::fixture_in("tiny_packed", "w4g64");
+    for base in [packed, common::tiny_base()] {
+        let o = run(&[
+            "apply",
+            "-q",
+            "--base",
+            s(&base),
+            "--residual",
+            s(&res),
+            "-o",
+            s(&out),
+            "--keep-scales",
+        ]);
+        assert_fails(&o, 2, &["--keep-scales applies to FP8 bases"], &out);
+    }
 }
 
 #[test]
