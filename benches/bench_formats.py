@@ -80,8 +80,8 @@ def make_models(layers):
     from make_tiny_fp8 import compressed_tensors_fp8
     compressed_tensors_fp8(src, OUT / "fp8-channel", "channel")
     # compressed-tensors pack-quantized int4, groups of 64 (as fixtures/make_tiny_packed.py).
-    from make_tiny_packed import packed_int4
-    packed_int4(src, OUT / "int4")
+    from make_tiny_packed import packed
+    packed(src, OUT / "int4", 4, 64, True)
     # MLX 4-bit by mlx-lm.
     from mlx_lm.utils import load_model, quantize_model, save_config, save_model
     model, config = load_model(src)

@@ -925,7 +925,7 @@ fn output_does_not_depend_on_chunking() {
                 window,
                 measure: true,
                 torch_threads: 1,
-                search: false,
+                ..Default::default()
             };
             let pool = rayon::ThreadPoolBuilder::new()
                 .num_threads(threads)

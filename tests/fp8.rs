@@ -14,7 +14,7 @@ use safetensors::Dtype;
 mod common;
 use common::{assert_fails, ok, run, s, write_st, Dir};
 
-const VARIANTS: [&str; 3] = ["block", "channel", "tensor"];
+const VARIANTS: [&str; 4] = ["block", "channel", "tensor", "ctblock"];
 const K_PROJ: &str = "model.layers.0.self_attn.k_proj.weight";
 
 fn fixture(variant: &str) -> PathBuf {
@@ -95,6 +95,7 @@ fn inspect_shows_the_scale_layout() {
         ("block", "128x128"),
         ("channel", "channel"),
         ("tensor", "tensor"),
+        ("ctblock", "fp8-block"),
     ] {
         let o = run(&["inspect", s(&fixture(v))]);
         assert!(o.status.success());
@@ -125,6 +126,15 @@ fn write_residual(path: &Path, amplitude: f32) -> Vec<f32> {
     k.iter().map(|x| half::f16::from_f32(*x).to_f32()).collect()
 }
 
+/// k_proj of fixture `v` and of `out`, and the exact sum of the first and
+/// `delta`: (base, out, exact).
+fn k_proj_of(v: &str, out: &Path, delta: &[f32]) -> (Vec<f32>, Vec<f32>, Vec<f32>) {
+    let base = common::decoded(&Model::open(&fixture(v)).unwrap(), K_PROJ);
+    let got = common::decoded(&Model::open(out).unwrap(), K_PROJ);
+    let exact = base.iter().zip(delta).map(|(x, y)| x + y).collect();
+    (base, got, exact)
+}
+
 #[test]
 fn apply_keep_requantizes_only_what_changed() {
     let d = Dir::new();
@@ -132,45 +142,21 @@ fn apply_keep_requantizes_only_what_changed() {
     let delta = write_residual(&res, 0.004);
     for v in VARIANTS {
         let out = d.p(v);
-        ok(&[
-            "apply",
-            "-q",
-            "--base",
-            s(&fixture(v)),
-            "--residual",
-            s(&res),
-            "-o",
-            s(&out),
-        ]);
-        let base = SafetensorsModel::open(&fixture(v)).unwrap();
-        let got = SafetensorsModel::open(&out).unwrap();
-        let layout = |m: &SafetensorsModel| {
-            let mut l: Vec<_> = m
-                .tensors()
-                .iter()
-                .map(|t| (t.name.clone(), t.dtype, t.shape.clone()))
-                .collect();
-            l.sort_by(|a, b| a.0.cmp(&b.0));
-            l
-        };
-        assert_eq!(layout(&got), layout(&base), "{v}");
-        for t in base.tensors() {
-            let same = base.data(t) == got.data(got.get(&t.name).unwrap());
-            let touched = t.name.starts_with(K_PROJ) || t.name == "model.norm.weight";
-            assert_eq!(same, !touched, "{v}: {}", t.name);
-        }
-        // The requantized weight is within FP8's rounding of the sum.
-        let (b, o) = (
-            Model::open(&fixture(v)).unwrap(),
-            Model::open(&out).unwrap(),
+        // The weight and its recomputed scale, and the norm.
+        let scale = if v == "block" { "_scale_inv" } else { "_scale" };
+        assert_eq!(
+            common::apply_changed(&fixture(v), &res, &out, &[]),
+            [
+                K_PROJ.to_string(),
+                format!("{K_PROJ}{scale}"),
+                "model.norm.weight".into()
+            ],
+            "{v}"
         );
-        let exact: Vec<f32> = common::decoded(&b, K_PROJ)
-            .iter()
-            .zip(&delta)
-            .map(|(x, y)| x + y)
-            .collect();
+        // The requantized weight is within FP8's rounding of the sum.
+        let (_, got, exact) = k_proj_of(v, &out, &delta);
         let amax = exact.iter().fold(0f32, |m, x| m.max(x.abs()));
-        for (e, g) in exact.iter().zip(common::decoded(&o, K_PROJ)) {
+        for (e, g) in exact.iter().zip(got) {
             assert!(
                 (e - g).abs() <= e.abs() / 15.0 + amax / 448.0 / 64.0 + 1e-3 * amax / 64.0,
                 "{v}: {e} vs {g}"
@@ -178,6 +164,66 @@ fn apply_keep_requantizes_only_what_changed() {
         }
         let cfg = |p: &Path| std::fs::read(p.join("config.json")).unwrap();
         assert_eq!(cfg(&out), cfg(&fixture(v)));
+    }
+}
+
+#[test]
+fn keep_scales_keeps_the_base_scales_and_re_rounds_the_codes() {
+    let d = Dir::new();
+    let res = d.p("res.safetensors");
+    let delta = write_residual(&res, 0.004);
+    for v in VARIANTS {
+        let out = d.p(v);
+        // Only k_proj's codes (and the norm) change; every scale is the base's.
+        assert_eq!(
+            common::apply_changed(&fixture(v), &res, &out, &["--keep-scales"]),
+            [K_PROJ, "model.norm.weight"],
+            "{v}"
+        );
+        // Each value is the e4m3 value on its scale nearest to the sum
+        // rounded to bf16: never further from it than the base's code.
+        let (before, got, exact) = k_proj_of(v, &out, &delta);
+        let (mut moved, mut nearer) = (0, 0);
+        for ((e, g), b0) in exact.iter().zip(got).zip(&before) {
+            let t = half::bf16::from_f32(*e).to_f32();
+            // compressed-tensors divides in bf16 and its values are bf16:
+            // each rounding moves the midpoint between two codes by up to
+            // 2^-9 of the value.
+            let slack = t.abs() / 64.0;
+            assert!(
+                (t - g).abs() <= (t - b0).abs() + slack,
+                "{v}: {t} vs {g} (base {b0})"
+            );
+            moved += usize::from(g != *b0);
+            nearer += usize::from((e - g).abs() < (e - b0).abs());
+        }
+        assert!(moved > 0 && nearer > 0, "{v}: nothing re-rounded");
+    }
+    // Other targets and bases refuse it: an FP8 base written as floats has
+    // no scales; a pack-quantized base keeps its scales by itself, a GGUF
+    // base re-rounds on its own with --strategy search.
+    let out = d.p("refused");
+    let packed = common::fixture_in("tiny_packed", "w4g64");
+    for (base, ty) in [
+        (fixture("channel"), "bf16"),
+        (packed, "keep"),
+        (common::tiny_base(), "keep"),
+    ] {
+        let o = run(&[
+            "apply",
+            "-q",
+            "--base",
+            s(&base),
+            "--residual",
+            s(&res),
+            "-o",
+            s(&out),
+            "--type",
+            ty,
+            "--keep-scales",
+        ]);
+        let needles = ["--keep-scales applies to FP8 bases"];
+        assert_fails(&o, 2, &needles, &out);
     }
 }
 

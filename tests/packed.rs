@@ -16,23 +16,62 @@ use common::{assert_fails, ok, run, s, write_st, Dir};
 
 const K_PROJ: &str = "model.layers.0.self_attn.k_proj.weight";
 
+/// Every fixture and the type its weights are reported as.
+const VARIANTS: [(&str, &str); 4] = [
+    ("w4g64", "int4"),
+    ("w8ch", "int8"),
+    ("w4g64_asym", "int4-asym"),
+    ("w8ch_asym", "int8-asym"),
+];
+
+fn fixture(variant: &str) -> PathBuf {
+    common::fixture_in("tiny_packed", variant)
+}
+
 fn base() -> PathBuf {
-    common::fixture_in("tiny_packed", "w4g64")
+    fixture("w4g64")
 }
 
 #[test]
 fn dequantization_equals_compressed_tensors() {
-    assert_eq!(Format::detect(&base()).unwrap(), Format::Packed);
-    let model = Model::open(&base()).unwrap();
-    let weights = model.weights().unwrap();
-    assert_eq!(weights.iter().filter(|w| w.type_name == "int4").count(), 14);
-    assert!(weights.iter().all(|w| !w.name.contains("weight_")));
-    let want = std::fs::read(base().join(format!("reference/{K_PROJ}.f32"))).unwrap();
-    let got: Vec<u8> = common::decoded(&model, K_PROJ)
-        .iter()
-        .flat_map(|v| v.to_le_bytes())
+    for (v, ty) in VARIANTS {
+        assert_eq!(Format::detect(&fixture(v)).unwrap(), Format::Packed);
+        let model = Model::open(&fixture(v)).unwrap();
+        let weights = model.weights().unwrap();
+        assert_eq!(
+            weights.iter().filter(|w| w.type_name == ty).count(),
+            14,
+            "{v}"
+        );
+        assert!(weights.iter().all(|w| !w.name.contains("weight_")));
+        let want = std::fs::read(fixture(v).join(format!("reference/{K_PROJ}.f32"))).unwrap();
+        let got: Vec<u8> = common::decoded(&model, K_PROJ)
+            .iter()
+            .flat_map(|v| v.to_le_bytes())
+            .collect();
+        assert_eq!(got, want, "{v}");
+    }
+}
+
+#[test]
+fn apply_keep_keeps_scales_and_zero_points_of_every_variant() {
+    let d = Dir::new();
+    let res = d.p("r.safetensors");
+    let k: Vec<f32> = (0..128 * 256)
+        .map(|i| 0.01 * ((i % 13) as f32 - 6.0))
         .collect();
-    assert_eq!(got, want);
+    write_st(
+        &res,
+        &[(K_PROJ, Dtype::F16, vec![128, 256], common::f16_bytes(&k))],
+    );
+    for (v, _) in VARIANTS {
+        let out = d.p(v);
+        assert_eq!(
+            common::apply_changed(&fixture(v), &res, &out, &[]),
+            ["model.layers.0.self_attn.k_proj.weight_packed"],
+            "{v}"
+        );
+    }
 }
 
 #[test]
@@ -89,6 +128,7 @@ fn apply_keep_keeps_the_scales_and_rerounds_the_codes() {
 fn bad_inputs_name_file_and_tensor_and_write_nothing() {
     let d = Dir::new();
     let cfg = std::fs::read_to_string(base().join("config.json")).unwrap();
+    let asym_cfg = std::fs::read_to_string(fixture("w4g64_asym").join("config.json")).unwrap();
     let m = "model.layers.0.self_attn.k_proj";
     let cases: Vec<(PathBuf, Vec<&str>)> = vec![
         (
@@ -110,7 +150,37 @@ fn bad_inputs_name_file_and_tensor_and_write_nothing() {
                     vec![0; 256],
                 ))
             }),
-            vec!["zp/model.safetensors", K_PROJ, "asymmetric"],
+            vec![
+                "zp/model.safetensors",
+                K_PROJ,
+                "symmetric true, but",
+                "weight_zero_point' is stored",
+            ],
+        ),
+        (
+            common::edited_folder(&fixture("w4g64_asym"), &d, "nozp", &asym_cfg, |t| {
+                t.retain(|x| x.0 != format!("{m}.weight_zero_point"))
+            }),
+            vec![
+                "nozp/model.safetensors",
+                K_PROJ,
+                "symmetric false, but",
+                "is missing",
+            ],
+        ),
+        (
+            common::edited_folder(&fixture("w4g64_asym"), &d, "zpshape", &asym_cfg, |t| {
+                let z = t
+                    .iter_mut()
+                    .find(|x| x.0 == format!("{m}.weight_zero_point"))
+                    .unwrap();
+                (z.2, z.3) = (vec![4, 16], vec![0; 256]);
+            }),
+            vec![
+                "zpshape/model.safetensors",
+                K_PROJ,
+                "must be I32 [16, 4], found I32 [4, 16]",
+            ],
         ),
         (
             common::edited_folder(

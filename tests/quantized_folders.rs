@@ -9,12 +9,16 @@ use serde_json::Value;
 mod common;
 use common::{assert_fails, fixture_in, ok, run, s, Dir};
 
-const FOLDERS: [(&str, &str); 9] = [
+const FOLDERS: [(&str, &str); 13] = [
     ("tiny_fp8", "block"),
     ("tiny_fp8", "channel"),
     ("tiny_fp8", "tensor"),
+    ("tiny_fp8", "ctblock"),
     ("tiny_mlx", "affine"),
     ("tiny_packed", "w4g64"),
+    ("tiny_packed", "w8ch"),
+    ("tiny_packed", "w4g64_asym"),
+    ("tiny_packed", "w8ch_asym"),
     ("tiny_gptq", "gptq_w4g64_asym"),
     ("tiny_gptq", "gptq_w4g64_act"),
     ("tiny_gptq", "gptq_w8_v2"),

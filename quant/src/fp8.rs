@@ -218,6 +218,30 @@ pub fn quantize_row(
     }
 }
 
+/// Re-round one row on stored scales (one per column block of
+/// `block_cols`): `e4m3(clamp(x / scale))`, the division in f32 for
+/// [`ScaleRule::Inverse`] (`x.float() / scale_inv`) and in the scale's
+/// precision for [`ScaleRule::Divide`] (compressed-tensors' `quantize` with
+/// the given scale). A value beyond the block's range saturates at ±448.
+pub fn requantize_row_on_scales(
+    rule: ScaleRule,
+    x: &[f32],
+    scales: &[f32],
+    block_cols: usize,
+    out: &mut [u8],
+) {
+    let bc = block_cols.max(1);
+    for ((xs, o), &s) in x.chunks(bc).zip(out.chunks_mut(bc)).zip(scales) {
+        for (v, q) in xs.iter().zip(o.iter_mut()) {
+            let scaled = match rule {
+                ScaleRule::Inverse => v / s,
+                ScaleRule::Divide(p) => p.round(v / s),
+            };
+            *q = f32_to_e4m3(scaled.clamp(-E4M3_MAX, E4M3_MAX));
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -267,5 +291,24 @@ mod tests {
         assert!((back[1] + 3.0).abs() <= 3.0 * f32::EPSILON);
         assert_eq!(rule.scale_for(0.0), 1.0);
         assert_eq!(ScaleRule::Divide(Precision::Bf16).scale_for(0.0), 0.0078125);
+    }
+
+    #[test]
+    fn re_rounding_on_the_same_scale_keeps_the_codes() {
+        // Every finite code decodes to a value that re-rounds to itself on
+        // its own scale (division by a power of two is exact); values off
+        // the grid go to the nearest code and saturate at the range.
+        let s = [0.25f32];
+        let codes: Vec<u8> = (0..=255u8).filter(|b| b & 0x7f != 0x7f).collect();
+        for rule in [ScaleRule::Inverse, ScaleRule::Divide(Precision::Bf16)] {
+            let mut x = vec![0f32; codes.len()];
+            dequantize_row(rule, &codes, &s, codes.len(), &mut x);
+            let mut back = vec![0u8; codes.len()];
+            requantize_row_on_scales(rule, &x, &s, codes.len(), &mut back);
+            assert_eq!(back, codes);
+            let mut q = [0u8; 3];
+            requantize_row_on_scales(rule, &[1000.0, -1000.0, 0.25 * 1.0625], &s, 3, &mut q);
+            assert_eq!(q, [0x7e, 0xfe, 0x38]);
+        }
     }
 }

@@ -12,8 +12,8 @@ use super::matching::{
 use super::{ApplyRequest, ApplyResult, Strategy};
 use crate::engine::bnb::write_model;
 use crate::engine::log::Log;
-use crate::model::bnb::{check_output_dir, BnbModel, WeightJob, WriteOptions};
-use crate::model::bnb_target::{config_for, out_storage, parse_target};
+use crate::model::bnb::{check_output_dir, BnbModel, Method, WeightJob, WriteOptions};
+use crate::model::bnb_target::{config_for, out_storage, parse_target, BnbTarget};
 use crate::model::naming::RowPermutation;
 use crate::report;
 use crate::{Error, Result};
@@ -118,6 +118,14 @@ pub fn match_residual(
 pub fn apply(req: &ApplyRequest, model: &BnbModel, log: &Log) -> Result<ApplyResult> {
     check_request(req)?;
     let target = parse_target(&req.target, model.method(), true)?;
+    if req.keep_scales && (model.method() != Method::Fp8 || target != BnbTarget::Keep) {
+        return Err(Error::Usage(format!(
+            "{}: --keep-scales applies to FP8 bases written with --type keep (a {} folder, --type {})",
+            model.path().display(),
+            model.method().name(),
+            req.target
+        )));
+    }
     let residual = Residual::open(&req.residual)?;
     let mut inputs = model.paths();
     inputs.push(model.path().to_path_buf());
@@ -152,6 +160,7 @@ pub fn apply(req: &ApplyRequest, model: &BnbModel, log: &Log) -> Result<ApplyRes
     let search = req.strategy == Strategy::Search;
     let opts = WriteOptions {
         search,
+        keep_fp8_scales: req.keep_scales,
         ..Default::default()
     };
     let outcomes = write_model(model, &jobs, &config, &req.output, &opts, log.progress())?;
@@ -161,6 +170,9 @@ pub fn apply(req: &ApplyRequest, model: &BnbModel, log: &Log) -> Result<ApplyRes
     if search {
         // Named only here, so that fresh reports keep their bytes.
         inputs["strategy"] = json!(req.strategy.name());
+    }
+    if req.keep_scales {
+        inputs["scales"] = json!("base");
     }
     let json = report::to_json("apply", inputs, &rows);
     if let Some(path) = &req.report {

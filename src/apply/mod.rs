@@ -138,6 +138,9 @@ pub struct ApplyRequest {
     pub allow_missing: bool,
     /// Write the JSON report here.
     pub report: Option<PathBuf>,
+    /// FP8 bases written `keep`: keep every weight's scales and re-round
+    /// its codes on them (otherwise scales are recomputed from the sum).
+    pub keep_scales: bool,
 }
 
 impl ApplyRequest {
@@ -162,6 +165,7 @@ impl ApplyRequest {
             force: false,
             allow_missing: false,
             report: None,
+            keep_scales: false,
         }
     }
 }
@@ -192,6 +196,10 @@ pub struct ApplyResult {
 pub fn apply(req: &ApplyRequest, log: &Log) -> Result<ApplyResult> {
     check_request(req)?;
     match Model::open(&req.base)? {
+        Model::Gguf(_) if req.keep_scales => Err(Error::Usage(format!(
+            "{}: --keep-scales applies to FP8 bases written with --type keep; a GGUF base re-rounds on its scales with --strategy search",
+            req.base.display()
+        ))),
         Model::Gguf(base) => apply_gguf(req, &base, log),
         Model::Bitsandbytes(base) | Model::Fp8(base) | Model::Mlx(base) | Model::Packed(base) | Model::Gptq(base) => bnb::apply(req, &base, log),
         Model::Safetensors(_) => Err(Error::Usage(format!(

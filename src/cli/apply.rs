@@ -16,7 +16,7 @@ Add a residual to a base model: out = base + α·Δ, tensor by tensor, requantiz
 
 The base is a GGUF file of any type qresidual can decode (Q4_K_M, Q8_0, IQ4_XS, F16, …; a \
 split set opens from its first file), or a Hugging Face bitsandbytes folder (NF4/FP4/int8; the \
-output is then a folder and --type takes keep, nf4, fp4, int8, f16, bf16 or f32), or an FP8 folder (quant_method fp8 with block scales, or compressed-tensors float-quantized; --type keep recomputes the changed weights' scales as the reference quantizer does, f16, bf16 or f32 write plain floats), or an mlx-lm folder in MLX's affine mode (--type keep requantizes as mx.quantize does, with each module's bits and group size), or a compressed-tensors pack-quantized folder (GPTQ / W4A16 int4 or int8 groups: their scales came from calibration data qresidual does not have, so --type keep keeps every weight's scales and re-rounds its codes on that grid; the report's retention says how much of the residual survived), or a GPTQ folder (AutoGPTQ / GPTQModel layout: qweight, qzeros, scales, g_idx incl. act-order; 4 or 8 bits) or an AWQ GEMM folder (4 bits): these scales and zero points also came from calibration data, so --type keep keeps every module's scales, zero points and g_idx and re-rounds its codes to the nearest point of that grid (the report's retention says how much of the residual survived); f16, bf16 or f32 write a plain checkpoint. The residual is a .safetensors file, a folder of shards \
+output is then a folder and --type takes keep, nf4, fp4, int8, f16, bf16 or f32), or an FP8 folder (quant_method fp8 with block scales, or compressed-tensors float-quantized; --type keep recomputes the changed weights' scales as the reference quantizer does, or with --keep-scales keeps the base's scales and re-rounds the codes on them; f16, bf16 or f32 write plain floats), or an mlx-lm folder in MLX's affine mode (--type keep requantizes as mx.quantize does, with each module's bits and group size), or a compressed-tensors pack-quantized folder (GPTQ / W4A16 int4 or int8 groups: their scales came from calibration data qresidual does not have, so --type keep keeps every weight's scales and re-rounds its codes on that grid; the report's retention says how much of the residual survived), or a GPTQ folder (AutoGPTQ / GPTQModel layout: qweight, qzeros, scales, g_idx incl. act-order; 4 or 8 bits) or an AWQ GEMM folder (4 bits): these scales and zero points also came from calibration data, so --type keep keeps every module's scales, zero points and g_idx and re-rounds its codes to the nearest point of that grid (the report's retention says how much of the residual survived); f16, bf16 or f32 write a plain checkpoint. The residual is a .safetensors file, a folder of shards \
 with model.safetensors.index.json, or a GGUF file; F16, BF16 or F32; tensor names either as in \
 Hugging Face checkpoints (mapped by the base's general.architecture, with llama's q/k rotary \
 permutation applied) or as in the base GGUF file (used as they are).
@@ -150,6 +150,9 @@ pub struct ApplyArgs {
     /// fresh: requantize the sum (llama.cpp's or bitsandbytes' bytes); search: per block the nearest of base block, fresh encoding and (GGUF) base scales with re-rounded codes; adapter: leave the base, write α·Δ as a LoRA adapter (needs --rank).
     #[arg(long, value_enum, default_value_t = Strategy::Auto)]
     pub strategy: Strategy,
+    /// FP8 bases with --type keep: keep every weight's scales and re-round its codes on them to the nearest e4m3 value (default: scales recomputed from the sum as the reference quantizer does).
+    #[arg(long)]
+    pub keep_scales: bool,
     /// Also write an Ollama Modelfile beside the output (OUT.Modelfile, FROM the output) for `ollama create NAME -f OUT.Modelfile`.
     #[arg(long)]
     pub ollama_modelfile: bool,
@@ -214,6 +217,7 @@ pub fn run(a: &ApplyArgs, console: &Log) -> Result<super::Done> {
         force: a.force,
         allow_missing: a.allow_missing,
         report: a.report.clone(),
+        keep_scales: a.keep_scales,
     };
     let modelfile = a.ollama_modelfile.then(|| modelfile_path(&a.output));
     if let Some(m) = &modelfile {

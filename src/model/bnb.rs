@@ -39,7 +39,7 @@ use serde_json::{json, Value};
 use crate::format::pages::ReleasePages;
 use crate::format::st::{SafetensorsModel, SafetensorsWriter, StTensor, INDEX_FILE};
 use crate::model::fp8::{
-    dtype_of, fp8_weight, is_fp8_config, scale_bytes, BlockMaxima, Fp8Layout, Fp8Rows,
+    dtype_of, fp8_weight, is_fp8_config, scale_bytes, scale_values, BlockMaxima, Fp8Layout, Fp8Rows,
 };
 use crate::model::gptq::{gptq_packing, gptq_weight, grid_of, GptqLayout, GptqRows};
 use crate::model::mlx::{mlx_config, mlx_weight, MlxLayout, MlxRows};
@@ -424,7 +424,7 @@ impl BnbModel {
                     path,
                     name: &w.name,
                     codes: self.st.data(main),
-                    scales: super::fp8::scale_values(scale, self.st.data(scale)),
+                    scales: scale_values(scale, self.st.data(scale)),
                     layout: *layout,
                     row_len: w.row_len(),
                     n_rows: w.n_rows(),
@@ -436,6 +436,7 @@ impl BnbModel {
                 name: &w.name,
                 packed: self.st.data(main),
                 scales: PackedRows::scales_of(&self.st, self.part(w, 1)),
+                zeros: PackedRows::zeros_of(&self.st, &w.parts, layout, &w.shape),
                 layout: *layout,
                 row_len: w.row_len(),
                 n_rows: w.n_rows(),
@@ -1066,6 +1067,10 @@ pub struct WriteOptions {
     /// nested state stays the fresh one's, so that every block left fresh
     /// decodes exactly as in the fresh output).
     pub search: bool,
+    /// FP8 weights kept FP8 keep their base's scales, their codes
+    /// re-rounded on them ([`Fp8Layout::requantize_rows`]), instead of
+    /// scales recomputed from the sum as the reference quantizer does.
+    pub keep_fp8_scales: bool,
 }
 
 impl Default for WriteOptions {
@@ -1076,6 +1081,7 @@ impl Default for WriteOptions {
             measure: true,
             torch_threads: 1,
             search: false,
+            keep_fp8_scales: false,
         }
     }
 }
@@ -1181,7 +1187,8 @@ fn gcd(a: usize, b: usize) -> usize {
     }
 }
 
-/// The rows `r0..r0+n` of base, residual and their exact sum.
+/// The rows `r0..r0+n` of base, residual and their exact sum. Without a
+/// residual the sum is the base, held once (`base` stays empty).
 struct Sum {
     base: Vec<f32>,
     delta: Option<Vec<f32>>,
@@ -1200,8 +1207,8 @@ fn sum_rows(
     base.decode(r0, &mut b)?;
     match residual {
         None => Ok(Sum {
-            exact: b.clone(),
-            base: b,
+            exact: b,
+            base: Vec::new(),
             delta: None,
         }),
         Some(r) => {
@@ -1243,19 +1250,52 @@ impl Sum {
     ) -> Result<Vec<f32>> {
         let mut t = self.exact.clone();
         round_to(dtype, &mut t);
-        if let Some(i) = t.iter().position(|v| !v.is_finite()) {
-            return Err(Error::tensor(
-                out,
-                name,
-                format!(
-                    "row {}: the value {} overflows {}",
-                    r0 + i / row_len,
-                    self.exact[i],
-                    torch_name(dtype)
-                ),
-            ));
-        }
+        check_target(&t, &self.exact, dtype, (out, name), r0, row_len)?;
         Ok(t)
+    }
+
+    /// [`Sum::target`], when nothing measures the sum afterwards: an F32
+    /// target is the sum itself, not a copy (a fresh buffer costs a page
+    /// fault per 4 KiB; on `dequantize --type f32` they were most of its
+    /// time).
+    fn into_target(
+        self,
+        dtype: Dtype,
+        out: &Path,
+        name: &str,
+        r0: usize,
+        row_len: usize,
+    ) -> Result<Vec<f32>> {
+        if dtype == Dtype::F32 {
+            check_target(&self.exact, &self.exact, dtype, (out, name), r0, row_len)?;
+            return Ok(self.exact);
+        }
+        self.target(dtype, out, name, r0, row_len)
+    }
+}
+
+/// `t` (the sum `exact` rounded to `dtype`) holds no infinity or NaN; else
+/// the error names the first row and the value that overflowed.
+fn check_target(
+    t: &[f32],
+    exact: &[f32],
+    dtype: Dtype,
+    (out, name): (&Path, &str),
+    r0: usize,
+    row_len: usize,
+) -> Result<()> {
+    match t.iter().position(|v| !v.is_finite()) {
+        None => Ok(()),
+        Some(i) => Err(Error::tensor(
+            out,
+            name,
+            format!(
+                "row {}: the value {} overflows {}",
+                r0 + i / row_len,
+                exact[i],
+                torch_name(dtype)
+            ),
+        )),
     }
 }
 
@@ -1600,6 +1640,13 @@ fn write_weight(
             )?
         }
         OutStorage::Int8 => re.int8(&mut write, &mut stats)?,
+        OutStorage::Fp8 { layout, dtype } if opts.keep_fp8_scales => {
+            let scale = model.part(w, 1);
+            let scales = scale_values(scale, model.st.data(scale));
+            re.fp8_on_scales(layout, &scales, dtype, &mut write, &mut stats)?;
+            // The base's scales, as they were.
+            write(model.st.data(scale))?;
+        }
         OutStorage::Fp8 { layout, dtype } => {
             let maxima = pre.fp8.as_ref().expect("FP8 outputs have a first pass");
             re.fp8(maxima, layout.scale_dtype(), dtype, &mut write, &mut stats)?
@@ -1607,10 +1654,12 @@ fn write_weight(
         OutStorage::Mlx(layout) => re.mlx(layout, &mut write, &mut stats)?,
         OutStorage::Packed(layout) => {
             let scales = PackedRows::scales_of(&model.st, model.part(w, 1));
-            re.packed(layout, &scales, &mut write, &mut stats)?;
-            // The base's scales and shape, as they were.
-            write(model.st.data(model.part(w, 1)))?;
-            write(model.st.data(model.part(w, 2)))?;
+            let zeros = PackedRows::zeros_of(&model.st, &w.parts, &layout, &w.shape);
+            re.packed(layout, &scales, &zeros, &mut write, &mut stats)?;
+            // The base's scales, shape and zero points, as they were.
+            for k in 1..w.parts.len() {
+                write(model.st.data(model.part(w, k)))?;
+            }
         }
         OutStorage::Gptq(layout) => {
             let grid = grid_of(&model.st, &w.parts, layout, &w.shape);
@@ -1687,12 +1736,14 @@ impl<R: ChunkRunner> Reencode<'_, R> {
     /// `encode(r0, rounded)` into (bytes, what they decode to — `None` when
     /// exactly the rounded values — and `extra`); the bytes are written in
     /// order, the statistics merged and every `extra` handed to `keep`.
-    fn encode_chunks<X: Send>(
+    /// When nothing is measured, `encode` may take the rounded values (the
+    /// bytes of an F32 output, written without a copy).
+    fn encode_chunks<B: AsRef<[u8]> + Send, X: Send>(
         &self,
         dtype: Dtype,
         write: &mut impl FnMut(&[u8]) -> Result<()>,
         stats: &mut ErrorStats,
-        encode: impl Fn(usize, &[f32]) -> Result<(Vec<u8>, Option<Vec<f32>>, X)> + Sync,
+        encode: impl Fn(usize, &mut Vec<f32>) -> Result<(B, Option<Vec<f32>>, X)> + Sync,
         mut keep: impl FnMut(X),
     ) -> Result<()> {
         let (base, residual, scale) = (self.base, self.residual, self.scale);
@@ -1705,13 +1756,18 @@ impl<R: ChunkRunner> Reencode<'_, R> {
             rpc,
             |r0, n| {
                 let s = sum_rows(base, residual, scale, r0, n)?;
-                let t = s.target(dtype, out_path, name, r0, row_len)?;
-                let (bytes, decoded, extra) = encode(r0, &t)?;
+                if !measure {
+                    let mut t = s.into_target(dtype, out_path, name, r0, row_len)?;
+                    let (bytes, _, extra) = encode(r0, &mut t)?;
+                    return Ok((bytes, ErrorStats::default(), extra));
+                }
+                let mut t = s.target(dtype, out_path, name, r0, row_len)?;
+                let (bytes, decoded, extra) = encode(r0, &mut t)?;
                 let st = s.stats(decoded.as_deref().unwrap_or(&t), measure);
                 Ok((bytes, st, extra))
             },
             |r0, n, (bytes, st, extra)| {
-                write(&bytes)?;
+                write(bytes.as_ref())?;
                 stats.merge(&st);
                 keep(extra);
                 self.release(r0, n);
@@ -1727,13 +1783,16 @@ impl<R: ChunkRunner> Reencode<'_, R> {
         write: &mut impl FnMut(&[u8]) -> Result<()>,
         stats: &mut ErrorStats,
     ) -> Result<()> {
-        let (out_path, name) = (self.out_path, &self.w.name);
+        let (out_path, name, measure) = (self.out_path, &self.w.name, self.opts.measure);
         let ty = float_ggml(d).expect("validated");
-        let encode = |r0: usize, t: &[f32]| {
+        let encode = |r0: usize, t: &mut Vec<f32>| {
+            if d == Dtype::F32 && !measure {
+                return Ok((PlainBytes::F32(std::mem::take(t)), None, ()));
+            }
             let mut bytes = vec![0u8; t.len() * d.bitsize() / 8];
             quantize_row(ty, t, &mut bytes).map_err(|e| Error::quant(out_path, name, r0, e))?;
             // The rounded values are exactly what the bytes hold.
-            Ok((bytes, None, ()))
+            Ok((PlainBytes::Bytes(bytes), None, ()))
         };
         self.encode_chunks(d, write, stats, encode, |()| {})
     }
@@ -1858,13 +1917,32 @@ impl<R: ChunkRunner> Reencode<'_, R> {
     ) -> Result<()> {
         let measure = self.opts.measure;
         let scales = maxima.scales();
-        let encode = |r0: usize, t: &[f32]| {
+        let encode = |r0: usize, t: &mut Vec<f32>| {
             let codes = maxima.quantize(&scales, r0, t);
             let decoded = measure.then(|| maxima.dequantize(&scales, r0, &codes));
             Ok((codes, Some(decoded.unwrap_or_default()), ()))
         };
         self.encode_chunks(dtype, write, stats, encode, |()| {})?;
         write(&scale_bytes(scale_dtype, &scales))
+    }
+
+    /// As FP8 codes re-rounded on `scales` (the base's), from the sum
+    /// rounded to `dtype`.
+    fn fp8_on_scales(
+        &self,
+        layout: Fp8Layout,
+        scales: &[f32],
+        dtype: Dtype,
+        write: &mut impl FnMut(&[u8]) -> Result<()>,
+        stats: &mut ErrorStats,
+    ) -> Result<()> {
+        let (measure, cols) = (self.opts.measure, self.w.row_len());
+        let encode = |r0: usize, t: &mut Vec<f32>| {
+            let codes = layout.requantize_rows(scales, cols, r0, t);
+            let decoded = measure.then(|| layout.dequantize_rows(scales, cols, r0, &codes));
+            Ok((codes, Some(decoded.unwrap_or_default()), ()))
+        };
+        self.encode_chunks(dtype, write, stats, encode, |()| {})
     }
 
     /// As GPTQ/AWQ codes on the base's grid, from the sum rounded to the
@@ -1881,7 +1959,7 @@ impl<R: ChunkRunner> Reencode<'_, R> {
         let words = grid.out * grid.inp / qresidual_quant::gptq::per_word(grid.bits);
         let mut qweight = vec![0u32; words];
         let dtype = dtype_of(grid.precision);
-        let encode = |r0: usize, t: &[f32]| {
+        let encode = |r0: usize, t: &mut Vec<f32>| {
             let codes = grid.codes_for_rows(t, r0);
             let decoded = measure.then(|| {
                 let mut d = vec![0f32; t.len()];
@@ -1900,26 +1978,26 @@ impl<R: ChunkRunner> Reencode<'_, R> {
         )
     }
 
-    /// As packed integers on the grid of `scales` (the base's), from the
-    /// sum rounded to the scales' dtype.
+    /// As packed integers on the grid of `scales` and `zeros` (the base's;
+    /// `zeros` empty when symmetric), from the sum rounded to the scales'
+    /// dtype.
     fn packed(
         &self,
         layout: PackedLayout,
         scales: &[f32],
+        zeros: &[i32],
         write: &mut impl FnMut(&[u8]) -> Result<()>,
         stats: &mut ErrorStats,
     ) -> Result<()> {
         let (measure, row_len) = (self.opts.measure, self.w.row_len());
-        let (bits, gs, prec) = (layout.bits, layout.group_size, layout.precision);
-        let g = row_len / gs;
-        let encode = |r0: usize, t: &[f32]| {
+        let encode = |r0: usize, t: &mut Vec<f32>| {
             let (mut packed, mut decoded) = (Vec::new(), Vec::new());
             for (i, row) in t.chunks_exact(row_len).enumerate() {
-                let sc = &scales[(r0 + i) * g..(r0 + i + 1) * g];
-                let p = packed_quant::quantize_row_on_grid(row, sc, bits, gs, prec);
+                let grid = layout.row_grid(scales, zeros, r0 + i, row_len);
+                let p = packed_quant::quantize_row_on_grid(row, grid);
                 if measure {
                     let mut d = vec![0f32; row_len];
-                    packed_quant::dequantize_row(&p, sc, bits, gs, prec, &mut d);
+                    packed_quant::dequantize_row(&p, grid, &mut d);
                     decoded.extend(d);
                 }
                 packed.extend(p);
@@ -1939,7 +2017,7 @@ impl<R: ChunkRunner> Reencode<'_, R> {
     ) -> Result<()> {
         let (measure, row_len) = (self.opts.measure, self.w.row_len());
         let (bits, gs, prec) = (layout.bits, layout.group_size, layout.precision);
-        let encode = |_: usize, t: &[f32]| {
+        let encode = |_: usize, t: &mut Vec<f32>| {
             let mut packed = Vec::with_capacity(t.len() * bits as usize / 8);
             let (mut scales, mut biases, mut decoded) = (Vec::new(), Vec::new(), Vec::new());
             for row in t.chunks_exact(row_len) {
@@ -1963,6 +2041,22 @@ impl<R: ChunkRunner> Reencode<'_, R> {
         self.encode_chunks(layout.dtype(), write, stats, encode, keep)?;
         write(&scale_bytes(layout.dtype(), &all_scales))?;
         write(&scale_bytes(layout.dtype(), &all_biases))
+    }
+}
+
+/// A chunk of a plain float output: encoded bytes, or F32 values written
+/// as they are (little-endian, as safetensors stores them).
+enum PlainBytes {
+    Bytes(Vec<u8>),
+    F32(Vec<f32>),
+}
+
+impl AsRef<[u8]> for PlainBytes {
+    fn as_ref(&self) -> &[u8] {
+        match self {
+            PlainBytes::Bytes(b) => b,
+            PlainBytes::F32(v) => bytemuck::cast_slice(v),
+        }
     }
 }
 
@@ -2331,7 +2425,7 @@ fn prepasses(
                 OutStorage::FourBit {
                     double_quant: true, ..
                 } => pre.nested_offset = Some(nested_offset_of(model, job, out_dir, opts, runner)?),
-                OutStorage::Fp8 { .. } => {
+                OutStorage::Fp8 { .. } if !opts.keep_fp8_scales => {
                     pre.fp8 = Some(fp8_maxima_of(model, job, out_dir, opts, runner)?)
                 }
                 _ => {}

@@ -67,6 +67,50 @@ impl Fp8Layout {
         }
     }
 
+    /// The indices in the scale grid of row `r`'s scales, in a weight of
+    /// `cols` columns.
+    pub fn row_scales(&self, r: usize, cols: usize) -> std::ops::Range<usize> {
+        let cb = self.col_blocks(cols);
+        let b = r / self.block.0 * cb;
+        b..b + cb
+    }
+
+    /// Codes of rows `r0..` (`x`, whole rows of `cols`) re-rounded on the
+    /// stored `scales` of the whole weight (the base's).
+    pub fn requantize_rows(&self, scales: &[f32], cols: usize, r0: usize, x: &[f32]) -> Vec<u8> {
+        let mut out = vec![0u8; x.len()];
+        for (i, (row, o)) in x
+            .chunks_exact(cols)
+            .zip(out.chunks_exact_mut(cols))
+            .enumerate()
+        {
+            let s = &scales[self.row_scales(r0 + i, cols)];
+            fp8::requantize_row_on_scales(self.rule, row, s, self.block.1, o);
+        }
+        out
+    }
+
+    /// Values of `codes` (rows `r0..`, whole rows of `cols`) under the
+    /// stored `scales` of the whole weight.
+    pub fn dequantize_rows(
+        &self,
+        scales: &[f32],
+        cols: usize,
+        r0: usize,
+        codes: &[u8],
+    ) -> Vec<f32> {
+        let mut out = vec![0f32; codes.len()];
+        for (i, (c, o)) in codes
+            .chunks_exact(cols)
+            .zip(out.chunks_exact_mut(cols))
+            .enumerate()
+        {
+            let s = &scales[self.row_scales(r0 + i, cols)];
+            fp8::dequantize_row(self.rule, c, s, self.block.1, o);
+        }
+        out
+    }
+
     /// A short name for reports: `fp8` (inverse scales, `quant_method
     /// fp8`) or `fp8-channel`/`fp8-tensor`/`fp8-block` (compressed-tensors).
     pub fn label(&self) -> String {
@@ -273,10 +317,9 @@ impl RowSource for Fp8Rows<'_> {
     }
 
     fn decode(&self, start: usize, out: &mut [f32]) -> Result<()> {
-        let cb = self.layout.col_blocks(self.row_len);
         for (i, dst) in out.chunks_exact_mut(self.row_len).enumerate() {
             let r = start + i;
-            let scales = &self.scales[r / self.layout.block.0 * cb..][..cb];
+            let scales = &self.scales[self.layout.row_scales(r, self.row_len)];
             let codes = &self.codes[r * self.row_len..][..self.row_len];
             fp8::dequantize_row(self.layout.rule, codes, scales, self.layout.block.1, dst);
         }
@@ -309,9 +352,7 @@ impl BlockMaxima {
     }
 
     fn row_blocks(&self, r: usize) -> std::ops::Range<usize> {
-        let cb = self.layout.col_blocks(self.cols);
-        let b = r / self.layout.block.0 * cb;
-        b..b + cb
+        self.layout.row_scales(r, self.cols)
     }
 
     /// Fold rows `r0..` (`x`, whole rows) in.
@@ -355,15 +396,6 @@ impl BlockMaxima {
 
     /// Decoded values of `codes` (rows `r0..`) under `scales`.
     pub fn dequantize(&self, scales: &[f32], r0: usize, codes: &[u8]) -> Vec<f32> {
-        let mut out = vec![0f32; codes.len()];
-        for (i, (c, o)) in codes
-            .chunks_exact(self.cols)
-            .zip(out.chunks_exact_mut(self.cols))
-            .enumerate()
-        {
-            let range = self.row_blocks(r0 + i);
-            fp8::dequantize_row(self.layout.rule, c, &scales[range], self.layout.block.1, o);
-        }
-        out
+        self.layout.dequantize_rows(scales, self.cols, r0, codes)
     }
 }

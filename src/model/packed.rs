@@ -6,8 +6,9 @@
 //! Layout (fixtures/tiny_packed, written by compressed-tensors):
 //! `M.weight_packed` I32 `[out, ceil(in·bits/32)]`, `M.weight_scale` in the
 //! model dtype `[out, in/group_size]` (`[out, 1]` per channel),
-//! `M.weight_shape` I64 `[2]` = `[out, in]`; symmetric only (an asymmetric
-//! `M.weight_zero_point` is refused, naming the tensor).
+//! `M.weight_shape` I64 `[2]` = `[out, in]`; asymmetric weights also
+//! `M.weight_zero_point` I32 `[ceil(out·bits/32), in/group_size]` (packed
+//! along the rows).
 
 use std::collections::HashMap;
 use std::path::Path;
@@ -19,7 +20,7 @@ use crate::format::pages::ReleasePages;
 use crate::format::st::{SafetensorsModel, StTensor};
 use crate::model::fp8::{dtype_of, module_part, precision_of, scale_values};
 use crate::model::rows::{finite_rows, RowSource};
-use crate::quant::packed::{self, Precision, BITS};
+use crate::quant::packed::{self, Precision, RowGrid, BITS};
 use crate::{Error, Result};
 
 /// Whether `config` declares compressed-tensors `pack-quantized`.
@@ -37,12 +38,34 @@ pub struct PackedLayout {
     pub group_size: usize,
     /// The scales' dtype, which compressed-tensors computes in.
     pub precision: Precision,
+    /// Whether a zero point per group is stored (asymmetric).
+    pub zero_points: bool,
 }
 
 impl PackedLayout {
-    /// A short name for reports: `int4`, `int8`.
+    /// A short name for reports: `int4`, `int8`, `int4-asym`.
     pub fn label(&self) -> String {
-        format!("int{}", self.bits)
+        let asym = if self.zero_points { "-asym" } else { "" };
+        format!("int{}{asym}", self.bits)
+    }
+
+    /// Row `r`'s grid out of every scale and zero point of the weight
+    /// (`zeros` empty when symmetric), for rows of `cols`.
+    pub fn row_grid<'a>(
+        &self,
+        scales: &'a [f32],
+        zeros: &'a [i32],
+        r: usize,
+        cols: usize,
+    ) -> RowGrid<'a> {
+        let g = cols / self.group_size;
+        RowGrid {
+            scales: &scales[r * g..(r + 1) * g],
+            zeros: zeros.get(r * g..(r + 1) * g).unwrap_or(&[]),
+            bits: self.bits,
+            group_size: self.group_size,
+            precision: self.precision,
+        }
     }
 
     /// The dtype the scales are stored in.
@@ -55,7 +78,8 @@ impl PackedLayout {
 pub struct PackedParts {
     /// The logical name (`M.weight`).
     pub name: String,
-    /// Indices of `M.weight_packed`, `M.weight_scale`, `M.weight_shape`.
+    /// Indices of `M.weight_packed`, `M.weight_scale`, `M.weight_shape`
+    /// (and `M.weight_zero_point` when asymmetric).
     pub parts: Vec<usize>,
     /// `[out, in]`.
     pub shape: Vec<usize>,
@@ -82,11 +106,6 @@ pub fn packed_weight(
     let name = format!("{module}.weight");
     let bad = |m: String| Error::tensor(path, &name, m);
     let part = |suffix: &str| module_part(index, module, suffix, bad);
-    if index.contains_key(format!("{module}.weight_zero_point").as_str()) {
-        return Err(bad(
-            "asymmetric pack-quantized weights (weight_zero_point) are not supported".into(),
-        ));
-    }
     let (scale, shape_i) = (part("weight_scale")?, part("weight_shape")?);
     let (s, sh) = (&st.tensors()[scale], &st.tensors()[shape_i]);
     let shape: Vec<usize> = match (sh.dtype, st.data(sh)) {
@@ -106,10 +125,19 @@ pub fn packed_weight(
         })
         .ok_or_else(|| bad("config.json has no int weight group".into()))?;
     let bits = args["num_bits"].as_u64().unwrap_or(0) as u32;
-    if !BITS.contains(&bits) || args["symmetric"] == false {
+    if !BITS.contains(&bits) {
         return Err(bad(format!(
-            "num_bits {bits}, symmetric {}: only symmetric 4- and 8-bit packing is read",
-            args["symmetric"]
+            "num_bits {bits}: only 4- and 8-bit packing is read"
+        )));
+    }
+    let symmetric = args["symmetric"] != false;
+    let zero_point = index
+        .get(format!("{module}.weight_zero_point").as_str())
+        .copied();
+    if symmetric == zero_point.is_some() {
+        return Err(bad(format!(
+            "config.json says symmetric {symmetric}, but '{module}.weight_zero_point' is {}",
+            if symmetric { "stored" } else { "missing" }
         )));
     }
     let precision = precision_of(s.dtype).ok_or_else(|| {
@@ -140,14 +168,27 @@ pub fn packed_weight(
             t.name, t.dtype, t.shape
         )));
     }
+    let mut parts = vec![index[t.name.as_str()], scale, shape_i];
+    if let Some(z) = zero_point {
+        let zt = &st.tensors()[z];
+        let want = [(rows * bits as usize).div_ceil(32), cols / group_size];
+        if zt.dtype != Dtype::I32 || zt.shape != want {
+            return Err(bad(format!(
+                "{}: zero points of [{rows}, {}] groups packed along the rows must be I32 {want:?}, found {:?} {:?}",
+                zt.name, want[1], zt.dtype, zt.shape
+            )));
+        }
+        parts.push(z);
+    }
     Ok(Some(PackedParts {
         name,
-        parts: vec![index[t.name.as_str()], scale, shape_i],
+        parts,
         shape,
         layout: PackedLayout {
             bits,
             group_size,
             precision,
+            zero_points: zero_point.is_some(),
         },
     }))
 }
@@ -162,6 +203,8 @@ pub struct PackedRows<'a> {
     pub packed: &'a [u8],
     /// Every scale (small: one per group).
     pub scales: Vec<f32>,
+    /// Every zero point, row-major (empty when symmetric).
+    pub zeros: Vec<i32>,
     /// The layout.
     pub layout: PackedLayout,
     /// Columns.
@@ -177,6 +220,23 @@ impl PackedRows<'_> {
     pub fn scales_of(st: &SafetensorsModel, t: &StTensor) -> Vec<f32> {
         scale_values(t, st.data(t))
     }
+
+    /// Every zero point of a weight of `parts` (its [`PackedParts::parts`])
+    /// and `[rows, cols]`, row-major; empty when symmetric.
+    pub fn zeros_of(
+        st: &SafetensorsModel,
+        parts: &[usize],
+        layout: &PackedLayout,
+        shape: &[usize],
+    ) -> Vec<i32> {
+        match parts.get(3) {
+            Some(&z) => {
+                let groups = shape[1] / layout.group_size;
+                packed::unpack_zero_points(st.data(&st.tensors()[z]), shape[0], groups, layout.bits)
+            }
+            None => Vec::new(),
+        }
+    }
 }
 
 impl RowSource for PackedRows<'_> {
@@ -190,17 +250,12 @@ impl RowSource for PackedRows<'_> {
 
     fn decode(&self, start: usize, out: &mut [f32]) -> Result<()> {
         let rb = packed::row_bytes(self.row_len, self.layout.bits);
-        let g = self.row_len / self.layout.group_size;
         for (i, dst) in out.chunks_exact_mut(self.row_len).enumerate() {
             let r = start + i;
-            packed::dequantize_row(
-                &self.packed[r * rb..(r + 1) * rb],
-                &self.scales[r * g..(r + 1) * g],
-                self.layout.bits,
-                self.layout.group_size,
-                self.layout.precision,
-                dst,
-            );
+            let grid = self
+                .layout
+                .row_grid(&self.scales, &self.zeros, r, self.row_len);
+            packed::dequantize_row(&self.packed[r * rb..(r + 1) * rb], grid, dst);
         }
         finite_rows((self.path, self.name), start, self.row_len, out)
     }

@@ -261,3 +261,43 @@ pub fn decoded(model: &qresidual::model::Model, name: &str) -> Vec<f32> {
     rows.decode(0, &mut out).unwrap();
     out
 }
+
+/// `apply -q --base BASE --residual RES -o OUT EXTRA…` on a model folder:
+/// the output holds the base's tensors (names, dtypes, shapes); returns
+/// the names of those whose bytes changed, sorted.
+pub fn apply_changed(base: &Path, res: &Path, out: &Path, extra: &[&str]) -> Vec<String> {
+    let mut args = vec![
+        "apply",
+        "-q",
+        "--base",
+        s(base),
+        "--residual",
+        s(res),
+        "-o",
+        s(out),
+    ];
+    args.extend(extra);
+    ok(&args);
+    let (b, o) = (
+        qresidual::format::st::SafetensorsModel::open(base).unwrap(),
+        qresidual::format::st::SafetensorsModel::open(out).unwrap(),
+    );
+    let layout = |m: &qresidual::format::st::SafetensorsModel| {
+        let mut l: Vec<_> = m
+            .tensors()
+            .iter()
+            .map(|t| (t.name.clone(), t.dtype, t.shape.clone()))
+            .collect();
+        l.sort_by(|a, b| a.0.cmp(&b.0));
+        l
+    };
+    assert_eq!(layout(&o), layout(&b), "{}", out.display());
+    let mut changed: Vec<String> = b
+        .tensors()
+        .iter()
+        .filter(|t| b.data(t) != o.data(o.get(&t.name).unwrap()))
+        .map(|t| t.name.clone())
+        .collect();
+    changed.sort();
+    changed
+}

@@ -23,7 +23,7 @@ from compressed_tensors.quantization.utils import calculate_qparams  # noqa: E40
 from conftest import FIXTURES  # noqa: E402
 
 TINY = FIXTURES / "tiny_fp8"
-VARIANTS = ["block", "channel", "tensor"]
+VARIANTS = ["block", "channel", "tensor", "ctblock"]
 
 
 def read_all(folder):
@@ -69,10 +69,26 @@ def reference_quantize(qc, name, x):
     args = ct_args(qc)
     if args.strategy == "channel":
         mn, mx = x.amin(dim=1, keepdim=True), x.amax(dim=1, keepdim=True)
+    elif args.strategy == "block":
+        bh, bw = args.block_structure
+        b = x.reshape(x.shape[0] // bh, bh, x.shape[1] // bw, bw)
+        mn, mx = b.amin(dim=(1, 3)), b.amax(dim=(1, 3))
     else:
         mn, mx = x.amin().reshape(1), x.amax().reshape(1)
     scale, zp = calculate_qparams(mn, mx, args)
     return quantize(x=x, scale=scale, zero_point=None, args=args, dtype=torch.float8_e4m3fn), scale
+
+
+def reference_requantize(qc, x, s):
+    """Codes of `x` (the model dtype) re-rounded on the stored scales `s`: compressed-tensors'
+    own quantize with the given scale; for quant_method fp8 (no such function in transformers)
+    torch's `(x.float() / scale_inv).clamp(-448, 448).to(float8_e4m3fn)`, each block's scale
+    broadcast over its block."""
+    if qc["quant_method"] == "fp8":
+        bh, bw = qc["weight_block_size"]
+        full = s.repeat_interleave(bh, 0).repeat_interleave(bw, 1)[: x.shape[0], : x.shape[1]]
+        return (x.float() / full).clamp(-448.0, 448.0).to(torch.float8_e4m3fn)
+    return quantize(x=x, scale=s, zero_point=None, args=ct_args(qc), dtype=torch.float8_e4m3fn)
 
 
 def make_residual(tensors, path, seed=1):
@@ -131,6 +147,34 @@ def test_apply_keep_is_reference_quantization(run, tmp_path, variant):
     assert (out / "config.json").read_bytes() == (base / "config.json").read_bytes()
     r = json.loads(report.read_text())
     assert r["summary"]["with_residual"] == 15
+
+
+@pytest.mark.parametrize("variant", VARIANTS)
+def test_apply_keep_scales_is_reference_re_rounding(run, tmp_path, variant):
+    base = TINY / variant
+    src, qc = read_all(base), config(base)
+    res = make_residual(src, tmp_path / "residual.safetensors")
+    out = tmp_path / "out"
+    run("apply", "--base", base, "--residual", tmp_path / "residual.safetensors", "-o", out,
+        "--type", "keep", "--keep-scales", "--quiet")
+    got = read_all(out)
+    assert sorted(got) == sorted(src)
+    moved = 0
+    for w, s in fp8_weights(src).items():
+        exact = reference_dequantize(qc, src[w], src[s]).float() + res[w].float()
+        codes = reference_requantize(qc, exact.to(torch.bfloat16), src[s])
+        assert torch.equal(bits(got[s]), bits(src[s])), w
+        assert torch.equal(bits(got[w]), bits(codes)), w
+        moved += int((bits(got[w]) != bits(src[w])).sum())
+    assert moved > 0
+    # Loads as the base does: the output is an FP8 folder of the same layout.
+    from transformers import AutoModelForCausalLM, CompressedTensorsConfig
+    extra = {}
+    if qc["quant_method"] == "compressed-tensors":
+        extra["quantization_config"] = CompressedTensorsConfig(run_compressed=False)
+    model = AutoModelForCausalLM.from_pretrained(out, device_map="cpu", **extra)
+    with torch.no_grad():
+        assert torch.isfinite(model(torch.tensor([[1, 5, 9, 42]])).logits).all()
 
 
 @pytest.mark.parametrize("variant", VARIANTS)

@@ -1,10 +1,10 @@
-"""compressed-tensors `pack-quantized` folders (symmetric int4 groups, the
-W4A16 layout of llm-compressor's GPTQ/RTN outputs) against compressed-tensors
-itself (CPU): `dequantize` equals its decompression (unpack_from_int32 +
-dequantize) bit for bit; `apply --type keep` keeps the base's scales and
-writes the codes compressed-tensors' quantize gives dequant(base) + Δ
-(rounded to bf16) on those scales, packed by pack_to_int32; transformers
-loads the outputs."""
+"""compressed-tensors `pack-quantized` folders (int4 groups and int8 channels, symmetric or
+with zero points: the W4A16 / W8A16 layouts of llm-compressor's GPTQ/RTN outputs) against
+compressed-tensors itself (CPU): `dequantize` equals its decompression
+(PackedQuantizationCompressor.decompress: unpack_from_int32 + dequantize) bit for bit;
+`apply --type keep` keeps the base's scales (and zero points) and writes what
+PackedQuantizationCompressor.compress makes of dequant(base) + Δ (rounded to bf16) on them;
+transformers loads the outputs."""
 import json
 import pathlib
 
@@ -13,13 +13,13 @@ import pytest
 import torch  # noqa: E402  (tests/interop/requirements.txt installs it; missing = failure, not a skip)
 from safetensors import safe_open  # noqa: E402
 from safetensors.torch import save_file  # noqa: E402
-from compressed_tensors.compressors.pack_quantized.helpers import pack_to_int32, unpack_from_int32  # noqa: E402
-from compressed_tensors.quantization import QuantizationArgs  # noqa: E402
-from compressed_tensors.quantization.lifecycle.forward import dequantize, quantize  # noqa: E402
+from compressed_tensors.compressors.pack_quantized.base import PackedQuantizationCompressor  # noqa: E402
+from compressed_tensors.compressors.pack_quantized.helpers import unpack_from_int32  # noqa: E402
+from compressed_tensors.quantization import QuantizationArgs, QuantizationScheme  # noqa: E402
 
 from conftest import FIXTURES  # noqa: E402
 
-BASE = FIXTURES / "tiny_packed" / "w4g64"
+VARIANTS = ["w4g64", "w8ch", "w4g64_asym", "w8ch_asym"]
 
 
 def read_all(folder):
@@ -31,20 +31,35 @@ def read_all(folder):
     return out
 
 
-def args():
-    qc = json.loads((BASE / "config.json").read_text())["quantization_config"]
+def scheme(base):
+    qc = json.loads((base / "config.json").read_text())["quantization_config"]
     (group,) = qc["config_groups"].values()
-    return QuantizationArgs(**group["weights"])
+    return QuantizationScheme(targets=["Linear"], weights=QuantizationArgs(**group["weights"]))
 
 
 def modules(t):
     return [k[: -len(".weight_packed")] for k in t if k.endswith(".weight_packed")]
 
 
-def reference(t, m):
-    shape = torch.Size(t[m + ".weight_shape"].tolist())
-    q = unpack_from_int32(t[m + ".weight_packed"], args().num_bits, shape)
-    return dequantize(x_q=q, scale=t[m + ".weight_scale"], args=args())
+def parts(t, m):
+    return {k[len(m) + 1:]: v for k, v in t.items() if k.startswith(m + ".weight_")}
+
+
+def reference(base, t, m):
+    """compressed-tensors' decompression of module `m`."""
+    return PackedQuantizationCompressor.decompress(parts(t, m), scheme(base))["weight"]
+
+
+def reference_keep(base, t, m, x):
+    """compressed-tensors' compression of `x` on module `m`'s scales and zero points."""
+    sd = {"weight": x, **parts(t, m)}
+    del sd["weight_packed"]
+    sch = scheme(base)
+    if "weight_zero_point" in sd:
+        shape = (int(t[m + ".weight_shape"][0]), sd["weight_scale"].shape[-1])
+        sd["weight_zero_point"] = unpack_from_int32(sd["weight_zero_point"], sch.weights.num_bits, shape,
+                                                    packed_dim=0)
+    return PackedQuantizationCompressor.compress(sd, sch)
 
 
 def bits(x):
@@ -61,46 +76,54 @@ def make_residual(t, path, seed=1):
     return res
 
 
-def test_dequantize_matches_compressed_tensors(run, tmp_path):
-    src = read_all(BASE)
+@pytest.mark.parametrize("variant", VARIANTS)
+def test_dequantize_matches_compressed_tensors(run, tmp_path, variant):
+    base = FIXTURES / "tiny_packed" / variant
+    src = read_all(base)
     assert len(modules(src)) == 14
     out = tmp_path / "out"
-    run("dequantize", BASE, "-o", out, "--type", "f32", "--quiet")
+    run("dequantize", base, "-o", out, "--type", "f32", "--quiet")
     got = read_all(out)
     for m in modules(src):
-        assert torch.equal(bits(got[m + ".weight"]), bits(reference(src, m))), m
+        assert torch.equal(bits(got[m + ".weight"]), bits(reference(base, src, m))), m
         assert m + ".weight_packed" not in got
 
 
-def test_apply_keep_rerounds_on_the_base_scales(run, tmp_path):
-    src = read_all(BASE)
+@pytest.mark.parametrize("variant", VARIANTS)
+def test_apply_keep_rerounds_on_the_base_grid(run, tmp_path, variant):
+    base = FIXTURES / "tiny_packed" / variant
+    src = read_all(base)
     res = make_residual(src, tmp_path / "r.safetensors")
     out = tmp_path / "out"
-    run("apply", "--base", BASE, "--residual", tmp_path / "r.safetensors", "-o", out, "--quiet")
+    run("apply", "--base", base, "--residual", tmp_path / "r.safetensors", "-o", out, "--quiet")
     got = read_all(out)
     assert sorted(got) == sorted(src)
+    moved = 0
     for m in modules(src):
-        exact = reference(src, m).float() + res[m + ".weight"].float()
-        q = quantize(x=exact.to(torch.bfloat16), scale=src[m + ".weight_scale"], zero_point=None,
-                     args=args(), dtype=torch.int8)
-        assert torch.equal(got[m + ".weight_packed"], pack_to_int32(q, args().num_bits)), m
-        assert torch.equal(got[m + ".weight_scale"], src[m + ".weight_scale"]), m
-        assert torch.equal(got[m + ".weight_shape"], src[m + ".weight_shape"]), m
+        exact = reference(base, src, m).float() + res[m + ".weight"].float()
+        want = reference_keep(base, src, m, exact.to(torch.bfloat16))
+        for k, t in parts(src, m).items():
+            same = want[k] if k in ("weight_packed", "weight_zero_point") else t
+            assert torch.equal(got[f"{m}.{k}"], same), (m, k)
+        moved += int((got[m + ".weight_packed"] != src[m + ".weight_packed"]).sum())
+    assert moved > 0
 
 
+@pytest.mark.parametrize("variant", VARIANTS)
 @pytest.mark.parametrize("ty", ["keep", "bf16"])
-def test_outputs_load_in_transformers(run, tmp_path, ty):
+def test_outputs_load_in_transformers(run, tmp_path, variant, ty):
     from transformers import AutoModelForCausalLM, CompressedTensorsConfig
-    src = read_all(BASE)
+    base = FIXTURES / "tiny_packed" / variant
+    src = read_all(base)
     make_residual(src, tmp_path / "r.safetensors", seed=3)
     out = tmp_path / "out"
-    run("apply", "--base", BASE, "--residual", tmp_path / "r.safetensors", "-o", out, "--type", ty, "--quiet")
+    run("apply", "--base", base, "--residual", tmp_path / "r.safetensors", "-o", out, "--type", ty, "--quiet")
     extra = {"quantization_config": CompressedTensorsConfig(run_compressed=False)} if ty == "keep" else {}
     model = AutoModelForCausalLM.from_pretrained(out, device_map="cpu", **extra)
     got = read_all(out)
     name = "model.layers.1.mlp.down_proj"
     loaded = model.model.layers[1].mlp.down_proj.weight.detach()
-    want = reference(got, name) if ty == "keep" else got[name + ".weight"]
+    want = reference(base, got, name) if ty == "keep" else got[name + ".weight"]
     assert torch.equal(loaded, want.to(loaded.dtype))
     with torch.no_grad():
         logits = model(torch.tensor([[1, 5, 9, 42]])).logits
