@@ -280,19 +280,118 @@ fn families_whose_transforms_are_restated_are_mapped() {
         hf_to_gguf("gpt-oss", "model.layers.1.mlp.experts.down_proj_bias").as_deref(),
         Some("blk.1.ffn_down_exps.bias")
     );
-    // A converter qresidual does not restate: named, not mapped.
-    assert_eq!(hf_names::converter("qwen3next"), Some(Converter::Custom));
-    assert_eq!(transforms("qwen3next"), None);
+    // A converter qresidual does not restate (Qwen3.5 also reorders value
+    // heads): named, not mapped.
+    assert_eq!(hf_names::converter("qwen35"), Some(Converter::Custom));
+    assert_eq!(transforms("qwen35"), None);
     assert_eq!(
-        hf_to_gguf("qwen3next", "model.layers.0.self_attn.o_proj.weight"),
+        hf_to_gguf("qwen35", "model.layers.0.self_attn.o_proj.weight"),
         None
     );
-    assert!(!mapped_architectures().any(|a| a == "qwen3next"));
-    // The README's count: 7 hand-mapped, 18 more rename-only, 13 whose
+    assert!(!mapped_architectures().any(|a| a == "qwen35"));
+    // The README's count: 7 hand-mapped, 18 more rename-only, 15 whose
     // transforms are restated.
     let mapped: Vec<_> = mapped_architectures().collect();
-    assert_eq!(mapped.len(), 38, "{mapped:?}");
+    assert_eq!(mapped.len(), 40, "{mapped:?}");
     // Mistral checkpoints convert to `llama`; there is no `mistral` arch.
     assert!(!hf_names::knows("mistral"));
     assert_eq!(hf_to_gguf("mistral", "model.embed_tokens.weight"), None);
+}
+
+#[test]
+fn gemma4_names_are_the_converters() {
+    let g = |hf| hf_to_gguf("gemma4", hf);
+    // Gemma4Model.filter_tensors adds `.weight` to bare parameters…
+    assert_eq!(
+        g("model.layers.3.layer_scalar").as_deref(),
+        Some("blk.3.layer_output_scale.weight")
+    );
+    assert_eq!(
+        g("model.layers.0.experts.gate_up_proj").as_deref(),
+        Some("blk.0.ffn_gate_up_exps.weight")
+    );
+    assert_eq!(
+        g("model.layers.0.experts.down_proj").as_deref(),
+        Some("blk.0.ffn_down_exps.weight")
+    );
+    // …and its modify_tensors names the router's scales itself.
+    assert_eq!(
+        g("model.layers.1.router.scale").as_deref(),
+        Some("blk.1.ffn_gate_inp.scale")
+    );
+    assert_eq!(
+        g("model.layers.1.router.per_expert_scale").as_deref(),
+        Some("blk.1.ffn_down_exps.scale")
+    );
+    assert_eq!(
+        g("model.embed_tokens_per_layer.weight").as_deref(),
+        Some("per_layer_token_embd.weight")
+    );
+    assert_eq!(
+        g("model.layers.0.per_layer_input_gate.weight").as_deref(),
+        Some("blk.0.inp_gate.weight")
+    );
+    // Gemma3Model.modify_tensors trims token_embd only.
+    assert_eq!(
+        embedding_rows("gemma4", "token_embd.weight", 272, 259),
+        Some(259)
+    );
+    assert_eq!(
+        embedding_rows("gemma4", "per_layer_token_embd.weight", 272, 259),
+        None
+    );
+    assert!(mapped_architectures().any(|a| a == "gemma4"));
+}
+
+#[test]
+fn qwen3next_linear_attention_is_restated() {
+    use qresidual::model::naming::{qkvz_split, squeezed, value_map, ValueMap};
+    let q = |hf| hf_to_gguf("qwen3next", hf);
+    assert_eq!(
+        q("model.layers.0.linear_attn.dt_bias").as_deref(),
+        Some("blk.0.ssm_dt.bias")
+    );
+    assert_eq!(
+        q("model.layers.0.linear_attn.A_log").as_deref(),
+        Some("blk.0.ssm_a")
+    );
+    assert_eq!(
+        q("model.layers.0.linear_attn.norm.weight").as_deref(),
+        Some("blk.0.ssm_norm.weight")
+    );
+    assert_eq!(
+        q("model.layers.0.mlp.shared_expert_gate.weight").as_deref(),
+        Some("blk.0.ffn_gate_inp_shexp.weight")
+    );
+    assert_eq!(
+        qkvz_split(
+            "qwen3next",
+            "model.layers.2.linear_attn.in_proj_qkvz.weight"
+        ),
+        Some([
+            "blk.2.attn_qkv.weight".to_string(),
+            "blk.2.attn_gate.weight".to_string()
+        ])
+    );
+    assert_eq!(
+        qkvz_split("qwen3next", "model.layers.2.self_attn.q_proj.weight"),
+        None
+    );
+    assert_eq!(
+        qkvz_split("qwen2moe", "model.layers.2.linear_attn.in_proj_qkvz.weight"),
+        None
+    );
+    assert!(squeezed("qwen3next", "blk.0.ssm_conv1d.weight"));
+    assert!(!squeezed("qwen3next", "blk.0.ssm_out.weight"));
+    assert_eq!(
+        value_map("qwen3next", "blk.0.ssm_a"),
+        Some(ValueMap::NegExp)
+    );
+    assert_eq!(value_map("qwen3next", "blk.0.ssm_dt.bias"), None);
+    assert_eq!(value_map("qwen2moe", "blk.0.ssm_a"), None);
+    assert_eq!(
+        expert_part("qwen3next", "model.layers.1.mlp.experts.3.up_proj.weight"),
+        Some(("blk.1.ffn_up_exps.weight".to_string(), 3))
+    );
+    assert!(mapped_architectures().any(|a| a == "qwen3next"));
 }
