@@ -523,3 +523,64 @@ fn qwen3next_linear_attention_is_regrouped_squeezed_and_mapped() {
     );
     assert!(!err.contains("panicked") && !out.out.exists(), "{err}");
 }
+
+#[test]
+fn qwen35_value_heads_are_reordered_along_rows_and_columns() {
+    // 1 key head would move nothing: 2 key heads of 2 value heads each,
+    // value heads of 1 row (in_proj_a) and of 1 column (out_proj has
+    // value heads of 2 columns: v_dim = inner_size / v_heads = 8 / 4).
+    let d = Dir::new();
+    let meta = vec![
+        ("qwen35.ssm.group_count".to_string(), MetaValue::U32(2)),
+        ("qwen35.ssm.time_step_rank".to_string(), MetaValue::U32(4)),
+        ("qwen35.ssm.state_size".to_string(), MetaValue::U32(2)),
+        ("qwen35.ssm.inner_size".to_string(), MetaValue::U32(8)),
+    ];
+    let a = ramp(4 * 3, 0.01);
+    let out_proj = ramp(2 * 8, 0.1);
+    let (a_base, out_base) = (ramp(12, 1.0), ramp(16, -1.0));
+    let out = apply_f32_with(
+        &d,
+        ("qwen35", meta),
+        &[
+            f32_tensor("blk.0.ssm_alpha.weight", vec![3, 4], &a_base),
+            f32_tensor("blk.0.ssm_out.weight", vec![8, 2], &out_base),
+        ],
+        &[
+            (
+                "model.layers.0.linear_attn.in_proj_a.weight",
+                vec![4, 3],
+                a.clone(),
+            ),
+            (
+                "model.layers.0.linear_attn.out_proj.weight",
+                vec![2, 8],
+                out_proj.clone(),
+            ),
+        ],
+    );
+    assert!(
+        out.o.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.o.stderr)
+    );
+    // Grouped (key head k, value head j) → tiled (j, k): rows 0, 2, 1, 3.
+    let a_rows: Vec<f32> = [0, 2, 1, 3]
+        .iter()
+        .flat_map(|&r| a[r * 3..(r + 1) * 3].to_vec())
+        .collect();
+    assert_eq!(
+        values(&out.out, "blk.0.ssm_alpha.weight"),
+        sum(&a_base, &a_rows)
+    );
+    // Columns in heads of 2: heads 0, 2, 1, 3.
+    let cols = [0, 1, 4, 5, 2, 3, 6, 7];
+    let out_cols: Vec<f32> = (0..2)
+        .flat_map(|r| cols.iter().map(move |&c| (r, c)))
+        .map(|(r, c)| out_proj[r * 8 + c])
+        .collect();
+    assert_eq!(
+        values(&out.out, "blk.0.ssm_out.weight"),
+        sum(&out_base, &out_cols)
+    );
+}

@@ -280,19 +280,22 @@ fn families_whose_transforms_are_restated_are_mapped() {
         hf_to_gguf("gpt-oss", "model.layers.1.mlp.experts.down_proj_bias").as_deref(),
         Some("blk.1.ffn_down_exps.bias")
     );
-    // A converter qresidual does not restate (Qwen3.5 also reorders value
-    // heads): named, not mapped.
-    assert_eq!(hf_names::converter("qwen35"), Some(Converter::Custom));
-    assert_eq!(transforms("qwen35"), None);
+    // A converter qresidual does not restate (GraniteMoeHybrid's Mamba-2
+    // layers): named, not mapped.
     assert_eq!(
-        hf_to_gguf("qwen35", "model.layers.0.self_attn.o_proj.weight"),
+        hf_names::converter("granitehybrid"),
+        Some(Converter::Custom)
+    );
+    assert_eq!(transforms("granitehybrid"), None);
+    assert_eq!(
+        hf_to_gguf("granitehybrid", "model.layers.0.self_attn.o_proj.weight"),
         None
     );
-    assert!(!mapped_architectures().any(|a| a == "qwen35"));
-    // The README's count: 7 hand-mapped, 18 more rename-only, 15 whose
+    assert!(!mapped_architectures().any(|a| a == "granitehybrid"));
+    // The README's count: 7 hand-mapped, 18 more rename-only, 17 whose
     // transforms are restated.
     let mapped: Vec<_> = mapped_architectures().collect();
-    assert_eq!(mapped.len(), 40, "{mapped:?}");
+    assert_eq!(mapped.len(), 42, "{mapped:?}");
     // Mistral checkpoints convert to `llama`; there is no `mistral` arch.
     assert!(!hf_names::knows("mistral"));
     assert_eq!(hf_to_gguf("mistral", "model.embed_tokens.weight"), None);
@@ -394,4 +397,74 @@ fn qwen3next_linear_attention_is_restated() {
         Some(("blk.1.ffn_up_exps.weight".to_string(), 3))
     );
     assert!(mapped_architectures().any(|a| a == "qwen3next"));
+}
+
+#[test]
+fn qwen35_value_heads_are_tiled() {
+    use qresidual::model::naming::{v_head_order, Axis, LinearDims};
+    // 2 key heads, 3 value heads each, key heads of 4, value heads of 2.
+    let dims = LinearDims {
+        k_heads: 2,
+        v_heads: 6,
+        k_dim: 4,
+        v_dim: 2,
+    };
+    let order = |hf: &str, gguf: &str| v_head_order("qwen35", (hf, gguf), dims);
+    let (axis, qkv) = order(
+        "model.layers.0.linear_attn.in_proj_qkv.weight",
+        "blk.0.attn_qkv.weight",
+    )
+    .unwrap();
+    assert_eq!(axis, Axis::Rows);
+    // q and k (16 rows) stay; then value head (k, j) of 2 rows moves from
+    // (k·3 + j)·2 to (j·2 + k)·2: `_reorder_v_heads`.
+    let rows: Vec<usize> = (0..28).map(|r| qkv.source_row(28, r)).collect();
+    let v: Vec<usize> = (0..3)
+        .flat_map(|j| (0..2).flat_map(move |k| (0..2).map(move |i| 16 + (k * 3 + j) * 2 + i)))
+        .collect();
+    assert_eq!(rows, [(0..16).collect::<Vec<_>>(), v].concat());
+    assert!(qkv.fits(28) && !qkv.fits(27));
+    let (axis, a) = order("model.layers.0.linear_attn.A_log", "blk.0.ssm_a").unwrap();
+    assert_eq!(axis, Axis::Columns);
+    let cols: Vec<usize> = (0..6).map(|c| a.source_row(6, c)).collect();
+    assert_eq!(cols, [0, 3, 1, 4, 2, 5]);
+    assert_eq!(
+        order(
+            "model.layers.0.linear_attn.out_proj.weight",
+            "blk.0.ssm_out.weight"
+        )
+        .map(|o| o.0),
+        Some(Axis::Columns)
+    );
+    // Full attention and Qwen3-Next keep their order; equal head counts too.
+    assert_eq!(
+        order(
+            "model.layers.1.self_attn.q_proj.weight",
+            "blk.1.attn_q.weight"
+        ),
+        None
+    );
+    assert_eq!(
+        v_head_order(
+            "qwen3next",
+            (
+                "model.layers.0.linear_attn.in_proj_z.weight",
+                "blk.0.attn_gate.weight"
+            ),
+            dims
+        ),
+        None
+    );
+    let same = LinearDims { v_heads: 2, ..dims };
+    assert_eq!(
+        v_head_order(
+            "qwen35",
+            (
+                "model.layers.0.linear_attn.in_proj_z.weight",
+                "blk.0.attn_gate.weight"
+            ),
+            same
+        ),
+        None
+    );
 }

@@ -9,8 +9,10 @@ use rayon::prelude::*;
 use crate::engine::log::Log;
 use crate::format::gguf::GgufFile;
 use crate::format::pages::ReleasePages;
-use crate::model::naming::{self, RowPermutation, ValueMap};
-use crate::model::rows::{ColumnSlice, MappedRows, RowSource, StackedRows, TransposedRows};
+use crate::model::naming::{self, Axis, LinearDims, RowPermutation, ValueMap};
+use crate::model::rows::{
+    ColumnSlice, MappedRows, PermutedColumns, RowSource, StackedRows, TransposedRows,
+};
 use crate::model::{list, Shaped};
 use crate::quant::{scan_row, GgmlType};
 use crate::{Error, Result};
@@ -74,6 +76,9 @@ pub struct Pairing {
     /// The converter's non-linear function on the tensor: the residual is
     /// added before it ([`naming::value_map`]).
     pub map: Option<ValueMap>,
+    /// The residual's columns reordered (Qwen3.5's value heads,
+    /// [`naming::v_head_order`]).
+    pub column_order: Option<RowPermutation>,
 }
 
 impl Pairing {
@@ -89,6 +94,7 @@ impl Pairing {
             columns: None,
             pieces: None,
             map: None,
+            column_order: None,
         }
     }
 
@@ -101,6 +107,7 @@ impl Pairing {
             && self.columns.is_none()
             && self.pieces.is_none()
             && self.map.is_none()
+            && self.column_order.is_none()
     }
 }
 
@@ -197,6 +204,7 @@ struct BaseIndex<'b> {
     arch: String,
     n_head: usize,
     n_head_kv: usize,
+    linear: LinearDims,
     by_name: HashMap<&'b str, usize>,
 }
 
@@ -207,6 +215,14 @@ impl<'b> BaseIndex<'b> {
         let n_head_kv = meta_u64(base, &format!("{arch}.attention.head_count_kv"))
             .map(|v| v as usize)
             .unwrap_or(n_head);
+        let ssm = |k: &str| meta_u64(base, &format!("{arch}.ssm.{k}")).unwrap_or(0) as usize;
+        let v_heads = ssm("time_step_rank");
+        let linear = LinearDims {
+            k_heads: ssm("group_count"),
+            v_heads,
+            k_dim: ssm("state_size"),
+            v_dim: ssm("inner_size").checked_div(v_heads).unwrap_or(0),
+        };
         let by_name = base
             .tensors()
             .iter()
@@ -218,6 +234,7 @@ impl<'b> BaseIndex<'b> {
             arch,
             n_head,
             n_head_kv,
+            linear,
             by_name,
         }
     }
@@ -357,6 +374,13 @@ fn pair_tensors(
             }
         }
         let mut pair = Pairing::one(bi, ri, permutation);
+        if from_hf && !v_heads_tiled(index, (rt.name, &gguf_name), &rt.shape, &mut pair) {
+            found.problems.bad_shape.push(format!(
+                "{} {:?}: fewer value heads than the base's {}.ssm.* sizes ({:?})",
+                rt.name, rt.shape, index.arch, index.linear
+            ));
+            continue;
+        }
         pair.rows = trimmed.map(|n| n as usize);
         pair.map = from_hf
             .then(|| naming::value_map(&index.arch, &gguf_name))
@@ -376,6 +400,30 @@ fn trimmed_rows(index: &BaseIndex, gguf_name: &str, rt: &ResidualTensor<'_>) -> 
         return None;
     }
     naming::embedding_rows(&index.arch, gguf_name, rs[0], bs[0])
+}
+
+/// Qwen3.5's value heads, reordered by the converter along the rows or the
+/// columns of `pair` ([`naming::v_head_order`]); false when the residual
+/// (`shape`) has fewer rows or columns than the base's `ssm.*` sizes say.
+fn v_heads_tiled(
+    index: &BaseIndex,
+    names: (&str, &str),
+    shape: &[u64],
+    pair: &mut Pairing,
+) -> bool {
+    let cols = shape.last().copied().unwrap_or(0) as usize;
+    let rows = shape.iter().rev().skip(1).product::<u64>() as usize;
+    match naming::v_head_order(&index.arch, names, index.linear) {
+        Some((Axis::Rows, order)) => {
+            pair.permutation = order;
+            order.fits(rows)
+        }
+        Some((Axis::Columns, order)) => {
+            pair.column_order = Some(order);
+            order.fits(cols)
+        }
+        None => true,
+    }
 }
 
 /// Whether a residual of `shape` fits base tensor `gguf_name` once its unit
@@ -838,13 +886,17 @@ fn layout_rows<'a>(
         r
     };
     let picked = |i: usize| -> Box<dyn RowSource + 'a> {
-        match p.columns {
-            Some((offset, step)) => Box::new(ColumnSlice {
+        match (p.columns, p.column_order) {
+            (Some((offset, step)), _) => Box::new(ColumnSlice {
                 rows: Box::new(one(i)),
                 offset,
                 step,
             }),
-            None => Box::new(one(i)),
+            (None, Some(order)) => Box::new(PermutedColumns {
+                rows: Box::new(one(i)),
+                order,
+            }),
+            (None, None) => Box::new(one(i)),
         }
     };
     if let Some((group, len)) = p.transpose {

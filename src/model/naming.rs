@@ -521,6 +521,9 @@ pub struct Transforms {
     /// `conv1d` squeezed ([`squeezed`]); `A_log` stored as `−exp(A_log)`
     /// ([`value_map`]); `dt_bias` renamed `dt_proj.bias`.
     pub linear_attention: bool,
+    /// Qwen3.5's linear attention also stores value heads tiled (`[r, K]`)
+    /// instead of grouped by key head (`[K, r]`) ([`v_head_order`]).
+    pub v_heads_tiled: bool,
 }
 
 /// How a converter spells the per-expert tensors it stacks.
@@ -577,6 +580,12 @@ pub fn transforms(arch_name: &str) -> Option<Transforms> {
         "qwen3next" => Transforms {
             experts: Some(ExpertStack::Qwen2Moe),
             linear_attention: true,
+            ..Transforms::default()
+        },
+        "qwen35" | "qwen35moe" => Transforms {
+            experts: Some(ExpertStack::Qwen2Moe),
+            linear_attention: true,
+            v_heads_tiled: true,
             ..Transforms::default()
         },
         "gemma3" | "gemma4" => Transforms {
@@ -649,6 +658,76 @@ pub fn value_map(arch_name: &str, gguf_name: &str) -> Option<ValueMap> {
     transforms(arch_name)?.linear_attention.then_some(())?;
     let (_, part) = split_block(gguf_name, "blk.")?;
     (part == "ssm_a").then_some(ValueMap::NegExp)
+}
+
+/// The sizes of a Gated DeltaNet linear attention, from the base's
+/// `{arch}.ssm.*` metadata.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct LinearDims {
+    /// Key heads (`ssm.group_count`).
+    pub k_heads: usize,
+    /// Value heads (`ssm.time_step_rank`), a multiple of `k_heads`.
+    pub v_heads: usize,
+    /// Size of a key head (`ssm.state_size`).
+    pub k_dim: usize,
+    /// Size of a value head (`ssm.inner_size / v_heads`).
+    pub v_dim: usize,
+}
+
+/// Which axis of a tensor [`v_head_order`] reorders.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Axis {
+    /// Its rows.
+    Rows,
+    /// The columns of each row (1-D tensors are one row).
+    Columns,
+}
+
+/// For a tensor of Qwen3.5's linear attention (`linear_attn.*` in
+/// `hf_name`, GGUF `gguf_name`): the axis and order in which the converter
+/// stores its value heads (`_LinearAttentionVReorderBase.modify_tensors`:
+/// grouped by key head, `[K, r, d]`, become tiled, `[r, K, d]`), as a
+/// [`RowPermutation::Tiled`] over that axis. `in_proj_qkv` and `conv1d`
+/// reorder only the value rows after q and k; `in_proj_z` every row (d =
+/// value head size); `in_proj_a`/`in_proj_b` rows and `A_log`/`dt_bias`
+/// elements with d = 1; `out_proj` its columns. `None` when the key and
+/// value head counts are equal (nothing moves) or the tensor holds none.
+pub fn v_head_order(
+    arch_name: &str,
+    (hf_name, gguf_name): (&str, &str),
+    dims: LinearDims,
+) -> Option<(Axis, RowPermutation)> {
+    transforms(arch_name)?.v_heads_tiled.then_some(())?;
+    let LinearDims {
+        k_heads,
+        v_heads,
+        k_dim,
+        v_dim,
+    } = dims;
+    if !hf_name.contains("linear_attn.") || k_heads == 0 || v_heads <= k_heads {
+        return None;
+    }
+    let stem = gguf_name
+        .strip_suffix(".weight")
+        .or_else(|| gguf_name.strip_suffix(".bias"))
+        .unwrap_or(gguf_name);
+    let (_, part) = split_block(stem, "blk.")?;
+    let qk = 2 * k_heads * k_dim;
+    let (axis, offset, len) = match part {
+        "attn_qkv" | "ssm_conv1d" => (Axis::Rows, qk, v_dim),
+        "attn_gate" => (Axis::Rows, 0, v_dim),
+        "ssm_alpha" | "ssm_beta" => (Axis::Rows, 0, 1),
+        "ssm_a" | "ssm_dt" => (Axis::Columns, 0, 1),
+        "ssm_out" => (Axis::Columns, 0, v_dim),
+        _ => return None,
+    };
+    let tiled = RowPermutation::Tiled {
+        offset,
+        groups: k_heads,
+        per: v_heads / k_heads,
+        len,
+    };
+    Some((axis, tiled))
 }
 
 /// For DeepSeek's `kv_b_proj` (`[H × (nope + v), R]`): the GGUF tensors
@@ -772,6 +851,20 @@ pub enum RowPermutation {
         /// Rows taken from each group.
         len: usize,
     },
+    /// Qwen3.5's value heads ([`v_head_order`]): after the first `offset`
+    /// rows (kept), `groups × per` blocks of `len` rows stored group-major
+    /// (`[groups, per, len]`) land block-major (`[per, groups, len]`); rows
+    /// past them are kept.
+    Tiled {
+        /// Rows before the reordered ones.
+        offset: usize,
+        /// Key heads.
+        groups: usize,
+        /// Value heads per key head.
+        per: usize,
+        /// Rows per value head.
+        len: usize,
+    },
 }
 
 /// The row permutation llama.cpp's converter applied to GGUF tensor
@@ -818,6 +911,20 @@ impl RowPermutation {
                 let len = len.max(1);
                 (dst_row / len) * group + offset + dst_row % len
             }
+            RowPermutation::Tiled {
+                offset,
+                groups,
+                per,
+                len,
+            } => {
+                let (groups, len) = (groups.max(1), len.max(1));
+                let x = dst_row.wrapping_sub(offset);
+                if dst_row < offset || x >= groups * per * len {
+                    return dst_row;
+                }
+                let (j, k, i) = (x / (groups * len), (x / len) % groups, x % len);
+                offset + (k * per + j) * len + i
+            }
             RowPermutation::LlamaRope { n_head } => {
                 if !self.fits(rows) || dst_row >= rows {
                     return dst_row;
@@ -835,6 +942,12 @@ impl RowPermutation {
     pub fn fits(&self, rows: usize) -> bool {
         match *self {
             RowPermutation::Identity | RowPermutation::Slice { .. } => true,
+            RowPermutation::Tiled {
+                offset,
+                groups,
+                per,
+                len,
+            } => offset + groups * per * len <= rows,
             RowPermutation::LlamaRope { n_head } => {
                 n_head
                     .checked_mul(2)

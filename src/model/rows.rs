@@ -344,6 +344,46 @@ impl RowSource for TransposedRows<'_> {
     }
 }
 
+/// Another source's rows with their columns reordered: output column `c`
+/// is stored column `order.source_row(row_len, c)` (Qwen3.5's value heads
+/// along `out_proj`'s columns and 1-D `A_log`/`dt_bias`).
+pub struct PermutedColumns<'a> {
+    /// The stored rows.
+    pub rows: Box<dyn RowSource + 'a>,
+    /// The column order, as a permutation of a row's elements.
+    pub order: RowPermutation,
+}
+
+impl RowSource for PermutedColumns<'_> {
+    fn row_len(&self) -> usize {
+        self.rows.row_len()
+    }
+
+    fn n_rows(&self) -> usize {
+        self.rows.n_rows()
+    }
+
+    fn decode(&self, start: usize, out: &mut [f32]) -> Result<()> {
+        let len = self.row_len();
+        let mut stored = vec![0f32; len];
+        for (i, dst) in out.chunks_exact_mut(len.max(1)).enumerate() {
+            self.rows.decode(start + i, &mut stored)?;
+            for (c, v) in dst.iter_mut().enumerate() {
+                *v = stored[self.order.source_row(len, c)];
+            }
+        }
+        Ok(())
+    }
+
+    fn release_rows(&self, start: usize, end: usize) {
+        self.rows.release_rows(start, end);
+    }
+
+    fn prefetch_rows(&self, start: usize, end: usize) {
+        self.rows.prefetch_rows(start, end);
+    }
+}
+
 /// Every `step`th column of another source's rows, from column `offset`
 /// (gpt-oss's interleaved `gate_up_proj`: gate in the even columns, up in
 /// the odd ones). Decodes one stored row at a time.
