@@ -3,12 +3,14 @@
 //! converter itself): per-expert tensors stacked, GraniteMoE's fused
 //! `input_linear` split, DeepSeek's `kv_b_proj` split (one part transposed),
 //! Gemma 3's embedding trimmed to the vocabulary, gpt-oss's fused experts
-//! (transposed, gate and up interleaved by column).
+//! (transposed, gate and up interleaved by column), Qwen3-Next's linear
+//! attention (`in_proj_qkvz` regrouped, `conv1d` squeezed, `A_log` through
+//! `−exp`).
 
 mod common;
 
 use common::*;
-use qresidual::format::gguf::GgufFile;
+use qresidual::format::gguf::{GgufFile, MetaValue};
 use qresidual::quant::GgmlType;
 use safetensors::Dtype;
 
@@ -27,7 +29,17 @@ fn apply_f32(
     base: &[T],
     residual: &[(&str, Vec<usize>, Vec<f32>)],
 ) -> Applied {
-    write_gguf(&d.p("base.gguf"), arch, base);
+    apply_f32_with(d, (arch, Vec::new()), base, residual)
+}
+
+/// [`apply_f32`] to a base with more metadata.
+fn apply_f32_with(
+    d: &Dir,
+    (arch, meta): (&str, Vec<(String, MetaValue)>),
+    base: &[T],
+    residual: &[(&str, Vec<usize>, Vec<f32>)],
+) -> Applied {
+    write_gguf_with(&d.p("base.gguf"), arch, meta, base);
     let res: Vec<(&str, Dtype, Vec<usize>, Vec<u8>)> = residual
         .iter()
         .map(|(n, s, v)| (*n, Dtype::F32, s.clone(), f32_bytes(v)))
@@ -381,5 +393,194 @@ fn gpt_oss_fused_experts_are_transposed_and_deinterleaved() {
         1,
         &["model.layers.0.mlp.experts.gate_up_proj"],
         &r.out,
+    );
+}
+
+#[test]
+fn qwen3next_linear_attention_is_regrouped_squeezed_and_mapped() {
+    // in_proj_qkvz: 2 key heads of [q 2 | k 2 | v 3 | z 3] rows × 2 columns.
+    // attn_qkv is every head's q, then k, then v; attn_gate every head's z.
+    let d = Dir::new();
+    let (heads, q, v, cols) = (2, 2, 3, 2);
+    let group = 2 * q + 2 * v;
+    let qkvz = ramp(heads * group * cols, 0.01);
+    let (qkv_base, gate_base) = (
+        ramp(heads * (2 * q + v) * cols, 0.5),
+        ramp(heads * v * cols, -0.5),
+    );
+    let conv = ramp(6, 0.03);
+    let conv_base = ramp(6, 1.0);
+    let a_log = [0.25f32, -1.5];
+    let a_base: Vec<f32> = a_log.iter().map(|a| -a.exp()).collect();
+    let a_delta = [0.01f32, -0.02];
+    let dt = [0.125f32, 0.5];
+    let dt_base = [1.0f32, 2.0];
+    let meta = vec![("qwen3next.ssm.group_count".to_string(), MetaValue::U32(2))];
+    let out = apply_f32_with(
+        &d,
+        ("qwen3next", meta),
+        &[
+            f32_tensor("blk.0.attn_qkv.weight", vec![2, 14], &qkv_base),
+            f32_tensor("blk.0.attn_gate.weight", vec![2, 6], &gate_base),
+            f32_tensor("blk.0.ssm_conv1d.weight", vec![2, 3], &conv_base),
+            f32_tensor("blk.0.ssm_a", vec![2], &a_base),
+            f32_tensor("blk.0.ssm_dt.bias", vec![2], &dt_base),
+        ],
+        &[
+            (
+                "model.layers.0.linear_attn.in_proj_qkvz.weight",
+                vec![heads * group, cols],
+                qkvz.clone(),
+            ),
+            (
+                "model.layers.0.linear_attn.conv1d.weight",
+                vec![3, 1, 2],
+                conv.clone(),
+            ),
+            (
+                "model.layers.0.linear_attn.A_log",
+                vec![2],
+                a_delta.to_vec(),
+            ),
+            ("model.layers.0.linear_attn.dt_bias", vec![2], dt.to_vec()),
+        ],
+    );
+    assert!(
+        out.o.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.o.stderr)
+    );
+    let rows = |offset: usize, len: usize| -> Vec<f32> {
+        (0..heads)
+            .flat_map(|h| (0..len).map(move |i| h * group + offset + i))
+            .flat_map(|row| qkvz[row * cols..(row + 1) * cols].to_vec())
+            .collect()
+    };
+    let qkv = [rows(0, q), rows(q, q), rows(2 * q, v)].concat();
+    assert_eq!(
+        values(&out.out, "blk.0.attn_qkv.weight"),
+        sum(&qkv_base, &qkv)
+    );
+    assert_eq!(
+        values(&out.out, "blk.0.attn_gate.weight"),
+        sum(&gate_base, &rows(2 * q + v, v))
+    );
+    assert_eq!(
+        values(&out.out, "blk.0.ssm_conv1d.weight"),
+        sum(&conv_base, &conv)
+    );
+    assert_eq!(values(&out.out, "blk.0.ssm_dt.bias"), sum(&dt_base, &dt));
+    // ssm_a = −exp(A_log): the residual is added to A_log, not to ssm_a.
+    let got = values(&out.out, "blk.0.ssm_a");
+    for i in 0..2 {
+        let want = -(a_log[i] + a_delta[i]).exp();
+        assert!(
+            (got[i] - want).abs() <= 4.0 * f32::EPSILON * want.abs(),
+            "{got:?}"
+        );
+        assert!(
+            (got[i] - (a_base[i] + a_delta[i])).abs() > 1e-4,
+            "added after −exp"
+        );
+    }
+
+    // A key-head count that does not divide the rows: refused, naming both.
+    let d = Dir::new();
+    let meta = vec![("qwen3next.ssm.group_count".to_string(), MetaValue::U32(4))];
+    let out = apply_f32_with(
+        &d,
+        ("qwen3next", meta),
+        &[
+            f32_tensor("blk.0.attn_qkv.weight", vec![2, 14], &qkv_base),
+            f32_tensor("blk.0.attn_gate.weight", vec![2, 6], &gate_base),
+        ],
+        &[(
+            "model.layers.0.linear_attn.in_proj_qkvz.weight",
+            vec![heads * group, cols],
+            qkvz,
+        )],
+    );
+    let needles = ["in_proj_qkvz", "blk.0.attn_qkv.weight", "4 key heads"];
+    assert_fails(&out.o, 1, &needles, &out.out);
+
+    // A positive ssm_a is no −exp(·): an error naming the tensor.
+    let d = Dir::new();
+    let out = apply_f32(
+        &d,
+        "qwen3next",
+        &[f32_tensor("blk.0.ssm_a", vec![2], &[0.5, -1.0])],
+        &[(
+            "model.layers.0.linear_attn.A_log",
+            vec![2],
+            a_delta.to_vec(),
+        )],
+    );
+    let err = String::from_utf8_lossy(&out.o.stderr);
+    assert_eq!(out.o.status.code(), Some(1), "{err}");
+    assert!(
+        err.contains("blk.0.ssm_a") && err.contains("0.5") && err.contains("−exp"),
+        "{err}"
+    );
+    assert!(!err.contains("panicked") && !out.out.exists(), "{err}");
+}
+
+#[test]
+fn qwen35_value_heads_are_reordered_along_rows_and_columns() {
+    // 1 key head would move nothing: 2 key heads of 2 value heads each,
+    // value heads of 1 row (in_proj_a) and of 1 column (out_proj has
+    // value heads of 2 columns: v_dim = inner_size / v_heads = 8 / 4).
+    let d = Dir::new();
+    let meta = vec![
+        ("qwen35.ssm.group_count".to_string(), MetaValue::U32(2)),
+        ("qwen35.ssm.time_step_rank".to_string(), MetaValue::U32(4)),
+        ("qwen35.ssm.state_size".to_string(), MetaValue::U32(2)),
+        ("qwen35.ssm.inner_size".to_string(), MetaValue::U32(8)),
+    ];
+    let a = ramp(4 * 3, 0.01);
+    let out_proj = ramp(2 * 8, 0.1);
+    let (a_base, out_base) = (ramp(12, 1.0), ramp(16, -1.0));
+    let out = apply_f32_with(
+        &d,
+        ("qwen35", meta),
+        &[
+            f32_tensor("blk.0.ssm_alpha.weight", vec![3, 4], &a_base),
+            f32_tensor("blk.0.ssm_out.weight", vec![8, 2], &out_base),
+        ],
+        &[
+            (
+                "model.layers.0.linear_attn.in_proj_a.weight",
+                vec![4, 3],
+                a.clone(),
+            ),
+            (
+                "model.layers.0.linear_attn.out_proj.weight",
+                vec![2, 8],
+                out_proj.clone(),
+            ),
+        ],
+    );
+    assert!(
+        out.o.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.o.stderr)
+    );
+    // Grouped (key head k, value head j) → tiled (j, k): rows 0, 2, 1, 3.
+    let a_rows: Vec<f32> = [0, 2, 1, 3]
+        .iter()
+        .flat_map(|&r| a[r * 3..(r + 1) * 3].to_vec())
+        .collect();
+    assert_eq!(
+        values(&out.out, "blk.0.ssm_alpha.weight"),
+        sum(&a_base, &a_rows)
+    );
+    // Columns in heads of 2: heads 0, 2, 1, 3.
+    let cols = [0, 1, 4, 5, 2, 3, 6, 7];
+    let out_cols: Vec<f32> = (0..2)
+        .flat_map(|r| cols.iter().map(move |&c| (r, c)))
+        .map(|(r, c)| out_proj[r * 8 + c])
+        .collect();
+    assert_eq!(
+        values(&out.out, "blk.0.ssm_out.weight"),
+        sum(&out_base, &out_cols)
     );
 }

@@ -280,19 +280,191 @@ fn families_whose_transforms_are_restated_are_mapped() {
         hf_to_gguf("gpt-oss", "model.layers.1.mlp.experts.down_proj_bias").as_deref(),
         Some("blk.1.ffn_down_exps.bias")
     );
-    // A converter qresidual does not restate: named, not mapped.
-    assert_eq!(hf_names::converter("qwen3next"), Some(Converter::Custom));
-    assert_eq!(transforms("qwen3next"), None);
+    // A converter qresidual does not restate (GraniteMoeHybrid's Mamba-2
+    // layers): named, not mapped.
     assert_eq!(
-        hf_to_gguf("qwen3next", "model.layers.0.self_attn.o_proj.weight"),
+        hf_names::converter("granitehybrid"),
+        Some(Converter::Custom)
+    );
+    assert_eq!(transforms("granitehybrid"), None);
+    assert_eq!(
+        hf_to_gguf("granitehybrid", "model.layers.0.self_attn.o_proj.weight"),
         None
     );
-    assert!(!mapped_architectures().any(|a| a == "qwen3next"));
-    // The README's count: 7 hand-mapped, 18 more rename-only, 13 whose
+    assert!(!mapped_architectures().any(|a| a == "granitehybrid"));
+    // The README's count: 7 hand-mapped, 18 more rename-only, 17 whose
     // transforms are restated.
     let mapped: Vec<_> = mapped_architectures().collect();
-    assert_eq!(mapped.len(), 38, "{mapped:?}");
+    assert_eq!(mapped.len(), 42, "{mapped:?}");
     // Mistral checkpoints convert to `llama`; there is no `mistral` arch.
     assert!(!hf_names::knows("mistral"));
     assert_eq!(hf_to_gguf("mistral", "model.embed_tokens.weight"), None);
+}
+
+#[test]
+fn gemma4_names_are_the_converters() {
+    let g = |hf| hf_to_gguf("gemma4", hf);
+    // Gemma4Model.filter_tensors adds `.weight` to bare parameters…
+    assert_eq!(
+        g("model.layers.3.layer_scalar").as_deref(),
+        Some("blk.3.layer_output_scale.weight")
+    );
+    assert_eq!(
+        g("model.layers.0.experts.gate_up_proj").as_deref(),
+        Some("blk.0.ffn_gate_up_exps.weight")
+    );
+    assert_eq!(
+        g("model.layers.0.experts.down_proj").as_deref(),
+        Some("blk.0.ffn_down_exps.weight")
+    );
+    // …and its modify_tensors names the router's scales itself.
+    assert_eq!(
+        g("model.layers.1.router.scale").as_deref(),
+        Some("blk.1.ffn_gate_inp.scale")
+    );
+    assert_eq!(
+        g("model.layers.1.router.per_expert_scale").as_deref(),
+        Some("blk.1.ffn_down_exps.scale")
+    );
+    assert_eq!(
+        g("model.embed_tokens_per_layer.weight").as_deref(),
+        Some("per_layer_token_embd.weight")
+    );
+    assert_eq!(
+        g("model.layers.0.per_layer_input_gate.weight").as_deref(),
+        Some("blk.0.inp_gate.weight")
+    );
+    // Gemma3Model.modify_tensors trims token_embd only.
+    assert_eq!(
+        embedding_rows("gemma4", "token_embd.weight", 272, 259),
+        Some(259)
+    );
+    assert_eq!(
+        embedding_rows("gemma4", "per_layer_token_embd.weight", 272, 259),
+        None
+    );
+    assert!(mapped_architectures().any(|a| a == "gemma4"));
+}
+
+#[test]
+fn qwen3next_linear_attention_is_restated() {
+    use qresidual::model::naming::{qkvz_split, squeezed, value_map, ValueMap};
+    let q = |hf| hf_to_gguf("qwen3next", hf);
+    assert_eq!(
+        q("model.layers.0.linear_attn.dt_bias").as_deref(),
+        Some("blk.0.ssm_dt.bias")
+    );
+    assert_eq!(
+        q("model.layers.0.linear_attn.A_log").as_deref(),
+        Some("blk.0.ssm_a")
+    );
+    assert_eq!(
+        q("model.layers.0.linear_attn.norm.weight").as_deref(),
+        Some("blk.0.ssm_norm.weight")
+    );
+    assert_eq!(
+        q("model.layers.0.mlp.shared_expert_gate.weight").as_deref(),
+        Some("blk.0.ffn_gate_inp_shexp.weight")
+    );
+    assert_eq!(
+        qkvz_split(
+            "qwen3next",
+            "model.layers.2.linear_attn.in_proj_qkvz.weight"
+        ),
+        Some([
+            "blk.2.attn_qkv.weight".to_string(),
+            "blk.2.attn_gate.weight".to_string()
+        ])
+    );
+    assert_eq!(
+        qkvz_split("qwen3next", "model.layers.2.self_attn.q_proj.weight"),
+        None
+    );
+    assert_eq!(
+        qkvz_split("qwen2moe", "model.layers.2.linear_attn.in_proj_qkvz.weight"),
+        None
+    );
+    assert!(squeezed("qwen3next", "blk.0.ssm_conv1d.weight"));
+    assert!(!squeezed("qwen3next", "blk.0.ssm_out.weight"));
+    assert_eq!(
+        value_map("qwen3next", "blk.0.ssm_a"),
+        Some(ValueMap::NegExp)
+    );
+    assert_eq!(value_map("qwen3next", "blk.0.ssm_dt.bias"), None);
+    assert_eq!(value_map("qwen2moe", "blk.0.ssm_a"), None);
+    assert_eq!(
+        expert_part("qwen3next", "model.layers.1.mlp.experts.3.up_proj.weight"),
+        Some(("blk.1.ffn_up_exps.weight".to_string(), 3))
+    );
+    assert!(mapped_architectures().any(|a| a == "qwen3next"));
+}
+
+#[test]
+fn qwen35_value_heads_are_tiled() {
+    use qresidual::model::naming::{v_head_order, Axis, LinearDims};
+    // 2 key heads, 3 value heads each, key heads of 4, value heads of 2.
+    let dims = LinearDims {
+        k_heads: 2,
+        v_heads: 6,
+        k_dim: 4,
+        v_dim: 2,
+    };
+    let order = |hf: &str, gguf: &str| v_head_order("qwen35", (hf, gguf), dims);
+    let (axis, qkv) = order(
+        "model.layers.0.linear_attn.in_proj_qkv.weight",
+        "blk.0.attn_qkv.weight",
+    )
+    .unwrap();
+    assert_eq!(axis, Axis::Rows);
+    // q and k (16 rows) stay; then value head (k, j) of 2 rows moves from
+    // (k·3 + j)·2 to (j·2 + k)·2: `_reorder_v_heads`.
+    let rows: Vec<usize> = (0..28).map(|r| qkv.source_row(28, r)).collect();
+    let v: Vec<usize> = (0..3)
+        .flat_map(|j| (0..2).flat_map(move |k| (0..2).map(move |i| 16 + (k * 3 + j) * 2 + i)))
+        .collect();
+    assert_eq!(rows, [(0..16).collect::<Vec<_>>(), v].concat());
+    assert!(qkv.fits(28) && !qkv.fits(27));
+    let (axis, a) = order("model.layers.0.linear_attn.A_log", "blk.0.ssm_a").unwrap();
+    assert_eq!(axis, Axis::Columns);
+    let cols: Vec<usize> = (0..6).map(|c| a.source_row(6, c)).collect();
+    assert_eq!(cols, [0, 3, 1, 4, 2, 5]);
+    assert_eq!(
+        order(
+            "model.layers.0.linear_attn.out_proj.weight",
+            "blk.0.ssm_out.weight"
+        )
+        .map(|o| o.0),
+        Some(Axis::Columns)
+    );
+    // Full attention and Qwen3-Next keep their order; equal head counts too.
+    assert_eq!(
+        order(
+            "model.layers.1.self_attn.q_proj.weight",
+            "blk.1.attn_q.weight"
+        ),
+        None
+    );
+    assert_eq!(
+        v_head_order(
+            "qwen3next",
+            (
+                "model.layers.0.linear_attn.in_proj_z.weight",
+                "blk.0.attn_gate.weight"
+            ),
+            dims
+        ),
+        None
+    );
+    let same = LinearDims { v_heads: 2, ..dims };
+    assert_eq!(
+        v_head_order(
+            "qwen35",
+            (
+                "model.layers.0.linear_attn.in_proj_z.weight",
+                "blk.0.attn_gate.weight"
+            ),
+            same
+        ),
+        None
+    );
 }

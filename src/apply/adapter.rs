@@ -543,6 +543,14 @@ fn layout(base: &GgufFile, index: usize) -> std::result::Result<Layout, String> 
             t.ne
         ));
     }
+    if t.name == "per_layer_token_embd.weight" {
+        // src/models/gemma4.cpp: loaded lazily and read by row, no adapter.
+        return Err(
+            "llama.cpp reads per-layer token embeddings (Gemma 3n/4) lazily, row by row, \
+             with no adapter; it cannot load a pair for them"
+                .into(),
+        );
+    }
     if t.name == "token_embd.weight" {
         if base.tensor_index("output.weight").is_none() {
             return Err(

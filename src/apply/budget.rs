@@ -20,7 +20,7 @@ use std::path::Path;
 use rayon::prelude::*;
 use serde_json::{json, Value};
 
-use crate::model::rows::RowSource;
+use crate::model::rows::{add_residual, RowSource};
 use crate::quant::stats::ErrorStats;
 use crate::quant::{codec, dequantize_row, quantize_row, GgmlType};
 use crate::{Error, Result};
@@ -224,7 +224,8 @@ fn measure_row(
             if scale != 1.0 {
                 d.iter_mut().for_each(|x| *x *= scale);
             }
-            let target: Vec<f32> = base.iter().zip(&d).map(|(b, d)| b + d).collect();
+            let mut target = vec![0f32; row_len];
+            add_residual(r.value_map(), &base, &d, &mut target);
             (d, target)
         }
         None => (Vec::new(), base.clone()),

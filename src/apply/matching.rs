@@ -9,8 +9,10 @@ use rayon::prelude::*;
 use crate::engine::log::Log;
 use crate::format::gguf::GgufFile;
 use crate::format::pages::ReleasePages;
-use crate::model::naming::{self, RowPermutation};
-use crate::model::rows::{ColumnSlice, RowSource, StackedRows, TransposedRows};
+use crate::model::naming::{self, Axis, LinearDims, RowPermutation, ValueMap};
+use crate::model::rows::{
+    ColumnSlice, MappedRows, PermutedColumns, RowSource, StackedRows, TransposedRows,
+};
 use crate::model::{list, Shaped};
 use crate::quant::{scan_row, GgmlType};
 use crate::{Error, Result};
@@ -67,6 +69,16 @@ pub struct Pairing {
     /// The residual's columns `(offset, step)` the base tensor takes, before
     /// any transposition (gpt-oss's interleaved gate/up).
     pub columns: Option<(usize, usize)>,
+    /// The base tensor is these slices of the residual's rows (each
+    /// [`RowPermutation::Slice`] and its row count), one after another
+    /// (Qwen3-Next's `attn_qkv`: every head's q, then k, then v).
+    pub pieces: Option<Vec<(RowPermutation, usize)>>,
+    /// The converter's non-linear function on the tensor: the residual is
+    /// added before it ([`naming::value_map`]).
+    pub map: Option<ValueMap>,
+    /// The residual's columns reordered (Qwen3.5's value heads,
+    /// [`naming::v_head_order`]).
+    pub column_order: Option<RowPermutation>,
 }
 
 impl Pairing {
@@ -80,6 +92,9 @@ impl Pairing {
             rows: None,
             transpose: None,
             columns: None,
+            pieces: None,
+            map: None,
+            column_order: None,
         }
     }
 
@@ -90,6 +105,9 @@ impl Pairing {
             && self.rows.is_none()
             && self.transpose.is_none()
             && self.columns.is_none()
+            && self.pieces.is_none()
+            && self.map.is_none()
+            && self.column_order.is_none()
     }
 }
 
@@ -186,6 +204,7 @@ struct BaseIndex<'b> {
     arch: String,
     n_head: usize,
     n_head_kv: usize,
+    linear: LinearDims,
     by_name: HashMap<&'b str, usize>,
 }
 
@@ -196,6 +215,14 @@ impl<'b> BaseIndex<'b> {
         let n_head_kv = meta_u64(base, &format!("{arch}.attention.head_count_kv"))
             .map(|v| v as usize)
             .unwrap_or(n_head);
+        let ssm = |k: &str| meta_u64(base, &format!("{arch}.ssm.{k}")).unwrap_or(0) as usize;
+        let v_heads = ssm("time_step_rank");
+        let linear = LinearDims {
+            k_heads: ssm("group_count"),
+            v_heads,
+            k_dim: ssm("state_size"),
+            v_dim: ssm("inner_size").checked_div(v_heads).unwrap_or(0),
+        };
         let by_name = base
             .tensors()
             .iter()
@@ -207,6 +234,7 @@ impl<'b> BaseIndex<'b> {
             arch,
             n_head,
             n_head_kv,
+            linear,
             by_name,
         }
     }
@@ -268,6 +296,10 @@ fn pair_tensors(
                 kv_b_pairs(index, (ri, rt), &kv, &mut claimed, &mut found);
                 continue;
             }
+            if let Some(qkvz) = naming::qkvz_split(&index.arch, rt.name) {
+                qkvz_pairs(index, (ri, rt), &qkvz, &mut claimed, &mut found);
+                continue;
+            }
             if let Some(fused) = naming::fused_experts(&index.arch, rt.name) {
                 fused_pairs(index, (ri, rt), &fused, &mut claimed, &mut found);
                 continue;
@@ -299,7 +331,8 @@ fn pair_tensors(
         let trimmed = from_hf
             .then(|| trimmed_rows(index, &gguf_name, rt))
             .flatten();
-        if bt.shape() != rt.shape && trimmed.is_none() {
+        let squeezed = from_hf && squeezed_fits(index, &gguf_name, &rt.shape);
+        if bt.shape() != rt.shape && trimmed.is_none() && !squeezed {
             problems.bad_shape.push(format!(
                 "{} {:?} vs base {} {:?}",
                 rt.name,
@@ -341,7 +374,17 @@ fn pair_tensors(
             }
         }
         let mut pair = Pairing::one(bi, ri, permutation);
+        if from_hf && !v_heads_tiled(index, (rt.name, &gguf_name), &rt.shape, &mut pair) {
+            found.problems.bad_shape.push(format!(
+                "{} {:?}: fewer value heads than the base's {}.ssm.* sizes ({:?})",
+                rt.name, rt.shape, index.arch, index.linear
+            ));
+            continue;
+        }
         pair.rows = trimmed.map(|n| n as usize);
+        pair.map = from_hf
+            .then(|| naming::value_map(&index.arch, &gguf_name))
+            .flatten();
         found.pairs.push(pair);
     }
     finish_stacks(index, residual, &mut found);
@@ -357,6 +400,41 @@ fn trimmed_rows(index: &BaseIndex, gguf_name: &str, rt: &ResidualTensor<'_>) -> 
         return None;
     }
     naming::embedding_rows(&index.arch, gguf_name, rs[0], bs[0])
+}
+
+/// Qwen3.5's value heads, reordered by the converter along the rows or the
+/// columns of `pair` ([`naming::v_head_order`]); false when the residual
+/// (`shape`) has fewer rows or columns than the base's `ssm.*` sizes say.
+fn v_heads_tiled(
+    index: &BaseIndex,
+    names: (&str, &str),
+    shape: &[u64],
+    pair: &mut Pairing,
+) -> bool {
+    let cols = shape.last().copied().unwrap_or(0) as usize;
+    let rows = shape.iter().rev().skip(1).product::<u64>() as usize;
+    match naming::v_head_order(&index.arch, names, index.linear) {
+        Some((Axis::Rows, order)) => {
+            pair.permutation = order;
+            order.fits(rows)
+        }
+        Some((Axis::Columns, order)) => {
+            pair.column_order = Some(order);
+            order.fits(cols)
+        }
+        None => true,
+    }
+}
+
+/// Whether a residual of `shape` fits base tensor `gguf_name` once its unit
+/// dimensions are dropped, as the converter squeezes it
+/// ([`naming::squeezed`]).
+fn squeezed_fits(index: &BaseIndex, gguf_name: &str, shape: &[u64]) -> bool {
+    let Some(&bi) = index.by_name.get(gguf_name) else {
+        return false;
+    };
+    let kept: Vec<u64> = shape.iter().copied().filter(|&d| d != 1).collect();
+    naming::squeezed(&index.arch, gguf_name) && index.base.tensors()[bi].shape() == kept
 }
 
 /// The base tensor `gguf_name` that residual tensor `rname` goes to
@@ -421,6 +499,59 @@ fn split_pairs<'r>(
         pair.rows = Some((bs[0] * bs[1]) as usize);
         found.pairs.push(pair);
     }
+}
+
+/// Qwen3-Next's `in_proj_qkvz` residual (`[K × (2q + 2v), D]`, K key
+/// heads of `[q | k | v | z]` rows) paired with `attn_qkv` (`[K × (2q + v),
+/// D]`: every head's q rows, then k, then v) and `attn_gate` (`[K × v, D]`:
+/// every head's z rows). K is the base's `ssm.group_count`.
+fn qkvz_pairs<'r>(
+    index: &BaseIndex,
+    (ri, rt): (usize, &ResidualTensor<'r>),
+    [qkv, gate]: &[String; 2],
+    claimed: &mut HashMap<usize, &'r str>,
+    found: &mut Found,
+) {
+    let heads = meta_u64(index.base, &format!("{}.ssm.group_count", index.arch)).unwrap_or(0);
+    let mut bis = [0; 2];
+    for (slot, name) in bis.iter_mut().zip([qkv, gate]) {
+        match claim_partner(index, (rt.name, ""), name, claimed, found) {
+            Some(bi) => *slot = bi,
+            None => return,
+        }
+    }
+    let (qs, gs) = (
+        index.base.tensors()[bis[0]].shape(),
+        index.base.tensors()[bis[1]].shape(),
+    );
+    let rs = &rt.shape;
+    let cols = |s: &[u64]| (s.len() == 2).then(|| s[1]);
+    let v = gs[0].checked_div(heads).unwrap_or(0);
+    let q2 = qs[0].checked_div(heads).map_or(0, |g| g.saturating_sub(v));
+    let fits = heads > 0
+        && cols(rs) == cols(&qs)
+        && cols(rs) == cols(&gs)
+        && cols(rs).is_some()
+        && gs[0] == heads * v
+        && qs[0] == heads * (q2 + v)
+        && q2 % 2 == 0
+        && rs[0] == heads * (q2 + 2 * v);
+    if !fits {
+        found.problems.bad_shape.push(format!(
+            "{} {rs:?} vs base {qkv} {qs:?} and {gate} {gs:?} ({} key heads)",
+            rt.name, heads
+        ));
+        return;
+    }
+    let (h, q, v) = (heads as usize, q2 as usize / 2, v as usize);
+    let group = 2 * q + 2 * v;
+    let slice = |offset, len| (RowPermutation::Slice { group, offset, len }, h * len);
+    let mut qkv_pair = Pairing::one(bis[0], ri, RowPermutation::Identity);
+    qkv_pair.pieces = Some(vec![slice(0, q), slice(q, q), slice(2 * q, v)]);
+    let (gate_perm, gate_rows) = slice(2 * q + v, v);
+    let mut gate_pair = Pairing::one(bis[1], ri, gate_perm);
+    gate_pair.rows = Some(gate_rows);
+    found.pairs.extend([qkv_pair, gate_pair]);
 }
 
 /// DeepSeek's `kv_b_proj` residual (`[H × (nope + v), R]`) paired with
@@ -710,14 +841,38 @@ fn scan_tensor(
     Ok(all_zero)
 }
 
-/// The rows a pairing gives its base tensor: one residual tensor's (in the
-/// base's row order, trimmed where the converter trims), or the experts'
-/// one after another.
+/// The rows a pairing gives its base tensor ([`layout_rows`]), tagged with
+/// the converter's non-linear function where it has one.
 fn pair_rows<'a>(
     residual: &'a Residual,
     rtensors: &[ResidualTensor<'a>],
     p: &Pairing,
 ) -> Box<dyn RowSource + 'a> {
+    let rows = layout_rows(residual, rtensors, p);
+    match p.map {
+        Some(map) => Box::new(MappedRows { rows, map }),
+        None => rows,
+    }
+}
+
+/// The residual's rows in the base tensor's layout: one residual tensor's
+/// (in the base's row order, trimmed where the converter trims), slices of
+/// one after another, or the experts' one after another.
+fn layout_rows<'a>(
+    residual: &'a Residual,
+    rtensors: &[ResidualTensor<'a>],
+    p: &Pairing,
+) -> Box<dyn RowSource + 'a> {
+    if let Some(pieces) = &p.pieces {
+        let parts = pieces.iter().map(|&(perm, n)| {
+            let mut r = residual.rows(&rtensors[p.residual], perm);
+            r.n_rows = n;
+            Box::new(r) as Box<dyn RowSource + 'a>
+        });
+        return Box::new(StackedRows {
+            parts: parts.collect(),
+        });
+    }
     let one = |i: usize| {
         let mut r = residual.rows(&rtensors[i], p.permutation);
         if let Some(n) = p.rows.filter(|&n| n < r.n_rows) {
@@ -731,13 +886,17 @@ fn pair_rows<'a>(
         r
     };
     let picked = |i: usize| -> Box<dyn RowSource + 'a> {
-        match p.columns {
-            Some((offset, step)) => Box::new(ColumnSlice {
+        match (p.columns, p.column_order) {
+            (Some((offset, step)), _) => Box::new(ColumnSlice {
                 rows: Box::new(one(i)),
                 offset,
                 step,
             }),
-            None => Box::new(one(i)),
+            (None, Some(order)) => Box::new(PermutedColumns {
+                rows: Box::new(one(i)),
+                order,
+            }),
+            (None, None) => Box::new(one(i)),
         }
     };
     if let Some((group, len)) = p.transpose {

@@ -21,7 +21,8 @@ use std::path::{Path, PathBuf};
 
 use crate::engine::sink::TensorSink;
 use crate::format::gguf::TensorSpec;
-use crate::model::rows::RowSource;
+use crate::model::naming::ValueMap;
+use crate::model::rows::{add_residual, RowSource};
 use crate::quant::stats::ErrorStats;
 use crate::quant::{
     dequantize_row, quantize_row, quantize_row_weighted, search_row_decoded, GgmlType, QuantError,
@@ -327,8 +328,10 @@ fn encode_rows(
                 delta.iter_mut().for_each(|d| *d *= *scale);
             }
             let target = sized(target_buf, n);
-            for ((t, b), d) in target.iter_mut().zip(base_rows).zip(&*delta) {
-                *t = b + d;
+            add_residual(r.value_map(), base_rows, delta, target);
+            if let Some(map) = r.value_map() {
+                let at = (first_row, row_len);
+                outside_map(map, base_rows, target, (out_path, &task.spec.name), at)?;
             }
             (&*delta, &*target)
         }
@@ -412,6 +415,32 @@ fn encode_rows(
         ));
     }
     Ok(())
+}
+
+/// A residual added through `map` ([`RowSource::value_map`]) to a base
+/// value `map` cannot have produced (a positive `ssm_a` for `−exp`) gives
+/// NaN: an error naming the tensor, row and value.
+fn outside_map(
+    map: ValueMap,
+    base: &[f32],
+    target: &[f32],
+    (path, name): (&Path, &str),
+    (first_row, row_len): (usize, usize),
+) -> Result<()> {
+    let Some(i) = target.iter().position(|t| !t.is_finite()) else {
+        return Ok(());
+    };
+    Err(Error::tensor(
+        path,
+        name,
+        format!(
+            "row {}, column {}: the base value {} is not one llama.cpp's converter writes (it stores {} of the checkpoint's value), so the residual cannot be added before that function",
+            first_row + i / row_len.max(1),
+            i % row_len.max(1),
+            base[i],
+            map.describe()
+        ),
+    ))
 }
 
 /// Replace the infinities that F16/BF16 `bytes` got for the finite values

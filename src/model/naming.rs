@@ -21,7 +21,9 @@
 //! ([`row_permutation`]), expert stacking ([`expert_part`]), the embedding
 //! trim ([`embedding_rows`]), GraniteMoE's split ([`split_halves`]),
 //! DeepSeek's `kv_b_proj` split ([`kv_b_split`]), gpt-oss's fused experts
-//! ([`fused_experts`]).
+//! ([`fused_experts`]), Gemma 4's own names ([`gemma4_router_scale`]),
+//! Qwen3-Next's linear attention ([`qkvz_split`], [`squeezed`],
+//! [`value_map`]).
 
 use super::hf_names::{self, Converter};
 
@@ -399,10 +401,55 @@ fn filtered_name(arch_name: &str, hf_name: &str) -> Option<String> {
         }
         name = name.replace("down_proj_bias", "down_proj.bias");
     }
+    if arch_name == "gemma4" {
+        name = gemma4_weight_suffix(name);
+    }
+    if transforms(arch_name).is_some_and(|t| t.linear_attention) {
+        name = dt_bias_renamed(name);
+    }
     if name.ends_with("e_score_correction_bias") {
         name = name.replace("e_score_correction_bias", "e_score_correction.bias");
     }
     Some(name.replace("language_model.", ""))
+}
+
+/// `Qwen3NextModel.modify_tensors` renames `….dt_bias` to `….dt_proj.bias`
+/// before the lookup.
+fn dt_bias_renamed(name: String) -> String {
+    match name.strip_suffix(".dt_bias") {
+        Some(stem) => format!("{stem}.dt_proj.bias"),
+        None => name,
+    }
+}
+
+/// `Gemma4Model.filter_tensors`: parameters transformers stores without a
+/// `.weight` suffix (`layer_scalar`, `per_dim_scale`, the fused experts'
+/// `gate_up_proj` / `down_proj`) get one, as the converter's tables expect.
+fn gemma4_weight_suffix(mut name: String) -> String {
+    const KEEP: &[&str] = &[
+        ".weight",
+        ".weight_scale",
+        ".weight_scale_2",
+        ".input_scale",
+    ];
+    let bare_expert = name.contains(".experts.") && !KEEP.iter().any(|s| name.ends_with(s));
+    if name.ends_with("per_dim_scale") || name.ends_with("layer_scalar") || bare_expert {
+        name += ".weight";
+    }
+    name
+}
+
+/// `Gemma4Model.modify_tensors`' own names: the router's `scale` becomes
+/// `blk.N.ffn_gate_inp.scale` and its `per_expert_scale`
+/// `blk.N.ffn_down_exps.scale` (both otherwise copied as they are).
+fn gemma4_router_scale(name: &str) -> Option<String> {
+    let (bid, rest) = split_block(name, "model.layers.")?;
+    let gguf = match rest {
+        "router.scale" => "ffn_gate_inp",
+        "router.per_expert_scale" => "ffn_down_exps",
+        _ => return None,
+    };
+    Some(format!("blk.{bid}.{gguf}.scale"))
 }
 
 /// [`hf_to_gguf`] from gguf-py's tables alone ([`hf_names`]), for any
@@ -411,6 +458,11 @@ fn filtered_name(arch_name: &str, hf_name: &str) -> Option<String> {
 /// hand-mapped families this is a cross-check of the hand tables.
 pub fn hf_to_gguf_generated(arch_name: &str, hf_name: &str) -> Option<String> {
     let name = filtered_name(arch_name, hf_name)?;
+    if arch_name == "gemma4" {
+        if let Some(g) = gemma4_router_scale(&name) {
+            return Some(g);
+        }
+    }
     hf_names::lookup(arch_name, &name)
 }
 
@@ -464,6 +516,14 @@ pub struct Transforms {
     /// `gate_up_proj` transposed and split by interleaved columns, its bias
     /// split the same way ([`fused_experts`]).
     pub fused_experts: bool,
+    /// Qwen3-Next's linear attention: `in_proj_qkvz`, grouped per key head,
+    /// regrouped into `attn_qkv` and `attn_gate` ([`qkvz_split`]);
+    /// `conv1d` squeezed ([`squeezed`]); `A_log` stored as `−exp(A_log)`
+    /// ([`value_map`]); `dt_bias` renamed `dt_proj.bias`.
+    pub linear_attention: bool,
+    /// Qwen3.5's linear attention also stores value heads tiled (`[r, K]`)
+    /// instead of grouped by key head (`[K, r]`) ([`v_head_order`]).
+    pub v_heads_tiled: bool,
 }
 
 /// How a converter spells the per-expert tensors it stacks.
@@ -488,7 +548,8 @@ pub enum ExpertStack {
 /// Mixtral-style experts; `Qwen2MoeModel`/`Qwen3MoeModel`/`OlmoeModel` stack
 /// experts without permuting; `DeepseekV2Model` splits `kv_b_proj`;
 /// `GptOssModel` cuts its fused experts ([`fused_experts`]); `Gemma3Model` trims the embedding (its `norm + 1` needs
-/// nothing: a difference is unaffected); Qwen 2/3, Gemma 1/2 and Phi-3 only
+/// nothing: a difference is unaffected), and so does `Gemma4Model`, its
+/// subclass (no norm offset; its own names: [`gemma4_router_scale`]); Qwen 2/3, Gemma 1/2 and Phi-3 only
 /// rename and shift norms; converters that only rename, by the generated
 /// table's `converter` column.
 pub fn transforms(arch_name: &str) -> Option<Transforms> {
@@ -516,7 +577,18 @@ pub fn transforms(arch_name: &str) -> Option<Transforms> {
             fused_experts: true,
             ..Transforms::default()
         },
-        "gemma3" => Transforms {
+        "qwen3next" => Transforms {
+            experts: Some(ExpertStack::Qwen2Moe),
+            linear_attention: true,
+            ..Transforms::default()
+        },
+        "qwen35" | "qwen35moe" => Transforms {
+            experts: Some(ExpertStack::Qwen2Moe),
+            linear_attention: true,
+            v_heads_tiled: true,
+            ..Transforms::default()
+        },
+        "gemma3" | "gemma4" => Transforms {
             trim_embedding: true,
             ..Transforms::default()
         },
@@ -556,6 +628,106 @@ pub fn split_halves(arch_name: &str, hf_name: &str) -> Option<[String; 2]> {
         "block_sparse_moe.input_linear.weight",
         into,
     )
+}
+
+/// For Qwen3-Next's `linear_attn.in_proj_qkvz` (per key head `k`: rows
+/// `[q | k | v | z]`): the GGUF tensors `[attn_qkv, attn_gate]` the
+/// converter regroups it into (`Qwen3NextModel.modify_tensors`: `attn_qkv`
+/// is every head's q, then every head's k, then every head's v;
+/// `attn_gate` every head's z).
+pub fn qkvz_split(arch_name: &str, hf_name: &str) -> Option<[String; 2]> {
+    transforms(arch_name)?.linear_attention.then_some(())?;
+    let into = ["attn_qkv", "attn_gate"];
+    split_names(arch_name, hf_name, "linear_attn.in_proj_qkvz.weight", into)
+}
+
+/// Whether the converter squeezes GGUF tensor `gguf_name` of `arch` (drops
+/// its unit dimensions: Qwen3-Next's `conv1d` `[C, 1, K]` → `ssm_conv1d`
+/// `[C, K]`), so that a residual of the unsqueezed shape fits it.
+pub fn squeezed(arch_name: &str, gguf_name: &str) -> bool {
+    let linear = transforms(arch_name).is_some_and(|t| t.linear_attention);
+    let stem = gguf_name.strip_suffix(".weight").unwrap_or(gguf_name);
+    linear && split_block(stem, "blk.").is_some_and(|(_, part)| part == "ssm_conv1d")
+}
+
+/// The non-linear function the converter applies to GGUF tensor
+/// `gguf_name` of `arch`, if any: Qwen3-Next stores `A_log` as
+/// `ssm_a = −exp(A_log)` ([`ValueMap::NegExp`]). A residual of the HF
+/// tensor is added before it ([`ValueMap::add`]).
+pub fn value_map(arch_name: &str, gguf_name: &str) -> Option<ValueMap> {
+    transforms(arch_name)?.linear_attention.then_some(())?;
+    let (_, part) = split_block(gguf_name, "blk.")?;
+    (part == "ssm_a").then_some(ValueMap::NegExp)
+}
+
+/// The sizes of a Gated DeltaNet linear attention, from the base's
+/// `{arch}.ssm.*` metadata.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct LinearDims {
+    /// Key heads (`ssm.group_count`).
+    pub k_heads: usize,
+    /// Value heads (`ssm.time_step_rank`), a multiple of `k_heads`.
+    pub v_heads: usize,
+    /// Size of a key head (`ssm.state_size`).
+    pub k_dim: usize,
+    /// Size of a value head (`ssm.inner_size / v_heads`).
+    pub v_dim: usize,
+}
+
+/// Which axis of a tensor [`v_head_order`] reorders.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Axis {
+    /// Its rows.
+    Rows,
+    /// The columns of each row (1-D tensors are one row).
+    Columns,
+}
+
+/// For a tensor of Qwen3.5's linear attention (`linear_attn.*` in
+/// `hf_name`, GGUF `gguf_name`): the axis and order in which the converter
+/// stores its value heads (`_LinearAttentionVReorderBase.modify_tensors`:
+/// grouped by key head, `[K, r, d]`, become tiled, `[r, K, d]`), as a
+/// [`RowPermutation::Tiled`] over that axis. `in_proj_qkv` and `conv1d`
+/// reorder only the value rows after q and k; `in_proj_z` every row (d =
+/// value head size); `in_proj_a`/`in_proj_b` rows and `A_log`/`dt_bias`
+/// elements with d = 1; `out_proj` its columns. `None` when the key and
+/// value head counts are equal (nothing moves) or the tensor holds none.
+pub fn v_head_order(
+    arch_name: &str,
+    (hf_name, gguf_name): (&str, &str),
+    dims: LinearDims,
+) -> Option<(Axis, RowPermutation)> {
+    transforms(arch_name)?.v_heads_tiled.then_some(())?;
+    let LinearDims {
+        k_heads,
+        v_heads,
+        k_dim,
+        v_dim,
+    } = dims;
+    if !hf_name.contains("linear_attn.") || k_heads == 0 || v_heads <= k_heads {
+        return None;
+    }
+    let stem = gguf_name
+        .strip_suffix(".weight")
+        .or_else(|| gguf_name.strip_suffix(".bias"))
+        .unwrap_or(gguf_name);
+    let (_, part) = split_block(stem, "blk.")?;
+    let qk = 2 * k_heads * k_dim;
+    let (axis, offset, len) = match part {
+        "attn_qkv" | "ssm_conv1d" => (Axis::Rows, qk, v_dim),
+        "attn_gate" => (Axis::Rows, 0, v_dim),
+        "ssm_alpha" | "ssm_beta" => (Axis::Rows, 0, 1),
+        "ssm_a" | "ssm_dt" => (Axis::Columns, 0, 1),
+        "ssm_out" => (Axis::Columns, 0, v_dim),
+        _ => return None,
+    };
+    let tiled = RowPermutation::Tiled {
+        offset,
+        groups: k_heads,
+        per: v_heads / k_heads,
+        len,
+    };
+    Some((axis, tiled))
 }
 
 /// For DeepSeek's `kv_b_proj` (`[H × (nope + v), R]`): the GGUF tensors
@@ -679,6 +851,20 @@ pub enum RowPermutation {
         /// Rows taken from each group.
         len: usize,
     },
+    /// Qwen3.5's value heads ([`v_head_order`]): after the first `offset`
+    /// rows (kept), `groups × per` blocks of `len` rows stored group-major
+    /// (`[groups, per, len]`) land block-major (`[per, groups, len]`); rows
+    /// past them are kept.
+    Tiled {
+        /// Rows before the reordered ones.
+        offset: usize,
+        /// Key heads.
+        groups: usize,
+        /// Value heads per key head.
+        per: usize,
+        /// Rows per value head.
+        len: usize,
+    },
 }
 
 /// The row permutation llama.cpp's converter applied to GGUF tensor
@@ -725,6 +911,20 @@ impl RowPermutation {
                 let len = len.max(1);
                 (dst_row / len) * group + offset + dst_row % len
             }
+            RowPermutation::Tiled {
+                offset,
+                groups,
+                per,
+                len,
+            } => {
+                let (groups, len) = (groups.max(1), len.max(1));
+                let x = dst_row.wrapping_sub(offset);
+                if dst_row < offset || x >= groups * per * len {
+                    return dst_row;
+                }
+                let (j, k, i) = (x / (groups * len), (x / len) % groups, x % len);
+                offset + (k * per + j) * len + i
+            }
             RowPermutation::LlamaRope { n_head } => {
                 if !self.fits(rows) || dst_row >= rows {
                     return dst_row;
@@ -742,11 +942,60 @@ impl RowPermutation {
     pub fn fits(&self, rows: usize) -> bool {
         match *self {
             RowPermutation::Identity | RowPermutation::Slice { .. } => true,
+            RowPermutation::Tiled {
+                offset,
+                groups,
+                per,
+                len,
+            } => offset + groups * per * len <= rows,
             RowPermutation::LlamaRope { n_head } => {
                 n_head
                     .checked_mul(2)
                     .and_then(|pair| rows.checked_rem(pair))
                     == Some(0)
+            }
+        }
+    }
+}
+
+/// An elementwise function llama.cpp's converter applies to a tensor's
+/// values on the way to GGUF, which a difference does not pass through
+/// (see `RowSource::value_map` in `rows`); selected per architecture by
+/// [`value_map`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ValueMap {
+    /// `f(x) = −exp(x)` (Qwen3-Next's `A_log`, stored as `ssm_a`);
+    /// `f⁻¹(y) = ln(−y)`.
+    NegExp,
+}
+
+impl ValueMap {
+    /// The function, for messages.
+    pub fn describe(self) -> &'static str {
+        match self {
+            ValueMap::NegExp => "−exp(·), always negative",
+        }
+    }
+
+    /// `f(f⁻¹(base) + delta)`, in f64 and rounded once to f32: the
+    /// checkpoint's value recovered from the stored one, the difference
+    /// added where the converter adds it, and `f` applied again. A base
+    /// value outside `f`'s range (`y ≥ 0` for `NegExp`) gives NaN, which
+    /// the writer refuses naming the tensor.
+    ///
+    /// Not bit for bit the converter's `f(w + Δ)`: the base holds `f(w)`
+    /// rounded, and the converter rounds `w + Δ` to f32 before `f` (half a
+    /// unit of `A_log + Δ`, which `exp` turns into up to `|A_log + Δ| / 2`
+    /// units of the result). For `NegExp` the two differ by at most
+    /// `2 + |A_log + Δ| / 2` units in the last place of the converter's
+    /// value while `|A_log| ≤ 4` (Qwen3-Next's `A_log` is the log of a decay
+    /// rate in (0, 16], at most 2.8); measured against torch: ≤ 2 below 1,
+    /// ≤ 3 up to 4, ≤ 9 up to 12.
+    pub fn add(self, base: f32, delta: f32) -> f32 {
+        match self {
+            ValueMap::NegExp => {
+                let w = (-(base as f64)).ln();
+                -((w + delta as f64).exp()) as f32
             }
         }
     }

@@ -5,7 +5,7 @@
 
 use std::path::Path;
 
-use super::naming::RowPermutation;
+use super::naming::{RowPermutation, ValueMap};
 use crate::format::pages::{will_need, ReleasePages};
 use crate::quant::{dequantize_row, GgmlType, QuantError};
 use crate::{Error, Result};
@@ -29,6 +29,58 @@ pub trait RowSource: Sync {
     /// against.
     fn encoded(&self) -> Option<(GgmlType, &[u8])> {
         None
+    }
+    /// For a residual: the converter stores this tensor as `f(w)` of the
+    /// checkpoint's `w`, with `f` not linear, so the residual (a difference
+    /// of checkpoints) is added before `f`: the output is
+    /// `f(f⁻¹(base) + Δ)` ([`ValueMap::add`]). `None`: `base + Δ`.
+    fn value_map(&self) -> Option<ValueMap> {
+        None
+    }
+}
+
+/// `target[i] = base[i] + delta[i]`, or through `map` where the residual
+/// has one ([`ValueMap::add`]): the one place a residual meets its base.
+pub fn add_residual(map: Option<ValueMap>, base: &[f32], delta: &[f32], target: &mut [f32]) {
+    let pairs = target.iter_mut().zip(base.iter().zip(delta));
+    match map {
+        None => pairs.for_each(|(t, (b, d))| *t = b + d),
+        Some(m) => pairs.for_each(|(t, (b, d))| *t = m.add(*b, *d)),
+    }
+}
+
+/// Another source's rows, tagged with the [`ValueMap`] the residual they
+/// hold goes through.
+pub struct MappedRows<'a> {
+    /// The residual's rows.
+    pub rows: Box<dyn RowSource + 'a>,
+    /// The converter's function on the tensor.
+    pub map: ValueMap,
+}
+
+impl RowSource for MappedRows<'_> {
+    fn row_len(&self) -> usize {
+        self.rows.row_len()
+    }
+
+    fn n_rows(&self) -> usize {
+        self.rows.n_rows()
+    }
+
+    fn decode(&self, start: usize, out: &mut [f32]) -> Result<()> {
+        self.rows.decode(start, out)
+    }
+
+    fn release_rows(&self, start: usize, end: usize) {
+        self.rows.release_rows(start, end);
+    }
+
+    fn prefetch_rows(&self, start: usize, end: usize) {
+        self.rows.prefetch_rows(start, end);
+    }
+
+    fn value_map(&self) -> Option<ValueMap> {
+        Some(self.map)
     }
 }
 
@@ -292,6 +344,46 @@ impl RowSource for TransposedRows<'_> {
     }
 }
 
+/// Another source's rows with their columns reordered: output column `c`
+/// is stored column `order.source_row(row_len, c)` (Qwen3.5's value heads
+/// along `out_proj`'s columns and 1-D `A_log`/`dt_bias`).
+pub struct PermutedColumns<'a> {
+    /// The stored rows.
+    pub rows: Box<dyn RowSource + 'a>,
+    /// The column order, as a permutation of a row's elements.
+    pub order: RowPermutation,
+}
+
+impl RowSource for PermutedColumns<'_> {
+    fn row_len(&self) -> usize {
+        self.rows.row_len()
+    }
+
+    fn n_rows(&self) -> usize {
+        self.rows.n_rows()
+    }
+
+    fn decode(&self, start: usize, out: &mut [f32]) -> Result<()> {
+        let len = self.row_len();
+        let mut stored = vec![0f32; len];
+        for (i, dst) in out.chunks_exact_mut(len.max(1)).enumerate() {
+            self.rows.decode(start + i, &mut stored)?;
+            for (c, v) in dst.iter_mut().enumerate() {
+                *v = stored[self.order.source_row(len, c)];
+            }
+        }
+        Ok(())
+    }
+
+    fn release_rows(&self, start: usize, end: usize) {
+        self.rows.release_rows(start, end);
+    }
+
+    fn prefetch_rows(&self, start: usize, end: usize) {
+        self.rows.prefetch_rows(start, end);
+    }
+}
+
 /// Every `step`th column of another source's rows, from column `offset`
 /// (gpt-oss's interleaved `gate_up_proj`: gate in the even columns, up in
 /// the odd ones). Decodes one stored row at a time.
@@ -333,5 +425,50 @@ impl RowSource for ColumnSlice<'_> {
 
     fn prefetch_rows(&self, start: usize, end: usize) {
         self.rows.prefetch_rows(start, end);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Units in the last place of `want` between `got` and `want`.
+    fn ulps(got: f32, want: f32) -> f64 {
+        let spacing = f32::from_bits(want.abs().to_bits() + 1) - want.abs();
+        (got as f64 - want as f64).abs() / spacing as f64
+    }
+
+    #[test]
+    fn neg_exp_adds_before_the_function() {
+        // ssm_a = −exp(A_log). The converter computes −exp(A_log + Δ) in
+        // f32 from the instruct checkpoint; `add` sees only the base's
+        // rounded −exp(A_log). Over A_log in [−4, 4] and Δ up to ±0.3 the
+        // two stay within ValueMap's stated 2 + |A_log + Δ| / 2 ulps.
+        let mut worst: f64 = 0.0;
+        for i in 0..=800 {
+            let a_log = -4.0 + i as f32 * 0.01;
+            for delta in [0.0f32, 1e-3, -7e-3, 0.05, -0.3, 0.3] {
+                let base = -a_log.exp();
+                let got = ValueMap::NegExp.add(base, delta);
+                let want = -(a_log + delta).exp();
+                let d = ulps(got, want);
+                let bound = 2.0 + (a_log + delta).abs() as f64 / 2.0;
+                assert!(d <= bound, "{a_log} {delta}: {got} vs {want}: {d} ulps");
+                worst = worst.max(d);
+            }
+        }
+        assert!(worst > 0.0, "the bound is not vacuous");
+        // Not a value −exp can give: NaN, refused by the writer.
+        assert!(ValueMap::NegExp.add(0.5, 0.1).is_nan());
+    }
+
+    #[test]
+    fn add_residual_maps_only_where_asked() {
+        let (base, delta) = ([1.0f32, -1.0], [0.5f32, 0.25]);
+        let mut t = [0f32; 2];
+        add_residual(None, &base, &delta, &mut t);
+        assert_eq!(t, [1.5, -0.75]);
+        add_residual(Some(ValueMap::NegExp), &base[1..], &delta[1..], &mut t[..1]);
+        assert_eq!(t[0], -(0.25f64.exp() as f32));
     }
 }

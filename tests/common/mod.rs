@@ -68,13 +68,19 @@ pub fn base_tensors() -> Vec<T> {
 }
 
 pub fn write_gguf(path: &Path, arch: &str, tensors: &[T]) {
-    let md = vec![
+    write_gguf_with(path, arch, Vec::new(), tensors)
+}
+
+/// [`write_gguf`] with more metadata.
+pub fn write_gguf_with(path: &Path, arch: &str, extra: Vec<(String, MetaValue)>, tensors: &[T]) {
+    let mut md = vec![
         (
             "general.architecture".to_string(),
             MetaValue::String(arch.to_string()),
         ),
         (format!("{arch}.attention.head_count"), MetaValue::U32(1)),
     ];
+    md.extend(extra);
     let specs: Vec<TensorSpec> = tensors
         .iter()
         .map(|t| TensorSpec {
