@@ -97,6 +97,8 @@ BASES = {
     "q4_k_m": {"ftype": "LLAMA_FTYPE_MOSTLY_Q4_K_M", "pure": False, "label": "Q4_K_M"},
     "q4_0": {"ftype": "LLAMA_FTYPE_MOSTLY_Q4_0", "pure": True, "label": "Q4_0 (pure)"},
     "q8_0": {"ftype": "LLAMA_FTYPE_MOSTLY_Q8_0", "pure": False, "label": "Q8_0"},
+    "q5_k_m": {"ftype": "LLAMA_FTYPE_MOSTLY_Q5_K_M", "pure": False, "label": "Q5_K_M"},
+    "iq4_xs": {"ftype": "LLAMA_FTYPE_MOSTLY_IQ4_XS", "pure": False, "label": "IQ4_XS"},
 }
 
 
@@ -271,7 +273,27 @@ def tiny_source(work, qr):
 
 
 def prepare(args, qr, work):
-    """Build (or reuse) orig-f32, b-f32 (blurred), delta, truth, user's bases, ideals."""
+    """Build (or reuse) orig-f32, b-f32 (blurred), delta, truth, user's bases, ideals. A work
+    dir whose b-f32.gguf exists keeps it (eval/real_delta.py --model tiny writes its own)."""
+    b = work / "b-f32.gguf"
+    if not b.exists():
+        blurred_base(args, qr, work, b)
+    delta, truth = residual_and_truth(args, qr, work, b)
+    for key in args.bases:
+        spec = BASES[key]
+        base = work / f"base-{key}.gguf"
+        if not base.exists():
+            log(f"llama.cpp quantize b -> {base.name}")
+            llama_quantize(b, base, spec["ftype"], spec["pure"], args.threads)
+        ideal = work / f"ideal-{key}-{args.case}.gguf"
+        if not ideal.exists():
+            log(f"llama.cpp quantize truth -> {ideal.name}")
+            llama_quantize(truth, ideal, spec["ftype"], spec["pure"], args.threads)
+    return {"b": b, "delta": delta, "truth": truth}
+
+
+def blurred_base(args, qr, work, b):
+    """b-f32.gguf: the source model dequantized and blurred off its quantization grid."""
     src = gemma_source() if args.model == "gemma" else tiny_source(work, qr)
     orig = work / "orig-f32.gguf"
     if not orig.exists():
@@ -308,8 +330,6 @@ def prepare(args, qr, work):
         for f in ("probe.safetensors", "probe.gguf", "probe-report.json"):
             (work / f).unlink()
     sig = json.loads(sig_path.read_text())
-
-    b = work / "b-f32.gguf"
     if not b.exists():
         log("blur -> b-f32.gguf")
         reader = Gguf(orig)
@@ -324,7 +344,12 @@ def prepare(args, qr, work):
                "-q", "--threads", args.threads)
         (work / "blur.safetensors").unlink()
 
-    delta = work / f"delta-p{args.p:g}.safetensors"
+
+def residual_and_truth(args, qr, work, b):
+    """The residual (synthetic, or a real one of eval/real_delta.py) and truth = b + Δ."""
+    delta = work / f"delta-{args.case}.safetensors"
+    if not delta.exists() and args.delta:
+        sys.exit(f"{delta} missing: python3 eval/real_delta.py --work {work} makes it")
     if not delta.exists():
         log(f"residual p={args.p:g} -> {delta.name}")
         reader = Gguf(b)
@@ -343,23 +368,12 @@ def prepare(args, qr, work):
         st_save(delta, d)
         del d
 
-    truth = work / f"truth-p{args.p:g}-f32.gguf"
+    truth = work / f"truth-{args.case}-f32.gguf"
     if not truth.exists():
         log("truth = b + Δ")
         qr.run("apply", "--base", b, "--residual", delta, "-o", truth, "--type", "f32", "-q",
                "--threads", args.threads)
-
-    for key in args.bases:
-        spec = BASES[key]
-        base = work / f"base-{key}.gguf"
-        if not base.exists():
-            log(f"llama.cpp quantize b -> {base.name}")
-            llama_quantize(b, base, spec["ftype"], spec["pure"], args.threads)
-        ideal = work / f"ideal-{key}-p{args.p:g}.gguf"
-        if not ideal.exists():
-            log(f"llama.cpp quantize truth -> {ideal.name}")
-            llama_quantize(truth, ideal, spec["ftype"], spec["pure"], args.threads)
-    return {"orig": orig, "b": b, "delta": delta, "truth": truth, "sigma": sig}
+    return delta, truth
 
 
 # ---------------------------------------------------------------------------------------------
@@ -487,7 +501,7 @@ def chunks_of(tokens, n_chunks, bos):
 
 def truth_cache(args, work, prep):
     """Truth log-probs of every chunk (f16 .npy on disk, one file per chunk) and argmax."""
-    d = work / f"truth-p{args.p:g}-logprobs"
+    d = work / f"truth-{args.case}-logprobs"
     d.mkdir(exist_ok=True)
     tok_path = d / "tokens.npy"
     need = [i for i in range(args.chunks) if not (d / f"chunk{i:03d}.npy").exists()]
@@ -541,6 +555,97 @@ def evaluate(path, args, tdir, toks, lora=None):
         "top1": float(np.concatenate(top1).mean()),
         "tokens": int(len(kl)),
     }
+
+
+# ---------------------------------------------------------------------------------------------
+# Gain retention on held-out instruction examples (real deltas; eval/real_delta.py)
+# ---------------------------------------------------------------------------------------------
+def heldout_windows(work, ev):
+    """The held-out examples of corpus.jsonl, tokenized by llama.cpp (chat markers parsed as
+    special tokens) and packed whole into 512-token windows that start with BOS. Returns
+    [(tokens, [(example index, answer positions)])]; position j scores token j."""
+    L = ev.L
+    rows = [json.loads(line) for line in open(work / "corpus.jsonl")]
+    held = [r for r in rows if r["split"] == "heldout"]
+    bos = L.llama_vocab_bos(ev.vocab)
+
+    def tok(text):
+        data = text.encode()
+        buf = (L.llama_token * (len(data) + 16))()
+        n = L.llama_tokenize(ev.vocab, data, len(data), buf, len(buf), False, True)
+        if n < 0:
+            raise RuntimeError("tokenize failed")
+        return list(buf[:n])
+
+    windows, cur, spans = [], [bos], []
+    for i, r in enumerate(held):
+        p = [t for t in tok(r["prompt"]) if t != bos]
+        a = tok(r["answer"])
+        if len(cur) + len(p) + len(a) > CTX:
+            windows.append((cur, spans))
+            cur, spans = [bos], []
+        start = len(cur) + len(p)
+        cur = cur + p + a
+        spans.append((i, list(range(start, start + len(a)))))
+    if len(cur) > 1:
+        windows.append((cur, spans))
+    return windows, len(held)
+
+
+def answer_nll(path, args, work, lora=None):
+    """Per held-out example: [summed negative log-likelihood (nats) of its answer tokens under
+    the model, number of answer tokens] (shape [n, 2]), cached on disk by the model's (and
+    LoRA's) content."""
+    h = hashlib.sha256()
+    for f in (path, lora):
+        if f is not None:
+            with open(f, "rb") as fh:
+                while chunk := fh.read(1 << 24):
+                    h.update(chunk)
+    cache = work / "nll" / f"{h.hexdigest()[:20]}.npy"
+    if cache.exists():
+        return np.load(cache)
+    cache.parent.mkdir(exist_ok=True)
+    ev = LlamaEval(path, args.threads, lora)
+    windows, n = heldout_windows(work, ev)
+    nll = np.zeros((n, 2))
+    L = ev.L
+    for toks, spans in windows:
+        b = ev.batch
+        want = {j - 1 for _, pos in spans for j in pos}
+        for i, t in enumerate(toks):
+            b.token[i] = int(t)
+            b.pos[i] = i
+            b.n_seq_id[i] = 1
+            b.seq_id[i][0] = 0
+            b.logits[i] = i in want
+        b.n_tokens = len(toks)
+        L.llama_memory_clear(L.llama_get_memory(ev.ctx), True)
+        if L.llama_decode(ev.ctx, b) != 0:
+            raise RuntimeError("llama_decode failed")
+        order = sorted(want)
+        row = {j: k for k, j in enumerate(order)}
+        lg = np.ctypeslib.as_array(L.llama_get_logits(ev.ctx), shape=(len(order), ev.n_vocab)).copy()
+        lp = log_softmax(lg)
+        for ex, pos in spans:
+            nll[ex] = (-sum(float(lp[row[j - 1], toks[j]]) for j in pos), len(pos))
+    ev.close()
+    np.save(str(cache) + ".partial.npy", nll)
+    os.replace(str(cache) + ".partial.npy", cache)
+    return nll
+
+
+def gain_retention(nll, nll_base, nll_truth):
+    """(NLL_base − NLL) / (NLL_base − NLL_truth) summed over every answer token, with the
+    ratio's standard error over examples (delta method)."""
+    a, d = nll_base[:, 0] - nll[:, 0], nll_base[:, 0] - nll_truth[:, 0]
+    sd = d.sum()
+    if sd <= 0:
+        return None, None
+    r = a.sum() / sd
+    n = len(a)
+    se = math.sqrt(np.square(a - r * d).sum() * n / (n - 1)) / abs(sd)
+    return float(r), float(se)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -626,7 +731,7 @@ def splice(dst, main_path, donor_path, pick):
 def build(opt, base_key, args, qr, work, prep):
     """Make the option's model (cached). Returns dict(path, lora, report, build_s) or None."""
     base = work / f"base-{base_key}.gguf"
-    tag = f"{base_key}-p{args.p:g}"
+    tag = f"{base_key}-{args.case}"
     kind = opt["kind"]
     if kind == "base":
         return {"path": base, "lora": None, "report": None, "build_s": 0.0}
@@ -703,22 +808,35 @@ def paired(r, ref):
     return float(d.mean()), float(d.std(ddof=1) / math.sqrt(len(d)))
 
 
+def gain_cell(r):
+    g = r.get("gain_retention")
+    return "–" if g is None else f"{g * 100:.1f} ± {r['gain_retention_se'] * 100:.1f} %"
+
+
+def case_label(args):
+    return f"p = {args.p:g}" if not args.delta else f"real delta {args.delta}"
+
+
 def table(rows, args):
-    lines = [f"# qresidual apply options on the {args.model} case (p = {args.p:g}, "
+    lines = [f"# qresidual apply options on the {args.model} case ({case_label(args)}, "
              f"{rows[0]['tokens'] if rows else 0} scored tokens)", "",
              "KL: mean KL(truth ‖ model) per token (full vocabulary, second half of each 512-token "
              "chunk), ± SE over chunk means. vs fresh: KL − KL(fresh) on the same chunks ± paired SE. "
              "gain: share of the way from \"base without Δ\" to \"ideal\" "
              "((KL_base − KL) / (KL_base − KL_ideal)). top-1: agreement with the truth's argmax. "
              "Size vs the user's base. Weight rel. MSE: Σ‖W − T‖² / Σ‖T‖² over all 2-D tensors. "
-             "Retention: apply's report (⟨out − base, Δ⟩ / ‖Δ‖²).", ""]
+             "Retention: apply's report (⟨out − base, Δ⟩ / ‖Δ‖²). "
+             "Answer NLL (real deltas): mean negative log-likelihood per answer token of the held-out "
+             "instruction examples; gain ret.: (NLL_base − NLL) / (NLL_base − NLL_truth) ± SE over "
+             "examples, the share of the fine-tune's gain kept (base = the user's base without Δ, "
+             "truth = the full-precision fine-tune).", ""]
     for base_key in dict.fromkeys(r["base"] for r in rows):
         sub = [r for r in rows if r["base"] == base_key]
         ref = {r["key"]: r for r in sub}
         lines += [f"## user's base {BASES[base_key]['label']}", "",
                   "| option | KL | ± SE | vs fresh | gain | top-1 | size MiB | vs base | "
-                  "weight rel. MSE | retention | eval s |",
-                  "|---|---|---|---|---|---|---|---|---|---|---|"]
+                  "weight rel. MSE | retention | answer NLL | gain ret. | eval s |",
+                  "|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
         kb = ref.get("base", {}).get("kl")
         ki = ref.get("ideal", {}).get("kl")
         for r in sub:
@@ -728,7 +846,7 @@ def table(rows, args):
             lines.append(f"| {r['label']} | {r['kl']:.4f} | {fmt(r['kl_se_chunk'], '.4f')} | {vs} | {gain} | "
                          f"{r['top1'] * 100:.2f} % | {r['size_mib']:.1f} | {r['size_pct']:+.1f} % | "
                          f"{fmt(r['weight_rel_mse'], '.3e')} | {fmt(r['retention'], '.3f')} | "
-                         f"{r['eval_s']:.0f} |")
+                         f"{fmt(r.get('answer_nll'), '.4f')} | {gain_cell(r)} | {r['eval_s']:.0f} |")
         lines.append("")
     bins = {}
     for r in rows:
@@ -766,7 +884,7 @@ def plot(rows, path, args):
             ax.scatter([r["size_mib"]], [r["kl"]], label=r["label"], zorder=3, **style)
             ax.errorbar([r["size_mib"]], [r["kl"]], yerr=[r["kl_se_chunk"] or 0], color="gray", lw=0.8,
                         zorder=2)
-        ax.set_title(f"user's base {BASES[bk]['label']}, p = {args.p:g}")
+        ax.set_title(f"user's base {BASES[bk]['label']}, {case_label(args)}")
         ax.set_xlabel("file size (MiB)")
         ax.set_ylabel("KL divergence vs truth b + Δ")
         ax.grid(alpha=0.3)
@@ -781,8 +899,12 @@ def main():
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--model", choices=["gemma", "tiny"], default="gemma")
-    ap.add_argument("--bases", default="q4_k_m,q4_0", help="comma list of q4_k_m, q4_0, q8_0")
+    ap.add_argument("--bases", default="q4_k_m,q4_0", help="comma list of " + ", ".join(BASES))
     ap.add_argument("--p", type=float, default=0.05, help="residual RMS / tensor RMS (0.01, 0.05, 0.20)")
+    ap.add_argument("--delta", default=None,
+                    help="a real fine-tuning residual of eval/real_delta.py instead of the synthetic one: "
+                         "ftN = <workdir>/delta-ftN.safetensors (Hugging Face names); adds gain retention "
+                         "on the held-out examples of <workdir>/corpus.jsonl")
     ap.add_argument("--options", default=None,
                     help="comma list of option keys (default: every default option whose flags exist); "
                          "keys: " + ", ".join(o["key"] for o in OPTIONS))
@@ -802,6 +924,7 @@ def main():
     ap.add_argument("--out-png", default=None, help="plot (default eval/kl_vs_size.png for gemma)")
     args = ap.parse_args()
     args.bases = [b.strip() for b in args.bases.split(",") if b.strip()]
+    args.case = args.delta if args.delta else f"p{args.p:g}"
     args.class_bases = [b.strip() for b in args.class_bases.split(",") if b.strip()]
     for b in args.bases:
         if b not in BASES:
@@ -818,7 +941,7 @@ def main():
         rows = {}
         for line in open(work / "results.jsonl"):
             r = json.loads(line)
-            if r["model"] == args.model and r["p"] == args.p and r["base"] in args.bases and (
+            if r["model"] == args.model and r.get("case", f"p{r['p']:g}") == args.case and r["base"] in args.bases and (
                     not args.options or r["key"] in args.options.split(",")):
                 rows[(r["base"], r["key"])] = r
         order = {o["key"]: i for i, o in enumerate(OPTIONS)}
@@ -854,6 +977,14 @@ def main():
     tdir, toks = truth_cache(args, work, prep)
     log(f"truth log-probs ready ({time.time() - t:.0f} s, {len(toks)} chunks)")
 
+    nll_truth, nll_base = None, {}
+    if args.delta and (work / "corpus.jsonl").exists():
+        t = time.time()
+        nll_truth = answer_nll(prep["truth"], args, work)
+        for base_key in args.bases:
+            nll_base[base_key] = answer_nll(work / f"base-{base_key}.gguf", args, work)
+        log(f"held-out answer NLL of truth and bases ready ({time.time() - t:.0f} s, {len(nll_truth)} examples)")
+
     results = work / "results.jsonl"
     rows = []
     for base_key in args.bases:
@@ -872,6 +1003,10 @@ def main():
             except RuntimeError as e:
                 log(f"FAILED to evaluate {o['label']} on {base_key}: {e}")
                 continue
+            if nll_truth is not None:
+                nll = answer_nll(m["path"], args, work, m["lora"])
+                res["answer_nll"] = float(nll[:, 0].sum() / nll[:, 1].sum())
+                res["gain_retention"], res["gain_retention_se"] = gain_retention(nll, nll_base[base_key], nll_truth)
             ev_s = time.time() - t
             size = mib(m["path"]) + (mib(m["lora"]) if m["lora"] else 0.0)
             wm = None
@@ -880,7 +1015,7 @@ def main():
                     wm = weight_rel_mse(m["path"], prep["truth"], qr, work, args, m["lora"])
                 except Exception as e:  # noqa: BLE001 -- a metric, never fatal
                     log(f"weight MSE of {o['label']} failed: {e}")
-            row = {"model": args.model, "base": base_key, "p": args.p, "key": o["key"],
+            row = {"model": args.model, "base": base_key, "p": args.p, "case": args.case, "key": o["key"],
                    "label": o["label"], "args": o.get("args"), "qresidual": qr.exe, "qresidual_sha": qr.sha,
                    **res, "size_mib": size, "size_pct": 100.0 * (size / base_size - 1.0),
                    "weight_rel_mse": wm, "retention": retention(m["report"]),
@@ -891,7 +1026,7 @@ def main():
                 f.write(json.dumps(row) + "\n")
             log(f"{base_key:7s} {o['label']:28s} KL {row['kl']:.4f} ± {row['kl_se_chunk']:.4f}  "
                 f"top-1 {row['top1'] * 100:.2f} %  {size:.1f} MiB ({row['size_pct']:+.1f} %)  "
-                f"wMSE {fmt(wm, '.3e')}  ret {fmt(row['retention'], '.3f')}  eval {ev_s:.0f} s")
+                f"wMSE {fmt(wm, '.3e')}  ret {fmt(row['retention'], '.3f')}  gain {gain_cell(row)}  eval {ev_s:.0f} s")
     if not rows:
         sys.exit("nothing evaluated")
     md = table(rows, args)
