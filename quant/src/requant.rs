@@ -187,14 +187,13 @@ fn search(
     Ok(())
 }
 
-/// The re-rounded candidate alone for a whole row: the base row's bytes
-/// with every code moved to the grid value nearest to `target`. For
-/// inspection and tests; [`search_row`] uses it per block.
-pub fn reround_row(
+/// A base row, a target and an output of one type and length, the target
+/// finite: what [`reround_row`] and [`dither_row`] need.
+fn check_whole_row(
     ty: GgmlType,
     base_row_bytes: &[u8],
     target: &[f32],
-    out: &mut [u8],
+    out: &[u8],
 ) -> Result<(), QuantError> {
     let n = ty.row_size(target.len());
     if n != Some(base_row_bytes.len()) || n != Some(out.len()) {
@@ -207,6 +206,19 @@ pub fn reround_row(
     if let Some((index, value)) = crate::find_non_finite(target) {
         return Err(QuantError::NonFinite { index, value });
     }
+    Ok(())
+}
+
+/// The re-rounded candidate alone for a whole row: the base row's bytes
+/// with every code moved to the grid value nearest to `target`. For
+/// inspection and tests; [`search_row`] uses it per block.
+pub fn reround_row(
+    ty: GgmlType,
+    base_row_bytes: &[u8],
+    target: &[f32],
+    out: &mut [u8],
+) -> Result<(), QuantError> {
+    check_whole_row(ty, base_row_bytes, target, out)?;
     let row = registry::row(ty);
     let rr = row.reround.ok_or(QuantError::Unsupported {
         ty,
@@ -260,17 +272,7 @@ pub fn dither_row(
     out: &mut [u8],
     key: u64,
 ) -> Result<(), QuantError> {
-    let n = ty.row_size(target.len());
-    if n != Some(base_row_bytes.len()) || n != Some(out.len()) {
-        return Err(QuantError::BadLength {
-            ty,
-            elements: target.len(),
-            bytes: out.len(),
-        });
-    }
-    if let Some((index, value)) = crate::find_non_finite(target) {
-        return Err(QuantError::NonFinite { index, value });
-    }
+    check_whole_row(ty, base_row_bytes, target, out)?;
     let row = registry::row(ty);
     let dither = row.dither.ok_or(QuantError::Unsupported {
         ty,
