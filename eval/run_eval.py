@@ -64,6 +64,15 @@ OPTIONS = [
      "needs": ["--strategy"]},
     {"label": "search", "key": "search", "kind": "apply", "args": ["--strategy", "search"],
      "needs": ["--strategy", "- search:"]},
+    {"label": "auto, nearest rounding", "key": "auto-nearest", "kind": "apply",
+     "args": ["--rounding", "nearest"], "needs": ["--rounding"], "default": False},
+    {"label": "auto, dither", "key": "auto-dither", "kind": "apply",
+     "args": ["--rounding", "dither"], "needs": ["--rounding"]},
+    {"label": "search, dither", "key": "search-dither", "kind": "apply",
+     "args": ["--strategy", "search", "--rounding", "dither"], "needs": ["--rounding", "- search:"]},
+    {"label": "auto, λ = 1000", "key": "auto-l1000", "kind": "apply",
+     "args": ["--rounding", "nearest", "--delta-weight", "1000"], "needs": ["--delta-weight"],
+     "default": False},
     {"label": "budget +0%", "key": "max-size-0", "kind": "apply", "args": ["--max-size", "+0%"],
      "needs": ["--max-size"], "default": False},  # = auto
     {"label": "budget +10%", "key": "max-size-10", "kind": "apply", "args": ["--max-size", "+10%"],
@@ -900,7 +909,7 @@ def main():
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--model", choices=["gemma", "tiny"], default="gemma")
     ap.add_argument("--bases", default="q4_k_m,q4_0", help="comma list of " + ", ".join(BASES))
-    ap.add_argument("--p", type=float, default=0.05, help="residual RMS / tensor RMS (0.01, 0.05, 0.20)")
+    ap.add_argument("--p", type=float, default=0.05, help="residual RMS / tensor RMS (0.005: the size of real instruct deltas; 0.05, 0.20)")
     ap.add_argument("--delta", default=None,
                     help="a real fine-tuning residual of eval/real_delta.py instead of the synthetic one: "
                          "ftN = <workdir>/delta-ftN.safetensors (Hugging Face names); adds gain retention "

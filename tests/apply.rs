@@ -569,7 +569,7 @@ fn warns_when_most_of_the_residual_is_rounded_away() {
 }
 
 #[test]
-fn default_auto_is_the_equal_size_budget_searched_and_names_the_remedy() {
+fn default_auto_is_the_equal_size_budget_dithered_and_nearest_names_the_remedy() {
     let dir = tempfile::tempdir().unwrap();
     let (b, r) = (base(), residual());
     let run = |name: &str, extra: &[&str]| {
@@ -587,29 +587,42 @@ fn default_auto_is_the_equal_size_budget_searched_and_names_the_remedy() {
         let said = ok(&args);
         (out, said)
     };
-    let (auto, said) = run("auto", &[]);
-    let (budget, _) = run("budget", &["--max-size", "+0%", "--strategy", "search"]);
+    let read = |p: &std::path::Path| std::fs::read(p).unwrap();
+    let (auto, _) = run("auto", &[]);
+    let (budget, _) = run(
+        "budget",
+        &[
+            "--max-size",
+            "+0%",
+            "--strategy",
+            "search",
+            "--rounding",
+            "dither",
+        ],
+    );
+    let (nearest, said) = run("nearest", &["--rounding", "nearest"]);
+    let (searched, _) = run("searched", &["--max-size", "+0%", "--strategy", "search"]);
     let (fresh, _) = run("fresh", &["--strategy", "fresh"]);
-    // The default is the same file as the explicit equal-size budget
-    // encoded by search…
-    assert_eq!(
-        std::fs::read(&auto).unwrap(),
-        std::fs::read(&budget).unwrap()
-    );
-    // …which moved some tensors off their base type without growing.
-    let (a, f) = (
-        GgufFile::open(&auto).unwrap(),
-        GgufFile::open(&fresh).unwrap(),
-    );
+    // The default is the same file as the explicit equal-size budget with
+    // dithered rounding; with nearest rounding, the equal-size budget
+    // encoded by the per-block search.
+    assert!(read(&auto) == read(&budget));
+    assert!(read(&nearest) == read(&searched));
+    assert!(read(&auto) != read(&nearest));
+    // Both moved some tensors off their base type without growing.
+    let f = GgufFile::open(&fresh).unwrap();
     let bytes = |g: &GgufFile| g.tensors().iter().map(|t| t.size).sum::<u64>();
-    assert!(bytes(&a) <= bytes(&GgufFile::open(&b).unwrap()));
-    assert!(a
-        .tensors()
-        .iter()
-        .zip(f.tensors())
-        .any(|(x, y)| x.ty != y.ty));
-    // The fixture's Q4_K tensors still round most of Δ away: the warning
-    // prices a larger budget and names the adapter.
+    for out in [&auto, &nearest] {
+        let a = GgufFile::open(out).unwrap();
+        assert!(bytes(&a) <= bytes(&GgufFile::open(&b).unwrap()));
+        assert!(a
+            .tensors()
+            .iter()
+            .zip(f.tensors())
+            .any(|(x, y)| x.ty != y.ty));
+    }
+    // With nearest rounding the fixture's Q4_K tensors still round most of
+    // Δ away: the warning prices a larger budget and names the adapter.
     assert!(
         said.contains("survived requantization")
             && said.contains("--max-size +10% lowers the estimated mean relative error")

@@ -311,9 +311,17 @@ fn min_retention_is_reached_or_named() {
         }
     }
     // Retention 0.9 at the base's size conflicts with the Q4_K tensors
-    // (retention ~0.4): the error says what each needs.
+    // under nearest rounding (retention ~0.4; dithered, auto's default,
+    // keeps ~0.97): the error says what each needs.
     fails(
-        &["--min-retention", "0.9", "--max-size", "+0%"],
+        &[
+            "--min-retention",
+            "0.9",
+            "--max-size",
+            "+0%",
+            "--rounding",
+            "nearest",
+        ],
         2,
         "--min-retention alone needs",
         dir.path(),
@@ -371,6 +379,13 @@ fn bad_budgets_are_clear_errors() {
         d,
     );
     fails(&["--max-size", "1M", "--type", "q8_0"], 2, "--type q8_0", d);
+    fails(&["--delta-weight", "-1"], 2, "weight of 0 or more", d);
+    fails(
+        &["--rounding", "dither", "--strategy", "fresh"],
+        2,
+        "not fresh",
+        d,
+    );
     // bitsandbytes bases are refused before anything is read.
     let bnb = Path::new(env!("CARGO_MANIFEST_DIR")).join("fixtures/tiny_bnb/nf4");
     let out = d.join("bnb-out");

@@ -187,14 +187,13 @@ fn search(
     Ok(())
 }
 
-/// The re-rounded candidate alone for a whole row: the base row's bytes
-/// with every code moved to the grid value nearest to `target`. For
-/// inspection and tests; [`search_row`] uses it per block.
-pub fn reround_row(
+/// A base row, a target and an output of one type and length, the target
+/// finite: what [`reround_row`] and [`dither_row`] need.
+fn check_whole_row(
     ty: GgmlType,
     base_row_bytes: &[u8],
     target: &[f32],
-    out: &mut [u8],
+    out: &[u8],
 ) -> Result<(), QuantError> {
     let n = ty.row_size(target.len());
     if n != Some(base_row_bytes.len()) || n != Some(out.len()) {
@@ -207,6 +206,19 @@ pub fn reround_row(
     if let Some((index, value)) = crate::find_non_finite(target) {
         return Err(QuantError::NonFinite { index, value });
     }
+    Ok(())
+}
+
+/// The re-rounded candidate alone for a whole row: the base row's bytes
+/// with every code moved to the grid value nearest to `target`. For
+/// inspection and tests; [`search_row`] uses it per block.
+pub fn reround_row(
+    ty: GgmlType,
+    base_row_bytes: &[u8],
+    target: &[f32],
+    out: &mut [u8],
+) -> Result<(), QuantError> {
+    check_whole_row(ty, base_row_bytes, target, out)?;
     let row = registry::row(ty);
     let rr = row.reround.ok_or(QuantError::Unsupported {
         ty,
@@ -221,6 +233,72 @@ pub fn reround_row(
         .zip(out.chunks_exact_mut(ts))
     {
         rr(base, t, dst);
+    }
+    Ok(())
+}
+
+/// Whether `ty` has the dithered re-rounding ([`dither_row`]): the types
+/// with the re-rounded candidate.
+pub fn has_dither(ty: GgmlType) -> bool {
+    registry::row(ty).dither.is_some()
+}
+
+/// The uniform in `[0, 1)` that [`dither_row`] draws for element `i` of a
+/// row with key `key` (24 bits of a SplitMix64 hash of both): a function
+/// of the key and the position alone, so the bytes depend on neither the
+/// thread count nor how rows are cut into chunks.
+pub fn dither_uniform(key: u64, i: u64) -> f32 {
+    let mut z = key.wrapping_add(i.wrapping_add(1).wrapping_mul(0x9e37_79b9_7f4a_7c15));
+    z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+    z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+    z ^= z >> 31;
+    (z >> 40) as f32 * (1.0 / (1u64 << 24) as f32)
+}
+
+/// Dithered re-rounding of a whole row: the base row's scales and
+/// minimums kept, and every code `k` of element `e` set to
+/// `⌊(t − o)/s + u⌋` (clamped to the type's codes) on its block's grid
+/// `k·s + o`, `u = dither_uniform(key, e)`. A code rounds up with
+/// probability equal to its target's fractional distance between the two
+/// neighbouring grid values, so the decoded row equals `target` in
+/// expectation wherever the target lies within the grid's range: a
+/// residual below half a step survives on average instead of rounding
+/// back to the base. Sub-blocks whose grid is degenerate (zero or
+/// non-finite scale) keep the base's codes, as in [`reround_row`].
+pub fn dither_row(
+    ty: GgmlType,
+    base_row_bytes: &[u8],
+    target: &[f32],
+    out: &mut [u8],
+    key: u64,
+) -> Result<(), QuantError> {
+    check_whole_row(ty, base_row_bytes, target, out)?;
+    let row = registry::row(ty);
+    let dither = row.dither.ok_or(QuantError::Unsupported {
+        ty,
+        op: "dithered re-rounding",
+        why: "only Q4_0, Q4_1, Q5_0, Q5_1, Q8_0 and Q2_K…Q6_K keep scales with re-rounded codes",
+    })?;
+    let (bs, ts) = (row.info.block_size, row.info.type_size);
+    if bs > MAX_BLOCK {
+        return Err(QuantError::BadLength {
+            ty,
+            elements: target.len(),
+            bytes: out.len(),
+        });
+    }
+    out.copy_from_slice(base_row_bytes);
+    let mut u = [0f32; MAX_BLOCK];
+    for (blk, ((t, base), dst)) in target
+        .chunks_exact(bs)
+        .zip(base_row_bytes.chunks_exact(ts))
+        .zip(out.chunks_exact_mut(ts))
+        .enumerate()
+    {
+        for (j, u) in u[..bs].iter_mut().enumerate() {
+            *u = dither_uniform(key, (blk * bs + j) as u64);
+        }
+        dither(base, t, &u[..bs], dst);
     }
     Ok(())
 }
@@ -389,6 +467,198 @@ mod tests {
                 assert_eq!(w2, w1, "{ty} case {case}");
             }
         }
+    }
+
+    /// The types with dithered re-rounding, and a base row of each over `n`
+    /// elements (its decoded values, the row's bytes).
+    fn dither_bases(n: usize) -> Vec<(GgmlType, Vec<u8>, Vec<f32>)> {
+        let mut rng = Rng(0x51f1_5eed);
+        crate::ALL_TYPES
+            .iter()
+            .copied()
+            .filter(|&ty| has_dither(ty) && n.is_multiple_of(ty.block_size()))
+            .map(|ty| {
+                let x: Vec<f32> = (0..n).map(|_| rng.normal()).collect();
+                let mut base = vec![0u8; ty.row_size(n).unwrap()];
+                quantize_row(ty, &x, &mut base).unwrap();
+                let mut bhat = vec![0f32; n];
+                dequantize_row(ty, &base, &mut bhat).unwrap();
+                (ty, base, bhat)
+            })
+            .collect()
+    }
+
+    /// Dithered rounding is unbiased: a target a fraction of a step from
+    /// the base's grid (where nearest rounding returns the base) is met on
+    /// average over many keys: every element inside its grid's range
+    /// within 5 standard errors of the mean of N draws (one draw has
+    /// variance at most s²/4 for a step `s`); the nearest rounding is
+    /// outside that bound on most elements.
+    #[test]
+    fn dithered_rounding_is_unbiased() {
+        let n = 256;
+        let draws = 4000;
+        for (ty, base, bhat) in dither_bases(n) {
+            let mut rng = Rng(7);
+            // Targets: base + a fraction f of a small offset; the offset is
+            // 0.1 × the row's RMS, below half a step for ≤ 5-bit types.
+            let rms = (bhat.iter().map(|v| v * v).sum::<f32>() / n as f32).sqrt();
+            let t: Vec<f32> = bhat
+                .iter()
+                .map(|&b| b + 0.1 * rms * (rng.normal() * 0.3 + 0.5))
+                .collect();
+            let mut sum = vec![0f64; n];
+            let mut out = vec![0u8; base.len()];
+            let mut v = vec![0f32; n];
+            for key in 0..draws {
+                dither_row(ty, &base, &t, &mut out, key * 0x9e37_79b9 + 11).unwrap();
+                dequantize_row(ty, &out, &mut v).unwrap();
+                for i in 0..n {
+                    sum[i] += v[i] as f64;
+                }
+            }
+            let mut nearest = vec![0u8; base.len()];
+            reround_row(ty, &base, &t, &mut nearest).unwrap();
+            let mut vn = vec![0f32; n];
+            dequantize_row(ty, &nearest, &mut vn).unwrap();
+            // The grid's range per element (the codes nearest to ±∞): a
+            // target beyond it is clamped, the one place rounding is biased.
+            let ends = |far: f32| {
+                let (mut b, mut v) = (vec![0u8; base.len()], vec![0f32; n]);
+                reround_row(ty, &base, &vec![far; n], &mut b).unwrap();
+                dequantize_row(ty, &b, &mut v).unwrap();
+                v
+            };
+            let (hi, lo) = (ends(1e9), ends(-1e9));
+            // Steps between the lowest and the highest code.
+            let steps = match ty {
+                GgmlType::Q2_K => 3,
+                GgmlType::Q3_K => 7,
+                GgmlType::Q4_0 | GgmlType::Q4_1 | GgmlType::Q4_K => 15,
+                GgmlType::Q5_0 | GgmlType::Q5_1 | GgmlType::Q5_K => 31,
+                GgmlType::Q6_K => 63,
+                _ => 255,
+            };
+            let mut nearest_outside = 0;
+            let mut inside = 0;
+            for i in 0..n {
+                if !(lo[i] < t[i] && t[i] < hi[i]) {
+                    continue;
+                }
+                inside += 1;
+                let mean = sum[i] / draws as f64;
+                // One draw is one of two neighbouring grid values, a step
+                // `s` apart: variance at most s²/4. Bound: 5 standard errors
+                // of the mean of the draws, plus the f32 rounding.
+                let step = (hi[i] - lo[i]) as f64 / steps as f64;
+                let bound = 5.0 * step / 2.0 / (draws as f64).sqrt() + 1e-6 * rms as f64;
+                assert!(
+                    (mean - t[i] as f64).abs() <= bound,
+                    "{ty} element {i}: mean {mean} vs target {} (bound {bound}, grid {}..{})",
+                    t[i],
+                    lo[i],
+                    hi[i]
+                );
+                if (vn[i] as f64 - t[i] as f64).abs() > bound {
+                    nearest_outside += 1;
+                }
+            }
+            // Nearest rounding is biased on most elements (Q8_0's step is
+            // small enough that it lands within the bound more often).
+            assert!(
+                inside > n * 3 / 4,
+                "{ty}: only {inside} of {n} targets inside the grid"
+            );
+            assert!(
+                nearest_outside > inside / 4,
+                "{ty}: nearest within the bound on {} of {inside}",
+                inside - nearest_outside
+            );
+        }
+    }
+
+    /// The same key writes the same bytes; another key other bytes; a row
+    /// cut into pieces (as chunks cut a tensor) draws the same uniforms as
+    /// the whole row only through the key, which the caller derives from
+    /// the row index: equal keys give equal rows whatever else happens.
+    /// Codes stay in range (the decoded values lie within the block's grid
+    /// range) and a target equal to the base returns the base's bytes.
+    #[test]
+    fn dithered_rounding_is_deterministic_and_in_range() {
+        let n = 512;
+        for (ty, base, bhat) in dither_bases(n) {
+            let mut rng = Rng(3);
+            let t: Vec<f32> = bhat.iter().map(|&b| b + 0.05 * rng.normal()).collect();
+            let (mut a, mut b, mut c) = (
+                vec![0u8; base.len()],
+                vec![0u8; base.len()],
+                vec![0u8; base.len()],
+            );
+            dither_row(ty, &base, &t, &mut a, 42).unwrap();
+            dither_row(ty, &base, &t, &mut b, 42).unwrap();
+            dither_row(ty, &base, &t, &mut c, 43).unwrap();
+            assert_eq!(a, b, "{ty}");
+            assert_ne!(a, c, "{ty}: another key, same bytes");
+            // Far outside the grid: clamped to the extreme codes, which are
+            // what nearest rounding writes too.
+            let far: Vec<f32> = bhat
+                .iter()
+                .enumerate()
+                .map(|(i, _)| if i % 2 == 0 { 1e6 } else { -1e6 })
+                .collect();
+            let mut d = vec![0u8; base.len()];
+            let mut r = vec![0u8; base.len()];
+            dither_row(ty, &base, &far, &mut d, 5).unwrap();
+            reround_row(ty, &base, &far, &mut r).unwrap();
+            assert_eq!(d, r, "{ty}: clamping");
+            // On the grid: the base itself.
+            let mut e = vec![0u8; base.len()];
+            dither_row(ty, &base, &bhat, &mut e, 9).unwrap();
+            let mut ve = vec![0f32; n];
+            dequantize_row(ty, &e, &mut ve).unwrap();
+            assert_eq!(ve, bhat, "{ty}: a target on the grid moved");
+        }
+    }
+
+    /// A degenerate grid (zero scale) keeps the base's codes, as the
+    /// nearest re-rounding does; a type without re-rounding, a wrong length
+    /// and a non-finite target are errors.
+    #[test]
+    fn dithered_rounding_falls_back_like_rerounding() {
+        let n = 256;
+        for (ty, base, _) in dither_bases(n) {
+            // Zero every fp16 scale field: the kernels' d (and dmin).
+            let mut zeroed = base.clone();
+            let ts = ty.type_size();
+            let d_at: &[usize] = match ty {
+                GgmlType::Q2_K => &[80, 82],
+                GgmlType::Q3_K => &[108],
+                GgmlType::Q4_K | GgmlType::Q5_K => &[0, 2],
+                GgmlType::Q6_K => &[208],
+                _ => &[0],
+            };
+            for blk in zeroed.chunks_exact_mut(ts) {
+                for &o in d_at {
+                    blk[o] = 0;
+                    blk[o + 1] = 0;
+                }
+            }
+            let t: Vec<f32> = (0..n).map(|i| (i as f32 * 0.37).sin()).collect();
+            let (mut d, mut r) = (vec![0u8; base.len()], vec![0u8; base.len()]);
+            dither_row(ty, &zeroed, &t, &mut d, 1).unwrap();
+            reround_row(ty, &zeroed, &t, &mut r).unwrap();
+            assert_eq!(d, r, "{ty}");
+            let mut bad = t.clone();
+            bad[3] = f32::NAN;
+            assert!(dither_row(ty, &zeroed, &bad, &mut d, 1).is_err());
+            assert!(dither_row(ty, &zeroed, &t[..n - ty.block_size()], &mut d, 1).is_err());
+        }
+        let n = 256;
+        let x = vec![0.5f32; n];
+        let mut b = vec![0u8; GgmlType::IQ4_NL.row_size(n).unwrap()];
+        quantize_row(GgmlType::IQ4_NL, &x, &mut b).unwrap();
+        let mut o = b.clone();
+        assert!(dither_row(GgmlType::IQ4_NL, &b, &x, &mut o, 0).is_err());
     }
 
     /// The re-rounded candidate with the base's own decoded values as target

@@ -29,6 +29,9 @@ fn check_request(req: &ApplyRequest) -> Result<()> {
             "--imatrix applies to GGUF bases; bitsandbytes and FP8 formats take no importance matrix",
         );
     }
+    if req.rounding == Some(super::Rounding::Dither) {
+        return usage("--rounding dither re-rounds on a GGUF base's grid: it does not apply to bitsandbytes or FP8 bases");
+    }
     match req.strategy {
         Strategy::Adapter { .. } => {
             return usage("--strategy adapter needs a GGUF base (llama.cpp adapters)")

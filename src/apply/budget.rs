@@ -21,8 +21,11 @@ use rayon::prelude::*;
 use serde_json::{json, Value};
 
 use crate::model::rows::{add_residual, RowSource};
+use crate::engine::pipeline::dither_key;
 use crate::quant::stats::ErrorStats;
-use crate::quant::{codec, dequantize_row, quantize_row, GgmlType};
+use crate::quant::{
+    codec, dequantize_row, dither_row, has_dither, quantize_row, search_row, GgmlType, SearchWins,
+};
 use crate::{Error, Result};
 
 /// Rows sampled per tensor at least (all rows when the tensor has fewer).
@@ -58,6 +61,25 @@ pub const LEGACY_LADDER: &[GgmlType] = &[
 pub fn tensor_weight(_name: &str, _n_elements: u64) -> f64 {
     1.0
 }
+
+/// How the writer encodes a tensor that keeps the base's block type: the
+/// planner measures that type's candidate the same way, so that its
+/// estimate is of the bytes that will be written.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum BaseEncoding {
+    /// llama.cpp's encoding of the sum (`--strategy fresh`, `--imatrix`).
+    #[default]
+    Fresh,
+    /// Per block the nearest of base, fresh and re-rounded blocks (auto,
+    /// search).
+    Search,
+    /// Dithered re-rounding on the base's grid with this seed (types with
+    /// re-rounding; the others as [`BaseEncoding::Search`]).
+    Dither(u64),
+}
+
+/// Default λ of [`Constraints::delta_weight`].
+pub const DELTA_WEIGHT: f64 = 0.0;
 
 /// Whether `ty` can be written by this crate without extra information.
 fn writable(ty: GgmlType) -> bool {
@@ -116,10 +138,24 @@ pub struct Candidate {
     pub rel_error: f64,
     /// Estimated retention of the residual, if the tensor has one.
     pub retention: Option<f64>,
+    /// Share of the target's energy that is the residual's lost part:
+    /// `‖Δ‖²·(1 − retention)² / ‖target‖²` (0 without a residual), the
+    /// squared error along Δ. The objective adds it `Constraints::
+    /// delta_weight` times to `rel_error`.
+    pub lost_delta: f64,
     /// A lower bound of the retention from the sample's spread
     /// (`retention − RETENTION_Z · standard error`; equal to it when every
     /// row was measured): what `min_retention` is checked against.
     pub retention_low: Option<f64>,
+}
+
+impl Candidate {
+    /// What the planner minimises for this candidate: the relative error
+    /// energy plus `lambda` times the residual's lost part
+    /// ([`Candidate::lost_delta`]).
+    pub fn cost(&self, lambda: f64) -> f64 {
+        self.rel_error + lambda * self.lost_delta
+    }
 }
 
 /// Standard errors subtracted from a sampled retention before it is
@@ -205,6 +241,7 @@ fn measure_row(
     t: &TensorInput<'_>,
     types: &[GgmlType],
     scale: f32,
+    enc: BaseEncoding,
     row: usize,
 ) -> Result<Vec<Option<ErrorStats>>> {
     let row_len = t.base.row_len();
@@ -240,8 +277,30 @@ fn measure_row(
                 // A copy: exactly the base.
                 return Ok(Some(s));
             }
-            bytes.resize(ty.row_size(row_len).unwrap_or(0), 0);
-            quantize_row(ty, &target, &mut bytes).map_err(|e| {
+            let rb = ty.row_size(row_len).unwrap_or(0);
+            bytes.resize(rb, 0);
+            // The base's own type: exactly the row the writer will write
+            // (searched, or dithered with the same key).
+            let base_row = match t.base.encoded() {
+                Some((bty, all)) if bty == ty && ty == t.ty && ty.block_size() > 1 => {
+                    all.get(row * rb..(row + 1) * rb)
+                }
+                _ => None,
+            };
+            match (enc, base_row) {
+                (BaseEncoding::Dither(seed), Some(b)) if has_dither(ty) => dither_row(
+                    ty,
+                    b,
+                    &target,
+                    &mut bytes,
+                    dither_key(seed, t.name, row as u64),
+                ),
+                (BaseEncoding::Search | BaseEncoding::Dither(_), Some(b)) => {
+                    search_row(ty, b, &target, &mut bytes, &mut SearchWins::default())
+                }
+                _ => quantize_row(ty, &target, &mut bytes),
+            }
+            .map_err(|e| {
                 Error::tensor(
                     origin,
                     t.name,
@@ -269,6 +328,7 @@ pub fn estimate(
     origin: &Path,
     inputs: &[TensorInput<'_>],
     scale: f32,
+    enc: BaseEncoding,
 ) -> Result<Vec<TensorCandidates>> {
     let types: Vec<Vec<GgmlType>> = inputs.iter().map(candidate_types).collect();
     // Which tensors need measuring, and their sampled rows.
@@ -284,7 +344,7 @@ pub fn estimate(
         .collect();
     let measured: Vec<Vec<Option<ErrorStats>>> = jobs
         .par_iter()
-        .map(|&(i, r)| measure_row(origin, &inputs[i], &types[i], scale, r))
+        .map(|&(i, r)| measure_row(origin, &inputs[i], &types[i], scale, enc, r))
         .collect::<Result<_>>()?;
     let sampled = sum_samples(&types, &jobs, measured);
     Ok(inputs
@@ -371,16 +431,24 @@ fn tensor_candidates(
             } else {
                 None
             };
+            let ref2 = s.reference_rms() * s.reference_rms() * s.n as f64;
+            let lost_delta = match retention {
+                Some(r) if ref2 > 0.0 => {
+                    s.delta_norm() * s.delta_norm() * (1.0 - r) * (1.0 - r) / ref2
+                }
+                _ => 0.0,
+            };
             Some(Candidate {
                 ty,
                 bytes: ty.row_size_u64(n_elements)?,
                 rel_error: rel * rel,
+                lost_delta,
                 retention,
                 retention_low: retention
                     .map(|r| r - RETENTION_Z * sp.std_error(r, n_sampled, n_rows)),
             })
         })
-        .filter(|c| c.rel_error.is_finite())
+        .filter(|c| c.rel_error.is_finite() && c.lost_delta.is_finite())
         .collect();
     candidates.sort_by(|a, b| {
         a.bytes
@@ -406,6 +474,9 @@ pub struct Constraints {
     pub max_bytes: Option<u64>,
     /// Lowest retention for tensors with a residual.
     pub min_retention: Option<f64>,
+    /// λ: how many times the residual's lost part counts against the
+    /// relative error energy ([`Candidate::cost`]); 0 is plain L2.
+    pub delta_weight: f64,
 }
 
 /// A plan: the candidates of every tensor and the one chosen.
@@ -424,8 +495,8 @@ pub struct Plan {
 /// The lower convex hull of `points` (indices into `cands`, sorted by
 /// bytes), in the objective `weight · rel_error`: the points an optimal
 /// greedy can stop at, with error reductions per byte decreasing.
-fn hull(cands: &[Candidate], weight: f64, points: &[usize]) -> Vec<usize> {
-    let cost = |i: usize| weight * cands[i].rel_error;
+fn hull(cands: &[Candidate], weight: f64, lambda: f64, points: &[usize]) -> Vec<usize> {
+    let cost = |i: usize| weight * cands[i].cost(lambda);
     let bytes = |i: usize| cands[i].bytes as f64;
     // Pareto front: strictly more bytes must buy strictly less error.
     let mut front: Vec<usize> = Vec::new();
@@ -496,14 +567,14 @@ pub fn choose(
                 t.name, t.base_ty
             )));
         }
-        floor_free += hull(&t.candidates, t.weight, &all)
+        floor_free += hull(&t.candidates, t.weight, c.delta_weight, &all)
             .first()
             .map_or(0, |&i| t.candidates[i].bytes);
         let allowed = match (c.min_retention, t.has_residual) {
             (Some(r), true) => retention_allowed(t, r, &all, &mut warnings),
             _ => all,
         };
-        hulls.push(hull(&t.candidates, t.weight, &allowed));
+        hulls.push(hull(&t.candidates, t.weight, c.delta_weight, &allowed));
     }
     let chosen = if c.max_bytes.is_none() && c.min_retention.is_some() {
         retention_only(&tensors, &hulls)
@@ -614,12 +685,16 @@ fn check_budget(
 
 /// Every hull step as (error reduction per byte, tensor, hull index),
 /// best first.
-fn hull_steps(tensors: &[TensorCandidates], hulls: &[Vec<usize>]) -> Vec<(f64, usize, usize)> {
+fn hull_steps(
+    tensors: &[TensorCandidates],
+    hulls: &[Vec<usize>],
+    lambda: f64,
+) -> Vec<(f64, usize, usize)> {
     let mut steps: Vec<(f64, usize, usize)> = Vec::new();
     for (ti, (t, h)) in tensors.iter().zip(hulls).enumerate() {
         for k in 1..h.len() {
             let (a, b) = (&t.candidates[h[k - 1]], &t.candidates[h[k]]);
-            let gain = t.weight * (a.rel_error - b.rel_error);
+            let gain = t.weight * (a.cost(lambda) - b.cost(lambda));
             let slope = gain / (b.bytes - a.bytes) as f64;
             steps.push((slope, ti, k));
         }
@@ -635,12 +710,12 @@ fn best_under_budget(
     hulls: &[Vec<usize>],
     c: Constraints,
 ) -> Vec<usize> {
-    let steps = hull_steps(tensors, hulls);
+    let steps = hull_steps(tensors, hulls, c.delta_weight);
     let cost = |chosen: &[usize]| -> f64 {
         tensors
             .iter()
             .zip(chosen)
-            .map(|(t, &i)| t.weight * t.candidates[i].rel_error)
+            .map(|(t, &i)| t.weight * t.candidates[i].cost(c.delta_weight))
             .sum()
     };
     // Plain greedy, then greedy with each tensor started at each of its
@@ -725,8 +800,14 @@ fn greedy(
 }
 
 /// Estimate and choose in one call.
-pub fn plan(origin: &Path, inputs: &[TensorInput<'_>], scale: f32, c: Constraints) -> Result<Plan> {
-    Ok(choose(estimate(origin, inputs, scale)?, c)?)
+pub fn plan(
+    origin: &Path,
+    inputs: &[TensorInput<'_>],
+    scale: f32,
+    enc: BaseEncoding,
+    c: Constraints,
+) -> Result<Plan> {
+    Ok(choose(estimate(origin, inputs, scale, enc)?, c)?)
 }
 
 impl Plan {
@@ -753,12 +834,14 @@ impl Plan {
         self.tensors.iter().map(|t| t.base_bytes()).sum()
     }
 
-    /// The objective: `Σ weight · rel_error` of the chosen candidates.
+    /// The objective: `Σ weight · cost` of the chosen candidates
+    /// ([`Candidate::cost`] with the plan's λ).
     pub fn objective(&self) -> f64 {
+        let lambda = self.constraints.delta_weight;
         self.tensors
             .iter()
             .zip(&self.chosen)
-            .map(|(t, &i)| t.weight * t.candidates[i].rel_error)
+            .map(|(t, &i)| t.weight * t.candidates[i].cost(lambda))
             .sum()
     }
 
@@ -851,6 +934,7 @@ impl Plan {
                         "type": c.ty.name(),
                         "bytes": c.bytes,
                         "rel_error": c.rel_error,
+                        "lost_delta": c.lost_delta,
                         "retention": c.retention,
                 "retention_low": c.retention_low,
                     })).collect::<Vec<_>>(),
@@ -860,6 +944,7 @@ impl Plan {
         json!({
             "max_bytes": self.constraints.max_bytes,
             "min_retention": self.constraints.min_retention,
+            "delta_weight": self.constraints.delta_weight,
             "base_bytes": self.base_bytes(),
             "predicted_bytes": self.bytes(),
             "predicted_mean_rel_error": self.mean_error(),
@@ -910,6 +995,7 @@ mod tests {
             ty,
             bytes,
             rel_error,
+            lost_delta: 0.0,
             retention,
             retention_low: retention,
         }
@@ -979,13 +1065,13 @@ mod tests {
             cand(Q5_0, 120, 0.9, None), // above the a–c segment
             cand(Q8_0, 200, 0.0, None),
         ];
-        assert_eq!(hull(&c, 1.0, &[0, 1, 2, 3]), vec![0, 3]);
+        assert_eq!(hull(&c, 1.0, 0.0, &[0, 1, 2, 3]), vec![0, 3]);
         let c = vec![
             cand(Q4_0, 100, 1.0, None),
             cand(Q5_0, 120, 0.4, None),
             cand(Q8_0, 200, 0.0, None),
         ];
-        assert_eq!(hull(&c, 1.0, &[0, 1, 2]), vec![0, 1, 2]);
+        assert_eq!(hull(&c, 1.0, 0.0, &[0, 1, 2]), vec![0, 1, 2]);
     }
 
     #[test]
@@ -1003,6 +1089,7 @@ mod tests {
                 Constraints {
                     max_bytes: Some(b),
                     min_retention: None,
+                    delta_weight: 0.0,
                 },
             )
             .unwrap();
@@ -1029,6 +1116,7 @@ mod tests {
             Constraints {
                 max_bytes: Some(base + 10),
                 min_retention: None,
+                delta_weight: 0.0,
             },
         )
         .unwrap();
@@ -1056,6 +1144,7 @@ mod tests {
             Constraints {
                 max_bytes: Some(1200),
                 min_retention: None,
+                delta_weight: 0.0,
             },
         )
         .unwrap();
@@ -1089,6 +1178,7 @@ mod tests {
             Constraints {
                 max_bytes: Some(940),
                 min_retention: None,
+                delta_weight: 0.0,
             },
         )
         .unwrap();
@@ -1104,6 +1194,7 @@ mod tests {
             Constraints {
                 max_bytes: Some(base - 1),
                 min_retention: None,
+                delta_weight: 0.0,
             },
         )
         .unwrap_err();
@@ -1123,6 +1214,7 @@ mod tests {
             Constraints {
                 max_bytes: None,
                 min_retention: Some(0.9),
+                delta_weight: 0.0,
             },
         )
         .unwrap();
@@ -1136,6 +1228,7 @@ mod tests {
             Constraints {
                 max_bytes: Some(need),
                 min_retention: Some(0.9),
+                delta_weight: 0.0,
             },
         )
         .unwrap();
@@ -1145,6 +1238,7 @@ mod tests {
             Constraints {
                 max_bytes: Some(need - 1),
                 min_retention: Some(0.9),
+                delta_weight: 0.0,
             },
         )
         .unwrap_err();
@@ -1154,6 +1248,7 @@ mod tests {
             Constraints {
                 max_bytes: None,
                 min_retention: Some(0.999),
+                delta_weight: 0.0,
             },
         )
         .unwrap();
@@ -1180,6 +1275,7 @@ mod tests {
         let c = Constraints {
             max_bytes: Some(55),
             min_retention: Some(0.9),
+            delta_weight: 0.0,
         };
         assert_eq!(choose(vec![t.clone()], c).unwrap().types(), vec![Q5_K]);
         let c = Constraints {
@@ -1187,6 +1283,63 @@ mod tests {
             ..c
         };
         assert!(choose(vec![t], c).is_err());
+    }
+
+    /// A candidate whose retention `r` leaves `rd·(1 − r)²` of the target's
+    /// energy lost, `rd` being the residual's share of it.
+    fn kept(ty: GgmlType, bytes: u64, rel_error: f64, r: f64, rd: f64) -> Candidate {
+        Candidate {
+            lost_delta: rd * (1.0 - r) * (1.0 - r),
+            ..cand(ty, bytes, rel_error, Some(r))
+        }
+    }
+
+    /// A residual far below half a step (rd = 1.6e-5 of the target's
+    /// energy): the base type rounds it away at an L2 error of just rd,
+    /// while a larger type keeps it at a larger L2 error (its own rounding
+    /// of the on-grid base). Plain L2 keeps the base type and leaves the
+    /// budget unspent; with λ the lost residual is priced and the budget is
+    /// spent on the types that keep it.
+    #[test]
+    fn pricing_the_lost_residual_prefers_keeping_it_and_spends_the_budget() {
+        use GgmlType::*;
+        let rd = 1.6e-5;
+        let ts: Vec<TensorCandidates> = (0..3)
+            .map(|i| {
+                tensor(
+                    &format!("t{i}"),
+                    Q5_0,
+                    vec![
+                        kept(Q4_0, 90, 4e-3, 0.9, rd),
+                        kept(Q5_0, 110, rd, 0.0, rd),
+                        kept(Q5_1, 120, 2e-4, 0.95, rd),
+                        kept(Q8_0, 170, 3e-5, 1.0, rd),
+                    ],
+                )
+            })
+            .collect();
+        let budget = 3 * 120 + 50;
+        let c = |lambda| Constraints {
+            max_bytes: Some(budget),
+            min_retention: None,
+            delta_weight: lambda,
+        };
+        let l2 = choose(ts.clone(), c(0.0)).unwrap();
+        assert_eq!(l2.types(), vec![Q5_0; 3]);
+        assert_eq!(l2.bytes(), 330, "plain L2 leaves the budget unspent");
+        let priced = choose(ts.clone(), c(100.0)).unwrap();
+        assert_eq!(priced.types(), vec![Q8_0, Q5_1, Q5_1]);
+        assert_eq!(priced.bytes(), budget);
+        // Without a budget every tensor takes its best-kept type.
+        let all = choose(
+            ts,
+            Constraints {
+                max_bytes: None,
+                ..c(100.0)
+            },
+        )
+        .unwrap();
+        assert_eq!(all.types(), vec![Q8_0; 3]);
     }
 
     #[test]
@@ -1205,6 +1358,7 @@ mod tests {
         let c = Constraints {
             max_bytes: None,
             min_retention: Some(0.9),
+            delta_weight: 0.0,
         };
         assert_eq!(choose(vec![t], c).unwrap().types(), vec![Q8_0]);
         // The spread: zero when every row is measured, positive otherwise,
@@ -1277,6 +1431,7 @@ mod tests {
             Constraints {
                 max_bytes: None,
                 min_retention: Some(0.5),
+                delta_weight: 0.0,
             },
         )
         .unwrap();

@@ -77,6 +77,41 @@ impl Strategy {
     }
 }
 
+/// How codes are rounded where a tensor keeps the base's block type and
+/// scales (auto and search, GGUF bases).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Rounding {
+    /// The nearest grid value, per block the nearest candidate (search):
+    /// a residual below half a step rounds back to the base there.
+    Nearest,
+    /// Dithered: every code rounds up with probability equal to its
+    /// fractional distance between the two neighbouring grid values, so the
+    /// output equals the sum in expectation; reproducible from the request's
+    /// seed (uniforms drawn per seed, tensor name, row and element).
+    Dither,
+}
+
+impl Rounding {
+    /// The name used on the command line and in reports.
+    pub fn name(&self) -> &'static str {
+        match self {
+            Rounding::Nearest => "nearest",
+            Rounding::Dither => "dither",
+        }
+    }
+}
+
+/// The seed of dithered rounding when `req` dithers: as asked, else by
+/// default under auto on a GGUF base without importance weights (where
+/// tensors that keep their type are re-rounded on the base's grid).
+fn dither_seed(req: &ApplyRequest) -> Option<u64> {
+    let dither = match req.rounding {
+        Some(r) => r == Rounding::Dither,
+        None => req.strategy == Strategy::Auto && req.imatrix.is_none(),
+    };
+    dither.then_some(req.seed)
+}
+
 /// Size budgets that choose every tensor's type (GGUF bases, target keep).
 #[derive(Debug, Clone, Copy, Default, PartialEq)]
 pub struct Budget {
@@ -86,6 +121,11 @@ pub struct Budget {
     pub bpw: Option<f64>,
     /// Every tensor with a residual keeps at least this retention when some type can.
     pub min_retention: Option<f64>,
+    /// λ of the planner's objective (default [`budget::DELTA_WEIGHT`]): how
+    /// many times the lost part of the residual counts against incoherent
+    /// error energy. Not a budget: it only weighs the plans that auto and
+    /// the budgets choose between.
+    pub delta_weight: Option<f64>,
 }
 
 impl Budget {
@@ -124,6 +164,11 @@ pub struct ApplyRequest {
     pub scale: f32,
     /// How the sum is written.
     pub strategy: Strategy,
+    /// How codes on the base's grid are rounded (auto and search); `None`:
+    /// dithered under auto, nearest otherwise.
+    pub rounding: Option<Rounding>,
+    /// Seed of dithered rounding.
+    pub seed: u64,
     /// Size budgets (choose the types).
     pub budget: Budget,
     /// llama-imatrix output: encode with importance weights.
@@ -158,6 +203,8 @@ impl ApplyRequest {
             target: "keep".into(),
             scale: 1.0,
             strategy: Strategy::Auto,
+            rounding: None,
+            seed: 0,
             budget: Budget::default(),
             imatrix: None,
             split_max_size: None,
@@ -244,6 +291,12 @@ fn check_request(req: &ApplyRequest) -> Result<()> {
             }
             Ok(())
         }
+        _ if req.rounding == Some(Rounding::Dither) && req.strategy == Strategy::Fresh => usage(
+            "--rounding dither re-rounds codes on the base's grid: it takes --strategy auto or search, not fresh (llama.cpp's own encoding)",
+        ),
+        _ if req.rounding == Some(Rounding::Dither) && req.imatrix.is_some() => usage(
+            "--rounding dither keeps the base's scales: it does not take --imatrix",
+        ),
         Strategy::Search if req.imatrix.is_some() => usage(
             "--strategy search measures plain distances: it does not take --imatrix (use --strategy fresh)",
         ),
@@ -373,19 +426,14 @@ fn write_sum(
     plan: Option<budget::Plan>,
     log: &Log,
 ) -> Result<ApplyResult> {
-    // auto encodes by search (never further from the sum than fresh, block
-    // by block; measured a little better) unless importance weights rule.
-    let search = match req.strategy {
-        Strategy::Search => true,
-        Strategy::Auto => req.imatrix.is_none(),
-        _ => false,
-    };
+    let search = searches(req);
     let out = Output {
         path: &req.output,
         split_max_size: req.split_max_size,
         options: pipeline::Options {
             progress: log.progress().clone(),
             search,
+            dither: dither_seed(req),
             ..Default::default()
         },
     };
@@ -394,6 +442,10 @@ fn write_sum(
     let mut inputs = report_inputs(req);
     inputs["type"] = json!(req.target);
     inputs["strategy"] = json!(req.strategy.name());
+    if let Some(seed) = dither_seed(req) {
+        inputs["rounding"] = json!(Rounding::Dither.name());
+        inputs["seed"] = json!(seed);
+    }
     let mut json = report::to_json("apply", inputs, &rows);
     if let Some(p) = &plan {
         json["budget"] = p.to_json();
@@ -411,6 +463,17 @@ fn write_sum(
         searched: search,
         report: json,
     })
+}
+
+/// Whether tensors that keep the base's block type are encoded by search:
+/// auto does (never further from the sum than fresh, block by block;
+/// measured a little better) unless importance weights rule.
+fn searches(req: &ApplyRequest) -> bool {
+    match req.strategy {
+        Strategy::Search => true,
+        Strategy::Auto => req.imatrix.is_none(),
+        _ => false,
+    }
 }
 
 /// The report's `inputs`: what every apply report names (output-specific
@@ -445,6 +508,7 @@ fn remedy(plan: &budget::Plan) -> String {
         budget::Constraints {
             max_bytes: Some(base + base / 10),
             min_retention: None,
+            delta_weight: plan.constraints.delta_weight,
         },
     );
     let more = match wider {
@@ -532,12 +596,19 @@ fn plan_budget(
         .or(req.budget.bpw.map(SizeLimit::BitsPerWeight))
         .or(default_limit);
     let max_bytes = limit.map(|l| l.bytes(base_bytes, n_elements)).transpose()?;
-    let estimates = budget::estimate(base.path(), &inputs, req.scale)?;
+    // Measure the base's own type as the writer will encode it.
+    let enc = match (dither_seed(req), searches(req)) {
+        (Some(seed), _) => budget::BaseEncoding::Dither(seed),
+        (None, true) => budget::BaseEncoding::Search,
+        (None, false) => budget::BaseEncoding::Fresh,
+    };
+    let estimates = budget::estimate(base.path(), &inputs, req.scale, enc)?;
     let plan = budget::choose(
         estimates,
         budget::Constraints {
             max_bytes,
             min_retention: req.budget.min_retention,
+            delta_weight: req.budget.delta_weight.unwrap_or(budget::DELTA_WEIGHT),
         },
     );
     if let Ok(plan) = &plan {

@@ -42,6 +42,9 @@ struct Cli {
     command: Command,
 }
 
+// Parsed once per run: the size of the largest variant (apply's many
+// options) costs nothing.
+#[allow(clippy::large_enum_variant)]
 #[derive(Subcommand, Debug)]
 enum Command {
     /// Add a residual to a (quantized) base model and requantize.

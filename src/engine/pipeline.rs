@@ -25,8 +25,8 @@ use crate::model::naming::ValueMap;
 use crate::model::rows::{add_residual, RowSource};
 use crate::quant::stats::ErrorStats;
 use crate::quant::{
-    dequantize_row, quantize_row, quantize_row_weighted, search_row_decoded, GgmlType, QuantError,
-    SearchWins,
+    dequantize_row, dither_row, has_dither, quantize_row, quantize_row_weighted,
+    search_row_decoded, GgmlType, QuantError, SearchWins,
 };
 use crate::{Error, Result};
 
@@ -118,6 +118,15 @@ pub struct Options {
     /// (tensors whose output type is the base's own block type; others are
     /// encoded fresh).
     pub search: bool,
+    /// Dithered rounding with this seed: rows with a residual written in
+    /// the base's own block type (one with re-rounding, Q4_0…Q8_0,
+    /// Q2_K…Q6_K) keep the base's scales and round every code up with
+    /// probability equal to its fractional distance
+    /// ([`qresidual_quant::dither_row`]), so that the output equals the
+    /// sum in expectation; the uniforms depend only on (seed, tensor name,
+    /// row, element) ([`dither_key`]). Other tensors are written as without
+    /// it.
+    pub dither: Option<u64>,
     /// F16/BF16 outputs: store values beyond the type's range as its
     /// largest finite value and count them ([`Outcome::saturated`]) instead
     /// of failing.
@@ -132,9 +141,23 @@ impl Default for Options {
             measure: true,
             progress: crate::engine::progress::Progress::stderr(true),
             search: false,
+            dither: None,
             saturate: false,
         }
     }
+}
+
+/// The key of row `row` of tensor `name` for dithered rounding with `seed`
+/// (FNV-1a of the name, mixed with the seed and the row): the same row
+/// draws the same uniforms whatever the chunking or thread count.
+pub fn dither_key(seed: u64, name: &str, row: u64) -> u64 {
+    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
+    for b in name.bytes() {
+        h = (h ^ b as u64).wrapping_mul(0x0000_0100_0000_01b3);
+    }
+    let mut z = seed ^ h.rotate_left(17) ^ row.wrapping_mul(0xd6e8_feb8_6659_fd93);
+    z = (z ^ (z >> 32)).wrapping_mul(0xd6e8_feb8_6659_fd93);
+    z ^ (z >> 32)
 }
 
 /// Path of the output, for messages about encoding failures.
@@ -256,8 +279,12 @@ fn encode_chunk_with(
     let mut chunk = Chunk {
         bytes: pool.take(n_rows * out_rb),
         stats: ErrorStats::default(),
-        wins: search_source(base.as_ref(), task.spec.ty, opts.search)
-            .map(|_| SearchWins::default()),
+        wins: search_source(
+            base.as_ref(),
+            task.spec.ty,
+            opts.search || opts.dither.is_some(),
+        )
+        .map(|_| SearchWins::default()),
         saturated: Saturated::default(),
     };
     let mut r = 0;
@@ -339,7 +366,11 @@ fn encode_rows(
     };
 
     let bytes = &mut chunk.bytes[offset..offset + n_rows * out_rb];
-    let searched = search_source(base.as_ref(), out_ty, opts.search);
+    let searched = search_source(base.as_ref(), out_ty, opts.search || opts.dither.is_some());
+    // Dithered rows are written whole (no per-block choice) and decoded below.
+    let dither = opts
+        .dither
+        .filter(|_| searched.is_some() && residual.is_some() && has_dither(out_ty));
     let mut wins = SearchWins::default();
     // The search decodes what it writes as it goes.
     let decoded_buf = sized(decoded_buf, n);
@@ -350,19 +381,25 @@ fn encode_rows(
         .enumerate()
     {
         // `apply` refuses --strategy search together with --imatrix.
-        match (searched, importance) {
-            (Some(b), _) => {
+        match (searched, importance, dither) {
+            (Some(b), _, Some(seed)) => {
+                let row = &b[(first_row + i) * out_rb..][..out_rb];
+                let key = dither_key(seed, &task.spec.name, (first_row + i) as u64);
+                wins.rerounded += (row_len / out_ty.block_size()) as u64;
+                dither_row(out_ty, row, src, dst, key)
+            }
+            (Some(b), _, None) => {
                 let row = &b[(first_row + i) * out_rb..][..out_rb];
                 search_row_decoded(out_ty, row, src, dst, dec, &mut wins)
             }
-            (None, Some(w)) => {
+            (None, Some(w), _) => {
                 // One slice per expert: rows are expert-major.
                 let per_expert = base.n_rows() / (w.len() / row_len).max(1);
                 let e = (first_row + i) / per_expert.max(1);
                 let w = w.get(e * row_len..(e + 1) * row_len).unwrap_or(&[]);
                 quantize_row_weighted(out_ty, src, w, dst)
             }
-            (None, None) => quantize_row(out_ty, src, dst),
+            (None, None, _) => quantize_row(out_ty, src, dst),
         }
         .map_err(|e| output_error(out_path, &task.spec.name, first_row + i, e))?;
     }
@@ -376,7 +413,7 @@ fn encode_rows(
     let decoded: &[f32] = if out_ty == GgmlType::F32 {
         exact
     } else {
-        if searched.is_none() {
+        if searched.is_none() || dither.is_some() {
             dequantize_row(out_ty, bytes, decoded_buf)
                 .map_err(|e| output_error(out_path, &task.spec.name, first_row, e))?;
         }
@@ -818,6 +855,7 @@ mod tests {
             measure: true,
             progress: crate::engine::progress::Progress::off(),
             search: false,
+            dither: None,
             saturate: false,
         };
         let pool = rayon::ThreadPoolBuilder::new()
@@ -889,6 +927,7 @@ mod tests {
                 measure: true,
                 progress: crate::engine::progress::Progress::off(),
                 search: true,
+                dither: None,
                 saturate: false,
             };
             let shape = (GgmlType::Q4_0, row_len, n_rows);
@@ -911,6 +950,72 @@ mod tests {
         let (bytes, wins) = run_search(vec![0.0; row_len * n_rows], 2, 2);
         assert!(bytes == base_bytes, "a zero residual changed the base");
         assert_eq!(wins.total(), (row_len * n_rows / 32) as u64);
+    }
+
+    /// Dithered rounding on a Q5_0 base with a residual far below half a
+    /// step: the bytes depend on the seed only, not on threads, window or
+    /// chunk size; the residual survives (retention near 1, where the
+    /// nearest search keeps little of it); a zero residual leaves the base.
+    #[test]
+    fn dithered_rows_depend_on_the_seed_alone_and_keep_the_residual() {
+        let (row_len, n_rows) = (640, 48);
+        let ty = GgmlType::Q5_0;
+        let mut base_bytes = vec![0u8; ty.row_size(row_len * n_rows).unwrap()];
+        quantize_row(ty, &values(21, row_len * n_rows), &mut base_bytes).unwrap();
+        let run_dither = |residual: Vec<f32>, dither: Option<u64>, chunk: usize, threads: usize| {
+            let base = EncodedRows {
+                path: Path::new("base.gguf"),
+                name: "w",
+                data: &base_bytes,
+                ty,
+                row_len,
+                n_rows,
+                permutation: RowPermutation::Identity,
+                pages: None,
+            };
+            let action = Action::Transcode {
+                base: Box::new(base),
+                residual: Some(Box::new(VecRows {
+                    data: residual,
+                    row_len,
+                })),
+                scale: 1.0,
+                importance: None,
+            };
+            let opts = Options {
+                chunk_elements: chunk,
+                window: 2,
+                measure: true,
+                progress: crate::engine::progress::Progress::off(),
+                search: true,
+                dither,
+                saturate: false,
+            };
+            let (o, data) = run_one(ty, (ty, row_len, n_rows), action, &opts, threads);
+            let o = o.unwrap();
+            (
+                data.unwrap(),
+                o[0].stats.unwrap().retention().unwrap_or(0.0),
+            )
+        };
+        // Values are ±0.05, a Q5_0 step about 0.05/16: Δ at 0.4 % of the RMS.
+        let small: Vec<f32> = values(22, row_len * n_rows)
+            .iter()
+            .map(|v| v * 0.004)
+            .collect();
+        let (bytes, kept) = run_dither(small.clone(), Some(7), 2048, 1);
+        for (chunk, threads) in [(640, 2), (5000, 3), (1 << 20, 2)] {
+            assert!(
+                run_dither(small.clone(), Some(7), chunk, threads).0 == bytes,
+                "chunk {chunk}, {threads} threads"
+            );
+        }
+        assert!(run_dither(small.clone(), Some(8), 2048, 1).0 != bytes);
+        let (_, nearest) = run_dither(small.clone(), None, 2048, 1);
+        assert!(kept > 0.8 && kept < 1.2, "dithered retention {kept}");
+        assert!(nearest < 0.3, "nearest retention {nearest}");
+        let (zero, _) = run_dither(vec![0.0; row_len * n_rows], Some(7), 2048, 2);
+        assert!(zero == base_bytes, "a zero residual changed the base");
     }
 
     #[test]
@@ -1007,6 +1112,7 @@ mod tests {
                 measure: true,
                 progress: crate::engine::progress::Progress::off(),
                 search: false,
+                dither: None,
                 saturate: true,
             };
             let (o, bytes) = run_one(GgmlType::F32, (ty, 4, 2), action(), &opts, 2);
@@ -1097,6 +1203,7 @@ mod tests {
             measure,
             progress: crate::engine::progress::Progress::off(),
             search: false,
+            dither: None,
             saturate: false,
         };
         let (res, _) = run_one(

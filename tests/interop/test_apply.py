@@ -69,16 +69,19 @@ def test_f32_output_equals_dequantized_base_plus_permuted_residual(tmp_path, ggm
         assert np.array_equal(have.view(np.uint32), want.view(np.uint32)), name
 
 
-@pytest.mark.parametrize("strategy", ["fresh", "auto"])
-def test_output_is_ggml_quantization_of_the_exact_sum(tmp_path, ggml, strategy):
+@pytest.mark.parametrize("strategy,rounding", [("fresh", None), ("auto", "nearest"), ("auto", None)])
+def test_output_is_ggml_quantization_of_the_exact_sum(tmp_path, ggml, strategy, rounding):
     """fresh keeps every type and writes ggml's quantization of the exact
     sum; auto (the default) may choose other types within the base's size —
-    tensors it moves are ggml's quantization of the sum in the new type, the
-    ones it keeps are searched, never further from the sum than that."""
-    out = tmp_path / f"out-{strategy}.gguf"
+    tensors it moves are ggml's quantization of the sum in the new type; the
+    ones it keeps are searched with --rounding nearest, never further from
+    the sum than that, and dithered by default: as ggml decodes them, they
+    keep most of the residual (⟨out − base, Δ⟩ / ‖Δ‖² above 0.8)."""
+    out = tmp_path / f"out-{strategy}-{rounding}.gguf"
     report = tmp_path / "report.json"
+    extra = ["--rounding", rounding] if rounding else []
     run_qresidual("apply", "--base", BASE, "--residual", RESIDUAL, "-o", out, "--report", report,
-                  "--strategy", strategy, "-q")
+                  "--strategy", strategy, *extra, "-q")
     _, base = tensors(BASE)
     _, got = tensors(out)
     assert list(base) == list(got), "tensor order changed"
@@ -95,12 +98,20 @@ def test_output_is_ggml_quantization_of_the_exact_sum(tmp_path, ggml, strategy):
             want = ggml.quantize(ty, exact.reshape(-1, exact.shape[-1]))
             if strategy == "fresh" or gt.tensor_type != bt.tensor_type:
                 assert bytes(gt.data) == want, f"{name}: bytes differ from ggml's quantization of the sum"
-            else:
+            elif rounding == "nearest":
                 # auto searches tensors kept in their type: never further
                 # from the sum than ggml's own quantization of it.
                 n = exact.size
                 err = lambda b: float(np.sum((ggml.dequantize(ty, b, n) - exact.reshape(-1)) ** 2))
                 assert err(bytes(gt.data)) <= err(want), name
+            else:
+                # dithered on the base's grid: the residual survives in what
+                # ggml decodes.
+                n = exact.size
+                b = ggml.dequantize(ty, bytes(bt.data), n).astype(np.float64)
+                o = ggml.dequantize(ty, bytes(gt.data), n).astype(np.float64)
+                d = exact.reshape(-1).astype(np.float64) - b
+                assert float(np.dot(o - b, d) / np.dot(d, d)) > 0.8, name
         elif gt.tensor_type == bt.tensor_type:
             assert bytes(gt.data) == bytes(bt.data), f"{name}: untouched tensor changed"
     if strategy == "auto":

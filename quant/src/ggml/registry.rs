@@ -45,6 +45,11 @@ pub type WeightedEncodeFn = fn(&[f32], &[f32], &mut [u8]);
 /// output starting as a copy of the base block.
 pub(crate) type ReroundFn = fn(&[u8], &[f32], &mut [u8]);
 
+/// Dithered re-rounding of one block: `(base block, target values, one
+/// uniform in [0, 1) per element, output block)`, the output starting as a
+/// copy of the base block.
+pub(crate) type DitherFn = fn(&[u8], &[f32], &[f32], &mut [u8]);
+
 /// Encodes a row and tells whether the input held a NaN or an infinity
 /// (the test riding along in the same pass); the bytes are then unusable.
 pub(crate) type CheckedEncodeFn = fn(&[f32], &mut [u8]) -> bool;
@@ -108,6 +113,8 @@ pub(crate) struct Row {
     pub weighted: Option<WeightedEncodeFn>,
     /// The search's re-rounded candidate: base scales kept, codes moved.
     pub reround: Option<ReroundFn>,
+    /// The same grid with dithered (unbiased) rounding.
+    pub dither: Option<DitherFn>,
 }
 
 /// The AVX2 variant at `$f` on x86-64, `None` elsewhere (where `x86` does
@@ -136,6 +143,7 @@ const fn bare(ty: GgmlType) -> Row {
         encode_checked: None,
         weighted: None,
         reround: None,
+        dither: None,
     }
 }
 
@@ -179,6 +187,7 @@ pub(crate) const ROWS: &[Row] = &[
         encode: enc(lg::quantize_row_q4_0, avx2!(x86::rows::quantize_row_q4_0)),
         weighted: Some(lg::quantize_row_q4_0_weighted),
         reround: Some(rr::reround_q4_0),
+        dither: Some(rr::dither_q4_0),
         ..bare(G::Q4_0)
     },
     Row {
@@ -186,6 +195,7 @@ pub(crate) const ROWS: &[Row] = &[
         encode: enc(lg::quantize_row_q4_1, avx2!(x86::rows::quantize_row_q4_1)),
         weighted: Some(lg::quantize_row_q4_1_weighted),
         reround: Some(rr::reround_q4_1),
+        dither: Some(rr::dither_q4_1),
         ..bare(G::Q4_1)
     },
     Row {
@@ -193,6 +203,7 @@ pub(crate) const ROWS: &[Row] = &[
         encode: enc(lg::quantize_row_q5_0, avx2!(x86::rows::quantize_row_q5_0)),
         weighted: Some(lg::quantize_row_q5_0_weighted),
         reround: Some(rr::reround_q5_0),
+        dither: Some(rr::dither_q5_0),
         ..bare(G::Q5_0)
     },
     Row {
@@ -200,6 +211,7 @@ pub(crate) const ROWS: &[Row] = &[
         encode: enc(lg::quantize_row_q5_1, avx2!(x86::rows::quantize_row_q5_1)),
         weighted: Some(lg::quantize_row_q5_1_weighted),
         reround: Some(rr::reround_q5_1),
+        dither: Some(rr::dither_q5_1),
         ..bare(G::Q5_1)
     },
     // ggml's Q8_0 encoder ignores the importance matrix.
@@ -210,6 +222,7 @@ pub(crate) const ROWS: &[Row] = &[
         ),
         encode: enc(lg::quantize_row_q8_0, avx2!(x86::rows::quantize_row_q8_0)),
         reround: Some(rr::reround_q8_0),
+        dither: Some(rr::dither_q8_0),
         ..bare(G::Q8_0)
     },
     bare(G::Q8_1),
@@ -221,6 +234,7 @@ pub(crate) const ROWS: &[Row] = &[
         ),
         weighted: Some(kw::quantize_row_q2_k_weighted),
         reround: Some(rr::reround_q2_k),
+        dither: Some(rr::dither_q2_k),
         ..bare(G::Q2_K)
     },
     Row {
@@ -231,6 +245,7 @@ pub(crate) const ROWS: &[Row] = &[
         ),
         weighted: Some(kw::quantize_row_q3_k_weighted),
         reround: Some(rr::reround_q3_k),
+        dither: Some(rr::dither_q3_k),
         ..bare(G::Q3_K)
     },
     Row {
@@ -244,6 +259,7 @@ pub(crate) const ROWS: &[Row] = &[
         ),
         weighted: Some(kw::quantize_row_q4_k_weighted),
         reround: Some(rr::reround_q4_k),
+        dither: Some(rr::dither_q4_k),
         ..bare(G::Q4_K)
     },
     Row {
@@ -257,6 +273,7 @@ pub(crate) const ROWS: &[Row] = &[
         ),
         weighted: Some(kw::quantize_row_q5_k_weighted),
         reround: Some(rr::reround_q5_k),
+        dither: Some(rr::dither_q5_k),
         ..bare(G::Q5_K)
     },
     Row {
@@ -270,6 +287,7 @@ pub(crate) const ROWS: &[Row] = &[
         ),
         weighted: Some(kw::quantize_row_q6_k_weighted),
         reround: Some(rr::reround_q6_k),
+        dither: Some(rr::dither_q6_k),
         ..bare(G::Q6_K)
     },
     plain(G::Q8_K, kq::dequantize_row_q8_k, kq::quantize_row_q8_k),
@@ -399,11 +417,13 @@ mod tests {
                 ("encode", r.encode.is_some()),
                 ("weighted", r.weighted.is_some()),
                 ("reround", r.reround.is_some()),
+                ("dither", r.dither.is_some()),
                 ("encode_checked", r.encode_checked.is_some()),
             ] {
                 assert!(!present || has_decode, "{}: {what} without decode", r.ty);
             }
             assert!(r.encode_checked.is_none() || r.encode.is_some(), "{}", r.ty);
+            assert_eq!(r.reround.is_some(), r.dither.is_some(), "{}", r.ty);
         }
     }
 }

@@ -4,31 +4,35 @@
 //! nearest to its target. One function per type, each following the layout
 //! its ggml decoder (`dequantize_row_*`) reads: `(base block, target
 //! values, output block)`, the output starting as a copy of the base.
+//!
+//! The same layouts serve the *dithered* re-rounding (`dither_*`): every
+//! code rounds up with probability equal to its target's fractional
+//! distance between the two neighbouring grid values, drawn from the
+//! uniforms the caller gives (one per element, in `[0, 1)`), so that the
+//! decoded value is the target in expectation (`E[k·s + o] = t` inside the
+//! grid's range; clamped at its ends). Which rule a kernel applies is a
+//! [`Round`] type parameter; the nearest rule compiles to the same code as
+//! before.
 
 use super::common::{le_f16, nearest_int};
 use super::search::get_scale_min_k4;
 
-/// The code `k` in `lo..=hi` whose decoded value `k·s + o` (f32, as the
-/// decoders compute it: `k as f32 * s + o`, `o = 0` or `−m`) is nearest to
-/// `t`; `None` when the grid is degenerate (`s = 0`: every code decodes to
-/// `o`) or not finite, in which case the base's code is kept.
-///
-/// `nearest_int` of the clamped ratio is the nearest code up to the f32
-/// rounding of `(t − o)/s`; its two neighbours are checked on the decoded
-/// values, so the result is exact, ties keeping the rounded one.
-#[inline(always)]
-fn nearest_code(t: f32, s: f32, o: f32, lo: i32, hi: i32) -> Option<i32> {
-    grid_ok(s, o).then(|| nearest_code_unchecked(t, s, o, lo, hi))
-}
-
-/// Whether the grid `k·s + o` has distinct finite values.
+/// Whether the grid `k·s + o` has distinct finite values. A degenerate
+/// grid (`s = 0`: every code decodes to `o`) or one that is not finite
+/// keeps the base's codes.
 #[inline(always)]
 fn grid_ok(s: f32, o: f32) -> bool {
     s != 0.0 && s.is_finite() && o.is_finite()
 }
 
-/// [`nearest_code`] for a grid that passed [`grid_ok`], branch-free so
-/// that block loops vectorise.
+/// The code `k` in `lo..=hi` whose decoded value `k·s + o` (f32, as the
+/// decoders compute it: `k as f32 * s + o`, `o = 0` or `−m`) is nearest to
+/// `t`, for a grid that passed [`grid_ok`]; branch-free so that block loops
+/// vectorise.
+///
+/// `nearest_int` of the clamped ratio is the nearest code up to the f32
+/// rounding of `(t − o)/s`; its two neighbours are checked on the decoded
+/// values, so the result is exact, ties keeping the rounded one.
 #[inline(always)]
 fn nearest_code_unchecked(t: f32, s: f32, o: f32, lo: i32, hi: i32) -> i32 {
     let x = ((t - o) / s).clamp(lo as f32, hi as f32);
@@ -42,6 +46,44 @@ fn nearest_code_unchecked(t: f32, s: f32, o: f32, lo: i32, hi: i32) -> i32 {
         kp
     } else {
         k
+    }
+}
+
+/// How a target becomes a code on the grid `k·s + o`, `k` in `lo..=hi`, for
+/// element `e` of the block; the grid has passed [`grid_ok`].
+pub(crate) trait Round {
+    fn code(&self, e: usize, t: f32, s: f32, o: f32, lo: i32, hi: i32) -> i32;
+}
+
+/// The nearest code ([`nearest_code_unchecked`]).
+pub(crate) struct Nearest;
+
+impl Round for Nearest {
+    #[inline(always)]
+    fn code(&self, _e: usize, t: f32, s: f32, o: f32, lo: i32, hi: i32) -> i32 {
+        nearest_code_unchecked(t, s, o, lo, hi)
+    }
+}
+
+/// Dithered rounding with one uniform in `[0, 1)` per element of the block:
+/// `k = ⌊(t − o)/s + u⌋`, clamped to `lo..=hi`. For `x = (t − o)/s` inside
+/// the range, `k` is `⌊x⌋ + 1` with probability `x − ⌊x⌋` and `⌊x⌋`
+/// otherwise, so `E[k] = x`; a target that decodes exactly from some code
+/// keeps that code.
+pub(crate) struct Dither<'a>(pub &'a [f32]);
+
+impl Round for Dither<'_> {
+    #[inline(always)]
+    fn code(&self, e: usize, t: f32, s: f32, o: f32, lo: i32, hi: i32) -> i32 {
+        let x = ((t - o) / s).clamp(lo as f32 - 1.0, hi as f32 + 1.0);
+        // A target on the grid keeps its code (the f32 quotient may miss
+        // the integer by an ulp, which a uniform near 0 or 1 would turn
+        // into a step).
+        let k0 = (x.round() as i32).clamp(lo, hi);
+        if k0 as f32 * s + o == t {
+            return k0;
+        }
+        ((x + self.0[e]).floor() as i32).clamp(lo, hi)
     }
 }
 
@@ -73,7 +115,8 @@ fn set_bit(byte: &mut u8, bit: u32, on: bool) {
 /// of `qh` when `qh_at` is given.
 #[allow(clippy::too_many_arguments)]
 #[inline(always)]
-fn reround_legacy(
+fn reround_legacy<R: Round>(
+    r: &R,
     b: &[u8],
     t: &[f32],
     o: &mut [u8],
@@ -90,8 +133,8 @@ fn reround_legacy(
     }
     let t: &[f32; 32] = t.try_into().expect("32-element block");
     let mut q = [0u8; 32];
-    for (qi, &x) in q.iter_mut().zip(t) {
-        *qi = (nearest_code_unchecked(x, d, m, lo, hi) - lo) as u8;
+    for (e, (qi, &x)) in q.iter_mut().zip(t).enumerate() {
+        *qi = (r.code(e, x, d, m, lo, hi) - lo) as u8;
     }
     let qs: &mut [u8; 16] = (&mut o[qs_at..qs_at + 16]).try_into().expect("16 bytes");
     for j in 0..16 {
@@ -108,33 +151,63 @@ fn reround_legacy(
 
 /// Re-rounded candidate for Q4_0: codes `−8..=7` on `k·d`.
 pub fn reround_q4_0(b: &[u8], t: &[f32], o: &mut [u8]) {
-    reround_legacy(b, t, o, None, None, 2, -8, 7);
+    reround_legacy(&Nearest, b, t, o, None, None, 2, -8, 7);
+}
+
+/// Dithered candidate for Q4_0 (`u`: one uniform per element).
+pub fn dither_q4_0(b: &[u8], t: &[f32], u: &[f32], o: &mut [u8]) {
+    reround_legacy(&Dither(u), b, t, o, None, None, 2, -8, 7);
 }
 
 /// Re-rounded candidate for Q4_1: codes `0..=15` on `k·d + m`.
 pub fn reround_q4_1(b: &[u8], t: &[f32], o: &mut [u8]) {
-    reround_legacy(b, t, o, Some(2), None, 4, 0, 15);
+    reround_legacy(&Nearest, b, t, o, Some(2), None, 4, 0, 15);
+}
+
+/// Dithered candidate for Q4_1 (`u`: one uniform per element).
+pub fn dither_q4_1(b: &[u8], t: &[f32], u: &[f32], o: &mut [u8]) {
+    reround_legacy(&Dither(u), b, t, o, Some(2), None, 4, 0, 15);
 }
 
 /// Re-rounded candidate for Q5_0: codes `−16..=15` on `k·d`.
 pub fn reround_q5_0(b: &[u8], t: &[f32], o: &mut [u8]) {
-    reround_legacy(b, t, o, None, Some(2), 6, -16, 15);
+    reround_legacy(&Nearest, b, t, o, None, Some(2), 6, -16, 15);
+}
+
+/// Dithered candidate for Q5_0 (`u`: one uniform per element).
+pub fn dither_q5_0(b: &[u8], t: &[f32], u: &[f32], o: &mut [u8]) {
+    reround_legacy(&Dither(u), b, t, o, None, Some(2), 6, -16, 15);
 }
 
 /// Re-rounded candidate for Q5_1: codes `0..=31` on `k·d + m`.
 pub fn reround_q5_1(b: &[u8], t: &[f32], o: &mut [u8]) {
-    reround_legacy(b, t, o, Some(2), Some(4), 8, 0, 31);
+    reround_legacy(&Nearest, b, t, o, Some(2), Some(4), 8, 0, 31);
+}
+
+/// Dithered candidate for Q5_1 (`u`: one uniform per element).
+pub fn dither_q5_1(b: &[u8], t: &[f32], u: &[f32], o: &mut [u8]) {
+    reround_legacy(&Dither(u), b, t, o, Some(2), Some(4), 8, 0, 31);
 }
 
 /// Re-rounded candidate for Q8_0 (`dequantize_row_q8_0`): any `i8` code
 /// on `k·d`.
 pub fn reround_q8_0(b: &[u8], t: &[f32], o: &mut [u8]) {
+    q8_0(&Nearest, b, t, o);
+}
+
+/// Dithered candidate for Q8_0.
+pub fn dither_q8_0(b: &[u8], t: &[f32], u: &[f32], o: &mut [u8]) {
+    q8_0(&Dither(u), b, t, o);
+}
+
+#[inline(always)]
+fn q8_0<R: Round>(r: &R, b: &[u8], t: &[f32], o: &mut [u8]) {
     let d = le_f16(b, 0);
     if !grid_ok(d, 0.0) {
         return;
     }
-    for (q, &x) in o[2..34].iter_mut().zip(t) {
-        *q = nearest_code_unchecked(x, d, 0.0, -128, 127) as i8 as u8;
+    for (e, (q, &x)) in o[2..34].iter_mut().zip(t).enumerate() {
+        *q = r.code(e, x, d, 0.0, -128, 127) as i8 as u8;
     }
 }
 
@@ -142,6 +215,16 @@ pub fn reround_q8_0(b: &[u8], t: &[f32], o: &mut [u8]) {
 /// `s = e / 16` on `k·(d·sc) − dmin·m`, `k` in `0..=3`, 2-bit code in bit
 /// plane `(s % 8) / 2` of `qs[32·(s / 8) + 16·(s % 2) + e % 16]`.
 pub fn reround_q2_k(b: &[u8], t: &[f32], o: &mut [u8]) {
+    q2_k(&Nearest, b, t, o);
+}
+
+/// Dithered candidate for Q2_K.
+pub fn dither_q2_k(b: &[u8], t: &[f32], u: &[f32], o: &mut [u8]) {
+    q2_k(&Dither(u), b, t, o);
+}
+
+#[inline(always)]
+fn q2_k<R: Round>(r: &R, b: &[u8], t: &[f32], o: &mut [u8]) {
     let d = le_f16(b, 80);
     let min = le_f16(b, 82);
     for (e, &x) in t.iter().enumerate().take(256) {
@@ -149,7 +232,8 @@ pub fn reround_q2_k(b: &[u8], t: &[f32], o: &mut [u8]) {
         let sc = b[s];
         let dl = d * (sc & 0xF) as f32;
         let ml = min * (sc >> 4) as f32;
-        if let Some(k) = nearest_code(x, dl, -ml, 0, 3) {
+        if grid_ok(dl, -ml) {
+            let k = r.code(e, x, dl, -ml, 0, 3);
             let shift = 2 * ((s % 8) / 2) as u32;
             set_bits2(
                 &mut o[16 + 32 * (s / 8) + 16 * (s % 2) + e % 16],
@@ -173,11 +257,22 @@ fn q3_k_scale(s: &[u8], j: usize) -> i32 {
 /// `k` in `−4..=3`, stored as `k + 4`: low two bits like Q2_K (at offset
 /// 32), the third in bit `e / 32` of `hmask[e % 32]`.
 pub fn reround_q3_k(b: &[u8], t: &[f32], o: &mut [u8]) {
+    q3_k(&Nearest, b, t, o);
+}
+
+/// Dithered candidate for Q3_K.
+pub fn dither_q3_k(b: &[u8], t: &[f32], u: &[f32], o: &mut [u8]) {
+    q3_k(&Dither(u), b, t, o);
+}
+
+#[inline(always)]
+fn q3_k<R: Round>(r: &R, b: &[u8], t: &[f32], o: &mut [u8]) {
     let d_all = le_f16(b, 108);
     for (e, &x) in t.iter().enumerate().take(256) {
         let s = e / 16;
         let dl = d_all * q3_k_scale(&b[96..108], s) as f32;
-        if let Some(k) = nearest_code(x, dl, 0.0, -4, 3) {
+        if grid_ok(dl, 0.0) {
+            let k = r.code(e, x, dl, 0.0, -4, 3);
             let u = (k + 4) as u8;
             let shift = 2 * ((s % 8) / 2) as u32;
             set_bits2(&mut o[32 + 32 * (s / 8) + 16 * (s % 2) + e % 16], shift, u);
@@ -194,7 +289,15 @@ pub fn reround_q3_k(b: &[u8], t: &[f32], o: &mut [u8]) {
 /// them; a block with a degenerate sub-block grid (whose codes stay the
 /// base's) takes [`reround_qkx_k_by_element`].
 #[inline(always)]
-fn reround_qkx_k(b: &[u8], t: &[f32], o: &mut [u8], qh_at: Option<usize>, qs_at: usize, nmax: i32) {
+fn reround_qkx_k<R: Round>(
+    r: &R,
+    b: &[u8],
+    t: &[f32],
+    o: &mut [u8],
+    qh_at: Option<usize>,
+    qs_at: usize,
+    nmax: i32,
+) {
     let d = le_f16(b, 0);
     let dmin = le_f16(b, 2);
     let mut codes = [0u8; 256];
@@ -208,10 +311,10 @@ fn reround_qkx_k(b: &[u8], t: &[f32], o: &mut [u8], qh_at: Option<usize>, qs_at:
         let d1 = d * sc as f32;
         let m1 = dmin * m as f32;
         if !grid_ok(d1, -m1) {
-            return reround_qkx_k_by_element(b, t, o, qh_at, qs_at, nmax);
+            return reround_qkx_k_by_element(r, b, t, o, qh_at, qs_at, nmax);
         }
-        for (c, &x) in cs.iter_mut().zip(xs) {
-            *c = nearest_code_unchecked(x, d1, -m1, 0, nmax) as u8;
+        for (i, (c, &x)) in cs.iter_mut().zip(xs).enumerate() {
+            *c = r.code(32 * j + i, x, d1, -m1, 0, nmax) as u8;
         }
     }
     for (pair, qs) in codes
@@ -236,7 +339,8 @@ fn reround_qkx_k(b: &[u8], t: &[f32], o: &mut [u8], qh_at: Option<usize>, qs_at:
 /// [`reround_qkx_k`] one element at a time, leaving the codes of a
 /// sub-block with a degenerate grid as the base's.
 #[cold]
-fn reround_qkx_k_by_element(
+fn reround_qkx_k_by_element<R: Round>(
+    r: &R,
     b: &[u8],
     t: &[f32],
     o: &mut [u8],
@@ -254,8 +358,8 @@ fn reround_qkx_k_by_element(
             continue;
         }
         let mut codes = [0u8; 32];
-        for (c, &x) in codes.iter_mut().zip(xs) {
-            *c = nearest_code_unchecked(x, d1, -m1, 0, nmax) as u8;
+        for (i, (c, &x)) in codes.iter_mut().zip(xs).enumerate() {
+            *c = r.code(32 * j + i, x, d1, -m1, 0, nmax) as u8;
         }
         for (i, &q) in codes.iter().enumerate() {
             set_nibble(&mut o[qs_at + 32 * (j / 2) + i], j % 2 == 1, q);
@@ -268,12 +372,22 @@ fn reround_qkx_k_by_element(
 
 /// Re-rounded candidate for Q4_K.
 pub fn reround_q4_k(b: &[u8], t: &[f32], o: &mut [u8]) {
-    reround_qkx_k(b, t, o, None, 16, 15);
+    reround_qkx_k(&Nearest, b, t, o, None, 16, 15);
+}
+
+/// Dithered candidate for Q4_K.
+pub fn dither_q4_k(b: &[u8], t: &[f32], u: &[f32], o: &mut [u8]) {
+    reround_qkx_k(&Dither(u), b, t, o, None, 16, 15);
 }
 
 /// Re-rounded candidate for Q5_K.
 pub fn reround_q5_k(b: &[u8], t: &[f32], o: &mut [u8]) {
-    reround_qkx_k(b, t, o, Some(16), 48, 31);
+    reround_qkx_k(&Nearest, b, t, o, Some(16), 48, 31);
+}
+
+/// Dithered candidate for Q5_K.
+pub fn dither_q5_k(b: &[u8], t: &[f32], u: &[f32], o: &mut [u8]) {
+    reround_qkx_k(&Dither(u), b, t, o, Some(16), 48, 31);
 }
 
 /// Re-rounded candidate for Q6_K (`dequantize_row_q6_K`): `k·(d·sc)` with
@@ -285,6 +399,16 @@ pub fn reround_q5_k(b: &[u8], t: &[f32], o: &mut [u8]) {
 /// a degenerate sub-block grid (whose codes stay the base's) takes
 /// [`reround_q6_k_by_element`].
 pub fn reround_q6_k(b: &[u8], t: &[f32], o: &mut [u8]) {
+    q6_k(&Nearest, b, t, o);
+}
+
+/// Dithered candidate for Q6_K.
+pub fn dither_q6_k(b: &[u8], t: &[f32], u: &[f32], o: &mut [u8]) {
+    q6_k(&Dither(u), b, t, o);
+}
+
+#[inline(always)]
+fn q6_k<R: Round>(r: &R, b: &[u8], t: &[f32], o: &mut [u8]) {
     let d = le_f16(b, 208);
     let mut codes = [0u8; 256];
     for (j, (xs, cs)) in t
@@ -295,10 +419,10 @@ pub fn reround_q6_k(b: &[u8], t: &[f32], o: &mut [u8]) {
     {
         let s = d * b[192 + j] as i8 as f32;
         if !grid_ok(s, 0.0) {
-            return reround_q6_k_by_element(b, t, o);
+            return reround_q6_k_by_element(r, b, t, o);
         }
-        for (c, &x) in cs.iter_mut().zip(xs) {
-            *c = (nearest_code_unchecked(x, s, 0.0, -32, 31) + 32) as u8;
+        for (i, (c, &x)) in cs.iter_mut().zip(xs).enumerate() {
+            *c = (r.code(16 * j + i, x, s, 0.0, -32, 31) + 32) as u8;
         }
     }
     let (ql, qh) = o[..192].split_at_mut(128);
@@ -318,7 +442,7 @@ pub fn reround_q6_k(b: &[u8], t: &[f32], o: &mut [u8]) {
 /// [`reround_q6_k`] one element at a time, leaving the codes of a
 /// sub-block with a degenerate grid as the base's.
 #[cold]
-fn reround_q6_k_by_element(b: &[u8], t: &[f32], o: &mut [u8]) {
+fn reround_q6_k_by_element<R: Round>(r: &R, b: &[u8], t: &[f32], o: &mut [u8]) {
     let d = le_f16(b, 208);
     for (j, xs) in t.chunks_exact(16).enumerate().take(16) {
         let s = d * b[192 + j] as i8 as f32;
@@ -326,8 +450,8 @@ fn reround_q6_k_by_element(b: &[u8], t: &[f32], o: &mut [u8]) {
             continue;
         }
         let mut codes = [0u8; 16];
-        for (c, &x) in codes.iter_mut().zip(xs) {
-            *c = (nearest_code_unchecked(x, s, 0.0, -32, 31) + 32) as u8;
+        for (i, (c, &x)) in codes.iter_mut().zip(xs).enumerate() {
+            *c = (r.code(16 * j + i, x, s, 0.0, -32, 31) + 32) as u8;
         }
         for (r, &q) in codes.iter().enumerate() {
             let e = 16 * j + r;
@@ -365,7 +489,7 @@ mod tests {
                 "q4_K",
                 (
                     reround_q4_k,
-                    |b, t, o| reround_qkx_k_by_element(b, t, o, None, 16, 15),
+                    |b, t, o| reround_qkx_k_by_element(&Nearest, b, t, o, None, 16, 15),
                     144,
                 ),
             ),
@@ -373,11 +497,18 @@ mod tests {
                 "q5_K",
                 (
                     reround_q5_k,
-                    |b, t, o| reround_qkx_k_by_element(b, t, o, Some(16), 48, 31),
+                    |b, t, o| reround_qkx_k_by_element(&Nearest, b, t, o, Some(16), 48, 31),
                     176,
                 ),
             ),
-            ("q6_K", (reround_q6_k, reround_q6_k_by_element, 210)),
+            (
+                "q6_K",
+                (
+                    reround_q6_k,
+                    |b, t, o| reround_q6_k_by_element(&Nearest, b, t, o),
+                    210,
+                ),
+            ),
         ];
         let mut s = 0x9e37_79b9_7f4a_7c15u64;
         for (name, (fast, slow, ts)) in kernels {
