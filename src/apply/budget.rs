@@ -20,8 +20,8 @@ use std::path::Path;
 use rayon::prelude::*;
 use serde_json::{json, Value};
 
-use crate::model::rows::{add_residual, RowSource};
 use crate::engine::pipeline::dither_key;
+use crate::model::rows::{add_residual, RowSource};
 use crate::quant::stats::ErrorStats;
 use crate::quant::{
     codec, dequantize_row, dither_row, has_dither, quantize_row, search_row, GgmlType, SearchWins,
