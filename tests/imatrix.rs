@@ -259,6 +259,8 @@ fn apply_with_imatrix_encodes_base_plus_residual_weighted() {
         s(&res),
         "-o",
         s(&out),
+        "--strategy",
+        "fresh",
         "--imatrix",
         s(&imatrix_gguf()),
         "-q",
@@ -278,6 +280,100 @@ fn apply_with_imatrix_encodes_base_plus_residual_weighted() {
     };
     let m = Imatrix::open(&imatrix_gguf()).unwrap();
     assert!(check_weighted(&out, &base(), &m, &target) >= 14);
+}
+
+/// Under auto, `--imatrix` leaves the tensors that keep their type to
+/// dithered re-rounding on the base's scales (where importance does not
+/// enter: the same bytes as without it) and encodes the moved ones with
+/// their weights.
+#[test]
+fn auto_with_imatrix_dithers_kept_tensors_and_weights_moved_ones() {
+    let dir = tempfile::tempdir().unwrap();
+    let res = common::tiny("residual-gguf-names.safetensors");
+    let base_path = base();
+    let (with, without) = (
+        dir.path().join("with.gguf"),
+        dir.path().join("without.gguf"),
+    );
+    let run = |out: &Path, extra: &[&str]| {
+        let mut v = vec![
+            "apply",
+            "--base",
+            s(&base_path),
+            "--residual",
+            s(&res),
+            "-o",
+            s(out),
+            "-q",
+        ];
+        v.extend_from_slice(extra);
+        ok(&v);
+    };
+    run(&with, &["--imatrix", s(&imatrix_gguf())]);
+    run(&without, &[]);
+    let (w, wo, b) = (
+        GgufFile::open(&with).unwrap(),
+        GgufFile::open(&without).unwrap(),
+        GgufFile::open(&base()).unwrap(),
+    );
+    let m = Imatrix::open(&imatrix_gguf()).unwrap();
+    let st_bytes = std::fs::read(&res).unwrap();
+    let st = safetensors::SafeTensors::deserialize(&st_bytes).unwrap();
+    let (mut kept, mut moved) = (0, 0);
+    for (i, t) in w.tensors().iter().enumerate() {
+        assert_eq!(
+            t.ty,
+            wo.tensors()[i].ty,
+            "{}: the plan ignores importance",
+            t.name
+        );
+        let has_residual = st.tensor(&t.name).is_ok();
+        if !t.ty.is_quantized() || !has_residual {
+            continue;
+        }
+        if t.ty == b.tensors()[i].ty {
+            assert!(qresidual::quant::has_dither(t.ty), "{}", t.name);
+            assert_eq!(
+                w.tensor_data(i),
+                wo.tensor_data(i),
+                "{}: dithered alike",
+                t.name
+            );
+            assert_ne!(
+                w.tensor_data(i),
+                b.tensor_data(i),
+                "{}: the residual changed nothing",
+                t.name
+            );
+            kept += 1;
+        } else {
+            let mut x = decoded(&b, i);
+            let v = st.tensor(&t.name).unwrap();
+            for (xi, c) in x.iter_mut().zip(v.data().chunks_exact(2)) {
+                *xi += half::f16::from_le_bytes([c[0], c[1]]).to_f32();
+            }
+            let wts = match m.lookup(&t.name, &t.ne).unwrap() {
+                Lookup::Weights(wts) if qresidual::quant::uses_importance(t.ty) => Some(wts),
+                _ => None,
+            };
+            assert_eq!(
+                w.tensor_data(i),
+                &encode(t.ty, &x, t.row_len() as usize, wts)[..],
+                "{}",
+                t.name
+            );
+            if wts.is_some() {
+                assert_ne!(
+                    w.tensor_data(i),
+                    wo.tensor_data(i),
+                    "{}: weights changed nothing",
+                    t.name
+                );
+            }
+            moved += 1;
+        }
+    }
+    assert!(kept > 0 && moved > 0, "kept {kept}, moved {moved}");
 }
 
 fn call(v: &[String]) -> Vec<&str> {

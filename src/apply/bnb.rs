@@ -177,13 +177,15 @@ pub fn apply(req: &ApplyRequest, model: &BnbModel, log: &Log) -> Result<ApplyRes
     if req.keep_scales {
         inputs["scales"] = json!("base");
     }
-    let json = report::to_json("apply", inputs, &rows);
+    let mut json = report::to_json("apply", inputs, &rows);
+    let retention_warning = report::retention_warning(&rows, None);
+    report::add_warning(&mut json, retention_warning.as_deref());
     if let Some(path) = &req.report {
         report::write_report(path, &json)?;
     }
     Ok(ApplyResult {
         outputs: vec![req.output.clone()],
-        retention_warning: report::retention_warning(&rows, None),
+        retention_warning,
         tensors: rows,
         adapter: None,
         plan: None,

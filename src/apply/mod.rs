@@ -102,12 +102,14 @@ impl Rounding {
 }
 
 /// The seed of dithered rounding when `req` dithers: as asked, else by
-/// default under auto on a GGUF base without importance weights (where
-/// tensors that keep their type are re-rounded on the base's grid).
+/// default under auto on a GGUF base (where tensors that keep their type
+/// are re-rounded on the base's grid).
 fn dither_seed(req: &ApplyRequest) -> Option<u64> {
     let dither = match req.rounding {
         Some(r) => r == Rounding::Dither,
-        None => req.strategy == Strategy::Auto && req.imatrix.is_none(),
+        // With --imatrix too: re-rounding keeps the base's scales, so the
+        // importance weights only shape the tensors auto moves to a new type.
+        None => req.strategy == Strategy::Auto,
     };
     dither.then_some(req.seed)
 }
@@ -294,9 +296,6 @@ fn check_request(req: &ApplyRequest) -> Result<()> {
         _ if req.rounding == Some(Rounding::Dither) && req.strategy == Strategy::Fresh => usage(
             "--rounding dither re-rounds codes on the base's grid: it takes --strategy auto or search, not fresh (llama.cpp's own encoding)",
         ),
-        _ if req.rounding == Some(Rounding::Dither) && req.imatrix.is_some() => usage(
-            "--rounding dither keeps the base's scales: it does not take --imatrix",
-        ),
         Strategy::Search if req.imatrix.is_some() => usage(
             "--strategy search measures plain distances: it does not take --imatrix (use --strategy fresh)",
         ),
@@ -450,13 +449,15 @@ fn write_sum(
     if let Some(p) = &plan {
         json["budget"] = p.to_json();
     }
+    let remedy = plan.as_ref().map(remedy);
+    let retention_warning = report::retention_warning(&rows, remedy.as_deref());
+    report::add_warning(&mut json, retention_warning.as_deref());
     if let Some(path) = &req.report {
         report::write_report(path, &json)?;
     }
-    let remedy = plan.as_ref().map(remedy);
     Ok(ApplyResult {
         outputs: paths,
-        retention_warning: report::retention_warning(&rows, remedy.as_deref()),
+        retention_warning,
         tensors: rows,
         adapter: None,
         plan,

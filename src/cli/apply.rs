@@ -87,7 +87,8 @@ Q3_K…Q8_0 for rows of 256, Q4_0…Q8_0 and IQ4_NL for rows of 32; float and 1-
 theirs). --min-retention R raises every tensor with a residual to the cheapest larger type that \
 keeps retention R. --imatrix FILE (llama-imatrix output, GGUF or legacy .dat) encodes with \
 importance weights, bit-exact with llama-quantize --imatrix; it also lets IQ2_XXS bases take a \
-residual.
+residual. Under auto the tensors that keep their type are still re-rounded on the base's scales \
+(dithered), where importance does not enter; the tensors moved to another type are encoded with it.
 
 When the residual carries a base fingerprint (residuals made by `qresidual extract` do), every \
 matched base tensor is dequantized and compared with it; tensors that differ from the residual's \

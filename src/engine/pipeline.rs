@@ -147,6 +147,14 @@ impl Default for Options {
     }
 }
 
+/// Whether rows of type `ty` that keep the base's type go through the
+/// base's blocks: searched, or dithered where `ty` has a dithered
+/// re-rounding (with importance weights and no search, the other types are
+/// encoded with the weights).
+fn searches(opts: &Options, ty: GgmlType) -> bool {
+    opts.search || (opts.dither.is_some() && has_dither(ty))
+}
+
 /// The key of row `row` of tensor `name` for dithered rounding with `seed`
 /// (FNV-1a of the name, mixed with the seed and the row): the same row
 /// draws the same uniforms whatever the chunking or thread count.
@@ -279,12 +287,8 @@ fn encode_chunk_with(
     let mut chunk = Chunk {
         bytes: pool.take(n_rows * out_rb),
         stats: ErrorStats::default(),
-        wins: search_source(
-            base.as_ref(),
-            task.spec.ty,
-            opts.search || opts.dither.is_some(),
-        )
-        .map(|_| SearchWins::default()),
+        wins: search_source(base.as_ref(), task.spec.ty, searches(opts, task.spec.ty))
+            .map(|_| SearchWins::default()),
         saturated: Saturated::default(),
     };
     let mut r = 0;
@@ -366,7 +370,7 @@ fn encode_rows(
     };
 
     let bytes = &mut chunk.bytes[offset..offset + n_rows * out_rb];
-    let searched = search_source(base.as_ref(), out_ty, opts.search || opts.dither.is_some());
+    let searched = search_source(base.as_ref(), out_ty, searches(opts, out_ty));
     // Dithered rows are written whole (no per-block choice) and decoded below.
     let dither = opts
         .dither

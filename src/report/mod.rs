@@ -389,6 +389,17 @@ pub fn to_text(outcomes: &[Row], worst: usize) -> String {
 /// Below this share of the residual surviving requantization, `apply` warns.
 pub const LOW_RETENTION: f64 = 0.5;
 
+/// Adds a warning the run printed to the report's summary (`warnings`);
+/// reports of runs without one keep their bytes.
+pub fn add_warning(report: &mut Value, warning: Option<&str>) {
+    if let Some(w) = warning {
+        match report["summary"]["warnings"].as_array_mut() {
+            Some(list) => list.push(json!(w)),
+            None => report["summary"]["warnings"] = json!([w]),
+        }
+    }
+}
+
 /// A warning when most of the residual was rounded away, with the numbers
 /// and what would keep it: when the pooled retention is below
 /// [`LOW_RETENTION`], or when most tensors with a residual are. The pooled
@@ -524,5 +535,21 @@ mod tests {
             row(100, 0.1, 0.1),
         ];
         assert_eq!(retention_warning(&rows, None), None);
+    }
+
+    #[test]
+    fn a_printed_warning_is_in_the_report_and_a_run_without_one_keeps_its_bytes() {
+        let rows = [row(100, 0.1, 0.1)];
+        let mut report = to_json("apply", json!({}), &rows);
+        let before = report.to_string();
+        add_warning(&mut report, None);
+        assert_eq!(report.to_string(), before);
+        let w = retention_warning(&rows, None);
+        add_warning(&mut report, w.as_deref());
+        add_warning(&mut report, Some("second"));
+        let list = report["summary"]["warnings"].as_array().unwrap();
+        assert_eq!(list.len(), 2);
+        assert_eq!(list[0].as_str(), w.as_deref());
+        assert_eq!(list[1], "second");
     }
 }
