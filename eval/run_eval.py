@@ -73,6 +73,12 @@ OPTIONS = [
     {"label": "auto, λ = 1000", "key": "auto-l1000", "kind": "apply",
      "args": ["--rounding", "nearest", "--delta-weight", "1000"], "needs": ["--delta-weight"],
      "default": False},
+    {"label": "auto, dither, λ = 1000", "key": "auto-dl1000", "kind": "apply",
+     "args": ["--rounding", "dither", "--delta-weight", "1000"], "needs": ["--delta-weight"],
+     "default": False},
+    {"label": "auto, dither, λ = 300", "key": "auto-dl300", "kind": "apply",
+     "args": ["--rounding", "dither", "--delta-weight", "300"], "needs": ["--delta-weight"],
+     "default": False},
     {"label": "budget +0%", "key": "max-size-0", "kind": "apply", "args": ["--max-size", "+0%"],
      "needs": ["--max-size"], "default": False},  # = auto
     {"label": "budget +10%", "key": "max-size-10", "kind": "apply", "args": ["--max-size", "+10%"],
@@ -83,6 +89,13 @@ OPTIONS = [
      "args": ["--strategy", "adapter", "--rank", "16"], "needs": ["- adapter:", "--rank"]},
     {"label": "fresh as Q8_0", "key": "fresh-q8_0", "kind": "apply", "args": ["--type", "q8_0"]},
     {"label": "ideal", "key": "ideal", "kind": "ideal"},
+    # Importance data (eval/imatrix.py: llama-imatrix of b built from the pinned sources).
+    {"label": "fresh, imatrix", "key": "fresh-imatrix", "kind": "apply",
+     "args": ["--strategy", "fresh", "--imatrix", "{imatrix}"], "needs": ["--imatrix"], "default": False},
+    {"label": "auto, imatrix", "key": "auto-imatrix", "kind": "apply",
+     "args": ["--imatrix", "{imatrix}"], "needs": ["--imatrix"], "default": False},
+    {"label": "ideal, imatrix", "key": "ideal-imatrix", "kind": "ideal", "imatrix": True,
+     "default": False},
     # Tensor-class experiment (--classes): fresh, with one class written as Q8_0.
     {"label": "fresh, attn as Q8_0", "key": "class-attn", "kind": "class", "cls": r"\.attn_(q|k|v|output)\.",
      "default": False},
@@ -744,6 +757,19 @@ def build(opt, base_key, args, qr, work, prep):
     kind = opt["kind"]
     if kind == "base":
         return {"path": base, "lora": None, "report": None, "build_s": 0.0}
+    if kind == "ideal" and opt.get("imatrix"):
+        out = work / f"ideal-imatrix-{tag}.gguf"
+        if not out.exists():
+            import imatrix
+            spec = BASES[base_key]
+            ftype = spec["ftype"].removeprefix("LLAMA_FTYPE_MOSTLY_")
+            tmp = pathlib.Path(str(out) + ".partial")
+            cmd = [imatrix.tools()["llama-quantize"], "--imatrix", imatrix.make_imatrix(work)]
+            cmd += ["--pure"] if spec["pure"] else []
+            subprocess.run(cmd + [prep["truth"], tmp, ftype, str(args.threads)], check=True,
+                           stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+            os.replace(tmp, out)
+        return {"path": out, "lora": None, "report": None, "build_s": 0.0}
     if kind == "ideal":
         return {"path": work / f"ideal-{tag}.gguf", "lora": None, "report": None, "build_s": 0.0}
     if kind == "class":
@@ -764,7 +790,11 @@ def build(opt, base_key, args, qr, work, prep):
     recipe = {"args": opt["args"], "binary": qr.sha}
     if not cached(out, recipe):
         rep.unlink(missing_ok=True)
-        t, _ = qr.run("apply", "--base", base, "--residual", prep["delta"], "-o", out, *opt["args"],
+        flags = opt["args"]
+        if "{imatrix}" in flags:
+            import imatrix
+            flags = [str(imatrix.make_imatrix(work)) if f == "{imatrix}" else f for f in flags]
+        t, _ = qr.run("apply", "--base", base, "--residual", prep["delta"], "-o", out, *flags,
                       "--report", rep, "-q", "--threads", args.threads)
         mark(out, recipe)
     if kind == "lora":
