@@ -600,8 +600,51 @@ fn default_auto_is_the_equal_size_budget_dithered_and_nearest_names_the_remedy()
             "dither",
         ],
     );
-    let (nearest, said) = run("nearest", &["--rounding", "nearest"]);
-    let (searched, _) = run("searched", &["--max-size", "+0%", "--strategy", "search"]);
+    // λ = 0: the planner of plain error, under which nearest rounding keeps
+    // the fixture's Q4_K tensors and rounds their residual away (with the
+    // default λ it moves them to types that keep Δ instead).
+    let rep = |n: &str| dir.path().join(format!("{n}.json"));
+    let (nearest_report, lambda_report) = (rep("nearest"), rep("nearest-lambda"));
+    let (nearest, said) = run(
+        "nearest",
+        &[
+            "--rounding",
+            "nearest",
+            "--delta-weight",
+            "0",
+            "--report",
+            nearest_report.to_str().unwrap(),
+        ],
+    );
+    let (searched, _) = run(
+        "searched",
+        &[
+            "--max-size",
+            "+0%",
+            "--strategy",
+            "search",
+            "--delta-weight",
+            "0",
+        ],
+    );
+    run(
+        "nearest-lambda",
+        &[
+            "--rounding",
+            "nearest",
+            "--report",
+            lambda_report.to_str().unwrap(),
+        ],
+    );
+    let retention = |p: &std::path::Path| {
+        let j: serde_json::Value =
+            serde_json::from_str(&std::fs::read_to_string(p).unwrap()).unwrap();
+        j["summary"]["residual_tensors"]["retention"]
+            .as_f64()
+            .unwrap()
+    };
+    let (r0, r) = (retention(&nearest_report), retention(&lambda_report));
+    assert!(r > r0 + 0.1, "the default λ keeps more of Δ: {r} vs {r0}");
     let (fresh, _) = run("fresh", &["--strategy", "fresh"]);
     // The default is the same file as the explicit equal-size budget with
     // dithered rounding; with nearest rounding, the equal-size budget

@@ -79,7 +79,10 @@ rounding made no difference: 0.084 either way).
 --delta-weight λ prices the lost part of the residual in the planner of auto and the budgets: \
 each candidate type costs ‖out − sum‖²/‖sum‖² + λ·‖αΔ‖²·(1 − retention)²/‖sum‖², the second \
 term being the error along Δ, which moves every output the same way where incoherent rounding \
-noise averages out. With λ = 0 (the default) only the plain error counts.
+noise averages out. The default λ = 300 is fitted to the measured KL divergence of real \
+fine-tuning deltas: with it the estimate orders the outputs as their KL does, and on a tiny llama \
+the default kept 96 % of the fine-tune's gain on Q4_K_M instead of 88 % (Q4_0: 93 % instead of \
+78 %). --delta-weight 0 counts only the plain error (the former planner).
 
 Budgets (GGUF bases, --type keep): --max-size SIZE (250M, 2G, or relative to the base's tensor \
 data: +10%, +0%, -5%) or --bpw X choose the types as auto does under that budget (candidates \
