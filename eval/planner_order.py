@@ -17,7 +17,9 @@ pair of options the estimate orders against a KL difference larger than two stan
   python3 eval/planner_order.py --work /path/to/gemma --delta ft60 --bases q4_k_m
   python3 eval/planner_order.py --work /path/to/tiny-real --delta ft60 --out-md eval/planner-order-tiny.md
 
-Adapters are left out: they do not change the weights the planner measures.
+Adapters are left out: they do not change the weights the planner measures. The ideals
+(the fine-tuned model quantized by llama.cpp) are listed but not ranked: they are made from
+the fine-tuned weights, which the planner never sees.
 """
 import argparse
 import json
@@ -139,16 +141,19 @@ def main():
             g = f"{100 * gain:.1f} %" if gain is not None else "–"
             md.append(f"| {labels[key]} | {kl:.4f} ± {se:.4f} | " + " | ".join(f"{e:.3e}" for e in est) + f" | {g} |")
         md.append("")
-        kl = [t[1] for t in table]
+        # The ideals are quantized from the fine-tuned model itself, which the planner never
+        # sees: shown for reference, not ranked.
+        ranked = [t for t in table if kinds[t[0]] != "ideal"]
+        kl = [t[1] for t in ranked]
         for li, lam in enumerate(lams):
-            est = [t[3][li] for t in table]
+            est = [t[3][li] for t in ranked]
             wrong = []
-            for i in range(len(table)):
-                for j in range(i + 1, len(table)):
-                    gap = table[j][1] - table[i][1]
-                    if gap > 2 * math.hypot(table[i][2], table[j][2]) and est[i] > est[j]:
-                        wrong.append(f"{labels[table[i][0]]} < {labels[table[j][0]]}")
-            md.append(f"- λ = {lam:g}: Kendall τ {kendall(est, kl):+.2f} over {len(table)} options; "
+            for i in range(len(ranked)):
+                for j in range(i + 1, len(ranked)):
+                    gap = ranked[j][1] - ranked[i][1]
+                    if gap > 2 * math.hypot(ranked[i][2], ranked[j][2]) and est[i] > est[j]:
+                        wrong.append(f"{labels[ranked[i][0]]} < {labels[ranked[j][0]]}")
+            md.append(f"- λ = {lam:g}: Kendall τ {kendall(est, kl):+.2f} over {len(ranked)} outputs made from the base; "
                       f"pairs ordered against a KL difference > 2 SE: "
                       + (", ".join(wrong) if wrong else "none"))
         md.append("")

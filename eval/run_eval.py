@@ -89,6 +89,9 @@ OPTIONS = [
      "args": ["--strategy", "adapter", "--rank", "16"], "needs": ["- adapter:", "--rank"]},
     {"label": "fresh as Q8_0", "key": "fresh-q8_0", "kind": "apply", "args": ["--type", "q8_0"]},
     {"label": "ideal", "key": "ideal", "kind": "ideal"},
+    # The floor of every output made from the user's base: base + Δ exactly, in F32.
+    {"label": "base + Δ in F32", "key": "sum-f32", "kind": "apply", "args": ["--type", "f32"],
+     "default": False},
     # Importance data (eval/imatrix.py: llama-imatrix of b built from the pinned sources).
     {"label": "fresh, imatrix", "key": "fresh-imatrix", "kind": "apply",
      "args": ["--strategy", "fresh", "--imatrix", "{imatrix}"], "needs": ["--imatrix"], "default": False},
