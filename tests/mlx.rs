@@ -46,29 +46,45 @@ fn opens_with_per_module_bits() {
         .all(|w| !w.name.ends_with(".scales") && !w.name.ends_with(".biases")));
 }
 
-#[test]
-fn dequantization_equals_mx_dequantize() {
-    let model = Model::open(&base()).unwrap();
-    let want = std::fs::read(base().join(format!("reference/{K_PROJ}.f32"))).unwrap();
-    let got: Vec<u8> = common::decoded(&model, K_PROJ)
-        .iter()
-        .flat_map(|v| v.to_le_bytes())
-        .collect();
-    assert_eq!(got, want);
+/// Weights `names` of `folder`, decoded through `Model` and written by
+/// `dequantize --type f32`, begin with the bytes of `reference/NAME.f32`
+/// (`mx.dequantize`'s output, stored by fixtures/make_tiny_mlx.py).
+fn assert_matches_references(folder: &std::path::Path, names: &[&str]) {
+    let model = Model::open(folder).unwrap();
     let d = Dir::new();
     let out = d.p("f32");
     ok(&[
         "dequantize",
         "-q",
-        s(&base()),
+        s(folder),
         "-o",
         s(&out),
         "--type",
         "f32",
     ]);
-    let m = SafetensorsModel::open(&out).unwrap();
-    assert_eq!(m.data(m.get(K_PROJ).unwrap()), &want[..]);
     assert_eq!(Format::detect(&out).unwrap(), Format::Safetensors);
+    let m = SafetensorsModel::open(&out).unwrap();
+    for name in names {
+        let want = std::fs::read(folder.join(format!("reference/{name}.f32"))).unwrap();
+        let got: Vec<u8> = common::decoded(&model, name)
+            .iter()
+            .flat_map(|v| v.to_le_bytes())
+            .collect();
+        assert_eq!(&got[..want.len()], &want[..], "{name}");
+        assert_eq!(
+            &m.data(m.get(name).unwrap())[..want.len()],
+            &want[..],
+            "{name}"
+        );
+    }
+}
+
+#[test]
+fn dequantization_equals_mx_dequantize() {
+    // The whole tensor.
+    let want = std::fs::metadata(base().join(format!("reference/{K_PROJ}.f32"))).unwrap();
+    assert_eq!(want.len(), 128 * 256 * 4);
+    assert_matches_references(&base(), &[K_PROJ]);
 }
 
 #[test]
@@ -122,6 +138,22 @@ fn apply_keep_rewrites_only_what_changed() {
         assert_eq!(g, &want[..]);
     }
     assert!(out.join("model.safetensors.index.json").is_file());
+}
+
+/// `dequantize` of `folder` fails with one line holding `needles`, and
+/// writes nothing.
+fn assert_dequantize_fails(d: &Dir, folder: &std::path::Path, needles: &[&str]) {
+    let out = d.p("out");
+    let o = run(&[
+        "dequantize",
+        "-q",
+        s(folder),
+        "-o",
+        s(&out),
+        "--type",
+        "f16",
+    ]);
+    assert_fails(&o, 1, needles, &out);
 }
 
 /// The fixture with its tensors edited, and its config.json as `config`.
@@ -185,17 +217,7 @@ fn bad_inputs_name_file_and_tensor_and_write_nothing() {
         ),
     ];
     for (folder, needles) in cases {
-        let out = d.p("out");
-        let o = run(&[
-            "dequantize",
-            "-q",
-            s(&folder),
-            "-o",
-            s(&out),
-            "--type",
-            "f16",
-        ]);
-        assert_fails(&o, 1, &needles, &out);
+        assert_dequantize_fails(&d, &folder, &needles);
     }
 }
 
@@ -225,33 +247,8 @@ fn float_modes_open_with_per_module_modes() {
 
 #[test]
 fn float_dequantization_equals_mx_dequantize() {
-    let model = Model::open(&float_base()).unwrap();
-    let d = Dir::new();
-    let out = d.p("bf16");
-    ok(&[
-        "dequantize",
-        "-q",
-        s(&float_base()),
-        "-o",
-        s(&out),
-        "--type",
-        "f32",
-    ]);
-    let m = SafetensorsModel::open(&out).unwrap();
-    for name in [NV_K_PROJ, MXFP8_DOWN, MXFP4_Q] {
-        // The first 16 rows, as mx.dequantize (bfloat16) gives them.
-        let want = std::fs::read(float_base().join(format!("reference/{name}.f32"))).unwrap();
-        let got: Vec<u8> = common::decoded(&model, name)
-            .iter()
-            .flat_map(|v| v.to_le_bytes())
-            .collect();
-        assert_eq!(&got[..want.len()], &want[..], "{name}");
-        assert_eq!(
-            &m.data(m.get(name).unwrap())[..want.len()],
-            &want[..],
-            "{name}"
-        );
-    }
+    // The first 16 rows of each, as mx.dequantize (bfloat16) gives them.
+    assert_matches_references(&float_base(), &[NV_K_PROJ, MXFP8_DOWN, MXFP4_Q]);
 }
 
 #[test]
@@ -430,17 +427,7 @@ fn float_bad_inputs_name_file_and_tensor_and_write_nothing() {
         ),
     ];
     for (folder, needles) in cases {
-        let out = d.p("out");
-        let o = run(&[
-            "dequantize",
-            "-q",
-            s(&folder),
-            "-o",
-            s(&out),
-            "--type",
-            "f16",
-        ]);
-        assert_fails(&o, 1, &needles, &out);
+        assert_dequantize_fails(&d, &folder, &needles);
     }
 }
 
@@ -454,15 +441,5 @@ fn float_non_finite_scale_names_file_and_tensor() {
         let x = t.iter_mut().find(|x| x.0 == q_scales).unwrap();
         x.3[5] = 255;
     });
-    let out = d.p("out");
-    let o = run(&[
-        "dequantize",
-        "-q",
-        s(&folder),
-        "-o",
-        s(&out),
-        "--type",
-        "f16",
-    ]);
-    assert_fails(&o, 1, &["inf/model.safetensors", MXFP4_Q], &out);
+    assert_dequantize_fails(&d, &folder, &["inf/model.safetensors", MXFP4_Q]);
 }

@@ -193,7 +193,7 @@ pub enum Storage {
     Int8,
     /// `float8_e4m3fn` codes with block scales.
     Fp8(Fp8Layout),
-    /// MLX affine groups.
+    /// MLX affine groups or a float mode.
     Mlx(MlxLayout),
     /// compressed-tensors packed integers with group scales.
     Packed(PackedLayout),
@@ -324,7 +324,7 @@ impl BnbModel {
             Error::format(
                 &config_path,
                 format!(
-                    "quantization_config {} is neither bitsandbytes, FP8 (quant_method fp8, or compressed-tensors float-quantized) nor MLX affine",
+                    "quantization_config {} is neither bitsandbytes, FP8 (quant_method fp8, or compressed-tensors float-quantized) nor MLX",
                     config["quantization_config"]
                 ),
             )
@@ -950,7 +950,7 @@ pub enum OutStorage {
     },
     /// LLM.int8, quantized from float16.
     Int8,
-    /// MLX affine groups recomputed as `mx.quantize` does, from the sum
+    /// MLX groups (affine or a float mode) recomputed as `mx.quantize` does, from the sum
     /// rounded to the scales' dtype.
     Mlx(MlxLayout),
     /// Packed integers re-rounded on the base's own group scales (which

@@ -340,7 +340,9 @@ mod tests {
             assert!(packed.iter().all(|&b| b == 0));
             let neutral = if mode == FpMode::Nvfp4 { 0 } else { 127 };
             assert!(scales.iter().all(|&s| s == neutral), "{mode:?} {scales:?}");
-            assert!(round_trip(&x, mode, Precision::Bf16).iter().all(|&v| v == 0.0));
+            assert!(round_trip(&x, mode, Precision::Bf16)
+                .iter()
+                .all(|&v| v == 0.0));
         }
     }
 
@@ -394,7 +396,10 @@ mod tests {
             let mut x = vec![0f32; 32];
             x[3] = 1e-40;
             let err = quantize_row(&x, mode, Precision::F32).unwrap_err();
-            assert!(matches!(err, QuantError::OutOfRange { index: 0, .. }), "{err:?}");
+            assert!(
+                matches!(err, QuantError::OutOfRange { index: 0, .. }),
+                "{err:?}"
+            );
             assert!(err.to_string().contains("2^-127"), "{err}");
         }
     }
