@@ -261,9 +261,9 @@ def main():
     make_mlx_float(a.layers, [m for m in MLX_FLOAT if not only or m in only])
     print(f"{'format':<12} {'ours s':>8} {'ref s':>8} {'ref/ours':>9} {'ours cpu':>9} {'ref cpu':>8} "
           f"{'ref/ours':>9}  weights bit-equal")
-    for name, ref in [("fp8-block", reference_fp8), ("fp8-channel", reference_fp8), ("int4", reference_packed),
-                      ("mlx4", reference_mlx), ("gptq4", reference_gptq), ("awq4", reference_gptq)]
-                     + [(m, reference_mlx) for m in MLX_FLOAT]:
+    formats = [("fp8-block", reference_fp8), ("fp8-channel", reference_fp8), ("int4", reference_packed),
+               ("mlx4", reference_mlx), ("gptq4", reference_gptq), ("awq4", reference_gptq)]
+    for name, ref in formats + [(m, reference_mlx) for m in MLX_FLOAT]:
         if only and name not in only:
             continue
         folder = OUT / name
