@@ -7,6 +7,7 @@ default, bfloat16) is quantized by the references themselves into target/bench-f
   fp8-channel  compressed-tensors float-quantized, per channel
   int4         compressed-tensors pack-quantized, symmetric int4, groups of 64
   mlx4         mlx-lm quantize_model (4 bits, groups of 64)
+  mxfp4, mxfp8, nvfp4   mlx-lm quantize_model in MLX's float modes
   gptq4        GPTQ v1, 4 bits, groups of 64, act-order, and
   awq4         AWQ GEMM, 4 bits, groups of 64: fixtures/make_tiny_gptq.py's round-to-nearest
                packing (no GPTQ/AWQ package is installed); their references are that script's
@@ -22,7 +23,7 @@ and CPU seconds (user + sys, all threads), each the best of --repeat, and refere
 (above 1: ours is faster). On a shared machine the wall time depends on other load. The outputs are compared
 weight by weight (f32 bits) after the timing.
 
-Usage: python3 benches/bench_formats.py [--layers 4] [--repeat 3] [--only gptq4,awq4]
+Usage: python3 benches/bench_formats.py [--layers 4] [--repeat 3] [--only gptq4,awq4,mxfp4]
 """
 import argparse
 import os
@@ -93,18 +94,38 @@ def make_models(layers):
 
 
 GPTQ = {"gptq4": "gptq_w4g64_act", "awq4": "awq_w4g64"}
+MLX_FLOAT = ["mxfp4", "mxfp8", "nvfp4"]
 
 
-def make_gptq(layers):
-    """gptq4 and awq4 from the bf16 model (made here if make_models has not run)."""
-    import sys
-    import torch
-    sys.path.insert(0, str(ROOT / "fixtures"))
-    from make_tiny_gptq import VARIANTS, write_variant
+def bf16_source(layers):
+    """The bf16 model (made here if make_models has not run)."""
     src = OUT / "bf16"
     if not (src / "config.json").is_file():
         OUT.mkdir(parents=True, exist_ok=True)
         llama(layers).save_pretrained(src)
+    return src
+
+
+def make_mlx_float(layers, names):
+    """MLX's float modes by mlx-lm, from the bf16 model."""
+    from mlx_lm.utils import load_model, quantize_model, save_config, save_model
+    src = bf16_source(layers)
+    for mode in names:
+        if not (OUT / mode / "config.json").is_file():
+            model, config = load_model(src)
+            model, config = quantize_model(model, config, None, None, mode=mode)
+            (OUT / mode).mkdir()
+            save_model(OUT / mode, model)
+            save_config(config, OUT / mode / "config.json")
+
+
+def make_gptq(layers):
+    """gptq4 and awq4 from the bf16 model."""
+    import sys
+    import torch
+    sys.path.insert(0, str(ROOT / "fixtures"))
+    from make_tiny_gptq import VARIANTS, write_variant
+    src = bf16_source(layers)
     gen = torch.Generator().manual_seed(3)
     for name, variant in GPTQ.items():
         if not (OUT / name / "config.json").is_file():
@@ -194,8 +215,10 @@ def reference_mlx(folder, out):
     for k in t:
         if k.endswith(".scales"):
             m = k[: -len(".scales")]
-            res[m + ".weight"] = mx.dequantize(t[m + ".weight"], t[k], t[m + ".biases"],
-                                               group_size=q["group_size"], bits=q["bits"]).astype(mx.float32)
+            p = {**q, **q.get(m, {})}
+            res[m + ".weight"] = mx.dequantize(t[m + ".weight"], t[k], t.get(m + ".biases"),
+                                               group_size=p["group_size"], bits=p["bits"],
+                                               mode=p.get("mode", "affine")).astype(mx.float32)
         elif not k.endswith((".weight", ".biases")) or k[: -len(".weight")] + ".scales" not in t:
             if not k.endswith(".biases"):
                 res[k] = t[k].astype(mx.float32)
@@ -231,13 +254,16 @@ def main():
     ap.add_argument("--only", default="", help="comma-separated formats (default: all)")
     a = ap.parse_args()
     only = set(filter(None, a.only.split(",")))
-    if not only or only - set(GPTQ):
+    if not only or only - set(GPTQ) - set(MLX_FLOAT):
         make_models(a.layers)
-    make_gptq(a.layers)
+    if not only or only & set(GPTQ):
+        make_gptq(a.layers)
+    make_mlx_float(a.layers, [m for m in MLX_FLOAT if not only or m in only])
     print(f"{'format':<12} {'ours s':>8} {'ref s':>8} {'ref/ours':>9} {'ours cpu':>9} {'ref cpu':>8} "
           f"{'ref/ours':>9}  weights bit-equal")
-    for name, ref in [("fp8-block", reference_fp8), ("fp8-channel", reference_fp8), ("int4", reference_packed),
-                      ("mlx4", reference_mlx), ("gptq4", reference_gptq), ("awq4", reference_gptq)]:
+    formats = [("fp8-block", reference_fp8), ("fp8-channel", reference_fp8), ("int4", reference_packed),
+               ("mlx4", reference_mlx), ("gptq4", reference_gptq), ("awq4", reference_gptq)]
+    for name, ref in formats + [(m, reference_mlx) for m in MLX_FLOAT]:
         if only and name not in only:
             continue
         folder = OUT / name

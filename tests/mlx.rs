@@ -1,5 +1,6 @@
-//! mlx-lm folders in MLX's affine mode (fixtures/tiny_mlx, written by
-//! mlx-lm, fixtures/make_tiny_mlx.py): reading through `Model`,
+//! mlx-lm folders in MLX's affine mode and its float modes mxfp4, mxfp8 and
+//! nvfp4 (fixtures/tiny_mlx/affine and /float, written by mlx-lm,
+//! fixtures/make_tiny_mlx.py): reading through `Model`,
 //! dequantization against `mx.dequantize`'s stored output, `apply`, and bad
 //! inputs. The comparisons with MLX run live in tests/interop/test_mlx.py.
 
@@ -7,6 +8,7 @@ use std::path::PathBuf;
 
 use qresidual::format::st::SafetensorsModel;
 use qresidual::model::{Format, Model};
+use qresidual::quant::mlx::fp::{self as mlx_fp, FpMode};
 use qresidual::quant::mlx::{self, Precision};
 use safetensors::Dtype;
 
@@ -44,29 +46,45 @@ fn opens_with_per_module_bits() {
         .all(|w| !w.name.ends_with(".scales") && !w.name.ends_with(".biases")));
 }
 
-#[test]
-fn dequantization_equals_mx_dequantize() {
-    let model = Model::open(&base()).unwrap();
-    let want = std::fs::read(base().join(format!("reference/{K_PROJ}.f32"))).unwrap();
-    let got: Vec<u8> = common::decoded(&model, K_PROJ)
-        .iter()
-        .flat_map(|v| v.to_le_bytes())
-        .collect();
-    assert_eq!(got, want);
+/// Weights `names` of `folder`, decoded through `Model` and written by
+/// `dequantize --type f32`, begin with the bytes of `reference/NAME.f32`
+/// (`mx.dequantize`'s output, stored by fixtures/make_tiny_mlx.py).
+fn assert_matches_references(folder: &std::path::Path, names: &[&str]) {
+    let model = Model::open(folder).unwrap();
     let d = Dir::new();
     let out = d.p("f32");
     ok(&[
         "dequantize",
         "-q",
-        s(&base()),
+        s(folder),
         "-o",
         s(&out),
         "--type",
         "f32",
     ]);
-    let m = SafetensorsModel::open(&out).unwrap();
-    assert_eq!(m.data(m.get(K_PROJ).unwrap()), &want[..]);
     assert_eq!(Format::detect(&out).unwrap(), Format::Safetensors);
+    let m = SafetensorsModel::open(&out).unwrap();
+    for name in names {
+        let want = std::fs::read(folder.join(format!("reference/{name}.f32"))).unwrap();
+        let got: Vec<u8> = common::decoded(&model, name)
+            .iter()
+            .flat_map(|v| v.to_le_bytes())
+            .collect();
+        assert_eq!(&got[..want.len()], &want[..], "{name}");
+        assert_eq!(
+            &m.data(m.get(name).unwrap())[..want.len()],
+            &want[..],
+            "{name}"
+        );
+    }
+}
+
+#[test]
+fn dequantization_equals_mx_dequantize() {
+    // The whole tensor.
+    let want = std::fs::metadata(base().join(format!("reference/{K_PROJ}.f32"))).unwrap();
+    assert_eq!(want.len(), 128 * 256 * 4);
+    assert_matches_references(&base(), &[K_PROJ]);
 }
 
 #[test]
@@ -122,6 +140,22 @@ fn apply_keep_rewrites_only_what_changed() {
     assert!(out.join("model.safetensors.index.json").is_file());
 }
 
+/// `dequantize` of `folder` fails with one line holding `needles`, and
+/// writes nothing.
+fn assert_dequantize_fails(d: &Dir, folder: &std::path::Path, needles: &[&str]) {
+    let out = d.p("out");
+    let o = run(&[
+        "dequantize",
+        "-q",
+        s(folder),
+        "-o",
+        s(&out),
+        "--type",
+        "f16",
+    ]);
+    assert_fails(&o, 1, needles, &out);
+}
+
 /// The fixture with its tensors edited, and its config.json as `config`.
 fn edited(d: &Dir, name: &str, config: &str, edit: impl Fn(&mut common::StTensors)) -> PathBuf {
     common::edited_folder(&base(), d, name, config, edit)
@@ -164,21 +198,248 @@ fn bad_inputs_name_file_and_tensor_and_write_nothing() {
             vec!["bits5/model.safetensors", "bits 5"],
         ),
         (
-            edited(&d, "mode", &cfg.replace("\"affine\"", "\"mxfp4\""), |_| {}),
-            vec!["mode/config.json", "MLX quantization mode mxfp4"],
+            edited(&d, "mode", &cfg.replace("\"affine\"", "\"fp16\""), |_| {}),
+            vec!["mode/config.json", "MLX quantization mode fp16"],
+        ),
+        (
+            // A float mode declared over affine tensors: their biases.
+            edited(
+                &d,
+                "asfloat",
+                &cfg.replace("\"affine\"", "\"mxfp4\""),
+                |_| {},
+            ),
+            vec![
+                "asfloat/model.safetensors",
+                ".biases",
+                "mode mxfp4 stores no biases",
+            ],
         ),
     ];
     for (folder, needles) in cases {
-        let out = d.p("out");
-        let o = run(&[
-            "dequantize",
-            "-q",
-            s(&folder),
-            "-o",
-            s(&out),
-            "--type",
-            "f16",
-        ]);
-        assert_fails(&o, 1, &needles, &out);
+        assert_dequantize_fails(&d, &folder, &needles);
     }
+}
+
+fn float_base() -> PathBuf {
+    common::fixture_in("tiny_mlx", "float")
+}
+
+const NV_K_PROJ: &str = "model.layers.0.self_attn.k_proj.weight";
+const MXFP8_DOWN: &str = "model.layers.0.mlp.down_proj.weight";
+const MXFP4_Q: &str = "model.layers.0.self_attn.q_proj.weight";
+
+#[test]
+fn float_modes_open_with_per_module_modes() {
+    assert_eq!(Format::detect(&float_base()).unwrap(), Format::Mlx);
+    let model = Model::open(&float_base()).unwrap();
+    let weights = model.weights().unwrap();
+    let label = |n: &str| {
+        let w = weights.iter().find(|w| w.name == n).unwrap();
+        (w.type_name.clone(), w.shape.clone())
+    };
+    assert_eq!(label(NV_K_PROJ), ("nvfp4".into(), vec![128, 256]));
+    assert_eq!(label(MXFP8_DOWN), ("mxfp8".into(), vec![256, 384]));
+    assert_eq!(label(MXFP4_Q), ("mxfp4".into(), vec![256, 256]));
+    assert_eq!(label("model.layers.1.mlp.up_proj.weight").0, "mlx4");
+    assert_eq!(label("model.embed_tokens.weight").0, "mxfp4");
+}
+
+#[test]
+fn float_dequantization_equals_mx_dequantize() {
+    // The first 16 rows of each, as mx.dequantize (bfloat16) gives them.
+    assert_matches_references(&float_base(), &[NV_K_PROJ, MXFP8_DOWN, MXFP4_Q]);
+}
+
+#[test]
+fn float_apply_keep_requantizes_as_the_codec() {
+    let d = Dir::new();
+    let res = d.p("r.safetensors");
+    let k: Vec<f32> = (0..128 * 256)
+        .map(|i| 0.004 * ((i % 13) as f32 - 6.0))
+        .collect();
+    let down: Vec<f32> = (0..256 * 384)
+        .map(|i| 0.002 * ((i % 7) as f32 - 3.0))
+        .collect();
+    write_st(
+        &res,
+        &[
+            (NV_K_PROJ, Dtype::F16, vec![128, 256], common::f16_bytes(&k)),
+            (
+                MXFP8_DOWN,
+                Dtype::F16,
+                vec![256, 384],
+                common::f16_bytes(&down),
+            ),
+        ],
+    );
+    let out = d.p("out");
+    ok(&[
+        "apply",
+        "-q",
+        "--base",
+        s(&float_base()),
+        "--residual",
+        s(&res),
+        "-o",
+        s(&out),
+        "--type",
+        "keep",
+    ]);
+    let (b, o) = (
+        SafetensorsModel::open(&float_base()).unwrap(),
+        SafetensorsModel::open(&out).unwrap(),
+    );
+    assert_eq!(b.tensors().len(), o.tensors().len());
+    for t in b.tensors() {
+        let ot = o.get(&t.name).unwrap();
+        assert_eq!((ot.dtype, &ot.shape), (t.dtype, &t.shape), "{}", t.name);
+        let changed = t.name.starts_with("model.layers.0.self_attn.k_proj.")
+            || t.name.starts_with("model.layers.0.mlp.down_proj.");
+        assert_eq!(b.data(t) == o.data(ot), !changed, "{}", t.name);
+    }
+    // The codec's requantization of the sum rounded to bf16 (the model's
+    // dtype), row by row; tests/interop/test_mlx.py checks it against
+    // mx.quantize.
+    let (bm, om) = (
+        Model::open(&float_base()).unwrap(),
+        Model::open(&out).unwrap(),
+    );
+    for (name, delta, mode, cols) in [
+        (NV_K_PROJ, &k, FpMode::Nvfp4, 256),
+        (MXFP8_DOWN, &down, FpMode::Mxfp8, 384),
+    ] {
+        let exact: Vec<f32> = common::decoded(&bm, name)
+            .iter()
+            .zip(delta.iter())
+            .map(|(x, y)| half::bf16::from_f32(x + half::f16::from_f32(*y).to_f32()).to_f32())
+            .collect();
+        let got = common::decoded(&om, name);
+        for (e, g) in exact.chunks(cols).zip(got.chunks(cols)) {
+            let (p, sc) = mlx_fp::quantize_row(e, mode, Precision::Bf16).unwrap();
+            let mut want = vec![0f32; cols];
+            mlx_fp::dequantize_row(&p, &sc, mode, Precision::Bf16, &mut want);
+            assert_eq!(g, &want[..], "{name}");
+        }
+    }
+    let cfg = |p: &PathBuf| std::fs::read(p.join("config.json")).unwrap();
+    assert_eq!(cfg(&out), cfg(&float_base()));
+}
+
+#[test]
+fn float_bad_inputs_name_file_and_tensor_and_write_nothing() {
+    let d = Dir::new();
+    let cfg = std::fs::read_to_string(float_base().join("config.json")).unwrap();
+    let edited = |name: &str, config: &str, edit: &dyn Fn(&mut common::StTensors)| {
+        common::edited_folder(&float_base(), &d, name, config, edit)
+    };
+    let scales = "model.layers.0.self_attn.k_proj.scales";
+    // config.json with one key of `"quantization"` (or of its k_proj
+    // override) set.
+    let set = |module: Option<&str>, key: &str, v: serde_json::Value| {
+        let mut c: serde_json::Value = serde_json::from_str(&cfg).unwrap();
+        let q = &mut c["quantization"];
+        let q = match module {
+            Some(m) => &mut q[m],
+            None => q,
+        };
+        assert!(q.get(key).is_some(), "{key}");
+        q[key] = v;
+        c.to_string()
+    };
+    let k = Some("model.layers.0.self_attn.k_proj");
+    let cases: Vec<(PathBuf, Vec<&str>)> = vec![
+        (
+            // Without its scales the U32 codes are no weight MLX wrote.
+            edited("noscales", &cfg, &|t| t.retain(|x| x.0 != scales)),
+            vec!["noscales/model.safetensors", NV_K_PROJ, "U32 codes without"],
+        ),
+        (
+            // mxfp8's packing where the config says nvfp4 (4 bits).
+            edited("packing", &set(k, "bits", 8.into()), &|_| {}),
+            vec![
+                "packing/model.safetensors",
+                NV_K_PROJ,
+                "nvfp4 takes group_size 16 and 4 bits",
+            ],
+        ),
+        (
+            edited("shape", &cfg, &|t| {
+                let x = t.iter_mut().find(|x| x.0 == scales).unwrap();
+                x.2 = vec![64, 32];
+            }),
+            vec!["shape/model.safetensors", NV_K_PROJ, "must be U32 [64, 64]"],
+        ),
+        (
+            edited("dtype", &cfg, &|t| {
+                let x = t.iter_mut().find(|x| x.0 == scales).unwrap();
+                x.1 = Dtype::I8;
+            }),
+            vec![
+                "dtype/model.safetensors",
+                scales,
+                "nvfp4 scales must be U8, found I8",
+            ],
+        ),
+        (
+            edited("biases", &cfg, &|t| {
+                let x = t.iter().find(|x| x.0 == scales).unwrap().clone();
+                t.push((
+                    "model.layers.0.self_attn.k_proj.biases".into(),
+                    x.1,
+                    x.2,
+                    x.3,
+                ));
+            }),
+            vec![
+                "biases/model.safetensors",
+                "k_proj.biases",
+                "nvfp4 stores no biases",
+            ],
+        ),
+        (
+            edited("global", &cfg, &|t| {
+                let g = (
+                    "model.layers.0.self_attn.k_proj.global_scale".into(),
+                    Dtype::F32,
+                    vec![1],
+                    vec![0, 0, 128, 63],
+                );
+                t.push(g);
+            }),
+            vec![
+                "global/model.safetensors",
+                "k_proj.global_scale",
+                "nvfp4 with a global scale is not read",
+            ],
+        ),
+        (
+            edited("mode", &set(k, "mode", "mxint4".into()), &|_| {}),
+            vec![
+                "mode/model.safetensors",
+                NV_K_PROJ,
+                "MLX quantization mode mxint4 is not read",
+            ],
+        ),
+        (
+            edited("topmode", &set(None, "mode", "fp6".into()), &|_| {}),
+            vec!["topmode/config.json", "MLX quantization mode fp6"],
+        ),
+    ];
+    for (folder, needles) in cases {
+        assert_dequantize_fails(&d, &folder, &needles);
+    }
+}
+
+#[test]
+fn float_non_finite_scale_names_file_and_tensor() {
+    // E8M0 byte 255 decodes to inf in MLX: the base is refused, nothing written.
+    let d = Dir::new();
+    let cfg = std::fs::read_to_string(float_base().join("config.json")).unwrap();
+    let q_scales = "model.layers.0.self_attn.q_proj.scales";
+    let folder = common::edited_folder(&float_base(), &d, "inf", &cfg, |t| {
+        let x = t.iter_mut().find(|x| x.0 == q_scales).unwrap();
+        x.3[5] = 255;
+    });
+    assert_dequantize_fails(&d, &folder, &["inf/model.safetensors", MXFP4_Q]);
 }

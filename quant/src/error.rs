@@ -33,6 +33,16 @@ pub enum QuantError {
         /// The first bad entry (index, value), if the length is right.
         entry: Option<(usize, f32)>,
     },
+    /// A value the format cannot hold, though finite (MLX's E8M0 exponent
+    /// below 2^-127).
+    OutOfRange {
+        /// Index of the element within the row.
+        index: usize,
+        /// The value.
+        value: f32,
+        /// What the format cannot represent.
+        why: &'static str,
+    },
     /// The row length is not a multiple of the block size, or the byte and
     /// element slices disagree.
     BadLength {
@@ -68,6 +78,9 @@ impl fmt::Display for QuantError {
                     "{len} importance values for a row of {expected} elements"
                 ),
             },
+            QuantError::OutOfRange { index, value, why } => {
+                write!(f, "value {value} at element {index}: {why}")
+            }
             QuantError::BadLength {
                 ty,
                 elements,

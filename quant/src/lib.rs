@@ -1,5 +1,5 @@
 //! Block codecs for quantized LLM weights: the GGUF (ggml) formats, the
-//! bitsandbytes formats, block-scaled FP8 and MLX's affine groups, as row-level `quantize` and `dequantize`.
+//! bitsandbytes formats, block-scaled FP8 and MLX's affine groups and float modes, as row-level `quantize` and `dequantize`.
 //!
 //! This crate knows nothing about files, names or threads. A *row* is a slice
 //! of `f32` whose length is a multiple of the type's block size; its encoded
@@ -13,7 +13,7 @@
 //! `ggml::scalar` (reference ports), `ggml::x86` (AVX2 variants), `rows`
 //! (the checked row functions below), `requant` (the per-block search),
 //! `bnb` (bitsandbytes), `fp8` (float8_e4m3fn with block scales), `mlx`
-//! (MLX affine groups), `packed` (compressed-tensors pack-quantized
+//! (MLX affine groups; `mlx::fp` its mxfp4/mxfp8/nvfp4 modes), `packed` (compressed-tensors pack-quantized
 //! integers), `float` (the precisions they round to), `stats`
 //! (error metrics).
 //!

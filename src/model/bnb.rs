@@ -42,7 +42,7 @@ use crate::model::fp8::{
     dtype_of, fp8_weight, is_fp8_config, scale_bytes, scale_values, BlockMaxima, Fp8Layout, Fp8Rows,
 };
 use crate::model::gptq::{gptq_packing, gptq_weight, grid_of, GptqLayout, GptqRows};
-use crate::model::mlx::{mlx_config, mlx_weight, MlxLayout, MlxRows};
+use crate::model::mlx::{check_codes_have_scales, mlx_config, mlx_weight, MlxLayout, MlxRows};
 use crate::model::naming::RowPermutation;
 use crate::model::packed::{is_packed_config, packed_weight, PackedLayout, PackedRows};
 use crate::model::rows::{EncodedRows, RowSource};
@@ -53,6 +53,8 @@ use crate::quant::bnb::{
 };
 use crate::quant::fp8::ScaleRule;
 use crate::quant::mlx as mlx_quant;
+use crate::quant::mlx::fp::{self as mlx_fp, FpMode};
+use crate::quant::mlx::Precision;
 use crate::quant::packed as packed_quant;
 use crate::quant::stats::ErrorStats;
 use crate::quant::{quantize_row, GgmlType, SearchWins};
@@ -68,7 +70,7 @@ pub enum Method {
     Bitsandbytes,
     /// `quant_method: fp8`, or compressed-tensors `float-quantized`.
     Fp8,
-    /// mlx-lm's `"quantization"` in MLX's affine mode.
+    /// mlx-lm's `"quantization"` (affine, mxfp4, mxfp8 or nvfp4).
     Mlx,
     /// compressed-tensors `pack-quantized` (symmetric int4/int8 groups).
     Packed,
@@ -93,7 +95,7 @@ impl Method {
             ),
             Method::Mlx => (
                 |s| matches!(s, Storage::Mlx(_)),
-                "declares MLX quantization, but no weight has .scales and .biases",
+                "declares MLX quantization, but no weight has .scales (and, in affine mode, .biases)",
             ),
             Method::Fp8 => (
                 |s| matches!(s, Storage::Fp8(_)),
@@ -191,7 +193,7 @@ pub enum Storage {
     Int8,
     /// `float8_e4m3fn` codes with block scales.
     Fp8(Fp8Layout),
-    /// MLX affine groups.
+    /// MLX affine groups or a float mode.
     Mlx(MlxLayout),
     /// compressed-tensors packed integers with group scales.
     Packed(PackedLayout),
@@ -322,7 +324,7 @@ impl BnbModel {
             Error::format(
                 &config_path,
                 format!(
-                    "quantization_config {} is neither bitsandbytes, FP8 (quant_method fp8, or compressed-tensors float-quantized) nor MLX affine",
+                    "quantization_config {} is neither bitsandbytes, FP8 (quant_method fp8, or compressed-tensors float-quantized) nor MLX",
                     config["quantization_config"]
                 ),
             )
@@ -454,7 +456,7 @@ impl BnbModel {
                 name: &w.name,
                 packed: self.st.data(main),
                 scales: self.part(w, 1),
-                biases: self.part(w, 2),
+                biases: (w.parts.len() > 2).then(|| self.part(w, 2)),
                 layout: *layout,
                 row_len: w.row_len(),
                 n_rows: w.n_rows(),
@@ -561,6 +563,9 @@ fn collect_weights(st: &SafetensorsModel, config: &Value) -> Result<Vec<BnbWeigh
     // GPTQ/AWQ name their scales `M.scales` as MLX does: the GPTQ pass
     // above claimed them.
     let mlx_names = gptq_packing(config).is_none();
+    if mlx_names && mlx_config(config).is_some() {
+        check_codes_have_scales(st, &index)?;
+    }
     for (i, t) in st.tensors().iter().enumerate().filter(|_| mlx_names) {
         if let Some(m) = mlx_weight(st, &index, t, config)? {
             let w = &st.tensors()[m.weight];
@@ -568,7 +573,7 @@ fn collect_weights(st: &SafetensorsModel, config: &Value) -> Result<Vec<BnbWeigh
                 name: w.name.clone(),
                 shape: m.shape,
                 storage: Storage::Mlx(m.layout),
-                parts: vec![m.weight, i, m.biases],
+                parts: [m.weight, i].into_iter().chain(m.biases).collect(),
                 shard: w.shard,
             });
         }
@@ -945,7 +950,7 @@ pub enum OutStorage {
     },
     /// LLM.int8, quantized from float16.
     Int8,
-    /// MLX affine groups recomputed as `mx.quantize` does, from the sum
+    /// MLX groups (affine or a float mode) recomputed as `mx.quantize` does, from the sum
     /// rounded to the scales' dtype.
     Mlx(MlxLayout),
     /// Packed integers re-rounded on the base's own group scales (which
@@ -2015,6 +2020,9 @@ impl<R: ChunkRunner> Reencode<'_, R> {
         write: &mut impl FnMut(&[u8]) -> Result<()>,
         stats: &mut ErrorStats,
     ) -> Result<()> {
+        if let Some(mode) = layout.fp {
+            return self.mlx_fp(mode, layout.precision, write, stats);
+        }
         let (measure, row_len) = (self.opts.measure, self.w.row_len());
         let (bits, gs, prec) = (layout.bits, layout.group_size, layout.precision);
         let encode = |_: usize, t: &mut Vec<f32>| {
@@ -2041,6 +2049,39 @@ impl<R: ChunkRunner> Reencode<'_, R> {
         self.encode_chunks(layout.dtype(), write, stats, encode, keep)?;
         write(&scale_bytes(layout.dtype(), &all_scales))?;
         write(&scale_bytes(layout.dtype(), &all_biases))
+    }
+
+    /// In MLX's float `mode` as `mx.quantize` does, from the sum rounded to
+    /// `prec` (the model's dtype); then the scale bytes.
+    fn mlx_fp(
+        &self,
+        mode: FpMode,
+        prec: Precision,
+        write: &mut impl FnMut(&[u8]) -> Result<()>,
+        stats: &mut ErrorStats,
+    ) -> Result<()> {
+        let (measure, row_len) = (self.opts.measure, self.w.row_len());
+        let (out_path, name) = (self.out_path, &self.w.name);
+        let encode = |r0: usize, t: &mut Vec<f32>| {
+            let mut packed = Vec::with_capacity(t.len() * mode.bits() as usize / 8);
+            let (mut scales, mut decoded) = (Vec::new(), Vec::new());
+            for (i, row) in t.chunks_exact(row_len).enumerate() {
+                let (p, sc) = mlx_fp::quantize_row(row, mode, prec)
+                    .map_err(|e| Error::quant(out_path, name, r0 + i, e))?;
+                if measure {
+                    let mut d = vec![0f32; row_len];
+                    mlx_fp::dequantize_row(&p, &sc, mode, prec, &mut d);
+                    decoded.extend(d);
+                }
+                packed.extend(p);
+                scales.extend(sc);
+            }
+            Ok((packed, Some(decoded), scales))
+        };
+        let mut all_scales = Vec::new();
+        let keep = |sc: Vec<u8>| all_scales.extend(sc);
+        self.encode_chunks(dtype_of(prec), write, stats, encode, keep)?;
+        write(&all_scales)
     }
 }
 

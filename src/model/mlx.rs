@@ -1,12 +1,16 @@
-//! mlx-lm checkpoints quantized in MLX's affine mode: how a weight and its
-//! scales and biases are laid out in the folder, read as rows of f32. The
-//! numbers are `qresidual_quant::mlx`'s.
+//! mlx-lm checkpoints quantized by MLX: how a weight and its scales (and,
+//! in affine mode, biases) are laid out in the folder, read as rows of f32.
+//! The numbers are `qresidual_quant::mlx`'s (affine) and `mlx::fp`'s
+//! (`mxfp4`, `mxfp8`, `nvfp4`).
 //!
 //! Layout (fixtures/tiny_mlx, written by mlx-lm's `quantize_model` and
 //! `save_model`): `M.weight` U32 `[out, in·bits/32]`, `M.scales` and
 //! `M.biases` `[out, in/group_size]` in the model dtype; `config.json`
 //! `"quantization": {"group_size", "bits", "mode": "affine", "<module
-//! path>": {"group_size", "bits"} …}` (per-module overrides).
+//! path>": {"group_size", "bits"} …}` (per-module overrides). The float
+//! modes store no biases and uint8 scales (`"mode": "mxfp4"` …, group 32,
+//! or 16 for nvfp4); MLX computes them in the model's dtype (config.json
+//! `torch_dtype`/`dtype`, bfloat16 when absent: `mx.dequantize`'s default).
 
 use std::collections::HashMap;
 use std::path::Path;
@@ -18,11 +22,13 @@ use crate::format::pages::ReleasePages;
 use crate::format::st::{SafetensorsModel, StTensor};
 use crate::model::fp8::{dtype_of, precision_of, scale_values};
 use crate::model::rows::{finite_rows, RowSource};
+use crate::quant::mlx::fp::{self as mlx_fp, FpMode};
 use crate::quant::mlx::{self, Precision, BITS, GROUP_SIZES};
 use crate::{Error, Result};
 
 /// Whether `config` declares MLX quantization (`"quantization"` with
-/// `group_size` and `bits`) in affine mode; `Err` names another mode.
+/// `group_size` and `bits`) in a mode this module reads (affine, mxfp4,
+/// mxfp8, nvfp4); `Err` names another mode.
 pub fn mlx_config(config: &Value) -> Option<std::result::Result<(), String>> {
     let q = config.get("quantization").filter(|q| q.is_object())?;
     if q.get("group_size").is_none() || q.get("bits").is_none() {
@@ -30,7 +36,20 @@ pub fn mlx_config(config: &Value) -> Option<std::result::Result<(), String>> {
     }
     match q["mode"].as_str().unwrap_or("affine") {
         "affine" => Some(Ok(())),
+        m if FpMode::from_name(m).is_some() => Some(Ok(())),
         m => Some(Err(format!("MLX quantization mode {m}"))),
+    }
+}
+
+/// The dtype MLX computes a float mode in: the model's (config.json
+/// `torch_dtype` or `dtype`), bfloat16 (`mx.dequantize`'s default) when
+/// it names none.
+fn model_precision(config: &Value) -> Precision {
+    let name = config["torch_dtype"].as_str().or(config["dtype"].as_str());
+    match name {
+        Some("float32") => Precision::F32,
+        Some("float16") => Precision::F16,
+        _ => Precision::Bf16,
     }
 }
 
@@ -41,38 +60,48 @@ pub struct MlxLayout {
     pub bits: u32,
     /// Weights per scale and bias.
     pub group_size: usize,
-    /// The dtype of the scales and biases (the model's), which MLX computes
-    /// in.
+    /// The dtype MLX computes in: the scales' and biases' (affine), the
+    /// model's (float modes).
     pub precision: Precision,
+    /// The float mode (`None`: affine).
+    pub fp: Option<FpMode>,
 }
 
 impl MlxLayout {
-    /// A short name for reports: `mlx4`, `mlx8`…
+    /// A short name for reports: `mlx4`, `mlx8`…, or the float mode's
+    /// (`mxfp4`, `mxfp8`, `nvfp4`).
     pub fn label(&self) -> String {
-        format!("mlx{}", self.bits)
+        match self.fp {
+            Some(m) => m.name().to_string(),
+            None => format!("mlx{}", self.bits),
+        }
     }
 
-    /// The dtype scales and biases are stored in.
+    /// The dtype MLX computes in (affine: the scales' and biases').
     pub fn dtype(&self) -> Dtype {
         dtype_of(self.precision)
     }
 }
 
-/// The module's `(group_size, bits)`: its override in the config, or the
-/// defaults.
-fn params(config: &Value, module: &str) -> Option<(u64, u64)> {
+/// The module's `(group_size, bits, mode)`: its override in the config,
+/// or the defaults.
+fn params<'c>(config: &'c Value, module: &str) -> Option<(u64, u64, &'c str)> {
     let q = &config["quantization"];
     let o = &q[module];
     let pick = |k: &str| o[k].as_u64().or_else(|| q[k].as_u64());
-    Some((pick("group_size")?, pick("bits")?))
+    let mode = o["mode"]
+        .as_str()
+        .or(q["mode"].as_str())
+        .unwrap_or("affine");
+    Some((pick("group_size")?, pick("bits")?, mode))
 }
 
 /// One MLX weight found in a folder.
 pub struct MlxParts {
     /// Index of the codes (`M.weight`).
     pub weight: usize,
-    /// Index of the biases (`M.biases`).
-    pub biases: usize,
+    /// Index of the biases (`M.biases`; affine mode only).
+    pub biases: Option<usize>,
     /// The logical shape `[out, in]`.
     pub shape: Vec<usize>,
     /// Bits, group size, dtype.
@@ -82,8 +111,8 @@ pub struct MlxParts {
 /// The MLX weight whose scales `t` are (`M.scales`), checked against its
 /// codes, biases and the config; `None` when `t` is no MLX scale tensor.
 // Long because it is the list of every check a stored MLX weight must pass
-// (codes, scales, biases, their dtypes and shapes, the config's bits and
-// group size), each with its own message naming the tensor.
+// (codes, scales, biases, their dtypes and shapes, the config's mode, bits
+// and group size), each with its own message naming the tensor.
 pub fn mlx_weight(
     st: &SafetensorsModel,
     index: &HashMap<&str, usize>,
@@ -98,35 +127,9 @@ pub fn mlx_weight(
     let Some(&main) = index.get(name.as_str()) else {
         return Err(Error::tensor(path, &t.name, format!("'{name}' is missing")));
     };
-    let biases_name = format!("{module}.biases");
-    let Some(&biases) = index.get(biases_name.as_str()) else {
-        return Err(Error::tensor(
-            path,
-            &name,
-            format!("'{biases_name}' is missing (affine mode stores a bias per group)"),
-        ));
-    };
     let w = &st.tensors()[main];
-    let b = &st.tensors()[biases];
     let wpath = st.shard_path(w);
-    let precision = precision_of(t.dtype).ok_or_else(|| {
-        Error::tensor(
-            path,
-            &t.name,
-            format!("scales must be F32, BF16 or F16, found {:?}", t.dtype),
-        )
-    })?;
-    if b.dtype != t.dtype || b.shape != t.shape {
-        return Err(Error::tensor(
-            st.shard_path(b),
-            &b.name,
-            format!(
-                "expected {:?} {:?} like its scales, found {:?} {:?}",
-                t.dtype, t.shape, b.dtype, b.shape
-            ),
-        ));
-    }
-    let (gs, bits) = params(config, module).ok_or_else(|| {
+    let (gs, bits, mode) = params(config, module).ok_or_else(|| {
         Error::tensor(
             wpath,
             &name,
@@ -134,13 +137,27 @@ pub fn mlx_weight(
         )
     })?;
     let (gs, bits) = (gs as usize, bits as u32);
-    if !GROUP_SIZES.contains(&gs) || !BITS.contains(&bits) {
-        return Err(Error::tensor(
-            wpath,
-            &name,
-            format!("group_size {gs}, bits {bits}: MLX's affine mode takes group sizes 32, 64, 128 and 2, 3, 4, 6 or 8 bits"),
-        ));
-    }
+    let fp = match mode {
+        "affine" => None,
+        m => Some(FpMode::from_name(m).ok_or_else(|| {
+            Error::tensor(
+                wpath,
+                &name,
+                format!(
+                    "MLX quantization mode {m} is not read (affine, mxfp4, mxfp8 and nvfp4 are)"
+                ),
+            )
+        })?),
+    };
+    let biases_name = format!("{module}.biases");
+    let biases = index.get(biases_name.as_str()).copied();
+    let precision = match fp {
+        None => affine_checks(st, t, &name, biases, (gs, bits))?,
+        Some(m) => {
+            float_checks(st, t, &name, biases, (gs, bits), m, index)?;
+            model_precision(config)
+        }
+    };
     let (out, groups) = match t.shape.as_slice() {
         [o, g] => (*o, *g),
         s => {
@@ -167,6 +184,7 @@ pub fn mlx_weight(
         bits,
         group_size: gs,
         precision,
+        fp,
     };
     Ok(Some(MlxParts {
         weight: main,
@@ -174,6 +192,124 @@ pub fn mlx_weight(
         shape: vec![out, cols],
         layout,
     }))
+}
+
+/// Refuses U32 codes (`M.weight`) that have no `M.scales`: packed codes
+/// without their scales are no weight MLX wrote.
+pub fn check_codes_have_scales(st: &SafetensorsModel, index: &HashMap<&str, usize>) -> Result<()> {
+    for t in st.tensors().iter().filter(|t| t.dtype == Dtype::U32) {
+        let Some(module) = t.name.strip_suffix(".weight") else {
+            continue;
+        };
+        let scales = format!("{module}.scales");
+        if !index.contains_key(scales.as_str()) {
+            return Err(Error::tensor(
+                st.shard_path(t),
+                &t.name,
+                format!("U32 codes without '{scales}'"),
+            ));
+        }
+    }
+    Ok(())
+}
+
+/// Affine mode: biases like the scales, in a float dtype (the precision
+/// returned); bits and group size ones MLX takes.
+fn affine_checks(
+    st: &SafetensorsModel,
+    t: &StTensor,
+    name: &str,
+    biases: Option<usize>,
+    (gs, bits): (usize, u32),
+) -> Result<Precision> {
+    let path = st.shard_path(t);
+    let module = name.strip_suffix(".weight").unwrap_or(name);
+    let Some(biases) = biases else {
+        return Err(Error::tensor(
+            path,
+            name,
+            format!("'{module}.biases' is missing (affine mode stores a bias per group)"),
+        ));
+    };
+    let precision = precision_of(t.dtype).ok_or_else(|| {
+        Error::tensor(
+            path,
+            &t.name,
+            format!("scales must be F32, BF16 or F16, found {:?}", t.dtype),
+        )
+    })?;
+    let b = &st.tensors()[biases];
+    if b.dtype != t.dtype || b.shape != t.shape {
+        return Err(Error::tensor(
+            st.shard_path(b),
+            &b.name,
+            format!(
+                "expected {:?} {:?} like its scales, found {:?} {:?}",
+                t.dtype, t.shape, b.dtype, b.shape
+            ),
+        ));
+    }
+    if !GROUP_SIZES.contains(&gs) || !BITS.contains(&bits) {
+        return Err(Error::tensor(
+            path,
+            name,
+            format!("group_size {gs}, bits {bits}: MLX's affine mode takes group sizes 32, 64, 128 and 2, 3, 4, 6 or 8 bits"),
+        ));
+    }
+    Ok(precision)
+}
+
+/// A float mode: no biases, no global scale (not read), U8 scales, the
+/// mode's one group size and width.
+fn float_checks(
+    st: &SafetensorsModel,
+    t: &StTensor,
+    name: &str,
+    biases: Option<usize>,
+    (gs, bits): (usize, u32),
+    mode: FpMode,
+    index: &HashMap<&str, usize>,
+) -> Result<()> {
+    let path = st.shard_path(t);
+    let module = name.strip_suffix(".weight").unwrap_or(name);
+    let m = mode.name();
+    if let Some(b) = biases {
+        let b = &st.tensors()[b];
+        return Err(Error::tensor(
+            st.shard_path(b),
+            &b.name,
+            format!(
+                "mode {m} stores no biases (config.json says {m}; biases belong to affine mode)"
+            ),
+        ));
+    }
+    let global = format!("{module}.global_scale");
+    if let Some(&g) = index.get(global.as_str()) {
+        return Err(Error::tensor(
+            st.shard_path(&st.tensors()[g]),
+            &global,
+            format!("{m} with a global scale is not read"),
+        ));
+    }
+    if t.dtype != Dtype::U8 {
+        return Err(Error::tensor(
+            path,
+            &t.name,
+            format!("{m} scales must be U8, found {:?}", t.dtype),
+        ));
+    }
+    if (gs, bits) != (mode.group_size(), mode.bits()) {
+        return Err(Error::tensor(
+            path,
+            name,
+            format!(
+                "group_size {gs}, bits {bits}: MLX's {m} takes group_size {} and {} bits",
+                mode.group_size(),
+                mode.bits()
+            ),
+        ));
+    }
+    Ok(())
 }
 
 /// Rows of an MLX weight.
@@ -186,8 +322,8 @@ pub struct MlxRows<'a> {
     pub packed: &'a [u8],
     /// The scales' bytes.
     pub scales: &'a StTensor,
-    /// The biases' bytes.
-    pub biases: &'a StTensor,
+    /// The biases' bytes (affine mode).
+    pub biases: Option<&'a StTensor>,
     /// The layout.
     pub layout: MlxLayout,
     /// Columns.
@@ -225,18 +361,29 @@ impl RowSource for MlxRows<'_> {
             let d = self.pages.data(t);
             scale_values(t, &d[start * g * esize..(start + n) * g * esize])
         };
-        let (scales, biases) = (range(self.scales), range(self.biases));
-        for (i, dst) in out.chunks_exact_mut(self.row_len).enumerate() {
-            let r = start + i;
-            mlx::dequantize_row(
-                &self.packed[r * rb..(r + 1) * rb],
-                &scales[i * g..(i + 1) * g],
-                &biases[i * g..(i + 1) * g],
-                self.layout.bits,
-                self.layout.group_size,
-                self.layout.precision,
-                dst,
-            );
+        let packed = &self.packed[start * rb..(start + n) * rb];
+        let rows = packed
+            .chunks_exact(rb)
+            .zip(out.chunks_exact_mut(self.row_len));
+        let (biases, precision) = (self.biases, self.layout.precision);
+        match (self.layout.fp, biases) {
+            (Some(mode), _) => {
+                let scales = &self.pages.data(self.scales)[start * g..(start + n) * g];
+                for ((p, dst), s) in rows.zip(scales.chunks_exact(g)) {
+                    mlx_fp::dequantize_row(p, s, mode, precision, dst);
+                }
+            }
+            (None, biases) => {
+                let biases = biases.ok_or_else(|| {
+                    Error::tensor(self.path, self.name, "affine mode needs its biases")
+                })?;
+                let (scales, biases) = (range(self.scales), range(biases));
+                let groups = scales.chunks_exact(g).zip(biases.chunks_exact(g));
+                let (bits, gs) = (self.layout.bits, self.layout.group_size);
+                for ((p, dst), (s, b)) in rows.zip(groups) {
+                    mlx::dequantize_row(p, s, b, bits, gs, precision, dst);
+                }
+            }
         }
         finite_rows((self.path, self.name), start, self.row_len, out)
     }

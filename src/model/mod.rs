@@ -40,8 +40,9 @@ pub enum Model {
     /// scales (`quant_method: fp8`, compressed-tensors `float-quantized`),
     /// read and written by the same folder code as bitsandbytes.
     Fp8(BnbModel),
-    /// An mlx-lm folder quantized in MLX's affine mode (2/3/4/6/8-bit
-    /// codes, a scale and a bias per group), the same folder code again.
+    /// An mlx-lm folder quantized by MLX: affine (2/3/4/6/8-bit codes, a
+    /// scale and a bias per group) or mxfp4/mxfp8/nvfp4 (float codes, a
+    /// uint8 scale per group), the same folder code again.
     Mlx(BnbModel),
     /// A compressed-tensors `pack-quantized` folder (symmetric int4/int8
     /// groups, the layout of llm-compressor's GPTQ outputs), read and kept
@@ -141,7 +142,7 @@ pub enum Format {
     /// A folder whose config.json declares FP8 quantization (`quant_method:
     /// fp8`, or compressed-tensors with `format: float-quantized`).
     Fp8,
-    /// A folder whose config.json declares MLX affine quantization
+    /// A folder whose config.json declares MLX quantization (affine or a float mode)
     /// (`"quantization": {"group_size", "bits"}`).
     Mlx,
     /// A folder whose config.json declares compressed-tensors
@@ -168,7 +169,7 @@ impl Format {
             Some(Err(what)) => {
                 return Err(Error::format(
                     path.join(bnb::CONFIG_FILE),
-                    format!("quantization_config declares {what}, which qresidual does not read (it reads bitsandbytes, quant_method fp8, compressed-tensors float-quantized and pack-quantized, MLX affine, GPTQ and AWQ GEMM)"),
+                    format!("quantization_config declares {what}, which qresidual does not read (it reads bitsandbytes, quant_method fp8, compressed-tensors float-quantized and pack-quantized, MLX affine, mxfp4, mxfp8 and nvfp4, GPTQ and AWQ GEMM)"),
                 ))
             }
             None => {}

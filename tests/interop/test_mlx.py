@@ -1,8 +1,9 @@
-"""mlx-lm folders in MLX's affine mode against MLX itself (mlx[cpu]):
-`dequantize` equals `mx.dequantize` bit for bit for every weight (2, 3, 4,
-6 and 8 bits, groups of 32, 64, 128), `apply --type keep` writes what
-`mx.quantize` makes of dequant(base) + Δ rounded to the model dtype, and
-mlx-lm loads the outputs and generates."""
+"""mlx-lm folders in MLX's affine mode and its float modes (mxfp4, mxfp8,
+nvfp4) against MLX itself (mlx[cpu]): `dequantize` equals `mx.dequantize`
+bit for bit for every weight (affine: 2, 3, 4, 6 and 8 bits, groups of 32,
+64, 128; the float modes in bfloat16, float16 and float32 on varied data),
+`apply --type keep` writes what `mx.quantize` makes of dequant(base) + Δ
+rounded to the model dtype, and mlx-lm loads the outputs and generates."""
 import json
 import pathlib
 
@@ -15,6 +16,8 @@ from safetensors.numpy import save_file  # noqa: E402
 from conftest import FIXTURES  # noqa: E402
 
 BASE = FIXTURES / "tiny_mlx" / "affine"
+FLOAT = FIXTURES / "tiny_mlx" / "float"
+DTYPES = {"bfloat16": mx.bfloat16, "float16": mx.float16, "float32": mx.float32}
 
 
 def read_all(folder):
@@ -24,8 +27,8 @@ def read_all(folder):
     return out
 
 
-def quantized(folder):
-    """Module path -> (group_size, bits) for every quantized module."""
+def quantized(folder, with_mode=False):
+    """Module path -> (group_size, bits[, mode]) for every quantized module."""
     q = json.loads((pathlib.Path(folder) / "config.json").read_text())["quantization"]
     tensors = read_all(folder)
     out = {}
@@ -33,12 +36,15 @@ def quantized(folder):
         if k.endswith(".scales"):
             m = k[: -len(".scales")]
             o = q.get(m, {})
-            out[m] = (o.get("group_size", q["group_size"]), o.get("bits", q["bits"]))
+            p = (o.get("group_size", q["group_size"]), o.get("bits", q["bits"]))
+            out[m] = p + (o.get("mode", q.get("mode", "affine")),) if with_mode else p
     return out
 
 
-def deq(t, m, gs, bits):
-    return mx.dequantize(t[m + ".weight"], t[m + ".scales"], t[m + ".biases"], group_size=gs, bits=bits)
+def deq(t, m, gs, bits, mode="affine", dtype=None):
+    if mode == "affine":
+        return mx.dequantize(t[m + ".weight"], t[m + ".scales"], t[m + ".biases"], group_size=gs, bits=bits)
+    return mx.dequantize(t[m + ".weight"], t[m + ".scales"], group_size=gs, bits=bits, mode=mode, dtype=dtype)
 
 
 def bits_of(a):
@@ -57,14 +63,11 @@ def make_residual(tensors, modules, path, seed=1):
 
 
 def test_dequantize_matches_mlx(run, tmp_path):
-    src, modules = read_all(BASE), quantized(BASE)
-    assert sorted({b for _, b in modules.values()}) == [2, 3, 4, 6, 8]
     out = tmp_path / "out"
-    run("dequantize", BASE, "-o", out, "--type", "f32", "--quiet")
+    modules = check_dequantize(run, BASE, out)
+    assert sorted({b for _, b, _ in modules.values()}) == [2, 3, 4, 6, 8]
     got = read_all(out)
-    for m, (gs, bits) in modules.items():
-        assert (bits_of(got[m + ".weight"]) == bits_of(deq(src, m, gs, bits))).all(), m
-        assert m + ".scales" not in got
+    assert not any(k.endswith((".scales", ".biases")) for k in got)
     cfg = json.loads((out / "config.json").read_text())
     assert "quantization" not in cfg and "quantization_config" not in cfg
 
@@ -87,14 +90,15 @@ def test_apply_keep_is_mx_quantize(run, tmp_path):
     assert (out / "config.json").read_bytes() == (BASE / "config.json").read_bytes()
 
 
+@pytest.mark.parametrize("base", [BASE, FIXTURES / "tiny_mlx" / "float"], ids=["affine", "float"])
 @pytest.mark.parametrize("ty", ["keep", "bf16"])
-def test_mlx_lm_loads_and_generates(run, tmp_path, ty):
+def test_mlx_lm_loads_and_generates(run, tmp_path, ty, base):
     from mlx_lm.generate import generate_step
     from mlx_lm.utils import load_model
-    src, modules = read_all(BASE), quantized(BASE)
+    src, modules = read_all(base), quantized(base)
     make_residual(src, modules, tmp_path / "r.safetensors", seed=3)
     out = tmp_path / "out"
-    run("apply", "--base", BASE, "--residual", tmp_path / "r.safetensors", "-o", out, "--type", ty, "--quiet")
+    run("apply", "--base", base, "--residual", tmp_path / "r.safetensors", "-o", out, "--type", ty, "--quiet")
     model, config = load_model(out)
     assert ("quantization" in config) == (ty == "keep")
     tokens = []
@@ -103,3 +107,88 @@ def test_mlx_lm_loads_and_generates(run, tmp_path, ty):
     assert len(tokens) == 8 and all(0 <= t < 256 for t in tokens)
     logits = model(mx.array([[1, 5, 9, 42]]))
     assert bool(mx.all(mx.isfinite(logits)))
+
+
+def model_dtype(folder):
+    c = json.loads((pathlib.Path(folder) / "config.json").read_text())
+    return DTYPES[c.get("torch_dtype") or c.get("dtype") or "bfloat16"]
+
+
+def requantized(src, res, m, gs, bits, mode, dtype):
+    """What mx.quantize makes of dequant(base) + Δ rounded to `dtype`."""
+    exact = deq(src, m, gs, bits, mode, dtype).astype(mx.float32) + mx.array(res[m + ".weight"]).astype(mx.float32)
+    return mx.quantize(exact.astype(dtype), group_size=gs, bits=bits, mode=mode)
+
+
+def check_dequantize(run, folder, out):
+    src, modules, dtype = read_all(folder), quantized(folder, True), model_dtype(folder)
+    run("dequantize", folder, "-o", out, "--type", "f32", "--quiet")
+    got = read_all(out)
+    for m, (gs, bits, mode) in modules.items():
+        want = deq(src, m, gs, bits, mode, dtype)
+        assert (bits_of(got[m + ".weight"]) == bits_of(want)).all(), (m, mode)
+    return modules
+
+
+def check_apply_keep(run, folder, tmp_path, seed=1, scale=0.004):
+    src, modules, dtype = read_all(folder), quantized(folder, True), model_dtype(folder)
+    rng = np.random.default_rng(seed)
+    res = {m + ".weight": (rng.standard_normal((src[m + ".scales"].shape[0], src[m + ".scales"].shape[1] * gs))
+                           * scale).astype(np.float16) for m, (gs, _, _) in modules.items()}
+    save_file(res, str(tmp_path / "r.safetensors"))
+    out = tmp_path / "out"
+    run("apply", "--base", folder, "--residual", tmp_path / "r.safetensors", "-o", out, "--type", "keep", "--quiet")
+    got = read_all(out)
+    assert sorted(got) == sorted(src)
+    for m, (gs, bits, mode) in modules.items():
+        want = requantized(src, res, m, gs, bits, mode, dtype)
+        assert (np.array(got[m + ".weight"]) == np.array(want[0])).all(), (m, mode)
+        for part, w in zip([".scales", ".biases"], want[1:]):
+            assert got[m + part].dtype == w.dtype, (m, part)
+            assert (np.array(got[m + part].astype(mx.float32)) == np.array(w.astype(mx.float32))).all(), (m, part)
+    assert (out / "config.json").read_bytes() == (pathlib.Path(folder) / "config.json").read_bytes()
+    return modules
+
+
+def test_float_modes_dequantize_match_mlx(run, tmp_path):
+    modules = check_dequantize(run, FLOAT, tmp_path / "out")
+    assert sorted({mode for _, _, mode in modules.values()}) == ["affine", "mxfp4", "mxfp8", "nvfp4"]
+
+
+def test_float_modes_apply_keep_is_mx_quantize(run, tmp_path):
+    check_apply_keep(run, FLOAT, tmp_path)
+
+
+def varied(shape, rng):
+    """Gaussian rows, heavy tails, zero and constant groups, huge and tiny rows."""
+    rows, cols = shape
+    w = rng.standard_normal(shape) * 0.02
+    w[1] = rng.standard_t(1.5, cols)
+    w[2, :64] = 0.0
+    w[3] = 0.37
+    w[4] *= 1e4
+    w[5] *= 1e-3
+    w[6, ::7] = 0.0
+    w[7, 5] = 40.0
+    return w
+
+
+@pytest.mark.parametrize("dtype", ["bfloat16", "float16", "float32"])
+def test_float_modes_on_varied_data_and_dtypes(run, tmp_path, dtype):
+    """A folder written by mx.quantize in every float mode, computed in `dtype`."""
+    rng = np.random.default_rng(7)
+    dt = DTYPES[dtype]
+    weights, q = {}, {"group_size": 32, "bits": 4, "mode": "mxfp4"}
+    for mode, (gs, bits) in {"mxfp4": (32, 4), "mxfp8": (32, 8), "nvfp4": (16, 4)}.items():
+        m = f"layers.{mode}"
+        w = mx.array(varied((16, 256), rng).astype(np.float32)).astype(dt)
+        weights[m + ".weight"], weights[m + ".scales"] = mx.quantize(w, group_size=gs, bits=bits, mode=mode)
+        q[m] = {"group_size": gs, "bits": bits, "mode": mode}
+    folder = tmp_path / "base"
+    folder.mkdir()
+    mx.save_safetensors(str(folder / "model.safetensors"), weights, metadata={"format": "mlx"})
+    (folder / "config.json").write_text(json.dumps({"torch_dtype": dtype, "quantization": q}))
+    check_dequantize(run, folder, tmp_path / "deq")
+    (tmp_path / "keep").mkdir()
+    check_apply_keep(run, folder, tmp_path / "keep", seed=11, scale=0.01)
+

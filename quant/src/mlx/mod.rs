@@ -11,7 +11,10 @@
 //! scale)` clamped, scale and bias stored in the weight's dtype. Decoding is
 //! `round(round(s·q) + b)` in the scales' dtype (what `mx.dequantize`
 //! computes on CPU: a multiply and an add, each rounded; checked by
-//! tests/interop/test_mlx.py).
+//! tests/interop/test_mlx.py). The float modes (`mxfp4`, `mxfp8`,
+//! `nvfp4`) are [`fp`].
+
+pub mod fp;
 
 use crate::bitstream::{put_code, BitReader};
 pub use crate::float::Precision;
