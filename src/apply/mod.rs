@@ -121,7 +121,8 @@ pub struct Budget {
     pub bpw: Option<f64>,
     /// Every tensor with a residual keeps at least this retention when some type can.
     pub min_retention: Option<f64>,
-    /// λ of the planner's objective (default [`budget::DELTA_WEIGHT`]): how
+    /// λ of the planner's objective (default [`budget::DITHER_DELTA_WEIGHT`]
+    /// when dithering, else [`budget::DELTA_WEIGHT`]): how
     /// many times the lost part of the residual counts against incoherent
     /// error energy. Not a budget: it only weighs the plans that auto and
     /// the budgets choose between.
@@ -608,7 +609,10 @@ fn plan_budget(
         budget::Constraints {
             max_bytes,
             min_retention: req.budget.min_retention,
-            delta_weight: req.budget.delta_weight.unwrap_or(budget::DELTA_WEIGHT),
+            delta_weight: req.budget.delta_weight.unwrap_or(match enc {
+                budget::BaseEncoding::Dither(_) => budget::DITHER_DELTA_WEIGHT,
+                _ => budget::DELTA_WEIGHT,
+            }),
         },
     );
     if let Ok(plan) = &plan {
