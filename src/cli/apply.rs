@@ -80,7 +80,8 @@ rounding made no difference: 0.084 either way).
 --delta-weight λ prices the lost part of the residual in the planner of auto and the budgets: \
 each candidate type costs ‖out − sum‖²/‖sum‖² + λ·‖αΔ‖²·(1 − retention)²/‖sum‖², the second \
 term being the error along Δ, which moves every output the same way where incoherent rounding \
-noise averages out. With λ = 0 (the default) only the plain error counts.
+noise averages out. Default: 30 when the kept tensors are dithered (auto's default), 0 with \
+--rounding nearest (only the plain error counts).
 
 Budgets (GGUF bases, --type keep): --max-size SIZE (250M, 2G, or relative to the base's tensor \
 data: +10%, +0%, -5%) or --bpw X choose the types as auto does under that budget (candidates \
