@@ -79,6 +79,12 @@ OPTIONS = [
     {"label": "auto, dither, λ = 300", "key": "auto-dl300", "kind": "apply",
      "args": ["--rounding", "dither", "--delta-weight", "300"], "needs": ["--delta-weight"],
      "default": False},
+    {"label": "auto, dither, λ = 30", "key": "auto-l30", "kind": "apply",
+     "args": ["--delta-weight", "30"], "needs": ["--delta-weight"], "default": False},
+    {"label": "auto, dither, λ = 100", "key": "auto-l100", "kind": "apply",
+     "args": ["--delta-weight", "100"], "needs": ["--delta-weight"], "default": False},
+    {"label": "auto, dither, λ = 1000", "key": "auto-dither-l1000", "kind": "apply",
+     "args": ["--delta-weight", "1000"], "needs": ["--delta-weight"], "default": False},
     {"label": "budget +0%", "key": "max-size-0", "kind": "apply", "args": ["--max-size", "+0%"],
      "needs": ["--max-size"], "default": False},  # = auto
     {"label": "budget +10%", "key": "max-size-10", "kind": "apply", "args": ["--max-size", "+10%"],

@@ -238,7 +238,8 @@ pub fn reround_row(
 }
 
 /// Whether `ty` has the dithered re-rounding ([`dither_row`]): the types
-/// with the re-rounded candidate.
+/// with the re-rounded candidate, and IQ4_NL and IQ4_XS (dithered on their
+/// non-uniform grid; the search offers them no nearest re-rounding).
 pub fn has_dither(ty: GgmlType) -> bool {
     registry::row(ty).dither.is_some()
 }
@@ -263,8 +264,11 @@ pub fn dither_uniform(key: u64, i: u64) -> f32 {
 /// neighbouring grid values, so the decoded row equals `target` in
 /// expectation wherever the target lies within the grid's range: a
 /// residual below half a step survives on average instead of rounding
-/// back to the base. Sub-blocks whose grid is degenerate (zero or
-/// non-finite scale) keep the base's codes, as in [`reround_row`].
+/// back to the base. IQ4_NL and IQ4_XS follow the same rule on their
+/// non-uniform grid `s·kvalues_iq4nl[k]`: with `v_i ≤ t/s ≤ v_{i+1}`, code
+/// `i + 1` with probability `(t/s − v_i)/(v_{i+1} − v_i)`. Sub-blocks whose
+/// grid is degenerate (zero or non-finite scale) keep the base's codes, as
+/// in [`reround_row`].
 pub fn dither_row(
     ty: GgmlType,
     base_row_bytes: &[u8],
@@ -277,7 +281,7 @@ pub fn dither_row(
     let dither = row.dither.ok_or(QuantError::Unsupported {
         ty,
         op: "dithered re-rounding",
-        why: "only Q4_0, Q4_1, Q5_0, Q5_1, Q8_0 and Q2_K…Q6_K keep scales with re-rounded codes",
+        why: "only Q4_0, Q4_1, Q5_0, Q5_1, Q8_0, Q2_K…Q6_K, IQ4_NL and IQ4_XS keep scales with re-rounded codes",
     })?;
     let (bs, ts) = (row.info.block_size, row.info.type_size);
     if bs > MAX_BLOCK {
@@ -517,27 +521,45 @@ mod tests {
                     sum[i] += v[i] as f64;
                 }
             }
-            let mut nearest = vec![0u8; base.len()];
-            reround_row(ty, &base, &t, &mut nearest).unwrap();
-            let mut vn = vec![0f32; n];
-            dequantize_row(ty, &nearest, &mut vn).unwrap();
-            // The grid's range per element (the codes nearest to ±∞): a
-            // target beyond it is clamped, the one place rounding is biased.
+            // Nearest rounding: the re-rounded candidate, or for the IQ4
+            // types (which have none) the base itself, which is what nearest
+            // rounding of a target this near the base returns.
+            let vn = if has_rerounding(ty) {
+                let mut nearest = vec![0u8; base.len()];
+                reround_row(ty, &base, &t, &mut nearest).unwrap();
+                let mut vn = vec![0f32; n];
+                dequantize_row(ty, &nearest, &mut vn).unwrap();
+                vn
+            } else {
+                bhat.clone()
+            };
+            // The grid's range per element (the codes nearest to ±∞, which
+            // every draw clamps to): a target beyond it is clamped, the one
+            // place rounding is biased.
             let ends = |far: f32| {
                 let (mut b, mut v) = (vec![0u8; base.len()], vec![0f32; n]);
-                reround_row(ty, &base, &vec![far; n], &mut b).unwrap();
+                dither_row(ty, &base, &vec![far; n], &mut b, 1).unwrap();
                 dequantize_row(ty, &b, &mut v).unwrap();
                 v
             };
-            let (hi, lo) = (ends(1e9), ends(-1e9));
-            // Steps between the lowest and the highest code.
-            let steps = match ty {
-                GgmlType::Q2_K => 3,
-                GgmlType::Q3_K => 7,
-                GgmlType::Q4_0 | GgmlType::Q4_1 | GgmlType::Q4_K => 15,
-                GgmlType::Q5_0 | GgmlType::Q5_1 | GgmlType::Q5_K => 31,
-                GgmlType::Q6_K => 63,
-                _ => 255,
+            let (a, b) = (ends(1e9), ends(-1e9));
+            let (hi, lo): (Vec<f32>, Vec<f32>) = a
+                .iter()
+                .zip(&b)
+                .map(|(&a, &b)| (a.max(b), a.min(b)))
+                .unzip();
+            // The widest gap between neighbouring codes, as a fraction of
+            // the range: uniform grids 1/steps; kvalues_iq4nl spans 240 with
+            // its widest gap 24 (89 → 113).
+            let widest = match ty {
+                GgmlType::Q2_K => 1.0 / 3.0,
+                GgmlType::Q3_K => 1.0 / 7.0,
+                GgmlType::Q4_0 | GgmlType::Q4_1 | GgmlType::Q4_K => 1.0 / 15.0,
+                GgmlType::Q5_0 | GgmlType::Q5_1 | GgmlType::Q5_K => 1.0 / 31.0,
+                GgmlType::Q6_K => 1.0 / 63.0,
+                GgmlType::Q8_0 => 1.0 / 255.0,
+                GgmlType::IQ4_NL | GgmlType::IQ4_XS => 24.0 / 240.0,
+                _ => panic!("{ty}: grid unknown to the test"),
             };
             let mut nearest_outside = 0;
             let mut inside = 0;
@@ -550,7 +572,7 @@ mod tests {
                 // One draw is one of two neighbouring grid values, a step
                 // `s` apart: variance at most s²/4. Bound: 5 standard errors
                 // of the mean of the draws, plus the f32 rounding.
-                let step = (hi[i] - lo[i]) as f64 / steps as f64;
+                let step = (hi[i] - lo[i]) as f64 * widest;
                 let bound = 5.0 * step / 2.0 / (draws as f64).sqrt() + 1e-6 * rms as f64;
                 assert!(
                     (mean - t[i] as f64).abs() <= bound,
@@ -609,7 +631,12 @@ mod tests {
             let mut d = vec![0u8; base.len()];
             let mut r = vec![0u8; base.len()];
             dither_row(ty, &base, &far, &mut d, 5).unwrap();
-            reround_row(ty, &base, &far, &mut r).unwrap();
+            if has_rerounding(ty) {
+                reround_row(ty, &base, &far, &mut r).unwrap();
+            } else {
+                // No draw matters at the ends: another key, the same bytes.
+                dither_row(ty, &base, &far, &mut r, 6).unwrap();
+            }
             assert_eq!(d, r, "{ty}: clamping");
             // On the grid: the base itself.
             let mut e = vec![0u8; base.len()];
@@ -646,8 +673,17 @@ mod tests {
             let t: Vec<f32> = (0..n).map(|i| (i as f32 * 0.37).sin()).collect();
             let (mut d, mut r) = (vec![0u8; base.len()], vec![0u8; base.len()]);
             dither_row(ty, &zeroed, &t, &mut d, 1).unwrap();
-            reround_row(ty, &zeroed, &t, &mut r).unwrap();
-            assert_eq!(d, r, "{ty}");
+            assert_eq!(d, zeroed, "{ty}: a degenerate grid moved codes");
+            if has_rerounding(ty) {
+                reround_row(ty, &zeroed, &t, &mut r).unwrap();
+                assert_eq!(d, r, "{ty}");
+            }
+            let mut inf = t.clone();
+            inf[n - 1] = f32::NEG_INFINITY;
+            assert!(matches!(
+                dither_row(ty, &base, &inf, &mut d, 1),
+                Err(QuantError::NonFinite { index, .. }) if index == n - 1
+            ));
             let mut bad = t.clone();
             bad[3] = f32::NAN;
             assert!(dither_row(ty, &zeroed, &bad, &mut d, 1).is_err());
@@ -655,10 +691,13 @@ mod tests {
         }
         let n = 256;
         let x = vec![0.5f32; n];
-        let mut b = vec![0u8; GgmlType::IQ4_NL.row_size(n).unwrap()];
-        quantize_row(GgmlType::IQ4_NL, &x, &mut b).unwrap();
+        let mut b = vec![0u8; GgmlType::TQ2_0.row_size(n).unwrap()];
+        quantize_row(GgmlType::TQ2_0, &x, &mut b).unwrap();
         let mut o = b.clone();
-        assert!(dither_row(GgmlType::IQ4_NL, &b, &x, &mut o, 0).is_err());
+        assert!(matches!(
+            dither_row(GgmlType::TQ2_0, &b, &x, &mut o, 0),
+            Err(QuantError::Unsupported { .. })
+        ));
     }
 
     /// The re-rounded candidate with the base's own decoded values as target

@@ -1350,6 +1350,42 @@ mod tests {
         assert_eq!(all.types(), vec![Q8_0; 3]);
     }
 
+    /// The tiny llama's Q4_K_M base with its real 60-step delta (the
+    /// planner's own estimates for blk.0.attn_k): the dithered Q4_K keeps
+    /// the residual (0.94), a fresh Q5_K rounds it back onto the base
+    /// (0.38: Q4_K's grid lies nearly on Q5_K's) at a smaller plain error,
+    /// a fresh Q6_K keeps it (0.89). Plain L2 spends a small budget on the
+    /// Q5_K raises; at the default λ, Q5_K leaves the hull: the
+    /// tensors stay dithered Q4_K, or rise to Q6_K when the budget allows.
+    #[test]
+    fn the_default_lambda_drops_raises_that_round_the_residual_away() {
+        use GgmlType::*;
+        let rd = 1.63e-5 / (0.622f64 * 0.622);
+        let t = |name: &str| {
+            tensor(
+                name,
+                Q4_K,
+                vec![
+                    kept(Q4_K, 18432, 1.41e-3, 0.937, rd),
+                    kept(Q5_K, 22528, 5.5e-4, 0.378, rd),
+                    kept(Q6_K, 26880, 2.9e-4, 0.889, rd),
+                ],
+            )
+        };
+        let c = |max, lambda| Constraints {
+            max_bytes: Some(max),
+            min_retention: None,
+            delta_weight: lambda,
+        };
+        let small = 2 * 18432 + 2 * 4096 + 100;
+        let l2 = choose(vec![t("k0"), t("k1")], c(small, 0.0)).unwrap();
+        assert_eq!(l2.types(), vec![Q5_K, Q5_K]);
+        let priced = choose(vec![t("k0"), t("k1")], c(small, DELTA_WEIGHT)).unwrap();
+        assert_eq!(priced.types(), vec![Q4_K, Q4_K]);
+        let roomy = choose(vec![t("k0"), t("k1")], c(2 * 26880, DELTA_WEIGHT)).unwrap();
+        assert_eq!(roomy.types(), vec![Q6_K, Q6_K]);
+    }
+
     #[test]
     fn sampled_retention_must_clear_r_with_its_error_margin() {
         use GgmlType::*;

@@ -63,7 +63,8 @@ quantization step — as real fine-tuning deltas are — added to a base that al
 grid rounds straight back to the base: nearest rounding keeps the base's block there and the \
 residual is lost (retention near 0), however much it changes the model. dither (the default \
 under auto) keeps the base's scales and rounds every code up with probability equal to its \
-fractional distance to the next grid value, so the output equals base + α·Δ in expectation \
+fractional distance to the next grid value (on IQ4_NL/IQ4_XS's non-uniform grid: between its two \
+neighbouring grid values), so the output equals base + α·Δ in expectation \
 (retention near 1), at the price of rounding noise of its own (about |Δ|·step per weight). \
 Reproducible: the draws depend only on --seed N (default 0), the tensor name, the row and the \
 element, never on threads or chunking. --rounding nearest gives auto's former output; --strategy \

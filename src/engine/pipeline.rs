@@ -119,9 +119,9 @@ pub struct Options {
     /// encoded fresh).
     pub search: bool,
     /// Dithered rounding with this seed: rows with a residual written in
-    /// the base's own block type (one with re-rounding, Q4_0…Q8_0,
-    /// Q2_K…Q6_K) keep the base's scales and round every code up with
-    /// probability equal to its fractional distance
+    /// the base's own block type (Q4_0…Q8_0, Q2_K…Q6_K, IQ4_NL, IQ4_XS)
+    /// keep the base's scales and round every code up with probability
+    /// equal to its fractional distance between its two grid neighbours
     /// ([`qresidual_quant::dither_row`]), so that the output equals the
     /// sum in expectation; the uniforms depend only on (seed, tensor name,
     /// row, element) ([`dither_key`]). Other tensors are written as without

@@ -113,7 +113,8 @@ pub(crate) struct Row {
     pub weighted: Option<WeightedEncodeFn>,
     /// The search's re-rounded candidate: base scales kept, codes moved.
     pub reround: Option<ReroundFn>,
-    /// The same grid with dithered (unbiased) rounding.
+    /// The same grid with dithered (unbiased) rounding; IQ4_NL and IQ4_XS
+    /// have this one without the nearest `reround`.
     pub dither: Option<DitherFn>,
 }
 
@@ -304,6 +305,7 @@ pub(crate) const ROWS: &[Row] = &[
         decode: dec(iq::dequantize_iq4_nl, avx2!(x86::iq4::dequantize_iq4_nl)),
         encode: enc(iq::quantize_iq4_nl, avx2!(x86::iq4::quantize_iq4_nl)),
         weighted: Some(iq::quantize_iq4_nl_weighted),
+        dither: Some(rr::dither_iq4_nl),
         ..bare(G::IQ4_NL)
     },
     decode_only(G::IQ3_S, iq::dequantize_iq3_s),
@@ -312,6 +314,7 @@ pub(crate) const ROWS: &[Row] = &[
         decode: dec(iq::dequantize_iq4_xs, avx2!(x86::iq4::dequantize_iq4_xs)),
         encode: enc(iq::quantize_iq4_xs, avx2!(x86::iq4::quantize_iq4_xs)),
         weighted: Some(iq::quantize_iq4_xs_weighted),
+        dither: Some(rr::dither_iq4_xs),
         ..bare(G::IQ4_XS)
     },
     bare(G::I8),
@@ -423,7 +426,17 @@ mod tests {
                 assert!(!present || has_decode, "{}: {what} without decode", r.ty);
             }
             assert!(r.encode_checked.is_none() || r.encode.is_some(), "{}", r.ty);
-            assert_eq!(r.reround.is_some(), r.dither.is_some(), "{}", r.ty);
+            // Every re-rounded grid has its dithered twin; IQ4_NL and IQ4_XS
+            // have the dithered one alone (the search offers them no nearest
+            // re-rounding).
+            assert!(r.reround.is_none() || r.dither.is_some(), "{}", r.ty);
+            let dither_alone = r.dither.is_some() && r.reround.is_none();
+            assert_eq!(
+                dither_alone,
+                matches!(r.ty, GgmlType::IQ4_NL | GgmlType::IQ4_XS),
+                "{}",
+                r.ty
+            );
         }
     }
 }

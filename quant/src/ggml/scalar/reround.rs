@@ -14,8 +14,9 @@
 //! [`Round`] type parameter; the nearest rule compiles to the same code as
 //! before.
 
-use super::common::{le_f16, nearest_int};
+use super::common::{le_f16, le_u16, nearest_int};
 use super::search::get_scale_min_k4;
+use super::tables::KVALUES_IQ4NL;
 
 /// Whether the grid `k·s + o` has distinct finite values. A degenerate
 /// grid (`s = 0`: every code decodes to `o`) or one that is not finite
@@ -69,21 +70,52 @@ impl Round for Nearest {
 /// `k = ⌊(t − o)/s + u⌋`, clamped to `lo..=hi`. For `x = (t − o)/s` inside
 /// the range, `k` is `⌊x⌋ + 1` with probability `x − ⌊x⌋` and `⌊x⌋`
 /// otherwise, so `E[k] = x`; a target that decodes exactly from some code
-/// keeps that code.
+/// keeps that code. The non-uniform grids (IQ4_NL, IQ4_XS) use the same
+/// rule on the position of the target between its two neighbouring grid
+/// values ([`Dither::table_code`]).
 pub(crate) struct Dither<'a>(pub &'a [f32]);
+
+impl Dither<'_> {
+    /// The rule itself: `y` is the target's position in code units (an
+    /// integer on a code, `k + f` at fraction `f` of the way from code `k`
+    /// to `k + 1`); `on_grid(k)` tells whether code `k` decodes exactly to
+    /// the target. Returns `⌊y + u⌋` clamped to `lo..=hi`: code `⌊y⌋ + 1`
+    /// with probability `f`.
+    #[inline(always)]
+    fn step(&self, e: usize, y: f32, lo: i32, hi: i32, on_grid: impl Fn(i32) -> bool) -> i32 {
+        let y = y.clamp(lo as f32 - 1.0, hi as f32 + 1.0);
+        // A target on the grid keeps its code (the f32 quotient may miss
+        // the integer by an ulp, which a uniform near 0 or 1 would turn
+        // into a step).
+        let k0 = (y.round() as i32).clamp(lo, hi);
+        if on_grid(k0) {
+            return k0;
+        }
+        ((y + self.0[e]).floor() as i32).clamp(lo, hi)
+    }
+
+    /// The code `k` of element `e` on the non-uniform grid `s·v[k]` (`v`
+    /// ascending, as ggml's `kvalues_iq4nl`; the decoders compute
+    /// `s * v[k] as f32`), for a grid that passed [`grid_ok`]. With
+    /// `x = t/s` between neighbours `v[i] ≤ x ≤ v[i+1]`, the code is `i + 1`
+    /// with probability `(x − v[i])/(v[i+1] − v[i])` and `i` otherwise, so
+    /// `E[s·v[k]] = t`; beyond the ends, the end code. A negative `s`
+    /// mirrors the grid, which changes none of this (`x` is in `v`'s units).
+    #[inline(always)]
+    pub(crate) fn table_code(&self, e: usize, t: f32, s: f32, v: &[i8; 16]) -> usize {
+        let x = t / s;
+        // The segment `v[i] ≤ x < v[i+1]`, `i` in 0..=14 (ends extended).
+        let i = v[1..15].iter().filter(|&&g| g as f32 <= x).count();
+        let (a, b) = (v[i] as f32, v[i + 1] as f32);
+        let y = i as f32 + (x - a) / (b - a);
+        self.step(e, y, 0, 15, |k| s * v[k as usize] as f32 == t) as usize
+    }
+}
 
 impl Round for Dither<'_> {
     #[inline(always)]
     fn code(&self, e: usize, t: f32, s: f32, o: f32, lo: i32, hi: i32) -> i32 {
-        let x = ((t - o) / s).clamp(lo as f32 - 1.0, hi as f32 + 1.0);
-        // A target on the grid keeps its code (the f32 quotient may miss
-        // the integer by an ulp, which a uniform near 0 or 1 would turn
-        // into a step).
-        let k0 = (x.round() as i32).clamp(lo, hi);
-        if k0 as f32 * s + o == t {
-            return k0;
-        }
-        ((x + self.0[e]).floor() as i32).clamp(lo, hi)
+        self.step(e, (t - o) / s, lo, hi, |k| k as f32 * s + o == t)
     }
 }
 
@@ -459,6 +491,47 @@ fn reround_q6_k_by_element<R: Round>(r: &R, b: &[u8], t: &[f32], o: &mut [u8]) {
             set_nibble(&mut o[64 * n + i + 32 * (m % 2)], m >= 2, q);
             set_bits2(&mut o[128 + 32 * n + i], 2 * m as u32, q >> 4);
         }
+    }
+}
+
+/// Dithered codes of one 32-element block on `s·kvalues_iq4nl[k]`, packed
+/// as `dequantize_row_iq4_nl/_iq4_xs` read them: element `j < 16` in the
+/// low nibble of `qs[j]`, element `j + 16` in its high nibble. A degenerate
+/// grid (zero or non-finite scale) leaves the base's codes.
+#[inline(always)]
+fn iq4_block(r: &Dither<'_>, first: usize, t: &[f32], s: f32, qs: &mut [u8]) {
+    if !grid_ok(s, 0.0) {
+        return;
+    }
+    let mut c = [0u8; 32];
+    for (i, (c, &x)) in c.iter_mut().zip(&t[..32]).enumerate() {
+        *c = r.table_code(first + i, x, s, &KVALUES_IQ4NL) as u8;
+    }
+    for (j, q) in qs[..16].iter_mut().enumerate() {
+        *q = c[j] | (c[j + 16] << 4);
+    }
+}
+
+/// Dithered candidate for IQ4_NL (`dequantize_row_iq4_nl`): fp16 `d` at 0,
+/// the 32 codes from byte 2, on `d·kvalues_iq4nl[k]`.
+pub fn dither_iq4_nl(b: &[u8], t: &[f32], u: &[f32], o: &mut [u8]) {
+    iq4_block(&Dither(u), 0, t, le_f16(b, 0), &mut o[2..18]);
+}
+
+/// Dithered candidate for IQ4_XS (`dequantize_row_iq4_xs`): fp16 `d` at 0,
+/// sub-block `ib`'s 6-bit scale `ls` (low four bits in `scales_l` at 4, top
+/// two in the u16 `scales_h` at 2), its codes at `8 + 16·ib` on
+/// `d·(ls − 32)·kvalues_iq4nl[k]`.
+pub fn dither_iq4_xs(b: &[u8], t: &[f32], u: &[f32], o: &mut [u8]) {
+    let r = Dither(u);
+    let d = le_f16(b, 0);
+    let scales_h = le_u16(b, 2) as i32;
+    for ib in 0..8 {
+        let ls =
+            ((b[4 + ib / 2] as i32 >> (4 * (ib % 2))) & 0xf) | (((scales_h >> (2 * ib)) & 3) << 4);
+        let dl = d * (ls - 32) as f32;
+        let qs = &mut o[8 + 16 * ib..8 + 16 * ib + 16];
+        iq4_block(&r, 32 * ib, &t[32 * ib..], dl, qs);
     }
 }
 
