@@ -104,7 +104,7 @@ def main():
     delta = a.work / f"delta-{a.delta}.safetensors"
     md = [f"Planner estimate vs measured KL, {a.work.name}, residual {a.delta} "
           f"(eval/planner_order.py). est(λ): mean over tensors with a residual of "
-          f"‖out − T‖²/‖T‖² + λ·‖Δ‖²(1 − r)²/‖T‖², T = base + Δ; the default λ is 0.", ""]
+          f"‖out − T‖²/‖T‖² + λ·‖Δ‖²(1 − r)²/‖T‖², T = base + Δ.", ""]
     for base in a.bases.split(","):
         latest = {}
         for r in rows:
