@@ -85,7 +85,7 @@ pub enum BaseEncoding {
 /// estimate orders the outputs as their KL does on both real pairs
 /// (Kendall τ 0.78–1.0 per base; with λ = 0, which ignores Δ, −0.5–0.04),
 /// and the default keeps more of the fine-tune's gain (tiny Q4_K_M 88 →
-/// 96 %, Q4_0 78 → 93 %, IQ4_XS 8 → 70 %). A larger λ trades plain error
+/// 96 %, Q4_0 78 → 93 %). A larger λ trades plain error
 /// for retention even on large synthetic residuals that keep theirs anyway.
 pub const DELTA_WEIGHT: f64 = 300.0;
 
