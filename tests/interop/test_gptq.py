@@ -130,3 +130,70 @@ def test_f16_output_loads_in_transformers(run, tmp_path):
     with torch.no_grad():
         logits = model(torch.tensor([[1, 5, 9, 42]])).logits
     assert torch.isfinite(logits).all()
+
+
+def with_g_idx(base, bits, folder):
+    """A copy of `base` with the g_idx GPTQModel's loader requires (zeros: one group per column,
+    what a folder without g_idx means)."""
+    t = read_all(base)
+    for m in modules(t):
+        if m + ".g_idx" not in t:
+            t[m + ".g_idx"] = torch.zeros(t[m + ".qweight"].shape[0] * 32 // bits, dtype=torch.int32)
+    folder.mkdir()
+    save_file(t, str(folder / "model.safetensors"), metadata={"format": "pt"})
+    (folder / "config.json").write_text((base / "config.json").read_text())
+    return folder
+
+
+def run_in_runtime(folder, out):
+    """tests/interop/gptq_runtime.py on `folder` in its own process: its logits, greedy tokens and
+    the kernels that ran."""
+    import subprocess
+    script = pathlib.Path(__file__).with_name("gptq_runtime.py")
+    p = subprocess.run([sys.executable, str(script), str(folder), str(out)], capture_output=True, text=True)
+    assert p.returncode == 0, f"{folder} does not load in transformers + gptqmodel:\n{p.stderr[-4000:]}"
+    return torch.load(out)
+
+
+def plain_logits(folder):
+    """Logits and greedy tokens of a plain (unquantized) checkpoint in transformers."""
+    from transformers import AutoModelForCausalLM
+    sys.path.insert(0, str(pathlib.Path(__file__).parent))
+    from gptq_runtime import IDS, NEW_TOKENS
+    model = AutoModelForCausalLM.from_pretrained(folder, device_map="cpu", dtype=torch.float16)
+    ids = torch.tensor(IDS)
+    with torch.no_grad():
+        logits = model(ids).logits.float()
+        tokens = model.generate(ids, max_new_tokens=NEW_TOKENS, do_sample=False, pad_token_id=0)[0, ids.shape[1]:]
+    return logits, tokens
+
+
+KERNELS = {"gptq": "TorchAtenLinear", "awq": "TorchAtenAwqLinear"}
+
+
+@pytest.mark.parametrize("name", sorted(VARIANTS))
+def test_keep_output_loads_in_gptqmodel(run, tmp_path, name):
+    """The `keep` output runs in transformers 5.24 with GPTQModel's CPU kernels (ATen int4pack for
+    4 bits, its torch kernel for 8): a forward pass and a greedy generation equal, within f16
+    matmul noise, the plain model transformers builds from `dequantize --type f16` of the same
+    output, and the residual moved the logits further than that noise."""
+    v, base = VARIANTS[name], ROOT / name
+    if v["method"] == "gptq" and not any(k.endswith(".g_idx") for k in read_all(base)):
+        base = with_g_idx(base, v["bits"], tmp_path / "base")
+    make_residual(read_all(base), v, tmp_path / "r.safetensors", seed=5)
+    out = tmp_path / "keep"
+    run("apply", "--base", base, "--residual", tmp_path / "r.safetensors", "-o", out, "--quiet")
+    got = run_in_runtime(out, tmp_path / "keep.pt")
+    if v["bits"] == 4:
+        assert got["kernels"] == [KERNELS[v["method"]]], got["kernels"]
+    run("dequantize", out, "-o", tmp_path / "keep_f16", "--type", "f16", "--quiet")
+    want, want_tokens = plain_logits(tmp_path / "keep_f16")
+    run("dequantize", base, "-o", tmp_path / "base_f16", "--type", "f16", "--quiet")
+    base_logits, _ = plain_logits(tmp_path / "base_f16")
+    noise = (got["logits"] - want).abs().max().item()
+    moved = (want - base_logits).abs().max().item()
+    print(f"{name}: |runtime - dequantized| {noise:.2e}, |keep - base| {moved:.2e}, "
+          f"logit scale {want.abs().max().item():.2f}")
+    assert noise < 4e-3, noise
+    assert moved > 5 * noise, (moved, noise)
+    assert torch.equal(got["tokens"], want_tokens), (got["tokens"], want_tokens)
