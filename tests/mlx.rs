@@ -443,3 +443,181 @@ fn float_non_finite_scale_names_file_and_tensor() {
     });
     assert_dequantize_fails(&d, &folder, &["inf/model.safetensors", MXFP4_Q]);
 }
+
+/// A seeded Gaussian residual of standard deviation `sigma`.
+fn gaussian(n: usize, sigma: f32, seed: u64) -> Vec<f32> {
+    let mut state = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
+    let mut uniform = || {
+        state ^= state << 13;
+        state ^= state >> 7;
+        state ^= state << 17;
+        ((state >> 11) as f64 + 0.5) / (1u64 << 53) as f64
+    };
+    (0..n)
+        .map(|_| {
+            let (u, v) = (uniform(), uniform());
+            sigma * ((-2.0 * u.ln()).sqrt() * (std::f64::consts::TAU * v).cos()) as f32
+        })
+        .collect()
+}
+
+/// `--strategy search` on `folder`: every group of every changed weight is
+/// either the fresh requantization's group or the base's own, the base's
+/// only where it decodes strictly nearer the sum (in the model's bf16), the
+/// report counts the groups, and the whole tensor is never further from the
+/// sum than the fresh output.
+fn assert_search_groups(folder: &std::path::Path, weights: &[(&str, usize, usize, Mode)]) {
+    let d = Dir::new();
+    let res = d.p("r.safetensors");
+    let deltas: Vec<Vec<f32>> = weights
+        .iter()
+        .enumerate()
+        .map(|(i, &(_, r, c, _))| gaussian(r * c, 0.004, i as u64 + 7))
+        .collect();
+    let entries: Vec<_> = weights
+        .iter()
+        .zip(&deltas)
+        .map(|(&(n, r, c, _), dl)| (n, Dtype::F16, vec![r, c], common::f16_bytes(dl)))
+        .collect();
+    write_st(&res, &entries);
+    let (out, report) = (d.p("out"), d.p("report.json"));
+    ok(&[
+        "apply",
+        "-q",
+        "--base",
+        s(folder),
+        "--residual",
+        s(&res),
+        "-o",
+        s(&out),
+        "--strategy",
+        "search",
+        "--report",
+        s(&report),
+    ]);
+    let rep: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(&report).unwrap()).unwrap();
+    let (bm, om) = (Model::open(folder).unwrap(), Model::open(&out).unwrap());
+    let mut base_wins = 0;
+    for (&(name, _, cols, mode), delta) in weights.iter().zip(&deltas) {
+        let target: Vec<f32> = common::decoded(&bm, name)
+            .iter()
+            .zip(delta)
+            .map(|(x, y)| half::bf16::from_f32(x + half::f16::from_f32(*y).to_f32()).to_f32())
+            .collect();
+        let (base, got) = (common::decoded(&bm, name), common::decoded(&om, name));
+        let gs = mode.group_size();
+        let (mut groups, mut took, mut err_got, mut err_fresh) = (0u64, 0u64, 0f64, 0f64);
+        for ((t, g), b) in target
+            .chunks(cols)
+            .zip(got.chunks(cols))
+            .zip(base.chunks(cols))
+        {
+            let fresh = mode.requantize(t);
+            for k in (0..cols).step_by(gs) {
+                let r = k..k + gs;
+                let err = |v: &[f32]| -> f64 {
+                    v.iter()
+                        .zip(&t[r.clone()])
+                        .map(|(a, b)| ((a - b) as f64).powi(2))
+                        .sum()
+                };
+                let (eg, ef, eb) = (
+                    err(&g[r.clone()]),
+                    err(&fresh[r.clone()]),
+                    err(&b[r.clone()]),
+                );
+                groups += 1;
+                if g[r.clone()] != fresh[r.clone()] {
+                    assert_eq!(
+                        &g[r.clone()],
+                        &b[r.clone()],
+                        "{name}: group at {k} is neither candidate"
+                    );
+                    assert!(eb < ef, "{name}: base group at {k} kept though not nearer");
+                    took += 1;
+                } else {
+                    assert!(
+                        ef <= eb || g[r.clone()] == b[r.clone()],
+                        "{name}: nearer base group at {k} not kept"
+                    );
+                }
+                err_got += eg;
+                err_fresh += ef;
+            }
+        }
+        assert!(err_got <= err_fresh, "{name}: {err_got} > {err_fresh}");
+        let row = rep["tensors"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|t| t["name"] == name)
+            .unwrap();
+        assert_eq!(row["search"]["blocks"], groups, "{name}");
+        // A group equal in value to the fresh one counts as fresh here but
+        // may be the base's bytes in the report; never the other way.
+        assert!(row["search"]["base"].as_u64().unwrap() >= took, "{name}");
+        base_wins += took;
+    }
+    assert!(base_wins > 0, "no base group won: the test shows nothing");
+}
+
+/// An MLX mode, for the test's own fresh requantization.
+#[derive(Clone, Copy)]
+enum Mode {
+    Affine { bits: u32, group_size: usize },
+    Float(FpMode),
+}
+
+impl Mode {
+    fn group_size(self) -> usize {
+        match self {
+            Mode::Affine { group_size, .. } => group_size,
+            Mode::Float(m) => m.group_size(),
+        }
+    }
+
+    /// What the codec makes of `row` (already bf16), decoded.
+    fn requantize(self, row: &[f32]) -> Vec<f32> {
+        let mut out = vec![0f32; row.len()];
+        match self {
+            Mode::Affine { bits, group_size } => {
+                let (p, sc, bi) = mlx::quantize_row(row, bits, group_size, Precision::Bf16);
+                mlx::dequantize_row(&p, &sc, &bi, bits, group_size, Precision::Bf16, &mut out);
+            }
+            Mode::Float(m) => {
+                let (p, sc) = mlx_fp::quantize_row(row, m, Precision::Bf16).unwrap();
+                mlx_fp::dequantize_row(&p, &sc, m, Precision::Bf16, &mut out);
+            }
+        }
+        out
+    }
+}
+
+#[test]
+fn search_keeps_base_groups_only_where_nearer_affine() {
+    assert_search_groups(
+        &base(),
+        &[(
+            K_PROJ,
+            128,
+            256,
+            Mode::Affine {
+                bits: 2,
+                group_size: 32,
+            },
+        )],
+    );
+}
+
+#[test]
+fn search_keeps_base_groups_only_where_nearer_float_modes() {
+    assert_search_groups(
+        &float_base(),
+        &[
+            (NV_K_PROJ, 128, 256, Mode::Float(FpMode::Nvfp4)),
+            (MXFP8_DOWN, 256, 384, Mode::Float(FpMode::Mxfp8)),
+            (MXFP4_Q, 256, 256, Mode::Float(FpMode::Mxfp4)),
+        ],
+    );
+}

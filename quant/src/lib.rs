@@ -39,7 +39,8 @@ mod types;
 pub use error::QuantError;
 pub use ggml::registry::{codec, Codec, DecodeFn, EncodeFn, WeightedEncodeFn};
 pub use requant::{
-    dither_row, dither_uniform, has_dither, reround_row, search_row, search_row_decoded, SearchWins,
+    base_groups_nearer, dither_row, dither_uniform, has_dither, reround_row, search_row,
+    search_row_decoded, SearchWins,
 };
 pub use rows::{
     dequantize_row, find_non_finite, quantize_row, quantize_row_weighted, scan_row,

@@ -331,10 +331,45 @@ fn block_errors<const N: usize>(t: &[f32], v: [&[f32]; N]) -> [f64; N] {
     e.map(|e| if e.is_finite() { e } else { f64::INFINITY })
 }
 
+/// Per group of `group` values, whether the `base` candidate decodes
+/// strictly nearer `target` than the `fresh` one (squared error over the
+/// group, in f64; a group that does not decode to finite values never
+/// wins). Ties go to fresh, so a search built on it writes the fresh bytes
+/// wherever nothing is gained. The three slices have one length.
+pub fn base_groups_nearer(target: &[f32], fresh: &[f32], base: &[f32], group: usize) -> Vec<bool> {
+    assert!(group > 0 && fresh.len() == target.len() && base.len() == target.len());
+    target
+        .chunks(group)
+        .zip(fresh.chunks(group).zip(base.chunks(group)))
+        .map(|(t, (f, b))| {
+            let [ef, eb] = block_errors(t, [f, b]);
+            eb < ef
+        })
+        .collect()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
     use crate::dequantize_row;
+
+    #[test]
+    fn base_groups_win_only_when_strictly_nearer() {
+        let t = [1.0, 1.0, 2.0, 2.0, 3.0, 3.0];
+        let fresh = [1.0, 1.5, 2.0, 2.0, 3.0, 3.25];
+        let base = [1.0, 1.0, 2.5, 2.0, 3.25, 3.0];
+        // Group 0: base exact; group 1: fresh exact; group 2: a tie.
+        assert_eq!(
+            base_groups_nearer(&t, &fresh, &base, 2),
+            [true, false, false]
+        );
+        // A base group that decodes to NaN never wins.
+        let nan = [f32::NAN, 1.0, 2.5, 2.0, 3.25, 3.0];
+        assert_eq!(
+            base_groups_nearer(&t, &fresh, &nan, 2),
+            [false, false, false]
+        );
+    }
 
     /// The search as first written (one decode and one error pass per
     /// candidate and block): the faster [`search_row`] must choose exactly

@@ -57,7 +57,7 @@ use crate::quant::mlx::fp::{self as mlx_fp, FpMode};
 use crate::quant::mlx::Precision;
 use crate::quant::packed as packed_quant;
 use crate::quant::stats::ErrorStats;
-use crate::quant::{quantize_row, GgmlType, SearchWins};
+use crate::quant::{base_groups_nearer, quantize_row, GgmlType, SearchWins};
 use crate::{Error, Result};
 
 /// The file holding a model's configuration.
@@ -451,18 +451,29 @@ impl BnbModel {
                 grid: grid_of(&self.st, &w.parts, *layout, &w.shape),
                 pages: &self.st,
             })),
-            Storage::Mlx(layout) => Some(Box::new(MlxRows {
-                path,
-                name: &w.name,
-                packed: self.st.data(main),
-                scales: self.part(w, 1),
-                biases: (w.parts.len() > 2).then(|| self.part(w, 2)),
-                layout: *layout,
-                row_len: w.row_len(),
-                n_rows: w.n_rows(),
-                pages: &self.st,
-            })),
+            Storage::Mlx(_) => Some(Box::new(self.mlx_rows(index)?)),
         }
+    }
+
+    /// The rows of MLX weight `index` with access to its groups; `None`
+    /// for any other storage.
+    fn mlx_rows(&self, index: usize) -> Option<MlxRows<'_>> {
+        let w = &self.weights[index];
+        let Storage::Mlx(layout) = w.storage else {
+            return None;
+        };
+        let main = self.part(w, 0);
+        Some(MlxRows {
+            path: self.st.shard_path(main),
+            name: &w.name,
+            packed: self.st.data(main),
+            scales: self.part(w, 1),
+            biases: (w.parts.len() > 2).then(|| self.part(w, 2)),
+            layout,
+            row_len: w.row_len(),
+            n_rows: w.n_rows(),
+            pages: &self.st,
+        })
     }
 
     /// The rows of 4-bit weight `index` with access to its blocks; `None`
@@ -1619,6 +1630,7 @@ fn write_weight(
         w,
         base: base.as_ref(),
         search_base: search_candidates(model, job, opts),
+        search_mlx: mlx_candidates(model, job, opts),
         residual: job.residual.as_deref(),
         scale: job.scale,
         out_path,
@@ -1656,7 +1668,7 @@ fn write_weight(
             let maxima = pre.fp8.as_ref().expect("FP8 outputs have a first pass");
             re.fp8(maxima, layout.scale_dtype(), dtype, &mut write, &mut stats)?
         }
-        OutStorage::Mlx(layout) => re.mlx(layout, &mut write, &mut stats)?,
+        OutStorage::Mlx(layout) => search = re.mlx(layout, &mut write, &mut stats)?,
         OutStorage::Packed(layout) => {
             let scales = PackedRows::scales_of(&model.st, model.part(w, 1));
             let zeros = PackedRows::zeros_of(&model.st, &w.parts, &layout, &w.shape);
@@ -1713,6 +1725,21 @@ fn search_candidates<'a>(
     }
 }
 
+/// The base's MLX groups as search candidates for `job`: when searching,
+/// and the output keeps the base's layout.
+fn mlx_candidates<'a>(
+    model: &'a BnbModel,
+    job: &WeightJob<'_>,
+    opts: &WriteOptions,
+) -> Option<MlxRows<'a>> {
+    match (&model.weights[job.weight].storage, job.out) {
+        (Storage::Mlx(a), OutStorage::Mlx(b)) if opts.search && *a == b => {
+            model.mlx_rows(job.weight)
+        }
+        _ => None,
+    }
+}
+
 /// One weight re-encoded chunk by chunk: base (+ scale · residual) into
 /// each output storage, the output bytes handed to `write` in order.
 struct Reencode<'a, R> {
@@ -1720,6 +1747,8 @@ struct Reencode<'a, R> {
     base: &'a dyn RowSource,
     /// The base's 4-bit blocks, when they are search candidates.
     search_base: Option<FourBitRows<'a>>,
+    /// The base's MLX groups, when they are search candidates.
+    search_mlx: Option<MlxRows<'a>>,
     residual: Option<&'a dyn RowSource>,
     scale: f32,
     out_path: &'a Path,
@@ -2019,69 +2048,124 @@ impl<R: ChunkRunner> Reencode<'_, R> {
         layout: MlxLayout,
         write: &mut impl FnMut(&[u8]) -> Result<()>,
         stats: &mut ErrorStats,
-    ) -> Result<()> {
+    ) -> Result<Option<SearchWins>> {
         if let Some(mode) = layout.fp {
             return self.mlx_fp(mode, layout.precision, write, stats);
         }
-        let (measure, row_len) = (self.opts.measure, self.w.row_len());
+        let searched = self.search_mlx.as_ref();
+        let (decode, row_len) = (self.opts.measure || searched.is_some(), self.w.row_len());
         let (bits, gs, prec) = (layout.bits, layout.group_size, layout.precision);
-        let encode = |_: usize, t: &mut Vec<f32>| {
+        let group_bytes = gs * bits as usize / 8;
+        let encode = |r0: usize, t: &mut Vec<f32>| {
             let mut packed = Vec::with_capacity(t.len() * bits as usize / 8);
             let (mut scales, mut biases, mut decoded) = (Vec::new(), Vec::new(), Vec::new());
-            for row in t.chunks_exact(row_len) {
-                let (p, sc, bi) = mlx_quant::quantize_row(row, bits, gs, prec);
-                if measure {
+            let mut wins = SearchWins::default();
+            for (i, row) in t.chunks_exact(row_len).enumerate() {
+                let (mut p, mut sc, mut bi) = mlx_quant::quantize_row(row, bits, gs, prec);
+                if decode {
                     let mut d = vec![0f32; row_len];
                     mlx_quant::dequantize_row(&p, &sc, &bi, bits, gs, prec, &mut d);
+                    if let Some(b) = searched {
+                        let bp = b.codes(r0 + i, 1);
+                        let (bs, bb) = b.affine_params(r0 + i, 1)?;
+                        let mut bd = vec![0f32; row_len];
+                        mlx_quant::dequantize_row(bp, &bs, &bb, bits, gs, prec, &mut bd);
+                        let took = base_groups_nearer(row, &d, &bd, gs);
+                        for (g, &took) in took.iter().enumerate() {
+                            if !took {
+                                wins.fresh += 1;
+                                continue;
+                            }
+                            wins.base += 1;
+                            let (c, e) = (g * group_bytes, g * gs);
+                            p[c..c + group_bytes].copy_from_slice(&bp[c..c + group_bytes]);
+                            (sc[g], bi[g]) = (bs[g], bb[g]);
+                            d[e..e + gs].copy_from_slice(&bd[e..e + gs]);
+                        }
+                    }
                     decoded.extend(d);
                 }
                 packed.extend(p);
                 scales.extend(sc);
                 biases.extend(bi);
             }
-            Ok((packed, Some(decoded), (scales, biases)))
+            Ok((packed, Some(decoded), (scales, biases, wins)))
         };
         let (mut all_scales, mut all_biases) = (Vec::new(), Vec::new());
-        let keep = |(sc, bi): (Vec<f32>, Vec<f32>)| {
+        let mut all_wins = searched.map(|_| SearchWins::default());
+        let keep = |(sc, bi, w): (Vec<f32>, Vec<f32>, SearchWins)| {
             all_scales.extend(sc);
             all_biases.extend(bi);
+            if let Some(a) = all_wins.as_mut() {
+                a.merge(&w);
+            }
         };
         self.encode_chunks(layout.dtype(), write, stats, encode, keep)?;
         write(&scale_bytes(layout.dtype(), &all_scales))?;
-        write(&scale_bytes(layout.dtype(), &all_biases))
+        write(&scale_bytes(layout.dtype(), &all_biases))?;
+        Ok(all_wins)
     }
 
     /// In MLX's float `mode` as `mx.quantize` does, from the sum rounded to
-    /// `prec` (the model's dtype); then the scale bytes.
+    /// `prec` (the model's dtype); then the scale bytes. Searched like the
+    /// affine groups when the base's groups are candidates.
     fn mlx_fp(
         &self,
         mode: FpMode,
         prec: Precision,
         write: &mut impl FnMut(&[u8]) -> Result<()>,
         stats: &mut ErrorStats,
-    ) -> Result<()> {
-        let (measure, row_len) = (self.opts.measure, self.w.row_len());
+    ) -> Result<Option<SearchWins>> {
+        let searched = self.search_mlx.as_ref();
+        let (decode, row_len) = (self.opts.measure || searched.is_some(), self.w.row_len());
         let (out_path, name) = (self.out_path, &self.w.name);
+        let gs = mode.group_size();
+        let group_bytes = gs * mode.bits() as usize / 8;
         let encode = |r0: usize, t: &mut Vec<f32>| {
             let mut packed = Vec::with_capacity(t.len() * mode.bits() as usize / 8);
             let (mut scales, mut decoded) = (Vec::new(), Vec::new());
+            let mut wins = SearchWins::default();
             for (i, row) in t.chunks_exact(row_len).enumerate() {
-                let (p, sc) = mlx_fp::quantize_row(row, mode, prec)
+                let (mut p, mut sc) = mlx_fp::quantize_row(row, mode, prec)
                     .map_err(|e| Error::quant(out_path, name, r0 + i, e))?;
-                if measure {
+                if decode {
                     let mut d = vec![0f32; row_len];
                     mlx_fp::dequantize_row(&p, &sc, mode, prec, &mut d);
+                    if let Some(b) = searched {
+                        let (bp, bs) = (b.codes(r0 + i, 1), b.scale_bytes(r0 + i, 1));
+                        let mut bd = vec![0f32; row_len];
+                        mlx_fp::dequantize_row(bp, bs, mode, prec, &mut bd);
+                        let took = base_groups_nearer(row, &d, &bd, gs);
+                        for (g, &took) in took.iter().enumerate() {
+                            if !took {
+                                wins.fresh += 1;
+                                continue;
+                            }
+                            wins.base += 1;
+                            let (c, e) = (g * group_bytes, g * gs);
+                            p[c..c + group_bytes].copy_from_slice(&bp[c..c + group_bytes]);
+                            sc[g] = bs[g];
+                            d[e..e + gs].copy_from_slice(&bd[e..e + gs]);
+                        }
+                    }
                     decoded.extend(d);
                 }
                 packed.extend(p);
                 scales.extend(sc);
             }
-            Ok((packed, Some(decoded), scales))
+            Ok((packed, Some(decoded), (scales, wins)))
         };
         let mut all_scales = Vec::new();
-        let keep = |sc: Vec<u8>| all_scales.extend(sc);
+        let mut all_wins = searched.map(|_| SearchWins::default());
+        let keep = |(sc, w): (Vec<u8>, SearchWins)| {
+            all_scales.extend(sc);
+            if let Some(a) = all_wins.as_mut() {
+                a.merge(&w);
+            }
+        };
         self.encode_chunks(dtype_of(prec), write, stats, encode, keep)?;
-        write(&all_scales)
+        write(&all_scales)?;
+        Ok(all_wins)
     }
 }
 

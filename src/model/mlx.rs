@@ -342,6 +342,33 @@ impl MlxRows<'_> {
     fn row_bytes(&self) -> usize {
         self.row_len * self.layout.bits as usize / 8
     }
+
+    /// The packed codes of rows `start..start + n`.
+    pub fn codes(&self, start: usize, n: usize) -> &[u8] {
+        let rb = self.row_bytes();
+        &self.packed[start * rb..(start + n) * rb]
+    }
+
+    /// The scale bytes of rows `start..start + n`, as stored (a float
+    /// mode's one byte per group).
+    pub fn scale_bytes(&self, start: usize, n: usize) -> &[u8] {
+        let g = self.groups() * self.scales.dtype.bitsize() / 8;
+        &self.pages.data(self.scales)[start * g..(start + n) * g]
+    }
+
+    /// The affine scales and biases of rows `start..start + n`, one per
+    /// group, exactly as stored.
+    pub fn affine_params(&self, start: usize, n: usize) -> Result<(Vec<f32>, Vec<f32>)> {
+        let biases = self
+            .biases
+            .ok_or_else(|| Error::tensor(self.path, self.name, "affine mode needs its biases"))?;
+        let g = self.groups() * biases.dtype.bitsize() / 8;
+        let bias_bytes = &self.pages.data(biases)[start * g..(start + n) * g];
+        Ok((
+            scale_values(self.scales, self.scale_bytes(start, n)),
+            scale_values(biases, bias_bytes),
+        ))
+    }
 }
 
 impl RowSource for MlxRows<'_> {
@@ -355,29 +382,21 @@ impl RowSource for MlxRows<'_> {
 
     fn decode(&self, start: usize, out: &mut [f32]) -> Result<()> {
         let n = out.len() / self.row_len;
-        let (g, rb) = (self.groups(), self.row_bytes());
-        let esize = self.scales.dtype.bitsize() / 8;
-        let range = |t: &StTensor| {
-            let d = self.pages.data(t);
-            scale_values(t, &d[start * g * esize..(start + n) * g * esize])
-        };
-        let packed = &self.packed[start * rb..(start + n) * rb];
-        let rows = packed
-            .chunks_exact(rb)
+        let g = self.groups();
+        let rows = self
+            .codes(start, n)
+            .chunks_exact(self.row_bytes())
             .zip(out.chunks_exact_mut(self.row_len));
-        let (biases, precision) = (self.biases, self.layout.precision);
-        match (self.layout.fp, biases) {
-            (Some(mode), _) => {
-                let scales = &self.pages.data(self.scales)[start * g..(start + n) * g];
+        let precision = self.layout.precision;
+        match self.layout.fp {
+            Some(mode) => {
+                let scales = self.scale_bytes(start, n);
                 for ((p, dst), s) in rows.zip(scales.chunks_exact(g)) {
                     mlx_fp::dequantize_row(p, s, mode, precision, dst);
                 }
             }
-            (None, biases) => {
-                let biases = biases.ok_or_else(|| {
-                    Error::tensor(self.path, self.name, "affine mode needs its biases")
-                })?;
-                let (scales, biases) = (range(self.scales), range(biases));
+            None => {
+                let (scales, biases) = self.affine_params(start, n)?;
                 let groups = scales.chunks_exact(g).zip(biases.chunks_exact(g));
                 let (bits, gs) = (self.layout.bits, self.layout.group_size);
                 for ((p, dst), (s, b)) in rows.zip(groups) {

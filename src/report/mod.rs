@@ -254,12 +254,25 @@ pub fn search_fallbacks(outcomes: &[Row]) -> Vec<(String, &'static str)> {
                 "output type differs from the base's: only fresh encoding is possible"
             } else if o.type_out == "int8" {
                 "LLM.int8 rows are requantized fresh: only NF4/FP4 blocks are searched"
+            } else if kept_grid(&o.type_out) {
+                "the base's scales and zero points are kept: rounding to the nearest code on them is already nearest for every weight"
+            } else if o.type_out.starts_with("fp8") {
+                "FP8 blocks are not searched: their scales are recomputed from the sum (with --keep-scales every code is already the nearest on the base's scales)"
             } else {
                 "float type: the fresh encoding is already the nearest value"
             };
             (o.name.clone(), why)
         })
         .collect()
+}
+
+/// Output types written on the base's own grid (GPTQ/AWQ, compressed-tensors
+/// pack-quantized): codes re-rounded to the nearest grid value, which no
+/// other candidate on that grid can beat.
+fn kept_grid(label: &str) -> bool {
+    label.starts_with("gptq-")
+        || label.starts_with("awq-")
+        || (label.starts_with("int") && label != "int8")
 }
 
 /// The `--strategy search` summary: how often each candidate won, per
