@@ -123,7 +123,10 @@ def test_output_is_ggml_quantization_of_the_exact_sum(tmp_path, ggml, strategy, 
     assert len(with_res) == len(sums)
     for t in with_res:
         assert 0.0 < t["error"]["retention"] < 1.5, t
-        assert t["error"]["cosine"] > 0.99, t
+        # The plan may move a tensor down to a 3-bit type (λ prices the
+        # residual it keeps, not the noise): a relative error near 0.15 there,
+        # cosine 0.989; 0.997 and above for the 4- to 8-bit types.
+        assert t["error"]["cosine"] > (0.98 if t["type_out"] in ("q3_K", "q2_K") else 0.99), t
 
 
 def test_output_loads_in_llama_cpp_and_generates(tmp_path):
