@@ -192,3 +192,48 @@ def test_float_modes_on_varied_data_and_dtypes(run, tmp_path, dtype):
     (tmp_path / "keep").mkdir()
     check_apply_keep(run, folder, tmp_path / "keep", seed=11, scale=0.01)
 
+
+
+
+@pytest.mark.parametrize("base", [BASE, FLOAT], ids=["affine", "float"])
+def test_search_groups_are_mx_quantize_or_base(run, tmp_path, base):
+    """`--strategy search`: every group of every changed module is either mx.quantize's group of
+    the sum (rounded to the model dtype) or the base's own — codes, scale and bias — the base's
+    exactly where mx.dequantize makes it strictly nearer that sum; mlx-lm loads the output."""
+    from mlx_lm.utils import load_model
+    src, modules, dtype = read_all(base), quantized(base, True), model_dtype(base)
+    res = make_residual(src, {m: p[:2] for m, p in modules.items()}, tmp_path / "r.safetensors", seed=5)
+    out = tmp_path / "out"
+    run("apply", "--base", base, "--residual", tmp_path / "r.safetensors", "-o", out,
+        "--strategy", "search", "--quiet")
+    got = read_all(out)
+    kept = 0
+    for m, (gs, bits, mode) in modules.items():
+        target = (deq(src, m, gs, bits, mode, dtype).astype(mx.float32)
+                  + mx.array(res[m + ".weight"]).astype(mx.float32)).astype(dtype)
+        parts = [".weight", ".scales"] + ([".biases"] if mode == "affine" else [])
+        fresh = {m + k: v for k, v in zip(parts, mx.quantize(target, group_size=gs, bits=bits, mode=mode))}
+        t = np.array(target.astype(mx.float32)).astype(np.float64)
+        t = t.reshape(t.shape[0], -1, gs)
+
+        def err(tensors):
+            d = np.array(deq(tensors, m, gs, bits, mode, dtype).astype(mx.float32)).astype(np.float64)
+            return ((d.reshape(t.shape) - t) ** 2).sum(-1)
+
+        def groups(tensors, k):
+            # uint32 code words per group; one scale (and bias) per group
+            a = np.array(tensors[m + k]) if k == ".weight" else bits_of(tensors[m + k])
+            return a.reshape(t.shape[0], t.shape[1], -1)
+
+        e_fresh, e_base = err(fresh), err(src)
+        is_fresh = np.logical_and.reduce([(groups(got, k) == groups(fresh, k)).all(-1) for k in parts])
+        is_base = np.logical_and.reduce([(groups(got, k) == groups(src, k)).all(-1) for k in parts])
+        assert (is_fresh | is_base).all(), f"{m}: a group is neither mx.quantize's nor the base's"
+        took = is_base & ~is_fresh
+        assert (e_base[took] < e_fresh[took]).all(), f"{m}: a base group kept though not nearer"
+        missed = ~is_base & (e_base < e_fresh * (1 - 1e-9))
+        assert not missed.any(), f"{m}: {int(missed.sum())} nearer base groups not kept"
+        kept += int(took.sum())
+    assert kept > 0, "no base group kept: the test shows nothing"
+    model, _ = load_model(out)
+    assert bool(mx.all(mx.isfinite(model(mx.array([[1, 5, 9, 42]])))))
