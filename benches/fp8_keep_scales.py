@@ -79,7 +79,8 @@ def main():
             save_file(res, str(rpath))
             for label, base in bases.items():
                 got = {}
-                for mode, extra in [("recomputed", []), ("base scales", ["--keep-scales"])]:
+                for mode, extra in [("recomputed", []), ("base scales", ["--keep-scales"]),
+                                    ("search", ["--strategy", "search"])]:
                     out, report = OUT / "out", OUT / "report.json"
                     shutil.rmtree(out, ignore_errors=True)
                     subprocess.run([str(BIN), "apply", "-q", "--base", str(base), "--residual",
@@ -87,12 +88,13 @@ def main():
                                    check=True)
                     got[mode] = json.loads(report.read_text())["summary"]["residual_tensors"]
                 rows.append((dist, r, label, got))
-    print(f"{'weights':6} {'Δ/RMS':>6} {'base':12} | {'rel. RMSE':>22} | {'retention':>17}")
-    print(f"{'':6} {'':>6} {'':12} | {'recomputed':>10} {'base scales':>11} | {'recomp.':>8} {'base sc.':>8}")
+    print(f"{'weights':6} {'Δ/RMS':>6} {'base':12} | {'rel. RMSE':>32} | {'retention':>26}")
+    print(f"{'':6} {'':>6} {'':12} | {'recomputed':>10} {'base scales':>11} {'search':>9} |"
+          f" {'recomp.':>8} {'base sc.':>8} {'search':>8}")
     for dist, r, label, got in rows:
-        a, b = got["recomputed"], got["base scales"]
-        print(f"{dist:6} {r * 100:5.1f}% {label:12} | {a['relative_rmse']:10.5f} {b['relative_rmse']:11.5f} |"
-              f" {a['retention']:8.4f} {b['retention']:8.4f}")
+        a, b, c = got["recomputed"], got["base scales"], got["search"]
+        print(f"{dist:6} {r * 100:5.1f}% {label:12} | {a['relative_rmse']:10.5f} {b['relative_rmse']:11.5f}"
+              f" {c['relative_rmse']:9.5f} | {a['retention']:8.4f} {b['retention']:8.4f} {c['retention']:8.4f}")
 
 
 if __name__ == "__main__":

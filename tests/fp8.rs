@@ -362,3 +362,131 @@ fn bad_inputs_name_file_and_tensor_and_write_nothing() {
         &out,
     );
 }
+
+/// `--strategy search` on every variant: each scale block of k_proj is the
+/// fresh output's block or the base's (codes and scale, as stored), the
+/// base's exactly where it decodes nearer the sum in bf16 (the module
+/// dtype); the report counts the blocks.
+#[test]
+fn search_keeps_a_base_block_only_where_nearer() {
+    let d = Dir::new();
+    let res = d.p("res.safetensors");
+    // Rows from 1e-6 to 4e-3 (log-spaced), the first 128 columns 100×
+    // smaller: some per-channel blocks are nearer left as they are.
+    let delta: Vec<f32> = (0..128 * 256)
+        .map(|i| {
+            let (r, c) = (i / 256, i % 256);
+            let amp = (1e-6f64.ln() + (4e-3f64 / 1e-6).ln() * r as f64 / 127.0).exp();
+            let x = amp * (((i * 7919) % 997) as f64 / 498.0 - 1.0);
+            (if c < 128 { x / 100.0 } else { x }) as f32
+        })
+        .collect();
+    write_st(
+        &res,
+        &[(
+            K_PROJ,
+            Dtype::F16,
+            vec![128, 256],
+            common::f16_bytes(&delta),
+        )],
+    );
+    let delta: Vec<f32> = delta
+        .iter()
+        .map(|x| half::f16::from_f32(*x).to_f32())
+        .collect();
+    let mut base_wins = 0;
+    for v in VARIANTS {
+        let base = fixture(v);
+        let (fresh, search, report) = (
+            d.p(&format!("{v}-fresh")),
+            d.p(&format!("{v}-search")),
+            d.p(&format!("{v}.json")),
+        );
+        for (out, extra) in [
+            (&fresh, &[][..]),
+            (
+                &search,
+                &["--strategy", "search", "--report", s(&report)][..],
+            ),
+        ] {
+            let mut args = vec![
+                "apply",
+                "-q",
+                "--base",
+                s(&base),
+                "--residual",
+                s(&res),
+                "-o",
+                s(out),
+            ];
+            args.extend_from_slice(extra);
+            ok(&args);
+        }
+        let scale_name = format!(
+            "{K_PROJ}{}",
+            if v == "block" { "_scale_inv" } else { "_scale" }
+        );
+        let open = |p: &Path| SafetensorsModel::open(p).unwrap();
+        let (b, f, g) = (open(&fixture(v)), open(&fresh), open(&search));
+        let part = |m: &SafetensorsModel, n: &str| m.data(m.get(n).unwrap()).to_vec();
+        let codes = [&b, &f, &g].map(|m| part(m, K_PROJ));
+        let scales = [&b, &f, &g].map(|m| part(m, &scale_name));
+        let grid = b.get(&scale_name).unwrap().shape.clone();
+        let (sb, cb) = match grid.len() {
+            2 => (grid[0], grid[1]),
+            _ => (grid.iter().product(), 1),
+        };
+        let (rows_per, cols_per) = (128usize.div_ceil(sb), 256usize.div_ceil(cb));
+        let esize = scales[0].len() / (sb * cb);
+        let decoded = [&fixture(v), &fresh, &search]
+            .map(|p| common::decoded(&Model::open(p).unwrap(), K_PROJ));
+        let target: Vec<f32> = decoded[0]
+            .iter()
+            .zip(&delta)
+            .map(|(x, y)| half::bf16::from_f32(x + y).to_f32())
+            .collect();
+        let mut took = 0u64;
+        for k in 0..sb * cb {
+            let (r0, c0) = (k / cb * rows_per, k % cb * cols_per);
+            let idx: Vec<usize> = (r0..(r0 + rows_per).min(128))
+                .flat_map(|r| (c0..(c0 + cols_per).min(256)).map(move |c| r * 256 + c))
+                .collect();
+            let same = |a: usize, b: usize| {
+                idx.iter().all(|&i| codes[a][i] == codes[b][i])
+                    && scales[a][k * esize..(k + 1) * esize]
+                        == scales[b][k * esize..(k + 1) * esize]
+            };
+            let err = |m: usize| -> f64 {
+                idx.iter()
+                    .map(|&i| (target[i] as f64 - decoded[m][i] as f64).powi(2))
+                    .sum()
+            };
+            let (eb, ef) = (err(0), err(1));
+            if same(2, 1) {
+                assert!(
+                    same(2, 0) || eb >= ef * (1.0 - 1e-9),
+                    "{v}: block {k} nearer in the base, not kept"
+                );
+            } else {
+                assert!(same(2, 0), "{v}: block {k} is neither candidate");
+                assert!(
+                    eb < ef * (1.0 + 1e-9),
+                    "{v}: block {k} kept from the base though not nearer"
+                );
+                took += 1;
+            }
+        }
+        let rep: serde_json::Value =
+            serde_json::from_str(&std::fs::read_to_string(&report).unwrap()).unwrap();
+        let row = rep["tensors"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|t| t["name"] == K_PROJ)
+            .unwrap();
+        assert_eq!(row["search"]["blocks"], (sb * cb) as u64, "{v}");
+        assert_eq!(row["search"]["base"], took, "{v}");
+        base_wins += took;
+    }
+    assert!(base_wins > 0, "no base block kept: the test shows nothing");
+}

@@ -53,9 +53,11 @@ often each won. On NF4/FP4 bitsandbytes bases: the base's block (codes and absma
 one, never further from the sum than fresh's block as bitsandbytes dequantizes it (float32 and \
 the module's float16); with double quantization the nested absmax state stays fresh's. On MLX \
 bases (affine and mxfp4/mxfp8/nvfp4): per group the base's codes, scale (and bias) or mx.quantize's \
-fresh group, whichever decodes nearer the sum in the model's dtype. LLM.int8, FP8 and float \
-weights are written fresh; GPTQ/AWQ and pack-quantized weights keep the base's grid, where \
-rounding each code to the nearest is already the nearest block.
+fresh group, whichever decodes nearer the sum in the model's dtype. On FP8 bases (block, \
+channel or tensor scales): per scale block the base's codes and scale or the fresh ones (one more \
+pass over the weight to measure both). LLM.int8 and float weights are written fresh; GPTQ/AWQ and \
+pack-quantized weights (and FP8 with --keep-scales) keep the base's grid, where rounding each code \
+to the nearest is already the nearest block.
   adapter         Leave the base untouched and write α·Δ as a llama.cpp LoRA adapter GGUF \
 (-o adapter.gguf, needs --rank R) for `llama-cli -m BASE --lora adapter.gguf`: each 2-D tensor's \
 best rank-R approximation (randomized streaming SVD); the report gives the share of ‖αΔ‖² held. \

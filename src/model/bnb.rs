@@ -1515,6 +1515,9 @@ struct Prepass {
     nested_offset: Option<f32>,
     /// The block maxima of an FP8 weight's rounded sum.
     fp8: Option<BlockMaxima>,
+    /// Under `--strategy search`, per FP8 scale block: whether the base's
+    /// block is kept.
+    fp8_choice: Option<Vec<bool>>,
 }
 
 /// Pass 1 of an FP8 weight: the maxima of its blocks over the sum rounded
@@ -1552,6 +1555,73 @@ fn fp8_maxima_of(
         },
     )?;
     Ok(maxima)
+}
+
+/// Pass 2 of an FP8 weight under `--strategy search`, when the output
+/// keeps the base's layout: per scale block, whether the base's block
+/// (codes and scale, as stored) decodes strictly nearer the sum rounded to
+/// the module dtype than the fresh block on the scales of `maxima` (squared
+/// error over the block; ties go to fresh). `None` when not searched.
+fn fp8_choice_of(
+    model: &BnbModel,
+    job: &WeightJob<'_>,
+    maxima: &BlockMaxima,
+    out_path: &Path,
+    opts: &WriteOptions,
+    runner: &impl ChunkRunner,
+) -> Result<Option<Vec<bool>>> {
+    let OutStorage::Fp8 { layout, dtype } = job.out else {
+        unreachable!("only FP8 outputs are searched by block scales")
+    };
+    let w = &model.weights[job.weight];
+    if !opts.search || w.storage != Storage::Fp8(layout) {
+        return Ok(None);
+    }
+    let base = model.rows(job.weight).expect("validated");
+    let (row_len, scales) = (w.row_len(), maxima.scales());
+    let bn = layout.block.1;
+    // Per block: squared errors of [fresh, base].
+    let mut err = vec![[0f64; 2]; layout.n_blocks(w.n_rows(), row_len)];
+    let rpc = rows_per_chunk(row_len, 1, opts.chunk_elements);
+    for_chunks(
+        runner,
+        w.n_rows(),
+        rpc,
+        |r0, n| {
+            let s = sum_rows(base.as_ref(), job.residual.as_deref(), job.scale, r0, n)?;
+            let t = s.target(dtype, out_path, &w.name, r0, row_len)?;
+            let fresh = maxima.dequantize(&scales, r0, &maxima.quantize(&scales, r0, &t));
+            let b = if s.base.is_empty() { &s.exact } else { &s.base };
+            let first = layout.row_scales(r0, row_len).start;
+            let mut e = vec![[0f64; 2]; layout.row_scales(r0 + n - 1, row_len).end - first];
+            let rows = t.chunks_exact(row_len).zip(fresh.chunks_exact(row_len));
+            for (i, ((tr, fr), br)) in rows.zip(b.chunks_exact(row_len)).enumerate() {
+                let k0 = layout.row_scales(r0 + i, row_len).start - first;
+                for (c, ((&x, &f), &v)) in tr.iter().zip(fr).zip(br).enumerate() {
+                    let e = &mut e[k0 + c / bn];
+                    let x = x as f64;
+                    e[0] += (x - f as f64).powi(2);
+                    e[1] += (x - v as f64).powi(2);
+                }
+            }
+            Ok((first, e))
+        },
+        |r0, n, (first, e)| {
+            for (acc, e) in err[first..].iter_mut().zip(e) {
+                acc[0] += e[0];
+                acc[1] += e[1];
+            }
+            base.release_rows(r0, r0 + n);
+            if let Some(r) = &job.residual {
+                r.release_rows(r0, r0 + n);
+            }
+            Ok(())
+        },
+    )?;
+    let finite = |v: f64| if v.is_finite() { v } else { f64::INFINITY };
+    Ok(Some(
+        err.iter().map(|[f, b]| finite(*b) < finite(*f)).collect(),
+    ))
 }
 
 /// Pass 1 of a double-quantized weight: the offset (`absmax.mean()`) of the
@@ -1666,7 +1736,15 @@ fn write_weight(
         }
         OutStorage::Fp8 { layout, dtype } => {
             let maxima = pre.fp8.as_ref().expect("FP8 outputs have a first pass");
-            re.fp8(maxima, layout.scale_dtype(), dtype, &mut write, &mut stats)?
+            let searched = pre.fp8_choice.as_deref().map(|choice| {
+                let scale = model.part(w, 1);
+                Fp8Candidates {
+                    choice,
+                    scales: scale_values(scale, model.st.data(scale)),
+                    codes: model.st.data(model.part(w, 0)),
+                }
+            });
+            search = re.fp8(maxima, searched, layout, dtype, &mut write, &mut stats)?
         }
         OutStorage::Mlx(layout) => search = re.mlx(layout, &mut write, &mut stats)?,
         OutStorage::Packed(layout) => {
@@ -1738,6 +1816,14 @@ fn mlx_candidates<'a>(
         }
         _ => None,
     }
+}
+
+/// An FP8 weight's search candidates: the base's codes and stored scales,
+/// and per scale block whether its block is kept.
+struct Fp8Candidates<'a> {
+    choice: &'a [bool],
+    scales: Vec<f32>,
+    codes: &'a [u8],
 }
 
 /// One weight re-encoded chunk by chunk: base (+ scale · residual) into
@@ -1941,23 +2027,53 @@ impl<R: ChunkRunner> Reencode<'_, R> {
 
     /// As FP8 codes under the scales `maxima` gives, from the sum rounded
     /// to `dtype`; then the scales, stored as `scale_dtype`.
+    /// With `searched`, the blocks its choice keeps are the base's codes
+    /// and scales; the wins are returned.
     fn fp8(
         &self,
         maxima: &BlockMaxima,
-        scale_dtype: Dtype,
+        searched: Option<Fp8Candidates<'_>>,
+        layout: Fp8Layout,
         dtype: Dtype,
         write: &mut impl FnMut(&[u8]) -> Result<()>,
         stats: &mut ErrorStats,
-    ) -> Result<()> {
-        let measure = self.opts.measure;
-        let scales = maxima.scales();
+    ) -> Result<Option<SearchWins>> {
+        let (measure, cols) = (self.opts.measure, self.w.row_len());
+        let fresh = maxima.scales();
+        let mut scales = fresh.clone();
+        if let Some(c) = &searched {
+            for ((s, &b), &took) in scales.iter_mut().zip(&c.scales).zip(c.choice) {
+                if took {
+                    *s = b;
+                }
+            }
+        }
         let encode = |r0: usize, t: &mut Vec<f32>| {
-            let codes = maxima.quantize(&scales, r0, t);
+            let mut codes = maxima.quantize(&fresh, r0, t);
+            if let Some(c) = &searched {
+                for (i, row) in codes.chunks_exact_mut(cols).enumerate() {
+                    let (k0, r) = (layout.row_scales(r0 + i, cols).start, r0 + i);
+                    let base = &c.codes[r * cols..(r + 1) * cols];
+                    for (j, (o, &b)) in row.iter_mut().zip(base).enumerate() {
+                        if c.choice[k0 + j / layout.block.1] {
+                            *o = b;
+                        }
+                    }
+                }
+            }
             let decoded = measure.then(|| maxima.dequantize(&scales, r0, &codes));
             Ok((codes, Some(decoded.unwrap_or_default()), ()))
         };
         self.encode_chunks(dtype, write, stats, encode, |()| {})?;
-        write(&scale_bytes(scale_dtype, &scales))
+        write(&scale_bytes(layout.scale_dtype(), &scales))?;
+        Ok(searched.map(|c| {
+            let base = c.choice.iter().filter(|&&b| b).count() as u64;
+            SearchWins {
+                base,
+                fresh: c.choice.len() as u64 - base,
+                rerounded: 0,
+            }
+        }))
     }
 
     /// As FP8 codes re-rounded on `scales` (the base's), from the sum
@@ -2551,7 +2667,9 @@ fn prepasses(
                     double_quant: true, ..
                 } => pre.nested_offset = Some(nested_offset_of(model, job, out_dir, opts, runner)?),
                 OutStorage::Fp8 { .. } if !opts.keep_fp8_scales => {
-                    pre.fp8 = Some(fp8_maxima_of(model, job, out_dir, opts, runner)?)
+                    let maxima = fp8_maxima_of(model, job, out_dir, opts, runner)?;
+                    pre.fp8_choice = fp8_choice_of(model, job, &maxima, out_dir, opts, runner)?;
+                    pre.fp8 = Some(maxima);
                 }
                 _ => {}
             }

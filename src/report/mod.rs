@@ -257,7 +257,7 @@ pub fn search_fallbacks(outcomes: &[Row]) -> Vec<(String, &'static str)> {
             } else if kept_grid(&o.type_out) {
                 "the base's scales and zero points are kept: rounding to the nearest code on them is already nearest for every weight"
             } else if o.type_out.starts_with("fp8") {
-                "FP8 blocks are not searched: their scales are recomputed from the sum (with --keep-scales every code is already the nearest on the base's scales)"
+                "--keep-scales: every FP8 code is already the nearest on the base's scales"
             } else {
                 "float type: the fresh encoding is already the nearest value"
             };
