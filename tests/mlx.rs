@@ -191,11 +191,29 @@ fn bad_inputs_name_file_and_tensor_and_write_nothing() {
         (
             edited(
                 &d,
+                "bits7",
+                &cfg.replacen("\"bits\": 2", "\"bits\": 7", 1),
+                |_| {},
+            ),
+            vec![
+                "bits7/model.safetensors",
+                "bits 7",
+                "1, 2, 3, 4, 5, 6 or 8 bits",
+            ],
+        ),
+        (
+            // 2-bit codes declared as 5-bit: too few words.
+            edited(
+                &d,
                 "bits5",
                 &cfg.replacen("\"bits\": 2", "\"bits\": 5", 1),
                 |_| {},
             ),
-            vec!["bits5/model.safetensors", "bits 5"],
+            vec![
+                "bits5/model.safetensors",
+                "5-bit codes",
+                "must be U32 [128, 40]",
+            ],
         ),
         (
             edited(&d, "mode", &cfg.replace("\"affine\"", "\"fp16\""), |_| {}),

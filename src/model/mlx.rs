@@ -253,7 +253,7 @@ fn affine_checks(
         return Err(Error::tensor(
             path,
             name,
-            format!("group_size {gs}, bits {bits}: MLX's affine mode takes group sizes 32, 64, 128 and 2, 3, 4, 6 or 8 bits"),
+            format!("group_size {gs}, bits {bits}: MLX's affine mode takes group sizes 32, 64, 128 and 1, 2, 3, 4, 5, 6 or 8 bits"),
         ));
     }
     Ok(precision)

@@ -40,7 +40,7 @@ pub enum Model {
     /// scales (`quant_method: fp8`, compressed-tensors `float-quantized`),
     /// read and written by the same folder code as bitsandbytes.
     Fp8(BnbModel),
-    /// An mlx-lm folder quantized by MLX: affine (2/3/4/6/8-bit codes, a
+    /// An mlx-lm folder quantized by MLX: affine (1/2/3/4/5/6/8-bit codes, a
     /// scale and a bias per group) or mxfp4/mxfp8/nvfp4 (float codes, a
     /// uint8 scale per group), the same folder code again.
     Mlx(BnbModel),

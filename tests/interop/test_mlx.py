@@ -237,3 +237,38 @@ def test_search_groups_are_mx_quantize_or_base(run, tmp_path, base):
     assert kept > 0, "no base group kept: the test shows nothing"
     model, _ = load_model(out)
     assert bool(mx.all(mx.isfinite(model(mx.array([[1, 5, 9, 42]])))))
+
+
+def test_one_and_five_bit_affine(run, tmp_path):
+    """MLX 0.32's affine mode also takes 1 and 5 bits: a copy of the fixture with three modules
+    re-quantized by mx.quantize at 5 bits/32, 1 bit/64 and 5 bits/128 (per-module overrides)
+    dequantizes bit-exactly as mx.dequantize, `apply --type keep` writes mx.quantize's bytes of
+    the sum, and mlx-lm loads and runs the output."""
+    from mlx_lm.utils import load_model
+    src, folder = read_all(BASE), tmp_path / "base"
+    cfg = json.loads((BASE / "config.json").read_text())
+    q = cfg["quantization"]
+    changes = {"model.layers.0.mlp.up_proj": (32, 5), "model.layers.1.self_attn.o_proj": (64, 1),
+               "model.layers.0.self_attn.q_proj": (128, 5)}
+    for m, (gs, bits) in changes.items():
+        o = q.get(m, {})
+        w = deq(src, m, o.get("group_size", q["group_size"]), o.get("bits", q["bits"]))
+        src[m + ".weight"], src[m + ".scales"], src[m + ".biases"] = mx.quantize(w, group_size=gs, bits=bits)
+        q[m] = {"group_size": gs, "bits": bits}
+    folder.mkdir()
+    mx.save_safetensors(str(folder / "model.safetensors"), src, metadata={"format": "mlx"})
+    (folder / "config.json").write_text(json.dumps(cfg))
+    modules = check_dequantize(run, folder, tmp_path / "f32")
+    assert {m: modules[m][:2] for m in changes} == changes
+    res = make_residual(src, {m: changes[m] for m in changes}, tmp_path / "r.safetensors", seed=7)
+    out = tmp_path / "out"
+    run("apply", "--base", folder, "--residual", tmp_path / "r.safetensors", "-o", out, "--quiet")
+    got = read_all(out)
+    for m, (gs, bits) in changes.items():
+        exact = deq(src, m, gs, bits).astype(mx.float32) + mx.array(res[m + ".weight"]).astype(mx.float32)
+        qq, s, b = mx.quantize(exact.astype(mx.bfloat16), group_size=gs, bits=bits)
+        assert (np.array(got[m + ".weight"]) == np.array(qq)).all(), m
+        assert (bits_of(got[m + ".scales"]) == bits_of(s)).all(), m
+        assert (bits_of(got[m + ".biases"]) == bits_of(b)).all(), m
+    model, _ = load_model(out)
+    assert bool(mx.all(mx.isfinite(model(mx.array([[1, 5, 9, 42]])))))

@@ -1,14 +1,15 @@
 //! MLX affine quantization (`mx.quantize` / `mx.dequantize`, mode
 //! `affine`): per group of `group_size` consecutive weights of a row a
 //! scale `s` and a bias `b`, `w = s·q + b`, with `bits`-bit codes packed
-//! little-endian into a bit stream (uint32 words for 2/4/8 bits, 3-byte
-//! packs for 3/6 bits: the same stream).
+//! little-endian into a bit stream (uint32 words for 1/2/4/8 bits, 3-byte
+//! packs for 3/6 bits, 5-byte packs for 5 bits: the same stream).
 //!
 //! A port of MLX's CPU kernel (`mlx/backend/cpu/quantized.cpp`, `quantize`):
 //! in f32, `scale = max((max − min) / (2^bits − 1), 1e-7)`, signed towards
 //! the larger-magnitude edge, snapped so that edge is a code (`scale =
-//! edge / rint(edge / scale)`, `bias = edge`), codes `rint((w − bias) /
-//! scale)` clamped, scale and bias stored in the weight's dtype. Decoding is
+//! edge / rint(edge / scale)`, `bias = edge`; one bit is not snapped:
+//! `bias = min`), codes `rint((w − bias) / scale)` clamped, scale and bias
+//! stored in the weight's dtype. Decoding is
 //! `round(round(s·q) + b)` in the scales' dtype (what `mx.dequantize`
 //! computes on CPU: a multiply and an add, each rounded; checked by
 //! tests/interop/test_mlx.py). The float modes (`mxfp4`, `mxfp8`,
@@ -21,7 +22,7 @@ pub use crate::float::Precision;
 use crate::float::Rounding;
 
 /// Bits per code MLX's affine mode accepts.
-pub const BITS: [u32; 5] = [2, 3, 4, 6, 8];
+pub const BITS: [u32; 7] = [1, 2, 3, 4, 5, 6, 8];
 /// Group sizes MLX's affine mode accepts.
 pub const GROUP_SIZES: [usize; 3] = [32, 64, 128];
 
@@ -88,17 +89,22 @@ pub fn quantize_row(
             .fold((f32::INFINITY, f32::NEG_INFINITY), |(lo, hi), &v| {
                 (lo.min(v), hi.max(v))
             });
-        let mask = w_min.abs() > w_max.abs();
         let mut scale = ((w_max - w_min) / n_bins).max(1e-7);
-        if !mask {
-            scale = -scale;
-        }
-        let edge = if mask { w_min } else { w_max };
-        let q0 = (edge / scale).round_ties_even();
-        let mut bias = 0.0f32;
-        if q0 != 0.0 {
-            scale = edge / q0;
-            bias = edge;
+        let mut bias = w_min;
+        if bits > 1 {
+            // Snapped so that the larger-magnitude edge is a code (one bit
+            // keeps the plain min/max grid, as MLX does).
+            let mask = w_min.abs() > w_max.abs();
+            if !mask {
+                scale = -scale;
+            }
+            let edge = if mask { w_min } else { w_max };
+            let q0 = (edge / scale).round_ties_even();
+            bias = 0.0;
+            if q0 != 0.0 {
+                scale = edge / q0;
+                bias = edge;
+            }
         }
         for (j, &v) in group.iter().enumerate() {
             let q = ((v - bias) / scale).round_ties_even().clamp(0.0, n_bins) as u32;
@@ -128,6 +134,22 @@ mod tests {
                 assert!((a - c).abs() <= step / 2.0 + 1e-4, "{bits}: {a} vs {c}");
             }
         }
+    }
+
+    #[test]
+    fn one_bit_keeps_the_min_max_grid() {
+        // The larger-magnitude edge is the max here: snapping would move
+        // the bias there; one bit keeps bias = min, scale = max − min
+        // (checked against mx.quantize in tests/interop/test_mlx.py).
+        let mut x = vec![0.5f32; 32];
+        (x[0], x[1], x[2]) = (-1.0, 2.0, 0.4);
+        let (packed, s, b) = quantize_row(&x, 1, 32, Precision::F32);
+        assert_eq!((s[0], b[0]), (3.0, -1.0));
+        let mut back = vec![0f32; 32];
+        dequantize_row(&packed, &s, &b, 1, 32, Precision::F32, &mut back);
+        assert_eq!(&back[..3], &[-1.0, 2.0, -1.0]);
+        // 0.5 is exactly half-way: ties to the even code (0).
+        assert_eq!(back[3], -1.0);
     }
 
     #[test]
