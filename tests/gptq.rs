@@ -239,3 +239,34 @@ fn bad_inputs_name_file_and_tensor_and_write_nothing() {
         assert_fails(&o, 1, &needles, &out);
     }
 }
+
+/// `--strategy search` on the base's own grid: the output is `keep`'s, byte
+/// for byte (the nearest code per weight is already the nearest block), and
+/// the report names the reason instead of counting wins.
+#[test]
+fn search_on_the_kept_grid_is_keep_and_says_why() {
+    for (v, _) in VARIANTS {
+        let d = Dir::new();
+        let (res, _) = residual(&d);
+        let (keep, search, report) = (d.p("keep"), d.p("search"), d.p("r.json"));
+        let folder = base(v);
+        let apply = |out: &PathBuf, extra: &[&str]| {
+            let mut args = vec!["apply", "-q", "--base", s(&folder)];
+            args.extend_from_slice(&["--residual", s(&res), "-o", s(out)]);
+            args.extend_from_slice(extra);
+            ok(&args);
+        };
+        apply(&keep, &[]);
+        apply(&search, &["--strategy", "search", "--report", s(&report)]);
+        let read = |p: &PathBuf| std::fs::read(p.join("model.safetensors")).unwrap();
+        assert!(read(&keep) == read(&search), "{v}");
+        let r: serde_json::Value =
+            serde_json::from_str(&std::fs::read_to_string(&report).unwrap()).unwrap();
+        let fallback = r["summary"]["search"]["fresh_fallback"].as_array().unwrap();
+        let k = fallback.iter().find(|f| f["name"] == K_PROJ).unwrap();
+        assert!(
+            k["reason"].as_str().unwrap().contains("already nearest"),
+            "{v}: {k}"
+        );
+    }
+}
