@@ -196,6 +196,16 @@ fn bad_inputs_name_file_and_tensor_and_write_nothing() {
             common::edited_folder(
                 &base(),
                 &d,
+                "bits9",
+                &cfg.replace("\"num_bits\": 4", "\"num_bits\": 9"),
+                |_| {},
+            ),
+            vec!["bits9/", "num_bits 9", "1 to 8 bits"],
+        ),
+        (
+            common::edited_folder(
+                &base(),
+                &d,
                 "group",
                 &cfg.replace("\"group_size\": 64", "\"group_size\": 32"),
                 |_| {},

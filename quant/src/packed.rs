@@ -16,8 +16,8 @@ use crate::bitstream::{put_code, BitReader};
 pub use crate::float::Precision;
 use crate::float::Rounding;
 
-/// Bits per code this reader takes.
-pub const BITS: [u32; 2] = [4, 8];
+/// Bits per code this reader takes: all that `pack_to_int32` packs.
+pub const BITS: [u32; 8] = [1, 2, 3, 4, 5, 6, 7, 8];
 
 /// Bytes of one packed row of `cols` codes (whole int32 words).
 pub fn row_bytes(cols: usize, bits: u32) -> usize {
@@ -155,12 +155,19 @@ mod tests {
     #[test]
     fn codes_on_the_grid_round_trip() {
         let scales = [0.5f32, 0.25];
-        for (zeros, shift) in [(&[][..], [0, 0]), (&[3, -2][..], [3, -2])] {
-            // Codes −8..7 decode to (q − zp) · s.
-            let x: Vec<f32> = (0..64)
-                .map(|i| ((i % 16) as f32 - 8.0 - shift[i / 32] as f32) * scales[i / 32])
-                .collect();
-            for bits in BITS {
+        for bits in BITS {
+            // Every code −2^(bits−1)..2^(bits−1) − 1 decodes to (q − zp) · s,
+            // with zero points inside the code range or none.
+            let half = 1i32 << (bits - 1);
+            let zp = [3.min(half - 1), (-2).max(-half)];
+            for zeros in [&[][..], &zp[..]] {
+                let x: Vec<f32> = (0..64)
+                    .map(|i| {
+                        let g = i / 32;
+                        let z = zeros.get(g).copied().unwrap_or(0);
+                        ((i as i32 % (2 * half)) - half - z) as f32 * scales[g]
+                    })
+                    .collect();
                 let g = grid(&scales, zeros, bits, Precision::Bf16);
                 let p = quantize_row_on_grid(&x, g);
                 assert_eq!(p.len(), row_bytes(64, bits));

@@ -72,7 +72,7 @@ pub enum Method {
     Fp8,
     /// mlx-lm's `"quantization"` (affine, mxfp4, mxfp8 or nvfp4).
     Mlx,
-    /// compressed-tensors `pack-quantized` (symmetric int4/int8 groups).
+    /// compressed-tensors `pack-quantized` (1- to 8-bit integer groups).
     Packed,
     /// GPTQ or AWQ in their own layouts (`quant_method: gptq`/`awq`).
     Gptq,

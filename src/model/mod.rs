@@ -44,7 +44,7 @@ pub enum Model {
     /// scale and a bias per group) or mxfp4/mxfp8/nvfp4 (float codes, a
     /// uint8 scale per group), the same folder code again.
     Mlx(BnbModel),
-    /// A compressed-tensors `pack-quantized` folder (symmetric int4/int8
+    /// A compressed-tensors `pack-quantized` folder (1- to 8-bit integer
     /// groups, the layout of llm-compressor's GPTQ outputs), read and kept
     /// on the base's own scales.
     Packed(BnbModel),

@@ -127,7 +127,7 @@ pub fn packed_weight(
     let bits = args["num_bits"].as_u64().unwrap_or(0) as u32;
     if !BITS.contains(&bits) {
         return Err(bad(format!(
-            "num_bits {bits}: only 4- and 8-bit packing is read"
+            "num_bits {bits}: compressed-tensors packs 1 to 8 bits"
         )));
     }
     let symmetric = args["symmetric"] != false;

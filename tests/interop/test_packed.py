@@ -62,15 +62,15 @@ def reference_keep(base, t, m, x):
     return PackedQuantizationCompressor.compress(sd, sch)
 
 
-def bits(x):
+def bits_(x):
     return x.float().contiguous().view(torch.int32)
 
 
-def make_residual(t, path, seed=1):
+def make_residual(t, path, seed=1, sigma=0.004):
     g = torch.Generator().manual_seed(seed)
     res = {}
     for m in modules(t):
-        res[m + ".weight"] = (torch.randn(*t[m + ".weight_shape"].tolist(), generator=g) * 0.004).half()
+        res[m + ".weight"] = (torch.randn(*t[m + ".weight_shape"].tolist(), generator=g) * sigma).half()
     res["model.norm.weight"] = (torch.randn(256, generator=g) * 0.01).half()
     save_file(res, str(path))
     return res
@@ -85,7 +85,7 @@ def test_dequantize_matches_compressed_tensors(run, tmp_path, variant):
     run("dequantize", base, "-o", out, "--type", "f32", "--quiet")
     got = read_all(out)
     for m in modules(src):
-        assert torch.equal(bits(got[m + ".weight"]), bits(reference(base, src, m))), m
+        assert torch.equal(bits_(got[m + ".weight"]), bits_(reference(base, src, m))), m
         assert m + ".weight_packed" not in got
 
 
@@ -128,3 +128,48 @@ def test_outputs_load_in_transformers(run, tmp_path, variant, ty):
     with torch.no_grad():
         logits = model(torch.tensor([[1, 5, 9, 42]])).logits
     assert torch.isfinite(logits).all()
+
+
+# The other widths compressed-tensors packs (pack_to_int32 takes 1 to 8 bits): folders written on
+# the fly by fixtures/make_tiny_packed.py's `packed` (calculate_qparams over min/max,
+# ModelCompressor.compress_model), symmetric and asymmetric, per group and per channel.
+WIDTHS = {"w2g64_asym": (2, 64, False), "w3g64": (3, 64, True), "w5ch_asym": (5, None, False),
+          "w6g32_asym": (6, 32, False), "w7ch": (7, None, True), "w1g64_asym": (1, 64, False)}
+
+
+@pytest.mark.parametrize("name", sorted(WIDTHS))
+def test_other_widths_dequantize_and_keep_as_compressed_tensors(run, tmp_path, name):
+    from make_tiny_fp8 import tiny_model
+    from make_tiny_packed import packed
+    bits, group, symmetric = WIDTHS[name]
+    tiny_model().save_pretrained(tmp_path / "bf16")
+    base = tmp_path / name
+    packed(tmp_path / "bf16", base, bits, group, symmetric)
+    src = read_all(base)
+    assert scheme(base).weights.num_bits == bits and len(modules(src)) == 14
+    run("dequantize", base, "-o", tmp_path / "f32", "--type", "f32", "--quiet")
+    got = read_all(tmp_path / "f32")
+    for m in modules(src):
+        assert torch.equal(bits_(got[m + ".weight"]), bits_(reference(base, src, m))), m
+    # One- and two-bit steps are wide: a residual that moves some codes there.
+    res = make_residual(src, tmp_path / "r.safetensors", sigma=0.004 if bits > 2 else 0.05)
+    out = tmp_path / "out"
+    run("apply", "--base", base, "--residual", tmp_path / "r.safetensors", "-o", out, "--quiet")
+    got = read_all(out)
+    moved = 0
+    for m in modules(src):
+        exact = reference(base, src, m).float() + res[m + ".weight"].float()
+        want = reference_keep(base, src, m, exact.to(torch.bfloat16))
+        for k, t in parts(src, m).items():
+            same = want[k] if k in ("weight_packed", "weight_zero_point") else t
+            assert torch.equal(got[f"{m}.{k}"], same), (m, k)
+        moved += int((got[m + ".weight_packed"] != src[m + ".weight_packed"]).sum())
+    assert moved > 0
+    from transformers import AutoModelForCausalLM, CompressedTensorsConfig
+    model = AutoModelForCausalLM.from_pretrained(
+        out, device_map="cpu", quantization_config=CompressedTensorsConfig(run_compressed=False))
+    name = "model.layers.1.mlp.down_proj"
+    loaded = model.model.layers[1].mlp.down_proj.weight.detach()
+    assert torch.equal(loaded, reference(base, got, name).to(loaded.dtype))
+    with torch.no_grad():
+        assert torch.isfinite(model(torch.tensor([[1, 5, 9, 42]])).logits).all()
