@@ -245,11 +245,15 @@ fn bad_inputs_name_file_and_tensor_and_write_nothing() {
 /// the report names the reason instead of counting wins.
 #[test]
 fn search_on_the_kept_grid_is_keep_and_says_why() {
-    for (v, _) in VARIANTS {
+    // GPTQ and AWQ, and compressed-tensors pack-quantized (int8 there is not
+    // LLM.int8).
+    let packed = ["w8ch", "w4g64_asym"].map(|v| common::fixture_in("tiny_packed", v));
+    let folders = VARIANTS.iter().map(|(v, _)| base(v)).chain(packed);
+    for folder in folders {
+        let v = folder.display().to_string();
         let d = Dir::new();
         let (res, _) = residual(&d);
         let (keep, search, report) = (d.p("keep"), d.p("search"), d.p("r.json"));
-        let folder = base(v);
         let apply = |out: &PathBuf, extra: &[&str]| {
             let mut args = vec!["apply", "-q", "--base", s(&folder)];
             args.extend_from_slice(&["--residual", s(&res), "-o", s(out)]);

@@ -18,10 +18,10 @@ const K_PROJ: &str = "model.layers.0.self_attn.k_proj.weight";
 
 /// Every fixture and the type its weights are reported as.
 const VARIANTS: [(&str, &str); 4] = [
-    ("w4g64", "int4"),
-    ("w8ch", "int8"),
-    ("w4g64_asym", "int4-asym"),
-    ("w8ch_asym", "int8-asym"),
+    ("w4g64", "ct-int4"),
+    ("w8ch", "ct-int8"),
+    ("w4g64_asym", "ct-int4-asym"),
+    ("w8ch_asym", "ct-int8-asym"),
 ];
 
 fn fixture(variant: &str) -> PathBuf {

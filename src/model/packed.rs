@@ -43,10 +43,11 @@ pub struct PackedLayout {
 }
 
 impl PackedLayout {
-    /// A short name for reports: `int4`, `int8`, `int4-asym`.
+    /// A short name for reports: `ct-int4`, `ct-int8`, `ct-int4-asym`
+    /// (compressed-tensors; `int8` alone is LLM.int8).
     pub fn label(&self) -> String {
         let asym = if self.zero_points { "-asym" } else { "" };
-        format!("int{}{asym}", self.bits)
+        format!("ct-int{}{asym}", self.bits)
     }
 
     /// Row `r`'s grid out of every scale and zero point of the weight

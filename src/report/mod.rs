@@ -270,9 +270,7 @@ pub fn search_fallbacks(outcomes: &[Row]) -> Vec<(String, &'static str)> {
 /// pack-quantized): codes re-rounded to the nearest grid value, which no
 /// other candidate on that grid can beat.
 fn kept_grid(label: &str) -> bool {
-    label.starts_with("gptq-")
-        || label.starts_with("awq-")
-        || (label.starts_with("int") && label != "int8")
+    label.starts_with("gptq-") || label.starts_with("awq-") || label.starts_with("ct-int")
 }
 
 /// The `--strategy search` summary: how often each candidate won, per
