@@ -639,3 +639,153 @@ fn search_keeps_base_groups_only_where_nearer_float_modes() {
         ],
     );
 }
+
+/// An MLX folder with one stacked expert weight `[experts, rows, cols]`
+/// (mlx-lm's SwitchLinear), 4 bits in groups of 32, f32 scales: its
+/// stacked weight's name and decoded values.
+fn moe_folder(d: &Dir, experts: usize, rows: usize, cols: usize) -> (PathBuf, Vec<f32>) {
+    const UP: &str = "model.layers.0.mlp.switch_mlp.up_proj";
+    let folder = d.p("moe");
+    std::fs::create_dir(&folder).unwrap();
+    std::fs::write(
+        folder.join("config.json"),
+        r#"{"model_type": "qwen3_moe", "torch_dtype": "float32", "quantization": {"group_size": 32, "bits": 4}}"#,
+    )
+    .unwrap();
+    let w = gaussian(experts * rows * cols, 0.02, 3);
+    let (mut packed, mut scales, mut biases, mut decoded) = (vec![], vec![], vec![], vec![]);
+    for row in w.chunks(cols) {
+        let (p, sc, bi) = mlx::quantize_row(row, 4, 32, Precision::F32);
+        let mut dst = vec![0f32; cols];
+        mlx::dequantize_row(&p, &sc, &bi, 4, 32, Precision::F32, &mut dst);
+        packed.extend(p);
+        scales.extend(sc);
+        biases.extend(bi);
+        decoded.extend(dst);
+    }
+    let groups = vec![experts, rows, cols / 32];
+    write_st(
+        &folder.join("model.safetensors"),
+        &[
+            (
+                &format!("{UP}.weight"),
+                Dtype::U32,
+                vec![experts, rows, cols / 8],
+                packed,
+            ),
+            (
+                &format!("{UP}.scales"),
+                Dtype::F32,
+                groups.clone(),
+                common::f32_bytes(&scales),
+            ),
+            (
+                &format!("{UP}.biases"),
+                Dtype::F32,
+                groups,
+                common::f32_bytes(&biases),
+            ),
+        ],
+    );
+    (folder, decoded)
+}
+
+#[test]
+fn stacked_experts_take_their_per_expert_residuals_in_order() {
+    let d = Dir::new();
+    let (experts, rows, cols) = (3, 8, 64);
+    let (folder, base) = moe_folder(&d, experts, rows, cols);
+    let name = |e: usize| format!("model.layers.0.mlp.experts.{e}.up_proj.weight");
+    // Expert e's residual is e + 1 times one pattern: the order shows.
+    let pattern: Vec<f32> = (0..rows * cols)
+        .map(|i| 0.01 * ((i % 7) as f32 - 3.0))
+        .collect();
+    let delta = |e: usize| -> Vec<f32> { pattern.iter().map(|x| x * (e + 1) as f32).collect() };
+    let write = |path: &std::path::Path, which: &[usize]| {
+        let names: Vec<String> = which.iter().map(|&e| name(e)).collect();
+        let entries: Vec<_> = which
+            .iter()
+            .zip(&names)
+            .map(|(&e, n)| {
+                (
+                    n.as_str(),
+                    Dtype::F32,
+                    vec![rows, cols],
+                    common::f32_bytes(&delta(e)),
+                )
+            })
+            .collect();
+        write_st(path, &entries);
+    };
+    let (res, out) = (d.p("r.safetensors"), d.p("out"));
+    write(&res, &[2, 0, 1]);
+    ok(&[
+        "apply",
+        "-q",
+        "--base",
+        s(&folder),
+        "--residual",
+        s(&res),
+        "-o",
+        s(&out),
+    ]);
+    let got = common::decoded(
+        &Model::open(&out).unwrap(),
+        "model.layers.0.mlp.switch_mlp.up_proj.weight",
+    );
+    for e in 0..experts {
+        let dl = delta(e);
+        for r in 0..rows {
+            let at = (e * rows + r) * cols;
+            let sum: Vec<f32> = (0..cols).map(|c| base[at + c] + dl[r * cols + c]).collect();
+            let (p, sc, bi) = mlx::quantize_row(&sum, 4, 32, Precision::F32);
+            let mut want = vec![0f32; cols];
+            mlx::dequantize_row(&p, &sc, &bi, 4, 32, Precision::F32, &mut want);
+            assert_eq!(&got[at..at + cols], &want[..], "expert {e} row {r}");
+        }
+    }
+    // An expert missing, and one of the wrong shape: refused, nothing written.
+    let out2 = d.p("out2");
+    write(&res, &[0, 2]);
+    let o = run(&[
+        "apply",
+        "-q",
+        "--base",
+        s(&folder),
+        "--residual",
+        s(&res),
+        "-o",
+        s(&out2),
+    ]);
+    assert_fails(
+        &o,
+        1,
+        &["switch_mlp.up_proj.weight", "experts 1 have no residual"],
+        &out2,
+    );
+    write_st(
+        &res,
+        &[(
+            &name(5),
+            Dtype::F32,
+            vec![rows, cols],
+            vec![0; rows * cols * 4],
+        )],
+    );
+    let o = run(&[
+        "apply",
+        "-q",
+        "--base",
+        s(&folder),
+        "--residual",
+        s(&res),
+        "-o",
+        s(&out2),
+    ]);
+    assert_fails(
+        &o,
+        1,
+        &["experts.5.up_proj.weight", "vs expert 5 of base"],
+        &out2,
+    );
+}

@@ -63,12 +63,40 @@ pub fn match_residual(
     let embed = rtensors
         .iter()
         .position(|e| e.name == "model.embed_tokens.weight");
+    // Stacked MLX experts: base weight -> the residual tensor of each expert.
+    let mut stacks: BTreeMap<usize, Vec<Option<usize>>> = BTreeMap::new();
     for (ri, rt) in rtensors.iter().enumerate() {
         let Some(&wi) = by_name.get(rt.name) else {
             if rt.name == "lm_head.weight" && tied {
                 let names = ("lm_head.weight", "model.embed_tokens.weight");
                 m.notes
                     .push(tied_output(rpath, rtensors, ri, embed, names)?);
+                continue;
+            }
+            let stacked = (model.method() == Method::Mlx)
+                .then(|| mlx_expert(rt.name))
+                .flatten()
+                .and_then(|(name, e)| by_name.get(name.as_str()).map(|&wi| (wi, e)));
+            if let Some((wi, e)) = stacked {
+                let w = &model.weights()[wi];
+                let shape: Vec<u64> = w.shape.iter().skip(1).map(|&d| d as u64).collect();
+                if w.shape.len() != 3 || e >= w.shape[0] || shape != rt.shape {
+                    bad_shape.push(format!(
+                        "{} {:?} vs expert {e} of base {} {:?}",
+                        rt.name, rt.shape, w.name, w.shape
+                    ));
+                    continue;
+                }
+                let slots = stacks.entry(wi).or_insert_with(|| vec![None; w.shape[0]]);
+                if let Some(prev) = slots[e].replace(ri) {
+                    return Err(Error::Mismatch(format!(
+                        "{}: residual tensors {} and {} are both expert {e} of {}",
+                        rpath.display(),
+                        rtensors[prev].name,
+                        rt.name,
+                        w.name
+                    )));
+                }
                 continue;
             }
             no_partner.push(rt.name.to_string());
@@ -89,6 +117,26 @@ pub fn match_residual(
             )));
         }
         m.pairs.push(Pairing::one(wi, ri, RowPermutation::Identity));
+    }
+    for (wi, slots) in stacks {
+        let parts: Vec<usize> = slots.iter().flatten().copied().collect();
+        if parts.len() < slots.len() {
+            let missing: Vec<String> = (0..slots.len())
+                .filter(|&e| slots[e].is_none())
+                .map(|e| e.to_string())
+                .collect();
+            return Err(Error::Mismatch(format!(
+                "{}: {} stacks every expert of the layer; experts {} have no residual (given: {})",
+                rpath.display(),
+                model.weights()[wi].name,
+                missing.join(", "),
+                rtensors[parts[0]].name
+            )));
+        }
+        m.pairs.push(Pairing {
+            parts: parts.clone(),
+            ..Pairing::one(wi, parts[0], RowPermutation::Identity)
+        });
     }
     if !bad_shape.is_empty() {
         return Err(Error::Mismatch(format!(
@@ -115,6 +163,17 @@ pub fn match_residual(
     }
     m.unmatched = no_partner;
     Ok(m)
+}
+
+/// The stacked weight mlx-lm keeps expert `e` of a Hugging Face expert
+/// weight in: `….experts.E.NAME` is expert `E` of `….switch_mlp.NAME`
+/// (SwitchLinear, as mlx-lm's `sanitize` stacks Qwen3-MoE, Mixtral,
+/// DeepSeek and the other mixture-of-experts families).
+fn mlx_expert(name: &str) -> Option<(String, usize)> {
+    let (head, rest) = name.split_once(".experts.")?;
+    let (e, tail) = rest.split_once('.')?;
+    let e: usize = e.parse().ok()?;
+    Some((format!("{head}.switch_mlp.{tail}"), e))
 }
 
 /// `apply` on a bitsandbytes folder.

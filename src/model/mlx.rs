@@ -102,7 +102,7 @@ pub struct MlxParts {
     pub weight: usize,
     /// Index of the biases (`M.biases`; affine mode only).
     pub biases: Option<usize>,
-    /// The logical shape `[out, in]`.
+    /// The logical shape `[out, in]` (`[experts, out, in]` when stacked).
     pub shape: Vec<usize>,
     /// Bits, group size, dtype.
     pub layout: MlxLayout,
@@ -158,24 +158,32 @@ pub fn mlx_weight(
             model_precision(config)
         }
     };
-    let (out, groups) = match t.shape.as_slice() {
-        [o, g] => (*o, *g),
-        s => {
-            return Err(Error::tensor(
-                path,
-                &t.name,
-                format!("scales must be 2-D [out, in/group_size], found {s:?}"),
-            ))
-        }
+    // [out, groups], or [experts, out, groups] for mlx-lm's stacked
+    // mixture-of-experts weights (SwitchLinear): rows are rows either way.
+    let Some((&groups, lead)) = t
+        .shape
+        .split_last()
+        .filter(|(_, l)| matches!(l.len(), 1 | 2))
+    else {
+        return Err(Error::tensor(
+            path,
+            &t.name,
+            format!(
+                "scales must be [out, in/group_size] or [experts, out, in/group_size], found {:?}",
+                t.shape
+            ),
+        ));
     };
     let cols = groups * gs;
     let packed_cols = cols * bits as usize / 32;
-    if w.dtype != Dtype::U32 || w.shape != [out, packed_cols] {
+    let want: Vec<usize> = lead.iter().copied().chain([packed_cols]).collect();
+    if w.dtype != Dtype::U32 || w.shape != want {
+        let logical: Vec<usize> = lead.iter().copied().chain([cols]).collect();
         return Err(Error::tensor(
             wpath,
             &name,
             format!(
-                "{bits}-bit codes of [{out}, {cols}] (scales {:?}, group_size {gs}) must be U32 [{out}, {packed_cols}], found {:?} {:?}",
+                "{bits}-bit codes of {logical:?} (scales {:?}, group_size {gs}) must be U32 {want:?}, found {:?} {:?}",
                 t.shape, w.dtype, w.shape
             ),
         ));
@@ -189,7 +197,7 @@ pub fn mlx_weight(
     Ok(Some(MlxParts {
         weight: main,
         biases,
-        shape: vec![out, cols],
+        shape: lead.iter().copied().chain([cols]).collect(),
         layout,
     }))
 }

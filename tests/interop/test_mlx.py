@@ -272,3 +272,76 @@ def test_one_and_five_bit_affine(run, tmp_path):
         assert (bits_of(got[m + ".biases"]) == bits_of(b)).all(), m
     model, _ = load_model(out)
     assert bool(mx.all(mx.isfinite(model(mx.array([[1, 5, 9, 42]])))))
+
+
+def moe_model(folder):
+    """A tiny Qwen3-MoE built and quantized by mlx-lm (4 bits, groups of 64; mlx-lm keeps the
+    router at 8 bits), saved in `folder`: its experts are stacked SwitchLinear weights
+    `mlp.switch_mlp.{gate,up,down}_proj` of shape [experts, out, in]."""
+    from mlx.utils import tree_flatten
+    from mlx_lm.models import qwen3_moe
+    from mlx_lm.utils import quantize_model, save_model
+    args = qwen3_moe.ModelArgs(
+        model_type="qwen3_moe", hidden_size=128, num_hidden_layers=2, intermediate_size=256,
+        num_attention_heads=4, num_experts=4, num_experts_per_tok=2, decoder_sparse_step=1,
+        mlp_only_layers=[], moe_intermediate_size=128, rms_norm_eps=1e-6, vocab_size=256,
+        num_key_value_heads=2, head_dim=32, rope_theta=10000.0, tie_word_embeddings=False,
+        max_position_embeddings=512, norm_topk_prob=True)
+    mx.random.seed(4)
+    model = qwen3_moe.Model(args)
+    mx.eval(model.parameters())
+    model, config = quantize_model(model, dict(vars(args)), group_size=64, bits=4)
+    folder.mkdir()
+    save_model(folder, model)
+    (folder / "config.json").write_text(json.dumps(config))
+    return dict(tree_flatten(model.parameters()))
+
+
+def test_moe_experts_take_per_expert_residuals(run, tmp_path):
+    """mlx-lm's stacked experts ([experts, out, in]) dequantize bit-exactly as mx.dequantize; a
+    residual with the Hugging Face per-expert names (`mlp.experts.E.gate_proj.weight`, what
+    `qresidual extract` of an HF pair gives) is stacked onto them in expert order: `apply` writes
+    mx.quantize of dequant(base) + Δ for every expert, and mlx-lm loads and runs the output."""
+    from mlx_lm.generate import generate_step
+    from mlx_lm.utils import load_model
+    base = tmp_path / "base"
+    moe_model(base)
+    src, modules = read_all(base), quantized(base)
+    stacked = [m for m in modules if ".switch_mlp." in m]
+    assert len(stacked) == 6 and all(src[m + ".scales"].ndim == 3 for m in stacked)
+    run("dequantize", base, "-o", tmp_path / "f32", "--type", "f32", "--quiet")
+    got = read_all(tmp_path / "f32")
+    for m, (gs, bits) in modules.items():
+        assert (bits_of(got[m + ".weight"]) == bits_of(deq(src, m, gs, bits))).all(), m
+    rng = np.random.default_rng(9)
+    res, want_delta = {}, {}
+    for m in stacked:
+        e, out, cols = src[m + ".scales"].shape[0], src[m + ".scales"].shape[1], got[m + ".weight"].shape[-1]
+        d = (rng.standard_normal((e, out, cols)) * 0.004).astype(np.float16)
+        want_delta[m] = d
+        for i in range(e):
+            res[m.replace(".switch_mlp.", f".experts.{i}.") + ".weight"] = d[i]
+    save_file(res, str(tmp_path / "r.safetensors"))
+    out = tmp_path / "out"
+    run("apply", "--base", base, "--residual", tmp_path / "r.safetensors", "-o", out, "--quiet")
+    got = read_all(out)
+    for m in stacked:
+        gs, bits = modules[m]
+        exact = deq(src, m, gs, bits).astype(mx.float32) + mx.array(want_delta[m]).astype(mx.float32)
+        q, s, b = mx.quantize(exact.astype(src[m + ".scales"].dtype), group_size=gs, bits=bits)
+        assert (np.array(got[m + ".weight"]) == np.array(q)).all(), m
+        assert (bits_of(got[m + ".scales"]) == bits_of(s)).all(), m
+        assert (bits_of(got[m + ".biases"]) == bits_of(b)).all(), m
+    for m in modules:
+        if m not in stacked:
+            assert (np.array(got[m + ".weight"]) == np.array(src[m + ".weight"])).all(), m
+    model, _ = load_model(out)
+    tokens = [int(t) for (t, _), _ in zip(generate_step(mx.array([1, 5, 9, 42]), model), range(4))]
+    assert len(tokens) == 4
+    # One expert missing: refused, naming the stacked weight and the expert; nothing written.
+    del res[stacked[0].replace(".switch_mlp.", ".experts.2.") + ".weight"]
+    save_file(res, str(tmp_path / "r3.safetensors"))
+    p = run("apply", "--base", base, "--residual", tmp_path / "r3.safetensors", "-o", tmp_path / "out3", "-q",
+            check=False)
+    assert p.returncode != 0 and "experts 2 have no residual" in p.stderr and stacked[0] in p.stderr, p.stderr
+    assert not (tmp_path / "out3").exists()
