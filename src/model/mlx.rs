@@ -84,16 +84,27 @@ impl MlxLayout {
 }
 
 /// The module's `(group_size, bits, mode)`: its override in the config,
-/// or the defaults.
+/// or the model's. mlx-lm passes an override to `to_quantized` as it is,
+/// so what it leaves out takes `to_quantized`'s defaults, not the model's:
+/// mode `affine` (the 8-bit affine router of a model quantized to mxfp4
+/// says only `{"group_size": 64, "bits": 8}`), and the mode's own group
+/// size and bits.
 fn params<'c>(config: &'c Value, module: &str) -> Option<(u64, u64, &'c str)> {
     let q = &config["quantization"];
     let o = &q[module];
-    let pick = |k: &str| o[k].as_u64().or_else(|| q[k].as_u64());
-    let mode = o["mode"]
-        .as_str()
-        .or(q["mode"].as_str())
-        .unwrap_or("affine");
-    Some((pick("group_size")?, pick("bits")?, mode))
+    let from = if o.is_object() { o } else { q };
+    let mode = from["mode"].as_str().unwrap_or("affine");
+    let (gs, bits) = match mode {
+        "mxfp4" => (32, 4),
+        "mxfp8" => (32, 8),
+        "nvfp4" => (16, 4),
+        _ => (64, 4),
+    };
+    let pick = |k: &str, default: u64| match &from[k] {
+        Value::Null => Some(default),
+        v => v.as_u64(),
+    };
+    Some((pick("group_size", gs)?, pick("bits", bits)?, mode))
 }
 
 /// One MLX weight found in a folder.
@@ -418,5 +429,32 @@ impl RowSource for MlxRows<'_> {
     fn release_rows(&self, start: usize, end: usize) {
         let rb = self.row_bytes();
         self.pages.release(&self.packed[start * rb..end * rb]);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn an_override_is_taken_whole_as_mlx_lm_does() {
+        let config = serde_json::json!({"quantization": {
+            "group_size": 32, "bits": 4, "mode": "mxfp4",
+            "model.layers.0.mlp.gate": {"group_size": 64, "bits": 8},
+            "model.layers.0.self_attn.k_proj": {"mode": "nvfp4"},
+        }});
+        // The model's setting; an override naming no mode is affine; one
+        // naming only the mode takes that mode's group size and bits.
+        assert_eq!(params(&config, "lm_head"), Some((32, 4, "mxfp4")));
+        assert_eq!(
+            params(&config, "model.layers.0.mlp.gate"),
+            Some((64, 8, "affine"))
+        );
+        assert_eq!(
+            params(&config, "model.layers.0.self_attn.k_proj"),
+            Some((16, 4, "nvfp4"))
+        );
+        let plain = serde_json::json!({"quantization": {"group_size": 64, "bits": 4}});
+        assert_eq!(params(&plain, "x"), Some((64, 4, "affine")));
     }
 }

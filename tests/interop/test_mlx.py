@@ -35,9 +35,12 @@ def quantized(folder, with_mode=False):
     for k in tensors:
         if k.endswith(".scales"):
             m = k[: -len(".scales")]
-            o = q.get(m, {})
+            # mlx-lm hands a module's override to to_quantized as it is: what it leaves out
+            # is to_quantized's default (affine), not the model's setting.
+            o = q[m] if isinstance(q.get(m), dict) else q
+            mode = o.get("mode", "affine")
             p = (o.get("group_size", q["group_size"]), o.get("bits", q["bits"]))
-            out[m] = p + (o.get("mode", q.get("mode", "affine")),) if with_mode else p
+            out[m] = p + (mode,) if with_mode else p
     return out
 
 
@@ -274,10 +277,11 @@ def test_one_and_five_bit_affine(run, tmp_path):
     assert bool(mx.all(mx.isfinite(model(mx.array([[1, 5, 9, 42]])))))
 
 
-def moe_model(folder):
-    """A tiny Qwen3-MoE built and quantized by mlx-lm (4 bits, groups of 64; mlx-lm keeps the
-    router at 8 bits), saved in `folder`: its experts are stacked SwitchLinear weights
-    `mlp.switch_mlp.{gate,up,down}_proj` of shape [experts, out, in]."""
+def moe_model(folder, mode):
+    """A tiny Qwen3-MoE built and quantized by mlx-lm in `mode` (affine: 4 bits in groups of 64;
+    mlx-lm keeps the router at 8-bit affine, its override naming no mode), saved in `folder`: its
+    experts are stacked SwitchLinear weights `mlp.switch_mlp.{gate,up,down}_proj` of shape
+    [experts, out, in]."""
     from mlx.utils import tree_flatten
     from mlx_lm.models import qwen3_moe
     from mlx_lm.utils import quantize_model, save_model
@@ -290,33 +294,38 @@ def moe_model(folder):
     mx.random.seed(4)
     model = qwen3_moe.Model(args)
     mx.eval(model.parameters())
-    model, config = quantize_model(model, dict(vars(args)), group_size=64, bits=4)
+    gs, bits = (64, 4) if mode == "affine" else (None, None)
+    model, config = quantize_model(model, dict(vars(args)), group_size=gs, bits=bits, mode=mode)
     folder.mkdir()
     save_model(folder, model)
     (folder / "config.json").write_text(json.dumps(config))
     return dict(tree_flatten(model.parameters()))
 
 
-def test_moe_experts_take_per_expert_residuals(run, tmp_path):
-    """mlx-lm's stacked experts ([experts, out, in]) dequantize bit-exactly as mx.dequantize; a
-    residual with the Hugging Face per-expert names (`mlp.experts.E.gate_proj.weight`, what
-    `qresidual extract` of an HF pair gives) is stacked onto them in expert order: `apply` writes
-    mx.quantize of dequant(base) + Δ for every expert, and mlx-lm loads and runs the output."""
+@pytest.mark.parametrize("mode", ["affine", "mxfp4", "nvfp4"])
+def test_moe_experts_take_per_expert_residuals(run, tmp_path, mode):
+    """mlx-lm's stacked experts ([experts, out, in]) dequantize bit-exactly as mx.dequantize, and
+    so does the 8-bit affine router of a float-mode model; a residual with the Hugging Face
+    per-expert names (`mlp.experts.E.gate_proj.weight`, what `qresidual extract` of an HF pair
+    gives) is stacked onto them in expert order: `apply` writes mx.quantize of dequant(base) + Δ
+    for every expert, and mlx-lm loads and runs the output."""
     from mlx_lm.generate import generate_step
     from mlx_lm.utils import load_model
     base = tmp_path / "base"
-    moe_model(base)
-    src, modules = read_all(base), quantized(base)
+    moe_model(base, mode)
+    src, modules, dtype = read_all(base), quantized(base, True), model_dtype(base)
     stacked = [m for m in modules if ".switch_mlp." in m]
     assert len(stacked) == 6 and all(src[m + ".scales"].ndim == 3 for m in stacked)
+    assert {modules[m][2] for m in stacked} == {mode}
+    assert {modules[m] for m in modules if m.endswith(".mlp.gate")} == {(64, 8, "affine")}
     run("dequantize", base, "-o", tmp_path / "f32", "--type", "f32", "--quiet")
     got = read_all(tmp_path / "f32")
-    for m, (gs, bits) in modules.items():
-        assert (bits_of(got[m + ".weight"]) == bits_of(deq(src, m, gs, bits))).all(), m
+    for m, (gs, bits, md) in modules.items():
+        assert (bits_of(got[m + ".weight"]) == bits_of(deq(src, m, gs, bits, md, dtype))).all(), m
     rng = np.random.default_rng(9)
     res, want_delta = {}, {}
     for m in stacked:
-        e, out, cols = src[m + ".scales"].shape[0], src[m + ".scales"].shape[1], got[m + ".weight"].shape[-1]
+        e, out, cols = got[m + ".weight"].shape
         d = (rng.standard_normal((e, out, cols)) * 0.004).astype(np.float16)
         want_delta[m] = d
         for i in range(e):
@@ -326,12 +335,12 @@ def test_moe_experts_take_per_expert_residuals(run, tmp_path):
     run("apply", "--base", base, "--residual", tmp_path / "r.safetensors", "-o", out, "--quiet")
     got = read_all(out)
     for m in stacked:
-        gs, bits = modules[m]
-        exact = deq(src, m, gs, bits).astype(mx.float32) + mx.array(want_delta[m]).astype(mx.float32)
-        q, s, b = mx.quantize(exact.astype(src[m + ".scales"].dtype), group_size=gs, bits=bits)
-        assert (np.array(got[m + ".weight"]) == np.array(q)).all(), m
-        assert (bits_of(got[m + ".scales"]) == bits_of(s)).all(), m
-        assert (bits_of(got[m + ".biases"]) == bits_of(b)).all(), m
+        gs, bits, md = modules[m]
+        want = requantized(src, {m + ".weight": want_delta[m]}, m, gs, bits, md,
+                           src[m + ".scales"].dtype if md == "affine" else dtype)
+        parts = [".weight", ".scales"] + ([".biases"] if md == "affine" else [])
+        for k, w in zip(parts, want):
+            assert (bits_of(got[m + k]) == bits_of(w)).all(), (m, k)
     for m in modules:
         if m not in stacked:
             assert (np.array(got[m + ".weight"]) == np.array(src[m + ".weight"])).all(), m
