@@ -1211,6 +1211,20 @@ struct Sum {
     exact: Vec<f32>,
 }
 
+/// Rows `r0..r0 + n` of a weight's inputs are done with: hand their pages
+/// back so a large model is not held resident.
+fn release_inputs(
+    base: &dyn RowSource,
+    residual: Option<&(dyn RowSource + '_)>,
+    r0: usize,
+    n: usize,
+) {
+    base.release_rows(r0, r0 + n);
+    if let Some(r) = residual {
+        r.release_rows(r0, r0 + n);
+    }
+}
+
 fn sum_rows(
     base: &dyn RowSource,
     residual: Option<&(dyn RowSource + '_)>,
@@ -1547,10 +1561,7 @@ fn fp8_maxima_of(
         },
         |r0, n, t| {
             maxima.fold(r0, &t);
-            base.release_rows(r0, r0 + n);
-            if let Some(r) = &job.residual {
-                r.release_rows(r0, r0 + n);
-            }
+            release_inputs(base.as_ref(), job.residual.as_deref(), r0, n);
             Ok(())
         },
     )?;
@@ -1611,10 +1622,7 @@ fn fp8_choice_of(
                 acc[0] += e[0];
                 acc[1] += e[1];
             }
-            base.release_rows(r0, r0 + n);
-            if let Some(r) = &job.residual {
-                r.release_rows(r0, r0 + n);
-            }
+            release_inputs(base.as_ref(), job.residual.as_deref(), r0, n);
             Ok(())
         },
     )?;
@@ -1662,10 +1670,7 @@ fn nested_offset_of(
             absmax.extend(a);
             // All weights of a shard run this pass before any is written:
             // hand the pages back so the inputs are not held resident.
-            base.release_rows(r0, r0 + n);
-            if let Some(r) = &job.residual {
-                r.release_rows(r0, r0 + n);
-            }
+            release_inputs(base.as_ref(), job.residual.as_deref(), r0, n);
             Ok(())
         },
     )?;
@@ -1846,10 +1851,7 @@ impl<R: ChunkRunner> Reencode<'_, R> {
     /// Rows `r0..r0 + n` are written: hand their input pages back so a
     /// large model is not held resident.
     fn release(&self, r0: usize, n: usize) {
-        self.base.release_rows(r0, r0 + n);
-        if let Some(r) = self.residual {
-            r.release_rows(r0, r0 + n);
-        }
+        release_inputs(self.base, self.residual, r0, n);
     }
 
     /// Row chunk by row chunk: the sum rounded to `dtype`, encoded by
@@ -2171,7 +2173,6 @@ impl<R: ChunkRunner> Reencode<'_, R> {
         let searched = self.search_mlx.as_ref();
         let (decode, row_len) = (self.opts.measure || searched.is_some(), self.w.row_len());
         let (bits, gs, prec) = (layout.bits, layout.group_size, layout.precision);
-        let group_bytes = gs * bits as usize / 8;
         let encode = |r0: usize, t: &mut Vec<f32>| {
             let mut packed = Vec::with_capacity(t.len() * bits as usize / 8);
             let (mut scales, mut biases, mut decoded) = (Vec::new(), Vec::new(), Vec::new());
@@ -2186,18 +2187,14 @@ impl<R: ChunkRunner> Reencode<'_, R> {
                         let (bs, bb) = b.affine_params(r0 + i, 1)?;
                         let mut bd = vec![0f32; row_len];
                         mlx_quant::dequantize_row(bp, &bs, &bb, bits, gs, prec, &mut bd);
-                        let took = base_groups_nearer(row, &d, &bd, gs);
-                        for (g, &took) in took.iter().enumerate() {
-                            if !took {
-                                wins.fresh += 1;
-                                continue;
-                            }
-                            wins.base += 1;
-                            let (c, e) = (g * group_bytes, g * gs);
-                            p[c..c + group_bytes].copy_from_slice(&bp[c..c + group_bytes]);
-                            (sc[g], bi[g]) = (bs[g], bb[g]);
-                            d[e..e + gs].copy_from_slice(&bd[e..e + gs]);
-                        }
+                        let take = |g: usize| (sc[g], bi[g]) = (bs[g], bb[g]);
+                        wins.merge(&keep_nearer_groups(
+                            row,
+                            (&mut p, bp),
+                            (&mut d, &bd),
+                            gs,
+                            take,
+                        ));
                     }
                     decoded.extend(d);
                 }
@@ -2236,7 +2233,6 @@ impl<R: ChunkRunner> Reencode<'_, R> {
         let (decode, row_len) = (self.opts.measure || searched.is_some(), self.w.row_len());
         let (out_path, name) = (self.out_path, &self.w.name);
         let gs = mode.group_size();
-        let group_bytes = gs * mode.bits() as usize / 8;
         let encode = |r0: usize, t: &mut Vec<f32>| {
             let mut packed = Vec::with_capacity(t.len() * mode.bits() as usize / 8);
             let (mut scales, mut decoded) = (Vec::new(), Vec::new());
@@ -2251,18 +2247,14 @@ impl<R: ChunkRunner> Reencode<'_, R> {
                         let (bp, bs) = (b.codes(r0 + i, 1), b.scale_bytes(r0 + i, 1));
                         let mut bd = vec![0f32; row_len];
                         mlx_fp::dequantize_row(bp, bs, mode, prec, &mut bd);
-                        let took = base_groups_nearer(row, &d, &bd, gs);
-                        for (g, &took) in took.iter().enumerate() {
-                            if !took {
-                                wins.fresh += 1;
-                                continue;
-                            }
-                            wins.base += 1;
-                            let (c, e) = (g * group_bytes, g * gs);
-                            p[c..c + group_bytes].copy_from_slice(&bp[c..c + group_bytes]);
-                            sc[g] = bs[g];
-                            d[e..e + gs].copy_from_slice(&bd[e..e + gs]);
-                        }
+                        let take = |g: usize| sc[g] = bs[g];
+                        wins.merge(&keep_nearer_groups(
+                            row,
+                            (&mut p, bp),
+                            (&mut d, &bd),
+                            gs,
+                            take,
+                        ));
                     }
                     decoded.extend(d);
                 }
@@ -2283,6 +2275,30 @@ impl<R: ChunkRunner> Reencode<'_, R> {
         write(&all_scales)?;
         Ok(all_wins)
     }
+}
+
+/// One row's groups of `gs` searched: where the base's group decodes
+/// strictly nearer `target`, its codes and decoded values replace the fresh
+/// ones and `take_scale(g)` takes its scale (and bias). The wins.
+fn keep_nearer_groups(
+    target: &[f32],
+    (codes, base_codes): (&mut [u8], &[u8]),
+    (decoded, base_decoded): (&mut [f32], &[f32]),
+    gs: usize,
+    mut take_scale: impl FnMut(usize),
+) -> SearchWins {
+    let took = base_groups_nearer(target, decoded, base_decoded, gs);
+    let group_bytes = codes.len() / took.len();
+    let mut wins = SearchWins::default();
+    for (g, _) in took.iter().enumerate().filter(|(_, &t)| t) {
+        let (c, e) = (g * group_bytes, g * gs);
+        codes[c..c + group_bytes].copy_from_slice(&base_codes[c..c + group_bytes]);
+        decoded[e..e + gs].copy_from_slice(&base_decoded[e..e + gs]);
+        take_scale(g);
+        wins.base += 1;
+    }
+    wins.fresh = took.len() as u64 - wins.base;
+    wins
 }
 
 /// A chunk of a plain float output: encoded bytes, or F32 values written
