@@ -133,9 +133,10 @@ pub fn match_residual(
                 rtensors[parts[0]].name
             )));
         }
+        let first = parts[0];
         m.pairs.push(Pairing {
-            parts: parts.clone(),
-            ..Pairing::one(wi, parts[0], RowPermutation::Identity)
+            parts,
+            ..Pairing::one(wi, first, RowPermutation::Identity)
         });
     }
     if !bad_shape.is_empty() {
