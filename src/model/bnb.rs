@@ -1534,6 +1534,43 @@ struct Prepass {
     fp8_choice: Option<Vec<bool>>,
 }
 
+/// A pass over `job`'s sum before it is written: rows in chunks of whole
+/// `align`-element blocks, each chunk's sum (and, for `measure`, the sum
+/// rounded to `dtype`) handed to `measure(r0, n, sum, rounded)` on the
+/// workers, its results to `keep` in row order; the inputs' pages are
+/// handed back as the chunks are done (every weight of a shard runs its
+/// passes before any is written, so nothing is held resident).
+#[allow(clippy::too_many_arguments)]
+fn sum_pass<T: Send>(
+    model: &BnbModel,
+    job: &WeightJob<'_>,
+    (dtype, align): (Dtype, usize),
+    out_path: &Path,
+    opts: &WriteOptions,
+    runner: &impl ChunkRunner,
+    measure: impl Fn(usize, usize, &Sum, Vec<f32>) -> Result<T> + Sync,
+    mut keep: impl FnMut(usize, T),
+) -> Result<()> {
+    let w = &model.weights[job.weight];
+    let base = model.rows(job.weight).expect("validated");
+    let row_len = w.row_len();
+    for_chunks(
+        runner,
+        w.n_rows(),
+        rows_per_chunk(row_len, align, opts.chunk_elements),
+        |r0, n| {
+            let s = sum_rows(base.as_ref(), job.residual.as_deref(), job.scale, r0, n)?;
+            let t = s.target(dtype, out_path, &w.name, r0, row_len)?;
+            measure(r0, n, &s, t)
+        },
+        |r0, n, x| {
+            keep(r0, x);
+            release_inputs(base.as_ref(), job.residual.as_deref(), r0, n);
+            Ok(())
+        },
+    )
+}
+
 /// Pass 1 of an FP8 weight: the maxima of its blocks over the sum rounded
 /// to the module dtype, from which its scales are made.
 fn fp8_maxima_of(
@@ -1547,24 +1584,10 @@ fn fp8_maxima_of(
         unreachable!("only FP8 outputs take block maxima")
     };
     let w = &model.weights[job.weight];
-    let base = model.rows(job.weight).expect("validated");
-    let row_len = w.row_len();
-    let rpc = rows_per_chunk(row_len, 1, opts.chunk_elements);
-    let mut maxima = BlockMaxima::new(layout, w.n_rows(), row_len);
-    for_chunks(
-        runner,
-        w.n_rows(),
-        rpc,
-        |r0, n| {
-            let s = sum_rows(base.as_ref(), job.residual.as_deref(), job.scale, r0, n)?;
-            s.target(dtype, out_path, &w.name, r0, row_len)
-        },
-        |r0, n, t| {
-            maxima.fold(r0, &t);
-            release_inputs(base.as_ref(), job.residual.as_deref(), r0, n);
-            Ok(())
-        },
-    )?;
+    let mut maxima = BlockMaxima::new(layout, w.n_rows(), w.row_len());
+    let target = |_: usize, _: usize, _: &Sum, t: Vec<f32>| Ok(t);
+    let keep = |r0: usize, t: Vec<f32>| maxima.fold(r0, &t);
+    sum_pass(model, job, (dtype, 1), out_path, opts, runner, target, keep)?;
     Ok(maxima)
 }
 
@@ -1588,43 +1611,42 @@ fn fp8_choice_of(
     if !opts.search || w.storage != Storage::Fp8(layout) {
         return Ok(None);
     }
-    let base = model.rows(job.weight).expect("validated");
     let (row_len, scales) = (w.row_len(), maxima.scales());
     let bn = layout.block.1;
     // Per block: squared errors of [fresh, base].
     let mut err = vec![[0f64; 2]; layout.n_blocks(w.n_rows(), row_len)];
-    let rpc = rows_per_chunk(row_len, 1, opts.chunk_elements);
-    for_chunks(
+    let measure = |r0: usize, n: usize, s: &Sum, t: Vec<f32>| {
+        let fresh = maxima.dequantize(&scales, r0, &maxima.quantize(&scales, r0, &t));
+        let b = if s.base.is_empty() { &s.exact } else { &s.base };
+        let first = layout.row_scales(r0, row_len).start;
+        let mut e = vec![[0f64; 2]; layout.row_scales(r0 + n - 1, row_len).end - first];
+        let rows = t.chunks_exact(row_len).zip(fresh.chunks_exact(row_len));
+        for (i, ((tr, fr), br)) in rows.zip(b.chunks_exact(row_len)).enumerate() {
+            let k0 = layout.row_scales(r0 + i, row_len).start - first;
+            for (c, ((&x, &f), &v)) in tr.iter().zip(fr).zip(br).enumerate() {
+                let e = &mut e[k0 + c / bn];
+                let x = x as f64;
+                e[0] += (x - f as f64).powi(2);
+                e[1] += (x - v as f64).powi(2);
+            }
+        }
+        Ok((first, e))
+    };
+    let keep = |_: usize, (first, e): (usize, Vec<[f64; 2]>)| {
+        for (acc, e) in err[first..].iter_mut().zip(e) {
+            acc[0] += e[0];
+            acc[1] += e[1];
+        }
+    };
+    sum_pass(
+        model,
+        job,
+        (dtype, 1),
+        out_path,
+        opts,
         runner,
-        w.n_rows(),
-        rpc,
-        |r0, n| {
-            let s = sum_rows(base.as_ref(), job.residual.as_deref(), job.scale, r0, n)?;
-            let t = s.target(dtype, out_path, &w.name, r0, row_len)?;
-            let fresh = maxima.dequantize(&scales, r0, &maxima.quantize(&scales, r0, &t));
-            let b = if s.base.is_empty() { &s.exact } else { &s.base };
-            let first = layout.row_scales(r0, row_len).start;
-            let mut e = vec![[0f64; 2]; layout.row_scales(r0 + n - 1, row_len).end - first];
-            let rows = t.chunks_exact(row_len).zip(fresh.chunks_exact(row_len));
-            for (i, ((tr, fr), br)) in rows.zip(b.chunks_exact(row_len)).enumerate() {
-                let k0 = layout.row_scales(r0 + i, row_len).start - first;
-                for (c, ((&x, &f), &v)) in tr.iter().zip(fr).zip(br).enumerate() {
-                    let e = &mut e[k0 + c / bn];
-                    let x = x as f64;
-                    e[0] += (x - f as f64).powi(2);
-                    e[1] += (x - v as f64).powi(2);
-                }
-            }
-            Ok((first, e))
-        },
-        |r0, n, (first, e)| {
-            for (acc, e) in err[first..].iter_mut().zip(e) {
-                acc[0] += e[0];
-                acc[1] += e[1];
-            }
-            release_inputs(base.as_ref(), job.residual.as_deref(), r0, n);
-            Ok(())
-        },
+        measure,
+        keep,
     )?;
     let finite = |v: f64| if v.is_finite() { v } else { f64::INFINITY };
     Ok(Some(
@@ -1651,28 +1673,22 @@ fn nested_offset_of(
         unreachable!("only 4-bit outputs are nested")
     };
     let w = &model.weights[job.weight];
-    let base = model.rows(job.weight).expect("validated");
-    let row_len = w.row_len();
-    let rpc = rows_per_chunk(row_len, blocksize, opts.chunk_elements);
     let mut absmax = Vec::with_capacity(num_blocks(w.n_elements(), blocksize));
-    for_chunks(
+    let measure = |_: usize, _: usize, _: &Sum, t: Vec<f32>| {
+        let (_, a) =
+            quantize_4bit(kind, &t, blocksize).map_err(|e| bnb_err(out_path, &w.name, e))?;
+        Ok(a)
+    };
+    let keep = |_: usize, a: Vec<f32>| absmax.extend(a);
+    sum_pass(
+        model,
+        job,
+        (dtype, blocksize),
+        out_path,
+        opts,
         runner,
-        w.n_rows(),
-        rpc,
-        |r0, n| {
-            let s = sum_rows(base.as_ref(), job.residual.as_deref(), job.scale, r0, n)?;
-            let t = s.target(dtype, out_path, &w.name, r0, row_len)?;
-            let (_, a) =
-                quantize_4bit(kind, &t, blocksize).map_err(|e| bnb_err(out_path, &w.name, e))?;
-            Ok(a)
-        },
-        |r0, n, a| {
-            absmax.extend(a);
-            // All weights of a shard run this pass before any is written:
-            // hand the pages back so the inputs are not held resident.
-            release_inputs(base.as_ref(), job.residual.as_deref(), r0, n);
-            Ok(())
-        },
+        measure,
+        keep,
     )?;
     Ok(torch_mean_f32_threads(&absmax, opts.torch_threads))
 }
