@@ -746,46 +746,22 @@ fn stacked_experts_take_their_per_expert_residuals_in_order() {
     }
     // An expert missing, and one of the wrong shape: refused, nothing written.
     let out2 = d.p("out2");
+    let refused = |needles: &[&str]| {
+        let args = [
+            "apply",
+            "-q",
+            "--base",
+            s(&folder),
+            "--residual",
+            s(&res),
+            "-o",
+            s(&out2),
+        ];
+        assert_fails(&run(&args), 1, needles, &out2);
+    };
     write(&res, &[0, 2]);
-    let o = run(&[
-        "apply",
-        "-q",
-        "--base",
-        s(&folder),
-        "--residual",
-        s(&res),
-        "-o",
-        s(&out2),
-    ]);
-    assert_fails(
-        &o,
-        1,
-        &["switch_mlp.up_proj.weight", "experts 1 have no residual"],
-        &out2,
-    );
-    write_st(
-        &res,
-        &[(
-            &name(5),
-            Dtype::F32,
-            vec![rows, cols],
-            vec![0; rows * cols * 4],
-        )],
-    );
-    let o = run(&[
-        "apply",
-        "-q",
-        "--base",
-        s(&folder),
-        "--residual",
-        s(&res),
-        "-o",
-        s(&out2),
-    ]);
-    assert_fails(
-        &o,
-        1,
-        &["experts.5.up_proj.weight", "vs expert 5 of base"],
-        &out2,
-    );
+    refused(&["switch_mlp.up_proj.weight", "experts 1 have no residual"]);
+    let zeros = vec![0; rows * cols * 4];
+    write_st(&res, &[(&name(5), Dtype::F32, vec![rows, cols], zeros)]);
+    refused(&["experts.5.up_proj.weight", "vs expert 5 of base"]);
 }
