@@ -76,6 +76,21 @@ def make_residual(t, path, seed=1, sigma=0.004):
     return res
 
 
+def assert_keep_on_base_grid(base, src, res, got):
+    """`got`, the `keep` output of `base` (tensors `src`) and residual `res`: every module's codes
+    (and zero points) are compressed-tensors' compression of dequant(base) + Δ rounded to bf16 on
+    the base's scales, every other part is the base's, and some codes moved."""
+    moved = 0
+    for m in modules(src):
+        exact = reference(base, src, m).float() + res[m + ".weight"].float()
+        want = reference_keep(base, src, m, exact.to(torch.bfloat16))
+        for k, t in parts(src, m).items():
+            same = want[k] if k in ("weight_packed", "weight_zero_point") else t
+            assert torch.equal(got[f"{m}.{k}"], same), (m, k)
+        moved += int((got[m + ".weight_packed"] != src[m + ".weight_packed"]).sum())
+    assert moved > 0
+
+
 @pytest.mark.parametrize("variant", VARIANTS)
 def test_dequantize_matches_compressed_tensors(run, tmp_path, variant):
     base = FIXTURES / "tiny_packed" / variant
@@ -98,15 +113,7 @@ def test_apply_keep_rerounds_on_the_base_grid(run, tmp_path, variant):
     run("apply", "--base", base, "--residual", tmp_path / "r.safetensors", "-o", out, "--quiet")
     got = read_all(out)
     assert sorted(got) == sorted(src)
-    moved = 0
-    for m in modules(src):
-        exact = reference(base, src, m).float() + res[m + ".weight"].float()
-        want = reference_keep(base, src, m, exact.to(torch.bfloat16))
-        for k, t in parts(src, m).items():
-            same = want[k] if k in ("weight_packed", "weight_zero_point") else t
-            assert torch.equal(got[f"{m}.{k}"], same), (m, k)
-        moved += int((got[m + ".weight_packed"] != src[m + ".weight_packed"]).sum())
-    assert moved > 0
+    assert_keep_on_base_grid(base, src, res, got)
 
 
 @pytest.mark.parametrize("variant", VARIANTS)
@@ -156,15 +163,7 @@ def test_other_widths_dequantize_and_keep_as_compressed_tensors(run, tmp_path, n
     out = tmp_path / "out"
     run("apply", "--base", base, "--residual", tmp_path / "r.safetensors", "-o", out, "--quiet")
     got = read_all(out)
-    moved = 0
-    for m in modules(src):
-        exact = reference(base, src, m).float() + res[m + ".weight"].float()
-        want = reference_keep(base, src, m, exact.to(torch.bfloat16))
-        for k, t in parts(src, m).items():
-            same = want[k] if k in ("weight_packed", "weight_zero_point") else t
-            assert torch.equal(got[f"{m}.{k}"], same), (m, k)
-        moved += int((got[m + ".weight_packed"] != src[m + ".weight_packed"]).sum())
-    assert moved > 0
+    assert_keep_on_base_grid(base, src, res, got)
     from transformers import AutoModelForCausalLM, CompressedTensorsConfig
     model = AutoModelForCausalLM.from_pretrained(
         out, device_map="cpu", quantization_config=CompressedTensorsConfig(run_compressed=False))
